@@ -1,0 +1,36 @@
+# Two entry points for a fresh machine: `make demo` and `make test` (both set up .venv first).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# Reinstall only when pyproject.toml changes.
+STAMP := $(VENV)/.installed-$(shell $(PYTHON) -c "import hashlib;print(hashlib.sha1(open('pyproject.toml','rb').read()).hexdigest()[:12])")
+
+.PHONY: setup demo test lint format bench
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, pinned: a CPU build (2.13.0) that the rest then reuse.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[all]"
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(VENV)/bin/torchslim demo
+
+lint: setup
+	$(VENV)/bin/ruff check torchslim tests
+	$(VENV)/bin/ruff format --check torchslim tests
+
+test: lint
+	HF_HUB_OFFLINE=1 $(PY) -m pytest torchslim tests
+
+format: setup
+	$(VENV)/bin/ruff check --fix torchslim tests
+	$(VENV)/bin/ruff format torchslim tests
+
+bench: setup
+	$(VENV)/bin/torchslim bench digits --json bench-out/digits.json

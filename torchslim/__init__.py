@@ -1,0 +1,62 @@
+"""torchslim: make trained PyTorch models smaller and faster while keeping their quality.
+
+Example:
+    >>> import torch, torch.nn as nn
+    >>> import torchslim as ts
+    >>> model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    >>> ctx = ts.Context(example_inputs=(torch.zeros(1, 8),))
+    >>> before = ts.measure(model, ctx, latency_runs=2)
+    >>> _ = ts.compress_(model, ts.CastDtype("bfloat16"), ctx=ctx)
+    >>> ts.measure(model, ctx, latency_runs=2).size_bytes < before.size_bytes
+    True
+"""
+
+from __future__ import annotations
+
+from torchslim.api import compress_
+from torchslim.core import Config, Context, Select, config_from_dict, register_config, register_transform
+from torchslim.errors import (
+    ConfigError,
+    OutputExistsError,
+    QualityGateError,
+    TorchslimError,
+    UnsafeInputError,
+    UnsupportedModelError,
+    UsageError,
+)
+from torchslim.finetune import FineTune
+from torchslim.measure import Report, measure
+from torchslim.quantization import CastDtype
+from torchslim.recipes import Recipe, RunReport, Step, load_recipe, recipe_from_dict, run_recipe
+from torchslim.structured import FoldBatchNorm
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CastDtype",
+    "Config",
+    "ConfigError",
+    "Context",
+    "FineTune",
+    "FoldBatchNorm",
+    "OutputExistsError",
+    "QualityGateError",
+    "Recipe",
+    "Report",
+    "RunReport",
+    "Select",
+    "Step",
+    "TorchslimError",
+    "UnsafeInputError",
+    "UnsupportedModelError",
+    "UsageError",
+    "__version__",
+    "compress_",
+    "config_from_dict",
+    "load_recipe",
+    "measure",
+    "recipe_from_dict",
+    "register_config",
+    "register_transform",
+    "run_recipe",
+]

@@ -1,0 +1,254 @@
+"""The ``torchslim`` command line: demo, measure, compress, recipes, bench.
+
+Exit codes (DESIGN.md): 0 ok, 2 usage, 3 bad config, 4 unsafe input, 5 unsupported model,
+6 quality gate failed, 7 output exists or I/O error, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+EPILOG = """examples:
+  torchslim demo                                   # digits: baseline -> built-in 'default' recipe -> table
+  torchslim recipes                                # list built-in recipes
+  torchslim measure --workload digits --json m.json
+  torchslim compress --workload digits --recipe default --out out/digits
+  torchslim compress --model torchslim.workloads.digits:build_teacher --weights w.safetensors \\
+      --recipe my.yaml --out out/mine --force
+  torchslim bench digits --quick --json bench.json
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's own usage errors: exit 2 with the usage line
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=False)
+
+
+def _write_json(path: str | None, data: Any) -> None:
+    if path:
+        from torchslim.errors import OutputExistsError
+
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        except OSError as e:
+            raise OutputExistsError(f"cannot write {path}: {e}") from None
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--workload", help="a built-in workload (see `torchslim measure --help`): digits")
+    g.add_argument("--model", help="pkg.module:factory building your model; the module may define example_inputs()")
+    p.add_argument("--weights", help="with --model: weights (.safetensors, or .pt via torch.load(weights_only=True))")
+    p.add_argument("--data", help="data path for workloads that read a data set")
+    p.add_argument("--latency-runs", type=int, default=30, help="timed runs per latency measurement (default 30)")
+
+
+def _resolve_model(args: argparse.Namespace) -> tuple[Any, Any]:
+    """(model, Context) from --workload or --model/--weights."""
+    import torch.nn as nn
+
+    from torchslim.core.context import Context
+    from torchslim.errors import UnsafeInputError, UsageError
+
+    if args.workload:
+        from torchslim.workloads import get_workload
+
+        wl = get_workload(args.workload, data=args.data)
+        return wl.model(), wl.context()
+    if args.weights and not args.model:
+        raise UsageError("--weights needs --model")
+    module_name, _, fn_name = args.model.partition(":")
+    if not module_name or not fn_name:
+        raise UsageError(f"--model must look like pkg.module:factory, got {args.model!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise UsageError(f"cannot import {module_name!r}: {e}") from None
+    factory = getattr(module, fn_name, None)
+    if not callable(factory):
+        raise UsageError(f"{module_name!r} has no callable {fn_name!r}")
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise UsageError(f"{args.model} returned {type(model).__name__}, not a torch.nn.Module")
+    if args.weights:
+        from torchslim.io import load_state_dict_file
+
+        state = load_state_dict_file(args.weights)
+        result = model.load_state_dict(state, strict=False)
+        problems = [f"missing: {k}" for k in result.missing_keys] + [f"unexpected: {k}" for k in result.unexpected_keys]
+        if problems:
+            raise UnsafeInputError(f"{args.weights} does not match {args.model}:\n  " + "\n  ".join(problems))
+    model.eval()
+    example = getattr(module, "example_inputs", None)
+    return model, Context(example_inputs=tuple(example()) if callable(example) else None)
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    from torchslim.recipes import builtin_recipes
+
+    recipes = builtin_recipes()
+    width = max(len(n) for n in recipes)
+    for name, r in recipes.items():
+        print(f"{name.ljust(width)}  {r.description}")
+    _write_json(args.json, {name: r.to_dict() for name, r in recipes.items()})
+    return 0
+
+
+def cmd_measure(args: argparse.Namespace) -> int:
+    from torchslim.measure import measure, print_table
+
+    model, ctx = _resolve_model(args)
+    report = measure(model, ctx, latency_runs=args.latency_runs)
+    print_table([(args.workload or args.model, report)], console=_console())
+    _write_json(args.json, report.to_dict())
+    return 0
+
+
+def _compress(model: Any, ctx: Any, recipe_source: str, latency_runs: int) -> tuple[Any, Any]:
+    from torchslim.recipes import load_recipe, run_recipe
+
+    recipe = load_recipe(recipe_source)
+    return run_recipe(model, recipe, ctx, latency_runs=latency_runs)
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    import torch
+    from safetensors.torch import save_file
+
+    import torchslim
+    from torchslim.io import atomic_dir, check_output_dir
+
+    check_output_dir(Path(args.out), args.force)  # fail before any long work
+    model, ctx = _resolve_model(args)
+    model, run = _compress(model, ctx, args.recipe, args.latency_runs)
+    run.print(console=_console())
+    manifest = {"torchslim": torchslim.__version__, "torch": torch.__version__, "seed": run.recipe.seed + ctx.seed}
+    with atomic_dir(args.out, force=args.force, manifest=manifest) as tmp:
+        state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / "model.safetensors"))
+        (tmp / "recipe.yaml").write_text(run.recipe.to_yaml(), encoding="utf-8")
+        (tmp / "report.json").write_text(json.dumps(run.to_dict(), indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {args.out}")
+    _write_json(args.json, run.to_dict())
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from torchslim.recipes import load_recipe, run_recipe
+    from torchslim.workloads import get_workload
+
+    console = Console()
+    start = time.perf_counter()
+    wl = get_workload("digits")
+    console.print("[bold]torchslim demo[/bold]: digits teacher CNN (scikit-learn handwritten digits, 8x8)")
+    model = wl.model()
+    ctx = wl.context()
+    recipe = load_recipe(args.recipe)
+    console.print(f"recipe [bold]{recipe.name}[/bold]: {recipe.description}")
+    model, run = run_recipe(model, recipe, ctx, latency_runs=args.latency_runs)
+    run.print(console=console)
+    d = run.final.diff(run.baseline)
+    console.print(
+        f"result: {1 / d['size_ratio']:.1f}x smaller, {d['speedup']:.2f}x faster (batch "
+        f"{ctx.example_inputs[0].shape[0]}), test accuracy {run.baseline.quality['accuracy']:.4f} -> "
+        f"{run.final.quality['accuracy']:.4f}  ({time.perf_counter() - start:.1f} s)"
+    )
+    _write_json(args.json, run.to_dict())
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from torchslim.bench import run_named_benchmark
+
+    result = run_named_benchmark(args.name, data=args.data, quick=args.quick)
+    result.print(console=_console())
+    _write_json(args.json, result.to_dict())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from torchslim.bench import benchmark_names
+
+    parser = _Parser(
+        prog="torchslim",
+        description="Make trained PyTorch models smaller and faster while keeping their quality.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser("demo", help="digits: baseline -> built-in recipe -> before/after table")
+    p.add_argument("--recipe", default="default", help="recipe file or built-in name (default: default)")
+    p.add_argument("--latency-runs", type=int, default=30)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("measure", help="params, non-zeros, size, MACs, latency and quality of one model")
+    _add_model_args(p)
+    p.set_defaults(func=cmd_measure)
+
+    p = sub.add_parser("compress", help="run a recipe, save the artifact, print the before/after report")
+    _add_model_args(p)
+    p.add_argument("--recipe", required=True, help="recipe YAML file or built-in name (`torchslim recipes`)")
+    p.add_argument("--out", required=True, help="artifact folder (must be empty or absent unless --force)")
+    p.add_argument(
+        "--force", action="store_true", help="replace an existing artifact (only once the new one is complete)"
+    )
+    p.set_defaults(func=cmd_compress)
+
+    p = sub.add_parser("recipes", help="list the built-in recipes")
+    p.set_defaults(func=cmd_recipes)
+
+    p = sub.add_parser("bench", help="a benchmark, ours and peers in one process: table + JSON")
+    p.add_argument("name", help=f"one of: {', '.join(benchmark_names())}")
+    p.add_argument("--quick", action="store_true", help="fewer timing repetitions (never a smaller evaluation set)")
+    p.add_argument("--data", help="data folder or file for benchmarks that read a data set")
+    p.set_defaults(func=cmd_bench)
+
+    for action in sub.choices.values():
+        action.add_argument("--json", metavar="FILE", help="also write the result as JSON to FILE")
+    return parser
+
+
+def _version() -> str:
+    from torchslim import __version__
+
+    return f"torchslim {__version__}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code (errors print their message, not a traceback)."""
+    from torchslim.errors import TorchslimError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except TorchslimError as e:
+        print(f"torchslim: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("torchslim: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

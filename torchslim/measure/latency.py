@@ -1,0 +1,105 @@
+"""Latency under ``torch.inference_mode()``: warm-up, then median and p90 over N runs.
+
+On a shared machine absolute times are noisy; compare variants with :func:`interleaved_latency`,
+which runs them round-robin in one process so drift hits all of them alike.
+
+Example:
+    >>> import torch, torch.nn as nn
+    >>> lat = measure_latency(nn.Linear(8, 8), (torch.zeros(1, 8),), warmup=1, runs=5)
+    >>> lat.runs
+    5
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Latency figures in milliseconds with the conditions they were taken under."""
+
+    median_ms: float
+    p90_ms: float
+    runs: int
+    threads: int
+    device: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _p90(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(0.9 * (len(ordered) - 1))))]
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _timed(fn: Callable[[], Any], device: str) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return (time.perf_counter() - start) * 1e3
+
+
+def _device_of(model: nn.Module) -> str:
+    p = next(iter(model.parameters()), None)
+    if p is None:
+        p = next(iter(model.buffers()), None)
+    return str(p.device) if p is not None else "cpu"
+
+
+def measure_latency(model: nn.Module, example_inputs: tuple[Any, ...], *, warmup: int = 5, runs: int = 30) -> Latency:
+    """Time ``model(*example_inputs)``; returns median and p90 in ms, threads and device."""
+    return interleaved_latency({"model": model}, example_inputs, warmup=warmup, rounds=runs)["model"]
+
+
+def interleaved_latency(
+    models: Mapping[str, nn.Module | Callable[..., Any]],
+    example_inputs: tuple[Any, ...] | Mapping[str, tuple[Any, ...]],
+    *,
+    warmup: int = 5,
+    rounds: int = 30,
+    calls_per_round: int = 1,
+) -> dict[str, Latency]:
+    """Time several variants round-robin in one process.
+
+    Args:
+        models: name -> model (or any callable taking the inputs).
+        example_inputs: one input tuple for all, or name -> input tuple.
+        warmup: untimed calls per variant first.
+        rounds: timed rounds; each round calls every variant ``calls_per_round`` times in turn.
+
+    Returns:
+        name -> Latency (median and p90 over the rounds, each sample the mean of the round's calls).
+    """
+    if rounds < 1:
+        raise ValueError("rounds must be >= 1")
+    inputs = {
+        name: (example_inputs[name] if isinstance(example_inputs, Mapping) else example_inputs) for name in models
+    }
+    devices = {name: _device_of(m) if isinstance(m, nn.Module) else "cpu" for name, m in models.items()}
+    samples: dict[str, list[float]] = {name: [] for name in models}
+    with torch.inference_mode():
+        for name, m in models.items():
+            for _ in range(warmup):
+                m(*inputs[name])
+        for _ in range(rounds):
+            for name, m in models.items():
+                args = inputs[name]
+                t = _timed(lambda m=m, args=args: [m(*args) for _ in range(calls_per_round)], devices[name])
+                samples[name].append(t / calls_per_round)
+    threads = torch.get_num_threads()
+    return {name: Latency(statistics.median(s), _p90(s), len(s), threads, devices[name]) for name, s in samples.items()}
