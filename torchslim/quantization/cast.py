@@ -25,6 +25,7 @@ from torchslim.core.config import Config, register_config
 from torchslim.core.context import Context
 from torchslim.core.registry import register_transform
 from torchslim.core.select import Select
+from torchslim.core.structure import record_op, register_replay
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -58,9 +59,20 @@ def _add_cast_hooks(module: nn.Module, dtype: torch.dtype) -> None:
 
 @register_transform(CastDtype, scope="model")
 def _cast_model(model: nn.Module, config: CastDtype, select: Select, ctx: Context) -> nn.Module:
-    dtype = _DTYPES[config.dtype]
-    selected = list(select.modules(model))
-    whole = any(name == "" for name, _ in selected)
+    names = [name for name, _ in select.modules(model)]
+    record_op(model, "cast-dtype", {"dtype": config.dtype, "modules": names})
+    return _cast_named(model, config.dtype, names)
+
+
+@register_replay("cast-dtype")
+def _replay_cast(model: nn.Module, data: dict) -> nn.Module:
+    return _cast_named(model, data["dtype"], list(data["modules"]))
+
+
+def _cast_named(model: nn.Module, dtype_name: str, names: list[str]) -> nn.Module:
+    dtype = _DTYPES[dtype_name]
+    selected = [(name, model.get_submodule(name)) for name in names]
+    whole = "" in names
     for _name, module in selected:
         # Only the module's own tensors, so children excluded by ``select`` keep theirs.
         own = [p for p in module.parameters(recurse=False) if p.is_floating_point()]
@@ -72,8 +84,8 @@ def _cast_model(model: nn.Module, config: CastDtype, select: Select, ctx: Contex
         # A partial cast puts the dtype boundary around each cast module; a whole-model cast only at the root.
         if own and not whole and not getattr(module, "_torchslim_cast_dtype", None):
             _add_cast_hooks(module, dtype)
-            module._torchslim_cast_dtype = config.dtype
+            module._torchslim_cast_dtype = dtype_name
     if whole and not getattr(model, "_torchslim_cast_dtype", None):
         _add_cast_hooks(model, dtype)
-        model._torchslim_cast_dtype = config.dtype
+        model._torchslim_cast_dtype = dtype_name
     return model

@@ -27,6 +27,7 @@ from torchslim.core.config import Config, register_config
 from torchslim.core.context import Context
 from torchslim.core.registry import register_transform
 from torchslim.core.select import Select
+from torchslim.core.structure import record_op, register_replay
 from torchslim.core.walker import replace_module_
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -77,21 +78,35 @@ def _fold_batchnorm(model: nn.Module, config: FoldBatchNorm, select: Select, ctx
         )
         pairs = _pairs_sequential(model)
     selected = {name for name, _ in select.modules(model)}
-    folded = 0
+    done = []
     for layer_name, bn_name in pairs:
         if layer_name not in selected:
             continue
-        layer, bn = model.get_submodule(layer_name), model.get_submodule(bn_name)
+        bn = model.get_submodule(bn_name)
         if not bn.track_running_stats or bn.running_mean is None:
             ctx.record(f"fold-batchnorm: {bn_name} has no running statistics; left as is")
             continue
-        was_training = layer.training
-        layer.eval()
-        bn.eval()
-        fused = fuse_conv_bn_eval(layer, bn) if isinstance(layer, _CONV) else fuse_linear_bn_eval(layer, bn)
-        fused.train(was_training)
-        replace_module_(model, layer_name, fused)
-        replace_module_(model, bn_name, nn.Identity())
-        folded += 1
-    ctx.record(f"fold-batchnorm: folded {folded} BatchNorm layer(s)")
+        _fold_pair(model, layer_name, bn_name)
+        done.append([layer_name, bn_name])
+    if done:
+        record_op(model, "fold-batchnorm", {"pairs": done})
+    ctx.record(f"fold-batchnorm: folded {len(done)} BatchNorm layer(s)")
+    return model
+
+
+def _fold_pair(model: nn.Module, layer_name: str, bn_name: str) -> None:
+    layer, bn = model.get_submodule(layer_name), model.get_submodule(bn_name)
+    was_training = layer.training
+    layer.eval()
+    bn.eval()
+    fused = fuse_conv_bn_eval(layer, bn) if isinstance(layer, _CONV) else fuse_linear_bn_eval(layer, bn)
+    fused.train(was_training)
+    replace_module_(model, layer_name, fused)
+    replace_module_(model, bn_name, nn.Identity())
+
+
+@register_replay("fold-batchnorm")
+def _replay_fold(model: nn.Module, data: dict) -> nn.Module:
+    for layer_name, bn_name in data["pairs"]:
+        _fold_pair(model, layer_name, bn_name)
     return model

@@ -1,0 +1,63 @@
+"""Structure log: how a compressed model differs from what its factory builds, as replayable JSON data.
+
+Every technique that changes a model's *structure* (removes channels, swaps a Linear for a quantized
+module, casts dtypes, wraps with hooks) records one op with :func:`record_op` and registers a replay
+function with :func:`register_replay`. ``ts.save`` writes the ops to ``structure.json``; ``ts.load``
+builds the model with the factory, replays the ops in order (which rebuilds the exact shapes and
+module classes, with empty tensors), then loads the safetensors weights strictly. Nothing is pickled.
+
+Example:
+    >>> import torch.nn as nn
+    >>> m = nn.Linear(2, 2)
+    >>> record_op(m, "example-op", {"path": ""})
+    >>> structure_ops(m)
+    [{'op': 'example-op', 'data': {'path': ''}}]
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import torch.nn as nn
+
+from torchslim.errors import RegistryError, UnsafeInputError
+
+_ATTR = "_torchslim_structure"
+ReplayFn = Callable[[nn.Module, dict[str, Any]], nn.Module]
+_REPLAYS: dict[str, ReplayFn] = {}
+
+
+def record_op(model: nn.Module, op: str, data: dict[str, Any]) -> None:
+    """Append a structural op (JSON-able ``data``) to the model's structure log."""
+    if op not in _REPLAYS and not op.startswith("example-"):
+        raise RegistryError(f"no replay registered for structure op {op!r}; call register_replay first")
+    model.__dict__.setdefault(_ATTR, []).append({"op": op, "data": copy.deepcopy(data)})
+
+
+def structure_ops(model: nn.Module) -> list[dict[str, Any]]:
+    """A copy of the model's structure log (empty for an uncompressed model)."""
+    return copy.deepcopy(model.__dict__.get(_ATTR, []))
+
+
+def register_replay(op: str) -> Callable[[ReplayFn], ReplayFn]:
+    """Decorator: ``fn(model, data) -> model`` rebuilds the op's structure on a fresh model."""
+
+    def deco(fn: ReplayFn) -> ReplayFn:
+        if op in _REPLAYS:
+            raise RegistryError(f"a replay for structure op {op!r} is already registered")
+        _REPLAYS[op] = fn
+        return fn
+
+    return deco
+
+
+def replay_ops(model: nn.Module, ops: list[dict[str, Any]]) -> nn.Module:
+    """Replay a structure log on a freshly built model (weights are loaded afterwards)."""
+    for i, entry in enumerate(ops):
+        if not isinstance(entry, dict) or set(entry) != {"op", "data"} or entry["op"] not in _REPLAYS:
+            raise UnsafeInputError(f"structure op #{i} is malformed or unknown: {str(entry)[:200]}")
+        model = _REPLAYS[entry["op"]](model, entry["data"])
+        record_op(model, entry["op"], entry["data"])
+    return model
