@@ -90,7 +90,13 @@ def test_compress_writes_artifact_and_force_replaces(user_model, tmp_path, capsy
     out = tmp_path / "o"
     args = ["compress", "--model", user_model, "--recipe", "default", "--out", str(out), "--latency-runs", "2"]
     assert main([*args, "--json", str(tmp_path / "c.json")]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.safetensors", "recipe.yaml", "report.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "manifest.json",
+        "model.safetensors",
+        "recipe.yaml",
+        "report.json",
+        "structure.json",
+    ]
     sd = load_file(str(out / "model.safetensors"))
     assert sd["0.weight"].dtype == torch.bfloat16 and "1.running_mean" not in sd
     report = json.loads((tmp_path / "c.json").read_text())

@@ -25,6 +25,7 @@ from torchslim.errors import (
     UsageError,
 )
 from torchslim.finetune import FineTune
+from torchslim.io import load, save
 from torchslim.measure import Report, measure
 from torchslim.quantization import CastDtype
 from torchslim.recipes import Recipe, RunReport, Step, load_recipe, recipe_from_dict, run_recipe
@@ -53,10 +54,12 @@ __all__ = [
     "__version__",
     "compress_",
     "config_from_dict",
+    "load",
     "load_recipe",
     "measure",
     "recipe_from_dict",
     "register_config",
     "register_transform",
     "run_recipe",
+    "save",
 ]

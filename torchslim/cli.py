@@ -22,6 +22,7 @@ EPILOG = """examples:
   torchslim compress --workload digits --recipe default --out out/digits
   torchslim compress --model torchslim.workloads.digits:build_teacher --weights w.safetensors \\
       --recipe my.yaml --out out/mine --force
+  torchslim export out/digits --workload digits --format onnx
   torchslim bench digits --quick --json bench.json
 """
 
@@ -127,24 +128,52 @@ def _compress(model: Any, ctx: Any, recipe_source: str, latency_runs: int) -> tu
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
-    import torch
-    from safetensors.torch import save_file
-
-    import torchslim
-    from torchslim.io import atomic_dir, check_output_dir
+    from torchslim.io import check_output_dir, save
 
     check_output_dir(Path(args.out), args.force)  # fail before any long work
     model, ctx = _resolve_model(args)
     model, run = _compress(model, ctx, args.recipe, args.latency_runs)
     run.print(console=_console())
-    manifest = {"torchslim": torchslim.__version__, "torch": torch.__version__, "seed": run.recipe.seed + ctx.seed}
-    with atomic_dir(args.out, force=args.force, manifest=manifest) as tmp:
-        state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp / "model.safetensors"))
-        (tmp / "recipe.yaml").write_text(run.recipe.to_yaml(), encoding="utf-8")
-        (tmp / "report.json").write_text(json.dumps(run.to_dict(), indent=2) + "\n", encoding="utf-8")
+    save(model, args.out, force=args.force, recipe=run.recipe, report=run.to_dict(), seed=run.recipe.seed + ctx.seed)
     print(f"wrote {args.out}")
     _write_json(args.json, run.to_dict())
+    return 0
+
+
+def _resolve_factory(args: argparse.Namespace) -> tuple[Any, tuple[Any, ...] | None]:
+    """(factory, example_inputs) from --workload or --model, without building or training anything."""
+    from torchslim.errors import UsageError
+
+    if args.workload:
+        from torchslim.workloads import get_workload
+
+        wl = get_workload(args.workload, data=args.data)
+        return wl.factory, wl.example_inputs()
+    module_name, _, fn_name = args.model.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise UsageError(f"cannot import {module_name!r}: {e}") from None
+    factory = getattr(module, fn_name, None)
+    if not callable(factory):
+        raise UsageError(f"{module_name!r} has no callable {fn_name!r}")
+    example = getattr(module, "example_inputs", None)
+    return factory, tuple(example()) if callable(example) else None
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from torchslim.errors import UsageError
+    from torchslim.io import export_onnx, export_pt2, load
+
+    factory, example_inputs = _resolve_factory(args)
+    if example_inputs is None:
+        raise UsageError(f"{args.model} has no example_inputs(); define it in the factory's module to export")
+    model = load(args.artifact, factory=factory)
+    out = Path(args.out) if args.out else Path(str(Path(args.artifact)) + f".{args.format}")
+    fn = export_onnx if args.format == "onnx" else export_pt2
+    err = fn(model, example_inputs, out)
+    print(f"wrote {out} (max abs difference to torch outputs: {err:.3g})")
+    _write_json(args.json, {"path": str(out), "format": args.format, "max_abs_error": err})
     return 0
 
 
@@ -213,6 +242,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--force", action="store_true", help="replace an existing artifact (only once the new one is complete)"
     )
     p.set_defaults(func=cmd_compress)
+
+    p = sub.add_parser("export", help="export an artifact to ONNX (verified in ONNX Runtime) or torch.export .pt2")
+    p.add_argument("artifact", help="artifact folder written by `torchslim compress`")
+    _add_model_args(p)
+    p.add_argument("--format", choices=["onnx", "pt2"], default="onnx")
+    p.add_argument("--out", help="output file (default: ARTIFACT.onnx or ARTIFACT.pt2 beside the folder)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("recipes", help="list the built-in recipes")
     p.set_defaults(func=cmd_recipes)

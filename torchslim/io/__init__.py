@@ -1,6 +1,20 @@
-"""Artifacts and weight files: atomic folders with manifests, safe weight loading."""
+"""Artifacts and weight files: ts.save / ts.load, atomic folders with manifests, safe weight loading."""
 
+from torchslim.io.artifact import artifact_tensor_bytes, encode_state, load, parse_safetensors, save
 from torchslim.io.atomic import atomic_dir, check_output_dir, sha256_file
+from torchslim.io.export import export_onnx, export_pt2
 from torchslim.io.weights import load_state_dict_file
 
-__all__ = ["atomic_dir", "check_output_dir", "load_state_dict_file", "sha256_file"]
+__all__ = [
+    "artifact_tensor_bytes",
+    "atomic_dir",
+    "check_output_dir",
+    "encode_state",
+    "export_onnx",
+    "export_pt2",
+    "load",
+    "load_state_dict_file",
+    "parse_safetensors",
+    "save",
+    "sha256_file",
+]

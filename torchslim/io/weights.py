@@ -15,8 +15,6 @@ import zipfile
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 
 from torchslim.errors import UnsafeInputError, UsageError
 
@@ -38,10 +36,9 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise UsageError(f"weights file {path} does not exist")
     if path.suffix == ".safetensors":
-        try:
-            tensors = load_file(str(path))
-        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-            raise UnsafeInputError(f"{path}: not a valid safetensors file ({e})") from None
+        from torchslim.io.artifact import parse_safetensors
+
+        tensors = parse_safetensors(path.read_bytes(), str(path))
     else:
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as z:

@@ -53,8 +53,18 @@ def _cast_floats(value: Any, dtype: torch.dtype) -> Any:
 
 
 def _add_cast_hooks(module: nn.Module, dtype: torch.dtype) -> None:
-    module.register_forward_pre_hook(lambda mod, args, kwargs: (_cast_floats(args, dtype), kwargs), with_kwargs=True)
-    module.register_forward_hook(lambda mod, args, out: _cast_floats(out, torch.float32))
+    pre = module.register_forward_pre_hook(
+        lambda mod, args, kwargs: (_cast_floats(args, dtype), kwargs), with_kwargs=True
+    )
+    post = module.register_forward_hook(lambda mod, args, out: _cast_floats(out, torch.float32))
+    module._torchslim_cast_hooks = (pre, post)
+
+
+def remove_cast_hooks(module: nn.Module) -> None:
+    """Remove the dtype-boundary hooks CastDtype put on ``module`` (e.g. after upcasting its weights)."""
+    for handle in getattr(module, "_torchslim_cast_hooks", ()):
+        handle.remove()
+    module._torchslim_cast_hooks = ()
 
 
 @register_transform(CastDtype, scope="model")

@@ -1,0 +1,229 @@
+"""``ts.save`` / ``ts.load``: safe, atomic, reproducible artifacts for every technique.
+
+Layout of an artifact folder::
+
+    model.safetensors   every tensor in a plain dtype (int8, packed uint8, bf16, fp32, ...)
+    structure.json      the structure log (pruning plans, module swaps, casts; see core/structure.py)
+                        and tied-weight aliases
+    recipe.yaml         the recipe that produced the model (when given)
+    report.json         the measured report (when given)
+    manifest.json       written last: sha256 of every file, torchslim and torch versions, seed
+
+``load`` builds the model with the user's factory, replays the structure log (which recreates pruned
+shapes and quantized module classes with empty tensors), checks every checksum and tensor (missing,
+extra, shape/dtype mismatch, NaN/Inf: all listed at once), then loads the weights strictly. Nothing is
+ever unpickled.
+
+Example:
+    >>> import tempfile, torch, torch.nn as nn
+    >>> import torchslim as ts
+    >>> build = lambda: nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    >>> m = ts.compress_(build(), ts.CastDtype("bfloat16"))
+    >>> out = tempfile.mkdtemp() + "/art"
+    >>> ts.save(m, out)
+    >>> m2 = ts.load(out, factory=build)
+    >>> torch.equal(m2(torch.ones(1, 4)), m(torch.ones(1, 4)))
+    True
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from torchslim.core.structure import replay_ops, structure_ops
+from torchslim.errors import UnsafeInputError, UsageError
+from torchslim.io.atomic import atomic_dir, sha256_file
+
+FORMAT_VERSION = 1
+MODEL_FILE = "model.safetensors"
+STRUCTURE_FILE = "structure.json"
+MANIFEST_FILE = "manifest.json"
+MAX_JSON_BYTES = 20_000_000
+# safetensors refuses headers over 100 MB itself; we refuse earlier and say why.
+MAX_HEADER_BYTES = 100_000_000
+
+
+def encode_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors an artifact stores, and tied-weight aliases (``alias -> stored name``).
+
+    Tied tensors (same storage, same view) are stored once: safetensors refuses shared memory and the
+    file should not hold the bytes twice.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple[int, int, tuple[int, ...], tuple[int, ...]], str] = {}
+    for name, t in model.state_dict(keep_vars=False).items():
+        if not isinstance(t, torch.Tensor):
+            continue
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()))
+        if t.numel() and key in seen:
+            aliases[name] = seen[key]
+            continue
+        seen[key] = name
+        tensors[name] = t.detach().to("cpu").contiguous().clone()
+    return tensors, aliases
+
+
+def artifact_tensor_bytes(model: nn.Module) -> int:
+    """Exact size in bytes of the ``model.safetensors`` that :func:`save` writes for ``model``."""
+    tensors, _ = encode_state(model)
+    return len(_serialize(tensors))
+
+
+def _serialize(tensors: dict[str, torch.Tensor]) -> bytes:
+    # No safetensors metadata: its header map is written in a random order, breaking byte-identical artifacts.
+    return st_save(tensors)
+
+
+def save(
+    model: nn.Module,
+    out: str | Path,
+    *,
+    force: bool = False,
+    recipe: Any = None,
+    report: dict[str, Any] | None = None,
+    seed: int = 0,
+) -> None:
+    """Write ``model`` as an artifact folder, atomically, then verify it by reading it back.
+
+    Args:
+        model: the (compressed) model.
+        out: the artifact folder; must be absent or empty unless ``force``.
+        force: replace an existing artifact (only once the new one is complete).
+        recipe: a ``Recipe`` (written as ``recipe.yaml``) or None.
+        report: a JSON-able report (``report.json``) or None.
+        seed: recorded in the manifest.
+
+    Raises:
+        OutputExistsError: ``out`` is not empty and ``force`` is False, or an I/O error (disk full).
+    """
+    import torchslim
+
+    tensors, aliases = encode_state(model)
+    data = _serialize(tensors)
+    structure = {"format_version": FORMAT_VERSION, "ops": structure_ops(model), "aliases": aliases}
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "torchslim": torchslim.__version__,
+        "torch": torch.__version__.split("+")[0],
+        "seed": seed,
+    }
+    with atomic_dir(out, force=force, manifest=manifest) as tmp:
+        (tmp / MODEL_FILE).write_bytes(data)
+        (tmp / STRUCTURE_FILE).write_text(json.dumps(structure, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+        if recipe is not None:
+            (tmp / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
+        if report is not None:
+            (tmp / "report.json").write_text(json.dumps(report, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+        # Verify before the rename: the bytes on disk decode to exactly the tensors we meant to write.
+        back = _read_tensors(tmp / MODEL_FILE)
+        if back.keys() != tensors.keys() or not all(torch.equal(back[k], tensors[k]) for k in tensors):
+            raise UnsafeInputError(f"verification of {out} failed: the written tensors differ")
+
+
+def _read_json(path: Path) -> Any:
+    if path.stat().st_size > MAX_JSON_BYTES:
+        raise UnsafeInputError(f"{path} is larger than {MAX_JSON_BYTES} bytes")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UnsafeInputError(f"{path} is not valid JSON: {e}") from None
+
+
+def parse_safetensors(data: bytes, source: str = "safetensors") -> dict[str, torch.Tensor]:
+    """Decode safetensors bytes, refusing oversized headers and malformed files with UnsafeInputError."""
+    if len(data) < 8:
+        raise UnsafeInputError(f"{source}: truncated ({len(data)} bytes)")
+    (header_len,) = struct.unpack("<Q", data[:8])
+    if header_len > MAX_HEADER_BYTES or header_len > len(data) - 8:
+        raise UnsafeInputError(f"{source}: header length {header_len} is larger than the file or the limit")
+    try:
+        return st_load(data)
+    except (SafetensorError, ValueError, RuntimeError, TypeError, OverflowError) as e:
+        raise UnsafeInputError(f"{source}: not a valid safetensors file ({e})") from None
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    return parse_safetensors(path.read_bytes(), str(path))
+
+
+def _check_manifest(root: Path) -> dict[str, Any]:
+    path = root / MANIFEST_FILE
+    if not path.is_file():
+        raise UnsafeInputError(f"{root} has no {MANIFEST_FILE}: not a complete torchslim artifact")
+    manifest = _read_json(path)
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or MODEL_FILE not in files or STRUCTURE_FILE not in files:
+        raise UnsafeInputError(f"{path} is malformed: it must list {MODEL_FILE} and {STRUCTURE_FILE}")
+    problems = []
+    for name, digest in files.items():
+        f = root / str(name)
+        if "/" in str(name) or "\\" in str(name) or str(name).startswith("."):
+            problems.append(f"{name}: not a plain file name")
+        elif not f.is_file():
+            problems.append(f"{name}: listed in the manifest but missing")
+        elif sha256_file(f) != digest:
+            problems.append(f"{name}: checksum mismatch (file changed after it was written)")
+    extra = sorted(p.name for p in root.iterdir() if p.name not in files and p.name != MANIFEST_FILE)
+    problems += [f"{name}: not listed in the manifest" for name in extra]
+    if problems:
+        raise UnsafeInputError(f"{root} failed its integrity check:\n  " + "\n  ".join(problems))
+    return manifest
+
+
+def load(path: str | Path, factory: Callable[[], nn.Module], *, strict_nonfinite: bool = True) -> nn.Module:
+    """Rebuild the exact model saved in ``path`` (eval mode).
+
+    Args:
+        path: an artifact folder written by :func:`save`.
+        factory: builds the uncompressed architecture (e.g. ``build_teacher``).
+        strict_nonfinite: reject NaN/Inf in floating-point tensors.
+
+    Raises:
+        UsageError: ``path`` does not exist.
+        UnsafeInputError: missing manifest, checksum mismatch, malformed files, NaN/Inf, missing,
+            extra or mismatched tensors (every problem listed).
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise UsageError(f"artifact folder {root} does not exist")
+    _check_manifest(root)
+    structure = _read_json(root / STRUCTURE_FILE)
+    if not isinstance(structure, dict) or not isinstance(structure.get("ops"), list):
+        raise UnsafeInputError(f"{root / STRUCTURE_FILE} is malformed")
+    aliases = structure.get("aliases", {})
+    if not isinstance(aliases, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in aliases.items()):
+        raise UnsafeInputError(f"{root / STRUCTURE_FILE}: malformed aliases")
+    tensors = _read_tensors(root / MODEL_FILE)
+    model = replay_ops(factory(), structure["ops"])
+    expected = model.state_dict()
+    problems = []
+    for name, stored in aliases.items():
+        if stored not in tensors:
+            problems.append(f"{name}: alias of missing tensor {stored}")
+        else:
+            tensors[name] = tensors[stored]
+    for name, ref in expected.items():
+        if name not in tensors:
+            problems.append(f"{name}: missing")
+        elif tensors[name].shape != ref.shape or tensors[name].dtype != ref.dtype:
+            problems.append(
+                f"{name}: expected {tuple(ref.shape)} {ref.dtype}, found {tuple(tensors[name].shape)} {tensors[name].dtype}"
+            )
+        elif strict_nonfinite and tensors[name].is_floating_point() and not bool(torch.isfinite(tensors[name]).all()):
+            problems.append(f"{name}: NaN or Inf values")
+    problems += [f"{name}: unexpected tensor" for name in tensors if name not in expected]
+    if problems:
+        raise UnsafeInputError(f"{root} does not match the model built by the factory:\n  " + "\n  ".join(problems))
+    model.load_state_dict(tensors, strict=True)
+    return model.eval()
