@@ -27,6 +27,15 @@ from torchslim.errors import (
 from torchslim.finetune import FineTune
 from torchslim.io import load, save
 from torchslim.measure import Report, measure
+from torchslim.pruning import (
+    GradualPruning,
+    MagnitudePruning,
+    NMPruning,
+    RandomPruning,
+    SparseGPTPruning,
+    WandaPruning,
+    bake_,
+)
 from torchslim.quantization import CastDtype
 from torchslim.recipes import Recipe, RunReport, Step, load_recipe, recipe_from_dict, run_recipe
 from torchslim.structured import FoldBatchNorm
@@ -34,6 +43,13 @@ from torchslim.structured import FoldBatchNorm
 __version__ = "0.1.0"
 
 __all__ = [
+    "bake_",
+    "WandaPruning",
+    "SparseGPTPruning",
+    "RandomPruning",
+    "NMPruning",
+    "MagnitudePruning",
+    "GradualPruning",
     "CastDtype",
     "Config",
     "ConfigError",

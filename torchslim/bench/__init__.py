@@ -15,6 +15,7 @@ from torchslim.errors import UsageError
 # name -> "module:function(data, quick) -> BenchResult"; imported lazily so optional peers load only when run.
 BENCHMARKS: dict[str, str] = {
     "digits": "torchslim.bench.digits:bench",
+    "digits-prune": "torchslim.bench.digits_prune:bench",
 }
 
 

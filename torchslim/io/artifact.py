@@ -43,21 +43,26 @@ from safetensors.torch import save as st_save
 from torchslim.core.structure import replay_ops, structure_ops
 from torchslim.errors import UnsafeInputError, UsageError
 from torchslim.io.atomic import atomic_dir, sha256_file
+from torchslim.io.sparse import decode_sparse, encode_sparse
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.safetensors"
 STRUCTURE_FILE = "structure.json"
 MANIFEST_FILE = "manifest.json"
 MAX_JSON_BYTES = 20_000_000
+SPARSE_PREFIX = "__sparse__."
 # safetensors refuses headers over 100 MB itself; we refuse earlier and say why.
 MAX_HEADER_BYTES = 100_000_000
 
 
-def encode_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """The tensors an artifact stores, and tied-weight aliases (``alias -> stored name``).
+def encode_state(
+    model: nn.Module, *, sparse: bool = True
+) -> tuple[dict[str, torch.Tensor], dict[str, str], dict[str, dict[str, Any]]]:
+    """The tensors an artifact stores, tied-weight aliases (``alias -> stored name``) and sparse entries.
 
     Tied tensors (same storage, same view) are stored once: safetensors refuses shared memory and the
-    file should not hold the bytes twice.
+    file should not hold the bytes twice. Tensors with many zeros (pruned weights) are stored as
+    ``__sparse__.<name>.values`` plus a bitmask or indices (see io/sparse.py) when ``sparse``.
     """
     tensors: dict[str, torch.Tensor] = {}
     aliases: dict[str, str] = {}
@@ -71,12 +76,21 @@ def encode_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, s
             continue
         seen[key] = name
         tensors[name] = t.detach().to("cpu").contiguous().clone()
-    return tensors, aliases
+    sparse_meta: dict[str, dict[str, Any]] = {}
+    if sparse:
+        for name in list(tensors):
+            enc = encode_sparse(tensors[name])
+            if enc is not None:
+                del tensors[name]
+                sparse_meta[name] = enc.meta
+                for part, value in enc.tensors.items():
+                    tensors[f"{SPARSE_PREFIX}{name}.{part}"] = value
+    return tensors, aliases, sparse_meta
 
 
 def artifact_tensor_bytes(model: nn.Module) -> int:
     """Exact size in bytes of the ``model.safetensors`` that :func:`save` writes for ``model``."""
-    tensors, _ = encode_state(model)
+    tensors, _, _ = encode_state(model)
     return len(_serialize(tensors))
 
 
@@ -93,6 +107,7 @@ def save(
     recipe: Any = None,
     report: dict[str, Any] | None = None,
     seed: int = 0,
+    sparse: bool = True,
 ) -> None:
     """Write ``model`` as an artifact folder, atomically, then verify it by reading it back.
 
@@ -103,15 +118,21 @@ def save(
         recipe: a ``Recipe`` (written as ``recipe.yaml``) or None.
         report: a JSON-able report (``report.json``) or None.
         seed: recorded in the manifest.
+        sparse: store tensors with many zeros compactly (values + bitmask or indices).
 
     Raises:
         OutputExistsError: ``out`` is not empty and ``force`` is False, or an I/O error (disk full).
     """
     import torchslim
 
-    tensors, aliases = encode_state(model)
+    tensors, aliases, sparse_meta = encode_state(model, sparse=sparse)
     data = _serialize(tensors)
-    structure = {"format_version": FORMAT_VERSION, "ops": structure_ops(model), "aliases": aliases}
+    structure = {
+        "format_version": FORMAT_VERSION,
+        "ops": structure_ops(model),
+        "aliases": aliases,
+        "sparse": sparse_meta,
+    }
     manifest = {
         "format_version": FORMAT_VERSION,
         "torchslim": torchslim.__version__,
@@ -181,6 +202,21 @@ def _check_manifest(root: Path) -> dict[str, Any]:
     return manifest
 
 
+def _decode_sparse_entries(tensors: dict[str, torch.Tensor], sparse_meta: Any) -> dict[str, torch.Tensor]:
+    if not isinstance(sparse_meta, dict):
+        raise UnsafeInputError("structure.json: malformed sparse entries")
+    for name, meta in sparse_meta.items():
+        prefix = f"{SPARSE_PREFIX}{name}."
+        parts = {k[len(prefix) :]: tensors.pop(k) for k in list(tensors) if k.startswith(prefix)}
+        if not isinstance(meta, dict):
+            raise UnsafeInputError(f"structure.json: malformed sparse entry for {name}")
+        tensors[name] = decode_sparse(meta, parts)
+    leftovers = [k for k in tensors if k.startswith(SPARSE_PREFIX)]
+    if leftovers:
+        raise UnsafeInputError(f"sparse parts without an entry in structure.json: {', '.join(leftovers[:10])}")
+    return tensors
+
+
 def load(path: str | Path, factory: Callable[[], nn.Module], *, strict_nonfinite: bool = True) -> nn.Module:
     """Rebuild the exact model saved in ``path`` (eval mode).
 
@@ -204,7 +240,7 @@ def load(path: str | Path, factory: Callable[[], nn.Module], *, strict_nonfinite
     aliases = structure.get("aliases", {})
     if not isinstance(aliases, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in aliases.items()):
         raise UnsafeInputError(f"{root / STRUCTURE_FILE}: malformed aliases")
-    tensors = _read_tensors(root / MODEL_FILE)
+    tensors = _decode_sparse_entries(_read_tensors(root / MODEL_FILE), structure.get("sparse", {}))
     model = replay_ops(factory(), structure["ops"])
     expected = model.state_dict()
     problems = []

@@ -1,0 +1,75 @@
+"""``torchslim bench digits-prune``: unstructured pruning of the digits teacher, one-shot vs gradual.
+
+Rows: ``fp32``; ``torchslim-oneshot-{50,80,90,95}`` (global magnitude, no training);
+``torchslim-gradual-{50,80,90,95}`` (Zhu & Gupta cubic schedule with fine-tuning);
+``peer-torch-prune-global-unstructured-90`` (``torch.nn.utils.prune.global_unstructured`` at 90%, no
+fine-tuning, artifact = its state dict saved the usual way with ``torch.save``: ``weight_orig`` +
+``weight_mask``). Sizes are artifact bytes (``ts.save`` stores pruned tensors as values + bitmask).
+Unstructured sparsity saves size, not time: the latency column shows it.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import torch
+import torch.nn as nn
+import torch.nn.utils.prune as tprune
+
+from torchslim.api import compress_
+from torchslim.bench.harness import BenchResult, Variant, run_benchmark
+from torchslim.measure import artifact_bytes, count_nonzero
+from torchslim.pruning import GradualPruning, MagnitudePruning
+from torchslim.structured import FoldBatchNorm
+
+SPARSITIES = (50, 80, 90, 95)
+
+
+def gradual_config(sparsity: float) -> GradualPruning:
+    return GradualPruning(final_sparsity=sparsity, steps=4, epochs_per_step=2, final_epochs=6, lr=1e-3)
+
+
+def _peer_torch_prune(teacher: nn.Module, amount: float) -> tuple[nn.Module, int]:
+    model = copy.deepcopy(teacher)
+    params = [(m, "weight") for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    tprune.global_unstructured(params, pruning_method=tprune.L1Unstructured, amount=amount)
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)  # how users save it: weight_orig + weight_mask, dense
+    return model, buf.getbuffer().nbytes
+
+
+def bench(data: str | None = None, quick: bool = False) -> BenchResult:
+    """Run the digits pruning benchmark (scikit-learn ships the data)."""
+    from torchslim.workloads import get_workload
+
+    wl = get_workload("digits")
+    teacher = wl.model()
+    ctx = wl.context()
+    x = ctx.example_inputs
+
+    def variant(name: str, model: nn.Module, size: int | None = None) -> Variant:
+        model.eval()
+        return Variant(
+            name,
+            model,
+            x,
+            size_bytes=artifact_bytes(model) if size is None else size,
+            quality=wl.evaluate(model, "test"),
+            extra={"nonzero": count_nonzero(model)},
+        )
+
+    variants = [variant("fp32", teacher)]
+    for s in SPARSITIES:
+        m = compress_(copy.deepcopy(teacher), MagnitudePruning(sparsity=s / 100), ctx=ctx)
+        variants.append(variant(f"torchslim-oneshot-{s}", m))
+    for s in SPARSITIES:
+        m = compress_(copy.deepcopy(teacher), gradual_config(s / 100), ctx=ctx)
+        m = compress_(m, FoldBatchNorm(), ctx=ctx)
+        variants.append(variant(f"torchslim-gradual-{s}", m))
+    peer, peer_size = _peer_torch_prune(teacher, 0.9)
+    variants.append(variant("peer-torch-prune-global-unstructured-90", peer, size=peer_size))
+    result = run_benchmark("digits-prune", variants, rounds=10 if quick else 40, warmup=3 if quick else 10)
+    result.notes.append("unstructured sparsity saves artifact size, not latency (dense kernels)")
+    result.notes.append("gradual rows: BatchNorm folded after pruning (inference form)")
+    return result

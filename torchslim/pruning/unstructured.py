@@ -1,0 +1,277 @@
+"""Unstructured and N:M pruning configs: magnitude/threshold, Wanda, SparseGPT, random, N:M.
+
+Every config prunes the weights of the selected Linear/Conv layers; by default the first layer and the
+last one (the classifier) stay dense (``keep_first_last``), because they hold few weights and most of
+the accuracy. Masks go through ``torch.nn.utils.parametrize``; ``bake=True`` (the default for one-shot
+pruning) makes them permanent right away so the artifact stores plain tensors with exact zeros (which
+``ts.save`` then stores sparsely).
+
+Example:
+    >>> import torch, torch.nn as nn
+    >>> import torchslim as ts
+    >>> m = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 2))
+    >>> _ = ts.compress_(m, MagnitudePruning(sparsity=0.75))
+    >>> int((m[2].weight == 0).sum()), int((m[0].weight == 0).sum())
+    (192, 0)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn as nn
+
+from torchslim.core.config import Config, _fail, check_fraction, check_positive_int, check_range, register_config
+from torchslim.core.context import Context
+from torchslim.core.registry import register_transform
+from torchslim.core.select import Select
+from torchslim.errors import ConfigError
+from torchslim.pruning.calibration import collect_input_stats
+from torchslim.pruning.masks import global_masks, magnitude_score, nm_mask, random_score, threshold_mask, topk_mask
+from torchslim.pruning.parametrize import apply_mask_, bake_
+from torchslim.pruning.sparsegpt import sparsegpt_prune
+
+PRUNABLE = ("Linear", "Conv1d", "Conv2d")
+Scope = Literal["global", "layer"]
+
+
+@dataclass(frozen=True)
+class _Pruning(Config):
+    def default_select(self) -> Select:
+        return Select(types=PRUNABLE)
+
+
+@register_config("magnitude-pruning")
+@dataclass(frozen=True)
+class MagnitudePruning(_Pruning):
+    """Remove the smallest-magnitude weights.
+
+    Args:
+        sparsity: fraction of weights to remove (exact count), or
+        threshold: remove every weight with ``|w| < threshold`` (give one of the two).
+        scope: ``"global"`` ranks all selected layers together; ``"layer"`` prunes each to ``sparsity``.
+        keep_first_last: leave the first and the last selected layer dense.
+        bake: make the masks permanent now (False keeps parametrized masks, e.g. for training).
+    """
+
+    sparsity: float | None = None
+    threshold: float | None = None
+    scope: Scope = "global"
+    keep_first_last: bool = True
+    bake: bool = True
+
+    def __post_init__(self) -> None:
+        if (self.sparsity is None) == (self.threshold is None):
+            _fail(self, "sparsity", "give exactly one of sparsity (a fraction) or threshold (a magnitude)")
+        if self.sparsity is not None:
+            check_fraction(self, "sparsity")
+        if self.threshold is not None:
+            check_range(self, "threshold", 0.0, float("inf"), high_open=True)
+
+
+@register_config("wanda-pruning")
+@dataclass(frozen=True)
+class WandaPruning(_Pruning):
+    """Wanda (Sun et al. 2023): score |W_ij|·‖X_j‖ from calibration activations, pruned per output row."""
+
+    sparsity: float = 0.5
+    keep_first_last: bool = True
+    bake: bool = True
+
+    def __post_init__(self) -> None:
+        check_fraction(self, "sparsity")
+
+
+@register_config("sparsegpt-pruning")
+@dataclass(frozen=True)
+class SparseGPTPruning(_Pruning):
+    """SparseGPT (Frantar & Alistarh 2023): OBS mask selection with weight reconstruction."""
+
+    sparsity: float = 0.5
+    blocksize: int = 128
+    damp: float = 0.01
+    keep_first_last: bool = True
+    bake: bool = True
+
+    def __post_init__(self) -> None:
+        check_fraction(self, "sparsity")
+        check_positive_int(self, "blocksize")
+        check_range(self, "damp", 0.0, 1.0, low_open=True)
+
+
+@register_config("random-pruning")
+@dataclass(frozen=True)
+class RandomPruning(_Pruning):
+    """Random weights removed (a baseline); seeded by ``Context.seed``."""
+
+    sparsity: float = 0.5
+    scope: Scope = "layer"
+    keep_first_last: bool = True
+    bake: bool = True
+
+    def __post_init__(self) -> None:
+        check_fraction(self, "sparsity")
+
+
+@register_config("nm-pruning")
+@dataclass(frozen=True)
+class NMPruning(_Pruning):
+    """N:M semi-structured sparsity along the input dimension (2:4, 4:8), scored by ``method``."""
+
+    n: int = 2
+    m: int = 4
+    method: Literal["magnitude", "wanda", "sparsegpt"] = "magnitude"
+    keep_first_last: bool = True
+    bake: bool = True
+
+    def __post_init__(self) -> None:
+        check_positive_int(self, "n")
+        check_positive_int(self, "m")
+        if self.n >= self.m:
+            _fail(self, "n", f"n must be smaller than m (keep n of every m), got {self.n}:{self.m}")
+
+
+def prunable_layers(model: nn.Module, select: Select, keep_first_last: bool) -> dict[str, nn.Module]:
+    """Selected layers with a ``weight`` (in module order), first and last dropped if asked."""
+    layers = {n: m for n, m in select.modules(model) if isinstance(getattr(m, "weight", None), torch.Tensor)}
+    if keep_first_last and len(layers) > 2:
+        names = list(layers)
+        layers = {n: layers[n] for n in names[1:-1]}
+    return layers
+
+
+def _supports_stats(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) or (isinstance(module, (nn.Conv1d, nn.Conv2d)) and module.groups == 1)
+
+
+def _apply(model: nn.Module, masks: dict[str, torch.Tensor], layers: dict[str, nn.Module], config, ctx) -> nn.Module:
+    removed = total = 0
+    for name, mask in masks.items():
+        apply_mask_(layers[name], mask)
+        removed += int((~mask).sum())
+        total += mask.numel()
+    if config.bake:
+        bake_(model)
+    if total:
+        ctx.record(f"{config.kind}: {len(masks)} layer(s), {removed}/{total} weights removed ({removed / total:.1%})")
+    return model
+
+
+@register_transform(MagnitudePruning, scope="model")
+def _magnitude(model: nn.Module, config: MagnitudePruning, select: Select, ctx: Context) -> nn.Module:
+    layers = prunable_layers(model, select, config.keep_first_last)
+    if config.threshold is not None:
+        masks = {n: threshold_mask(m.weight, config.threshold) for n, m in layers.items()}
+    elif config.scope == "global":
+        masks = global_masks({n: magnitude_score(m.weight) for n, m in layers.items()}, config.sparsity)
+    else:
+        masks = {n: topk_mask(magnitude_score(m.weight), config.sparsity) for n, m in layers.items()}
+    return _apply(model, masks, layers, config, ctx)
+
+
+@register_transform(RandomPruning, scope="model")
+def _random(model: nn.Module, config: RandomPruning, select: Select, ctx: Context) -> nn.Module:
+    layers = prunable_layers(model, select, config.keep_first_last)
+    g = torch.Generator().manual_seed(ctx.seed)
+    scores = {n: random_score(m.weight, g) for n, m in layers.items()}
+    if config.scope == "global":
+        masks = global_masks(scores, config.sparsity)
+    else:
+        masks = {n: topk_mask(s, config.sparsity) for n, s in scores.items()}
+    return _apply(model, masks, layers, config, ctx)
+
+
+def _row_topk(score: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Wanda compares weights per output row: each row loses round(sparsity·row) weights."""
+    flat = score.reshape(score.shape[0], -1)
+    return torch.stack([topk_mask(row, sparsity) for row in flat]).reshape(score.shape)
+
+
+def _calibrated_scores(model, layers, ctx, config) -> dict[str, torch.Tensor]:
+    usable = {n: m for n, m in layers.items() if _supports_stats(m)}
+    for n in layers:
+        if n not in usable:
+            ctx.record(f"{config.kind}: {n} is a grouped conv; scored by magnitude instead")
+    stats = collect_input_stats(model, usable, ctx.calibration or [])
+    scores = {}
+    for n, m in layers.items():
+        w = m.weight.detach().abs().float()
+        if n in stats:
+            scores[n] = (w.reshape(w.shape[0], -1) * stats[n].norm.float().reshape(1, -1)).reshape(w.shape)
+        else:
+            scores[n] = w
+    return scores
+
+
+@register_transform(WandaPruning, scope="model")
+def _wanda(model: nn.Module, config: WandaPruning, select: Select, ctx: Context) -> nn.Module:
+    layers = prunable_layers(model, select, config.keep_first_last)
+    scores = _calibrated_scores(model, layers, ctx, config)
+    return _apply(model, {n: _row_topk(s, config.sparsity) for n, s in scores.items()}, layers, config, ctx)
+
+
+def _sparsegpt_layers(model, layers, ctx, config, sparsity: float, n: int = 0, m: int = 0) -> dict[str, torch.Tensor]:
+    usable = {k: v for k, v in layers.items() if _supports_stats(v)}
+    stats = collect_input_stats(model, usable, ctx.calibration or [], hessian=True)
+    masks = {}
+    for name, layer in layers.items():
+        w = layer.weight.detach()
+        flat = w.reshape(w.shape[0], -1)
+        if name not in stats:
+            ctx.record(f"{config.kind}: {name} is a grouped conv; pruned by magnitude instead")
+            score = magnitude_score(flat)
+            masks[name] = (nm_mask(score, n, m) if m else topk_mask(score, sparsity)).reshape(w.shape)
+            continue
+        try:
+            new, mask = sparsegpt_prune(
+                flat,
+                stats[name].hessian,
+                sparsity,
+                n=n,
+                m=m,
+                blocksize=config_blocksize(config),
+                damp=config_damp(config),
+            )
+        except torch.linalg.LinAlgError:
+            ctx.record(f"{config.kind}: {name}: Hessian not positive definite; fell back to magnitude")
+            score = magnitude_score(flat)
+            masks[name] = (nm_mask(score, n, m) if m else topk_mask(score, sparsity)).reshape(w.shape)
+            continue
+        with torch.no_grad():
+            layer.weight.copy_(new.reshape(w.shape))
+        masks[name] = mask.reshape(w.shape)
+    return masks
+
+
+def config_blocksize(config) -> int:
+    return getattr(config, "blocksize", 128)
+
+
+def config_damp(config) -> float:
+    return getattr(config, "damp", 0.01)
+
+
+@register_transform(SparseGPTPruning, scope="model")
+def _sparsegpt(model: nn.Module, config: SparseGPTPruning, select: Select, ctx: Context) -> nn.Module:
+    layers = prunable_layers(model, select, config.keep_first_last)
+    masks = _sparsegpt_layers(model, layers, ctx, config, config.sparsity)
+    return _apply(model, masks, layers, config, ctx)
+
+
+@register_transform(NMPruning, scope="model")
+def _nm(model: nn.Module, config: NMPruning, select: Select, ctx: Context) -> nn.Module:
+    layers = prunable_layers(model, select, config.keep_first_last)
+    bad = [f"{n} ({m.weight[0].numel()} inputs)" for n, m in layers.items() if m.weight[0].numel() % config.m]
+    if bad:
+        raise ConfigError(f"{config.n}:{config.m} pruning needs input sizes divisible by {config.m}", bad)
+    if config.method == "sparsegpt":
+        masks = _sparsegpt_layers(model, layers, ctx, config, 0.0, n=config.n, m=config.m)
+    else:
+        if config.method == "wanda":
+            scores = _calibrated_scores(model, layers, ctx, config)
+        else:
+            scores = {n: magnitude_score(m.weight) for n, m in layers.items()}
+        masks = {n: nm_mask(s, config.n, config.m) for n, s in scores.items()}
+    return _apply(model, masks, layers, config, ctx)
