@@ -57,7 +57,7 @@ def test_topk_exact_count(sparsity):
 
 
 def test_global_masks_exact_total_and_uneven_layers():
-    scores = {"a": torch.randn(10, 10), "b": torch.randn(20, 5) * 10}
+    scores = {"a": torch.randn(10, 10).abs(), "b": torch.randn(20, 5).abs() * 10}
     masks = global_masks(scores, 0.5)
     assert sum(int((~m).sum()) for m in masks.values()) == 100
     assert int((~masks["a"]).sum()) > int((~masks["b"]).sum())  # the small-magnitude layer loses more
