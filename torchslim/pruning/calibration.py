@@ -24,6 +24,10 @@ import torch.nn.functional as F
 from torchslim.errors import ConfigError
 
 
+class _StopForward(Exception):
+    """Raised by the hook once the only hooked layer has seen its input: the rest of the forward is waste."""
+
+
 @dataclass
 class InputStats:
     """Running sums for one layer: per-input squared sums (→ L2 norms) and optionally X Xᵀ."""
@@ -74,6 +78,7 @@ def collect_input_stats(
         raise ConfigError("this pruning method needs calibration data: give Context(calibration=[...])")
     stats: dict[str, InputStats] = {}
     handles = []
+    stop_early = len(layers) == 1
 
     def hook(name: str, module: nn.Module):
         def fn(mod: nn.Module, args: tuple[Any, ...]) -> None:
@@ -90,6 +95,8 @@ def collect_input_stats(
             if st.xxt is not None:
                 st.xxt += x @ x.T
             st.count += x.shape[1]
+            if stop_early:
+                raise _StopForward
 
         return fn
 
@@ -100,7 +107,10 @@ def collect_input_stats(
     try:
         with torch.no_grad():
             for batch in batches:
-                model(*batch) if isinstance(batch, (tuple, list)) else model(batch)
+                try:
+                    model(*batch) if isinstance(batch, (tuple, list)) else model(batch)
+                except _StopForward:
+                    pass
     finally:
         for h in handles:
             h.remove()

@@ -74,11 +74,15 @@ class MagnitudePruning(_Pruning):
 @register_config("wanda-pruning")
 @dataclass(frozen=True)
 class WandaPruning(_Pruning):
-    """Wanda (Sun et al. 2023): score |W_ij|·‖X_j‖ from calibration activations, pruned per output row."""
+    """Wanda (Sun et al. 2023): score |W_ij|·‖X_j‖ from calibration activations, pruned per output row.
+
+    ``sequential``: calibrate each layer on the outputs of the already-pruned earlier layers.
+    """
 
     sparsity: float = 0.5
     keep_first_last: bool = True
     bake: bool = True
+    sequential: bool = True
 
     def __post_init__(self) -> None:
         check_fraction(self, "sparsity")
@@ -87,13 +91,18 @@ class WandaPruning(_Pruning):
 @register_config("sparsegpt-pruning")
 @dataclass(frozen=True)
 class SparseGPTPruning(_Pruning):
-    """SparseGPT (Frantar & Alistarh 2023): OBS mask selection with weight reconstruction."""
+    """SparseGPT (Frantar & Alistarh 2023): OBS mask selection with weight reconstruction.
+
+    ``blocksize`` columns share one lazy update; ``damp`` is λ/mean(diag H) added for stability;
+    ``sequential`` calibrates each layer on the already-pruned earlier layers' outputs.
+    """
 
     sparsity: float = 0.5
     blocksize: int = 128
     damp: float = 0.01
     keep_first_last: bool = True
     bake: bool = True
+    sequential: bool = True
 
     def __post_init__(self) -> None:
         check_fraction(self, "sparsity")
@@ -125,6 +134,9 @@ class NMPruning(_Pruning):
     method: Literal["magnitude", "wanda", "sparsegpt"] = "magnitude"
     keep_first_last: bool = True
     bake: bool = True
+    sequential: bool = True
+    blocksize: int = 128
+    damp: float = 0.01
 
     def __post_init__(self) -> None:
         check_positive_int(self, "n")
@@ -184,79 +196,85 @@ def _random(model: nn.Module, config: RandomPruning, select: Select, ctx: Contex
 
 
 def _row_topk(score: torch.Tensor, sparsity: float) -> torch.Tensor:
-    """Wanda compares weights per output row: each row loses round(sparsity·row) weights."""
+    """Wanda compares weights within each output row. Row r removes round(s·c·(r+1)) − round(s·c·r)
+    weights, so every row loses ⌊s·c⌋ or ⌈s·c⌉ and the layer total is exactly round(s·numel)."""
     flat = score.reshape(score.shape[0], -1)
-    return torch.stack([topk_mask(row, sparsity) for row in flat]).reshape(score.shape)
+    cols = flat.shape[1]
+    rows = []
+    for r, row in enumerate(flat):
+        k = round(sparsity * cols * (r + 1)) - round(sparsity * cols * r)
+        rows.append(topk_mask(row, k / cols))
+    return torch.stack(rows).reshape(score.shape)
 
 
-def _calibrated_scores(model, layers, ctx, config) -> dict[str, torch.Tensor]:
-    usable = {n: m for n, m in layers.items() if _supports_stats(m)}
-    for n in layers:
-        if n not in usable:
-            ctx.record(f"{config.kind}: {n} is a grouped conv; scored by magnitude instead")
-    stats = collect_input_stats(model, usable, ctx.calibration or [])
-    scores = {}
-    for n, m in layers.items():
-        w = m.weight.detach().abs().float()
-        if n in stats:
-            scores[n] = (w.reshape(w.shape[0], -1) * stats[n].norm.float().reshape(1, -1)).reshape(w.shape)
+def _calibrated_masks(
+    model: nn.Module,
+    layers: dict[str, nn.Module],
+    ctx: Context,
+    config: Config,
+    *,
+    method: str,
+    sparsity: float = 0.0,
+    n: int = 0,
+    m: int = 0,
+) -> dict[str, torch.Tensor]:
+    """Wanda or SparseGPT masks (SparseGPT also rewrites the kept weights).
+
+    With ``config.sequential`` (the default, as both papers do) each layer's input statistics are taken
+    from the model with every earlier layer already pruned, so later layers compensate for the error
+    of earlier ones; otherwise one pass over the dense model serves all layers.
+    """
+    hessian = method == "sparsegpt"
+    usable = {k: v for k, v in layers.items() if _supports_stats(v)}
+    batches = ctx.calibration or []
+    sequential = getattr(config, "sequential", True)
+    cache = None if sequential else collect_input_stats(model, usable, batches, hessian=hessian)
+    masks = {}
+    for name, layer in layers.items():
+        w = layer.weight.detach()
+        flat = w.reshape(w.shape[0], -1)
+        stats = None
+        if name in usable:
+            stats = (
+                cache[name]
+                if cache is not None
+                else collect_input_stats(model, {name: layer}, batches, hessian=hessian)[name]
+            )
         else:
-            scores[n] = w
-    return scores
+            ctx.record(f"{config.kind}: {name} is a grouped conv; scored by magnitude instead")
+        mask = None
+        if stats is not None and hessian:
+            try:
+                new, mask = sparsegpt_prune(
+                    flat, stats.hessian, sparsity, n=n, m=m, blocksize=config.blocksize, damp=config.damp
+                )
+                with torch.no_grad():
+                    layer.weight.copy_(new.reshape(w.shape))
+            except torch.linalg.LinAlgError:
+                ctx.record(f"{config.kind}: {name}: Hessian not positive definite; fell back to Wanda scores")
+        if mask is None:
+            score = flat.abs().float()
+            if stats is not None:
+                score = score * stats.norm.float().reshape(1, -1)
+            mask = nm_mask(score, n, m) if m else _row_topk(score, sparsity)
+        mask = mask.reshape(w.shape)
+        if sequential:
+            apply_mask_(layer, mask)  # later layers calibrate on the pruned outputs
+        masks[name] = mask
+    return masks
 
 
 @register_transform(WandaPruning, scope="model")
 def _wanda(model: nn.Module, config: WandaPruning, select: Select, ctx: Context) -> nn.Module:
     layers = prunable_layers(model, select, config.keep_first_last)
-    scores = _calibrated_scores(model, layers, ctx, config)
-    return _apply(model, {n: _row_topk(s, config.sparsity) for n, s in scores.items()}, layers, config, ctx)
-
-
-def _sparsegpt_layers(model, layers, ctx, config, sparsity: float, n: int = 0, m: int = 0) -> dict[str, torch.Tensor]:
-    usable = {k: v for k, v in layers.items() if _supports_stats(v)}
-    stats = collect_input_stats(model, usable, ctx.calibration or [], hessian=True)
-    masks = {}
-    for name, layer in layers.items():
-        w = layer.weight.detach()
-        flat = w.reshape(w.shape[0], -1)
-        if name not in stats:
-            ctx.record(f"{config.kind}: {name} is a grouped conv; pruned by magnitude instead")
-            score = magnitude_score(flat)
-            masks[name] = (nm_mask(score, n, m) if m else topk_mask(score, sparsity)).reshape(w.shape)
-            continue
-        try:
-            new, mask = sparsegpt_prune(
-                flat,
-                stats[name].hessian,
-                sparsity,
-                n=n,
-                m=m,
-                blocksize=config_blocksize(config),
-                damp=config_damp(config),
-            )
-        except torch.linalg.LinAlgError:
-            ctx.record(f"{config.kind}: {name}: Hessian not positive definite; fell back to magnitude")
-            score = magnitude_score(flat)
-            masks[name] = (nm_mask(score, n, m) if m else topk_mask(score, sparsity)).reshape(w.shape)
-            continue
-        with torch.no_grad():
-            layer.weight.copy_(new.reshape(w.shape))
-        masks[name] = mask.reshape(w.shape)
-    return masks
-
-
-def config_blocksize(config) -> int:
-    return getattr(config, "blocksize", 128)
-
-
-def config_damp(config) -> float:
-    return getattr(config, "damp", 0.01)
+    masks = _calibrated_masks(model, layers, ctx, config, method="wanda", sparsity=config.sparsity)
+    return _apply(model, masks, layers, config, ctx)
 
 
 @register_transform(SparseGPTPruning, scope="model")
 def _sparsegpt(model: nn.Module, config: SparseGPTPruning, select: Select, ctx: Context) -> nn.Module:
     layers = prunable_layers(model, select, config.keep_first_last)
-    masks = _sparsegpt_layers(model, layers, ctx, config, config.sparsity)
+    masks = _calibrated_masks(model, layers, ctx, config, method="sparsegpt", sparsity=config.sparsity)
     return _apply(model, masks, layers, config, ctx)
 
 
@@ -266,12 +284,8 @@ def _nm(model: nn.Module, config: NMPruning, select: Select, ctx: Context) -> nn
     bad = [f"{n} ({m.weight[0].numel()} inputs)" for n, m in layers.items() if m.weight[0].numel() % config.m]
     if bad:
         raise ConfigError(f"{config.n}:{config.m} pruning needs input sizes divisible by {config.m}", bad)
-    if config.method == "sparsegpt":
-        masks = _sparsegpt_layers(model, layers, ctx, config, 0.0, n=config.n, m=config.m)
+    if config.method == "magnitude":
+        masks = {n: nm_mask(magnitude_score(m.weight), config.n, config.m) for n, m in layers.items()}
     else:
-        if config.method == "wanda":
-            scores = _calibrated_scores(model, layers, ctx, config)
-        else:
-            scores = {n: magnitude_score(m.weight) for n, m in layers.items()}
-        masks = {n: nm_mask(s, config.n, config.m) for n, s in scores.items()}
+        masks = _calibrated_masks(model, layers, ctx, config, method=config.method, n=config.n, m=config.m)
     return _apply(model, masks, layers, config, ctx)
