@@ -2,7 +2,10 @@
 
 Rows: ``fp32``; ``torchslim-bf16`` (CastDtype); ``peer-torch-autocast-bf16`` (``torch.autocast``, the
 usual PyTorch way to run in bf16, weights stay fp32 on disk); ``torchslim-fold-bn``; ``torchslim-default``
-(the built-in default recipe).
+(the built-in default recipe); ``torchslim-int8-static`` (Int8Static: BN folded, ReLU fused, calibrated
+uint8 activations, oneDNN int8 convolutions); ``peer-torch.ao-int8-static`` (``torch.ao.quantization``
+FX graph mode static quantization with the x86 default qconfig, deprecated but still shipped; its
+size is ``torch.save`` bytes since its quantized tensors do not fit safetensors).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import torch.nn as nn
 from torchslim.api import compress_
 from torchslim.bench.harness import BenchResult, Variant, run_benchmark
 from torchslim.measure import artifact_bytes, count_macs, count_params
-from torchslim.quantization import CastDtype
+from torchslim.quantization import CastDtype, Int8Static
 from torchslim.recipes import load_recipe, run_recipe
 from torchslim.structured import FoldBatchNorm
 
@@ -31,6 +34,26 @@ class _Autocast(nn.Module):
     def forward(self, *args: Any) -> Any:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             return self.model(*args).float()
+
+
+def _torch_ao_static(model: nn.Module, x: tuple, calibration: list) -> tuple[nn.Module, int]:
+    """The peer: torch.ao FX graph mode post-training static quantization (fuses conv-bn-relu itself)."""
+    import io
+    import warnings
+
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # its deprecation warnings, once per call
+        prepared = prepare_fx(copy.deepcopy(model).eval(), get_default_qconfig_mapping("x86"), x)
+        with torch.no_grad():
+            for batch in calibration:
+                prepared(*batch)
+        quantized = convert_fx(prepared)
+    buf = io.BytesIO()
+    torch.save(quantized.state_dict(), buf)
+    return quantized, buf.tell()
 
 
 def bench(data: str | None = None, quick: bool = False) -> BenchResult:
@@ -56,12 +79,16 @@ def bench(data: str | None = None, quick: bool = False) -> BenchResult:
     bf16 = compress_(copy.deepcopy(teacher), CastDtype("bfloat16"))
     folded = compress_(copy.deepcopy(teacher), FoldBatchNorm())
     default, _ = run_recipe(copy.deepcopy(teacher), load_recipe("default"), ctx, measure_steps=False)
+    int8_static = compress_(copy.deepcopy(teacher), Int8Static(), ctx=ctx)
+    peer_static, peer_static_size = _torch_ao_static(teacher, x, ctx.calibration)
     variants = [
         variant("fp32", teacher),
         variant("torchslim-bf16", bf16),
         variant("peer-torch-autocast-bf16", _Autocast(teacher), size=artifact_bytes(teacher)),
         variant("torchslim-fold-bn", folded),
         variant("torchslim-default", default),
+        variant("torchslim-int8-static", int8_static),
+        variant("peer-torch.ao-int8-static", peer_static, size=peer_static_size),
     ]
     result = run_benchmark("digits", variants, rounds=10 if quick else 50, warmup=3 if quick else 10)
     result.notes.append(f"latency per batch of {x[0].shape[0]} images; accuracy on the full test split")

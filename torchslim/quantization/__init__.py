@@ -1,5 +1,26 @@
 """Quantization and reduced-precision techniques."""
 
 from torchslim.quantization.cast import CastDtype
+from torchslim.quantization.dynamic import Int8Dynamic
+from torchslim.quantization.modules import Int8DynamicLinear, Int8Embedding, Int8WeightOnlyLinear
+from torchslim.quantization.primitives import PerChannel, PerGroup, PerTensor, PerToken
+from torchslim.quantization.qat import Int8QAT
+from torchslim.quantization.static import Int8Static, Int8StaticConv2d, Int8StaticLinear
+from torchslim.quantization.weight_only import Int8WeightOnly
 
-__all__ = ["CastDtype"]
+__all__ = [
+    "CastDtype",
+    "Int8Dynamic",
+    "Int8DynamicLinear",
+    "Int8Embedding",
+    "Int8QAT",
+    "Int8Static",
+    "Int8StaticConv2d",
+    "Int8StaticLinear",
+    "Int8WeightOnly",
+    "Int8WeightOnlyLinear",
+    "PerChannel",
+    "PerGroup",
+    "PerTensor",
+    "PerToken",
+]

@@ -30,6 +30,7 @@ def _digits(data: str | Path | None) -> Workload:
 # (e.g. ``"minilm-stsb": _minilm``) adds one line here and reads ``data`` in its constructor.
 WORKLOADS: dict[str, Callable[[str | Path | None], Workload]] = {
     "digits": _digits,
+    "minilm-stsb": lambda data: __import__("torchslim.workloads.minilm", fromlist=["_"]).MiniLMWorkload(data),
 }
 
 

@@ -1,0 +1,175 @@
+"""``torchslim bench minilm-stsb --data DIR``: all-MiniLM-L6-v2 on STS-B, fp32 against our int8/bf16 and the peers'.
+
+Rows (each: latency at batch 32 × 128 tokens, speedup over fp32 in the same run, artifact size,
+``stsb_spearman`` on the test split and ``cos_min``, the worst sentence's cosine to fp32):
+
+- ``fp32``; ``torchslim-bf16`` (CastDtype);
+- ``torchslim-int8-dynamic``: ``Int8Dynamic(compile=True, smoothquant=0.5, min_sqnr_db=33, fallback="float32")``
+  (per-token int8 activations, per-channel int8 weights, int8 embeddings, SmoothQuant from 8 calibration
+  batches of STS *train* sentences, layers under 33 dB left in fp32, whole model compiled in place);
+  ``torchslim-int8-dynamic-eager``: the same without compile; ``torchslim-int8-weight-only``: ``Int8WeightOnly()``;
+- ``peer-torch.ao-int8-dynamic``: ``torch.ao.quantization.quantize_dynamic`` (deprecated; fbgemm,
+  per-tensor activations); ``peer-torchao-int8-dynamic-compiled``: torchao
+  ``Int8DynamicActivationInt8WeightConfig`` + ``torch.compile``; ``peer-onnxruntime-int8``: ONNX
+  export + ``onnxruntime.quantization.quantize_dynamic(per_channel=True)``, run by ONNX Runtime with
+  the same thread count.
+
+A peer that cannot be built here (missing package, export failure) is left out with a note, never
+faked. Peers' sizes are what they save: ``torch.save`` bytes (their tensor types do not fit
+safetensors) or the ``.onnx`` file.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from torchslim.api import compress_
+from torchslim.bench.harness import BenchResult, Variant, run_benchmark
+from torchslim.core.context import Context
+from torchslim.measure import artifact_bytes
+from torchslim.quantization import CastDtype, Int8Dynamic, Int8WeightOnly
+
+log = logging.getLogger(__name__)
+
+
+def _torch_save_bytes(model: nn.Module) -> int:
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    return buf.tell()
+
+
+class _OrtEncoder(nn.Module):
+    """An ONNX Runtime session behind the encoder's ``(input_ids, attention_mask) -> embeddings`` call."""
+
+    def __init__(self, session: Any) -> None:
+        super().__init__()
+        self.session = session
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        out = self.session.run(None, {"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy()})
+        return torch.from_numpy(out[0])
+
+
+def _onnxruntime_int8(model: nn.Module, inputs: tuple[torch.Tensor, ...], workdir: str) -> tuple[nn.Module, int]:
+    import onnxruntime as ort
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    fp32_path, int8_path = os.path.join(workdir, "model.onnx"), os.path.join(workdir, "model-int8.onnx")
+    axes = {0: "batch", 1: "tokens"}
+    torch.onnx.export(
+        model,
+        inputs,
+        fp32_path,
+        input_names=["input_ids", "attention_mask"],
+        output_names=["embedding"],
+        dynamic_axes={"input_ids": axes, "attention_mask": axes, "embedding": {0: "batch"}},
+        opset_version=17,
+        dynamo=False,  # the TorchScript exporter handles the HF attention mask code; dynamo's needs more work
+    )
+    quantize_dynamic(fp32_path, int8_path, per_channel=True, weight_type=QuantType.QInt8)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = torch.get_num_threads()
+    opts.inter_op_num_threads = 1
+    session = ort.InferenceSession(int8_path, opts, providers=["CPUExecutionProvider"])
+    return _OrtEncoder(session).eval(), os.path.getsize(int8_path)
+
+
+def _peer(name: str, build: Callable[[], tuple[nn.Module, int]], notes: list[str]) -> tuple[nn.Module, int] | None:
+    try:
+        return build()
+    except Exception as e:  # noqa: BLE001 - a peer that fails to build is reported, not fatal
+        log.warning("peer %s unavailable: %s", name, e)
+        notes.append(f"{name} left out: {type(e).__name__}: {str(e)[:200]}")
+        return None
+
+
+def bench(data: str | None = None, quick: bool = False) -> BenchResult:
+    """Run the MiniLM benchmark on the STS benchmark folder ``data`` (default ``../shared/data/stsbenchmark``)."""
+    from torchslim.workloads.minilm import MiniLMWorkload
+
+    wl = MiniLMWorkload(data)
+    fp32 = wl.model()
+    x = wl.example_inputs()
+    notes: list[str] = []
+    built: list[tuple[str, nn.Module, int, float]] = []  # name, model, size, build seconds
+
+    def add(name: str, make: Callable[[], tuple[nn.Module, int]]) -> None:
+        start = time.perf_counter()
+        out = make() if not name.startswith("peer-") else _peer(name, make, notes)
+        if out is None:
+            return
+        model, size = out
+        model.eval()
+        with torch.inference_mode():
+            model(*x)  # compiled variants specialise on the timed shape first
+        built.append((name, model, size, time.perf_counter() - start))
+
+    calibration = wl.calibration(8)  # STS train sentences: the test split is for reporting only
+
+    def ours(config: Any) -> Callable[[], tuple[nn.Module, int]]:
+        def make() -> tuple[nn.Module, int]:
+            ctx = Context(calibration=calibration)
+            m = compress_(copy.deepcopy(fp32), config, ctx=ctx)
+            notes.extend(f"{name_of[id(config)]}: {e}" for e in ctx.events if "kept in" in e)
+            return m, artifact_bytes(m)
+
+        return make
+
+    guarded = {"smoothquant": 0.5, "min_sqnr_db": 33.0, "fallback": "float32"}
+    configs = {
+        "torchslim-bf16": CastDtype("bfloat16"),
+        "torchslim-int8-dynamic": Int8Dynamic(compile=True, **guarded),
+        "torchslim-int8-dynamic-eager": Int8Dynamic(**guarded),
+        "torchslim-int8-weight-only": Int8WeightOnly(),
+    }
+    name_of = {id(c): n for n, c in configs.items()}
+    add("fp32", lambda: (fp32, artifact_bytes(fp32)))
+    for name, config in configs.items():
+        add(name, ours(config))
+
+    def torch_ao() -> tuple[nn.Module, int]:
+        m = torch.ao.quantization.quantize_dynamic(copy.deepcopy(fp32), {nn.Linear}, dtype=torch.qint8)
+        return m, _torch_save_bytes(m)
+
+    def torchao_compiled() -> tuple[nn.Module, int]:
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+
+        m = copy.deepcopy(fp32)
+        quantize_(m, Int8DynamicActivationInt8WeightConfig())
+        size = _torch_save_bytes(m)
+        m.compile()
+        return m, size
+
+    add("peer-torch.ao-int8-dynamic", torch_ao)
+    add("peer-torchao-int8-dynamic-compiled", torchao_compiled)
+    with tempfile.TemporaryDirectory(prefix="torchslim-ort-") as tmp:
+        add("peer-onnxruntime-int8", lambda: _onnxruntime_int8(fp32, x, tmp))
+
+        variants = [
+            Variant(
+                name,
+                model,
+                x,
+                size_bytes=size,
+                quality=lambda model=model: wl.evaluate(model, "test"),
+                extra={"build_s": round(seconds, 1)},
+            )
+            for name, model, size, seconds in built
+        ]
+        result = run_benchmark("minilm-stsb", variants, rounds=5 if quick else 20, warmup=1 if quick else 3)
+    result.notes.append(
+        f"latency of one batch of {x[0].shape[0]} STS test sentences padded to {x[0].shape[1]} tokens, "
+        f"{torch.get_num_threads()} threads, variants interleaved; quality on the full STS-B test split"
+    )
+    result.notes.extend(notes)
+    return result

@@ -1,0 +1,96 @@
+"""Shared plumbing of the int8 techniques: swap selected modules, record the swap, replay it, compile.
+
+Every int8 transform swaps modules through :func:`swap_int8_` and records one ``int8-modules`` op
+``{"modules": [[qualified_name, spec], ...]}``; the replay builds each spec empty (allow-listed
+classes only) at the same name on a fresh model, so ``ts.load`` can fill it from safetensors.
+
+Example:
+    >>> import torch.nn as nn
+    >>> from torchslim.core.structure import replay_ops, structure_ops
+    >>> from torchslim.quantization.modules import Int8WeightOnlyLinear
+    >>> m = nn.Sequential(nn.Linear(4, 4))
+    >>> _ = swap_int8_(m, [("0", m[0])], lambda name, mod: Int8WeightOnlyLinear.from_float(mod), "demo", None)
+    >>> fresh = replay_ops(nn.Sequential(nn.Linear(4, 4)), structure_ops(m))
+    >>> type(fresh[0]).__name__
+    'Int8WeightOnlyLinear'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch.nn as nn
+
+from torchslim.core.context import Context
+from torchslim.core.structure import record_op, register_replay
+from torchslim.core.walker import replace_module_
+from torchslim.errors import UnsupportedModelError
+from torchslim.quantization.modules import empty_like_spec, module_spec
+from torchslim.quantization.primitives import NonFiniteError
+
+# nn.MultiheadAttention reads out_proj.weight directly instead of calling it: swapping it breaks MHA.
+_UNSWAPPABLE = ("NonDynamicallyQuantizableLinear",)
+
+
+def swappable(module: nn.Module, kinds: tuple[type[nn.Module], ...]) -> bool:
+    """True for a plain instance of ``kinds`` that torchslim can replace (not MHA's ``out_proj``)."""
+    return isinstance(module, kinds) and type(module).__name__ not in _UNSWAPPABLE
+
+
+def swap_int8_(
+    model: nn.Module,
+    targets: Iterable[tuple[str, nn.Module]],
+    make: Callable[[str, nn.Module], nn.Module | None],
+    kind: str,
+    ctx: Context | None,
+) -> list[str]:
+    """Replace each ``(name, module)`` of ``targets`` by ``make(name, module)`` (None: skip) and record it.
+
+    Returns:
+        The qualified names swapped.
+    """
+    done: list[list[Any]] = []
+    for name, module in list(targets):
+        try:
+            new = make(name, module)
+        except NonFiniteError:
+            raise UnsupportedModelError(f"layer {name!r} has NaN/Inf weights; refusing to quantize it") from None
+        if new is None:
+            continue
+        if name == "":
+            raise UnsupportedModelError(f"{kind}: cannot swap the root module; select its children")
+        replace_module_(model, name, new)
+        done.append([name, module_spec(new)])
+    if done:
+        record_op(model, "int8-modules", {"modules": done})
+    if ctx is not None:
+        ctx.record(f"{kind}: quantized {len(done)} module(s)")
+    return [n for n, _ in done]
+
+
+@register_replay("int8-modules")
+def _replay_int8_modules(model: nn.Module, data: dict) -> nn.Module:
+    for name, spec in data["modules"]:
+        old = model.get_submodule(name)
+        new = empty_like_spec(spec)
+        device = next((t.device for t in old.parameters()), None)
+        replace_module_(model, name, new.to(device) if device is not None else new)
+    return model
+
+
+def compile_model_(model: nn.Module, dynamic: bool | None = None) -> nn.Module:
+    """``model.compile()`` in place (Inductor fuses the int8 (de)quantize passes with their neighbours) and record it.
+
+    The weights and ``state_dict`` are untouched; a reloaded model is compiled again by the replay.
+    """
+    model.compile(dynamic=dynamic)
+    record_op(model, "int8-compile", {"dynamic": dynamic})
+    return model
+
+
+@register_replay("int8-compile")
+def _replay_compile(model: nn.Module, data: dict) -> nn.Module:
+    dynamic = data.get("dynamic")
+    model.compile(dynamic=dynamic if dynamic in (True, False) else None)
+    return model

@@ -1,0 +1,188 @@
+"""``Int8Dynamic``: int8 weights and per-token int8 activations chosen at run time (W8A8 dynamic).
+
+Linear layers become :class:`~torchslim.quantization.modules.Int8DynamicLinear` (``torch._int_mm``,
+int8 × int8 → int32) and, by default, embeddings become row-wise
+:class:`~torchslim.quantization.modules.Int8Embedding` (MiniLM: 47 of its 91 MB are embeddings).
+No calibration is needed; with ``ctx.calibration`` two optional guards use it:
+
+- ``smoothquant=α``: SmoothQuant outlier migration per layer (see :mod:`.calibrate`);
+  ``smoothquant="search"`` picks, per layer, the α in {none, 0.25, 0.5, 0.75} whose int8 output has
+  the best SQNR on the calibration inputs (one α rarely suits every layer: MiniLM's FFN outputs want
+  0.75, most attention projections 0.5).
+- ``min_sqnr_db``: a layer whose int8 output SQNR on the calibration inputs falls below the floor
+  stays in ``fallback`` precision (bf16 by default) instead, and the report says so (``ctx.events``).
+
+``compile=True`` compiles the whole model in place (``nn.Module.compile``): Inductor fuses the
+per-token quantize with the LayerNorm / GELU before it and the dequantize with the bias and residual
+after it, which eager mode runs as separate passes over the activations.
+
+Example:
+    >>> import torch, torch.nn as nn
+    >>> from torchslim.api import compress_
+    >>> m = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    >>> x = torch.randn(8, 16); ref = m(x)
+    >>> _ = compress_(m, Int8Dynamic())
+    >>> type(m[0]).__name__, bool(sqnr(ref, m(x)) > 30)
+    ('Int8DynamicLinear', True)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+import torch.nn as nn
+
+from torchslim.core.config import Config, _fail, check_range, register_config
+from torchslim.core.context import Context
+from torchslim.core.registry import register_transform
+from torchslim.core.select import Select
+from torchslim.quantization._swap import compile_model_, swap_int8_, swappable
+from torchslim.quantization.calibrate import capture_inputs, smooth_factors
+from torchslim.quantization.cast import CastDtype
+from torchslim.quantization.modules import Int8DynamicLinear, Int8Embedding, sqnr
+
+__all__ = ["Int8Dynamic", "quantize_linears_"]
+
+
+@register_config("int8-dynamic")
+@dataclass(frozen=True)
+class Int8Dynamic(Config):
+    """Dynamic int8: per-channel int8 weights, per-token int8 activations, int8 embeddings.
+
+    Args:
+        embeddings: also store ``nn.Embedding`` tables as int8 rows (4× smaller, gathers stay cheap).
+        compile: ``torch.compile`` the whole model in place after quantizing (fused element-wise passes;
+            the first call compiles). Off by default: eager mode works everywhere.
+        smoothquant: SmoothQuant migration strength ``α`` in [0, 1], or ``"search"`` for the best α per
+            layer (needs calibration); None: off.
+        min_sqnr_db: keep a layer in ``fallback`` precision when its int8 output SQNR on the calibration
+            data is below this many dB (needs calibration); None: no check.
+        fallback: ``"bfloat16"`` (half the bytes) or ``"float32"`` (leave the layer as it is; faster
+            than bf16 on CPUs without AMX).
+    """
+
+    embeddings: bool = True
+    compile: bool = False
+    smoothquant: float | Literal["search"] | None = None
+    min_sqnr_db: float | None = None
+    fallback: Literal["bfloat16", "float32"] = "bfloat16"
+
+    def __post_init__(self) -> None:
+        if self.smoothquant != "search" and self.smoothquant is not None:
+            check_range(self, "smoothquant", 0.0, 1.0, hint="SmoothQuant's alpha, usually 0.5, or 'search'")
+        if self.fallback not in ("bfloat16", "float32"):
+            _fail(self, "fallback", f"must be 'bfloat16' or 'float32', got {self.fallback!r}")
+        if self.min_sqnr_db is not None:
+            check_range(self, "min_sqnr_db", 0.0, 100.0, hint="a floor in dB such as 30")
+        for f in ("embeddings", "compile"):
+            if not isinstance(getattr(self, f), bool):
+                _fail(self, f, f"must be true or false, got {getattr(self, f)!r}")
+
+    def default_select(self) -> Select:
+        return Select(types=("Linear", "Embedding"))
+
+
+_SEARCH_ALPHAS = (None, 0.25, 0.5, 0.75)
+
+
+def quantize_linears_(
+    model: nn.Module,
+    targets: list[tuple[str, nn.Module]],
+    make,
+    kind: str,
+    ctx: Context,
+    *,
+    smoothquant: float | str | None = None,
+    min_sqnr_db: float | None = None,
+    fallback: str = "bfloat16",
+) -> list[str]:
+    """Swap Linear ``targets`` for ``make(linear, smooth)``; apply the SmoothQuant / SQNR guards; record.
+
+    ``make(linear, smooth_or_None) -> module``. Layers failing ``min_sqnr_db`` stay in ``fallback``
+    precision (recorded in ``ctx.events``). Returns the names quantized to int8.
+    """
+    inputs = {}
+    if smoothquant is not None or min_sqnr_db is not None:
+        inputs = capture_inputs(model, [n for n, _ in targets], ctx.calibration, kind)
+    keep: list[str] = []
+
+    def smooth_for(name: str, linear: nn.Module, alpha: float | None):
+        if alpha is None:
+            return None
+        return 1.0 / smooth_factors(inputs[name].abs().amax(dim=0), linear.weight, alpha)
+
+    def swap(name: str, linear: nn.Module) -> nn.Module | None:
+        alphas = _SEARCH_ALPHAS if smoothquant == "search" else (smoothquant,)
+        x = inputs[name].to(linear.weight.dtype) if inputs else None
+        best, best_db = None, float("-inf")
+        for alpha in alphas:
+            q = make(linear, smooth_for(name, linear, alpha))
+            if x is None or len(alphas) == 1 and min_sqnr_db is None:
+                best = q
+                break
+            db = sqnr(linear(x), q(x))
+            if db > best_db:
+                best, best_db = q, db
+        if min_sqnr_db is not None and best_db < min_sqnr_db:
+            keep.append(name)
+            ctx.record(f"{kind}: {name} kept in {fallback} (int8 output SQNR {best_db:.1f} dB < {min_sqnr_db} dB)")
+            return None
+        return best
+
+    done = swap_int8_(model, targets, swap, kind, ctx)
+    if keep and fallback == "bfloat16":
+        from torchslim.api import compress_
+
+        select = Select(include=tuple(f"^{re.escape(n)}$" for n in keep))
+        compress_(model, CastDtype("bfloat16"), select=select, ctx=ctx)
+    return done
+
+
+def split_targets(
+    model: nn.Module, select: Select, kinds: tuple[type[nn.Module], ...], kind: str, ctx: Context
+) -> list[tuple[str, nn.Module]]:
+    """Selected modules torchslim can swap; selected Linear/Embedding it cannot are listed in ``ctx.events``."""
+    targets, skipped = [], []
+    for name, module in select.modules(model):
+        if swappable(module, kinds):
+            targets.append((name, module))
+        elif isinstance(module, (nn.Linear, nn.Embedding)):
+            skipped.append(name)
+    if skipped:
+        ctx.record(f"{kind}: skipped {len(skipped)} module(s) it cannot swap: {', '.join(skipped)}")
+    return targets
+
+
+@register_transform(Int8Dynamic, scope="model")
+def _int8_dynamic(model: nn.Module, config: Int8Dynamic, select: Select, ctx: Context) -> nn.Module:
+    kinds = (nn.Linear, nn.Embedding) if config.embeddings else (nn.Linear,)
+    targets = split_targets(model, select, kinds, config.kind, ctx)
+    linears = [(n, m) for n, m in targets if isinstance(m, nn.Linear)]
+    embeddings = [(n, m) for n, m in targets if isinstance(m, nn.Embedding)]
+    quantize_linears_(
+        model,
+        linears,
+        lambda linear, smooth: Int8DynamicLinear.from_float(linear, smooth=smooth),
+        config.kind,
+        ctx,
+        smoothquant=config.smoothquant,
+        min_sqnr_db=config.min_sqnr_db,
+        fallback=config.fallback,
+    )
+    swap_int8_(model, embeddings, _embedding_or_skip(ctx, config.kind), config.kind + " embeddings", ctx)
+    if config.compile:
+        compile_model_(model)
+    return model
+
+
+def _embedding_or_skip(ctx: Context, kind: str):
+    def make(name: str, emb: nn.Module) -> nn.Module | None:
+        try:
+            return Int8Embedding.from_float(emb)
+        except ValueError as e:
+            ctx.record(f"{kind}: skipped {name} ({e})")
+            return None
+
+    return make

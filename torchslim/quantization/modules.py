@@ -1,0 +1,386 @@
+"""Int8 inference modules: plain int8 tensors + float32 scales, one class per (dtype, packing).
+
+Every module keeps its data in buffers (``state_dict``, safetensors and size measurement just work),
+sets ``torchslim_compressed = True`` (later steps skip it) and is rebuilt empty by
+:func:`empty_like_spec` from the JSON spec :func:`module_spec` gives, which the structure replays use.
+
+Shapes: ``weight`` ``[N, K]`` int8 (``N`` = out_features), ``weight_scale`` ``[N]`` float32,
+``bias`` ``[N]`` float32 or absent; embeddings ``[V, D]`` int8 with ``[V]`` row scales.
+
+Example:
+    >>> import torch, torch.nn as nn
+    >>> lin = nn.Linear(64, 32)
+    >>> q = Int8DynamicLinear.from_float(lin)
+    >>> x = torch.randn(4, 64)
+    >>> sqnr(lin(x), q(x)) > 30
+    True
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from torchslim.quantization.primitives import EPS, PerChannel, choose_qparams, quantize, sqnr
+
+__all__ = [
+    "Int8DynamicLinear",
+    "Int8Embedding",
+    "Int8WeightOnlyLinear",
+    "empty_like_spec",
+    "int8_dynamic_linear",
+    "int8_weight_only_linear",
+    "int_mm",
+    "module_spec",
+    "quantize_weight_per_channel",
+    "sqnr",
+]
+
+log = logging.getLogger(__name__)
+
+
+def quantize_weight_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-output-channel int8: ``(q [N, ...] int8, scale [N] float32)``.
+
+    Raises:
+        ValueError: the weight holds NaN or Inf.
+
+    Example:
+        >>> q, s = quantize_weight_per_channel(torch.tensor([[0.0, 0.0], [1.0, -0.5]]))
+        >>> q.tolist(), round(s[1].item() * 127, 5)
+        ([[0, 0], [127, -64]], 1.0)
+    """
+    scale, _ = choose_qparams(weight, PerChannel(0))
+    q = quantize(weight, scale, None, PerChannel(0))
+    return q, scale.reshape(-1).contiguous()
+
+
+def int_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a [M, K] int8 @ b [K, N] int8 -> [M, N] int32`` with ``torch._int_mm``, padded where a kernel needs it.
+
+    CUDA's kernel needs ``M > 16`` and ``K``, ``N`` multiples of 8; the CPU kernel takes any shape.
+    Zero padding leaves the product unchanged; the result is sliced back.
+
+    Example:
+        >>> a = torch.ones(3, 5, dtype=torch.int8); b = torch.full((5, 2), 2, dtype=torch.int8)
+        >>> int_mm(a, b)
+        tensor([[10, 10],
+                [10, 10],
+                [10, 10]], dtype=torch.int32)
+    """
+    if a.device.type == "cpu":
+        return torch._int_mm(a, b)
+    m, k = a.shape
+    n = b.shape[1]
+    pm, pk, pn = max(17 - m, 0), -k % 8, -n % 8
+    if pm or pk or pn:
+        a = F.pad(a, (0, pk, 0, pm))
+        b = F.pad(b, (0, pn, 0, pk))
+        return torch._int_mm(a, b)[:m, :n]
+    return torch._int_mm(a, b)
+
+
+def int8_dynamic_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    smooth: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``y = x Wᵀ + b`` with per-token dynamic int8 activations and per-channel int8 weights.
+
+    Each token (row) ``x_t`` gets ``s_t = max|x_t| / 127``; then
+    ``y[t, n] = s_t · w_scale[n] · Σ_k q(x)[t, k] · W_q[n, k] + b[n]`` with the sum in int32
+    (``torch._int_mm``). ``smooth`` ``[K]`` (SmoothQuant's ``1/s``) multiplies ``x`` first.
+
+    Args:
+        x: ``[..., K]`` float activations. weight: ``[N, K]`` int8. weight_scale: ``[N]`` float32.
+        bias: ``[N]`` or None. smooth: ``[K]`` or None.
+
+    Returns:
+        ``[..., N]`` in ``x.dtype``.
+    """
+    shape = x.shape
+    x2 = x.reshape(-1, shape[-1])
+    if smooth is not None:
+        x2 = x2 * smooth
+    # Eager mode pays one pass per op over [M, K] / [M, N]: one min/max pass instead of abs + amax,
+    # and in-place round / clamp / scale / bias avoid allocating a fresh tensor per step.
+    mn, mx = torch.aminmax(x2, dim=-1, keepdim=True)
+    x_scale = torch.maximum(-mn, mx).float().clamp_(min=EPS * 127).div_(127.0)  # [M, 1]
+    xq = (x2 / x_scale).round_().clamp_(-127, 127).to(torch.int8)
+    acc = int_mm(xq, weight.t())  # [M, N] int32
+    y = acc.to(torch.float32).mul_(x_scale).mul_(weight_scale)
+    if bias is not None:
+        y = y.add_(bias)
+    return y.to(x.dtype).reshape(*shape[:-1], weight.shape[0])
+
+
+class _Int8Linear(nn.Module):
+    """Shared storage of the int8 linear modules."""
+
+    torchslim_compressed = True
+    weight: torch.Tensor
+    weight_scale: torch.Tensor
+    bias: torch.Tensor | None
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device: Any = None) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
+        self.register_buffer("weight_scale", torch.ones(out_features, dtype=torch.float32, device=device))
+        self.register_buffer("bias", torch.zeros(out_features, device=device) if bias else None)
+
+    def _load_float(self, linear: nn.Linear) -> None:
+        q, s = quantize_weight_per_channel(linear.weight.detach())
+        self.weight.copy_(q)
+        self.weight_scale.copy_(s)
+        if linear.bias is not None and self.bias is not None:
+            self.bias.copy_(linear.bias.detach().float())
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """The float32 weight ``[N, K]`` this module computes with."""
+        return self.weight.float() * self.weight_scale[:, None]
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class Int8DynamicLinear(_Int8Linear):
+    """Linear with int8 per-channel weights and per-token int8 activations quantized at run time (W8A8).
+
+    In eager mode the per-token quantize and the dequantize are separate element-wise passes; under
+    ``torch.compile`` of the whole model (``Int8Dynamic(compile=True)``) Inductor fuses them with the
+    neighbouring LayerNorm / GELU / residual add, which is where most of the speed-up comes from.
+
+    Args:
+        in_features, out_features, bias: as ``nn.Linear``.
+        smooth: keep a ``[K]`` buffer ``smooth`` that multiplies activations (SmoothQuant).
+
+    Example:
+        >>> m = Int8DynamicLinear(8, 4)
+        >>> sorted(m.state_dict())
+        ['bias', 'weight', 'weight_scale']
+    """
+
+    smooth: torch.Tensor | None
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        smooth: bool = False,
+        device: Any = None,
+    ) -> None:
+        super().__init__(in_features, out_features, bias, device)
+        self.register_buffer("smooth", torch.ones(in_features, device=device) if smooth else None)
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, *, smooth: torch.Tensor | None = None) -> Int8DynamicLinear:
+        """Quantize ``linear``; with ``smooth`` ``[K]`` the weight is scaled by ``1/smooth`` per input channel.
+
+        SmoothQuant (Xiao et al., 2023): ``x Wᵀ = (x · diag(m)) (W · diag(1/m))ᵀ``; the activations
+        are multiplied by ``smooth`` = m at run time, the weight columns divided by it before quantizing.
+        """
+        w = linear.weight.detach()
+        mod = cls(
+            linear.in_features,
+            linear.out_features,
+            linear.bias is not None,
+            smooth=smooth is not None,
+            device=w.device,
+        )
+        if smooth is not None:
+            mod.smooth.copy_(smooth)
+            linear = _scaled_copy(linear, 1.0 / smooth.to(w))
+        mod._load_float(linear)
+        return mod
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return int8_dynamic_linear(x, self.weight, self.weight_scale, self.bias, self.smooth)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", smooth={self.smooth is not None}"
+
+
+def _scaled_copy(linear: nn.Linear, col_scale: torch.Tensor) -> nn.Linear:
+    out = nn.Linear(linear.in_features, linear.out_features, linear.bias is not None, device=linear.weight.device)
+    with torch.no_grad():
+        out.weight.copy_(linear.weight * col_scale)
+        if linear.bias is not None:
+            out.bias.copy_(linear.bias)
+    return out
+
+
+def int8_weight_only_linear(
+    x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``y = x (diag(s) W_q)ᵀ + b`` with int8 weights and float activations.
+
+    16-bit activations use ``aten._weight_int8pack_mm`` (dequantizes inside the kernel) on CPU. For
+    float32 activations that kernel is unvectorised (100× slower than fp32 here), so a few tokens go
+    through it in bf16, and many tokens (compute-bound: the weight's one-time dequantization is then
+    negligible) through a dequantized ``F.linear``. The kernel needs ``K`` to be a multiple of 16 (it
+    crashes or returns garbage otherwise, torch 2.13), so other shapes always take the dequantized path.
+    """
+    shape = x.shape
+    x2 = x.reshape(-1, shape[-1])
+    packed_ok = x.device.type == "cpu" and shape[-1] % 16 == 0
+    if packed_ok and x.dtype in (torch.bfloat16, torch.float16):
+        y = torch.ops.aten._weight_int8pack_mm(x2.contiguous(), weight, weight_scale.to(x.dtype))
+        if bias is not None:
+            y = y + bias.to(x.dtype)
+    elif packed_ok and x2.shape[0] <= 16:
+        y = torch.ops.aten._weight_int8pack_mm(x2.to(torch.bfloat16).contiguous(), weight, weight_scale.bfloat16())
+        y = y.to(x.dtype) if bias is None else y.to(x.dtype) + bias
+    else:
+        w = weight.to(x.dtype) * weight_scale.to(x.dtype)[:, None]
+        y = F.linear(x2, w, None if bias is None else bias.to(x.dtype))
+    return y.reshape(*shape[:-1], weight.shape[0])
+
+
+class Int8WeightOnlyLinear(_Int8Linear):
+    """Linear with int8 per-channel weights and float activations (W8A16 / W8A32): 4× smaller weights.
+
+    Example:
+        >>> import torch, torch.nn as nn
+        >>> lin = nn.Linear(32, 16)
+        >>> q = Int8WeightOnlyLinear.from_float(lin)
+        >>> sqnr(lin(torch.ones(2, 32)), q(torch.ones(2, 32))) > 30
+        True
+    """
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear) -> Int8WeightOnlyLinear:
+        """Quantize ``linear``'s weight per output channel (bias kept in float32)."""
+        mod = cls(linear.in_features, linear.out_features, linear.bias is not None, device=linear.weight.device)
+        mod._load_float(linear)
+        return mod
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return int8_weight_only_linear(x, self.weight, self.weight_scale, self.bias)
+
+
+class Int8Embedding(nn.Module):
+    """Embedding table stored as int8 rows with one float32 scale per row (4× smaller).
+
+    ``forward(ids)`` gathers int8 rows ``[..., D]`` and their scales and returns float32 (or ``dtype``).
+
+    Example:
+        >>> import torch, torch.nn as nn
+        >>> emb = nn.Embedding(10, 8)
+        >>> q = Int8Embedding.from_float(emb)
+        >>> ids = torch.tensor([[1, 2, 3]])
+        >>> sqnr(emb(ids), q(ids)) > 30
+        True
+    """
+
+    torchslim_compressed = True
+    weight: torch.Tensor
+    weight_scale: torch.Tensor
+
+    def __init__(
+        self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None, device: Any = None
+    ) -> None:
+        super().__init__()
+        self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
+        self.register_buffer("weight", torch.zeros(num_embeddings, embedding_dim, dtype=torch.int8, device=device))
+        self.register_buffer("weight_scale", torch.ones(num_embeddings, dtype=torch.float32, device=device))
+
+    @classmethod
+    def from_float(cls, emb: nn.Embedding) -> Int8Embedding:
+        """Quantize every row of ``emb.weight`` symmetrically to int8."""
+        if emb.max_norm is not None or emb.sparse:
+            raise ValueError("embeddings with max_norm or sparse gradients are not supported")
+        mod = cls(emb.num_embeddings, emb.embedding_dim, emb.padding_idx, device=emb.weight.device)
+        q, s = quantize_weight_per_channel(emb.weight.detach())
+        mod.weight.copy_(q)
+        mod.weight_scale.copy_(s)
+        return mod
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        rows = F.embedding(ids, self.weight)  # [..., D] int8: gathers a quarter of the bytes
+        return rows.float() * self.weight_scale[ids].unsqueeze(-1)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, padding_idx={self.padding_idx}"
+
+
+_CLASSES: dict[str, type[nn.Module]] = {
+    "Int8DynamicLinear": Int8DynamicLinear,
+    "Int8WeightOnlyLinear": Int8WeightOnlyLinear,
+    "Int8Embedding": Int8Embedding,
+}
+
+
+def module_spec(module: nn.Module) -> dict[str, Any]:
+    """The JSON spec that :func:`empty_like_spec` turns back into an empty module of the same class and shapes.
+
+    Example:
+        >>> module_spec(Int8WeightOnlyLinear(4, 2, bias=False))
+        {'class': 'Int8WeightOnlyLinear', 'in_features': 4, 'out_features': 2, 'bias': False}
+    """
+    if isinstance(module, Int8Embedding):
+        return {
+            "class": "Int8Embedding",
+            "num_embeddings": module.num_embeddings,
+            "embedding_dim": module.embedding_dim,
+            "padding_idx": module.padding_idx,
+        }
+    if isinstance(module, _Int8Linear):
+        spec: dict[str, Any] = {
+            "class": type(module).__name__,
+            "in_features": module.in_features,
+            "out_features": module.out_features,
+            "bias": module.bias is not None,
+        }
+        if isinstance(module, Int8DynamicLinear):
+            spec["smooth"] = module.smooth is not None
+        return spec
+    spec_fn = getattr(module, "torchslim_spec", None)
+    if callable(spec_fn):
+        return spec_fn()
+    raise TypeError(f"no spec for {type(module).__name__}")
+
+
+def register_module_class(cls: type[nn.Module]) -> type[nn.Module]:
+    """Let :func:`empty_like_spec` build ``cls`` (which has ``torchslim_spec()`` and ``from_spec(spec)``)."""
+    _CLASSES[cls.__name__] = cls
+    return cls
+
+
+def empty_like_spec(spec: dict[str, Any]) -> nn.Module:
+    """An empty module (zero int8 weights, unit scales) of the class and shapes in ``spec``.
+
+    Raises:
+        ValueError: an unknown class name or a malformed spec (replays only build allow-listed classes).
+
+    Example:
+        >>> empty_like_spec({"class": "Int8Embedding", "num_embeddings": 5, "embedding_dim": 3, "padding_idx": None})
+        Int8Embedding(5, 3, padding_idx=None)
+    """
+    if not isinstance(spec, dict) or spec.get("class") not in _CLASSES:
+        raise ValueError(f"unknown int8 module spec {str(spec)[:200]}")
+    cls = _CLASSES[spec["class"]]
+    args = {k: v for k, v in spec.items() if k != "class"}
+    try:
+        if cls is Int8Embedding:
+            return Int8Embedding(int(args["num_embeddings"]), int(args["embedding_dim"]), args["padding_idx"])
+        if cls is Int8DynamicLinear:
+            return Int8DynamicLinear(
+                int(args["in_features"]),
+                int(args["out_features"]),
+                bool(args["bias"]),
+                smooth=bool(args.get("smooth", False)),
+            )
+        if cls is Int8WeightOnlyLinear:
+            return Int8WeightOnlyLinear(int(args["in_features"]), int(args["out_features"]), bool(args["bias"]))
+        return cls.from_spec(args)  # type: ignore[attr-defined]
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"malformed int8 module spec {str(spec)[:200]}: {e}") from None

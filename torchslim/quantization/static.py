@@ -1,0 +1,473 @@
+"""``Int8Static``: calibrated int8 activations and weights for CNNs (Conv2d / Linear, BN folded, ReLU fused).
+
+Steps: fold BatchNorm into the convolutions (:class:`~torchslim.structured.FoldBatchNorm`); find each
+Conv2d / Linear followed by a ReLU that nothing else reads (fused into the int8 kernel, the ReLU becomes
+``Identity``); run ``ctx.calibration`` through the model with an observer on every target's input
+(asymmetric uint8 per tensor; zero point 0 after a ReLU); swap in :class:`Int8StaticConv2d` /
+:class:`Int8StaticLinear`, which quantize their input with the calibrated ``(scale, zero_point)`` and
+call oneDNN's int8 convolution (``torch.ops.onednn.qconv2d_pointwise``: uint8 × int8 → int32 with the
+dequantize, bias and ReLU fused, the x86 kernel ``torch.compile`` uses for PT2E static quantization) or
+``torch._int_mm`` for Linear. Consecutive convolutions separated only by max-pooling / fused ReLUs
+pass uint8 activations (each conv requantizes its output with the next one's input qparams), so
+activations are quantized once. Weights are symmetric per output channel.
+
+Modules hold plain int8 / float32 buffers; the oneDNN prepacked weight is a cache rebuilt from them.
+Where oneDNN is unavailable (other devices) they compute the same quantized arithmetic in float.
+
+Example:
+    >>> import torch, torch.nn as nn
+    >>> from torchslim.api import compress_
+    >>> from torchslim.core.context import Context
+    >>> m = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(144, 3)).eval()
+    >>> x = torch.rand(8, 1, 8, 8); ref = m(x)
+    >>> _ = compress_(m, Int8Static(), ctx=Context(calibration=[(x,)]))
+    >>> [type(c).__name__ for c in m]
+    ['Int8StaticConv2d', 'Identity', 'Identity', 'Flatten', 'Int8StaticLinear']
+    >>> bool(sqnr(ref, m(x)) > 25)
+    True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+from torchslim.core.config import Config, register_config
+from torchslim.core.context import Context
+from torchslim.core.registry import register_transform
+from torchslim.core.select import Select
+from torchslim.core.structure import record_op, register_replay
+from torchslim.core.walker import replace_module_
+from torchslim.errors import ConfigError
+from torchslim.quantization._swap import swap_int8_, swappable
+from torchslim.quantization.calibrate import run_calibration
+from torchslim.quantization.modules import int_mm, quantize_weight_per_channel, register_module_class, sqnr
+from torchslim.quantization.observers import Observer, make_observer
+from torchslim.quantization.primitives import NonFiniteError
+
+__all__ = ["Int8Static", "Int8StaticConv2d", "Int8StaticLinear", "find_relu_pairs"]
+
+
+@register_config("int8-static")
+@dataclass(frozen=True)
+class Int8Static(Config):
+    """Static int8 for CNNs: calibrated per-tensor uint8 activations, per-channel int8 weights.
+
+    Args:
+        observer: how activation ranges are chosen from ``ctx.calibration``: ``"minmax"``,
+            ``"moving-average"``, ``"percentile"`` or ``"mse"``.
+        fold_bn: fold BatchNorm into the preceding conv / linear first.
+        fuse_relu: fuse a ReLU that directly follows a conv / linear into its kernel.
+    """
+
+    observer: Literal["minmax", "moving-average", "percentile", "mse"] = "minmax"
+    fold_bn: bool = True
+    fuse_relu: bool = True
+
+    def default_select(self) -> Select:
+        return Select(types=("Conv2d", "Linear"))
+
+
+class _StaticInt8(nn.Module):
+    """Shared buffers: int8 weight, per-channel scale, float32 bias, and the calibrated input qparams."""
+
+    torchslim_compressed = True
+
+    def _init_buffers(self, weight_shape: tuple[int, ...], device: Any = None) -> None:
+        out = weight_shape[0]
+        self.register_buffer("weight", torch.zeros(weight_shape, dtype=torch.int8, device=device))
+        self.register_buffer("weight_scale", torch.ones(out, device=device))
+        self.register_buffer("bias", torch.zeros(out, device=device))
+        self.register_buffer("input_scale", torch.ones((), device=device))
+        self.register_buffer("input_zero_point", torch.zeros((), dtype=torch.int32, device=device))
+        # Used when ``output_uint8``: the next int8 layer's input qparams, so activations stay uint8 between them.
+        self.register_buffer("output_scale", torch.ones((), device=device))
+        self.register_buffer("output_zero_point", torch.zeros((), dtype=torch.int32, device=device))
+        self._packed: tuple[Any, torch.Tensor] | None = None
+
+    def _load(self, module: nn.Module, scale: torch.Tensor, zero_point: torch.Tensor) -> None:
+        q, s = quantize_weight_per_channel(module.weight.detach())
+        self.weight.copy_(q)
+        self.weight_scale.copy_(s)
+        if module.bias is not None:
+            self.bias.copy_(module.bias.detach().float())
+        self.input_scale.copy_(scale.reshape(()))
+        self.input_zero_point.copy_(zero_point.reshape(()))
+
+    def set_output_qparams(self, scale: torch.Tensor, zero_point: torch.Tensor) -> None:
+        """Emit uint8 activations quantized with the consumer's ``(scale, zero_point)`` (oneDNN path)."""
+        self.output_uint8 = True
+        self.output_scale.copy_(scale.reshape(()))
+        self.output_zero_point.copy_(zero_point.reshape(()))
+
+    def _out(self) -> tuple[float, int, torch.dtype]:
+        if self.output_uint8:
+            return float(self.output_scale), int(self.output_zero_point) + 128, torch.uint8
+        return 1.0, 0, torch.float32
+
+    @staticmethod
+    def _quantize_input(x: torch.Tensor, x_scale: float, x_zp: int) -> torch.Tensor:
+        """uint8 codes with the calibrated scale and (uint8) zero point; out-of-range values clamp."""
+        if x.dtype == torch.uint8:  # already quantized by the producing int8 layer with our qparams
+            return x
+        return torch.clamp(torch.round(x * (1.0 / x_scale)) + x_zp, 0, 255).to(torch.uint8)
+
+    def _fake_input(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.uint8:
+            return (x.float() - (self.input_zero_point.float() + 128.0)) * self.input_scale
+        zp = self.input_zero_point.float()
+        q = torch.clamp(torch.round(x * (1.0 / self.input_scale)) + zp, -128, 127)
+        return (q - zp) * self.input_scale
+
+    def _onednn_ok(self, x: torch.Tensor) -> bool:
+        return x.device.type == "cpu" and torch.backends.mkldnn.is_available() and not torch.jit.is_scripting()
+
+    def _cache(self, prepack) -> tuple[Any, float, int, float, int, torch.Tensor]:
+        """``(packed weight, x_scale, x_zp (uint8), out_scale, out_zp (uint8), zero w_zp)``, rebuilt when a buffer changes.
+
+        Python floats avoid a ``.item()`` per call; ``_version`` changes whenever a buffer is written
+        (``load_state_dict`` included), so a stale prepacked weight is never used.
+        """
+        bufs = (self.weight, self.input_scale, self.input_zero_point, self.output_scale, self.output_zero_point)
+        key = tuple((t.data_ptr(), t._version) for t in bufs)
+        if self._packed is None or self._packed[0] != key:
+            x_scale, x_zp = float(self.input_scale), int(self.input_zero_point) + 128
+            out = self._out()
+            w_zp = torch.zeros(self.weight.shape[0], dtype=torch.int32)
+            self._packed = (key, (prepack(x_scale, x_zp), x_scale, x_zp, out[0], out[1], w_zp))
+        return self._packed[1]
+
+    def _dequantized_weight(self) -> torch.Tensor:
+        return self.weight.float() * self.weight_scale.reshape(-1, *([1] * (self.weight.dim() - 1)))
+
+
+@register_module_class
+class Int8StaticConv2d(_StaticInt8):
+    """Conv2d with int8 weights and calibrated uint8 activations; optional fused ReLU.
+
+    ``forward(x [B, C, H, W] float) -> [B, O, H', W']`` float32 (channels-last on the oneDNN path).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: tuple[int, int],
+        stride: tuple[int, int] = (1, 1),
+        padding: tuple[int, int] = (0, 0),
+        dilation: tuple[int, int] = (1, 1),
+        groups: int = 1,
+        relu: bool = False,
+        output_uint8: bool = False,
+        device: Any = None,
+    ) -> None:
+        super().__init__()
+        self.in_channels, self.out_channels, self.groups, self.relu = in_channels, out_channels, groups, relu
+        self.output_uint8 = output_uint8
+        self.kernel_size, self.stride = tuple(kernel_size), tuple(stride)
+        self.padding, self.dilation = tuple(padding), tuple(dilation)
+        # oneDNN wants lists; built once instead of on every call (the layers run in ~0.1 ms).
+        self._args = (list(self.stride), list(self.padding), list(self.dilation))
+        self._init_buffers((out_channels, in_channels // groups, *self.kernel_size), device)
+
+    @classmethod
+    def from_float(cls, conv: nn.Conv2d, scale: torch.Tensor, zero_point: torch.Tensor, relu: bool = False):
+        """Quantize ``conv`` with the calibrated input ``(scale, zero_point)`` (int8 range, asymmetric)."""
+        if not _convertible(conv):
+            raise ValueError(f"padding {conv.padding!r} / mode {conv.padding_mode!r} not supported")
+        mod = cls(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            conv.groups,
+            relu,
+            device=conv.weight.device,
+        )
+        mod._load(conv, scale, zero_point)
+        return mod
+
+    def torchslim_spec(self) -> dict[str, Any]:
+        return {
+            "class": "Int8StaticConv2d",
+            **{k: getattr(self, k) for k in ("in_channels", "out_channels", "groups", "relu", "output_uint8")},
+            **{k: list(getattr(self, k)) for k in ("kernel_size", "stride", "padding", "dilation")},
+        }
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> Int8StaticConv2d:
+        return cls(
+            int(spec["in_channels"]),
+            int(spec["out_channels"]),
+            tuple(spec["kernel_size"]),
+            tuple(spec["stride"]),
+            tuple(spec["padding"]),
+            tuple(spec["dilation"]),
+            int(spec["groups"]),
+            bool(spec["relu"]),
+            bool(spec.get("output_uint8", False)),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._onednn_ok(x):
+            y = F.conv2d(
+                self._fake_input(x),
+                self._dequantized_weight(),
+                self.bias,
+                self.stride,
+                self.padding,
+                self.dilation,
+                self.groups,
+            )
+            return F.relu(y) if self.relu else y
+        packed, x_scale, x_zp, out_scale, out_zp, w_zp = self._cache(
+            lambda x_scale, x_zp: torch.ops.onednn.qconv_prepack(
+                self.weight,
+                self.weight_scale,
+                x_scale,
+                x_zp,
+                *self._args,
+                self.groups,
+                None,
+            )
+        )
+        qx = self._quantize_input(x, x_scale, x_zp).contiguous(memory_format=torch.channels_last)
+        return torch.ops.onednn.qconv2d_pointwise(
+            qx, x_scale, x_zp, packed, self.weight_scale, w_zp,
+            self.bias, *self._args, self.groups,
+            out_scale, out_zp, torch.uint8 if self.output_uint8 else torch.float32, "relu" if self.relu else "none", [], "",
+        )  # fmt: skip
+
+
+@register_module_class
+class Int8StaticLinear(_StaticInt8):
+    """Linear with int8 weights and calibrated uint8 activations (per tensor); optional fused ReLU."""
+
+    def __init__(self, in_features: int, out_features: int, relu: bool = False, device: Any = None) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.relu = in_features, out_features, relu
+        self.output_uint8 = False  # a Linear's output always goes back to float here
+        self._init_buffers((out_features, in_features), device)
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, scale: torch.Tensor, zero_point: torch.Tensor, relu: bool = False):
+        mod = cls(linear.in_features, linear.out_features, relu, device=linear.weight.device)
+        mod._load(linear, scale, zero_point)
+        return mod
+
+    def torchslim_spec(self) -> dict[str, Any]:
+        return {
+            "class": "Int8StaticLinear",
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+            "relu": self.relu,
+        }
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> Int8StaticLinear:
+        return cls(int(spec["in_features"]), int(spec["out_features"]), bool(spec["relu"]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._onednn_ok(x):
+            y = F.linear(self._fake_input(x), self._dequantized_weight(), self.bias)
+            return F.relu(y) if self.relu else y
+        shape = x.shape
+        # int8 x int8 -> int32 with torch._int_mm (oneDNN's qlinear was 30x slower at these small shapes):
+        # y = s_x * s_w[n] * (sum_k q_x[k] q_w[n, k] - z_x * sum_k q_w[n, k]) + b[n]
+        colsum, x_scale, x_zp, _, _, _ = self._cache(lambda x_scale, x_zp: self.weight.sum(dim=1, dtype=torch.int32))
+        zp = x_zp - 128  # back to the int8 range the stored zero point uses
+        x2 = x.reshape(-1, shape[-1])
+        qx = torch.clamp(torch.round(x2 * (1.0 / x_scale)) + zp, -128, 127).to(torch.int8)
+        acc = int_mm(qx, self.weight.t()) - zp * colsum
+        y = torch.addcmul(self.bias, acc.float(), self.weight_scale, value=x_scale)
+        if self.relu:
+            y = torch.relu_(y)
+        return y.reshape(*shape[:-1], self.out_features)
+
+
+def find_relu_pairs(model: nn.Module) -> dict[str, str]:
+    """``{layer_name: relu_name}`` for each Conv2d / Linear whose only reader is an ``nn.ReLU`` module.
+
+    Uses a ``torch.fx`` trace; a model that does not trace falls back to adjacent children of ``nn.Sequential``.
+    """
+    modules = dict(model.named_modules())
+    pairs: dict[str, str] = {}
+    try:
+        graph = torch.fx.symbolic_trace(model).graph
+    except Exception:  # noqa: BLE001 - any tracing failure: structural scan instead
+        for name, mod in modules.items():
+            if isinstance(mod, nn.Sequential):
+                kids = list(mod.named_children())
+                prefix = f"{name}." if name else ""
+                for i, (a, am) in enumerate(kids):
+                    if not isinstance(am, (nn.Conv2d, nn.Linear)):
+                        continue
+                    j = i + 1
+                    while j < len(kids) and type(kids[j][1]) is nn.Identity:  # folded BatchNorms
+                        j += 1
+                    if j < len(kids) and type(kids[j][1]) is nn.ReLU:
+                        pairs[prefix + a] = prefix + kids[j][0]
+        return pairs
+
+    def is_module(node: Any, kinds: tuple[type, ...]) -> bool:
+        return (
+            isinstance(node, torch.fx.Node) and node.op == "call_module" and isinstance(modules.get(node.target), kinds)
+        )
+
+    for node in graph.nodes:
+        if node.op == "call_module" and type(modules.get(node.target)) is nn.ReLU:
+            prev = node.args[0] if node.args else None
+            # Folded BatchNorms leave Identity modules between the conv and its ReLU.
+            while is_module(prev, (nn.Identity,)) and len(prev.users) == 1:
+                prev = prev.args[0]
+            if is_module(prev, (nn.Conv2d, nn.Linear)) and len(prev.users) == 1:
+                pairs[prev.target] = node.target
+    return pairs
+
+
+# Modules an int8 activation may pass through unchanged on its way to the next int8 layer.
+_PASS_THROUGH = (nn.Identity, nn.MaxPool2d, nn.ReLU)
+
+
+def find_int8_chains(model: nn.Module, names: set[str], fused_relus: set[str]) -> dict[str, str]:
+    """``{producer: consumer}`` Conv2d pairs whose activation can stay uint8 in between.
+
+    The path must be a single-reader chain of Identity / MaxPool2d / ReLUs fused into the producer
+    (max-pooling commutes with the monotonic quantization, so the uint8 codes pool exactly).
+    """
+    try:
+        graph = torch.fx.symbolic_trace(model).graph
+    except Exception:  # noqa: BLE001 - untraceable models just keep float activations between layers
+        return {}
+    modules = dict(model.named_modules())
+    chains = {}
+    for node in graph.nodes:
+        if node.op != "call_module" or node.target not in names or not isinstance(modules[node.target], nn.Conv2d):
+            continue
+        cur = node
+        while len(cur.users) == 1:
+            (nxt,) = cur.users
+            mod = modules.get(nxt.target) if nxt.op == "call_module" else None
+            if nxt.target in names and isinstance(mod, nn.Conv2d):
+                chains[node.target] = nxt.target
+                break
+            if not isinstance(mod, _PASS_THROUGH) or (type(mod) is nn.ReLU and nxt.target not in fused_relus):
+                break
+            cur = nxt
+    return chains
+
+
+@register_transform(Int8Static, scope="model")
+def _int8_static(model: nn.Module, config: Int8Static, select: Select, ctx: Context) -> nn.Module:
+    if not ctx.calibration:
+        raise ConfigError("int8-static: needs calibration data; pass ctx=Context(calibration=[batch, ...])")
+    if config.fold_bn:
+        from torchslim.api import compress_
+        from torchslim.structured import FoldBatchNorm
+
+        compress_(model, FoldBatchNorm(), ctx=ctx)
+    targets = [(n, m) for n, m in select.modules(model) if swappable(m, (nn.Conv2d, nn.Linear))]
+    relus = find_relu_pairs(model) if config.fuse_relu else {}
+    chains = find_int8_chains(model, {n for n, _ in targets}, set(relus.values()))
+    observers = calibrate_inputs(model, targets, ctx.calibration, kind=config.kind, observer=config.observer)
+    qparams = {n: obs.qparams(symmetric=False) for n, obs in observers.items()}
+    convert_static_(model, targets, qparams, relus, chains, ctx, config.kind)
+    return model
+
+
+def convert_static_(
+    model: nn.Module,
+    targets: list[tuple[str, nn.Module]],
+    qparams: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    relus: dict[str, str],
+    chains: dict[str, str],
+    ctx: Context,
+    kind: str,
+) -> list[str]:
+    """Swap each Conv2d / Linear target for its int8 module with input ``qparams[name]``; fuse ReLUs; record.
+
+    Shared by :class:`Int8Static` (qparams from observers) and :class:`~torchslim.quantization.qat.Int8QAT`
+    (qparams learned during training). Returns the swapped names.
+    """
+
+    def make(name: str, module: nn.Module) -> nn.Module | None:
+        scale, zp = qparams[name]
+        relu = name in relus
+        try:
+            if isinstance(module, nn.Conv2d):
+                mod = Int8StaticConv2d.from_float(module, scale, zp, relu)
+                if name in chains:
+                    mod.set_output_qparams(*qparams[chains[name]])
+                return mod
+            return Int8StaticLinear.from_float(module, scale, zp, relu)
+        except NonFiniteError:
+            raise
+        except ValueError as e:  # unsupported padding mode and the like: skip and list
+            ctx.record(f"{kind}: skipped {name} ({e})")
+            return None
+
+    # A producer may only emit uint8 when its consumer will be converted too.
+    by_name = dict(targets)
+    chains = {a: b for a, b in chains.items() if b in by_name and _convertible(by_name[b])}
+    done = swap_int8_(model, targets, make, kind, ctx)
+    fused = [relus[n] for n in done if n in relus]
+    if fused:
+        _fuse_relus(model, fused)
+        record_op(model, "int8-fuse-relu", {"modules": fused})
+    return done
+
+
+def _convertible(module: nn.Module) -> bool:
+    if isinstance(module, nn.Conv2d):
+        return module.padding_mode == "zeros" and not isinstance(module.padding, str)
+    return isinstance(module, nn.Linear)
+
+
+def calibrate_inputs(
+    model: nn.Module, targets: list[tuple[str, nn.Module]], calibration: Any, kind: str, observer: str
+) -> dict[str, Observer]:
+    """An observer per target, fed with that module's inputs over the calibration batches."""
+    observers = {n: make_observer(observer) for n, _ in targets}
+
+    def hook(name: str):
+        def fn(mod: nn.Module, args: tuple[Any, ...]) -> None:
+            try:
+                observers[name].update(args[0])
+            except NonFiniteError:
+                raise ConfigError(
+                    f"{kind}: calibration data reaching layer {name!r} contains NaN or Inf values"
+                ) from None
+
+        return fn
+
+    handles = [m.register_forward_pre_hook(hook(n)) for n, m in targets]
+    try:
+        run_calibration(model, calibration)
+    finally:
+        for h in handles:
+            h.remove()
+    for n, obs in observers.items():
+        if obs.batches == 0:
+            raise ConfigError(f"{kind}: layer {n!r} was never called by the calibration data")
+    return observers
+
+
+def _fuse_relus(model: nn.Module, names: list[str]) -> None:
+    for name in names:
+        replace_module_(model, name, nn.Identity())
+
+
+@register_replay("int8-fuse-relu")
+def _replay_fuse_relu(model: nn.Module, data: dict) -> nn.Module:
+    _fuse_relus(model, list(data["modules"]))
+    return model
+
+
+__all__ += ["calibrate_inputs", "sqnr"]
