@@ -12,6 +12,8 @@ Example:
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from importlib import resources
@@ -234,7 +236,8 @@ def run_recipe(
     Args:
         model: the model (changed in place where the techniques allow).
         recipe: the recipe.
-        ctx: shared inputs for the steps and the measurements.
+        ctx: shared inputs for the steps and the measurements. Without ``ctx.teacher``, a recipe with a
+            distillation step uses a frozen copy of the input model as the teacher.
         measure_steps: measure the baseline and after every step (False: only run).
         latency_runs: timed runs per measurement.
         baseline: a baseline already measured (skips measuring it again).
@@ -245,6 +248,11 @@ def run_recipe(
     from torchslim.api import compress_
 
     ctx = ctx if ctx is not None else Context()
+    if ctx.teacher is None and any(getattr(s.config, "needs_teacher", False) for s in recipe.steps):
+        # A distillation step learns from the model as it came in (before pruning/quantization); a new
+        # Context (sharing ``events``) so the caller's is not changed.
+        teacher = copy.deepcopy(model).eval().requires_grad_(False)
+        ctx = dataclasses.replace(ctx, teacher=teacher)
     if measure_steps and baseline is None:
         baseline = measure(model, ctx, latency_runs=latency_runs)
     run = RunReport(recipe, baseline)

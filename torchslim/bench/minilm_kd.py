@@ -1,0 +1,170 @@
+"""``torchslim bench minilm-kd``: all-MiniLM-L6-v2 (6 blocks) distilled into a 3-block student.
+
+The student keeps 3 of the teacher's 6 transformer blocks with their weights (which 3 was chosen on
+the STS dev split, see :func:`choose_blocks`), then learns to reproduce the teacher's sentence
+embeddings on the STS *train* split's sentences, without their labels (embedding distillation,
+Reimers & Gurevych 2020). Best weights by dev Spearman; the test split only reports.
+
+Rows: ``fp32`` (the teacher); ``torchslim-drop-3-layers`` (the 3 kept blocks, before training);
+``torchslim-distill-3-layers`` (after distillation); ``torchslim-heads50-ffn50`` (half the heads and
+FFN neurons of every layer removed structurally, as in ``bench minilm-structured``) and
+``torchslim-heads50-ffn50-distilled`` (the same after embedding distillation). Latency at batch
+32 × 128 tokens; quality ``stsb_spearman`` (Spearman × 100, test split) and ``cos_min``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from torchslim.bench.digits_kd import one_thread
+from torchslim.bench.harness import BenchResult, Variant, run_benchmark
+from torchslim.distillation import DistillConfig, LossTerm, drop_blocks, train_distill
+from torchslim.measure import artifact_bytes, count_params
+
+# Chosen on the dev split by ``choose_blocks`` (all 20 ways to keep 3 of 6 blocks, before training).
+KEEP = (0, 3, 5)
+# Picked on the dev split (one run each, best weights by dev Spearman): 3 layers, embedding loss only,
+# 1 epoch: lr 1e-4 -> dev 85.51, lr 3e-4 -> 85.79. Pruned model, lr 3e-4: embedding only, 1 epoch -> 84.98;
+# + hidden-state MSE on every layer (weight 1e-3 each; hidden size is kept) -> 85.07; 2 epochs -> 85.58.
+CONFIG = DistillConfig(terms=(LossTerm("embedding", 1.0),), epochs=1, lr=3e-4, batch_size=32, eval_every=110)
+PRUNED_CONFIG = CONFIG.replace(
+    epochs=2,
+    terms=(
+        LossTerm("embedding", 1.0),
+        *(
+            LossTerm("hidden", 1e-3, student=f"bert.encoder.layer.{i}", teacher=f"bert.encoder.layer.{i}")
+            for i in range(6)
+        ),
+    ),
+)
+BATCH = 32
+
+
+class SentenceBatches:
+    """One seeded, shuffled pass over sentences as tokenised 1-tuples ``({"input_ids", "attention_mask"},)``.
+
+    Sized (so the trainer knows the step count) and tokenised lazily per batch, padded to the batch's
+    longest sentence. Batches are drawn from length buckets (shuffle, sort each window of 50 batches by
+    length, shuffle the batches): padding, hence compute, roughly halves. No labels: the teacher's
+    embeddings are the targets.
+    """
+
+    def __init__(self, wl: Any, sentences: Sequence[str], lengths: Sequence[int], batch: int, seed: int) -> None:
+        self.wl, self.sentences, self.lengths, self.batch, self.seed = wl, list(sentences), lengths, batch, seed
+
+    def __len__(self) -> int:
+        return (len(self.sentences) + self.batch - 1) // self.batch
+
+    def __iter__(self) -> Iterator[tuple[dict[str, torch.Tensor]]]:
+        gen = torch.Generator().manual_seed(self.seed)
+        order = torch.randperm(len(self.sentences), generator=gen).tolist()
+        window = 50 * self.batch
+        order = [
+            j for w in range(0, len(order), window) for j in sorted(order[w : w + window], key=self.lengths.__getitem__)
+        ]
+        batches = [order[i : i + self.batch] for i in range(0, len(order), self.batch)]
+        for b in torch.randperm(len(batches), generator=gen).tolist():
+            yield (self.wl.tokenize([self.sentences[j] for j in batches[b]]),)
+
+
+def train_sentences(wl: Any, seed: int = 0, batch: int = BATCH) -> Any:
+    """A callable giving one pass over the STS train split's unique sentences per call (seed, seed + 1, ...)."""
+    sentences = sorted({s for _, a, b in wl.rows("train") for s in (a, b)})
+    lengths = [int(n) for n in wl.tokenize(sentences)["attention_mask"].sum(1)]
+    calls = itertools.count(seed)
+    return lambda: SentenceBatches(wl, sentences, lengths, batch, next(calls))
+
+
+def choose_blocks(wl: Any, teacher: nn.Module, n_keep: int = 3) -> list[tuple[float, tuple[int, ...]]]:
+    """Dev-split Spearman of every way to keep ``n_keep`` of the teacher's blocks (untrained), best first."""
+    scores = []
+    for keep in itertools.combinations(range(len(teacher.bert.encoder.layer)), n_keep):
+        score = wl.evaluate(drop_blocks(teacher, keep), "dev", with_cos=False)["stsb_spearman"]
+        print(f"dev {score:.2f}  keep {keep}", flush=True)
+        scores.append((score, keep))
+    return sorted(scores, reverse=True)
+
+
+def prune_heads_ffn(wl: Any, ctx: Any) -> nn.Module:
+    """Half the attention heads and half the FFN neurons of every layer removed (the ``minilm-structured``
+    benchmark's ``torchslim-heads50-ffn50``: ChannelPruning, activation-aware importance)."""
+    from torchslim.api import compress_
+    from torchslim.structured import ChannelPruning
+
+    return compress_(wl.model(), ChannelPruning(ratio=0.5, head_ratio=0.5, importance="activation"), ctx=ctx)
+
+
+def distill_student(wl: Any, teacher: nn.Module, student: nn.Module, config: DistillConfig = CONFIG) -> Any:
+    """Distil ``teacher``'s embeddings into ``student`` on the train sentences; best weights by dev Spearman."""
+    return train_distill(
+        student,
+        teacher,
+        train_sentences(wl, seed=config.seed, batch=config.batch_size),
+        config,
+        eval_fn=lambda m: wl.evaluate(m, "dev", with_cos=False),
+        desc="distill minilm",
+    )
+
+
+def bench(data: str | None = None, quick: bool = False) -> BenchResult:
+    """Run the benchmark (``quick`` shortens the latency timing only; the training is the same)."""
+    from torchslim.workloads import get_workload
+
+    wl = get_workload("minilm-stsb", data=data)
+    teacher = wl.model()
+    ctx = wl.context()
+    x = ctx.example_inputs
+    dropped = drop_blocks(teacher, list(KEEP)).eval()
+    pruned = prune_heads_ffn(wl, ctx).eval()
+    with one_thread():
+        run3 = distill_student(wl, teacher, drop_blocks(teacher, list(KEEP)))
+        run_p = distill_student(wl, teacher, prune_heads_ffn(wl, ctx), PRUNED_CONFIG)
+
+    def variant(name: str, model: nn.Module) -> Variant:
+        model.eval()
+        return Variant(
+            name,
+            model,
+            x,
+            size_bytes=artifact_bytes(model),
+            quality=lambda: wl.evaluate(model, "test"),
+            extra={"params": count_params(model)},
+        )
+
+    variants = [
+        variant("fp32", teacher),
+        variant("torchslim-drop-3-layers", dropped),
+        variant("torchslim-distill-3-layers", run3.student),
+        variant("torchslim-heads50-ffn50", pruned),
+        variant("torchslim-heads50-ffn50-distilled", run_p.student),
+    ]
+    result = run_benchmark("minilm-kd", variants, rounds=5 if quick else 20, warmup=2 if quick else 5)
+
+    def trace(run: Any) -> str:
+        evals = ", ".join(f"{e['step']}: {e['stsb_spearman']:.2f}" for e in run.evals)
+        return f"{run.steps} steps in {run.seconds:.0f} s; dev Spearman by step: {evals}"
+
+    result.notes += [
+        f"3-layer student keeps blocks {list(KEEP)} of 6 (chosen on dev before training); {CONFIG.to_json()}",
+        f"distill-3-layers: {trace(run3)}",
+        f"heads50-ffn50-distilled: {PRUNED_CONFIG.to_json()}; {trace(run_p)}",
+        f"latency per batch of {x[0].shape[0]} sentences x {x[0].shape[1]} tokens; quality on the test split",
+    ]
+    return result
+
+
+if __name__ == "__main__":
+    from torchslim.workloads import get_workload
+
+    parser = argparse.ArgumentParser(description="choose the MiniLM student's blocks on the dev split")
+    parser.add_argument("--data", default=None)
+    args = parser.parse_args()
+    wl = get_workload("minilm-stsb", data=args.data)
+    for score, keep in choose_blocks(wl, wl.model())[:5]:
+        print(f"best: dev {score:.2f} keep {keep}")
