@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from torchslim.api import compress_
 from torchslim.core import Config, Context, Select, config_from_dict, register_config, register_transform
+from torchslim.distillation import Distill, DistillConfig, LossTerm, distill
 from torchslim.errors import (
     ConfigError,
     OutputExistsError,
@@ -36,9 +37,24 @@ from torchslim.pruning import (
     WandaPruning,
     bake_,
 )
-from torchslim.quantization import CastDtype
+from torchslim.quantization import (
+    CastDtype,
+    Int8Dynamic,
+    Int8DynamicLinear,
+    Int8Embedding,
+    Int8QAT,
+    Int8Static,
+    Int8StaticConv2d,
+    Int8StaticLinear,
+    Int8WeightOnly,
+    Int8WeightOnlyLinear,
+    PerChannel,
+    PerGroup,
+    PerTensor,
+    PerToken,
+)
 from torchslim.recipes import Recipe, RunReport, Step, load_recipe, recipe_from_dict, run_recipe
-from torchslim.structured import FoldBatchNorm
+from torchslim.structured import ChannelPruning, FoldBatchNorm, LayerDropping, LowRank, PruningPlan
 
 __version__ = "0.1.0"
 
@@ -51,6 +67,27 @@ __all__ = [
     "MagnitudePruning",
     "GradualPruning",
     "CastDtype",
+    "ChannelPruning",
+    "Distill",
+    "DistillConfig",
+    "Int8Dynamic",
+    "Int8DynamicLinear",
+    "Int8Embedding",
+    "Int8QAT",
+    "Int8Static",
+    "Int8StaticConv2d",
+    "Int8StaticLinear",
+    "Int8WeightOnly",
+    "Int8WeightOnlyLinear",
+    "LayerDropping",
+    "LossTerm",
+    "LowRank",
+    "PerChannel",
+    "PerGroup",
+    "PerTensor",
+    "PerToken",
+    "PruningPlan",
+    "distill",
     "Config",
     "ConfigError",
     "Context",

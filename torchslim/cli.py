@@ -36,7 +36,8 @@ class _Parser(argparse.ArgumentParser):
 def _console() -> Any:
     from rich.console import Console
 
-    return Console(stderr=False)
+    # Piped into a log or CI: a wide fixed width instead of 80 columns, so tables don't wrap.
+    return Console(width=None if sys.stdout.isatty() else 160)
 
 
 def _write_json(path: str | None, data: Any) -> None:
@@ -178,12 +179,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from torchslim.recipes import load_recipe, run_recipe
     from torchslim.workloads import get_workload
 
-    console = Console()
+    console = _console()
     start = time.perf_counter()
     wl = get_workload("digits")
     console.print("[bold]torchslim demo[/bold]: digits teacher CNN (scikit-learn handwritten digits, 8x8)")
@@ -258,6 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="fewer timing repetitions (never a smaller evaluation set)")
     p.add_argument("--data", help="data folder or file for benchmarks that read a data set")
     p.set_defaults(func=cmd_bench)
+
+    from torchslim.distillation.cli import add_distill_parser
+
+    add_distill_parser(sub)  # torchslim distill: knowledge distillation, one process or torchrun
 
     for action in sub.choices.values():
         action.add_argument("--json", metavar="FILE", help="also write the result as JSON to FILE")

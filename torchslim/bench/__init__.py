@@ -15,7 +15,13 @@ from torchslim.errors import UsageError
 # name -> "module:function(data, quick) -> BenchResult"; imported lazily so optional peers load only when run.
 BENCHMARKS: dict[str, str] = {
     "digits": "torchslim.bench.digits:bench",
+    "minilm-stsb": "torchslim.bench.minilm:bench",
+    "digits-structured": "torchslim.bench.digits_structured:bench",
+    "minilm-structured": "torchslim.bench.minilm_structured:bench",
+    "digits-kd": "torchslim.bench.digits_kd:bench",
+    "minilm-kd": "torchslim.bench.minilm_kd:bench",
     "digits-prune": "torchslim.bench.digits_prune:bench",
+    "minilm-prune": "torchslim.bench.minilm_prune:bench",
 }
 
 
