@@ -1,5 +1,9 @@
 """Multiply-accumulate counts through ``torch.utils.flop_counter``.
 
+PyTorch's counter knows the float matmuls and convolutions; the low-bit kernels our quantized modules
+call (``torch._int_mm``, the int8/int4 weight-only matmuls, oneDNN's int8 convolution) are taught to it
+below, so a quantized model reports the MACs it really does instead of 0.
+
 Example:
     >>> import torch, torch.nn as nn
     >>> count_macs(nn.Linear(10, 5, bias=False), (torch.zeros(1, 10),))
@@ -8,11 +12,44 @@ Example:
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
+
+
+def _matmul_flops(x_shape: Any, *_: Any, out_shape: Any = None, **__: Any) -> int:
+    """``[..., K] @ -> [..., N]``: 2·M·K·N FLOPs, M·N read from the output and K from the input."""
+    return 2 * math.prod(out_shape) * int(x_shape[-1])
+
+
+def _qconv_flops(x_shape: Any, _xs: Any, _xz: Any, w_shape: Any, *args: Any, out_shape: Any = None, **__: Any) -> int:
+    """oneDNN int8 conv: 2 · output elements · (C_in / groups · kernel area)."""
+    groups = int(args[6]) if len(args) > 6 and isinstance(args[6], int) else 1
+    if w_shape is not None and len(w_shape) == 4:  # the packed weight keeps [C_out, C_in/groups, kh, kw]
+        per_output = int(w_shape[1]) * int(w_shape[2]) * int(w_shape[3])
+    else:
+        per_output = int(x_shape[1]) // groups
+    return 2 * math.prod(out_shape) * per_output
+
+
+def _low_bit_formulas() -> dict[Any, Callable[..., int]]:
+    ops: dict[Any, Callable[..., int]] = {}
+    for namespace, name, formula in (
+        ("aten", "_int_mm", _matmul_flops),
+        ("aten", "_weight_int8pack_mm", _matmul_flops),
+        ("aten", "_weight_int4pack_mm", _matmul_flops),
+        ("aten", "_weight_int4pack_mm_for_cpu", _matmul_flops),
+        ("onednn", "qconv2d_pointwise", _qconv_flops),
+        ("onednn", "qlinear_pointwise", _matmul_flops),
+    ):
+        packet = getattr(getattr(torch.ops, namespace, None), name, None)
+        if packet is not None:
+            ops[packet] = formula
+    return ops
 
 
 def count_macs(model: nn.Module, example_inputs: tuple[Any, ...], *, per_sample: bool = False) -> int:
@@ -23,7 +60,7 @@ def count_macs(model: nn.Module, example_inputs: tuple[Any, ...], *, per_sample:
         example_inputs: positional inputs.
         per_sample: divide by the batch size (first dim of the first tensor input).
     """
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping=_low_bit_formulas())
     with torch.inference_mode(), counter:
         model(*example_inputs)
     macs = counter.get_total_flops() // 2
