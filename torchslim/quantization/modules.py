@@ -231,6 +231,11 @@ def int8_weight_only_linear(
     """
     shape = x.shape
     x2 = x.reshape(-1, shape[-1])
+    if torch.compiler.is_exporting() and x.dtype == torch.float32:
+        # One traceable kernel call (ONNX lowers it to DequantizeLinear + MatMul, keeping int8 weights).
+        y = torch.ops.aten._weight_int8pack_mm(x2, weight, weight_scale)
+        y = y if bias is None else y + bias
+        return y.reshape(*shape[:-1], weight.shape[0])
     packed_ok = x.device.type == "cpu" and shape[-1] % 16 == 0
     if packed_ok and x.dtype in (torch.bfloat16, torch.float16):
         y = torch.ops.aten._weight_int8pack_mm(x2.contiguous(), weight, weight_scale.to(x.dtype))

@@ -29,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -125,7 +126,14 @@ class _StaticInt8(nn.Module):
         return (q - zp) * self.input_scale
 
     def _onednn_ok(self, x: torch.Tensor) -> bool:
-        return x.device.type == "cpu" and torch.backends.mkldnn.is_available() and not torch.jit.is_scripting()
+        # Under torch.export / ONNX export the prepacked oneDNN weight cannot be traced: the reference path
+        # (int8 weights dequantized in the graph, activations fake-quantized) is exported instead.
+        return (
+            x.device.type == "cpu"
+            and torch.backends.mkldnn.is_available()
+            and not torch.jit.is_scripting()
+            and not torch.compiler.is_exporting()
+        )
 
     def _cache(self, prepack) -> tuple[Any, float, int, float, int, torch.Tensor]:
         """``(packed weight, x_scale, x_zp (uint8), out_scale, out_zp (uint8), zero w_zp)``, rebuilt when a buffer changes.
@@ -143,6 +151,15 @@ class _StaticInt8(nn.Module):
         return self._packed[1]
 
     def _dequantized_weight(self) -> torch.Tensor:
+        if torch.compiler.is_exporting():
+            # One op the ONNX exporter lowers to DequantizeLinear: the weight stays an int8 initializer
+            # (a Cast·Mul would be constant-folded into fp32 weights, 4× the file).
+            importlib.import_module("torch.ao.quantization.fx._decomposed")  # registers quantized_decomposed ops
+
+            zeros = torch.zeros_like(self.weight_scale, dtype=torch.int64)
+            return torch.ops.quantized_decomposed.dequantize_per_channel(
+                self.weight, self.weight_scale, zeros, 0, -128, 127, torch.int8
+            )
         return self.weight.float() * self.weight_scale.reshape(-1, *([1] * (self.weight.dim() - 1)))
 
 
