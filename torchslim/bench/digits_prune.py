@@ -2,6 +2,7 @@
 
 Rows: ``fp32``; ``torchslim-oneshot-{50,80,90,95}`` (global magnitude, no training);
 ``torchslim-gradual-{50,80,90,95}`` (Zhu & Gupta cubic schedule with fine-tuning);
+``torchslim-gradual-90-int8`` (the 90% model in static int8, stored as int8 values + byte deltas);
 ``peer-torch-prune-global-unstructured-90`` (``torch.nn.utils.prune.global_unstructured`` at 90%, no
 fine-tuning, artifact = its state dict saved the usual way with ``torch.save``: ``weight_orig`` +
 ``weight_mask``). Sizes are artifact bytes (``ts.save`` stores pruned tensors as values + bitmask).
@@ -21,6 +22,7 @@ from torchslim.api import compress_
 from torchslim.bench.harness import BenchResult, Variant, run_benchmark
 from torchslim.measure import artifact_bytes, count_nonzero
 from torchslim.pruning import GradualPruning, MagnitudePruning
+from torchslim.quantization import Int8Static
 from torchslim.structured import FoldBatchNorm
 
 SPARSITIES = (50, 80, 90, 95)
@@ -67,6 +69,9 @@ def bench(data: str | None = None, quick: bool = False) -> BenchResult:
         m = compress_(copy.deepcopy(teacher), gradual_config(s / 100), ctx=ctx)
         m = compress_(m, FoldBatchNorm(), ctx=ctx)
         variants.append(variant(f"torchslim-gradual-{s}", m))
+        if s == 90:  # int8 values on the sparse layout: pruned zeros stay exact zeros in int8
+            q = compress_(copy.deepcopy(m), Int8Static(), ctx=ctx)
+            variants.append(variant("torchslim-gradual-90-int8", q))
     peer, peer_size = _peer_torch_prune(teacher, 0.9)
     variants.append(variant("peer-torch-prune-global-unstructured-90", peer, size=peer_size))
     result = run_benchmark("digits-prune", variants, rounds=10 if quick else 40, warmup=3 if quick else 10)
