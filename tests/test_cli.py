@@ -88,7 +88,7 @@ def test_non_empty_out_exit_7_untouched(user_model, tmp_path, capsys):
 
 def test_compress_writes_artifact_and_force_replaces(user_model, tmp_path, capsys):
     out = tmp_path / "o"
-    args = ["compress", "--model", user_model, "--recipe", "default", "--out", str(out), "--latency-runs", "2"]
+    args = ["compress", "--model", user_model, "--recipe", "fold-bn-bf16", "--out", str(out), "--latency-runs", "2"]
     assert main([*args, "--json", str(tmp_path / "c.json")]) == 0
     assert sorted(p.name for p in out.iterdir()) == [
         "manifest.json",

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 EPILOG = """examples:
-  torchslim demo                                   # digits: baseline -> built-in 'slim-cnn' recipe -> table
+  torchslim demo                                   # digits: baseline -> built-in 'default' recipe -> table
   torchslim recipes                                # list built-in recipes
   torchslim measure --workload digits --json m.json
   torchslim compress --workload digits --recipe default --out out/digits
@@ -225,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     p = sub.add_parser("demo", help="digits: baseline -> built-in recipe -> before/after table")
-    p.add_argument("--recipe", default="slim-cnn", help="recipe file or built-in name (default: slim-cnn)")
+    p.add_argument("--recipe", default="default", help="recipe file or built-in name (default: default)")
     p.add_argument("--latency-runs", type=int, default=30)
     p.set_defaults(func=cmd_demo)
 
@@ -261,6 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
     from torchslim.distillation.cli import add_distill_parser
 
     add_distill_parser(sub)  # torchslim distill: knowledge distillation, one process or torchrun
+
+    from torchslim.tuning.cli import add_tuning_parsers
+
+    add_tuning_parsers(sub)  # torchslim tune / torchslim sensitivity: accuracy-aware search
 
     for action in sub.choices.values():
         action.add_argument("--json", metavar="FILE", help="also write the result as JSON to FILE")
