@@ -1,0 +1,160 @@
+"""torchslim.tuning: search space, resumable/parallel study, best recipe, sensitivity (digits, few trials)."""
+
+from __future__ import annotations
+
+import importlib
+import multiprocessing as mp
+import sqlite3
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from torchslim.cli import main
+from torchslim.recipes import load_recipe, run_recipe
+from torchslim.tuning import SearchSpace, sensitivity, tune
+from torchslim.workloads import get_workload
+
+MAX_DROP = 0.02
+# The submodule (the package attribute ``tune`` is the function).
+tune_module = importlib.import_module("torchslim.tuning.tune")
+
+
+def _space() -> SearchSpace:
+    """A small space in which most points meet the budget (the tests check mechanics, not the search)."""
+    model = get_workload("digits").model()
+    return SearchSpace.for_model(
+        model,
+        has_train_data=True,
+        prune_methods=("none", "magnitude", "channels"),
+        sparsity=(0.1, 0.5, 0.1),
+        channel_ratio=(0.1, 0.4, 0.1),
+        channel_round_to=(1,),
+        recovery=("none",),  # training is covered by the recipe tests; here it would only cost time
+        quant=("none", "bf16", "int8"),
+    )
+
+
+def _run(out: Path, trials: int, worker: int = 0) -> tune_module.TuneResult:
+    return tune(
+        "digits",
+        max_drop=MAX_DROP,
+        trials=trials,
+        out=out,
+        worker=worker,
+        space=_space(),
+        latency_runs=3,
+        builtins=(),
+        progress=False,
+        grace_period=4,
+        heartbeat_interval=1,
+    )
+
+
+def _trials(out: Path) -> list[tuple[int, str]]:
+    with sqlite3.connect(out / "study.db") as db:
+        return db.execute("SELECT number, state FROM trials ORDER BY number").fetchall()
+
+
+def _done_params(result: tune_module.TuneResult) -> list[tuple]:
+    return [
+        tuple(sorted(t.params.items())) for t in result.study.get_trials() if t.state.name in ("COMPLETE", "PRUNED")
+    ]
+
+
+def test_space_recipe_round_trips_through_yaml(tmp_path: Path) -> None:
+    space = _space()
+    params = {"prune": "channels", "channel_ratio": 0.3, "recovery": "finetune", "quant": "int8"}
+    params |= {f"bits:{g}": 8 for g in space.groups} | {"bits:features.0": 32}
+    recipe = space.recipe(params, name="t")
+    (tmp_path / "r.yaml").write_text(recipe.to_yaml())
+    loaded = load_recipe(tmp_path / "r.yaml")
+    assert loaded.to_dict() == recipe.to_dict()
+    assert [s.config.kind for s in loaded.steps] == ["channel-pruning", "finetune", "fold-batchnorm", "int8-static"]
+    assert loaded.steps[-1].select.include == (r"^features\.4$", r"^features\.8$", r"^classifier$")
+    quick, full = space.plan(params)
+    assert [s["kind"] for s in quick] == ["channel-pruning", "fold-batchnorm", "int8-static"]
+    assert full is not None and full[1]["kind"] == "finetune"
+
+
+def test_killed_study_resumes_from_stored_trials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_call = tune_module._Objective.__call__
+    calls = {"n": 0}
+
+    def killed_on_third(self, trial):  # the process "dies" (Ctrl-C) during its third trial
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_call(self, trial)
+
+    monkeypatch.setattr(tune_module._Objective, "__call__", killed_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, trials=4)
+    before = _trials(tmp_path)
+    assert [s for _, s in before] == ["COMPLETE", "COMPLETE", "FAIL"] or sum(s != "FAIL" for _, s in before) == 2
+    monkeypatch.setattr(tune_module._Objective, "__call__", real_call)
+    result = _run(tmp_path, trials=4)
+    after = _trials(tmp_path)
+    assert after[: len(before)] == before  # the stored trials are kept, not rerun
+    assert result.completed == 4
+    assert sum(s in ("COMPLETE", "PRUNED") for _, s in after) == 4
+    assert len(after) - len(before) == 2 + sum(s == "FAIL" for _, s in after[len(before) :])
+    params = _done_params(result)
+    assert len(set(params)) == len(params)
+
+
+def _worker(out: str, worker: int) -> None:
+    torch.set_num_threads(1)
+    _run(Path(out), trials=5, worker=worker)
+
+
+def test_two_workers_share_the_study_without_duplicates(tmp_path: Path) -> None:
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_worker, args=(str(tmp_path), i)) for i in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    result = _run(tmp_path, trials=5)  # nothing left to do: only loads and writes the outputs
+    numbers = [t.number for t in result.study.get_trials()]
+    assert len(numbers) == len(set(numbers))
+    assert result.completed == 5
+    params = _done_params(result)
+    assert len(params) == 5 and len(set(params)) == 5
+
+    # The best recipe: valid YAML that loads and runs, and meets the budget on the validation split.
+    assert result.chosen is not None
+    recipe = load_recipe(result.paths["best"])
+    assert yaml.safe_load(result.paths["best"].read_text())["name"] == "tuned-digits-size"
+    wl = get_workload("digits")
+    base = wl.evaluate(wl.model(), "val")["accuracy"]
+    model, _ = run_recipe(wl.model(), recipe, wl.context(), measure_steps=False)
+    acc = wl.evaluate(model, "val")["accuracy"]
+    assert base - acc <= MAX_DROP
+    assert acc == pytest.approx(result.chosen["quality"])  # seeded: the same model as in the trial
+    assert result.paths["pareto"].read_bytes()[:4] == b"\x89PNG"
+    assert "## Best: trial" in result.paths["report"].read_text()
+
+
+def test_sensitivity_has_one_row_per_layer_and_a_png(tmp_path: Path) -> None:
+    result = sensitivity("digits", methods=("int8", "prune"), ratio=0.9, progress=False)
+    model = get_workload("digits").model()
+    layers = [n for n, m in model.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+    assert [r["layer"] for r in result.rows] == layers
+    assert all(r["int8"] is not None and r["prune-0.9"] is not None for r in result.rows)
+    assert max(r["prune-0.9"] for r in result.rows) > 0.05  # 90% pruning of some layer hurts
+    paths = result.write(tmp_path)
+    assert paths["png"].read_bytes()[:4] == b"\x89PNG"
+    assert paths["markdown"].read_text().count("\n| ") == len(layers) + 1
+
+
+def test_cli_errors_use_the_exit_codes(tmp_path: Path) -> None:
+    base = ["tune", "--workload", "digits", "--out", str(tmp_path), "--trials", "1"]
+    assert main([*base, "--max-drop", "-1"]) == 3
+    assert main(["tune", "--workload", "nope", "--out", str(tmp_path), "--max-drop", "0.01"]) == 2
+    with pytest.raises(SystemExit) as e:
+        main([*base, "--max-drop", "0.01", "--objective", "speed"])
+    assert e.value.code == 2
+    assert main(["sensitivity", "--workload", "digits", "--out", str(tmp_path), "--methods", "int3"]) == 3

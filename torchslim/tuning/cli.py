@@ -1,0 +1,141 @@
+"""``torchslim tune`` and ``torchslim sensitivity``.
+
+Search (TPE on one objective, NSGA-II on size and latency), resumable: run the same command again::
+
+    torchslim tune --workload digits --max-drop 0.01 --objective size --trials 40 --out out/tune-digits
+
+Two workers on one study (each its own ``--worker``; together they complete ``--trials``)::
+
+    torchslim tune --workload digits --max-drop 0.01 --trials 40 --out out/t --worker 0 &
+    torchslim tune --workload digits --max-drop 0.01 --trials 40 --out out/t --worker 1
+
+Per-layer sensitivity (table + bar chart)::
+
+    torchslim sensitivity --workload digits --ratio 0.5 --out out/sens
+
+Example:
+    >>> import argparse
+    >>> sub = argparse.ArgumentParser().add_subparsers()
+    >>> add_tuning_parsers(sub)
+    >>> sorted(sub.choices)
+    ['sensitivity', 'tune']
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+__all__ = ["add_tuning_parsers", "cmd_sensitivity", "cmd_tune"]
+
+
+def add_tuning_parsers(sub: Any) -> None:
+    """Add the ``tune`` and ``sensitivity`` subcommands to the CLI's subparsers."""
+    from torchslim.tuning.tune import OBJECTIVES
+
+    p = sub.add_parser("tune", help="accuracy-aware search: the smallest/fastest recipe within a quality budget")
+    p.add_argument("--workload", required=True, help="built-in workload (digits, minilm-stsb)")
+    p.add_argument("--data", help="data path for workloads that read a data set")
+    p.add_argument(
+        "--max-drop",
+        type=float,
+        required=True,
+        help="largest allowed drop of the workload's metric on its validation split, in the metric's units "
+        "(digits accuracy is a fraction: 1 point = 0.01; minilm-stsb Spearman x100: 1 point = 1.0)",
+    )
+    p.add_argument("--objective", choices=OBJECTIVES, default="size", help="size, latency, or both (Pareto front)")
+    p.add_argument("--trials", type=int, default=30, help="complete + pruned trials in total, over restarts (30)")
+    p.add_argument("--out", required=True, help="folder: best.yaml, pareto.png, report.md, trials.json, study.db")
+    p.add_argument("--storage", help="Optuna storage URL shared by workers (default sqlite:///OUT/study.db)")
+    p.add_argument("--seed", type=int, default=0, help="recipe and sampler seed (0)")
+    p.add_argument("--worker", type=int, default=0, help="worker index when several share the study (0)")
+    p.add_argument("--latency-runs", type=int, default=20, help="timed runs per latency measurement (20)")
+    p.add_argument(
+        "--recover-limit", type=float, help="prune trials whose drop before fine-tuning/distillation exceeds this"
+    )
+    p.add_argument("--builtins", help="comma-separated built-in recipes to compare (default all; 'none')")
+    p.add_argument("--peers", help="a `torchslim bench --json` file whose peer rows are added to the plot")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1: steady timings on a shared machine)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("sensitivity", help="per-layer metric drop when only that layer is quantized or pruned")
+    p.add_argument("--workload", required=True, help="built-in workload (digits, minilm-stsb)")
+    p.add_argument("--data", help="data path for workloads that read a data set")
+    p.add_argument("--methods", default="int8,int4,prune", help="comma-separated: int8, int4, prune (all)")
+    p.add_argument("--ratio", type=float, default=0.5, help="fraction of a layer's weights pruned (0.5)")
+    p.add_argument("--granularity", choices=("layer", "block"), default="layer")
+    p.add_argument("--split", default="val", help="evaluation split (val)")
+    p.add_argument("--out", required=True, help="folder: sensitivity.md, sensitivity.json, sensitivity.png")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_sensitivity)
+
+
+def _names(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    return [] if value.strip() == "none" else [v.strip() for v in value.split(",") if v.strip()]
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    """Run ``torchslim tune``; exit 6 when no trial meets the budget."""
+    from torchslim.cli import _write_json
+    from torchslim.errors import QualityGateError, UsageError
+    from torchslim.tuning.report import compare_builtins
+    from torchslim.tuning.tune import tune
+
+    if args.trials < 1:
+        raise UsageError("--trials must be at least 1")
+    result = tune(
+        args.workload,
+        max_drop=args.max_drop,
+        objective=args.objective,
+        trials=args.trials,
+        out=args.out,
+        storage=args.storage,
+        seed=args.seed,
+        worker=args.worker,
+        data=args.data,
+        latency_runs=args.latency_runs,
+        recover_limit=args.recover_limit,
+        builtins=_names(args.builtins),
+        peers=args.peers,
+        threads=args.threads,
+        progress=not args.no_progress,
+    )
+    for name, path in result.paths.items():
+        print(f"wrote {path} ({name})")
+    c = result.chosen
+    summary = {"completed": result.completed, "baseline": result.baseline, "chosen": c, "builtins": result.builtins}
+    _write_json(args.json, summary)
+    if c is None:
+        raise QualityGateError(f"no trial met --max-drop {args.max_drop:g}; see {result.paths['report']}")
+    print(
+        f"best: trial {c['number']} ({c.get('description', '')}): {c['size_bytes'] / 1e3:.1f} KB, "
+        f"{c['latency_ms']:.3f} ms, val {c['quality']:.4f} (drop {c['drop']:.4f}), test {c['test_quality']:.4f}"
+    )
+    print(compare_builtins(c, result.builtins, args.objective))
+    return 0
+
+
+def cmd_sensitivity(args: argparse.Namespace) -> int:
+    """Run ``torchslim sensitivity``."""
+    from torchslim.cli import _write_json
+    from torchslim.tuning.sensitivity import sensitivity
+
+    result = sensitivity(
+        args.workload,
+        methods=_names(args.methods) or [],
+        ratio=args.ratio,
+        granularity=args.granularity,
+        split=args.split,
+        data=args.data,
+        threads=args.threads,
+        progress=not args.no_progress,
+    )
+    print(result.to_markdown())
+    for path in result.write(args.out).values():
+        print(f"wrote {path}")
+    _write_json(args.json, result.to_dict())
+    return 0

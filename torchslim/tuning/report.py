@@ -1,0 +1,277 @@
+"""The outputs of ``torchslim tune``: trial rows, the best feasible recipe as YAML, the Pareto PNG, a Markdown report.
+
+Example:
+    >>> pareto_front([{"size_bytes": 1, "latency_ms": 2.0}, {"size_bytes": 2, "latency_ms": 1.0},
+    ...               {"size_bytes": 3, "latency_ms": 3.0}])
+    [{'size_bytes': 1, 'latency_ms': 2.0}, {'size_bytes': 2, 'latency_ms': 1.0}]
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from torchslim.errors import OutputExistsError
+from torchslim.tuning.space import SearchSpace
+
+__all__ = ["pareto_front", "trial_rows", "write_outputs", "write_text"]
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` atomically (temporary file beside ``path``, then rename); OutputExistsError on I/O errors."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are ordinary files
+        os.replace(tmp, path)
+    except OSError as e:
+        raise OutputExistsError(f"cannot write {path}: {e}") from None
+
+
+def trial_rows(study: Any) -> list[dict[str, Any]]:
+    """One plain dict per trial: number, state, params, description and the measured user attributes."""
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        row = {"number": t.number, "state": t.state.name, "params": dict(t.params)}
+        row.update({k: v for k, v in t.user_attrs.items() if k != "constraint"})
+        if t.values is not None:
+            row["values"] = list(t.values)
+        rows.append(row)
+    return rows
+
+
+def pareto_front(rows: Sequence[dict[str, Any]], keys: Sequence[str] = ("size_bytes", "latency_ms")) -> list[dict]:
+    """The rows no other row beats on every key (all minimised), in the input order."""
+
+    def dominates(a: dict, b: dict) -> bool:
+        return all(a[k] <= b[k] for k in keys) and any(a[k] < b[k] for k in keys)
+
+    return [r for r in rows if not any(dominates(o, r) for o in rows if o is not r)]
+
+
+def _kb(n: float | None) -> str:
+    return "-" if n is None else f"{n / 1e3:.1f}"
+
+
+def _q(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
+def _chosen(feasible: list[dict], objective: str, baseline: dict) -> tuple[list[dict], dict | None]:
+    if not feasible:
+        return [], None
+    if objective == "size":
+        best = min(feasible, key=lambda r: (r["size_bytes"], r["latency_ms"]))
+        return [best], best
+    if objective == "latency":
+        best = min(feasible, key=lambda r: (r["latency_ms"], r["size_bytes"]))
+        return [best], best
+    front = sorted(pareto_front(feasible), key=lambda r: r["size_bytes"])
+    # One recipe to hand out from the front: the best sum of size and latency relative to the baseline.
+    best = min(front, key=lambda r: r["size_bytes"] / baseline["size_bytes"] + r["latency_ms"] / baseline["latency_ms"])
+    return front, best
+
+
+def _rerun_on_test(chosen: dict, space: SearchSpace, settings: dict, wl: Any, base: Any, ctx: Any) -> Any:
+    """Run the chosen recipe again (seeded, so the same model) and score it on the test split."""
+    from torchslim.recipes import run_recipe
+
+    recipe = space.recipe(
+        chosen.get("point", chosen["params"]),
+        name=f"tuned-{settings['workload']}-{settings['objective']}",
+        description=(
+            f"torchslim tune: {chosen.get('description', '')} (trial {chosen['number']}; {settings['metric']} "
+            f"drop {chosen['drop']:.4g} <= {settings['max_drop']:g} on the validation split)"
+        ),
+        seed=settings["seed"],
+    )
+    from torchslim.tuning.tune import fresh_context
+
+    model, _ = run_recipe(copy.deepcopy(base), recipe, fresh_context(wl, ctx), measure_steps=False)
+    chosen["test_quality"] = float(wl.evaluate(model.eval(), "test")[wl.metric])
+    # Seeded recipes rebuild the trial's model; a difference (a nondeterministic kernel, shuffling that
+    # depends on earlier trials) is reported rather than hidden.
+    chosen["rerun_quality"] = float(wl.evaluate(model, "val")[wl.metric])
+    return recipe
+
+
+def _peers(path: str | Path | None, metric: str) -> list[dict[str, Any]]:
+    if path is None:
+        return []
+    from torchslim.errors import UnsafeInputError
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        return [
+            {
+                "name": r["variant"],
+                "kind": "peer",
+                "size_bytes": r["size_mb"] * 1e6,
+                "latency_ms": r["latency_ms"],
+                "quality": r["quality"][metric],
+            }
+            for r in data["rows"]
+            if r["variant"].startswith("peer-") and r.get("size_mb") is not None and metric in r.get("quality", {})
+        ]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UnsafeInputError(f"--peers {path}: not a benchmark JSON with rows ({e})") from None
+
+
+def write_outputs(
+    study: Any,
+    *,
+    wl: Any,
+    base: Any,
+    ctx: Any,
+    space: SearchSpace,
+    settings: dict[str, Any],
+    baseline: dict[str, Any],
+    builtins: list[dict[str, Any]],
+    out: Path,
+    peers: str | Path | None = None,
+) -> Any:
+    """Write ``best.yaml`` (when a trial is feasible), ``pareto.png``, ``report.md``, ``trials.json``; a TuneResult."""
+    from torchslim.tuning.plots import pareto_chart
+    from torchslim.tuning.tune import TuneResult, _done
+
+    rows = trial_rows(study)
+    complete = [r for r in rows if r["state"] == "COMPLETE" and "quality" in r]
+    feasible = [r for r in complete if r.get("feasible")]
+    best, chosen = _chosen(feasible, settings["objective"], baseline)
+    paths: dict[str, Path] = {}
+    recipe = None
+    if chosen is not None:
+        recipe = _rerun_on_test(chosen, space, settings, wl, base, ctx)
+        paths["best"] = out / "best.yaml"
+        write_text(paths["best"], recipe.to_yaml())
+    sign = -1 if wl.higher_is_better else 1
+    paths["pareto"] = out / "pareto.png"
+    refs = [dict(b, kind="builtin") for b in builtins if "quality" in b] + _peers(peers, wl.metric)
+    pareto_chart(
+        paths["pareto"],
+        trials=complete,
+        front=best if settings["objective"] == "both" else pareto_front(feasible),
+        references=refs,
+        baseline=baseline,
+        metric=f"{wl.metric} (validation)",
+        budget=baseline["quality"] + sign * settings["max_drop"],
+        title=f"torchslim tune {settings['workload']}: objective {settings['objective']}, "
+        f"max drop {settings['max_drop']:g}, {len(complete)} evaluated trials",
+    )
+    result = TuneResult(study, _done(study.get_trials(deepcopy=False)), baseline, best, chosen, builtins, paths)
+    paths["report"] = out / "report.md"
+    write_text(paths["report"], to_markdown(result, settings, rows, recipe))
+    paths["trials"] = out / "trials.json"
+    data = {"settings": settings, "baseline": baseline, "chosen": chosen, "best": best, "builtins": builtins}
+    write_text(paths["trials"], json.dumps({**data, "trials": rows}, indent=2, default=str) + "\n")
+    return result
+
+
+def compare_builtins(chosen: dict | None, builtins: Sequence[dict], objective: str) -> str:
+    """One sentence: how the tuned recipe compares with the best built-in recipe within the same budget.
+
+    Example:
+        >>> compare_builtins({"size_bytes": 10, "latency_ms": 1.0},
+        ...                  [{"name": "a", "size_bytes": 40, "latency_ms": 2.0, "feasible": True}], "size")
+        'tuned: 4.0x smaller and 2.0x faster than the smallest built-in within budget (a).'
+    """
+    ok = [b for b in builtins if b.get("feasible")]
+    if chosen is None:
+        return "no trial met the budget."
+    if not ok:
+        return "no built-in recipe meets the budget."
+    key = "latency_ms" if objective == "latency" else "size_bytes"
+    ref = min(ok, key=lambda b: b[key])
+    what = "fastest" if key == "latency_ms" else "smallest"
+    return (
+        f"tuned: {ref['size_bytes'] / chosen['size_bytes']:.1f}x smaller and "
+        f"{ref['latency_ms'] / chosen['latency_ms']:.1f}x faster than the {what} built-in within budget ({ref['name']})."
+    )
+
+
+def to_markdown(result: Any, settings: dict[str, Any], rows: list[dict], recipe: Any) -> str:
+    """The report: settings, baseline, the chosen recipe, the front, the built-ins, trial counts."""
+    s, b = settings, result.baseline
+    states: dict[str, int] = {}
+    for r in rows:
+        key = r["state"] + (" (duplicate)" if "duplicate_of" in r else "") + (" (surplus)" if r.get("surplus") else "")
+        key += " (cut short: cannot improve)" if r.get("cut_short") else ""
+        states[key] = states.get(key, 0) + 1
+    lines = [
+        f"# torchslim tune: {s['workload']}",
+        "",
+        f"Objective **{s['objective']}**, budget: {s['metric']} drop <= {s['max_drop']:g} on the validation split "
+        f"(baseline {b['quality']:.4f}; test {b['test_quality']:.4f}; {_kb(b['size_bytes'])} KB; "
+        f"{b['latency_ms']:.3f} ms).",
+        "",
+        f"Trials: {', '.join(f'{v} {k}' for k, v in sorted(states.items()))}.",
+        "",
+        "![pareto](pareto.png)",
+        "",
+    ]
+    c = result.chosen
+    if c is None:
+        lines += ["No trial met the budget: no `best.yaml` written. Try more trials or a larger `--max-drop`.", ""]
+    else:
+        lines += [
+            f"## Best: trial {c['number']} — {c.get('description', '')}",
+            "",
+            f"{_kb(c['size_bytes'])} KB ({b['size_bytes'] / c['size_bytes']:.1f}x smaller), {c['latency_ms']:.3f} ms "
+            f"({b['latency_ms'] / c['latency_ms']:.2f}x faster), {s['metric']} {c['quality']:.4f} validation "
+            f"(drop {c['drop']:.4f}), {c['test_quality']:.4f} test (drop {b['test_quality'] - c['test_quality']:.4f}).",
+            "",
+            compare_builtins(c, result.builtins, s["objective"]),
+            "",
+            f"Rebuilt from `best.yaml`, validation {s['metric']} is {c['rerun_quality']:.4f} "
+            f"(in the trial {c['quality']:.4f}).",
+            "",
+            f"Run it: `torchslim compress --workload {s['workload']} --recipe best.yaml --out out/tuned`",
+            "",
+            "```yaml",
+            recipe.to_yaml().rstrip(),
+            "```",
+            "",
+        ]
+    if result.best:
+        lines += ["## Feasible front" if s["objective"] == "both" else "## Best feasible trial", ""]
+        lines += _table(result.best, with_test=False)
+    if result.builtins:
+        lines += ["", "## Built-in recipes, same budget", ""]
+        lines += [
+            "| recipe | size KB | latency ms | val | test | drop | within budget |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in result.builtins:
+            if "error" in r:
+                lines.append(f"| {r['name']} | - | - | - | - | - | error: {r['error'][:80]} |")
+                continue
+            lines.append(
+                f"| {r['name']} | {_kb(r['size_bytes'])} | {r['latency_ms']:.3f} | {_q(r['quality'])} | "
+                f"{_q(r['test_quality'])} | {r['drop']:.4f} | {'yes' if r['feasible'] else 'no'} |"
+            )
+    done = sorted(
+        (r for r in rows if r["state"] == "COMPLETE" and "quality" in r),
+        key=lambda r: (not r.get("feasible"), r.get("size_bytes", 0)),
+    )
+    lines += ["", "## Evaluated trials (within budget first, by size)", ""]
+    lines += _table(done[:30], with_test=False)
+    return "\n".join(lines) + "\n"
+
+
+def _table(rows: Sequence[dict], with_test: bool) -> list[str]:
+    out = ["| trial | recipe | size KB | latency ms | val | drop | within budget |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(
+            f"| {r['number']} | {r.get('description', '')} | {_kb(r.get('size_bytes'))} | "
+            f"{r.get('latency_ms', float('nan')):.3f} | {_q(r.get('quality'))} | {r.get('drop', float('nan')):.4f} | "
+            f"{'yes' if r.get('feasible') else 'no'} |"
+        )
+    return out

@@ -1,0 +1,385 @@
+"""The search space of ``torchslim tune``: recipe parameters in, a validated :class:`Recipe` out.
+
+A point of the space is a flat dict of plain values (what Optuna stores per trial), e.g.::
+
+    {"drop_layers": 0, "prune": "channels", "channel_ratio": 0.5, "recovery": "finetune",
+     "quant": "int8", "int8_method": "int8-static", "bits:features.0": 8, "bits:classifier": 32}
+
+:meth:`SearchSpace.recipe` turns it into recipe data (``recipe_from_dict``), ordered
+*drop layers → prune → recover (fine-tune or distil) → fold BatchNorm → quantize*, so the best point is
+written as YAML that ``torchslim compress --recipe FILE`` runs. Which dimensions exist depends on the
+model (:func:`describe_model`): layer dropping only with a stack of repeated blocks, recovery only
+when the workload has training data, ``int8-static`` for CNNs, int4 only when
+``torchslim.quantization.Int4WeightOnly`` exists.
+
+Layer groups ("bit width per group"): every Linear/Conv2d, with the index of a repeated block
+replaced by ``*`` (``encoder.layer.3.attention.self.query`` → ``encoder.layer.*.attention.self.query``),
+so a transformer has one group per projection kind and a small CNN one group per layer.
+
+Example:
+    >>> import torch.nn as nn
+    >>> model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4, 2))
+    >>> space = SearchSpace.for_model(model, has_train_data=True)
+    >>> space.groups
+    ('0', '3')
+    >>> params = {"prune": "magnitude", "sparsity": 0.5, "recovery": "none", "quant": "int8",
+    ...           "int8_method": "int8-static", "bits:0": 8, "bits:3": 32}
+    >>> recipe = space.recipe(params, name="demo")
+    >>> [s.config.kind for s in recipe.steps]
+    ['magnitude-pruning', 'int8-static']
+    >>> recipe.steps[1].select.include
+    ('^0$',)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch.nn as nn
+
+from torchslim.errors import ConfigError
+from torchslim.recipes import Recipe, recipe_from_dict
+
+__all__ = ["SearchSpace", "describe_model", "group_key", "int4_config_type"]
+
+PRUNE_METHODS = ("none", "magnitude", "wanda", "channels")
+RECOVERY = ("none", "finetune", "distill")
+_LAYER_TYPES = (nn.Linear, nn.Conv2d)
+
+
+def int4_config_type() -> type | None:
+    """``torchslim.quantization.Int4WeightOnly`` when that technique is installed, else None.
+
+    Example:
+        >>> int4_config_type() is None or int4_config_type().kind.startswith("int4")
+        True
+    """
+    import torchslim.quantization as q
+
+    return getattr(q, "Int4WeightOnly", None)
+
+
+def group_key(name: str) -> str:
+    """The layer group of a qualified module name: numeric components that are not the last become ``*``.
+
+    Example:
+        >>> group_key("encoder.layer.3.attention.self.query"), group_key("features.4")
+        ('encoder.layer.*.attention.self.query', 'features.4')
+    """
+    parts = name.split(".")
+    return ".".join("*" if p.isdigit() and i < len(parts) - 1 else p for i, p in enumerate(parts))
+
+
+def group_regex(group: str) -> str:
+    r"""A ``Select.include`` regex matching exactly the modules of ``group``.
+
+    Example:
+        >>> group_regex("encoder.layer.*.output.dense")
+        '^encoder\\.layer\\.\\d+\\.output\\.dense$'
+    """
+    return "^" + r"\d+".join(re.escape(p) for p in group.split("*")) + "$"
+
+
+def describe_model(model: nn.Module) -> dict[str, Any]:
+    """What the space needs to know: layer groups (with their module types), BatchNorm, repeated blocks.
+
+    Example:
+        >>> d = describe_model(nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2)))
+        >>> d["groups"], d["has_conv"], d["has_bn"], d["blocks"]
+        ({'0': ['Conv2d']}, True, True, 0)
+    """
+    groups: dict[str, list[str]] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, _LAYER_TYPES) and name:
+            kinds = groups.setdefault(group_key(name), [])
+            if type(module).__name__ not in kinds:
+                kinds.append(type(module).__name__)
+    blocks = 0
+    try:
+        from torchslim.structured.layer_drop import find_blocks
+
+        blocks = len(find_blocks(model)[1])
+    except Exception:  # noqa: BLE001 - no stack of repeated blocks: layer dropping is left out of the space
+        blocks = 0
+    return {
+        "groups": groups,
+        "has_conv": any(isinstance(m, nn.Conv2d) for m in model.modules()),
+        "has_bn": any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()),
+        "blocks": blocks,
+    }
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Dimensions of the search and how a point becomes a recipe.
+
+    Args:
+        groups: layer groups (see :func:`group_key`) that get their own bit width.
+        linear_only_groups: groups made only of Linear layers (int4 applies to those).
+        prune_methods: among ``none``, ``magnitude``, ``wanda``, ``channels``.
+        sparsity: (low, high, step) of unstructured sparsity.
+        channel_ratio: (low, high, step) of the per-layer fraction of channels removed.
+        channel_round_to: choices for keeping channel counts multiples of N (1: no rounding).
+        max_drop_layers: most blocks layer dropping may remove (0: not searched).
+        recovery: among ``none``, ``finetune``, ``distill`` (empty or ``("none",)``: not searched).
+        finetune_epochs / finetune_lr / distill_epochs: training budget of a recovery step.
+        quant: among ``none``, ``bf16``, ``int8`` (and ``int4`` when installed).
+        int8_methods: the int8 techniques to choose from (``int8-static``, ``int8-dynamic``, ``int8-weight-only``).
+        int4_group_sizes / int4_methods: int4 choices (used only when ``int4`` is in ``quant``).
+        fold_bn: add a ``fold-batchnorm`` step before quantization.
+    """
+
+    groups: tuple[str, ...] = ()
+    linear_only_groups: tuple[str, ...] = ()
+    prune_methods: tuple[str, ...] = PRUNE_METHODS
+    sparsity: tuple[float, float, float] = (0.3, 0.95, 0.05)
+    channel_ratio: tuple[float, float, float] = (0.1, 0.9, 0.05)
+    channel_round_to: tuple[int, ...] = (1, 8, 32)
+    max_drop_layers: int = 0
+    recovery: tuple[str, ...] = RECOVERY
+    finetune_epochs: int = 10
+    finetune_lr: float = 1e-3
+    distill_epochs: int = 20
+    quant: tuple[str, ...] = ("none", "bf16", "int8")
+    int8_methods: tuple[str, ...] = ("int8-dynamic", "int8-weight-only")
+    int4_group_sizes: tuple[int, ...] = (32, 64, 128)
+    int4_methods: tuple[str, ...] = ("rtn", "hqq", "gptq", "awq")
+    fold_bn: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        problems = []
+        for m in self.prune_methods:
+            if m not in PRUNE_METHODS:
+                problems.append(f"prune_methods: unknown {m!r}; use {', '.join(PRUNE_METHODS)}")
+        for m in self.recovery:
+            if m not in RECOVERY:
+                problems.append(f"recovery: unknown {m!r}; use {', '.join(RECOVERY)}")
+        for m in self.quant:
+            if m not in ("none", "bf16", "int8", "int4"):
+                problems.append(f"quant: unknown {m!r}; use none, bf16, int8, int4")
+        if "int4" in self.quant and int4_config_type() is None:
+            problems.append("quant: int4 needs torchslim.quantization.Int4WeightOnly, which is not installed")
+        for lo, hi, _ in (self.sparsity, self.channel_ratio):
+            if not 0.0 <= lo <= hi < 1.0:
+                problems.append(f"ranges must satisfy 0 <= low <= high < 1, got {lo}..{hi}")
+        if problems:
+            raise ConfigError("invalid search space", problems)
+
+    @classmethod
+    def for_model(cls, model: nn.Module, *, has_train_data: bool, **overrides: Any) -> SearchSpace:
+        """The default space for ``model``: dimensions that do not apply to it are left out.
+
+        Example:
+            >>> s = SearchSpace.for_model(nn.Sequential(nn.Linear(4, 4)), has_train_data=False)
+            >>> s.recovery, s.int8_methods
+            (('none',), ('int8-dynamic', 'int8-weight-only'))
+        """
+        d = describe_model(model)
+        int8 = ("int8-static",) if d["has_conv"] else ("int8-dynamic", "int8-weight-only")
+        quant: tuple[str, ...] = ("none", "bf16", "int8")
+        linear_only = tuple(g for g, kinds in d["groups"].items() if kinds == ["Linear"])
+        if int4_config_type() is not None and linear_only:
+            quant += ("int4",)
+        kw: dict[str, Any] = {
+            "groups": tuple(d["groups"]),
+            "linear_only_groups": linear_only,
+            "max_drop_layers": d["blocks"] // 2 if d["blocks"] >= 3 else 0,
+            "recovery": RECOVERY if has_train_data else ("none",),
+            "quant": quant,
+            "int8_methods": int8,
+            "fold_bn": d["has_bn"],
+        }
+        kw.update(overrides)
+        return cls(**kw)
+
+    def signature(self) -> dict[str, Any]:
+        """The space as plain data (stored with the study: a resumed study must use the same space)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    # -- sampling -----------------------------------------------------------------------------
+
+    def suggest(self, trial: Any) -> dict[str, Any]:
+        """Draw one point with an Optuna ``trial`` (define-by-run: conditional parameters only when used)."""
+        p: dict[str, Any] = {}
+        if self.max_drop_layers > 0:
+            p["drop_layers"] = trial.suggest_int("drop_layers", 0, self.max_drop_layers)
+        p["prune"] = trial.suggest_categorical("prune", list(self.prune_methods))
+        if p["prune"] in ("magnitude", "wanda"):
+            lo, hi, step = self.sparsity
+            p["sparsity"] = round(trial.suggest_float("sparsity", lo, hi, step=step), 4)
+        elif p["prune"] == "channels":
+            lo, hi, step = self.channel_ratio
+            p["channel_ratio"] = round(trial.suggest_float("channel_ratio", lo, hi, step=step), 4)
+            if len(self.channel_round_to) > 1:  # oneDNN int8 convolutions are much faster on multiples of 32
+                p["channel_round_to"] = trial.suggest_categorical("channel_round_to", list(self.channel_round_to))
+        if len(self.recovery) > 1 and p["prune"] in ("magnitude", "wanda"):
+            # Training after one-shot pruning regrows the pruned weights: unstructured pruning recovers
+            # with a gradual schedule (masks kept while training), so it gets its own choice set.
+            if p["prune"] == "magnitude" and "finetune" in self.recovery:
+                p["recovery"] = trial.suggest_categorical("recovery_sparse", ["none", "finetune"])
+        elif len(self.recovery) > 1:
+            p["recovery"] = trial.suggest_categorical("recovery", list(self.recovery))
+        p["quant"] = trial.suggest_categorical("quant", list(self.quant))
+        if p["quant"] == "int8":
+            if len(self.int8_methods) > 1:
+                p["int8_method"] = trial.suggest_categorical("int8_method", list(self.int8_methods))
+            for g in self.groups:
+                p[f"bits:{g}"] = trial.suggest_categorical(f"bits:{g}", [8, 32])
+        elif p["quant"] == "int4":
+            p["int4_group_size"] = trial.suggest_categorical("int4_group_size", list(self.int4_group_sizes))
+            if len(self.int4_methods) > 1:
+                p["int4_method"] = trial.suggest_categorical("int4_method", list(self.int4_methods))
+            for g in self.linear_only_groups:  # its own name: a parameter's choices must not change
+                p[f"int4_bits:{g}"] = trial.suggest_categorical(f"int4_bits:{g}", [4, 8, 32])
+        return p
+
+    def anchors(self) -> list[dict[str, Any]]:
+        """Known-good starting points, as Optuna parameters, queued first in a new study (a warm start).
+
+        The usual recipes of each family: half / three quarters of the channels removed then recovered,
+        90% unstructured sparsity with fine-tuning, int8 everywhere. Only dimensions the space has are used.
+
+        Example:
+            >>> SearchSpace(groups=("fc",), recovery=("none",), prune_methods=("none",)).anchors()
+            [{'prune': 'none', 'quant': 'int8', 'int8_method': 'int8-dynamic', 'bits:fc': 8}]
+        """
+        int8: dict[str, Any] = {}
+        if "int8" in self.quant:
+            int8 = {"quant": "int8"} | ({"int8_method": self.int8_methods[0]} if len(self.int8_methods) > 1 else {})
+            int8 |= {f"bits:{g}": 8 for g in self.groups}
+        recover = next((r for r in ("distill", "finetune") if r in self.recovery and len(self.recovery) > 1), None)
+        points: list[dict[str, Any]] = []
+        if "channels" in self.prune_methods and recover:
+            for ratio in (0.5, 0.75):
+                lo, hi, step = self.channel_ratio
+                if lo <= ratio <= hi and abs((ratio - lo) / step - round((ratio - lo) / step)) < 1e-6:
+                    p = {"prune": "channels", "channel_ratio": ratio, "recovery": recover}
+                    p |= {"channel_round_to": 1} if len(self.channel_round_to) > 1 else {}
+                    points.append(p | (int8 or {"quant": self.quant[0]}))
+        if "magnitude" in self.prune_methods and "finetune" in self.recovery and len(self.recovery) > 1:
+            lo, hi, _ = self.sparsity
+            if lo <= 0.9 <= hi:
+                quant = "bf16" if "bf16" in self.quant else self.quant[0]
+                points.append({"prune": "magnitude", "sparsity": 0.9, "recovery_sparse": "finetune", "quant": quant})
+        if int8 and "none" in self.prune_methods:
+            points.append({"prune": "none"} | ({"recovery": "none"} if len(self.recovery) > 1 else {}) | int8)
+        return points
+
+    # -- recipe -------------------------------------------------------------------------------
+
+    def plan(self, params: dict[str, Any]) -> tuple[list[dict], list[dict] | None]:
+        """The steps of a point as plain data: ``(quick, full)``.
+
+        ``quick`` is the recipe without training (same structure, size and speed, quality before
+        recovery): the cheap estimate a trial evaluates first. ``full`` is the recipe itself, or None
+        when it has no training step (then ``quick`` is the recipe).
+        """
+        quick: list[dict] = []
+        if params.get("drop_layers", 0):
+            quick.append({"kind": "layer-dropping", "least_important": int(params["drop_layers"])})
+        full = list(quick)
+        prune = params.get("prune", "none")
+        recovery = params.get("recovery", params.get("recovery_sparse", "none"))  # either name (see suggest)
+        if prune in ("magnitude", "wanda"):
+            s = float(params["sparsity"])
+            quick.append(
+                {"kind": f"{prune}-pruning", "sparsity": s} | ({"scope": "global"} if prune == "magnitude" else {})
+            )
+            if recovery == "finetune":  # Zhu & Gupta schedule: masks stay while fine-tuning
+                e = self.finetune_epochs
+                full.append(
+                    {
+                        "kind": "gradual-pruning",
+                        "final_sparsity": s,
+                        "steps": 3,
+                        "epochs_per_step": max(1, e // 5),
+                        "final_epochs": e,
+                        "lr": self.finetune_lr,
+                    }
+                )
+            else:
+                full.append(quick[-1])
+        elif prune == "channels":
+            step = {"kind": "channel-pruning", "ratio": float(params["channel_ratio"]), "scope": "layer"}
+            if int(params.get("channel_round_to", 1)) > 1:
+                step["round_to"] = int(params["channel_round_to"])
+            quick.append(step)
+            full.append(quick[-1])
+        elif prune != "none":
+            raise ConfigError("invalid point", [f"prune: unknown method {prune!r}"])
+        if prune != "magnitude" and recovery == "finetune":
+            full.append({"kind": "finetune", "epochs": self.finetune_epochs, "lr": self.finetune_lr})
+        elif recovery == "distill":
+            full.append({"kind": "distill", "epochs": self.distill_epochs})
+        finish: list[dict] = [{"kind": "fold-batchnorm"}] if self.fold_bn else []
+        finish += self._quant_steps(params)
+        return quick + finish, (full + finish if recovery != "none" else None)
+
+    def _quant_steps(self, params: dict[str, Any]) -> list[dict]:
+        quant = params.get("quant", "none")
+        if quant == "none":
+            return []
+        if quant == "bf16":
+            return [{"kind": "cast-dtype", "dtype": "bfloat16"}]
+        steps: list[dict] = []
+        by_bits: dict[int, list[str]] = {}
+        prefix = "int4_bits:" if quant == "int4" else "bits:"
+        for g in self.groups:
+            by_bits.setdefault(int(params.get(prefix + g, 32)), []).append(group_regex(g))
+        if by_bits.get(4):
+            step: dict[str, Any] = {
+                "kind": int4_config_type().kind,
+                "group_size": int(params["int4_group_size"]),
+                "progress": False,
+            }
+            if "int4_method" in params:
+                step["method"] = params["int4_method"]
+            steps.append({**step, "select": {"include": by_bits[4]}})
+        if by_bits.get(8):
+            method = params.get("int8_method", self.int8_methods[0] if quant == "int8" else "int8-weight-only")
+            steps.append({"kind": method, "select": {"include": by_bits[8]}})
+        return steps
+
+    def recipe(self, params: dict[str, Any], *, name: str = "tuned", description: str = "", seed: int = 0) -> Recipe:
+        """The recipe of one point (validated through ``recipe_from_dict``)."""
+        quick, full = self.plan(params)
+        data = {
+            "name": name,
+            "description": description or describe_point(params),
+            "seed": seed,
+            "steps": full if full is not None else quick,
+        }
+        return recipe_from_dict(data, name)
+
+
+def describe_point(params: dict[str, Any]) -> str:
+    """A one-line summary of a point.
+
+    Example:
+        >>> describe_point({"prune": "channels", "channel_ratio": 0.5, "recovery": "finetune", "quant": "bf16"})
+        'channels 0.5, finetune, bf16'
+    """
+    parts = []
+    if params.get("drop_layers"):
+        parts.append(f"drop {params['drop_layers']} blocks")
+    prune = params.get("prune", "none")
+    if prune in ("magnitude", "wanda"):
+        parts.append(f"{prune} {params['sparsity']:g}")
+    elif prune == "channels":
+        r = int(params.get("channel_round_to", 1))
+        parts.append(f"channels {params['channel_ratio']:g}" + (f" (x{r})" if r > 1 else ""))
+    recovery = params.get("recovery", params.get("recovery_sparse", "none"))
+    if recovery != "none":
+        parts.append(recovery)
+    quant = params.get("quant", "none")
+    if quant in ("int8", "int4"):
+        bits = [f"{k.partition(':')[2]}:{v}" for k, v in params.items() if k.startswith(("bits:", "int4_bits:"))]
+        method = params.get("int8_method", params.get("int4_method", quant))
+        parts.append(f"{method} [{' '.join(bits)}]")
+    elif quant != "none":
+        parts.append(quant)
+    return ", ".join(parts) or "no change"

@@ -1,0 +1,540 @@
+"""``tune``: accuracy-aware search over recipes with Optuna, stored in SQLite so it resumes and parallelizes.
+
+One objective (``size`` or ``latency``) uses TPE (Bergstra et al., 2011, "Algorithms for
+Hyper-Parameter Optimization"); ``both`` searches the size/latency Pareto front with NSGA-II (Deb et al.,
+2002). The constraint is the budget: ``drop = baseline - quality`` (reversed when lower is better) of the
+workload's metric on its validation split must satisfy ``drop <= max_drop``. Infeasible trials are kept
+(user attribute ``constraint = [drop - max_drop]``, read by the samplers' ``constraints_func``).
+
+A trial, cheapest work first:
+
+1. the recipe without its training step (``SearchSpace.plan``'s *quick* recipe): size, latency and
+   quality before recovery;
+2. **stopped early** (reason in ``prune_reason``) when its size/latency cannot beat the
+   best feasible trial so far (training never changes them): recorded COMPLETE with that exact objective
+   and ``cut_short`` (the sampler learns from it; never chosen as best); **pruned** (``TrialPruned``) when
+   the quick quality drop exceeds ``recover_limit``. Either way the training is skipped;
+3. otherwise the full recipe, evaluated on the validation split.
+
+The study lives in ``sqlite:///OUT/study.db`` (``load_if_exists``): a killed run restarted with the same
+command continues with the trials already stored until ``trials`` are complete or pruned in total;
+several processes on the same storage share the count. Optuna numbers trials atomically; a trial whose
+parameters equal another live trial's is discarded (state FAIL, ``duplicate_of``) before any work, and a
+heartbeat marks the trials of a killed process FAIL after ``grace_period`` seconds.
+
+Example (two trials in a tiny space on the digits workload, a few seconds):
+    >>> import tempfile
+    >>> out = tempfile.mkdtemp()
+    >>> space = SearchSpace(prune_methods=("none", "magnitude"), recovery=("none",), quant=("none", "bf16"))
+    >>> result = tune("digits", max_drop=0.02, trials=2, out=out, space=space, progress=False, builtins=())
+    >>> result.completed
+    2
+    >>> sorted(p.name for p in result.paths.values())
+    ['best.yaml', 'pareto.png', 'report.md', 'trials.json']
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from torchslim.errors import ConfigError, TorchslimError, UsageError
+from torchslim.tuning.space import SearchSpace, describe_point
+
+__all__ = ["OBJECTIVES", "TuneResult", "default_storage", "tune"]
+
+OBJECTIVES = ("size", "latency", "both")
+STUDY_NAME = "torchslim-tune"
+# A latency within this fraction of the best is not "worse": one-thread timings on a shared machine jitter.
+LATENCY_SLACK = 0.05
+
+
+class _Skip(Exception):
+    """A trial that is recorded FAIL without counting: a duplicate, a surplus trial, or a failing recipe."""
+
+
+@dataclass
+class TuneResult:
+    """What ``tune`` found.
+
+    Attributes:
+        study: the Optuna study. completed: complete + pruned trials in the study.
+        baseline: ``{"quality": val metric, "test_quality", "size_bytes", "latency_ms"}``.
+        best: rows (see ``trial_rows``) of the best feasible trial(s): one, or the Pareto front.
+        chosen: the row written as ``best.yaml`` (with its test-split quality), or None when none is feasible.
+        builtins: rows of the built-in recipes evaluated the same way.
+        paths: output name -> path.
+    """
+
+    study: Any
+    completed: int
+    baseline: dict[str, Any]
+    best: list[dict[str, Any]]
+    chosen: dict[str, Any] | None
+    builtins: list[dict[str, Any]] = field(default_factory=list)
+    paths: dict[str, Path] = field(default_factory=dict)
+
+
+def default_storage(out: str | Path) -> str:
+    """``sqlite:///OUT/study.db`` with an absolute path.
+
+    Example:
+        >>> default_storage("/tmp/x")
+        'sqlite:////tmp/x/study.db'
+    """
+    return f"sqlite:///{Path(out).resolve() / 'study.db'}"
+
+
+def fresh_context(wl: Any, ctx: Any) -> Any:
+    """``ctx`` with new training data and events: a workload's ``train_data`` callable shuffles each epoch
+    with the next seed, so sharing one between trials would make a trial depend on the ones before it."""
+    return dataclasses.replace(ctx, train_data=wl.train_data(), events=[])
+
+
+def _drop(base: float, value: float, higher_is_better: bool) -> float:
+    return base - value if higher_is_better else value - base
+
+
+def _constraint(trial: Any) -> Sequence[float]:
+    # Pruned trials never reached the final evaluation: treated as infeasible by the samplers.
+    return trial.user_attrs.get("constraint", [1.0])
+
+
+def _storage(url: str, heartbeat_interval: int, grace_period: int) -> Any:
+    import optuna
+    from sqlalchemy.exc import SQLAlchemyError
+
+    engine_kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else None
+    for attempt in range(10):
+        try:
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval, grace_period=grace_period
+            )
+        except SQLAlchemyError:
+            # Workers started together race to create the schema of a new database: the loser retries
+            # and finds the tables made.
+            if attempt == 9:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def _sampler(objective: str, seed: int, trials: int) -> Any:
+    import optuna
+
+    if objective == "both":
+        pop = max(4, min(20, trials // 4))
+        return optuna.samplers.NSGAIISampler(population_size=pop, seed=seed, **_constraints_kw())
+    startup = max(4, min(10, trials // 3))
+    return optuna.samplers.TPESampler(
+        n_startup_trials=startup, seed=seed, multivariate=True, group=True, **_constraints_kw()
+    )
+
+
+def _constraints_kw() -> dict[str, Any]:
+    """Optuna >= 5 reads constraints set on the trial (``Trial.set_constraint``); older ones need a function."""
+    import optuna
+
+    return {} if hasattr(optuna.trial.Trial, "set_constraint") else {"constraints_func": _constraint}
+
+
+def _settings(workload: str, metric: str, max_drop: float, objective: str, space: SearchSpace, seed: int) -> dict:
+    return {
+        "workload": workload,
+        "metric": metric,
+        "max_drop": max_drop,
+        "objective": objective,
+        "seed": seed,
+        "space": space.signature(),
+    }
+
+
+def _check_settings(study: Any, settings: dict[str, Any]) -> None:
+    """Store the settings on a new study; refuse to continue one created with other settings."""
+    stored = study.user_attrs.get("settings")
+    if stored is None:
+        study.set_user_attr("settings", settings)
+        return
+    problems = [f"{k}: stored {stored.get(k)!r}, now {v!r}" for k, v in settings.items() if stored.get(k) != v]
+    if problems:
+        raise ConfigError(
+            "the study in this storage was created with other settings; use the same options or a new --out/--storage",
+            problems,
+        )
+
+
+def _done(trials: Sequence[Any]) -> int:
+    from optuna.trial import TrialState
+
+    return sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+
+
+class _Objective:
+    """The trial function (see the module docstring); holds the baseline and the workload."""
+
+    def __init__(self, *, wl: Any, base: torch.nn.Module, ctx: Any, space: SearchSpace, settings: dict,
+                 baseline: dict, trials: int, seed: int, latency_runs: int, recover_limit: float | None) -> None:  # fmt: skip
+        self.wl, self.base, self.ctx, self.space = wl, base, ctx, space
+        self.max_drop = settings["max_drop"]
+        self.objective = settings["objective"]
+        self.baseline, self.trials, self.seed = baseline, trials, seed
+        self.latency_runs, self.recover_limit = latency_runs, recover_limit
+
+    # -- bookkeeping ------------------------------------------------------------------------------
+
+    def _wait_turn(self, trial: Any) -> None:
+        """Raise _Skip when the study already has ``trials`` done or running ahead of this one."""
+        import optuna
+        from optuna.trial import TrialState
+
+        study = trial.study
+        while True:
+            all_trials = study.get_trials(deepcopy=False)
+            done = _done(all_trials)
+            ahead = sum(t.state == TrialState.RUNNING and t.number < trial.number for t in all_trials)
+            if done >= self.trials:
+                trial.set_user_attr("surplus", True)
+                raise _Skip("surplus")
+            if done + ahead < self.trials:
+                return
+            # Trials ahead may belong to a killed worker: wait until they finish or their heartbeat goes stale.
+            time.sleep(1.0)
+            optuna.storages.fail_stale_trials(study)
+
+    def _duplicate_of(self, trial: Any) -> int | None:
+        from optuna.trial import TrialState
+
+        live = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+        for other in trial.study.get_trials(deepcopy=False, states=live):
+            if other.number != trial.number and other.params == trial.params:
+                return other.number
+        return None
+
+    def _random_point(self, salt: int) -> dict[str, Any]:
+        """A point drawn uniformly from the space (the parameters as Optuna names them)."""
+        import optuna
+
+        scratch = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=self.seed * 100_003 + salt))
+        t = scratch.ask()
+        self.space.suggest(t)
+        return dict(t.params)
+
+    def _values(self, size: int, latency: float) -> tuple[float, ...]:
+        return {"size": (float(size),), "latency": (latency,), "both": (float(size), latency)}[self.objective]
+
+    def _dominated(self, trial: Any, size: int, latency: float) -> str | None:
+        """Why a (size, latency) cannot improve on the feasible trials so far, or None."""
+        from optuna.trial import TrialState
+
+        for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if not t.user_attrs.get("feasible"):
+                continue
+            s, lat = t.user_attrs["size_bytes"], t.user_attrs["latency_ms"]
+            size_worse = size >= s
+            lat_worse = latency >= lat * (1 + LATENCY_SLACK)
+            if (self.objective == "size" and size_worse) or (self.objective == "latency" and lat_worse):
+                return f"cannot beat feasible trial {t.number}"
+            if self.objective == "both" and size_worse and lat_worse:
+                return f"dominated by feasible trial {t.number}"
+        return None
+
+    # -- one trial --------------------------------------------------------------------------------
+
+    def _run(self, steps: list[dict], number: int) -> tuple[torch.nn.Module, dict[str, float]]:
+        from torchslim.measure import artifact_bytes, measure_latency
+        from torchslim.recipes import recipe_from_dict, run_recipe
+
+        recipe = recipe_from_dict({"name": f"trial-{number}", "seed": self.seed, "steps": steps})
+        model, _ = run_recipe(copy.deepcopy(self.base), recipe, fresh_context(self.wl, self.ctx), measure_steps=False)
+        model.eval()
+        lat = measure_latency(model, self.ctx.example_inputs, warmup=3, runs=self.latency_runs).median_ms
+        quality = float(self.wl.evaluate(model, "val")[self.wl.metric])
+        return model, {"size_bytes": artifact_bytes(model), "latency_ms": lat, "quality": quality}
+
+    def __call__(self, trial: Any) -> tuple[float, ...]:
+        import optuna
+
+        self._wait_turn(trial)
+        params = self.space.suggest(trial)
+        dup = self._duplicate_of(trial)
+        if dup is not None:
+            trial.set_user_attr("duplicate_of", dup)
+            # TPE keeps proposing its favourite point once it has converged: queue a random point next,
+            # so the trial this one gives up is spent exploring instead of failing again.
+            trial.study.enqueue_trial(self._random_point(trial.number), skip_if_exists=True)
+            raise _Skip(f"duplicate of trial {dup}")
+        trial.set_user_attr("description", describe_point(params))
+        trial.set_user_attr("point", params)  # the recipe's inputs (``trial.params`` names some differently)
+        quick, full = self.space.plan(params)
+        start = time.perf_counter()
+        try:
+            _, m = self._run(quick, trial.number)
+            reason = self._dominated(trial, m["size_bytes"], m["latency_ms"])
+            drop = _drop(self.baseline["quality"], m["quality"], self.wl.higher_is_better)
+            trial.set_user_attr("quick_quality", m["quality"])
+            if full is not None:
+                if reason is None and self.recover_limit is not None and drop > self.recover_limit:
+                    reason = f"quality drop {drop:.4g} before recovery exceeds recover_limit {self.recover_limit:g}"
+                if len(self._values(0, 0.0)) == 1:
+                    trial.report(drop, 0)  # intermediate value: quality drop before recovery
+            if reason is not None:
+                trial.set_user_attr("prune_reason", reason)
+                trial.set_user_attr("size_bytes", m["size_bytes"])
+                trial.set_user_attr("latency_ms", m["latency_ms"])
+                if reason.startswith(("cannot beat", "dominated")):
+                    # Cut short, but its objective is known exactly (training changes neither size nor
+                    # speed): told to the sampler as a complete trial, so it learns where the small/fast
+                    # points are. Never chosen as best (no ``quality``); constraint 0 = not known to fail.
+                    trial.set_user_attr("cut_short", True)
+                    if hasattr(trial, "set_constraint"):
+                        trial.set_constraint("quality_drop", 0.0)
+                    trial.set_user_attr("constraint", [0.0])
+                    return self._values(m["size_bytes"], m["latency_ms"])
+                raise optuna.TrialPruned(reason)
+            if full is not None:
+                _, m = self._run(full, trial.number)
+        except (TorchslimError, RuntimeError, ValueError) as e:
+            trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:500])
+            raise _Skip(str(e)) from e
+        drop = _drop(self.baseline["quality"], m["quality"], self.wl.higher_is_better)
+        trial.set_user_attr("seconds", time.perf_counter() - start)
+        for k, v in m.items():
+            trial.set_user_attr(k, v)
+        trial.set_user_attr("drop", drop)
+        trial.set_user_attr("feasible", bool(drop <= self.max_drop))
+        trial.set_user_attr("constraint", [drop - self.max_drop])
+        if hasattr(trial, "set_constraint"):
+            trial.set_constraint("quality_drop", drop - self.max_drop)
+        return self._values(m["size_bytes"], m["latency_ms"])
+
+
+def _evaluate_builtins(wl: Any, base: torch.nn.Module, ctx: Any, names: Sequence[str] | None, latency_runs: int,
+                       baseline: dict, max_drop: float, progress: Callable[[str], None]) -> list[dict]:  # fmt: skip
+    """Rows for the built-in recipes (val + test quality, size, latency); those that fail are noted."""
+    from torchslim.measure import artifact_bytes, measure_latency
+    from torchslim.recipes import builtin_recipes, run_recipe
+
+    if names is not None and not names:
+        return []
+    recipes = builtin_recipes()
+    rows = []
+    if names is None:  # all but the torch.compile ones: minutes of compiling for a comparison point
+        names = [n for n, r in recipes.items() if not any(getattr(st.config, "compile", False) for st in r.steps)]
+    for name in names:
+        if name not in recipes:
+            raise UsageError(f"no built-in recipe {name!r}; built-ins: {', '.join(recipes)}")
+        progress(f"built-in {name}")
+        try:
+            model, _ = run_recipe(copy.deepcopy(base), recipes[name], fresh_context(wl, ctx), measure_steps=False)
+        except (TorchslimError, RuntimeError, ValueError) as e:
+            rows.append({"name": name, "error": f"{type(e).__name__}: {e}"[:300]})
+            continue
+        model.eval()
+        q = float(wl.evaluate(model, "val")[wl.metric])
+        drop = _drop(baseline["quality"], q, wl.higher_is_better)
+        rows.append(
+            {
+                "name": name,
+                "size_bytes": artifact_bytes(model),
+                "latency_ms": measure_latency(model, ctx.example_inputs, warmup=3, runs=latency_runs).median_ms,
+                "quality": q,
+                "test_quality": float(wl.evaluate(model, "test")[wl.metric]),
+                "drop": drop,
+                "feasible": bool(drop <= max_drop),
+            }
+        )
+    return rows
+
+
+def tune(
+    workload: str | Any,
+    *,
+    max_drop: float,
+    objective: str = "size",
+    trials: int = 20,
+    out: str | Path,
+    storage: str | None = None,
+    seed: int = 0,
+    worker: int = 0,
+    data: str | None = None,
+    space: SearchSpace | None = None,
+    latency_runs: int = 20,
+    recover_limit: float | None = None,
+    builtins: Sequence[str] | None = None,
+    peers: str | Path | None = None,
+    threads: int = 1,
+    progress: bool = True,
+    heartbeat_interval: int = 5,
+    grace_period: int = 20,
+    anchors: bool = True,
+) -> TuneResult:
+    """Search recipes for ``workload`` that keep its metric within ``max_drop`` and minimise ``objective``.
+
+    Args:
+        workload: a built-in workload name or a :class:`~torchslim.workloads.Workload`.
+        max_drop: largest allowed drop of the workload's metric on the validation split, in the metric's
+            own units (digits accuracy is a fraction: one point is 0.01; MiniLM's Spearman × 100: 1.0).
+        objective: ``size`` (artifact bytes), ``latency`` (median ms of the example batch) or ``both``.
+        trials: complete + pruned trials the study should reach in total (over restarts and workers).
+        out: output folder (``best.yaml``, ``pareto.png``, ``report.md``, ``trials.json``, the study).
+        storage: Optuna storage URL; default ``sqlite:///OUT/study.db``.
+        seed: recipe seed and sampler seed. worker: offsets the sampler seed (give each parallel worker
+            its own, else they propose the same points and the duplicates are discarded).
+        data: the workload's data path.
+        space: the search space (default: :meth:`SearchSpace.for_model`).
+        latency_runs: timed runs per latency measurement.
+        recover_limit: prune a trial with a training step when its quality drop before training exceeds this.
+        builtins: built-in recipes to evaluate for comparison (None: all but those that ``torch.compile``;
+            ``()``: none).
+        peers: a ``torchslim bench --json`` file whose rows are added to the plot (their test-split quality).
+        threads: torch intra-op threads during the search (restored afterwards).
+        progress: show a progress bar.
+        anchors: start a new study with :meth:`SearchSpace.anchors` (known-good points) before sampling.
+        heartbeat_interval / grace_period: seconds; a trial whose heartbeat is older than ``grace_period`` is
+            marked FAIL (its process was killed).
+
+    Returns:
+        A :class:`TuneResult`; the outputs are written to ``out``.
+
+    Raises:
+        UsageError: unknown workload, objective or built-in recipe. ConfigError: invalid budget or trial
+        count, or a stored study created with other settings. OutputExistsError: ``out`` cannot be written.
+    """
+    import optuna
+
+    from torchslim.tuning.report import write_outputs
+    from torchslim.workloads import get_workload
+
+    if objective not in OBJECTIVES:
+        raise UsageError(f"unknown objective {objective!r}; use one of {', '.join(OBJECTIVES)}")
+    problems = []
+    if not (isinstance(max_drop, (int, float)) and math.isfinite(max_drop) and max_drop >= 0):
+        problems.append(f"max_drop: must be a finite number >= 0, got {max_drop!r}")
+    if not (isinstance(trials, int) and trials >= 1):
+        problems.append(f"trials: must be an integer >= 1, got {trials!r}")
+    if problems:
+        raise ConfigError("invalid tuning options", problems)
+    out = Path(out)
+    _mkdir(out)
+    wl = get_workload(workload, data=data) if isinstance(workload, str) else workload
+    old_threads = torch.get_num_threads()
+    old_verbosity = optuna.logging.get_verbosity()
+    torch.set_num_threads(threads)
+    # Discarded duplicates and surplus trials are FAIL records by design; optuna would warn for each.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        base = wl.model().eval()
+        ctx = dataclasses.replace(wl.context(seed=seed), eval_fn=None)
+        space = space or SearchSpace.for_model(base, has_train_data=ctx.train_data is not None)
+        settings = _settings(wl.name, wl.metric, float(max_drop), objective, space, seed)
+        with _Bar(progress, trials) as bar:
+            bar.status("baseline")
+            baseline = _baseline(wl, base, ctx, latency_runs)
+            url = storage or default_storage(out)
+            directions = ["minimize"] * (2 if objective == "both" else 1)
+            with warnings.catch_warnings():  # heartbeats and grouped TPE are "experimental" in Optuna
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study = optuna.create_study(
+                    storage=_storage(url, heartbeat_interval, grace_period),
+                    study_name=STUDY_NAME,
+                    directions=directions,
+                    load_if_exists=True,
+                    sampler=_sampler(objective, seed + 1000 * worker, trials),
+                )
+                _check_settings(study, settings)
+                if not study.trials and anchors:
+                    for point in space.anchors()[:trials]:
+                        study.enqueue_trial(point, skip_if_exists=True)
+                if len(study.trials):  # a resumed study: new suggestions, not the first run's again
+                    study.sampler = _sampler(objective, seed + 1000 * worker + 7919 * len(study.trials), trials)
+            fn = _Objective(wl=wl, base=base, ctx=ctx, space=space, settings=settings, baseline=baseline,
+                            trials=trials, seed=seed, latency_runs=latency_runs, recover_limit=recover_limit)  # fmt: skip
+            bar.update(_done(study.get_trials(deepcopy=False)))
+            if _done(study.get_trials(deepcopy=False)) < trials:
+                study.optimize(fn, catch=(_Skip,), callbacks=[_Stop(trials, bar)])
+            rows = _evaluate_builtins(wl, base, ctx, builtins, latency_runs, baseline, max_drop, bar.status)
+            bar.status("writing outputs")
+            result = write_outputs(study, wl=wl, base=base, ctx=ctx, space=space, settings=settings,
+                                   baseline=baseline, builtins=rows, out=out, peers=peers)  # fmt: skip
+    finally:
+        torch.set_num_threads(old_threads)
+        optuna.logging.set_verbosity(old_verbosity)
+    return result
+
+
+def _mkdir(out: Path) -> None:
+    from torchslim.errors import OutputExistsError
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputExistsError(f"cannot create {out}: {e}") from None
+
+
+def _baseline(wl: Any, base: torch.nn.Module, ctx: Any, latency_runs: int) -> dict[str, Any]:
+    from torchslim.measure import artifact_bytes, measure_latency
+
+    return {
+        "quality": float(wl.evaluate(base, "val")[wl.metric]),
+        "test_quality": float(wl.evaluate(base, "test")[wl.metric]),
+        "size_bytes": artifact_bytes(base),
+        "latency_ms": measure_latency(base, ctx.example_inputs, warmup=3, runs=latency_runs).median_ms,
+    }
+
+
+class _Stop:
+    """Optuna callback: advance the bar, stop when the study holds ``trials`` done ones or trials keep failing."""
+
+    def __init__(self, trials: int, bar: _Bar) -> None:
+        self.trials, self.bar, self.failures = trials, bar, 0
+
+    def __call__(self, study: Any, trial: Any) -> None:
+        from optuna.trial import TrialState
+
+        done = _done(study.get_trials(deepcopy=False))
+        self.bar.update(done)
+        self.failures = self.failures + 1 if trial.state == TrialState.FAIL else 0
+        # Surplus: the others finished the count. Many failures in a row: the space is exhausted
+        # (only duplicates left) or every recipe fails; stop rather than spin.
+        if done >= self.trials or trial.user_attrs.get("surplus") or self.failures > max(20, self.trials):
+            study.stop()
+
+
+class _Bar:
+    """A rich progress bar of done trials (or nothing when ``enabled`` is False)."""
+
+    def __init__(self, enabled: bool, total: int) -> None:
+        self.enabled, self.total, self.progress, self.task = enabled, total, None, None
+
+    def __enter__(self) -> _Bar:
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.progress = Progress(
+                TextColumn("[bold]tune"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                TextColumn("{task.description}"), transient=False,
+            )  # fmt: skip
+            self.progress.__enter__()
+            self.task = self.progress.add_task("", total=self.total)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.__exit__(*exc)
+
+    def update(self, done: int) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, completed=min(done, self.total))
+
+    def status(self, text: str) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, description=text)
