@@ -55,6 +55,7 @@ from torchslim.quantization import (
 )
 from torchslim.recipes import Recipe, RunReport, Step, load_recipe, recipe_from_dict, run_recipe
 from torchslim.structured import ChannelPruning, FoldBatchNorm, LayerDropping, LowRank, PruningPlan
+from torchslim.tuning import SearchSpace, sensitivity, tune
 
 __version__ = "0.1.0"
 
@@ -87,6 +88,9 @@ __all__ = [
     "PerTensor",
     "PerToken",
     "PruningPlan",
+    "SearchSpace",
+    "sensitivity",
+    "tune",
     "distill",
     "Config",
     "ConfigError",
