@@ -53,7 +53,9 @@ def _write_json(path: str | None, data: Any) -> None:
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--workload", help="a built-in workload (see `torchslim measure --help`): digits")
+    from torchslim.workloads import workload_names
+
+    g.add_argument("--workload", help=f"a built-in workload: {', '.join(workload_names())}")
     g.add_argument("--model", help="pkg.module:factory building your model; the module may define example_inputs()")
     p.add_argument("--weights", help="with --model: weights (.safetensors, or .pt via torch.load(weights_only=True))")
     p.add_argument("--data", help="data path for workloads that read a data set")

@@ -39,7 +39,13 @@ _FLAGS = {
 def add_distill_parser(sub: Any) -> None:
     """Add the ``distill`` subcommand to the CLI's subparsers."""
     p = sub.add_parser("distill", help="train a small student from a workload's teacher (knowledge distillation)")
-    p.add_argument("--workload", required=True, help="the teacher, data and metric: a built-in workload (digits)")
+    from torchslim.workloads import workload_names
+
+    p.add_argument(
+        "--workload",
+        required=True,
+        help=f"the teacher, data and metric: a built-in workload ({', '.join(workload_names())})",
+    )
     p.add_argument("--data", help="data path for workloads that read a data set")
     p.add_argument(
         "--student",

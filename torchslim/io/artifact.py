@@ -141,7 +141,8 @@ def save(
     }
     with atomic_dir(out, force=force, manifest=manifest) as tmp:
         (tmp / MODEL_FILE).write_bytes(data)
-        (tmp / STRUCTURE_FILE).write_text(json.dumps(structure, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+        # Compact: pruning plans hold long kept-index lists (one number per line would triple the file).
+        (tmp / STRUCTURE_FILE).write_text(_compact_json(structure) + "\n", encoding="utf-8")
         if recipe is not None:
             (tmp / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
         if report is not None:
@@ -200,6 +201,14 @@ def _check_manifest(root: Path) -> dict[str, Any]:
     if problems:
         raise UnsafeInputError(f"{root} failed its integrity check:\n  " + "\n  ".join(problems))
     return manifest
+
+
+def _compact_json(data: Any) -> str:
+    """JSON with one top-level key per line and everything below it on that line (sorted keys: reproducible)."""
+    if not isinstance(data, dict):
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
+    lines = [f" {json.dumps(k)}:{json.dumps(v, sort_keys=True, separators=(',', ':'))}" for k, v in sorted(data.items())]
+    return "{\n" + ",\n".join(lines) + "\n}"
 
 
 def _decode_sparse_entries(tensors: dict[str, torch.Tensor], sparse_meta: Any) -> dict[str, torch.Tensor]:
