@@ -39,6 +39,8 @@ from torchslim.pruning import (
 )
 from torchslim.quantization import (
     CastDtype,
+    Int4WeightOnly,
+    Int4WeightOnlyLinear,
     Int8Dynamic,
     Int8DynamicLinear,
     Int8Embedding,
@@ -48,6 +50,7 @@ from torchslim.quantization import (
     Int8StaticLinear,
     Int8WeightOnly,
     Int8WeightOnlyLinear,
+    MixedPrecision,
     PerChannel,
     PerGroup,
     PerTensor,
@@ -71,7 +74,10 @@ __all__ = [
     "ChannelPruning",
     "Distill",
     "DistillConfig",
+    "Int4WeightOnly",
+    "Int4WeightOnlyLinear",
     "Int8Dynamic",
+    "MixedPrecision",
     "Int8DynamicLinear",
     "Int8Embedding",
     "Int8QAT",

@@ -8,6 +8,10 @@ Rows (each: latency at batch 32 × 128 tokens, speedup over fp32 in the same run
   (per-token int8 activations, per-channel int8 weights, int8 embeddings, SmoothQuant from 8 calibration
   batches of STS *train* sentences, layers under 33 dB left in fp32, whole model compiled in place);
   ``torchslim-int8-dynamic-eager``: the same without compile; ``torchslim-int8-weight-only``: ``Int8WeightOnly()``;
+- ``torchslim-int4-{rtn,gptq,awq,hqq}-g128``: ``Int4WeightOnly(group_size=128, method=...)`` on every Linear
+  (packed int4, bf16 group scales and zeros; at 32 × 128 tokens the weight is dequantized to bf16 per call
+  for a bf16 GEMM, the int4 kernel serves small batches; GPTQ/AWQ calibrate layer by layer on the same 8
+  train batches);
 - ``peer-torch.ao-int8-dynamic``: ``torch.ao.quantization.quantize_dynamic`` (deprecated; fbgemm,
   per-tensor activations); ``peer-torchao-int8-dynamic-compiled``: torchao
   ``Int8DynamicActivationInt8WeightConfig`` + ``torch.compile``; ``peer-onnxruntime-int8``: ONNX
@@ -37,7 +41,7 @@ from torchslim.api import compress_
 from torchslim.bench.harness import BenchResult, Variant, run_benchmark
 from torchslim.core.context import Context
 from torchslim.measure import artifact_bytes
-from torchslim.quantization import CastDtype, Int8Dynamic, Int8WeightOnly
+from torchslim.quantization import CastDtype, Int4WeightOnly, Int8Dynamic, Int8WeightOnly
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +135,10 @@ def bench(data: str | None = None, quick: bool = False) -> BenchResult:
         "torchslim-int8-dynamic": Int8Dynamic(compile=True, **guarded),
         "torchslim-int8-dynamic-eager": Int8Dynamic(**guarded),
         "torchslim-int8-weight-only": Int8WeightOnly(),
+        **{
+            f"torchslim-int4-{method}-g128": Int4WeightOnly(group_size=128, method=method, progress=False)
+            for method in ("rtn", "gptq", "awq", "hqq")
+        },
     }
     name_of = {id(c): n for n, c in configs.items()}
     add("fp32", lambda: (fp32, artifact_bytes(fp32)))

@@ -1,0 +1,307 @@
+"""``Int4WeightOnly``: group-wise int4 Linear weights (RTN, GPTQ, AWQ or HQQ), float activations.
+
+Selected ``nn.Linear`` layers become :class:`~torchslim.quantization.int4_modules.Int4WeightOnlyLinear`
+(packed two codes per byte, bf16 scale and zero per group: 4.5 bits per weight at g = 32,
+4.125 at g = 128). The methods:
+
+- ``rtn``: round to nearest (:mod:`.int4_rtn`), no data;
+- ``hqq``: half-quadratic zero-point optimisation (:mod:`.hqq`), no data;
+- ``gptq``: second-order error compensation (:mod:`.gptq`), needs ``ctx.calibration``;
+- ``awq``: activation-aware per-input-channel scaling (:mod:`.awq`), needs ``ctx.calibration``.
+
+Calibrated methods take each layer's input Hessian from the shared calibration pass
+(:func:`torchslim.pruning.calibration.collect_input_stats`), layer by layer (``sequential``): the
+forward stops at the layer being calibrated, and every earlier layer is already int4, so later layers
+see (and compensate) the error of earlier ones while memory stays at one Hessian. A Hessian that is
+rank-deficient (fewer calibration tokens than inputs) is damped; when even 1000× damping does not give
+a Cholesky factor the layer falls back to RTN; both are recorded in ``ctx.events``. A group size that
+does not divide a layer's inputs skips that layer (listed), or raises with ``on_bad_group="error"``.
+
+Example:
+    >>> import torch, torch.nn as nn
+    >>> from torchslim.api import compress_
+    >>> from torchslim.core.context import Context
+    >>> m = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 8))
+    >>> ctx = Context(calibration=[torch.randn(16, 64)])
+    >>> _ = compress_(m, Int4WeightOnly(group_size=32, method="gptq"), ctx=ctx)
+    >>> type(m[0]).__name__, m[0].group_size
+    ('Int4WeightOnlyLinear', 32)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn as nn
+
+from torchslim.core.config import Config, _fail, check_positive_int, check_range, register_config
+from torchslim.core.context import Context
+from torchslim.core.registry import register_transform
+from torchslim.core.select import Select
+from torchslim.core.structure import record_op
+from torchslim.core.walker import replace_module_
+from torchslim.errors import ConfigError, UnsupportedModelError
+from torchslim.pruning.calibration import collect_input_stats
+from torchslim.quantization.awq import awq_quantize
+from torchslim.quantization.dynamic import split_targets
+from torchslim.quantization.gptq import gptq_quantize
+from torchslim.quantization.hqq import hqq_quantize
+from torchslim.quantization.int4_modules import Int4WeightOnlyLinear
+from torchslim.quantization.int4_primitives import GROUP_SIZES, check_group_size
+from torchslim.quantization.int4_rtn import rtn_quantize
+from torchslim.quantization.modules import module_spec
+
+__all__ = [
+    "CALIBRATED_METHODS",
+    "Int4WeightOnly",
+    "calibrated_swap_",
+    "check_finite_weights",
+    "int4_linear",
+    "int4_targets",
+]
+
+CALIBRATED_METHODS = ("gptq", "awq")
+
+
+@register_config("int4-weight-only")
+@dataclass(frozen=True)
+class Int4WeightOnly(Config):
+    """Int4 weights in groups of ``group_size`` input columns, float (bf16 kernel) activations.
+
+    Args:
+        group_size: 32, 64, 128 or 256 input columns per (scale, zero); smaller is more accurate and larger.
+        method: ``"rtn"``, ``"gptq"`` (needs calibration), ``"awq"`` (needs calibration) or ``"hqq"``.
+        damp: GPTQ dampening λ as a fraction of the Hessian's mean diagonal.
+        blocksize: GPTQ lazy-update block (columns).
+        act_order: GPTQ visits columns by decreasing activation energy.
+        sequential: calibrate each layer on the outputs of the already-quantized earlier layers
+            (one forward per layer, stopped at that layer); False: one pass over the float model.
+        on_bad_group: ``"skip"`` leaves layers whose in_features the group size does not divide in
+            float and lists them; ``"error"`` raises ConfigError instead.
+        kernel: run torch's int4 kernels where they apply (False: dequantize + matmul everywhere).
+        progress: show a transient progress bar over the layers during calibration (on a terminal).
+    """
+
+    group_size: int = 128
+    method: Literal["rtn", "gptq", "awq", "hqq"] = "rtn"
+    damp: float = 0.01
+    blocksize: int = 128
+    act_order: bool = True
+    sequential: bool = True
+    on_bad_group: Literal["skip", "error"] = "skip"
+    kernel: bool = True
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.group_size not in GROUP_SIZES or isinstance(self.group_size, bool):
+            _fail(self, "group_size", f"must be one of {', '.join(map(str, GROUP_SIZES))}, got {self.group_size!r}")
+        if self.method not in ("rtn", "gptq", "awq", "hqq"):
+            _fail(self, "method", f"must be 'rtn', 'gptq', 'awq' or 'hqq', got {self.method!r}")
+        check_range(self, "damp", 0.0, 1.0, low_open=True, hint="a fraction of mean diag(H), usually 0.01")
+        check_positive_int(self, "blocksize")
+        if self.on_bad_group not in ("skip", "error"):
+            _fail(self, "on_bad_group", f"must be 'skip' or 'error', got {self.on_bad_group!r}")
+        for f in ("act_order", "sequential", "kernel", "progress"):
+            if not isinstance(getattr(self, f), bool):
+                _fail(self, f, f"must be true or false, got {getattr(self, f)!r}")
+
+    def default_select(self) -> Select:
+        return Select(types=("Linear",))
+
+
+def int4_linear(
+    linear: nn.Linear,
+    config: Int4WeightOnly,
+    hessian: torch.Tensor | None = None,
+    notes: list[str] | None = None,
+) -> Int4WeightOnlyLinear:
+    """Quantize one Linear with ``config.method`` (``hessian`` ``[K, K]`` for GPTQ / AWQ; None: RTN for them).
+
+    ``notes`` receives a line when a calibrated method had to fall back to RTN.
+
+    Example:
+        >>> lin = nn.Linear(64, 16)
+        >>> int4_linear(lin, Int4WeightOnly(group_size=32, method="hqq")).group_size
+        32
+    """
+    w = linear.weight.detach().float()
+    g, method = config.group_size, config.method
+    input_scale = None
+    if method == "hqq":
+        t = hqq_quantize(w, g)
+    elif method in CALIBRATED_METHODS and hessian is not None:
+        try:
+            if method == "gptq":
+                t = gptq_quantize(
+                    w, hessian, g, blocksize=config.blocksize, damp=config.damp, act_order=config.act_order
+                )
+            else:
+                input_scale, t = awq_quantize(w, hessian, g)
+        except (torch.linalg.LinAlgError, ValueError) as e:
+            if notes is not None:
+                notes.append(f"{method} failed ({str(e).splitlines()[0]}); fell back to RTN")
+            t, input_scale = rtn_quantize(w, g), None
+    else:
+        t = rtn_quantize(w, g)
+    return Int4WeightOnlyLinear.from_tensors(t, g, linear.bias, input_scale, kernel=config.kernel)
+
+
+def _progress(show: bool):
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    # Progress goes to stderr (stdout may carry --json output); off when nobody can see it.
+    console = Console(stderr=True)
+    bar = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[layer]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=not (show and (console.is_terminal or console.is_jupyter)),
+    )
+    return bar
+
+
+def calibrated_swap_(
+    model: nn.Module,
+    targets: list[tuple[str, nn.Module]],
+    make: Callable[[str, nn.Module, torch.Tensor | None], nn.Module | None],
+    kind: str,
+    ctx: Context,
+    *,
+    hessians: bool,
+    sequential: bool = True,
+    progress: bool = True,
+) -> list[str]:
+    """Swap each ``(name, linear)`` for ``make(name, linear, hessian_or_None)`` (None: keep) in order.
+
+    With ``hessians`` each layer's input Hessian ``2/T · X Xᵀ`` is taken from ``ctx.calibration`` by
+    :func:`~torchslim.pruning.calibration.collect_input_stats`: per layer on the partly swapped model
+    (``sequential``) or in one pass before any swap. The swaps are recorded as one ``int8-modules``
+    structure op (the generic quantized-module replay); if anything raises, every swapped layer is put
+    back first, so the model is never left half-quantized.
+
+    Raises:
+        ConfigError: ``hessians`` without calibration data, or NaN/Inf calibration inputs.
+    """
+    batches = ctx.calibration or []
+    if hessians and not batches:
+        raise ConfigError(f"{kind}: needs calibration data; pass ctx=Context(calibration=[batch, ...])")
+    cache: dict[str, Any] = {}
+    if hessians and not sequential:
+        cache = collect_input_stats(model, dict(targets), batches, hessian=True)
+    done: list[tuple[str, nn.Module, nn.Module]] = []
+    try:
+        with _progress(progress and hessians) as bar:
+            task = bar.add_task(kind, total=len(targets), layer="")
+            for name, module in targets:
+                bar.update(task, layer=name)
+                h = None
+                if hessians:
+                    stats = cache.get(name) if not sequential else None
+                    if sequential:
+                        stats = collect_input_stats(model, {name: module}, batches, hessian=True).get(name)
+                    if stats is None:
+                        ctx.record(
+                            f"{kind}: {name} was never called by the calibration data; no Hessian (RTN / weight error)"
+                        )
+                    else:
+                        h = stats.hessian
+                        if stats.count < h.shape[0]:
+                            ctx.record(
+                                f"{kind}: {name}: Hessian from {stats.count} token(s) < {h.shape[0]} inputs "
+                                "is rank-deficient; damped"
+                            )
+                new = make(name, module, h)
+                bar.advance(task)
+                if new is None:
+                    continue
+                # Later layers calibrate on this layer's quantized output. Until the loop ends it runs as
+                # a float Linear holding the dequantized weight: the same function, without
+                # dequantizing again on each of the (layers × batches) calibration forwards.
+                replace_module_(model, name, _standin(new, module) if hessians and sequential else new)
+                done.append((name, module, new))
+        for name, _, new in done:
+            replace_module_(model, name, new)
+    except BaseException:
+        for name, old, _ in reversed(done):
+            replace_module_(model, name, old)
+        raise
+    if done:
+        record_op(model, "int8-modules", {"modules": [[n, module_spec(new)] for n, _, new in done]})
+    return [n for n, _, _ in done]
+
+
+def _standin(new: nn.Module, old: nn.Module) -> nn.Module:
+    """A float ``nn.Linear`` computing what the quantized ``new`` computes (for calibration forwards)."""
+    deq = getattr(new, "dequantized_weight", None)
+    if not (callable(deq) and isinstance(old, nn.Linear)):
+        return new
+    w = old.weight
+    lin = nn.Linear(old.in_features, old.out_features, old.bias is not None, device=w.device, dtype=w.dtype)
+    with torch.no_grad():
+        lin.weight.copy_(deq().to(w))
+        if old.bias is not None:
+            lin.bias.copy_(new.bias.to(w) if getattr(new, "bias", None) is not None else old.bias)
+    return lin
+
+
+def check_finite_weights(targets: list[tuple[str, nn.Module]]) -> None:
+    """Raise UnsupportedModelError naming every target whose weight holds NaN or Inf."""
+    bad = [n for n, m in targets if not bool(torch.isfinite(m.weight.detach()).all())]
+    if bad:
+        raise UnsupportedModelError(
+            f"layer(s) {', '.join(repr(b) for b in bad)} have NaN/Inf weights; refusing to quantize"
+        )
+
+
+def int4_targets(
+    model: nn.Module, select: Select, group_size: int, kind: str, ctx: Context, on_bad_group: str = "skip"
+) -> list[tuple[str, nn.Module]]:
+    """Selected swappable Linear layers the group size fits (others listed in ``ctx.events`` or refused).
+
+    Raises:
+        ConfigError: ``on_bad_group="error"`` and some layer's in_features is not a multiple of the group size.
+        UnsupportedModelError: a selected layer has NaN/Inf weights.
+    """
+    targets = split_targets(model, select, (nn.Linear,), kind, ctx)
+    bad = [(n, check_group_size(m.in_features, group_size)) for n, m in targets]
+    bad = [(n, why) for n, why in bad if why]
+    if bad and on_bad_group == "error":
+        raise ConfigError(
+            f"{kind}: group size {group_size} does not fit every selected layer; use a group size dividing "
+            "their in_features, exclude them with select, or on_bad_group='skip'",
+            [f"{n}: {why}" for n, why in bad],
+        )
+    if bad:
+        ctx.record(f"{kind}: skipped {len(bad)} layer(s) ({'; '.join(f'{n}: {why}' for n, why in bad)})")
+    names = {n for n, _ in bad}
+    targets = [(n, m) for n, m in targets if n not in names]
+    check_finite_weights(targets)
+    return targets
+
+
+@register_transform(Int4WeightOnly, scope="model")
+def _int4_weight_only(model: nn.Module, config: Int4WeightOnly, select: Select, ctx: Context) -> nn.Module:
+    label = f"{config.kind} ({config.method}, g{config.group_size})"
+    targets = int4_targets(model, select, config.group_size, label, ctx, config.on_bad_group)
+    calibrated = config.method in CALIBRATED_METHODS
+
+    def make(name: str, linear: nn.Module, hessian: torch.Tensor | None) -> nn.Module:
+        notes: list[str] = []
+        new = int4_linear(linear, config, hessian, notes)
+        for note in notes:
+            ctx.record(f"{label}: {name}: {note}")
+        return new
+
+    done = calibrated_swap_(
+        model, targets, make, label, ctx, hessians=calibrated, sequential=config.sequential, progress=config.progress
+    )
+    ctx.record(f"{label}: quantized {len(done)} Linear layer(s)")
+    return model

@@ -1,0 +1,282 @@
+"""``Int4WeightOnlyLinear``: group-wise int4 weights packed two per byte, float activations (W4A16).
+
+Stored buffers (device-independent, what ``state_dict`` / safetensors hold):
+
+- ``weight`` ``[N, K/2]`` uint8: codes 0..15, column ``2i`` in the high nibble (see :mod:`.int4_primitives`);
+- ``scales``, ``zeros`` ``[N, K/g]`` bf16: ``ŵ = (q − 8) · scale + zero`` per (row, group);
+- ``bias`` ``[N]`` float32 or absent; ``input_scale`` ``[K]`` float32 or absent (AWQ's ``1/s``).
+
+Kernels (checked on this machine, torch 2.13): on CPU ``aten._convert_weight_to_int4pack_for_cpu``
+takes the *unpacked* codes as int32 ``[N, K]`` and ``aten._weight_int4pack_mm_for_cpu(x, w, g, sz)``
+takes ``sz`` ``[K/g, N, 2]`` = (scale, zero) with exactly the convention above; it needs
+``N % 16 == 0`` and g ∈ {32, 64, 128, 256}; float32 activations run 30× slower than bf16 there, so
+they are cast to bf16 and the result back. From ``DEQUANT_MIN_ROWS`` rows (tokens) on, the product is
+compute-bound and a bf16 GEMM on the weight dequantized once per call is faster than the kernel. On CUDA ``aten._convert_weight_to_int4pack`` takes the
+packed uint8 ``[N, K/2]`` as stored and ``aten._weight_int4pack_mm`` the same ``sz``. The kernel
+layout is built at the first forward on a device and cached on the module (not saved, not in
+``state_dict``); it is rebuilt when the buffers change. Other shapes, ``kernel=False`` or a kernel
+error take the portable path: dequantize, then ``F.linear``.
+
+Example:
+    >>> import torch, torch.nn as nn
+    >>> from torchslim.quantization.primitives import sqnr
+    >>> lin = nn.Linear(128, 32)
+    >>> q = Int4WeightOnlyLinear.from_float(lin, group_size=64)
+    >>> x = torch.randn(4, 128)
+    >>> bool(sqnr(lin(x), q(x)) > 15), q.weight.shape, q.weight.dtype
+    (True, torch.Size([32, 64]), torch.uint8)
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from torchslim.quantization.int4_primitives import (
+    Int4Tensors,
+    check_group_size,
+    dequantize_int4,
+    dequantize_packed_int4,
+    pack_int4,
+    unpack_int4,
+)
+from torchslim.quantization.int4_rtn import rtn_quantize
+from torchslim.quantization.modules import register_module_class
+from torchslim.quantization.primitives import NonFiniteError
+
+__all__ = ["Int4WeightOnlyLinear", "int4_kernel_supported"]
+
+log = logging.getLogger(__name__)
+
+# From this many rows (tokens) on, the matmul is compute-bound: dequantizing the weight to bf16 once
+# (about 4.5 ns per weight here) and running a bf16 GEMM beats the int4 kernel, whose cost per row is
+# about 2.5x a bf16 GEMM's (measured on this CPU at MiniLM and LLaMA shapes; break-even near 150 rows).
+DEQUANT_MIN_ROWS = 256
+
+
+def int4_kernel_supported(device_type: str, in_features: int, out_features: int, group_size: int) -> bool:
+    """Whether torch's int4 kernel takes this shape on ``device_type`` (else the dequantize path runs).
+
+    Example:
+        >>> int4_kernel_supported("cpu", 384, 1536, 128), int4_kernel_supported("cpu", 384, 100, 128)
+        (True, False)
+    """
+    if check_group_size(in_features, group_size) is not None:
+        return False
+    if device_type == "cpu":
+        return out_features % 16 == 0
+    if device_type == "cuda":
+        return out_features % 8 == 0 and in_features % 32 == 0
+    return False
+
+
+def _cuda_inner_k_tiles(k: int) -> int:
+    # CUDA's packing reads K in tiles of innerKTiles * 16 (innerKTiles ∈ {2, 4, 8}); the largest that divides K.
+    return next(t for t in (8, 4, 2) if k % (t * 16) == 0)
+
+
+@register_module_class
+class Int4WeightOnlyLinear(nn.Module):
+    """Linear with group-wise asymmetric int4 weights (two per byte) and float activations.
+
+    Args:
+        in_features, out_features, bias: as ``nn.Linear``.
+        group_size: input columns per (scale, zero) group: 32, 64, 128 or 256, dividing ``in_features``.
+        input_scale: keep a ``[K]`` buffer that multiplies the input (AWQ).
+        kernel: use torch's int4 kernels where they apply; False: always dequantize (portable reference).
+
+    Raises:
+        ValueError: a group size that is not allowed or does not divide ``in_features``.
+    """
+
+    torchslim_compressed = True
+    weight: torch.Tensor
+    scales: torch.Tensor
+    zeros: torch.Tensor
+    bias: torch.Tensor | None
+    input_scale: torch.Tensor | None
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        group_size: int = 128,
+        input_scale: bool = False,
+        kernel: bool = True,
+        device: Any = None,
+    ) -> None:
+        super().__init__()
+        problem = check_group_size(in_features, group_size)
+        if problem:
+            raise ValueError(problem)
+        self.in_features, self.out_features, self.group_size, self.kernel = (
+            in_features,
+            out_features,
+            group_size,
+            kernel,
+        )
+        n_groups = in_features // group_size
+        self.register_buffer(
+            "weight", torch.full((out_features, in_features // 2), 0x88, dtype=torch.uint8, device=device)
+        )
+        self.register_buffer("scales", torch.ones(out_features, n_groups, dtype=torch.bfloat16, device=device))
+        self.register_buffer("zeros", torch.zeros(out_features, n_groups, dtype=torch.bfloat16, device=device))
+        self.register_buffer("bias", torch.zeros(out_features, device=device) if bias else None)
+        self.register_buffer("input_scale", torch.ones(in_features, device=device) if input_scale else None)
+        self._packed_cache: tuple[tuple[Any, ...], torch.Tensor, torch.Tensor] | None = None
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_tensors(
+        cls,
+        t: Int4Tensors,
+        group_size: int,
+        bias: torch.Tensor | None = None,
+        input_scale: torch.Tensor | None = None,
+        *,
+        kernel: bool = True,
+    ) -> Int4WeightOnlyLinear:
+        """A module holding the codes/parameters ``t`` (from any of the int4 algorithms).
+
+        Example:
+            >>> from torchslim.quantization.int4_rtn import rtn_quantize
+            >>> m = Int4WeightOnlyLinear.from_tensors(rtn_quantize(torch.randn(16, 64), 32), 32)
+            >>> m
+            Int4WeightOnlyLinear(in_features=64, out_features=16, bias=False, group_size=32)
+        """
+        n, k = t.q.shape
+        mod = cls(
+            k, n, bias is not None, group_size=group_size, input_scale=input_scale is not None, kernel=kernel,
+            device=t.q.device,
+        )  # fmt: skip
+        mod.weight.copy_(pack_int4(t.q))
+        mod.scales.copy_(t.scale.to(torch.bfloat16))
+        mod.zeros.copy_(t.zero.to(torch.bfloat16))
+        if bias is not None and mod.bias is not None:
+            mod.bias.copy_(bias.detach().float())
+        if input_scale is not None and mod.input_scale is not None:
+            mod.input_scale.copy_(input_scale.detach().float())
+        return mod
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, group_size: int = 128, *, kernel: bool = True) -> Int4WeightOnlyLinear:
+        """Round-to-nearest int4 of ``linear`` (use the ``Int4WeightOnly`` config for GPTQ / AWQ / HQQ).
+
+        Raises:
+            NonFiniteError: the weight holds NaN or Inf.
+            ValueError: bad group size for ``linear.in_features``.
+        """
+        w = linear.weight.detach()
+        if not bool(torch.isfinite(w).all()):
+            raise NonFiniteError("weight contains NaN or Inf")
+        problem = check_group_size(linear.in_features, group_size)
+        if problem:
+            raise ValueError(problem)
+        return cls.from_tensors(rtn_quantize(w.float(), group_size), group_size, linear.bias, kernel=kernel)
+
+    # ------------------------------------------------------------------ spec (structure replay)
+
+    def torchslim_spec(self) -> dict[str, Any]:
+        """JSON spec for :func:`~torchslim.quantization.modules.empty_like_spec` (structure replay)."""
+        return {
+            "class": "Int4WeightOnlyLinear",
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+            "bias": self.bias is not None,
+            "group_size": self.group_size,
+            "input_scale": self.input_scale is not None,
+            "kernel": self.kernel,
+        }
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> Int4WeightOnlyLinear:
+        """An empty module from :meth:`torchslim_spec`'s output (values are validated, never executed)."""
+        return cls(
+            int(spec["in_features"]),
+            int(spec["out_features"]),
+            bool(spec["bias"]),
+            group_size=int(spec["group_size"]),
+            input_scale=bool(spec.get("input_scale", False)),
+            kernel=bool(spec.get("kernel", True)),
+        )
+
+    # ------------------------------------------------------------------ compute
+
+    def codes(self) -> torch.Tensor:
+        """The unpacked codes ``[N, K]`` uint8 (0..15)."""
+        return unpack_int4(self.weight)
+
+    def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The weight ``[N, K]`` this module computes with (``input_scale`` folded in)."""
+        w = dequantize_int4(self.codes(), self.scales, self.zeros, self.group_size)
+        if self.input_scale is not None:
+            w = w * self.input_scale.float()
+        return w.to(dtype)
+
+    def logical_params(self) -> int:
+        """Weight elements this module stands for (``N·K`` codes + bias), for parameter counts."""
+        return self.out_features * self.in_features + (self.out_features if self.bias is not None else 0)
+
+    def _kernel_tensors(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        # Keyed on the buffers' identity and version: load_state_dict / .to() / copy_ invalidate it.
+        key = (device, self.weight.data_ptr(), self.weight._version, self.scales._version, self.zeros._version,
+               self.scales.data_ptr(), self.zeros.data_ptr())  # fmt: skip
+        if self._packed_cache is not None and self._packed_cache[0] == key:
+            return self._packed_cache[1], self._packed_cache[2]
+        sz = torch.stack([self.scales.t(), self.zeros.t()], dim=-1).to(torch.bfloat16).contiguous()  # [G, N, 2]
+        if device.type == "cpu":
+            packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(self.codes().to(torch.int32).contiguous(), 8)
+        else:
+            packed = torch.ops.aten._convert_weight_to_int4pack(
+                self.weight.contiguous(), _cuda_inner_k_tiles(self.in_features)
+            )
+        self._packed_cache = (key, packed, sz)
+        return packed, sz
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        if self.input_scale is not None:
+            x2 = x2 * self.input_scale.to(x.dtype)
+        y = None
+        fast = self.kernel and x.is_floating_point()
+        if (
+            fast
+            and x2.shape[0] < DEQUANT_MIN_ROWS
+            and int4_kernel_supported(x.device.type, self.in_features, self.out_features, self.group_size)
+        ):
+            try:
+                packed, sz = self._kernel_tensors(x.device)
+                xb = x2.to(torch.bfloat16).contiguous()
+                if x.device.type == "cpu":
+                    y = torch.ops.aten._weight_int4pack_mm_for_cpu(xb, packed, self.group_size, sz)
+                else:
+                    y = torch.ops.aten._weight_int4pack_mm(xb, packed, self.group_size, sz)
+                y = y.to(x.dtype)
+            except RuntimeError as e:  # an unexpected kernel limit: stay correct, say so once
+                log.warning("int4 kernel failed (%s); using the dequantize path for this module", e)
+                self.kernel = False
+                y = None
+        if y is None:
+            # Many rows (compute-bound) on the fast path: a bf16 GEMM with the bf16-rounded weight (the
+            # precision the kernel works in). Otherwise the portable reference in the input's dtype.
+            dtype = torch.bfloat16 if fast and x.dtype in (torch.float32, torch.bfloat16) else x.dtype
+            w = dequantize_packed_int4(self.weight, self.scales, self.zeros, self.group_size, dtype)
+            y = F.linear(x2.to(dtype), w).to(x.dtype)
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y.reshape(*shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        extra = ", input_scale=True" if self.input_scale is not None else ""
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+            f"group_size={self.group_size}{extra}"
+        )
