@@ -22,6 +22,10 @@ BENCHMARKS: dict[str, str] = {
     "minilm-kd": "torchslim.bench.minilm_kd:bench",
     "digits-prune": "torchslim.bench.digits_prune:bench",
     "minilm-prune": "torchslim.bench.minilm_prune:bench",
+    "fsdd-kws": "torchslim.bench.fsdd:bench",
+    "digits-tune": "torchslim.bench.tune_digits:bench",
+    "llama-decode": "torchslim.bench.llama:bench",
+    "shakespeare-gpt": "torchslim.bench.shakespeare:bench",
 }
 
 

@@ -207,7 +207,9 @@ def _compact_json(data: Any) -> str:
     """JSON with one top-level key per line and everything below it on that line (sorted keys: reproducible)."""
     if not isinstance(data, dict):
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
-    lines = [f" {json.dumps(k)}:{json.dumps(v, sort_keys=True, separators=(',', ':'))}" for k, v in sorted(data.items())]
+    lines = [
+        f" {json.dumps(k)}:{json.dumps(v, sort_keys=True, separators=(',', ':'))}" for k, v in sorted(data.items())
+    ]
     return "{\n" + ",\n".join(lines) + "\n}"
 
 

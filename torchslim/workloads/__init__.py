@@ -31,6 +31,13 @@ def _digits(data: str | Path | None) -> Workload:
 WORKLOADS: dict[str, Callable[[str | Path | None], Workload]] = {
     "digits": _digits,
     "minilm-stsb": lambda data: __import__("torchslim.workloads.minilm", fromlist=["_"]).MiniLMWorkload(data),
+    "fsdd-kws": lambda data: __import__("torchslim.workloads.fsdd", fromlist=["_"]).FsddWorkload(data),
+    "shakespeare-gpt": lambda data: __import__("torchslim.workloads.shakespeare", fromlist=["_"]).ShakespeareWorkload(
+        data
+    ),
+    "llama-decode": lambda data: __import__("torchslim.workloads.llama", fromlist=["_"]).LlamaDecodeWorkload(
+        data or "full"
+    ),
 }
 
 

@@ -1,0 +1,102 @@
+"""llama-decode: seeded shapes, greedy decode with a KV cache, bandwidth figures and the benchmark wiring."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from torchslim.errors import UsageError
+from torchslim.workloads import get_workload, workload_names
+
+pytest.importorskip("transformers")
+
+from torchslim.workloads.llama import (  # noqa: E402 - after the importorskip
+    SIZES,
+    LlamaDecodeWorkload,
+    LlamaSpec,
+    build_llama,
+    copy_bandwidth,
+    decode_bytes,
+)
+
+TINY = LlamaSpec(hidden=128, intermediate=256, layers=2, heads=4, vocab=512, max_positions=128)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny models: one thread avoids OpenMP spin-waits on a shared machine (10× faster under load here).
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def test_registered_and_sizes():
+    assert "llama-decode" in workload_names()
+    assert LlamaDecodeWorkload.metric == "tokens_per_s" and LlamaDecodeWorkload.higher_is_better
+    assert 530e6 < SIZES["full"].params() < 550e6  # the issue's reference shape
+    assert SIZES["full"].params() * 4 > 2e9  # weights dominate: over 2 GB in fp32
+    with pytest.raises(UsageError, match="full"):
+        get_workload("llama-decode", "huge")
+
+
+def test_seeded_weights_are_deterministic_and_counted():
+    a, b, c = build_llama(TINY, seed=0), build_llama(TINY, seed=0), build_llama(TINY, seed=1)
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not torch.equal(sa["model.layers.0.mlp.up_proj.weight"], sc["model.layers.0.mlp.up_proj.weight"])
+    assert sum(p.numel() for p in a.parameters()) == TINY.params()
+    assert a.lm_head.weight.data_ptr() != a.model.embed_tokens.weight.data_ptr()  # untied
+
+
+def test_decode_gives_the_requested_tokens_and_matches_generate():
+    wl = LlamaDecodeWorkload(TINY, new_tokens=6, prompt_tokens=5)
+    model = wl.model()
+    (prompt,) = wl.example_inputs()
+    assert prompt.shape == (1, 5)
+    with torch.inference_mode():
+        out = wl.decoder(model)(prompt)
+        again = wl.decoder(model)(prompt)
+        ref = model.generate(prompt, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    assert out.shape == (1, 6) and out.dtype == torch.long
+    assert torch.equal(out, again)
+    assert torch.equal(out, ref[:, 5:])  # greedy with the KV cache = transformers' greedy generate
+    assert wl.evaluate(model, runs=2)["tokens_per_s"] > 0
+
+
+def test_bad_lengths_are_rejected():
+    with pytest.raises(ValueError, match="prompt_tokens"):
+        LlamaDecodeWorkload(TINY, new_tokens=200)
+    with pytest.raises(ValueError, match="divisible"):
+        LlamaSpec(hidden=100, heads=3)
+
+
+def test_bandwidth_and_decode_bytes():
+    assert copy_bandwidth(4 * 2**20, repeats=3) > 1e8
+    m = build_llama(TINY)
+    total = sum(t.numel() * t.element_size() for t in m.state_dict().values())
+    emb = m.model.embed_tokens.weight
+    assert decode_bytes(total, m) == total - emb.numel() * 4 + TINY.hidden * 4
+    assert decode_bytes(100, nn.Linear(2, 2)) == 100
+
+
+def test_benchmark_rows_on_a_tiny_model():
+    pytest.importorskip("torchslim.quantization.int4")
+    from torchslim.bench import BENCHMARKS
+    from torchslim.bench.llama import run_on
+
+    assert "llama-decode" in BENCHMARKS
+    res = run_on(LlamaDecodeWorkload(TINY, new_tokens=3, prompt_tokens=4), quick=True)
+    rows = {r["variant"]: r for r in res.rows}
+    assert {
+        "fp32",
+        "torchslim-bf16",
+        "torchslim-int8-weight-only",
+        "torchslim-int4-g128",
+        "peer-torch.ao-int8-dynamic",
+    } <= set(rows)
+    for r in rows.values():
+        assert r["tokens_per_s"] > 0 and r["bound_ms"] > 0 and r["x_bound"] > 0
+    assert rows["torchslim-int4-g128"]["read_mb"] < 0.2 * rows["fp32"]["read_mb"]
+    assert any("copy bandwidth" in n for n in res.notes)

@@ -1,0 +1,109 @@
+"""``torchslim bench shakespeare-gpt --data FILE``: int4 weight quantization methods on a char-level GPT.
+
+The model is the ``shakespeare-gpt`` workload's :class:`~torchslim.workloads.shakespeare.CharGPT`
+(trained and cached on first use). Every Linear (attention, MLP and the output head; all have
+``in_features`` a multiple of 128) is quantized; the embeddings stay fp32. Rows:
+
+- ``fp32``;
+- ``torchslim-int4-{rtn,gptq,awq,hqq}-g128`` and the same four at ``-g32``:
+  ``Int4WeightOnly(group_size, method)``; GPTQ and AWQ calibrate on 8 batches of 8 random *training*
+  windows (the held-out tail is only scored);
+- ``torchslim-int4-mixed``: ``MixedPrecision(budget_ratio=0.2, method="gptq", group_size=128)``, int4 /
+  int8 / bf16 per layer by output SQNR under 20 % of the Linear weights' fp32 bytes (the choice per layer
+  is in the notes).
+
+Quality is ``val_ppl`` (lower is better) and ``val_loss`` on the whole held-out tail; ``ppl_vs_fp32`` is
+the row's perplexity over fp32's. Latency is one batch of 8 held-out windows (the model is small, so
+the int4 rows are not expected to be faster here: this benchmark is about quality and size).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch.nn as nn
+
+from torchslim.api import compress_
+from torchslim.bench.harness import BenchResult, Variant, run_benchmark
+from torchslim.core.context import Context
+from torchslim.measure import artifact_bytes
+
+METHODS = ("rtn", "gptq", "awq", "hqq")
+GROUPS = (128, 32)
+MIXED_BUDGET = 0.2
+
+
+def _int4_configs() -> dict[str, Any]:
+    """Row name -> config; empty when the int4 core is not importable (the fp32 row still runs)."""
+    try:
+        from torchslim.quantization import Int4WeightOnly, MixedPrecision
+    except ImportError:
+        return {}
+    configs: dict[str, Any] = {
+        f"torchslim-int4-{m}-g{g}": Int4WeightOnly(group_size=g, method=m) for g in GROUPS for m in METHODS
+    }
+    configs["torchslim-int4-mixed"] = MixedPrecision(budget_ratio=MIXED_BUDGET, method="gptq", group_size=128)
+    return configs
+
+
+def bench(data: str | None = None, quick: bool = False) -> BenchResult:
+    """Run the benchmark on the tiny-Shakespeare file ``data`` (default ``../shared/data/tinyshakespeare/input.txt``).
+
+    ``quick`` only shortens the latency timing; every row is still scored on the whole held-out tail.
+    """
+    from torchslim.workloads.shakespeare import ShakespeareWorkload
+
+    return run_on(ShakespeareWorkload(data), quick=quick)
+
+
+def run_on(wl: Any, quick: bool = False) -> BenchResult:
+    """The benchmark on a given :class:`~torchslim.workloads.shakespeare.ShakespeareWorkload` (tests pass a tiny one)."""
+    fp32 = wl.model()
+    x = wl.example_inputs()
+    calibration = wl.calibration(8)
+    notes: list[str] = []
+    built: list[tuple[str, nn.Module, float]] = [("fp32", fp32, 0.0)]
+    configs = _int4_configs()
+    if not configs:
+        notes.append("int4 rows left out: torchslim.quantization has no Int4WeightOnly / MixedPrecision here")
+    for name, config in configs.items():
+        start = time.perf_counter()
+        ctx = Context(calibration=calibration)
+        model = compress_(copy.deepcopy(fp32), config, ctx=ctx).eval()
+        built.append((name, model, time.perf_counter() - start))
+        notes.extend(f"{name}: {e}" for e in ctx.events)
+
+    scores: dict[str, dict[str, float]] = {}
+
+    def quality(name: str, model: nn.Module) -> Callable[[], dict[str, float]]:
+        def run() -> dict[str, float]:
+            scores[name] = wl.evaluate(model, "val")
+            return scores[name]
+
+        return run
+
+    variants = [
+        Variant(
+            name,
+            model,
+            x,
+            size_bytes=artifact_bytes(model),
+            quality=quality(name, model),
+            extra={"build_s": round(seconds, 1)},
+        )
+        for name, model, seconds in built
+    ]
+    result = run_benchmark("shakespeare-gpt", variants, rounds=3 if quick else 10, warmup=1 if quick else 2)
+    base = scores["fp32"]["val_ppl"]
+    for row in result.rows:
+        row["ppl_vs_fp32"] = round(row["quality"]["val_ppl"] / base, 4)
+    n_tail = wl.val_windows()[:, 1:].numel()
+    result.notes.append(
+        f"val_ppl on the whole held-out tail ({n_tail} characters, windows of {wl.arch.block_size}); latency of one "
+        f"batch of {x[0].shape[0]} windows; GPTQ/AWQ calibrated on {len(calibration)} batches of training windows"
+    )
+    result.notes.extend(notes)
+    return result
