@@ -12,15 +12,60 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import os
+import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.nn as nn
 
 from torchslim.core.context import Context
+
+log = logging.getLogger(__name__)
+
+
+def save_atomic(state: dict[str, torch.Tensor], path: Path) -> None:
+    """Write safetensors to a temp file beside ``path`` then rename, so a crash never leaves half a file."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous() for k, v in state.items()}, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def cached_or_trained(
+    path: Path, build: Callable[[], nn.Module], train: Callable[[], nn.Module], what: str
+) -> dict[str, torch.Tensor]:
+    """The state dict cached at ``path`` if it loads into ``build()`` and is finite, else ``train()``'s (then cached).
+
+    A corrupt, stale or non-finite cache is logged and rebuilt, never trusted.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if path.exists():
+        try:
+            state = load_file(path)
+            if all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()):
+                build().load_state_dict(state, strict=True)  # checks names and shapes
+                return state
+            log.warning("cached %s %s has non-finite weights; retraining", what, path)
+        except (SafetensorError, OSError, RuntimeError, ValueError) as exc:  # corrupt/stale: rebuild
+            log.warning("cannot load cached %s %s (%s); retraining", what, path, exc)
+    state = {k: v.detach().clone() for k, v in train().state_dict().items()}
+    save_atomic(state, path)
+    return state
 
 
 def cache_dir() -> Path:

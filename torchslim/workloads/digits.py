@@ -14,8 +14,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-import os
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -24,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from torchslim.training import fit_
-from torchslim.workloads.base import Workload, cache_dir
+from torchslim.workloads.base import Workload, cache_dir, cached_or_trained
 
 __all__ = [
     "DigitsCNN",
@@ -202,22 +200,6 @@ def _arch_key() -> str:
     return hashlib.sha256(spec.encode()).hexdigest()[:12]
 
 
-def _save_atomic(state: dict[str, torch.Tensor], path: Path) -> None:
-    """Write safetensors to a temp file beside ``path`` then rename, so a crash never leaves half a file."""
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous() for k, v in state.items()}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 class DigitsWorkload(Workload):
     """scikit-learn digits: a CNN teacher trained here (cached), top-1 accuracy in [0, 1].
 
@@ -288,31 +270,20 @@ class DigitsWorkload(Workload):
         return cache_dir() / "digits" / f"teacher-{_arch_key()}.safetensors"
 
     def _load_or_train(self) -> dict[str, torch.Tensor]:
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        path = self.cache_path()
-        if path.exists():
-            try:
-                state = load_file(path)
-                if all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()):
-                    _seeded_teacher().load_state_dict(state, strict=True)  # checks names and shapes
-                    return state
-                log.warning("cached digits teacher %s has non-finite weights; retraining", path)
-            except (SafetensorError, OSError, RuntimeError, ValueError) as exc:  # corrupt/stale: rebuild
-                log.warning("cannot load cached digits teacher %s (%s); retraining", path, exc)
         # Seeded initialisation too: the cached weights are then a pure function of the recipe.
-        model = fit_(
-            _seeded_teacher(),
-            self.train_data(augment=True, seed=_TEACHER_SEED),
-            epochs=_TEACHER_EPOCHS,
-            lr=_TEACHER_LR,
-            seed=_TEACHER_SEED,
-            desc="digits teacher",
+        return cached_or_trained(
+            self.cache_path(),
+            _seeded_teacher,
+            lambda: fit_(
+                _seeded_teacher(),
+                self.train_data(augment=True, seed=_TEACHER_SEED),
+                epochs=_TEACHER_EPOCHS,
+                lr=_TEACHER_LR,
+                seed=_TEACHER_SEED,
+                desc="digits teacher",
+            ),
+            "digits teacher",
         )
-        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        _save_atomic(state, path)
-        return state
 
     def model(self) -> nn.Module:
         """The trained teacher in eval mode; a fresh copy each call, so in-place compression is safe.

@@ -41,7 +41,7 @@ from torch import nn
 
 from torchslim.errors import UnsafeInputError, UsageError
 from torchslim.training import fit_
-from torchslim.workloads.base import Workload, cache_dir
+from torchslim.workloads.base import Workload, cache_dir, cached_or_trained, save_atomic
 
 __all__ = [
     "DSCNN",
@@ -243,8 +243,6 @@ def load_features(data: str | Path | None) -> FsddData:
     """
     from safetensors.torch import load_file
 
-    from torchslim.workloads.digits import _save_atomic
-
     files = _recordings(data)
     path = cache_dir() / "fsdd" / f"features-{_features_key(files)}.safetensors"
     names = [parse_name(p) for p in files]
@@ -265,7 +263,7 @@ def load_features(data: str | Path | None) -> FsddData:
             feats = None
     if feats is None:
         feats = torch.stack([log_mel(read_wav(p)) for p in files])  # [N, N_MELS, FRAMES]
-        _save_atomic({"features": feats}, path)
+        save_atomic({"features": feats}, path)
     return FsddData(feats, labels["digit"], labels["speaker"], labels["index"], speakers)
 
 
@@ -492,38 +490,24 @@ class FsddWorkload(Workload):
         return cache_dir() / "fsdd" / f"teacher-{hashlib.sha256(spec.encode()).hexdigest()[:12]}.safetensors"
 
     def _load_or_train(self) -> dict[str, torch.Tensor]:
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        from torchslim.workloads.digits import _save_atomic
-
-        path = self.cache_path()
-        if path.exists():
+        def train() -> nn.Module:
+            # One thread: the depthwise convs are small ops where a second thread costs more than it gives.
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
             try:
-                state = load_file(path)
-                if all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()):
-                    _seeded(build_teacher).load_state_dict(state, strict=True)  # checks names and shapes
-                    return state
-                log.warning("cached fsdd teacher %s has non-finite weights; retraining", path)
-            except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
-                log.warning("cannot load cached fsdd teacher %s (%s); retraining", path, exc)
-        # One thread: the depthwise convs are small ops where a second thread costs more than it gives.
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            model = fit_(
-                _seeded(build_teacher),
-                self.train_data(augment=True, seed=_TEACHER_SEED),
-                epochs=_TEACHER_EPOCHS,
-                lr=_TEACHER_LR,
-                seed=_TEACHER_SEED,
-                desc="fsdd-kws teacher",
-            )
-        finally:
-            torch.set_num_threads(threads)
-        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        _save_atomic(state, path)
-        return state
+                model = fit_(
+                    _seeded(build_teacher),
+                    self.train_data(augment=True, seed=_TEACHER_SEED),
+                    epochs=_TEACHER_EPOCHS,
+                    lr=_TEACHER_LR,
+                    seed=_TEACHER_SEED,
+                    desc="fsdd-kws teacher",
+                )
+            finally:
+                torch.set_num_threads(threads)
+            return model
+
+        return cached_or_trained(self.cache_path(), lambda: _seeded(build_teacher), train, "fsdd teacher")
 
     def model(self) -> nn.Module:
         """The trained teacher in eval mode; a fresh copy each call, so in-place compression is safe.

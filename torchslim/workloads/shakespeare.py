@@ -43,8 +43,7 @@ import torch.nn.functional as F
 
 from torchslim.errors import UsageError
 from torchslim.training import fit_
-from torchslim.workloads.base import Workload, cache_dir
-from torchslim.workloads.digits import _save_atomic
+from torchslim.workloads.base import Workload, cache_dir, cached_or_trained
 
 __all__ = [
     "DEFAULT_DATA",
@@ -355,34 +354,22 @@ class ShakespeareWorkload(Workload):
         return cache_dir() / "shakespeare-gpt" / f"gpt-{key}.safetensors"
 
     def _load_or_train(self) -> dict[str, torch.Tensor]:
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+        def train() -> nn.Module:
+            cfg = self.train_cfg
+            batches = _Windows(self.text.train, cfg.steps, cfg.batch, self.arch.block_size, cfg.seed)
+            model = fit_(
+                self._seeded(),
+                lambda: batches,
+                epochs=1,
+                lr=cfg.lr,
+                weight_decay=0.1,
+                loss_fn=_lm_loss(cfg.bf16_autocast),
+                seed=cfg.seed,
+                desc="shakespeare-gpt",
+            )
+            return model
 
-        path = self.cache_path()
-        if path.exists():
-            try:
-                state = load_file(path)
-                if all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()):
-                    self._seeded().load_state_dict(state, strict=True)  # checks names and shapes
-                    return state
-                log.warning("cached shakespeare-gpt %s has non-finite weights; retraining", path)
-            except (SafetensorError, OSError, RuntimeError, ValueError) as exc:  # corrupt/stale: rebuild
-                log.warning("cannot load cached shakespeare-gpt %s (%s); retraining", path, exc)
-        cfg = self.train_cfg
-        batches = _Windows(self.text.train, cfg.steps, cfg.batch, self.arch.block_size, cfg.seed)
-        model = fit_(
-            self._seeded(),
-            lambda: batches,
-            epochs=1,
-            lr=cfg.lr,
-            weight_decay=0.1,
-            loss_fn=_lm_loss(cfg.bf16_autocast),
-            seed=cfg.seed,
-            desc="shakespeare-gpt",
-        )
-        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        _save_atomic(state, path)
-        return state
+        return cached_or_trained(self.cache_path(), self._seeded, train, "shakespeare-gpt")
 
     def model(self) -> nn.Module:
         """The trained model in eval mode; a fresh copy each call, so in-place compression is safe.
