@@ -171,6 +171,9 @@ def render(out: str | Path, data_root: str = "../shared/data", failures: dict[st
     ]
     if headline.is_file():
         lines += ["![quality vs size](bench/headline.png)", ""]
+    targets = out / "bench" / "targets.md"  # the issues' targets against the rows below (kept by hand)
+    if targets.is_file():
+        lines += [targets.read_text(encoding="utf-8").rstrip(), ""]
     for name, data in results.items():
         lines += [
             f"## {name}",
