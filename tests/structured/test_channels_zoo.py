@@ -208,3 +208,14 @@ def test_gpt2_conv1d_refused() -> None:
     model = transformers.GPT2Model(cfg).eval()
     with pytest.raises(UnsupportedModelError, match="Conv1D"):
         ts.compress_(model, ChannelPruning(ratio=0.5), ctx=ts.Context(example_inputs=TOKENS))
+
+
+def test_llama_refused_quickly_instead_of_hanging() -> None:
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=4, max_position_embeddings=32,
+    )  # fmt: skip
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    with pytest.raises(UnsupportedModelError, match="RotaryEmbedding"):
+        ts.compress_(model, ChannelPruning(ratio=0.5), ctx=ts.Context(example_inputs=(torch.randint(0, 64, (2, 8)),)))

@@ -11,6 +11,9 @@ preflight refuses, all at once and by name:
   ``Conv1D``, ``nn.Bilinear``): Torch-Pruning would guess the dimension to cut;
 - layers that torchslim already swapped (quantized, ...) or that carry parametrizations (masks from
   unstructured pruning: bake them first), and TorchScript modules;
+- rotary position embeddings (Hugging Face ``*RotaryEmbedding``, as in LLaMA): Torch-Pruning's graph
+  tracing did not finish within minutes even on a one-layer, 32-wide LLaMA config (torch-pruning 1.6.1),
+  so the model is refused rather than left hanging;
 - a model that fails to run or trace on the example inputs.
 
 Example:
@@ -65,6 +68,9 @@ def unsupported_modules(model: nn.Module) -> list[str]:
             inside.append(name)
         elif is_compressed(module):
             problems.append(f"{label}: already compressed by torchslim; prune before quantizing")
+            inside.append(name)
+        elif type(module).__name__.endswith("RotaryEmbedding"):
+            problems.append(f"{label}: rotary position embeddings hang Torch-Pruning's dependency graph (LLaMA-style)")
             inside.append(name)
         elif parametrize.is_parametrized(module):
             problems.append(f"{label}: has parametrizations (pruning masks?); bake or remove them first")
