@@ -26,6 +26,8 @@ import torch.nn as nn
 from torch_pruning.pruner import function
 from torch_pruning.pruner.importance import GroupMagnitudeImportance
 
+from torchslim.quantization.calibrate import run_calibration
+
 
 class ActivationNormImportance(GroupMagnitudeImportance):
     """Torch-Pruning importance ``‖W_{:,c}‖₂ · ‖X_c‖₂`` over consumer layers (Linear, ungrouped Conv)."""
@@ -49,15 +51,11 @@ class ActivationNormImportance(GroupMagnitudeImportance):
             m for m in model.modules() if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.groups == 1)
         ]
         handles = [m.register_forward_pre_hook(hook) for m in layers]
-        was_training = model.training
-        model.eval()
         try:
-            for batch in batches:
-                model(*batch) if isinstance(batch, (tuple, list)) else model(batch)
+            run_calibration(model, batches)
         finally:
             for h in handles:
                 h.remove()
-            model.train(was_training)
         self.stats = {m: s.sqrt() for m, s in sums.items()}
 
     @torch.no_grad()

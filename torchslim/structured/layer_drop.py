@@ -43,6 +43,7 @@ from torchslim.core.select import Select
 from torchslim.core.structure import record_op, register_replay
 from torchslim.core.walker import replace_module_
 from torchslim.errors import ConfigError, UnsafeInputError, UnsupportedModelError
+from torchslim.quantization.calibrate import run_calibration
 
 
 @register_config("layer-dropping")
@@ -150,15 +151,11 @@ def block_influence(model: nn.Module, blocks: nn.ModuleList, batches: list[Any])
         return fn
 
     handles = [b.register_forward_hook(hook(i), with_kwargs=True) for i, b in enumerate(blocks)]
-    was_training = model.training
-    model.eval()
     try:
-        for batch in batches:
-            model(*batch) if isinstance(batch, (tuple, list)) else model(batch)
+        run_calibration(model, batches)
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
     if not all(counts):
         raise UnsupportedModelError("layer-dropping: could not read the hidden states entering and leaving every block")
     return [s / c for s, c in zip(sums, counts, strict=True)]
