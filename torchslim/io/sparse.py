@@ -7,7 +7,9 @@ non-zero instead of 1 byte + a 1-bit-per-element mask.
 
 Pruned weights are stored at (roughly) their non-zero size, so the artifact shrinks with sparsity; an
 int8 tensor with zeros is stored the same way, so quantization on top multiplies the saving.
-Decoding restores the exact tensor.
+Each stream is then DEFLATE-coded when that saves bytes (io/deflate.py: the "coding" stage of Deep
+Compression); ``meta["deflate"]`` lists the coded parts with their dtype and length. Decoding restores
+the exact tensor.
 
 Example:
     >>> import torch
@@ -26,6 +28,7 @@ import numpy as np
 import torch
 
 from torchslim.errors import UnsafeInputError
+from torchslim.io.deflate import deflate_tensor, inflate_tensor
 
 MIN_NUMEL = 256
 # Store sparsely only when it saves at least this fraction (small gains aren't worth a format change).
@@ -58,8 +61,26 @@ def _byte_deltas(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return deltas, ends
 
 
-def encode_sparse(t: torch.Tensor) -> SparseEncoding | None:
-    """The compact encoding of ``t``, or None when dense storage is as small (or the dtype unsupported)."""
+def encode_sparse(t: torch.Tensor, *, deflate: bool = True) -> SparseEncoding | None:
+    """The compact encoding of ``t``, or None when dense storage is as small (or the dtype unsupported).
+
+    ``deflate`` codes each stream with DEFLATE where that saves bytes (recorded in ``meta["deflate"]``).
+    """
+    enc = _layout(t)
+    if enc is None or not deflate:
+        return enc
+    coded: dict[str, dict[str, Any]] = {}
+    for part, value in list(enc.tensors.items()):
+        packed = deflate_tensor(value)
+        if packed is not None:
+            enc.tensors[part], coded[part] = packed
+    if coded:
+        enc.meta["deflate"] = coded
+    return enc
+
+
+def _layout(t: torch.Tensor) -> SparseEncoding | None:
+    """The smallest of the three raw layouts, or None when none saves :data:`MIN_SAVING` over dense."""
     dtype = str(t.dtype).removeprefix("torch.")
     if t.numel() < MIN_NUMEL or dtype not in DTYPES:
         return None
@@ -94,6 +115,10 @@ def encode_sparse(t: torch.Tensor) -> SparseEncoding | None:
 
 def decode_sparse(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> torch.Tensor:
     """Rebuild the dense tensor; UnsafeInputError when the parts are inconsistent."""
+    coded = meta.get("deflate", {}) if isinstance(meta, dict) else {}
+    if not isinstance(coded, dict) or not set(coded) <= set(tensors):
+        raise UnsafeInputError("sparse tensor: malformed deflate entry")
+    tensors = {k: inflate_tensor(v, coded[k]) if k in coded else v for k, v in tensors.items()}
     try:
         shape = [int(s) for s in meta["shape"]]
         dtype = DTYPES[meta["dtype"]]
