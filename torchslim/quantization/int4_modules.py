@@ -74,6 +74,11 @@ def int4_kernel_supported(device_type: str, in_features: int, out_features: int,
     return False
 
 
+# Bound once: attribute lookups through torch.ops cost about a microsecond per call.
+_INT4_MM_CPU = torch.ops.aten._weight_int4pack_mm_for_cpu
+_INT4_MM_CUDA = torch.ops.aten._weight_int4pack_mm
+
+
 def _cuda_inner_k_tiles(k: int) -> int:
     # CUDA's packing reads K in tiles of innerKTiles * 16 (innerKTiles ∈ {2, 4, 8}); the largest that divides K.
     return next(t for t in (8, 4, 2) if k % (t * 16) == 0)
@@ -130,6 +135,7 @@ class Int4WeightOnlyLinear(nn.Module):
         self.register_buffer("bias", torch.zeros(out_features, device=device) if bias else None)
         self.register_buffer("input_scale", torch.ones(in_features, device=device) if input_scale else None)
         self._packed_cache: tuple[tuple[Any, ...], torch.Tensor, torch.Tensor] | None = None
+        self._kernel_shape_ok: dict[str, bool] = {}  # device type -> whether torch's kernel takes this shape
 
     # ------------------------------------------------------------------ construction
 
@@ -226,8 +232,10 @@ class Int4WeightOnlyLinear(nn.Module):
 
     def _kernel_tensors(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         # Keyed on the buffers' identity and version: load_state_dict / .to() / copy_ invalidate it.
-        key = (device, self.weight.data_ptr(), self.weight._version, self.scales._version, self.zeros._version,
-               self.scales.data_ptr(), self.zeros.data_ptr())  # fmt: skip
+        # Read through _buffers: nn.Module.__getattr__ costs ~1 µs a lookup, and decode calls this per token.
+        b = self._buffers
+        w, s, z = b["weight"], b["scales"], b["zeros"]
+        key = (device, w.data_ptr(), w._version, s._version, z._version, s.data_ptr(), z.data_ptr())
         if self._packed_cache is not None and self._packed_cache[0] == key:
             return self._packed_cache[1], self._packed_cache[2]
         sz = torch.stack([self.scales.t(), self.zeros.t()], dim=-1).to(torch.bfloat16).contiguous()  # [G, N, 2]
@@ -243,23 +251,18 @@ class Int4WeightOnlyLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
-        if self.input_scale is not None:
-            x2 = x2 * self.input_scale.to(x.dtype)
+        b = self._buffers  # direct reads: this runs once per layer per decoded token (see _kernel_tensors)
+        if b["input_scale"] is not None:
+            x2 = x2 * b["input_scale"].to(x.dtype)
         y = None
         fast = self.kernel and x.is_floating_point()
-        if (
-            fast
-            and x2.shape[0] < DEQUANT_MIN_ROWS
-            and int4_kernel_supported(x.device.type, self.in_features, self.out_features, self.group_size)
-        ):
+        if fast and x2.shape[0] < DEQUANT_MIN_ROWS and self._kernel_ok(x.device.type):
             try:
                 packed, sz = self._kernel_tensors(x.device)
-                xb = x2.to(torch.bfloat16).contiguous()
-                if x.device.type == "cpu":
-                    y = torch.ops.aten._weight_int4pack_mm_for_cpu(xb, packed, self.group_size, sz)
-                else:
-                    y = torch.ops.aten._weight_int4pack_mm(xb, packed, self.group_size, sz)
-                y = y.to(x.dtype)
+                xb = x2 if x2.dtype == torch.bfloat16 and x2.is_contiguous() else x2.to(torch.bfloat16).contiguous()
+                y = (_INT4_MM_CPU if x.device.type == "cpu" else _INT4_MM_CUDA)(xb, packed, self.group_size, sz)
+                if y.dtype != x.dtype:
+                    y = y.to(x.dtype)
             except RuntimeError as e:  # an unexpected kernel limit: stay correct, say so once
                 log.warning("int4 kernel failed (%s); using the dequantize path for this module", e)
                 self.kernel = False
@@ -268,11 +271,19 @@ class Int4WeightOnlyLinear(nn.Module):
             # Many rows (compute-bound) on the fast path: a bf16 GEMM with the bf16-rounded weight (the
             # precision the kernel works in). Otherwise the portable reference in the input's dtype.
             dtype = torch.bfloat16 if fast and x.dtype in (torch.float32, torch.bfloat16) else x.dtype
-            w = dequantize_packed_int4(self.weight, self.scales, self.zeros, self.group_size, dtype)
+            w = dequantize_packed_int4(b["weight"], b["scales"], b["zeros"], self.group_size, dtype)
             y = F.linear(x2.to(dtype), w).to(x.dtype)
-        if self.bias is not None:
-            y = y + self.bias.to(y.dtype)
+        if b["bias"] is not None:
+            y = y + b["bias"].to(y.dtype)
         return y.reshape(*shape[:-1], self.out_features)
+
+    def _kernel_ok(self, device_type: str) -> bool:
+        ok = self._kernel_shape_ok.get(device_type)
+        if ok is None:
+            ok = self._kernel_shape_ok[device_type] = int4_kernel_supported(
+                device_type, self.in_features, self.out_features, self.group_size
+            )
+        return ok
 
     def extra_repr(self) -> str:
         extra = ", input_scale=True" if self.input_scale is not None else ""
