@@ -120,7 +120,7 @@ ZOO = {
     "resnet-projection": (ResNetish, IMG, 0.0),
     "depthwise-grouped": (MobileGrouped, IMG, 0.0),
     "concat-branches": (Branches, IMG, 0.0),
-    "transformer-encoder": (Encoder, (torch.randn(2, 6, 16),), 0.0),
+    "transformer-encoder": (Encoder, (torch.randn(2, 6, 16),), 0.5),  # heads of nn.MultiheadAttention too
     "vit-patch-embedding": (ViTish, IMG, 0.0),
     "hf-bert-heads": (tiny_bert, TOKENS, 0.5),
 }
@@ -154,6 +154,10 @@ def test_zoo_prunes_half_and_reloads_from_plan(name: str) -> None:
     assert [t.shape for t in out] == [t.shape for t in ref]
     assert all(torch.isfinite(t).all() for t in out)
     assert sum(p.numel() for p in model.parameters()) < 0.85 * before
+    if name == "transformer-encoder":  # 4 heads of 4 wide -> 2
+        assert [(lay.self_attn.num_heads, lay.self_attn.q_proj.out_features) for lay in model.enc.layers] == [
+            (2, 8)
+        ] * 2
 
     # The plan alone, on a fresh model, rebuilds the shapes; the weights go through safetensors (no pickle).
     fresh = replay_ops(_build(factory), structure_ops(model))

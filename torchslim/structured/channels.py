@@ -21,7 +21,10 @@ scores together, so layers lose different fractions, at most ``max_layer_ratio``
 
 The output layer (any group that changes the model's output shape: classifier, LM head, the residual
 width of a transformer) is never pruned, nor a group that meets a float model input (a residual stream
-that starts at the input), and neither are ``nn.MultiheadAttention`` embeddings. Pruning
+that starts at the input), and neither are ``nn.MultiheadAttention`` embeddings. With ``head_ratio > 0``
+each selected ``nn.MultiheadAttention`` (``nn.TransformerEncoder``, ViT) is first replaced by an equal
+:class:`~torchslim.structured.attention.PrunedMultiheadAttention` with separate q/k/v/out layers, whose
+heads are then scored and removed like Hugging Face heads (the split is part of the plan). Pruning
 runs on a copy; the copy's :class:`~torchslim.structured.plan.PruningPlan` is then replayed on the model
 and recorded with ``record_op``, so ``ts.load`` rebuilds the shapes from JSON. A model the graph cannot
 handle is refused before anything changes (:func:`~torchslim.structured.preflight.preflight`).
@@ -56,7 +59,7 @@ from torchslim.core.registry import register_transform
 from torchslim.core.select import Select
 from torchslim.core.structure import record_op
 from torchslim.errors import ConfigError, UnsupportedModelError
-from torchslim.structured.attention import find_attention, head_attrs
+from torchslim.structured.attention import find_attention, head_attrs, split_attention_, splittable
 from torchslim.structured.plan import OP, PruningPlan, items_of_group
 from torchslim.structured.preflight import preflight
 
@@ -80,8 +83,8 @@ class ChannelPruning(Config):
         finetune_epochs: epochs of fine-tuning on ``ctx.train_data`` between iterative steps (0: none).
         finetune_lr: learning rate of that fine-tuning.
         target_macs_ratio: prune until MACs ≤ this fraction of the original (0.5 = 2× fewer MACs).
-        head_ratio: fraction of attention heads to remove in supported attention blocks
-            (see :mod:`torchslim.structured.attention`).
+        head_ratio: fraction of attention heads to remove in supported attention blocks, Hugging Face
+            ones and ``nn.MultiheadAttention`` (see :mod:`torchslim.structured.attention`).
         max_layer_ratio: no group loses more than this fraction (matters for global scope).
         taylor_batches: batches of data used for Taylor gradients or activation statistics.
 
@@ -374,6 +377,17 @@ class _Session:
             )
 
 
+def _split_selected_(work: nn.Module, names: set[str]) -> list[str]:
+    """Split every selected ``nn.MultiheadAttention`` of ``work`` (it or its ``out_proj`` selected); their paths."""
+    paths = [n for n, m in work.named_modules() if n and splittable(m) and (n in names or f"{n}.out_proj" in names)]
+    split_attention_(work, paths)
+    return paths
+
+
+def _head_count(model: nn.Module) -> int:
+    return sum(s.num_heads for s in find_attention(model))
+
+
 @register_transform(ChannelPruning, scope="model")
 def _channel_pruning(model: nn.Module, config: ChannelPruning, select: Select, ctx: Context) -> nn.Module:
     if ctx.example_inputs is None:
@@ -385,12 +399,16 @@ def _channel_pruning(model: nn.Module, config: ChannelPruning, select: Select, c
     requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
     before = sum(p.numel() for p in model.parameters())
     work = copy.deepcopy(model)
-    session = _Session(work, config, {n for n, _ in select.modules(model)}, ctx)
+    names = {n for n, _ in select.modules(model)}
+    split = _split_selected_(work, names) if config.head_ratio > 0 else []
+    names |= {f"{p}.{c}" for p in split for c in ("q_proj", "k_proj", "v_proj", "out_proj")}  # the new layers
+    heads_before = _head_count(work) if config.head_ratio > 0 else 0
+    session = _Session(work, config, names, ctx)
     session.run()
     attrs = session.attrs()
     session.check_outputs()
 
-    plan = PruningPlan(groups=tuple(tuple(g) for g in session.groups if g), attrs=attrs)
+    plan = PruningPlan(groups=tuple(tuple(g) for g in session.groups if g), attrs=attrs, split_attention=tuple(split))
     plan.apply_(model)
     model.load_state_dict(work.state_dict())  # equal after a plain replay; carries fine-tuning between steps
     for n, p in model.named_parameters():
@@ -399,7 +417,9 @@ def _channel_pruning(model: nn.Module, config: ChannelPruning, select: Select, c
     record_op(model, OP, plan.to_dict())
     after = sum(p.numel() for p in model.parameters())
     kept = ", ".join(session.protected) if session.protected else "none"
+    heads = f", attention heads {heads_before} -> {_head_count(model)}" if heads_before else ""
     ctx.record(
-        f"channel-pruning: pruned {len(plan.groups)} group(s), params {before} -> {after}; output-coupled layers kept: {kept}"
+        f"channel-pruning: pruned {len(plan.groups)} group(s), params {before} -> {after}{heads}; "
+        f"output-coupled layers kept: {kept}"
     )
     return model

@@ -1,4 +1,4 @@
-"""``LowRank``: factor a Linear layer into two thinner ones with a truncated SVD.
+"""``LowRank``: factor a Linear or Conv2d layer into two thinner ones with a truncated SVD.
 
 For ``W ∈ R^{out×in}`` with SVD ``W = U Σ Vᵀ``, the best rank-``r`` approximation in Frobenius norm
 (Eckart–Young) is ``U_r Σ_r V_rᵀ``; the layer ``y = W x + b`` becomes ``y = B (A x) + b`` with
@@ -8,6 +8,13 @@ Linear Structure Within Convolutional Networks for Efficient Evaluation", NeurIP
 ``r < in·out / (in+out)``. The rank is ``ceil(rank_ratio · min(in, out))``, or with ``energy`` the smallest
 ``r`` keeping that fraction of the squared singular values ``Σ_{i≤r} σ_i² ≥ energy · Σ_i σ_i²``.
 
+A ``Conv2d(in, out, (kh, kw))`` (``groups=1``) is the same with its weight reshaped to the matrix
+``W ∈ R^{out×(in·kh·kw)}`` (each row one filter): ``A`` becomes a ``Conv2d(in, r, (kh, kw))`` with the
+original stride / padding / dilation and ``B`` a ``1×1`` ``Conv2d(r, out)`` carrying the bias, at
+``r·(in·kh·kw + out)`` parameters and MACs per output pixel instead of ``out·in·kh·kw`` (the spatial
+factorization of Jaderberg et al. 2014 is not used: it needs two ranks and is rarely smaller here).
+Grouped and depthwise convolutions are left whole: their weight is already block-diagonal.
+
 Example:
     >>> import torch, torch.nn as nn
     >>> from torchslim.api import compress_
@@ -15,13 +22,17 @@ Example:
     >>> _ = compress_(m, LowRank(rank_ratio=0.25))
     >>> type(m[0]).__name__, m[0].rank, type(m[2]).__name__
     ('LowRankLinear', 16, 'Linear')
+    >>> cnn = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, groups=32))
+    >>> _ = compress_(cnn, LowRank(rank_ratio=0.25))
+    >>> type(cnn[0]).__name__, cnn[0].rank, cnn(torch.randn(1, 16, 8, 8)).shape, type(cnn[2]).__name__
+    ('LowRankConv2d', 8, torch.Size([1, 32, 6, 6]), 'Conv2d')
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 import torch.nn as nn
@@ -53,13 +64,50 @@ class LowRankLinear(nn.Module):
         return self.up(self.down(x))
 
 
+class LowRankConv2d(nn.Sequential):
+    """``Conv2d(in, rank, kernel, stride, padding, dilation)`` then ``Conv2d(rank, out, 1)`` (bias on the second).
+
+    An ``nn.Sequential`` (children ``0`` = ``down``, ``1`` = ``up``), so other tools see two
+    ordinary convolutions; ``rank``, ``in_channels`` and ``out_channels`` describe the pair.
+
+    Example:
+        >>> conv = LowRankConv2d(nn.Conv2d(4, 8, 3, stride=2, padding=1), rank=2)
+        >>> conv.down.weight.shape, conv.up.weight.shape, conv(torch.randn(1, 4, 8, 8)).shape
+        (torch.Size([2, 4, 3, 3]), torch.Size([8, 2, 1, 1]), torch.Size([1, 8, 4, 4]))
+    """
+
+    def __init__(self, like: nn.Conv2d, rank: int) -> None:
+        down = nn.Conv2d(
+            like.in_channels,
+            rank,
+            like.kernel_size,  # type: ignore[arg-type]
+            stride=like.stride,  # type: ignore[arg-type]
+            padding=like.padding,  # type: ignore[arg-type]
+            dilation=like.dilation,  # type: ignore[arg-type]
+            bias=False,
+            padding_mode=like.padding_mode,
+        )
+        up = nn.Conv2d(rank, like.out_channels, 1, bias=like.bias is not None)
+        super().__init__(down, up)
+        self.in_channels, self.out_channels, self.rank = like.in_channels, like.out_channels, rank
+
+    @property
+    def down(self) -> nn.Conv2d:
+        return self[0]  # type: ignore[return-value]
+
+    @property
+    def up(self) -> nn.Conv2d:
+        return self[1]  # type: ignore[return-value]
+
+
 @register_config("low-rank")
 @dataclass(frozen=True)
 class LowRank(Config):
-    """Truncated-SVD factorization of Linear layers, where it makes them smaller.
+    """Truncated-SVD factorization of Linear and Conv2d layers, where it makes them smaller.
 
     Args:
-        rank_ratio: rank as a fraction of ``min(in, out)`` (default 0.5 when ``energy`` is not given).
+        rank_ratio: rank as a fraction of ``min(in, out)`` (default 0.5 when ``energy`` is not given);
+            for a Conv2d ``in`` is ``in_channels·kh·kw``.
         energy: keep the smallest rank whose singular values hold this fraction of ``Σ σ²`` instead.
         only_if_smaller: skip layers whose factorization would not reduce parameters and MACs.
 
@@ -82,7 +130,7 @@ class LowRank(Config):
             check_range(self, "energy", 0.0, 1.0, low_open=True, hint="a fraction of the spectrum, e.g. 0.9")
 
     def default_select(self) -> Select:
-        return Select(types=("Linear",))
+        return Select(types=("Linear", "Conv2d"))
 
 
 def choose_rank(s: torch.Tensor, rank_ratio: float | None, energy: float | None) -> int:
@@ -99,31 +147,67 @@ def choose_rank(s: torch.Tensor, rank_ratio: float | None, energy: float | None)
     return min(s.numel(), int((cum < energy - 1e-12).sum()) + 1)
 
 
-def factorize(linear: nn.Linear, rank: int) -> LowRankLinear:
-    """The rank-``rank`` :class:`LowRankLinear` closest to ``linear`` (SVD in float64, then cast back)."""
-    w = linear.weight.detach()
+def _svd_factors(w: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(down [r, in], up [out, r])`` with ``up @ down`` the best rank-``rank`` approximation of ``w [out, in]``."""
     u, s, vh = torch.linalg.svd(w.double(), full_matrices=False)  # u [out, k], s [k], vh [k, in]
     root = s[:rank].sqrt()
-    new = LowRankLinear(linear.in_features, linear.out_features, rank, bias=linear.bias is not None)
+    return (root[:, None] * vh[:rank]).to(w.dtype), (u[:, :rank] * root[None, :]).to(w.dtype)
+
+
+def _matrix(layer: nn.Linear | nn.Conv2d) -> torch.Tensor:
+    """The layer's weight as a matrix: Linear ``[out, in]``; Conv2d ``[out, in, kh, kw] -> [out, in·kh·kw]``."""
+    w = layer.weight.detach()
+    return w.reshape(w.shape[0], -1)
+
+
+def factorize(layer: nn.Linear | nn.Conv2d, rank: int) -> LowRankLinear | LowRankConv2d:
+    """The rank-``rank`` :class:`LowRankLinear` / :class:`LowRankConv2d` closest to ``layer`` (SVD in float64).
+
+    Example:
+        >>> conv = nn.Conv2d(3, 8, 3)
+        >>> x = torch.randn(1, 3, 6, 6)
+        >>> torch.allclose(factorize(conv, 8)(x), conv(x), atol=1e-5)
+        True
+    """
+    w = layer.weight.detach()
+    down, up = _svd_factors(_matrix(layer), rank)
+    new: LowRankLinear | LowRankConv2d
+    if isinstance(layer, nn.Conv2d):
+        new = LowRankConv2d(layer, rank)
+        down, up = down.reshape(rank, *w.shape[1:]), up[:, :, None, None]  # [r, in, kh, kw], [out, r, 1, 1]
+    else:
+        new = LowRankLinear(layer.in_features, layer.out_features, rank, bias=layer.bias is not None)
     new.to(device=w.device, dtype=w.dtype)
     with torch.no_grad():
-        new.down.weight.copy_((root[:, None] * vh[:rank]).to(w.dtype))  # [r, in]
-        new.up.weight.copy_((u[:, :rank] * root[None, :]).to(w.dtype))  # [out, r]
-        if linear.bias is not None:
-            new.up.bias.copy_(linear.bias.detach())
-    new.train(linear.training)
+        new.down.weight.copy_(down)
+        new.up.weight.copy_(up)
+        if layer.bias is not None:
+            new.up.bias.copy_(layer.bias.detach())
+    new.train(layer.training)
     return new
+
+
+def _factorable(module: nn.Module) -> TypeGuard[nn.Linear | nn.Conv2d]:
+    """A plain Linear, or a plain 2-D convolution without groups (grouped / depthwise stay whole)."""
+    return type(module) is nn.Linear or (type(module) is nn.Conv2d and module.groups == 1)
 
 
 @register_transform(LowRank, scope="model")
 def _low_rank(model: nn.Module, config: LowRank, select: Select, ctx: Context) -> nn.Module:
     done: dict[str, int] = {}
-    skipped = 0
+    skipped = grouped = 0
+    # The halves of a layer factored by an earlier run stay as they are (factoring them again only adds layers).
+    factored = [n for n, m in model.named_modules() if isinstance(m, (LowRankLinear, LowRankConv2d))]
     for name, module in list(select.modules(model)):
-        if type(module) is not nn.Linear or not name:
+        if not name or any(name.startswith(p + ".") for p in factored):
             continue
-        n_in, n_out = module.in_features, module.out_features
-        s = torch.linalg.svdvals(module.weight.detach().double())
+        if type(module) is nn.Conv2d and module.groups != 1:
+            grouped += 1
+            continue
+        if not _factorable(module):
+            continue
+        n_out, n_in = _matrix(module).shape  # Conv2d: n_in = in_channels·kh·kw
+        s = torch.linalg.svdvals(_matrix(module).double())
         rank = choose_rank(s, config.rank_ratio, config.energy)
         if config.only_if_smaller and rank * (n_in + n_out) >= n_in * n_out:
             skipped += 1
@@ -132,7 +216,10 @@ def _low_rank(model: nn.Module, config: LowRank, select: Select, ctx: Context) -
         done[name] = rank
     if done:
         record_op(model, "low-rank", {"layers": done})
-    ctx.record(f"low-rank: factored {len(done)} Linear layer(s); {skipped} left whole (no saving at that rank)")
+    ctx.record(
+        f"low-rank: factored {len(done)} Linear/Conv2d layer(s); {skipped} left whole (no saving at that rank)"
+        + (f", {grouped} grouped/depthwise conv(s) skipped" if grouped else "")
+    )
     return model
 
 
@@ -143,10 +230,11 @@ def _replay_low_rank(model: nn.Module, data: dict[str, Any]) -> nn.Module:
         raise UnsafeInputError("malformed low-rank structure op")
     for name, rank in layers.items():
         try:
-            linear = model.get_submodule(name)
+            layer = model.get_submodule(name)
         except AttributeError:
             raise UnsafeInputError(f"low-rank op names {name!r}, not in this model") from None
-        if type(linear) is not nn.Linear or not isinstance(rank, int) or not 0 < rank <= min(linear.weight.shape):
+        # The op stores only path -> rank; the fresh model's layer type says Linear or Conv2d.
+        if not (_factorable(layer) and isinstance(rank, int) and 0 < rank <= min(_matrix(layer).shape)):
             raise UnsafeInputError(f"low-rank op does not fit {name!r} (rank {rank!r})")
-        replace_module_(model, name, factorize(linear, rank))  # weights are overwritten by the load that follows
+        replace_module_(model, name, factorize(layer, rank))  # weights are overwritten by the load that follows
     return model

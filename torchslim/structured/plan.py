@@ -3,7 +3,9 @@
 A plan is an ordered list of *groups*; each group is what one Torch-Pruning ``Group.prune()`` did: a list
 of items ``{"module": path, "fn": "out"|"in", "dim": d, "size": n, "keep": [kept indices]}`` (or
 ``{"param": path, ...}`` for a bare ``nn.Parameter``), plus integer attribute patches such as
-``{"encoder.layer.0.attention.self": {"num_attention_heads": 6, "all_head_size": 192}}``. Replaying calls
+``{"encoder.layer.0.attention.self": {"num_attention_heads": 6, "all_head_size": 192}}``, and the paths
+of ``nn.MultiheadAttention`` modules first split into separate q/k/v/out layers (``split_attention``,
+see :func:`~torchslim.structured.attention.split_attention_`) so their heads can be pruned. Replaying calls
 Torch-Pruning's own per-layer pruning functions with the same indices in the same order, so on a fresh
 model it rebuilds the exact shapes (the weights are then loaded from safetensors) and on the original
 trained model it reproduces the pruned weights bit for bit. No tracing and no example inputs are needed.
@@ -28,6 +30,7 @@ import torch.nn as nn
 
 from torchslim.core.structure import register_replay, structure_ops
 from torchslim.errors import UnsafeInputError
+from torchslim.structured.attention import split_attention_
 
 OP = "prune-channels"
 # Attribute patches may only set plain numbers on attributes that already hold one of the same type:
@@ -146,6 +149,8 @@ class PruningPlan:
     Args:
         groups: one tuple of items per pruned Torch-Pruning group, in the order they were pruned.
         attrs: module path -> ``{attribute: new number}`` patched after pruning (e.g. head counts).
+        split_attention: paths of ``nn.MultiheadAttention`` modules replaced by an equal
+            ``PrunedMultiheadAttention`` before the groups run (their heads are among the groups).
 
     Example:
         >>> PruningPlan.from_dict({"groups": [], "attrs": {}}).removed()
@@ -154,14 +159,18 @@ class PruningPlan:
 
     groups: tuple[tuple[dict[str, Any], ...], ...] = ()
     attrs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    split_attention: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"groups": [list(g) for g in self.groups], "attrs": self.attrs}
+        data: dict[str, Any] = {"groups": [list(g) for g in self.groups], "attrs": self.attrs}
+        if self.split_attention:  # only when used: plans without it stay as they were written before
+            data["split_attention"] = list(self.split_attention)
+        return data
 
     @classmethod
     def from_dict(cls, data: Any) -> PruningPlan:
         """Validate plain JSON data into a plan; UnsafeInputError on anything malformed."""
-        if not isinstance(data, dict) or set(data) - {"groups", "attrs"}:
+        if not isinstance(data, dict) or set(data) - {"groups", "attrs", "split_attention"}:
             raise UnsafeInputError(f"malformed pruning plan: {str(data)[:200]}")
         groups = data.get("groups", [])
         if not isinstance(groups, list) or not all(isinstance(g, list) for g in groups):
@@ -169,7 +178,12 @@ class PruningPlan:
         for g in groups:
             for item in g:
                 _check_item(item)
-        return cls(groups=tuple(tuple(g) for g in groups), attrs=dict(data.get("attrs", {})))
+        split = data.get("split_attention", [])
+        if not isinstance(split, list) or not all(isinstance(p, str) for p in split):
+            raise UnsafeInputError("pruning plan 'split_attention' must be a list of module paths")
+        return cls(
+            groups=tuple(tuple(g) for g in groups), attrs=dict(data.get("attrs", {})), split_attention=tuple(split)
+        )
 
     @classmethod
     def of(cls, model: nn.Module) -> list[PruningPlan]:
@@ -177,7 +191,8 @@ class PruningPlan:
         return [cls.from_dict(op["data"]) for op in structure_ops(model) if op["op"] == OP]
 
     def apply_(self, model: nn.Module) -> nn.Module:
-        """Replay the plan on ``model`` in place (groups in order, then attribute patches); returns it."""
+        """Replay the plan on ``model`` in place (attention splits, groups in order, attribute patches); returns it."""
+        split_attention_(model, self.split_attention)
         for group in self.groups:
             for item in group:
                 apply_item_(model, item)
