@@ -7,13 +7,15 @@ import multiprocessing as mp
 import sqlite3
 from pathlib import Path
 
+import optuna
 import pytest
 import torch
 import yaml
 
 from torchslim.cli import main
-from torchslim.recipes import load_recipe, run_recipe
+from torchslim.recipes import builtin_recipes, load_recipe, recipe_from_dict, run_recipe
 from torchslim.tuning import SearchSpace, sensitivity, tune
+from torchslim.tuning.moves import same_steps
 from torchslim.workloads import get_workload
 
 MAX_DROP = 0.02
@@ -158,3 +160,94 @@ def test_cli_errors_use_the_exit_codes(tmp_path: Path) -> None:
         main([*base, "--max-drop", "0.01", "--objective", "speed"])
     assert e.value.code == 2
     assert main(["sensitivity", "--workload", "digits", "--out", str(tmp_path), "--methods", "int3"]) == 3
+
+
+# -- anchors from the built-in recipes, refinement, duplicates ------------------------------------
+
+
+def test_builtin_recipes_become_exact_anchors() -> None:
+    space = SearchSpace.for_model(get_workload("digits").model(), has_train_data=True)
+    recipes = builtin_recipes()
+    anchors = dict(space.named_anchors())
+    for name, ratio, epochs, lr in (("kws-tiny", 0.8125, 30, 0.003), ("default", 0.5, 8, 0.002)):
+        point = space.point_of(recipes[name])
+        assert point is not None and anchors[f"builtin:{name}"] == point
+        assert (point["channel_ratio"], point["distill_epochs"], point["distill_lr"]) == (ratio, epochs, lr)
+        assert same_steps(space.recipe(point), recipes[name])
+        assert [s.config.kind for s in space.recipe(point).steps] == [
+            "channel-pruning", "distill", "fold-batchnorm", "int8-static"
+        ]  # fmt: skip
+    assert list(anchors)[: len([o for o in anchors if o.startswith("builtin:")])] == [
+        o for o in anchors if o.startswith("builtin:")
+    ]  # built-ins first
+    # Not expressible: a MACs target, QAT, a ratio off the 1/32 grid, more epochs than the choices.
+    assert space.point_of(recipes["channels-2x"]) is None
+    assert space.point_of(recipes["int8-qat"]) is None
+    kws = recipes["kws-tiny"].to_dict()
+    for change in ({"ratio": 0.8}, {"epochs": 31}):
+        steps = [dict(s, **{k: v for k, v in change.items() if k in s}) for s in kws["steps"]]
+        assert space.point_of(recipe_from_dict({**kws, "steps": steps})) is None
+    assert SearchSpace(distill_epochs=20).distill_epochs == (20,)  # one value: one choice
+
+
+def test_neighbours_are_points_of_the_space_one_step_away() -> None:
+    space = SearchSpace.for_model(get_workload("digits").model(), has_train_data=True)
+    kws = space.point_of(builtin_recipes()["kws-tiny"])
+    moves = space.neighbours(kws)
+    assert [p["channel_ratio"] for p in moves["compress"]] == [0.84375]
+    assert {p["distill_lr"] for p in moves["recover"] if p.get("recovery") == "distill"} == {0.002}
+    assert sum(p.get(f"bits:{g}") == 32 for p in moves["relax"] for g in space.groups) == len(space.groups)
+    top = space.neighbours(kws | {"channel_ratio": 0.875})
+    assert all(p.get("channel_ratio", 0) <= 0.875 for p in top["compress"])  # the grid ends there
+    for kind, points in moves.items():
+        for p in points:
+            assert space.point_of(space.recipe(p)) == p, (kind, p)  # a valid point: its recipe reads back
+            assert sum(p.get(k) != v for k, v in kws.items()) + len(p.keys() - kws.keys()) >= 1
+
+
+class _SameProposal(optuna.samplers.RandomSampler):
+    """Proposes the same point every time, like TPE once it has converged."""
+
+    def __init__(self, point: dict) -> None:
+        super().__init__(seed=0)
+        self.point = point
+
+    def sample_independent(self, study, trial, name, distribution):  # noqa: ANN001, ANN201
+        return self.point[name]
+
+
+def _tune_channels(out: Path, trials: int, ratio: float, monkeypatch: pytest.MonkeyPatch) -> tune_module.TuneResult:
+    """Channel pruning alone, four ratios, no training, every point within budget; the sampler repeats ``ratio``."""
+    space = SearchSpace(prune_methods=("channels",), channel_ratio=(0.125, 0.5, 0.125), channel_round_to=(1,),
+                        recovery=("none",), quant=("none",))  # fmt: skip
+    assert space.anchors() == []  # no built-in recipe is only channel pruning at a fixed ratio
+    point = {"prune": "channels", "channel_ratio": ratio}
+    monkeypatch.setattr(tune_module, "_sampler", lambda objective, seed, trials: _SameProposal(point))
+    return tune("digits", max_drop=1.0, trials=trials, out=out, space=space, latency_runs=3, builtins=(),
+                progress=False)  # fmt: skip
+
+
+def test_a_new_best_is_refined_one_grid_step_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    result = _tune_channels(tmp_path, trials=4, ratio=0.125, monkeypatch=monkeypatch)
+    done = [t for t in result.study.get_trials() if t.state.name == "COMPLETE"]
+    assert [t.params["channel_ratio"] for t in done] == [0.125, 0.25, 0.375, 0.5]
+    assert [t.user_attrs.get("origin") for t in done] == [None] + [f"compress: trial {t.number}" for t in done[:-1]]
+    sizes = [t.user_attrs["size_bytes"] for t in done]
+    assert sizes == sorted(sizes, reverse=True) and not any(t.user_attrs.get("cut_short") for t in done)
+    assert result.chosen["number"] == done[-1].number
+
+
+def test_a_repeated_proposal_is_replaced_not_rerun(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    result = _tune_channels(tmp_path, trials=3, ratio=0.5, monkeypatch=monkeypatch)
+    trials = result.study.get_trials()
+    done = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert result.completed == 3 and len(done) == 3
+    assert len({t.params["channel_ratio"] for t in done}) == 3  # never the same point twice
+    failed = [t for t in trials if t.state.name == "FAIL"]
+    assert failed and all(t.params["channel_ratio"] == 0.5 for t in failed)
+    assert all(t.user_attrs["duplicate_of"] == done[0].number for t in failed)
+    # The first repeat is replaced by the neighbour of the repeated point (one step fewer channels removed).
+    first = trials[failed[0].number + 1]
+    assert first.user_attrs["origin"] == f"instead of duplicate trial {failed[0].number}"
+    assert first.params["channel_ratio"] == 0.375 and first.user_attrs["cut_short"]  # larger: not evaluated
+    assert "FAIL (duplicate)" in result.paths["report"].read_text()

@@ -1,7 +1,8 @@
 """``torchslim bench digits-tune``: the recipe ``torchslim tune`` finds against every built-in recipe on digits.
 
 The budget: at most 1 accuracy point lost on the validation split (``--max-drop 0.01``), the split the
-search sees. The search (objective ``size``, 40 trials, 20 with ``--quick``) runs in a temporary folder;
+search sees. The search (objective ``size``, 40 trials, 20 with ``--quick``) starts from the built-in
+recipes its space expresses (``kws-tiny``, ``default``, ...) and refines around the best; it runs in a temporary folder;
 then fp32, every built-in recipe (``torchslim-<name>``) and the tuned recipe (``torchslim-tuned``) are
 built from the same teacher and timed interleaved in one process (one thread). Each row carries
 ``val_drop`` and ``within_budget``; the notes say whether the tuned recipe is smaller and/or faster

@@ -2,7 +2,8 @@
 
 A point of the space is a flat dict of plain values (what Optuna stores per trial), e.g.::
 
-    {"drop_layers": 0, "prune": "channels", "channel_ratio": 0.5, "recovery": "finetune",
+    {"drop_layers": 0, "prune": "channels", "channel_ratio": 0.8125, "channel_round_to": 1,
+     "recovery": "distill", "distill_epochs": 30, "distill_lr": 0.003,
      "quant": "int8", "int8_method": "int8-static", "bits:features.0": 8, "bits:classifier": 32}
 
 :meth:`SearchSpace.recipe` turns it into recipe data (``recipe_from_dict``), ordered
@@ -14,7 +15,13 @@ when the workload has training data, ``int8-static`` for CNNs, int4 only when
 
 Layer groups ("bit width per group"): every Linear/Conv2d, with the index of a repeated block
 replaced by ``*`` (``encoder.layer.3.attention.self.query`` → ``encoder.layer.*.attention.self.query``),
-so a transformer has one group per projection kind and a small CNN one group per layer.
+so a transformer has one group per projection kind and a small CNN one group per layer. A point with
+every group at the same bit width quantizes without a selection (the technique's own default, as the
+built-in recipes do: ``int8-dynamic`` then also stores embeddings in int8).
+
+The grids hold the built-in recipes' values (channel ratios in steps of 1/32: 0.5 of ``default``,
+0.8125 of ``kws-tiny``; their distillation epochs and learning rates), so :meth:`SearchSpace.anchors`
+can start a study from every built-in recipe the space expresses (see :mod:`torchslim.tuning.moves`).
 
 Example:
     >>> import torch.nn as nn
@@ -29,12 +36,15 @@ Example:
     ['magnitude-pruning', 'int8-static']
     >>> recipe.steps[1].select.include
     ('^0$',)
+    >>> space.recipe(params | {"bits:3": 8}).steps[1].select is None  # every group at 8 bits
+    True
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -121,11 +131,15 @@ class SearchSpace:
         linear_only_groups: groups made only of Linear layers (int4 applies to those).
         prune_methods: among ``none``, ``magnitude``, ``wanda``, ``channels``.
         sparsity: (low, high, step) of unstructured sparsity.
-        channel_ratio: (low, high, step) of the per-layer fraction of channels removed.
+        channel_ratio: (low, high, step) of the per-layer fraction of channels removed; the default
+            steps of 1/32 are exact binary fractions (a sampled value equals an enqueued one) and keep
+            power-of-two channel counts whole.
         channel_round_to: choices for keeping channel counts multiples of N (1: no rounding).
         max_drop_layers: most blocks layer dropping may remove (0: not searched).
         recovery: among ``none``, ``finetune``, ``distill`` (empty or ``("none",)``: not searched).
-        finetune_epochs / finetune_lr / distill_epochs: training budget of a recovery step.
+        finetune_epochs / finetune_lr: training budget of a fine-tuning step.
+        distill_epochs / distill_lr: choices for a distillation step (an int / float: one choice); the
+            first ones are used when a refinement move adds distillation to a point.
         quant: among ``none``, ``bf16``, ``int8`` (and ``int4`` when installed).
         int8_methods: the int8 techniques to choose from (``int8-static``, ``int8-dynamic``, ``int8-weight-only``).
         int4_group_sizes / int4_methods: int4 choices (used only when ``int4`` is in ``quant``).
@@ -136,13 +150,14 @@ class SearchSpace:
     linear_only_groups: tuple[str, ...] = ()
     prune_methods: tuple[str, ...] = PRUNE_METHODS
     sparsity: tuple[float, float, float] = (0.3, 0.95, 0.05)
-    channel_ratio: tuple[float, float, float] = (0.1, 0.9, 0.05)
+    channel_ratio: tuple[float, float, float] = (0.0625, 0.875, 0.03125)
     channel_round_to: tuple[int, ...] = (1, 8, 32)
     max_drop_layers: int = 0
     recovery: tuple[str, ...] = RECOVERY
     finetune_epochs: int = 10
     finetune_lr: float = 1e-3
-    distill_epochs: int = 20
+    distill_epochs: tuple[int, ...] = (30, 20, 8)
+    distill_lr: tuple[float, ...] = (0.003, 0.002, 0.001)
     quant: tuple[str, ...] = ("none", "bf16", "int8")
     int8_methods: tuple[str, ...] = ("int8-dynamic", "int8-weight-only")
     int4_group_sizes: tuple[int, ...] = (32, 64, 128)
@@ -151,7 +166,14 @@ class SearchSpace:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for name in ("distill_epochs", "distill_lr"):  # one value: a single choice
+            value = getattr(self, name)
+            object.__setattr__(self, name, (value,) if isinstance(value, (int, float)) else tuple(value))
         problems = []
+        if not self.distill_epochs or not all(isinstance(e, int) and e > 0 for e in self.distill_epochs):
+            problems.append(f"distill_epochs: must be integers > 0, got {self.distill_epochs!r}")
+        if not self.distill_lr or not all(isinstance(v, (int, float)) and 0 < v <= 1 for v in self.distill_lr):
+            problems.append(f"distill_lr: must be numbers in (0, 1], got {self.distill_lr!r}")
         for m in self.prune_methods:
             if m not in PRUNE_METHODS:
                 problems.append(f"prune_methods: unknown {m!r}; use {', '.join(PRUNE_METHODS)}")
@@ -210,10 +232,10 @@ class SearchSpace:
         p["prune"] = trial.suggest_categorical("prune", list(self.prune_methods))
         if p["prune"] in ("magnitude", "wanda"):
             lo, hi, step = self.sparsity
-            p["sparsity"] = round(trial.suggest_float("sparsity", lo, hi, step=step), 4)
+            p["sparsity"] = round(trial.suggest_float("sparsity", lo, hi, step=step), 6)
         elif p["prune"] == "channels":
             lo, hi, step = self.channel_ratio
-            p["channel_ratio"] = round(trial.suggest_float("channel_ratio", lo, hi, step=step), 4)
+            p["channel_ratio"] = round(trial.suggest_float("channel_ratio", lo, hi, step=step), 6)
             if len(self.channel_round_to) > 1:  # oneDNN int8 convolutions are much faster on multiples of 32
                 p["channel_round_to"] = trial.suggest_categorical("channel_round_to", list(self.channel_round_to))
         if len(self.recovery) > 1 and p["prune"] in ("magnitude", "wanda"):
@@ -223,6 +245,11 @@ class SearchSpace:
                 p["recovery"] = trial.suggest_categorical("recovery_sparse", ["none", "finetune"])
         elif len(self.recovery) > 1:
             p["recovery"] = trial.suggest_categorical("recovery", list(self.recovery))
+        if p.get("recovery") == "distill":
+            if len(self.distill_epochs) > 1:
+                p["distill_epochs"] = trial.suggest_categorical("distill_epochs", list(self.distill_epochs))
+            if len(self.distill_lr) > 1:
+                p["distill_lr"] = trial.suggest_categorical("distill_lr", list(self.distill_lr))
         p["quant"] = trial.suggest_categorical("quant", list(self.quant))
         if p["quant"] == "int8":
             if len(self.int8_methods) > 1:
@@ -237,37 +264,77 @@ class SearchSpace:
                 p[f"int4_bits:{g}"] = trial.suggest_categorical(f"int4_bits:{g}", [4, 8, 32])
         return p
 
-    def anchors(self) -> list[dict[str, Any]]:
-        """Known-good starting points, as Optuna parameters, queued first in a new study (a warm start).
+    def named_anchors(self, recipes: Iterable[Recipe] | None = None) -> list[tuple[str, dict[str, Any]]]:
+        """Starting points with where they come from, as ``(origin, Optuna parameters)``, no point twice.
 
-        The usual recipes of each family: half / three quarters of the channels removed then recovered,
-        90% unstructured sparsity with fine-tuning, int8 everywhere. Only dimensions the space has are used.
+        First every recipe of ``recipes`` (None: the built-in recipes) the space expresses exactly
+        (:func:`~torchslim.tuning.moves.point_of`) and that changes the model, origin ``builtin:NAME``; then the usual recipes of
+        each family, origin ``family``: half / three quarters of the channels removed then recovered,
+        90% unstructured sparsity with fine-tuning, int8 everywhere (only dimensions the space has).
 
         Example:
-            >>> SearchSpace(groups=("fc",), recovery=("none",), prune_methods=("none",)).anchors()
+            >>> space = SearchSpace(groups=("fc",), recovery=("none",), prune_methods=("none",))
+            >>> [origin for origin, _ in space.named_anchors()]
+            ['builtin:bf16', 'builtin:int8-dynamic', 'builtin:int8-weight-only']
+        """
+        from torchslim.tuning.moves import OutOfSpace, point_key, point_of, replay
+
+        if recipes is None:
+            from torchslim.recipes import builtin_recipes
+
+            recipes = builtin_recipes().values()
+        found: list[tuple[str, dict[str, Any]]] = []
+        for recipe in recipes:
+            point = point_of(self, recipe)
+            if point is not None and self.changes(point):
+                found.append((f"builtin:{recipe.name}", point))
+        quant = "int8" if "int8" in self.quant else self.quant[0]
+        recover = next((r for r in ("distill", "finetune") if r in self.recovery and len(self.recovery) > 1), None)
+        family: list[dict[str, Any]] = []
+        if "channels" in self.prune_methods and recover:
+            family += [
+                {"prune": "channels", "channel_ratio": r, "recovery": recover, "quant": quant} for r in (0.5, 0.75)
+            ]
+        if "magnitude" in self.prune_methods and "finetune" in self.recovery and len(self.recovery) > 1:
+            bf16 = "bf16" if "bf16" in self.quant else self.quant[0]
+            family.append({"prune": "magnitude", "sparsity": 0.9, "recovery_sparse": "finetune", "quant": bf16})
+        if "int8" in self.quant and "none" in self.prune_methods:
+            family.append({"prune": "none", "recovery": "none", "quant": "int8"})
+        for values in family:
+            try:  # the dimensions a family point leaves open take their first choice
+                found.append(("family", replay(self, values, fill=True).params))
+            except OutOfSpace:
+                continue
+        out, seen = [], set()
+        for origin, point in found:
+            if point_key(point) not in seen:
+                seen.add(point_key(point))
+                out.append((origin, point))
+        return out
+
+    def anchors(self, recipes: Iterable[Recipe] | None = None) -> list[dict[str, Any]]:
+        """Known-good starting points, as Optuna parameters, queued first in a new study (a warm start).
+
+        The built-in recipes the space expresses (so the study is never worse than one of them), then the
+        usual recipes of each family; see :meth:`named_anchors`.
+
+        Example:
+            >>> SearchSpace(groups=("fc",), recovery=("none",), prune_methods=("none",)).anchors(recipes=())
             [{'prune': 'none', 'quant': 'int8', 'int8_method': 'int8-dynamic', 'bits:fc': 8}]
         """
-        int8: dict[str, Any] = {}
-        if "int8" in self.quant:
-            int8 = {"quant": "int8"} | ({"int8_method": self.int8_methods[0]} if len(self.int8_methods) > 1 else {})
-            int8 |= {f"bits:{g}": 8 for g in self.groups}
-        recover = next((r for r in ("distill", "finetune") if r in self.recovery and len(self.recovery) > 1), None)
-        points: list[dict[str, Any]] = []
-        if "channels" in self.prune_methods and recover:
-            for ratio in (0.5, 0.75):
-                lo, hi, step = self.channel_ratio
-                if lo <= ratio <= hi and abs((ratio - lo) / step - round((ratio - lo) / step)) < 1e-6:
-                    p = {"prune": "channels", "channel_ratio": ratio, "recovery": recover}
-                    p |= {"channel_round_to": 1} if len(self.channel_round_to) > 1 else {}
-                    points.append(p | (int8 or {"quant": self.quant[0]}))
-        if "magnitude" in self.prune_methods and "finetune" in self.recovery and len(self.recovery) > 1:
-            lo, hi, _ = self.sparsity
-            if lo <= 0.9 <= hi:
-                quant = "bf16" if "bf16" in self.quant else self.quant[0]
-                points.append({"prune": "magnitude", "sparsity": 0.9, "recovery_sparse": "finetune", "quant": quant})
-        if int8 and "none" in self.prune_methods:
-            points.append({"prune": "none"} | ({"recovery": "none"} if len(self.recovery) > 1 else {}) | int8)
-        return points
+        return [point for _, point in self.named_anchors(recipes)]
+
+    def neighbours(self, params: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+        """Points one step from ``params``, by kind of step (see :func:`torchslim.tuning.moves.neighbours`)."""
+        from torchslim.tuning.moves import neighbours
+
+        return neighbours(self, params)
+
+    def point_of(self, recipe: Recipe) -> dict[str, Any] | None:
+        """The point that runs the same steps as ``recipe``, or None (see :func:`torchslim.tuning.moves.point_of`)."""
+        from torchslim.tuning.moves import point_of
+
+        return point_of(self, recipe)
 
     # -- recipe -------------------------------------------------------------------------------
 
@@ -314,10 +381,18 @@ class SearchSpace:
         if prune != "magnitude" and recovery == "finetune":
             full.append({"kind": "finetune", "epochs": self.finetune_epochs, "lr": self.finetune_lr})
         elif recovery == "distill":
-            full.append({"kind": "distill", "epochs": self.distill_epochs})
+            epochs = int(params.get("distill_epochs", self.distill_epochs[0]))
+            full.append(
+                {"kind": "distill", "epochs": epochs, "lr": float(params.get("distill_lr", self.distill_lr[0]))}
+            )
         finish: list[dict] = [{"kind": "fold-batchnorm"}] if self.fold_bn else []
         finish += self._quant_steps(params)
         return quick + finish, (full + finish if recovery != "none" else None)
+
+    def changes(self, params: dict[str, Any]) -> bool:
+        """Whether the point's recipe changes the model beyond folding BatchNorm (``fold-bn`` is the baseline)."""
+        quick, full = self.plan(params)
+        return full is not None or any(step["kind"] != "fold-batchnorm" for step in quick)
 
     def _quant_steps(self, params: dict[str, Any]) -> list[dict]:
         quant = params.get("quant", "none")
@@ -330,6 +405,8 @@ class SearchSpace:
         prefix = "int4_bits:" if quant == "int4" else "bits:"
         for g in self.groups:
             by_bits.setdefault(int(params.get(prefix + g, 32)), []).append(group_regex(g))
+        # One width for every group: no selection, the technique's default (what the built-in recipes run).
+        select = (lambda bits: {}) if len(by_bits) == 1 else (lambda bits: {"select": {"include": by_bits[bits]}})
         if by_bits.get(4):
             step: dict[str, Any] = {
                 "kind": int4_config_type().kind,
@@ -338,10 +415,10 @@ class SearchSpace:
             }
             if "int4_method" in params:
                 step["method"] = params["int4_method"]
-            steps.append({**step, "select": {"include": by_bits[4]}})
+            steps.append({**step, **select(4)})
         if by_bits.get(8):
             method = params.get("int8_method", self.int8_methods[0] if quant == "int8" else "int8-weight-only")
-            steps.append({"kind": method, "select": {"include": by_bits[8]}})
+            steps.append({"kind": method, **select(8)})
         return steps
 
     def recipe(self, params: dict[str, Any], *, name: str = "tuned", description: str = "", seed: int = 0) -> Recipe:
@@ -362,6 +439,9 @@ def describe_point(params: dict[str, Any]) -> str:
     Example:
         >>> describe_point({"prune": "channels", "channel_ratio": 0.5, "recovery": "finetune", "quant": "bf16"})
         'channels 0.5, finetune, bf16'
+        >>> describe_point({"prune": "channels", "channel_ratio": 0.8125, "recovery": "distill", "distill_epochs": 30,
+        ...                 "distill_lr": 0.003, "quant": "int8", "bits:fc": 8})
+        'channels 0.8125, distill (30 ep, lr 0.003), int8 [fc:8]'
     """
     parts = []
     if params.get("drop_layers"):
@@ -373,7 +453,11 @@ def describe_point(params: dict[str, Any]) -> str:
         r = int(params.get("channel_round_to", 1))
         parts.append(f"channels {params['channel_ratio']:g}" + (f" (x{r})" if r > 1 else ""))
     recovery = params.get("recovery", params.get("recovery_sparse", "none"))
-    if recovery != "none":
+    if recovery == "distill" and ("distill_epochs" in params or "distill_lr" in params):
+        detail = [f"{params['distill_epochs']} ep"] if "distill_epochs" in params else []
+        detail += [f"lr {params['distill_lr']:g}"] if "distill_lr" in params else []
+        parts.append(f"distill ({', '.join(detail)})")
+    elif recovery != "none":
         parts.append(recovery)
     quant = params.get("quant", "none")
     if quant in ("int8", "int4"):

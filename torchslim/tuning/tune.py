@@ -16,11 +16,26 @@ A trial, cheapest work first:
    the quick quality drop exceeds ``recover_limit``. Either way the training is skipped;
 3. otherwise the full recipe, evaluated on the validation split.
 
+Where trials come from (user attribute ``origin``): a new study is queued its anchors first
+(:meth:`SearchSpace.named_anchors`: every built-in recipe the space expresses exactly, then the usual
+recipe of each family), so the best trial is never worse than those built-ins. Then a local refinement
+(:meth:`SearchSpace.neighbours`) is queued around good points, ahead of the sampler's proposals:
+
+* a feasible trial that beat every feasible trial before it: its ``compress`` neighbours (one grid step
+  more channels removed, one group at fewer bits, ...), up to ``REFINE_MOVES``;
+* a near miss (infeasible, drop at most ``2 * max_drop``, but smaller/faster than every feasible trial):
+  its ``recover`` neighbours (more distillation epochs, another learning rate, a recovery step added).
+
+The sampler's proposals fill the rest. A proposal equal to a point already evaluated or running is
+not run again: it is recorded FAIL (``duplicate_of``, not counted) and replaced in the queue by
+the first neighbour of that point not yet tried (TPE re-proposes its favourite once it has converged,
+so its neighbourhood is where to look next), or by a random point when all of them were.
+
 The study lives in ``sqlite:///OUT/study.db`` (``load_if_exists``): a killed run restarted with the same
 command continues with the trials already stored until ``trials`` are complete or pruned in total;
-several processes on the same storage share the count. Optuna numbers trials atomically; a trial whose
-parameters equal another live trial's is discarded (state FAIL, ``duplicate_of``) before any work, and a
-heartbeat marks the trials of a killed process FAIL after ``grace_period`` seconds.
+several processes on the same storage share the count. Optuna numbers trials atomically; of two live
+trials with the same parameters, only the lower-numbered one runs, and a heartbeat marks the trials of a
+killed process FAIL after ``grace_period`` seconds.
 
 Example (two trials in a tiny space on the digits workload, a few seconds):
     >>> import tempfile
@@ -48,6 +63,7 @@ from typing import Any
 import torch
 
 from torchslim.errors import ConfigError, TorchslimError, UsageError
+from torchslim.tuning.moves import MOVES, point_key
 from torchslim.tuning.space import SearchSpace, describe_point
 
 __all__ = ["OBJECTIVES", "TuneResult", "default_storage", "tune"]
@@ -56,6 +72,8 @@ OBJECTIVES = ("size", "latency", "both")
 STUDY_NAME = "torchslim-tune"
 # A latency within this fraction of the best is not "worse": one-thread timings on a shared machine jitter.
 LATENCY_SLACK = 0.05
+# Refinement moves queued after one trial (each is one trial of the budget).
+REFINE_MOVES = 4
 
 
 class _Skip(Exception):
@@ -211,13 +229,40 @@ class _Objective:
             optuna.storages.fail_stale_trials(study)
 
     def _duplicate_of(self, trial: Any) -> int | None:
+        """An evaluated trial with the same point, or a running one numbered lower (of two workers that drew
+        the same point at once, the first runs it), or None."""
         from optuna.trial import TrialState
 
-        live = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
-        for other in trial.study.get_trials(deepcopy=False, states=live):
-            if other.number != trial.number and other.params == trial.params:
+        key = point_key(trial.params)
+        done = (TrialState.COMPLETE, TrialState.PRUNED)
+        for other in trial.study.get_trials(deepcopy=False, states=(*done, TrialState.RUNNING)):
+            if other.number == trial.number or point_key(other.params) != key:
+                continue
+            if other.state in done or other.number < trial.number:
                 return other.number
         return None
+
+    def _enqueue_new(self, study: Any, points: Sequence[dict[str, Any]], origin: str, limit: int) -> int:
+        """Queue up to ``limit`` of ``points`` that no trial has (evaluated, running, queued or failed)."""
+        tried = {point_key(t.system_attrs.get("fixed_params") or t.params) for t in study.get_trials(deepcopy=False)}
+        queued = 0
+        for point in points:
+            if queued >= limit:
+                break
+            if point_key(point) not in tried:
+                tried.add(point_key(point))
+                study.enqueue_trial(point, user_attrs={"origin": origin})
+                queued += 1
+        return queued
+
+    def _refine(self, trial: Any, *, feasible: bool, drop: float) -> None:
+        """Queue the neighbours worth a trial after a trial that was not cut short (see the module docstring)."""
+        if feasible:
+            moves = self.space.neighbours(trial.params)["compress"]
+            self._enqueue_new(trial.study, moves, f"compress: trial {trial.number}", REFINE_MOVES)
+        elif drop <= 2 * self.max_drop:
+            moves = self.space.neighbours(trial.params)["recover"]
+            self._enqueue_new(trial.study, moves, f"recover: trial {trial.number}", REFINE_MOVES)
 
     def _random_point(self, salt: int) -> dict[str, Any]:
         """A point drawn uniformly from the space (the parameters as Optuna names them)."""
@@ -268,9 +313,13 @@ class _Objective:
         dup = self._duplicate_of(trial)
         if dup is not None:
             trial.set_user_attr("duplicate_of", dup)
-            # TPE keeps proposing its favourite point once it has converged: queue a random point next,
-            # so the trial this one gives up is spent exploring instead of failing again.
-            trial.study.enqueue_trial(self._random_point(trial.number), skip_if_exists=True)
+            # TPE keeps proposing its favourite point once it has converged: queue a point next to it
+            # (or a random one), so the trial this one gives up is spent exploring instead of failing again.
+            moves = self.space.neighbours(trial.params)
+            origin = f"instead of duplicate trial {trial.number}"
+            if not self._enqueue_new(trial.study, [p for m in MOVES for p in moves[m]], origin, 1):
+                random = self._random_point(trial.number)
+                self._enqueue_new(trial.study, [random], f"random, {origin}", 1)
             raise _Skip(f"duplicate of trial {dup}")
         trial.set_user_attr("description", describe_point(params))
         trial.set_user_attr("point", params)  # the recipe's inputs (``trial.params`` names some differently)
@@ -314,6 +363,8 @@ class _Objective:
         trial.set_user_attr("constraint", [drop - self.max_drop])
         if hasattr(trial, "set_constraint"):
             trial.set_constraint("quality_drop", drop - self.max_drop)
+        # Not cut short: smaller/faster than every feasible trial so far (training changes neither).
+        self._refine(trial, feasible=drop <= self.max_drop, drop=drop)
         return self._values(m["size_bytes"], m["latency_ms"])
 
 
@@ -398,7 +449,8 @@ def tune(
         peers: a ``torchslim bench --json`` file whose rows are added to the plot (their test-split quality).
         threads: torch intra-op threads during the search (restored afterwards).
         progress: show a progress bar.
-        anchors: start a new study with :meth:`SearchSpace.anchors` (known-good points) before sampling.
+        anchors: start a new study with :meth:`SearchSpace.named_anchors` (the built-in recipes the space
+            expresses, then known-good points) before sampling.
         heartbeat_interval / grace_period: seconds; a trial whose heartbeat is older than ``grace_period`` is
             marked FAIL (its process was killed).
 
@@ -452,8 +504,8 @@ def tune(
                 )
                 _check_settings(study, settings)
                 if not study.trials and anchors:
-                    for point in space.anchors()[:trials]:
-                        study.enqueue_trial(point, skip_if_exists=True)
+                    for origin, point in space.named_anchors()[:trials]:
+                        study.enqueue_trial(point, skip_if_exists=True, user_attrs={"origin": origin})
                 if len(study.trials):  # a resumed study: new suggestions, not the first run's again
                     study.sampler = _sampler(objective, seed + 1000 * worker + 7919 * len(study.trials), trials)
             fn = _Objective(wl=wl, base=base, ctx=ctx, space=space, settings=settings, baseline=baseline,
