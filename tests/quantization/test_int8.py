@@ -203,13 +203,38 @@ def test_smoothquant_improves_sqnr_with_outlier_channels():
 
 
 @pytest.mark.parametrize(
-    "bad", [{"smoothquant": 1.5}, {"smoothquant": "auto"}, {"min_sqnr_db": -1.0}, {"compile": "yes"}, {"typo": 1}]
+    "bad",
+    [
+        {"smoothquant": 1.5},
+        {"smoothquant": "auto"},
+        {"min_sqnr_db": -1.0},
+        {"compile": "yes"},
+        {"typo": 1},
+        {"compute_dtype": "float16"},
+    ],
 )
 def test_config_validation_and_json_round_trip(bad):
     for cfg in (Int8Dynamic(smoothquant=0.5, compile=True), Int8Dynamic(smoothquant="search", fallback="float32")):
         assert ts.config_from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ConfigError):
         ts.config_from_dict({"kind": "int8-dynamic", **bad})
+
+
+def test_bf16_compute_dtype_runs_the_float_layers_in_bf16_and_reloads(tmp_path):
+    m, x = net(), ids()
+    ref = m(x)
+    ts.compress_(m, Int8Dynamic(compute_dtype="bfloat16"))
+    assert isinstance(m[0], Int8Embedding) and m[0].output_dtype == torch.bfloat16
+    assert m[4].weight.dtype == torch.bfloat16  # LayerNorm: the float remainder
+    assert m[1].weight_scale.dtype == torch.float32  # int8 layers keep their float32 scales
+    seen = []
+    m[1].register_forward_hook(lambda mod, args, out: seen.append((args[0].dtype, out.dtype)))
+    y = m(x)
+    assert seen == [(torch.bfloat16, torch.bfloat16)] and y.dtype == torch.float32
+    assert sqnr(ref, y) > 25
+    ts.save(m, tmp_path / "a")
+    back = ts.load(tmp_path / "a", factory=net)
+    assert back[0].output_dtype == torch.bfloat16 and torch.equal(back(x), y)
 
 
 def test_int_mm_pads_odd_shapes():

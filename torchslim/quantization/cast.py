@@ -98,4 +98,10 @@ def _cast_named(model: nn.Module, dtype_name: str, names: list[str]) -> nn.Modul
     if whole and not getattr(model, "_torchslim_cast_dtype", None):
         _add_cast_hooks(model, dtype)
         model._torchslim_cast_dtype = dtype_name
+    if whole:
+        # Compressed modules keep their own (int8) storage, but the floats they hand on should be in the
+        # model's dtype: an int8 embedding returning float32 would promote every later layer back to it.
+        for module in model.modules():
+            if hasattr(module, "output_dtype"):
+                module.output_dtype = dtype
     return model

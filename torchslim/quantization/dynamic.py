@@ -12,6 +12,11 @@ No calibration is needed; with ``ctx.calibration`` two optional guards use it:
 - ``min_sqnr_db``: a layer whose int8 output SQNR on the calibration inputs falls below the floor
   stays in ``fallback`` precision (bf16 by default) instead, and the report says so (``ctx.events``).
 
+``compute_dtype="bfloat16"`` runs everything that stays in floating point (LayerNorm, attention, GELU,
+fallback layers, the activations between layers) in bf16 after quantizing, recorded as a ``CastDtype``
+step: every element-wise pass moves half the bytes and attention runs on the CPU's bf16 units, while
+the int8 layers keep their float32 scales and accumulate in int32.
+
 ``compile=True`` compiles the whole model in place (``nn.Module.compile``): Inductor fuses the
 per-token quantize with the LayerNorm / GELU before it and the dequantize with the bias and residual
 after it, which eager mode runs as separate passes over the activations.
@@ -60,7 +65,9 @@ class Int8Dynamic(Config):
         min_sqnr_db: keep a layer in ``fallback`` precision when its int8 output SQNR on the calibration
             data is below this many dB (needs calibration); None: no check.
         fallback: ``"bfloat16"`` (half the bytes) or ``"float32"`` (leave the layer as it is; faster
-            than bf16 on CPUs without AMX).
+            than bf16 on CPUs without AMX). With ``compute_dtype="bfloat16"`` every float layer is bf16.
+        compute_dtype: ``"float32"`` (default) or ``"bfloat16"``: the dtype of the float layers and of the
+            activations between layers (see the module docstring).
     """
 
     embeddings: bool = True
@@ -68,12 +75,15 @@ class Int8Dynamic(Config):
     smoothquant: float | Literal["search"] | None = None
     min_sqnr_db: float | None = None
     fallback: Literal["bfloat16", "float32"] = "bfloat16"
+    compute_dtype: Literal["float32", "bfloat16"] = "float32"
 
     def __post_init__(self) -> None:
         if self.smoothquant != "search" and self.smoothquant is not None:
             check_range(self, "smoothquant", 0.0, 1.0, hint="SmoothQuant's alpha, usually 0.5, or 'search'")
         if self.fallback not in ("bfloat16", "float32"):
             _fail(self, "fallback", f"must be 'bfloat16' or 'float32', got {self.fallback!r}")
+        if self.compute_dtype not in ("float32", "bfloat16"):
+            _fail(self, "compute_dtype", f"must be 'float32' or 'bfloat16', got {self.compute_dtype!r}")
         if self.min_sqnr_db is not None:
             check_range(self, "min_sqnr_db", 0.0, 100.0, hint="a floor in dB such as 30")
         for f in ("embeddings", "compile"):
@@ -172,6 +182,10 @@ def _int8_dynamic(model: nn.Module, config: Int8Dynamic, select: Select, ctx: Co
         fallback=config.fallback,
     )
     swap_int8_(model, embeddings, _embedding_or_skip(ctx, config.kind), config.kind + " embeddings", ctx)
+    if config.compute_dtype == "bfloat16":
+        from torchslim.api import compress_
+
+        compress_(model, CastDtype("bfloat16"), ctx=ctx)  # recorded: ts.load replays it
     if config.compile:
         compile_model_(model)
     return model

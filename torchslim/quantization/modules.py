@@ -275,7 +275,9 @@ class Int8WeightOnlyLinear(_Int8Linear):
 class Int8Embedding(nn.Module):
     """Embedding table stored as int8 rows with one float32 scale per row (4× smaller).
 
-    ``forward(ids)`` gathers int8 rows ``[..., D]`` and their scales and returns float32 (or ``dtype``).
+    ``forward(ids)`` gathers int8 rows ``[..., D]`` and their scales and returns float32, or
+    ``output_dtype`` once a whole-model ``CastDtype`` has set it (then the layers after the embedding run
+    in that dtype too, instead of being promoted back to float32).
 
     Example:
         >>> import torch, torch.nn as nn
@@ -297,6 +299,7 @@ class Int8Embedding(nn.Module):
         self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
         self.register_buffer("weight", torch.zeros(num_embeddings, embedding_dim, dtype=torch.int8, device=device))
         self.register_buffer("weight_scale", torch.ones(num_embeddings, dtype=torch.float32, device=device))
+        self.output_dtype: torch.dtype = torch.float32  # not saved: the recorded cast op sets it again on load
 
     @classmethod
     def from_float(cls, emb: nn.Embedding) -> Int8Embedding:
@@ -311,7 +314,8 @@ class Int8Embedding(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         rows = F.embedding(ids, self.weight)  # [..., D] int8: gathers a quarter of the bytes
-        return rows.float() * self.weight_scale[ids].unsqueeze(-1)
+        out = rows.float() * self.weight_scale[ids].unsqueeze(-1)
+        return out if self.output_dtype == torch.float32 else out.to(self.output_dtype)
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, padding_idx={self.padding_idx}"
