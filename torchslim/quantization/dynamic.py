@@ -179,13 +179,16 @@ def _int8_dynamic(model: nn.Module, config: Int8Dynamic, select: Select, ctx: Co
         ctx,
         smoothquant=config.smoothquant,
         min_sqnr_db=config.min_sqnr_db,
-        fallback=config.fallback,
+        # Under a bf16 compute dtype the whole-model cast below makes the kept layers bf16 anyway; a
+        # partial bf16 cast first would put float32 output hooks on them and promote what follows.
+        fallback=config.fallback if config.compute_dtype == "float32" else "float32",
     )
     swap_int8_(model, embeddings, _embedding_or_skip(ctx, config.kind), config.kind + " embeddings", ctx)
     if config.compute_dtype == "bfloat16":
         from torchslim.api import compress_
 
         compress_(model, CastDtype("bfloat16"), ctx=ctx)  # recorded: ts.load replays it
+        ctx.record(f"{config.kind}: compute dtype bfloat16 (layers kept unquantized run in bfloat16)")
     if config.compile:
         compile_model_(model)
     return model
