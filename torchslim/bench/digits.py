@@ -17,8 +17,8 @@ import torch
 import torch.nn as nn
 
 from torchslim.api import compress_
-from torchslim.bench.harness import BenchResult, Variant, run_benchmark
-from torchslim.measure import artifact_bytes, count_macs, count_params
+from torchslim.bench.harness import BenchResult, Variant, model_variant, run_benchmark
+from torchslim.measure import artifact_bytes
 from torchslim.quantization import CastDtype, Int8Static
 from torchslim.recipes import load_recipe, run_recipe
 from torchslim.structured import FoldBatchNorm
@@ -66,15 +66,8 @@ def bench(data: str | None = None, quick: bool = False) -> BenchResult:
     x = ctx.example_inputs
 
     def variant(name: str, model: nn.Module, size: int | None = None) -> Variant:
-        model.eval()
-        return Variant(
-            name,
-            model,
-            x,
-            size_bytes=artifact_bytes(model) if size is None else size,
-            quality=lambda: wl.evaluate(model, "test"),
-            extra={"params": count_params(model), "macs": count_macs(model, x, per_sample=True)},
-        )
+        quality = lambda: wl.evaluate(model, "test")  # noqa: E731
+        return model_variant(name, model, x, quality, size_bytes=size, measures=("params", "macs"))
 
     bf16 = compress_(copy.deepcopy(teacher), CastDtype("bfloat16"))
     folded = compress_(copy.deepcopy(teacher), FoldBatchNorm())

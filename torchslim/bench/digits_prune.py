@@ -19,8 +19,7 @@ import torch.nn as nn
 import torch.nn.utils.prune as tprune
 
 from torchslim.api import compress_
-from torchslim.bench.harness import BenchResult, Variant, run_benchmark
-from torchslim.measure import artifact_bytes, count_nonzero
+from torchslim.bench.harness import BenchResult, Variant, model_variant, run_benchmark
 from torchslim.pruning import GradualPruning, MagnitudePruning
 from torchslim.quantization import Int8Static
 from torchslim.structured import FoldBatchNorm
@@ -51,15 +50,7 @@ def bench(data: str | None = None, quick: bool = False) -> BenchResult:
     x = ctx.example_inputs
 
     def variant(name: str, model: nn.Module, size: int | None = None) -> Variant:
-        model.eval()
-        return Variant(
-            name,
-            model,
-            x,
-            size_bytes=artifact_bytes(model) if size is None else size,
-            quality=wl.evaluate(model, "test"),
-            extra={"nonzero": count_nonzero(model)},
-        )
+        return model_variant(name, model, x, wl.evaluate(model.eval(), "test"), size_bytes=size, measures=("nonzero",))
 
     variants = [variant("fp32", teacher)]
     for s in SPARSITIES:

@@ -28,8 +28,8 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import prune as torch_prune
 
-from torchslim.bench.harness import BenchResult, Variant, run_benchmark
-from torchslim.measure import artifact_bytes, count_macs, count_params, interleaved_latency
+from torchslim.bench.harness import BenchResult, Variant, model_variant, run_benchmark
+from torchslim.measure import count_macs, interleaved_latency
 from torchslim.recipes import load_recipe, run_recipe
 
 
@@ -74,12 +74,9 @@ def bench(data: str | None = None, quick: bool = False) -> BenchResult:
     base_macs = count_macs(teacher, x, per_sample=True)
 
     def variant(name: str, model: nn.Module) -> Variant:
-        model.eval()
-        macs = count_macs(model, x, per_sample=True)
-        extra = {"params": count_params(model), "macs": macs, "macs_reduction": round(base_macs / macs, 3)}
-        return Variant(
-            name, model, x, size_bytes=artifact_bytes(model), quality=wl.evaluate(model, "test"), extra=extra
-        )
+        v = model_variant(name, model, x, wl.evaluate(model.eval(), "test"), measures=("params", "macs"))
+        v.extra["macs_reduction"] = round(base_macs / v.extra["macs"], 3)
+        return v
 
     macs2x, _ = run_recipe(copy.deepcopy(teacher), load_recipe("channels-2x"), ctx, measure_steps=False)
     macs4x, _ = run_recipe(copy.deepcopy(teacher), load_recipe("channels-4x"), ctx, measure_steps=False)

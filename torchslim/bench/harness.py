@@ -52,6 +52,42 @@ class Variant:
             raise ValueError(f"variant name {self.name!r} must be 'fp32' or start with 'torchslim-' or 'peer-'")
 
 
+def model_variant(
+    name: str,
+    model: Any,
+    inputs: tuple[Any, ...],
+    quality: dict[str, float] | Callable[[], dict[str, float]],
+    *,
+    size_bytes: int | None = None,
+    measures: Sequence[str] = ("params",),
+    extra: dict[str, Any] | None = None,
+) -> Variant:
+    """A model's row: eval mode, its artifact size (unless ``size_bytes``), and the named ``measures``.
+
+    ``measures``: any of ``params``, ``macs`` (per sample) and ``nonzero``; ``extra``: further keys.
+
+    Example:
+        >>> import torch, torch.nn as nn
+        >>> v = model_variant("fp32", nn.Linear(8, 2), (torch.zeros(1, 8),), {"q": 1.0}, measures=("params", "macs"))
+        >>> v.extra, v.size_bytes > 0
+        ({'params': 18, 'macs': 16}, True)
+    """
+    from torchslim.measure import artifact_bytes, count_macs, count_nonzero, count_params
+
+    model.eval()
+    known = {
+        "params": lambda: count_params(model),
+        "macs": lambda: count_macs(model, inputs, per_sample=True),
+        "nonzero": lambda: count_nonzero(model),
+    }
+    unknown = set(measures) - set(known)
+    if unknown:
+        raise ValueError(f"unknown measures {sorted(unknown)}; choose from {sorted(known)}")
+    row = {key: known[key]() for key in measures} | (extra or {})
+    size = artifact_bytes(model) if size_bytes is None else size_bytes
+    return Variant(name, model, inputs, size_bytes=size, quality=quality, extra=row)
+
+
 @dataclass
 class BenchResult:
     """A benchmark's rows in the DESIGN.md schema."""

@@ -23,9 +23,8 @@ import torch
 import torch.nn as nn
 
 from torchslim.bench.digits_kd import one_thread
-from torchslim.bench.harness import BenchResult, Variant, run_benchmark
+from torchslim.bench.harness import BenchResult, Variant, model_variant, run_benchmark
 from torchslim.distillation import DistillConfig, LossTerm, drop_blocks, train_distill
-from torchslim.measure import artifact_bytes, count_params
 
 # Chosen on the dev split by ``choose_blocks`` (all 20 ways to keep 3 of 6 blocks, before training).
 KEEP = (0, 3, 5)
@@ -127,15 +126,7 @@ def bench(data: str | None = None, quick: bool = False) -> BenchResult:
         run_p = distill_student(wl, teacher, prune_heads_ffn(wl, ctx), PRUNED_CONFIG)
 
     def variant(name: str, model: nn.Module) -> Variant:
-        model.eval()
-        return Variant(
-            name,
-            model,
-            x,
-            size_bytes=artifact_bytes(model),
-            quality=lambda: wl.evaluate(model, "test"),
-            extra={"params": count_params(model)},
-        )
+        return model_variant(name, model, x, lambda: wl.evaluate(model, "test"))
 
     variants = [
         variant("fp32", teacher),

@@ -15,9 +15,8 @@ import copy
 import torch.nn as nn
 
 from torchslim.api import compress_
-from torchslim.bench.harness import BenchResult, Variant, run_benchmark
+from torchslim.bench.harness import BenchResult, Variant, model_variant, run_benchmark
 from torchslim.core.select import Select
-from torchslim.measure import artifact_bytes, count_nonzero
 from torchslim.pruning import MagnitudePruning, NMPruning, SparseGPTPruning, WandaPruning, bake_
 
 ENCODER_LINEARS = Select(types=("Linear",), include=(r"encoder\.layer\.",))
@@ -48,15 +47,7 @@ def bench(data: str | None = None, quick: bool = False) -> BenchResult:
         return winner, scored[winner][1]
 
     def variant(name: str, model: nn.Module) -> Variant:
-        model.eval()
-        return Variant(
-            name,
-            model,
-            x,
-            size_bytes=artifact_bytes(model),
-            quality=wl.evaluate(model, "test"),
-            extra={"nonzero": count_nonzero(model)},
-        )
+        return model_variant(name, model, x, wl.evaluate(model.eval(), "test"), measures=("nonzero",))
 
     variants = [
         variant("fp32", base),

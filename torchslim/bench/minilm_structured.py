@@ -25,9 +25,9 @@ import torch
 import torch.nn as nn
 
 from torchslim.api import compress_
-from torchslim.bench.harness import BenchResult, Variant, run_benchmark
+from torchslim.bench.harness import BenchResult, Variant, model_variant, run_benchmark
 from torchslim.core.select import Select
-from torchslim.measure import artifact_bytes, count_macs, count_params, interleaved_latency
+from torchslim.measure import count_macs, interleaved_latency
 from torchslim.structured import ChannelPruning, LayerDropping, LowRank
 
 FFN = Select(include=(r"intermediate\.dense$", r"layer\.\d+\.output\.dense$"))
@@ -75,12 +75,9 @@ def bench(data: str | None = None, quick: bool = False) -> BenchResult:
     base_macs = count_macs(base, x, per_sample=True)
 
     def variant(name: str, model: nn.Module) -> Variant:
-        model.eval()
-        macs = count_macs(model, x, per_sample=True)
-        extra = {"params": count_params(model), "macs": macs, "macs_reduction": round(base_macs / macs, 3)}
-        return Variant(
-            name, model, x, size_bytes=artifact_bytes(model), quality=lambda: wl.evaluate(model), extra=extra
-        )
+        v = model_variant(name, model, x, lambda: wl.evaluate(model), measures=("params", "macs"))
+        v.extra["macs_reduction"] = round(base_macs / v.extra["macs"], 3)
+        return v
 
     heads = compress_(wl.model(), ChannelPruning(ratio=0.5, head_ratio=0.5, importance="activation"), ctx=ctx)
     lowrank = compress_(wl.model(), LowRank(rank_ratio=0.5), select=FFN, ctx=ctx)
