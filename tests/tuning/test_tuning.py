@@ -155,6 +155,7 @@ def test_sensitivity_has_one_row_per_layer_and_a_png(tmp_path: Path) -> None:
 def test_cli_errors_use_the_exit_codes(tmp_path: Path) -> None:
     base = ["tune", "--workload", "digits", "--out", str(tmp_path), "--trials", "1"]
     assert main([*base, "--max-drop", "-1"]) == 3
+    assert main([*base, "--max-drop", "0.01", "--confirm", "-1"]) == 2
     assert main(["tune", "--workload", "nope", "--out", str(tmp_path), "--max-drop", "0.01"]) == 2
     with pytest.raises(SystemExit) as e:
         main([*base, "--max-drop", "0.01", "--objective", "speed"])

@@ -24,6 +24,7 @@ BENCHMARKS: dict[str, str] = {
     "minilm-prune": "torchslim.bench.minilm_prune:bench",
     "fsdd-kws": "torchslim.bench.fsdd:bench",
     "digits-tune": "torchslim.bench.tune_digits:bench",
+    "minilm-tune": "torchslim.bench.tune_minilm:bench",
     "llama-decode": "torchslim.bench.llama:bench",
     "shakespeare-gpt": "torchslim.bench.shakespeare:bench",
 }

@@ -147,7 +147,7 @@ class BenchResult:
         console = console or Console()
         console.print(table)
         for n in self.notes:
-            console.print(f"note: {n}")
+            console.print(f"note: {n}", markup=False)  # notes hold recipe text such as "[fc:8]"
 
 
 _ROW_KEYS = {"variant", "latency_ms", "latency_p90_ms", "speedup", "size_mb", "quality"}

@@ -56,6 +56,10 @@ def bench_command(name: str, data_root: str, quick: bool = False) -> str:
     return " ".join([*args, "--json", f"bench/{name}.json"])
 
 
+# The budget and trial count each ``*-tune`` benchmark gives ``tune`` (its ``MAX_DROP`` and full trial count).
+_TUNE_ARGS = {"digits-tune": "--max-drop 0.01 --trials 40", "minilm-tune": "--max-drop 1.0 --trials 20"}
+
+
 def row_command(bench: str, variant: str, data_root: str) -> str:
     """The command reproducing one row: the built-in recipe through ``compress``, else the benchmark.
 
@@ -70,7 +74,8 @@ def row_command(bench: str, variant: str, data_root: str) -> str:
     if variant == "fp32":
         return f"torchslim measure --workload {workload}{data}"
     if variant == "torchslim-tuned":
-        return f"torchslim tune --workload {workload}{data} --max-drop 0.01 --trials 40 --out out/tune-{workload}"
+        budget = _TUNE_ARGS.get(bench, _TUNE_ARGS["digits-tune"])
+        return f"torchslim tune --workload {workload}{data} {budget} --out out/tune-{workload}"
     if variant.startswith("torchslim-") and recipe in _builtin_names():
         return f"torchslim compress --workload {workload}{data} --recipe {recipe} --out out/{recipe}"
     return f"torchslim bench {bench}{data}"

@@ -56,6 +56,13 @@ def add_tuning_parsers(sub: Any) -> None:
     p.add_argument("--builtins", help="comma-separated built-in recipes to compare (default all; 'none')")
     p.add_argument("--peers", help="a `torchslim bench --json` file whose peer rows are added to the plot")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: steady timings on a shared machine)")
+    p.add_argument(
+        "--confirm",
+        type=int,
+        default=3,
+        help="rebuild up to N of the best feasible trials that train with another seed; keep the best whose mean "
+        "drop stays within budget (3; 0: off)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_tune)
 
@@ -87,6 +94,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     if args.trials < 1:
         raise UsageError("--trials must be at least 1")
+    if args.confirm < 0:
+        raise UsageError("--confirm must be at least 0")
     result = tune(
         args.workload,
         max_drop=args.max_drop,
@@ -103,6 +112,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         peers=args.peers,
         threads=args.threads,
         progress=not args.no_progress,
+        confirm=args.confirm,
     )
     for name, path in result.paths.items():
         print(f"wrote {path} ({name})")

@@ -36,7 +36,7 @@ __all__ = ["MOVES", "Replay", "neighbours", "point_key", "point_of"]
 
 MOVES = ("compress", "recover", "other", "relax")
 # Ordered categorical dimensions: a step moves to the next choice; any other categorical moves to every choice.
-_ORDERED = ("quant", "channel_round_to", "distill_epochs", "distill_lr", "int4_group_size")
+_ORDERED = ("quant", "channel_round_to", "distill_epochs", "distill_lr", "int4_group_size", "embeddings")
 _QUANT_RANK = {"none": 0, "bf16": 1, "int8": 2}
 
 
@@ -147,7 +147,7 @@ def _read_steps(space: SearchSpace, recipe: Recipe) -> dict[str, Any] | None:
     from torchslim.tuning.space import group_regex
 
     values: dict[str, Any] = {"drop_layers": 0, "prune": "none", "recovery": "none", "recovery_sparse": "none"}
-    values |= {"quant": "none", "channel_round_to": 1}
+    values |= {"quant": "none", "channel_round_to": 1, "embeddings": "fp32"}
     bits: dict[str, int] = {}
     for step in recipe.steps:
         c, kind = step.config, step.config.kind
@@ -168,12 +168,16 @@ def _read_steps(space: SearchSpace, recipe: Recipe) -> dict[str, Any] | None:
             values |= {"recovery": "distill", "distill_epochs": c.epochs, "distill_lr": c.lr}
         elif kind == "cast-dtype" and c.dtype == "bfloat16":
             values["quant"] = "bf16"
+        elif kind == "int8-weight-only" and step.select is not None and step.select.types == ("Embedding",):
+            values["embeddings"] = "int8"  # the embedding tables alone (beside int4 or selected int8 steps)
         elif kind in ("int8-static", "int8-dynamic", "int8-weight-only") or kind.startswith("int4"):
             n = 4 if kind.startswith("int4") else 8
             if n == 4:
                 values |= {"quant": "int4", "int4_group_size": c.group_size, "int4_method": getattr(c, "method", None)}
             else:
                 values |= {"int8_method": kind} | ({} if values["quant"] == "int4" else {"quant": "int8"})
+                if include is None and getattr(c, "embeddings", False):  # the technique's default takes them
+                    values["embeddings"] = "int8"
             for g in space.groups:
                 if include is None or group_regex(g) in include:
                     bits.setdefault(g, n)
@@ -234,6 +238,8 @@ def _direction(name: str, old: Any, new: Any) -> str:
         return "compress" if new > old else "relax"
     if name.startswith(("bits:", "int4_bits:")):
         return "compress" if new < old else "relax"
+    if name == "embeddings":
+        return "compress" if new == "int8" else "relax"
     if name == "quant" and old in _QUANT_RANK and new in _QUANT_RANK:
         return "compress" if _QUANT_RANK[new] > _QUANT_RANK[old] else "relax"
     if name in ("recovery", "recovery_sparse"):

@@ -19,7 +19,7 @@ from typing import Any
 from torchslim.errors import OutputExistsError
 from torchslim.tuning.space import SearchSpace
 
-__all__ = ["pareto_front", "trial_rows", "write_outputs", "write_text"]
+__all__ = ["objective_key", "pareto_front", "trial_rows", "write_outputs", "write_text"]
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -37,11 +37,14 @@ def write_text(path: str | Path, text: str) -> None:
 
 
 def trial_rows(study: Any) -> list[dict[str, Any]]:
-    """One plain dict per trial: number, state, params, description and the measured user attributes."""
+    """One plain dict per trial: number, state, params, description, the measured user attributes and the
+    trial's confirmation (``confirmed``, ``mean_drop``, ... when ``tune`` confirmed it)."""
+    confirmations = study.user_attrs.get("confirmations", {})
     rows = []
     for t in study.get_trials(deepcopy=False):
         row = {"number": t.number, "state": t.state.name, "params": dict(t.params)}
         row.update({k: v for k, v in t.user_attrs.items() if k != "constraint"})
+        row.update(confirmations.get(str(t.number), {}))
         if t.values is not None:
             row["values"] = list(t.values)
         rows.append(row)
@@ -65,19 +68,31 @@ def _q(v: float | None) -> str:
     return "-" if v is None else f"{v:.4f}"
 
 
+def objective_key(objective: str, baseline: dict[str, Any]) -> Any:
+    """Sort key of feasible rows, best first: size then latency, latency then size, or (``both``) the sum of
+    size and latency relative to the baseline (the point of the front handed out as ``best.yaml``).
+
+    Example:
+        >>> rows = [{"size_bytes": 2, "latency_ms": 1.0}, {"size_bytes": 1, "latency_ms": 3.0}]
+        >>> [r["size_bytes"] for r in sorted(rows, key=objective_key("size", {}))]
+        [1, 2]
+    """
+    if objective == "size":
+        return lambda r: (r["size_bytes"], r["latency_ms"])
+    if objective == "latency":
+        return lambda r: (r["latency_ms"], r["size_bytes"])
+    return lambda r: r["size_bytes"] / baseline["size_bytes"] + r["latency_ms"] / baseline["latency_ms"]
+
+
 def _chosen(feasible: list[dict], objective: str, baseline: dict) -> tuple[list[dict], dict | None]:
+    # A trial whose confirmation run pulled its mean drop over the budget is not handed out.
+    feasible = [r for r in feasible if r.get("confirmed") is not False]
     if not feasible:
         return [], None
-    if objective == "size":
-        best = min(feasible, key=lambda r: (r["size_bytes"], r["latency_ms"]))
+    best = min(feasible, key=objective_key(objective, baseline))
+    if objective != "both":
         return [best], best
-    if objective == "latency":
-        best = min(feasible, key=lambda r: (r["latency_ms"], r["size_bytes"]))
-        return [best], best
-    front = sorted(pareto_front(feasible), key=lambda r: r["size_bytes"])
-    # One recipe to hand out from the front: the best sum of size and latency relative to the baseline.
-    best = min(front, key=lambda r: r["size_bytes"] / baseline["size_bytes"] + r["latency_ms"] / baseline["latency_ms"])
-    return front, best
+    return sorted(pareto_front(feasible), key=lambda r: r["size_bytes"]), best
 
 
 def _rerun_on_test(chosen: dict, space: SearchSpace, settings: dict, wl: Any, base: Any, ctx: Any) -> Any:
@@ -230,6 +245,8 @@ def to_markdown(result: Any, settings: dict[str, Any], rows: list[dict], recipe:
             "",
             compare_builtins(c, result.builtins, s["objective"]),
             "",
+            _confirmation_line(c, s["max_drop"]),
+            "",
             f"Rebuilt from `best.yaml`, validation {s['metric']} is {c['rerun_quality']:.4f} "
             f"(in the trial {c['quality']:.4f}).",
             "",
@@ -257,6 +274,19 @@ def to_markdown(result: Any, settings: dict[str, Any], rows: list[dict], recipe:
                 f"| {r['name']} | {_kb(r['size_bytes'])} | {r['latency_ms']:.3f} | {_q(r['quality'])} | "
                 f"{_q(r['test_quality'])} | {r['drop']:.4f} | {'yes' if r['feasible'] else 'no'} |"
             )
+    examined = [r for r in rows if "confirmed" in r and r.get("how") != "no training step"]
+    if examined:
+        lines += ["", "## Confirmation: best feasible trials rebuilt with another seed", ""]
+        lines += [
+            "| trial | recipe | size KB | val drop | confirmation drop | mean drop | kept |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in examined:
+            lines.append(
+                f"| {r['number']} | {r.get('description', '')} | {_kb(r.get('size_bytes'))} | {r['drop']:.4f} | "
+                f"{r.get('confirm_drop', float('nan')):.4f} | {r.get('mean_drop', float('nan')):.4f} | "
+                f"{'yes' if r['confirmed'] else 'no'} |"
+            )
     done = sorted(
         (r for r in rows if r["state"] == "COMPLETE" and "quality" in r),
         key=lambda r: (not r.get("feasible"), r.get("size_bytes", 0)),
@@ -264,6 +294,18 @@ def to_markdown(result: Any, settings: dict[str, Any], rows: list[dict], recipe:
     lines += ["", "## Evaluated trials (within budget first, by size)", ""]
     lines += _table(done[:30], with_test=False)
     return "\n".join(lines) + "\n"
+
+
+def _confirmation_line(c: dict[str, Any], max_drop: float) -> str:
+    """How the chosen trial was confirmed (see ``tune``'s ``confirm``)."""
+    if "confirmed" not in c:
+        return "Not confirmed with another seed (confirmation off, or the rebuilds of the trials before it all failed)."
+    if c.get("how") == "no training step":
+        return "No training step: the same model with any seed (confirmation not needed)."
+    return (
+        f"Confirmed: {c['how']}, validation drop {c['confirm_drop']:.4f}; mean of both runs {c['mean_drop']:.4f} "
+        f"<= {max_drop:g}."
+    )
 
 
 def _table(rows: Sequence[dict], with_test: bool) -> list[str]:

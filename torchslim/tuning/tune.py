@@ -8,11 +8,11 @@ workload's metric on its validation split must satisfy ``drop <= max_drop``. Inf
 
 A trial, cheapest work first:
 
-1. the recipe without its training step (``SearchSpace.plan``'s *quick* recipe): size, latency and
-   quality before recovery;
+1. the recipe without its training step (``SearchSpace.plan``'s *quick* recipe): size and latency;
 2. **stopped early** (reason in ``prune_reason``) when its size/latency cannot beat the
    best feasible trial so far (training never changes them): recorded COMPLETE with that exact objective
-   and ``cut_short`` (the sampler learns from it; never chosen as best); **pruned** (``TrialPruned``) when
+   and ``cut_short``, without evaluating its quality (the sampler learns from it; never chosen as best);
+   otherwise its quality before recovery is evaluated; **pruned** (``TrialPruned``) when
    the quick quality drop exceeds ``recover_limit``. Either way the training is skipped;
 3. otherwise the full recipe, evaluated on the validation split.
 
@@ -30,6 +30,17 @@ The sampler's proposals fill the rest. A proposal equal to a point already evalu
 not run again: it is recorded FAIL (``duplicate_of``, not counted) and replaced in the queue by
 the first neighbour of that point not yet tried (TPE re-proposes its favourite once it has converged,
 so its neighbourhood is where to look next), or by a random point when all of them were.
+
+**Confirmation** (``confirm``, on by default): picking the smallest/fastest of many trials near the
+budget favours those whose training happened to land well on the validation split (360 digits images:
+one accuracy point is 3.6 images). After the search, the feasible trials are taken best first; one
+with a training step is rebuilt with another seed (``seed + CONFIRM_SEED_OFFSET``: weight
+initialisation, dropout and, when the workload's ``train_data`` takes a ``seed``, the data order) and
+kept only if its drop averaged over both runs stays within the budget; a trial without training is
+the same model with any seed and passes as it is (no cost). The first that passes is chosen; at most
+``confirm`` rebuilds are made (when all fail, the next feasible trial is chosen unconfirmed, and the
+report says so). Results are stored with the study (user attribute ``confirmations``) and in
+``trials.json`` / ``report.md``.
 
 The study lives in ``sqlite:///OUT/study.db`` (``load_if_exists``): a killed run restarted with the same
 command continues with the trials already stored until ``trials`` are complete or pruned in total;
@@ -74,6 +85,9 @@ STUDY_NAME = "torchslim-tune"
 LATENCY_SLACK = 0.05
 # Refinement moves queued after one trial (each is one trial of the budget).
 REFINE_MOVES = 4
+# The confirmation run's seed is the study seed plus this: far from seed + 1, whose epoch shuffles
+# (seed + k for the k-th pass) would mostly repeat the original run's.
+CONFIRM_SEED_OFFSET = 10_007
 
 
 class _Skip(Exception):
@@ -116,6 +130,16 @@ def fresh_context(wl: Any, ctx: Any) -> Any:
     """``ctx`` with new training data and events: a workload's ``train_data`` callable shuffles each epoch
     with the next seed, so sharing one between trials would make a trial depend on the ones before it."""
     return dataclasses.replace(ctx, train_data=wl.train_data(), events=[])
+
+
+def reseeded_context(wl: Any, ctx: Any, seed: int) -> Any:
+    """``ctx`` with ``seed`` and fresh training data shuffled from ``seed`` when the workload's ``train_data``
+    takes a ``seed`` keyword (digits, fsdd-kws); otherwise only the torch seeds change."""
+    import inspect
+
+    params = inspect.signature(wl.train_data).parameters
+    data = wl.train_data(seed=seed) if "seed" in params else wl.train_data()
+    return dataclasses.replace(ctx, train_data=data, events=[], seed=seed)
 
 
 def _drop(base: float, value: float, higher_is_better: bool) -> float:
@@ -292,18 +316,73 @@ class _Objective:
                 return f"dominated by feasible trial {t.number}"
         return None
 
+    # -- confirmation -----------------------------------------------------------------------------
+
+    def confirm(self, study: Any, limit: int, status: Callable[[str], None] = lambda _: None) -> dict[str, dict]:
+        """Confirm the best feasible trials with another seed (see the module docstring); the confirmations.
+
+        Returns ``{str(trial number): {"confirmed": bool, "mean_drop", ...}}``, also stored as the study's
+        user attribute ``confirmations`` (a resumed study does not rebuild a trial twice).
+        """
+        from optuna.trial import TrialState
+
+        from torchslim.tuning.report import objective_key
+
+        done: dict[str, dict] = dict(study.user_attrs.get("confirmations", {}))
+        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        feasible = [t.user_attrs | {"number": t.number} for t in trials if t.user_attrs.get("feasible")]
+        feasible = [r for r in feasible if "quality" in r and "point" in r]
+        rebuilt = 0
+        for row in sorted(feasible, key=objective_key(self.objective, self.baseline)):
+            key = str(row["number"])
+            if key not in done:
+                if self.space.plan(row["point"])[1] is None:
+                    done[key] = {"confirmed": True, "mean_drop": row["drop"], "how": "no training step"}
+                elif rebuilt >= limit:
+                    break
+                else:
+                    rebuilt += 1
+                    status(f"confirming trial {key} with another seed")
+                    done[key] = self._confirm_one(row)
+                study.set_user_attr("confirmations", done)
+            if done[key]["confirmed"]:
+                break
+        return done
+
+    def _confirm_one(self, row: dict[str, Any]) -> dict[str, Any]:
+        seed = self.seed + CONFIRM_SEED_OFFSET
+        _, full = self.space.plan(row["point"])
+        try:
+            _, m = self._run(full, row["number"], reseeded_context(self.wl, self.ctx, seed))
+        except (TorchslimError, RuntimeError, ValueError) as e:
+            return {"confirmed": False, "how": f"rebuild failed: {type(e).__name__}: {e}"[:300], "confirm_seed": seed}
+        drop = _drop(self.baseline["quality"], m["quality"], self.wl.higher_is_better)
+        mean = (row["drop"] + drop) / 2
+        return {
+            "confirmed": bool(mean <= self.max_drop),
+            "how": f"rebuilt with seed {seed}",
+            "confirm_seed": seed,
+            "confirm_quality": m["quality"],
+            "confirm_drop": drop,
+            "mean_drop": mean,
+        }
+
     # -- one trial --------------------------------------------------------------------------------
 
-    def _run(self, steps: list[dict], number: int) -> tuple[torch.nn.Module, dict[str, float]]:
+    def _quality(self, model: torch.nn.Module) -> float:
+        return float(self.wl.evaluate(model, "val")[self.wl.metric])
+
+    def _run(self, steps: list[dict], number: int, ctx: Any = None, *, quality: bool = True) -> tuple[torch.nn.Module, dict[str, float]]:  # fmt: skip
         from torchslim.measure import artifact_bytes, measure_latency
         from torchslim.recipes import recipe_from_dict, run_recipe
 
         recipe = recipe_from_dict({"name": f"trial-{number}", "seed": self.seed, "steps": steps})
-        model, _ = run_recipe(copy.deepcopy(self.base), recipe, fresh_context(self.wl, self.ctx), measure_steps=False)
+        ctx = ctx if ctx is not None else fresh_context(self.wl, self.ctx)
+        model, _ = run_recipe(copy.deepcopy(self.base), recipe, ctx, measure_steps=False)
         model.eval()
         lat = measure_latency(model, self.ctx.example_inputs, warmup=3, runs=self.latency_runs).median_ms
-        quality = float(self.wl.evaluate(model, "val")[self.wl.metric])
-        return model, {"size_bytes": artifact_bytes(model), "latency_ms": lat, "quality": quality}
+        m = {"size_bytes": artifact_bytes(model), "latency_ms": lat}
+        return model, m | ({"quality": self._quality(model)} if quality else {})
 
     def __call__(self, trial: Any) -> tuple[float, ...]:
         import optuna
@@ -326,12 +405,15 @@ class _Objective:
         quick, full = self.space.plan(params)
         start = time.perf_counter()
         try:
-            _, m = self._run(quick, trial.number)
+            model, m = self._run(quick, trial.number, quality=False)
             reason = self._dominated(trial, m["size_bytes"], m["latency_ms"])
-            drop = _drop(self.baseline["quality"], m["quality"], self.wl.higher_is_better)
-            trial.set_user_attr("quick_quality", m["quality"])
-            if full is not None:
-                if reason is None and self.recover_limit is not None and drop > self.recover_limit:
+            if reason is None:  # a trial cut short needs no quality: the evaluation is skipped
+                m["quality"] = self._quality(model)
+                trial.set_user_attr("quick_quality", m["quality"])
+            del model
+            if reason is None and full is not None:
+                drop = _drop(self.baseline["quality"], m["quality"], self.wl.higher_is_better)
+                if self.recover_limit is not None and drop > self.recover_limit:
                     reason = f"quality drop {drop:.4g} before recovery exceeds recover_limit {self.recover_limit:g}"
                 if len(self._values(0, 0.0)) == 1:
                     trial.report(drop, 0)  # intermediate value: quality drop before recovery
@@ -427,6 +509,7 @@ def tune(
     heartbeat_interval: int = 5,
     grace_period: int = 20,
     anchors: bool = True,
+    confirm: int = 3,
 ) -> TuneResult:
     """Search recipes for ``workload`` that keep its metric within ``max_drop`` and minimise ``objective``.
 
@@ -441,7 +524,8 @@ def tune(
         seed: recipe seed and sampler seed. worker: offsets the sampler seed (give each parallel worker
             its own, else they propose the same points and the duplicates are discarded).
         data: the workload's data path.
-        space: the search space (default: :meth:`SearchSpace.for_model`).
+        space: the search space (default: :meth:`SearchSpace.for_model` with the workload's
+            ``tune_space_overrides()``).
         latency_runs: timed runs per latency measurement.
         recover_limit: prune a trial with a training step when its quality drop before training exceeds this.
         builtins: built-in recipes to evaluate for comparison (None: all but those that ``torch.compile``;
@@ -451,6 +535,9 @@ def tune(
         progress: show a progress bar.
         anchors: start a new study with :meth:`SearchSpace.named_anchors` (the built-in recipes the space
             expresses, then known-good points) before sampling.
+        confirm: rebuild up to this many of the best feasible trials that train with another seed and
+            choose the best one whose drop averaged over both runs is within ``max_drop`` (0: off; see
+            the module docstring).
         heartbeat_interval / grace_period: seconds; a trial whose heartbeat is older than ``grace_period`` is
             marked FAIL (its process was killed).
 
@@ -473,6 +560,8 @@ def tune(
         problems.append(f"max_drop: must be a finite number >= 0, got {max_drop!r}")
     if not (isinstance(trials, int) and trials >= 1):
         problems.append(f"trials: must be an integer >= 1, got {trials!r}")
+    if not (isinstance(confirm, int) and confirm >= 0):
+        problems.append(f"confirm: must be an integer >= 0, got {confirm!r}")
     if problems:
         raise ConfigError("invalid tuning options", problems)
     out = Path(out)
@@ -486,7 +575,9 @@ def tune(
     try:
         base = wl.model().eval()
         ctx = dataclasses.replace(wl.context(seed=seed), eval_fn=None)
-        space = space or SearchSpace.for_model(base, has_train_data=ctx.train_data is not None)
+        if space is None:  # the workload may shape its default space (e.g. post-training only)
+            overrides = dict(getattr(wl, "tune_space_overrides", dict)())
+            space = SearchSpace.for_model(base, has_train_data=ctx.train_data is not None, **overrides)
         settings = _settings(wl.name, wl.metric, float(max_drop), objective, space, seed)
         with _Bar(progress, trials) as bar:
             bar.status("baseline")
@@ -513,6 +604,8 @@ def tune(
             bar.update(_done(study.get_trials(deepcopy=False)))
             if _done(study.get_trials(deepcopy=False)) < trials:
                 study.optimize(fn, catch=(_Skip,), callbacks=[_Stop(trials, bar)])
+            if confirm:
+                fn.confirm(study, confirm, bar.status)
             rows = _evaluate_builtins(wl, base, ctx, builtins, latency_runs, baseline, max_drop, bar.status)
             bar.status("writing outputs")
             result = write_outputs(study, wl=wl, base=base, ctx=ctx, space=space, settings=settings,

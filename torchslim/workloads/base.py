@@ -115,6 +115,14 @@ class Workload(ABC):
         """A callable giving a fresh iterable of ``(inputs, target)`` batches, or None."""
         return None
 
+    def tune_space_overrides(self) -> dict[str, Any]:
+        """Keyword arguments ``torchslim tune`` passes to ``SearchSpace.for_model`` for this workload.
+
+        The default space searches every technique that applies to the model, training included; a
+        workload whose trials would take too long overrides dimensions here (``{}``: the default space).
+        """
+        return {}
+
     def context(self, seed: int = 0) -> Context:
         """A Context wired with this workload's inputs, data and test-split evaluation."""
         return Context(

@@ -1,0 +1,106 @@
+"""What the ``*-tune`` benchmarks share: tune in a temporary folder, then time the tuned recipe beside the built-ins.
+
+``tune`` sees only the validation split; the benchmark rebuilds fp32, the built-in recipes
+(``torchslim-<name>``) and the tuned recipe (``torchslim-tuned``) from the same baseline, times them
+interleaved in one process and scores them on the test split. Each row carries ``val_drop`` and
+``within_budget`` (the budget is on the validation split, like the search's); the notes say whether
+the tuned recipe is within budget and smaller and/or faster than every built-in recipe within it.
+
+Example:
+    >>> res = BenchResult("x", [{"variant": "torchslim-a", "size_mb": 2.0, "latency_ms": 1.0, "within_budget": True},
+    ...                         {"variant": "torchslim-tuned", "size_mb": 1.0, "latency_ms": 2.0, "within_budget": True}])
+    >>> verdict(res)
+    'tuned within budget: True; smaller than every built-in within budget (1): True; faster than every one: False'
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from torchslim.bench.harness import BenchResult, Variant, run_benchmark
+from torchslim.measure import artifact_bytes
+from torchslim.recipes import Recipe, load_recipe, run_recipe
+
+__all__ = ["compare_tuned", "confirmation_note", "tune_in_tempdir", "verdict"]
+
+
+def tune_in_tempdir(wl: Any, **kwargs: Any) -> tuple[Any, Recipe | None]:
+    """``tune(wl, out=<temporary folder>, builtins=(), progress=False, **kwargs)``: the result and the tuned
+    recipe (None when no trial met the budget); the folder is removed."""
+    from torchslim.tuning import tune
+
+    with tempfile.TemporaryDirectory() as out:
+        result = tune(wl, out=out, builtins=(), progress=False, **kwargs)
+        tuned = load_recipe(result.paths["best"]) if result.chosen is not None else None
+    return result, tuned
+
+
+def _variant(name: str, model: torch.nn.Module, wl: Any, x: tuple, base_val: float, max_drop: float) -> Variant:
+    val = wl.evaluate(model, "val")[wl.metric]
+    drop = base_val - val if wl.higher_is_better else val - base_val
+    return Variant(
+        name,
+        model,
+        x,
+        size_bytes=artifact_bytes(model),
+        quality=lambda: wl.evaluate(model, "test"),
+        extra={"val_drop": round(drop, 4), "within_budget": bool(drop <= max_drop + 1e-9)},
+    )
+
+
+def compare_tuned(
+    name: str,
+    wl: Any,
+    base: torch.nn.Module,
+    recipes: Mapping[str, Recipe],
+    *,
+    max_drop: float,
+    rounds: int,
+    warmup: int,
+) -> BenchResult:
+    """Rows ``fp32`` and ``torchslim-<key>`` for each of ``recipes``, built from copies of ``base``, timed interleaved.
+
+    Each recipe runs with a fresh ``wl.context()`` (its training data shuffles as in the tuning trial).
+    """
+    x = wl.example_inputs()
+    base_val = wl.evaluate(base, "val")[wl.metric]
+    variants = [_variant("fp32", base, wl, x, base_val, max_drop)]
+    for key, recipe in recipes.items():
+        model, _ = run_recipe(copy.deepcopy(base), recipe, wl.context(), measure_steps=False)
+        variants.append(_variant(f"torchslim-{key}", model.eval(), wl, x, base_val, max_drop))
+    return run_benchmark(name, variants, rounds=rounds, warmup=warmup)
+
+
+def verdict(res: BenchResult) -> str:
+    """Whether ``torchslim-tuned`` is within budget, smaller / faster than every built-in row within budget."""
+    rows = {r["variant"]: r for r in res.rows}
+    ok = [r for n, r in rows.items() if n not in ("fp32", "torchslim-tuned") and r["within_budget"]]
+    t = rows["torchslim-tuned"]
+    smaller = all(t["size_mb"] < r["size_mb"] for r in ok)
+    faster = all(t["latency_ms"] < r["latency_ms"] for r in ok)
+    return (
+        f"tuned within budget: {t['within_budget']}; smaller than every built-in within budget ({len(ok)}): {smaller}; "
+        f"faster than every one: {faster}"
+    )
+
+
+def confirmation_note(chosen: dict[str, Any]) -> str:
+    """How ``tune`` confirmed its chosen trial (see ``tune``'s ``confirm``).
+
+    Example:
+        >>> confirmation_note({"how": "no training step"})
+        'no training step (the same model with any seed)'
+    """
+    if "confirm_drop" in chosen:
+        return (
+            f"confirmed with seed {chosen['confirm_seed']}: val drop {chosen['drop']:.4f} and "
+            f"{chosen['confirm_drop']:.4f}, mean {chosen['mean_drop']:.4f}"
+        )
+    if chosen.get("how") == "no training step":
+        return "no training step (the same model with any seed)"
+    return "not confirmed"

@@ -1,0 +1,55 @@
+"""``torchslim bench minilm-tune --data DIR``: the recipe ``torchslim tune`` finds against the built-ins on MiniLM.
+
+The budget: at most 1 Spearman point (× 100) lost on the STS-B dev split (``--max-drop 1.0``), the
+split the search sees; the test split only fills the table. The search (objective ``size``, 20 trials,
+8 with ``--quick``) runs in the workload's own space (:meth:`MiniLMWorkload.tune_space_overrides`:
+post-training techniques, about a minute a trial), starting from the built-in recipes it expresses
+(``int8-dynamic``, ``int8-weight-only``, ``int4-g128``, ``bf16``, ``wanda-50``). Then fp32, those
+built-ins and the tuned recipe are rebuilt, timed interleaved (batch 32 × 128 tokens) and scored on
+the test split (see :mod:`torchslim.bench.tune_common`). Built-ins that train (fine-tuning,
+distillation, QAT: hours on CPU) and ``int8-dynamic-compiled`` (the same size as ``int8-dynamic``,
+minutes of ``torch.compile``) are left out.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from torchslim.bench.harness import BenchResult
+from torchslim.bench.tune_common import compare_tuned, confirmation_note, tune_in_tempdir, verdict
+from torchslim.recipes import builtin_recipes
+
+MAX_DROP = 1.0
+BUILTINS = ("bf16", "int8-dynamic", "int8-weight-only", "int4-g128", "wanda-50")
+THREADS = 2
+
+
+def bench(data: str | None = None, quick: bool = False) -> BenchResult:
+    """Run the comparison on the STS benchmark folder ``data`` (default ``../shared/data/stsbenchmark``)."""
+    from torchslim.workloads.minilm import MiniLMWorkload
+
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    try:
+        trials = 8 if quick else 20
+        wl = MiniLMWorkload(data)
+        result, tuned = tune_in_tempdir(wl, max_drop=MAX_DROP, objective="size", trials=trials, threads=THREADS,
+                                        latency_runs=3 if quick else 5)  # fmt: skip
+        recipes = {n: builtin_recipes()[n] for n in BUILTINS}
+        if tuned is not None:
+            recipes["tuned"] = tuned
+        res = compare_tuned("minilm-tune", wl, wl.model(), recipes, max_drop=MAX_DROP,
+                            rounds=3 if quick else 10, warmup=1 if quick else 2)  # fmt: skip
+    finally:
+        torch.set_num_threads(old_threads)
+    res.notes.append(
+        f"budget: STS-B dev Spearman x100 drop <= {MAX_DROP:g}; tune: objective size, {trials} trials, seed 0, "
+        f"post-training space; latency per batch of 32 x 128 tokens on {THREADS} threads; quality columns on the "
+        "STS-B test split"
+    )
+    if tuned is None:
+        res.notes.append("tune found no recipe within the budget")
+        return res
+    res.notes.append(f"tuned recipe: {result.chosen.get('description', '')}; {confirmation_note(result.chosen)}")
+    res.notes.append(verdict(res))
+    return res
