@@ -43,7 +43,7 @@ def test_compare_tuned_rows_carry_the_validation_budget() -> None:
         "bf16": recipe_from_dict({"name": "b", "steps": [{"kind": "cast-dtype", "dtype": "bfloat16"}]}),
         "tuned": recipe_from_dict({"name": "t", "steps": [{"kind": "int8-weight-only"}]}),
     }
-    res = compare_tuned("toy-tune", _Toy(), base, recipes, max_drop=0.5, rounds=2, warmup=1)
+    res = compare_tuned("toy-tune", _Toy(), base, recipes, max_drop=0.5, margin=1.0, rounds=2, warmup=1)
     rows = {r["variant"]: r for r in res.rows}
     assert list(rows) == ["fp32", "torchslim-bf16", "torchslim-tuned"]
     assert all(r["within_budget"] for r in rows.values()) and rows["fp32"]["val_drop"] == 0.0

@@ -95,7 +95,7 @@ def test_confirmation_drops_a_trial_whose_rerun_misses_the_budget(
         if ctx is not None:
             calls.append(number)
             if len(calls) == 1:
-                m = m | {"quality": m["quality"] - 5.0}
+                m = m | {"quality": m["quality"] - 5.0, "drop": m["drop"] + 5.0, "drop_bound": m["drop_bound"] + 5.0}
         return model, m
 
     monkeypatch.setattr(tune_module._Objective, "_run", run)
@@ -114,5 +114,9 @@ def test_confirmation_drops_a_trial_whose_rerun_misses_the_budget(
     assert c["confirm_seed"] == tune_module.CONFIRM_SEED_OFFSET and c["mean_drop"] == pytest.approx(
         (c["drop"] + c["confirm_drop"]) / 2
     )
+    # Judged with the margin: the bound averages drop + se over both runs (digits scores images one by one).
+    confirm_bound = c["confirm_drop"] + c["confirm_drop_se"]
+    assert c["drop_se"] > 0 and c["mean_bound"] == pytest.approx((c["drop_bound"] + confirm_bound) / 2)
+    assert c["drop_bound"] == pytest.approx(c["drop"] + c["drop_se"])
     report = result.paths["report"].read_text()
     assert "## Confirmation" in report and "Confirmed: rebuilt with seed" in report

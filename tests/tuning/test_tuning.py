@@ -13,9 +13,11 @@ import torch
 import yaml
 
 from torchslim.cli import main
+from torchslim.errors import ConfigError
 from torchslim.recipes import builtin_recipes, load_recipe, recipe_from_dict, run_recipe
 from torchslim.tuning import SearchSpace, sensitivity, tune
 from torchslim.tuning.moves import same_steps
+from torchslim.tuning.space import describe_point
 from torchslim.workloads import get_workload
 
 MAX_DROP = 0.02
@@ -195,7 +197,9 @@ def test_neighbours_are_points_of_the_space_one_step_away() -> None:
     space = SearchSpace.for_model(get_workload("digits").model(), has_train_data=True)
     kws = space.point_of(builtin_recipes()["kws-tiny"])
     moves = space.neighbours(kws)
-    assert [p["channel_ratio"] for p in moves["compress"]] == [0.84375]
+    # One channel-ratio step, or the first sparsity step on top of the channels (Deep Compression's order).
+    compress = [(p["channel_ratio"], p["channel_sparsity"]) for p in moves["compress"]]
+    assert compress == [(0.84375, 0.0), (0.8125, 0.3)]
     assert {p["distill_lr"] for p in moves["recover"] if p.get("recovery") == "distill"} == {0.002}
     assert sum(p.get(f"bits:{g}") == 32 for p in moves["relax"] for g in space.groups) == len(space.groups)
     top = space.neighbours(kws | {"channel_ratio": 0.875})
@@ -252,3 +256,24 @@ def test_a_repeated_proposal_is_replaced_not_rerun(tmp_path: Path, monkeypatch: 
     assert first.user_attrs["origin"] == f"instead of duplicate trial {failed[0].number}"
     assert first.params["channel_ratio"] == 0.375 and first.user_attrs["cut_short"]  # larger: not evaluated
     assert "FAIL (duplicate)" in result.paths["report"].read_text()
+
+
+def test_channel_sparsity_thins_the_channel_pruned_model_after_its_recovery() -> None:
+    space = SearchSpace.for_model(get_workload("digits").model(), has_train_data=True)
+    assert space.channel_sparsity[0] == 0.0 and len(space.channel_sparsity) > 1
+    point = space.point_of(builtin_recipes()["kws-tiny"]) | {"channel_sparsity": 0.5}
+    quick, full = space.plan(point)
+    assert [s["kind"] for s in quick] == ["channel-pruning", "magnitude-pruning", "fold-batchnorm", "int8-static"]
+    assert [s["kind"] for s in full] == [
+        "channel-pruning",
+        "distill",
+        "gradual-pruning",
+        "fold-batchnorm",
+        "int8-static",
+    ]
+    assert full[2]["final_sparsity"] == 0.5 and quick[1]["sparsity"] == 0.5
+    assert space.point_of(space.recipe(point)) == point  # reads back from its recipe
+    assert "then magnitude 0.5" in describe_point(point)
+    assert space.point_of(builtin_recipes()["kws-tiny"])["channel_sparsity"] == 0.0
+    with pytest.raises(ConfigError, match="channel_sparsity"):
+        SearchSpace(channel_sparsity=(0.5, 0.7))  # 0.0 (none) must come first

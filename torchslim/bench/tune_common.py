@@ -3,7 +3,7 @@
 ``tune`` sees only the validation split; the benchmark rebuilds fp32, the built-in recipes
 (``torchslim-<name>``) and the tuned recipe (``torchslim-tuned``) from the same baseline, times them
 interleaved in one process and scores them on the test split. Each row carries ``val_drop`` and
-``within_budget`` (the budget is on the validation split, like the search's); the notes say whether
+``within_budget`` (judged on the validation split as the search judges a trial); the notes say whether
 the tuned recipe is within budget and smaller and/or faster than every built-in recipe within it.
 
 Example:
@@ -25,6 +25,7 @@ import torch
 from torchslim.bench.harness import BenchResult, Variant, run_benchmark
 from torchslim.measure import artifact_bytes
 from torchslim.recipes import Recipe, load_recipe, run_recipe
+from torchslim.tuning.budget import Budget
 
 __all__ = ["compare_tuned", "confirmation_note", "tune_in_tempdir", "verdict"]
 
@@ -40,16 +41,16 @@ def tune_in_tempdir(wl: Any, **kwargs: Any) -> tuple[Any, Recipe | None]:
     return result, tuned
 
 
-def _variant(name: str, model: torch.nn.Module, wl: Any, x: tuple, base_val: float, max_drop: float) -> Variant:
-    val = wl.evaluate(model, "val")[wl.metric]
-    drop = base_val - val if wl.higher_is_better else val - base_val
+def _variant(name: str, model: torch.nn.Module, wl: Any, x: tuple, budget: Budget) -> Variant:
+    j = budget.judge(model)
+    se = {} if j.drop_se is None else {"val_drop_se": round(j.drop_se, 4)}
     return Variant(
         name,
         model,
         x,
         size_bytes=artifact_bytes(model),
         quality=lambda: wl.evaluate(model, "test"),
-        extra={"val_drop": round(drop, 4), "within_budget": bool(drop <= max_drop + 1e-9)},
+        extra={"val_drop": round(j.drop, 4), **se, "within_budget": j.feasible},
     )
 
 
@@ -60,19 +61,22 @@ def compare_tuned(
     recipes: Mapping[str, Recipe],
     *,
     max_drop: float,
+    margin: float,
     rounds: int,
     warmup: int,
 ) -> BenchResult:
     """Rows ``fp32`` and ``torchslim-<key>`` for each of ``recipes``, built from copies of ``base``, timed interleaved.
 
-    Each recipe runs with a fresh ``wl.context()`` (its training data shuffles as in the tuning trial).
+    Each recipe runs with a fresh ``wl.context()`` (its training data shuffles as in the tuning trial); each row
+    is judged against the budget as ``tune`` judges a trial (``max_drop`` and ``margin``, see
+    :mod:`torchslim.tuning.budget`).
     """
     x = wl.example_inputs()
-    base_val = wl.evaluate(base, "val")[wl.metric]
-    variants = [_variant("fp32", base, wl, x, base_val, max_drop)]
+    budget = Budget(wl, base, max_drop=max_drop, margin=margin)
+    variants = [_variant("fp32", base, wl, x, budget)]
     for key, recipe in recipes.items():
         model, _ = run_recipe(copy.deepcopy(base), recipe, wl.context(), measure_steps=False)
-        variants.append(_variant(f"torchslim-{key}", model.eval(), wl, x, base_val, max_drop))
+        variants.append(_variant(f"torchslim-{key}", model.eval(), wl, x, budget))
     return run_benchmark(name, variants, rounds=rounds, warmup=warmup)
 
 

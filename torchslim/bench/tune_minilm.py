@@ -20,6 +20,7 @@ from torchslim.bench.tune_common import compare_tuned, confirmation_note, tune_i
 from torchslim.recipes import builtin_recipes
 
 MAX_DROP = 1.0
+MARGIN = 1.0  # tune's default; STS-B Spearman has no per-example scores, so it does not apply
 BUILTINS = ("bf16", "int8-dynamic", "int8-weight-only", "int4-g128", "wanda-50")
 THREADS = 2
 
@@ -33,12 +34,12 @@ def bench(data: str | None = None, quick: bool = False) -> BenchResult:
     try:
         trials = 8 if quick else 20
         wl = MiniLMWorkload(data)
-        result, tuned = tune_in_tempdir(wl, max_drop=MAX_DROP, objective="size", trials=trials, threads=THREADS,
+        result, tuned = tune_in_tempdir(wl, max_drop=MAX_DROP, margin=MARGIN, objective="size", trials=trials, threads=THREADS,
                                         latency_runs=3 if quick else 5)  # fmt: skip
         recipes = {n: builtin_recipes()[n] for n in BUILTINS}
         if tuned is not None:
             recipes["tuned"] = tuned
-        res = compare_tuned("minilm-tune", wl, wl.model(), recipes, max_drop=MAX_DROP,
+        res = compare_tuned("minilm-tune", wl, wl.model(), recipes, max_drop=MAX_DROP, margin=MARGIN,
                             rounds=3 if quick else 10, warmup=1 if quick else 2)  # fmt: skip
     finally:
         torch.set_num_threads(old_threads)

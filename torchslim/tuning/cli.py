@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Any
 
 __all__ = ["add_tuning_parsers", "cmd_sensitivity", "cmd_tune"]
@@ -61,7 +62,14 @@ def add_tuning_parsers(sub: Any) -> None:
         type=int,
         default=3,
         help="rebuild up to N of the best feasible trials that train with another seed; keep the best whose mean "
-        "drop stays within budget (3; 0: off)",
+        "judged drop stays within budget (3; 0: off)",
+    )
+    p.add_argument(
+        "--margin",
+        type=float,
+        default=1.0,
+        help="standard errors of the per-example drop added to the measured drop before the budget check, where "
+        "the workload scores examples one by one (digits); guards against validation luck (1.0; 0: off)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_tune)
@@ -96,6 +104,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         raise UsageError("--trials must be at least 1")
     if args.confirm < 0:
         raise UsageError("--confirm must be at least 0")
+    if not (args.margin >= 0 and math.isfinite(args.margin)):
+        raise UsageError("--margin must be a finite number >= 0")
     result = tune(
         args.workload,
         max_drop=args.max_drop,
@@ -113,6 +123,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         threads=args.threads,
         progress=not args.no_progress,
         confirm=args.confirm,
+        margin=args.margin,
     )
     for name, path in result.paths.items():
         print(f"wrote {path} ({name})")

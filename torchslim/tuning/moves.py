@@ -36,7 +36,15 @@ __all__ = ["MOVES", "Replay", "neighbours", "point_key", "point_of"]
 
 MOVES = ("compress", "recover", "other", "relax")
 # Ordered categorical dimensions: a step moves to the next choice; any other categorical moves to every choice.
-_ORDERED = ("quant", "channel_round_to", "distill_epochs", "distill_lr", "int4_group_size", "embeddings")
+_ORDERED = (
+    "quant",
+    "channel_round_to",
+    "channel_sparsity",
+    "distill_epochs",
+    "distill_lr",
+    "int4_group_size",
+    "embeddings",
+)
 _QUANT_RANK = {"none": 0, "bf16": 1, "int8": 2}
 
 
@@ -147,7 +155,7 @@ def _read_steps(space: SearchSpace, recipe: Recipe) -> dict[str, Any] | None:
     from torchslim.tuning.space import group_regex
 
     values: dict[str, Any] = {"drop_layers": 0, "prune": "none", "recovery": "none", "recovery_sparse": "none"}
-    values |= {"quant": "none", "channel_round_to": 1, "embeddings": "fp32"}
+    values |= {"quant": "none", "channel_round_to": 1, "channel_sparsity": 0.0, "embeddings": "fp32"}
     bits: dict[str, int] = {}
     for step in recipe.steps:
         c, kind = step.config, step.config.kind
@@ -158,6 +166,8 @@ def _read_steps(space: SearchSpace, recipe: Recipe) -> dict[str, Any] | None:
             values["drop_layers"] = c.least_important
         elif kind == "channel-pruning":
             values |= {"prune": "channels", "channel_ratio": c.ratio, "channel_round_to": c.round_to or 1}
+        elif values["prune"] == "channels" and kind in ("magnitude-pruning", "gradual-pruning"):
+            values["channel_sparsity"] = c.sparsity if kind == "magnitude-pruning" else c.final_sparsity
         elif kind in ("magnitude-pruning", "wanda-pruning"):
             values |= {"prune": kind.removesuffix("-pruning"), "sparsity": c.sparsity}
         elif kind == "gradual-pruning":
@@ -234,7 +244,7 @@ def _adjacent(name: str, dist: tuple, value: Any) -> list[Any]:
 
 def _direction(name: str, old: Any, new: Any) -> str:
     """What a step along one dimension does: compress, recover, other or relax."""
-    if name in ("drop_layers", "channel_ratio", "sparsity"):
+    if name in ("drop_layers", "channel_ratio", "sparsity", "channel_sparsity"):
         return "compress" if new > old else "relax"
     if name.startswith(("bits:", "int4_bits:")):
         return "compress" if new < old else "relax"

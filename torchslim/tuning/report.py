@@ -223,7 +223,8 @@ def to_markdown(result: Any, settings: dict[str, Any], rows: list[dict], recipe:
     lines = [
         f"# torchslim tune: {s['workload']}",
         "",
-        f"Objective **{s['objective']}**, budget: {s['metric']} drop <= {s['max_drop']:g} on the validation split "
+        f"Objective **{s['objective']}**, budget on {s['metric']} over the validation split: "
+        f"{b.get('budget_rule') or 'drop <= {:g}'.format(s['max_drop'])} "
         f"(baseline {b['quality']:.4f}; test {b['test_quality']:.4f}; {_kb(b['size_bytes'])} KB; "
         f"{b['latency_ms']:.3f} ms).",
         "",
@@ -241,7 +242,7 @@ def to_markdown(result: Any, settings: dict[str, Any], rows: list[dict], recipe:
             "",
             f"{_kb(c['size_bytes'])} KB ({b['size_bytes'] / c['size_bytes']:.1f}x smaller), {c['latency_ms']:.3f} ms "
             f"({b['latency_ms'] / c['latency_ms']:.2f}x faster), {s['metric']} {c['quality']:.4f} validation "
-            f"(drop {c['drop']:.4f}), {c['test_quality']:.4f} test (drop {b['test_quality'] - c['test_quality']:.4f}).",
+            f"(drop {_drop_cell(c)}), {c['test_quality']:.4f} test (drop {b['test_quality'] - c['test_quality']:.4f}).",
             "",
             compare_builtins(c, result.builtins, s["objective"]),
             "",
@@ -272,19 +273,20 @@ def to_markdown(result: Any, settings: dict[str, Any], rows: list[dict], recipe:
                 continue
             lines.append(
                 f"| {r['name']} | {_kb(r['size_bytes'])} | {r['latency_ms']:.3f} | {_q(r['quality'])} | "
-                f"{_q(r['test_quality'])} | {r['drop']:.4f} | {'yes' if r['feasible'] else 'no'} |"
+                f"{_q(r['test_quality'])} | {_drop_cell(r)} | {'yes' if r['feasible'] else 'no'} |"
             )
     examined = [r for r in rows if "confirmed" in r and r.get("how") != "no training step"]
     if examined:
         lines += ["", "## Confirmation: best feasible trials rebuilt with another seed", ""]
         lines += [
-            "| trial | recipe | size KB | val drop | confirmation drop | mean drop | kept |",
+            "| trial | recipe | size KB | val drop | confirmation drop | mean judged drop | kept |",
             "|---|---|---|---|---|---|---|",
         ]
         for r in examined:
+            confirm = {"drop": r.get("confirm_drop", float("nan")), "drop_se": r.get("confirm_drop_se")}
             lines.append(
-                f"| {r['number']} | {r.get('description', '')} | {_kb(r.get('size_bytes'))} | {r['drop']:.4f} | "
-                f"{r.get('confirm_drop', float('nan')):.4f} | {r.get('mean_drop', float('nan')):.4f} | "
+                f"| {r['number']} | {r.get('description', '')} | {_kb(r.get('size_bytes'))} | {_drop_cell(r)} | "
+                f"{_drop_cell(confirm)} | {r.get('mean_bound', r.get('mean_drop', float('nan'))):.4f} | "
                 f"{'yes' if r['confirmed'] else 'no'} |"
             )
     done = sorted(
@@ -302,10 +304,22 @@ def _confirmation_line(c: dict[str, Any], max_drop: float) -> str:
         return "Not confirmed with another seed (confirmation off, or the rebuilds of the trials before it all failed)."
     if c.get("how") == "no training step":
         return "No training step: the same model with any seed (confirmation not needed)."
+    judged = c.get("mean_bound", c["mean_drop"])
     return (
         f"Confirmed: {c['how']}, validation drop {c['confirm_drop']:.4f}; mean of both runs {c['mean_drop']:.4f} "
-        f"<= {max_drop:g}."
+        f"(judged, with the margin: {judged:.4f}) <= {max_drop:g}."
     )
+
+
+def _drop_cell(r: dict[str, Any]) -> str:
+    """``0.0083 ± 0.0071`` (drop and its standard error) or the drop alone when it has none.
+
+    Example:
+        >>> _drop_cell({"drop": 0.0083, "drop_se": 0.00714}), _drop_cell({"drop": 0.5})
+        ('0.0083 ± 0.0071', '0.5000')
+    """
+    se = r.get("drop_se")
+    return f"{r.get('drop', float('nan')):.4f}" + (f" ± {se:.4f}" if se is not None else "")
 
 
 def _table(rows: Sequence[dict], with_test: bool) -> list[str]:
@@ -313,7 +327,7 @@ def _table(rows: Sequence[dict], with_test: bool) -> list[str]:
     for r in rows:
         out.append(
             f"| {r['number']} | {r.get('description', '')} | {_kb(r.get('size_bytes'))} | "
-            f"{r.get('latency_ms', float('nan')):.3f} | {_q(r.get('quality'))} | {r.get('drop', float('nan')):.4f} | "
+            f"{r.get('latency_ms', float('nan')):.3f} | {_q(r.get('quality'))} | {_drop_cell(r)} | "
             f"{'yes' if r.get('feasible') else 'no'} |"
         )
     return out

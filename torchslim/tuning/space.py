@@ -67,6 +67,8 @@ __all__ = ["EMBEDDINGS", "SearchSpace", "describe_model", "group_key", "int4_con
 PRUNE_METHODS = ("none", "magnitude", "wanda", "channels")
 RECOVERY = ("none", "finetune", "distill")
 EMBEDDINGS = ("fp32", "int8")
+# Sparsity on top of channel pruning (Deep Compression's order: structure, then thinning, then int8).
+CHANNEL_SPARSITY = (0.0, 0.3, 0.5, 0.7, 0.8, 0.9)
 _LAYER_TYPES = (nn.Linear, nn.Conv2d)
 
 
@@ -146,6 +148,10 @@ class SearchSpace:
             steps of 1/32 are exact binary fractions (a sampled value equals an enqueued one) and keep
             power-of-two channel counts whole.
         channel_round_to: choices for keeping channel counts multiples of N (1: no rounding).
+        channel_sparsity: choices of unstructured (global magnitude) sparsity applied on top of channel
+            pruning, after its recovery step, with the gradual schedule and fine-tuning when the point
+            trains (0.0 first: none). Structure removes whole channels; the weights left are then thinned
+            for the artifact (sparse storage), as in Han et al.'s Deep Compression. Empty: not searched.
         max_drop_layers: most blocks layer dropping may remove (0: not searched).
         recovery: among ``none``, ``finetune``, ``distill`` (empty or ``("none",)``: not searched).
         finetune_epochs / finetune_lr: training budget of a fine-tuning step.
@@ -166,6 +172,7 @@ class SearchSpace:
     sparsity: tuple[float, float, float] = (0.3, 0.95, 0.05)
     channel_ratio: tuple[float, float, float] = (0.0625, 0.875, 0.03125)
     channel_round_to: tuple[int, ...] = (1, 8, 32)
+    channel_sparsity: tuple[float, ...] = ()
     max_drop_layers: int = 0
     recovery: tuple[str, ...] = RECOVERY
     finetune_epochs: int = 10
@@ -203,6 +210,10 @@ class SearchSpace:
                 problems.append(f"embeddings: unknown {m!r}; use {', '.join(EMBEDDINGS)}")
         if "int4" in self.quant and int4_config_type() is None:
             problems.append("quant: int4 needs torchslim.quantization.Int4WeightOnly, which is not installed")
+        if self.channel_sparsity and (
+            self.channel_sparsity[0] != 0.0 or not all(0.0 <= v < 1.0 for v in self.channel_sparsity)
+        ):
+            problems.append(f"channel_sparsity: fractions in [0, 1) starting with 0.0, got {self.channel_sparsity!r}")
         for lo, hi, _ in (self.sparsity, self.channel_ratio):
             if not 0.0 <= lo <= hi < 1.0:
                 problems.append(f"ranges must satisfy 0 <= low <= high < 1, got {lo}..{hi}")
@@ -233,6 +244,7 @@ class SearchSpace:
             "int8_methods": int8,
             "fold_bn": d["has_bn"],
             "embeddings": EMBEDDINGS if d["has_embedding"] else (),
+            "channel_sparsity": CHANNEL_SPARSITY if has_train_data else (),
         }
         kw.update(overrides)
         return cls(**kw)
@@ -257,6 +269,8 @@ class SearchSpace:
             p["channel_ratio"] = round(trial.suggest_float("channel_ratio", lo, hi, step=step), 6)
             if len(self.channel_round_to) > 1:  # oneDNN int8 convolutions are much faster on multiples of 32
                 p["channel_round_to"] = trial.suggest_categorical("channel_round_to", list(self.channel_round_to))
+            if len(self.channel_sparsity) > 1:
+                p["channel_sparsity"] = trial.suggest_categorical("channel_sparsity", list(self.channel_sparsity))
         if len(self.recovery) > 1 and p["prune"] in ("magnitude", "wanda"):
             # Training after one-shot pruning regrows the pruned weights: unstructured pruning recovers
             # with a gradual schedule (masks kept while training), so it gets its own choice set.
@@ -291,7 +305,7 @@ class SearchSpace:
         First every recipe of ``recipes`` (None: the built-in recipes) the space expresses exactly
         (:func:`~torchslim.tuning.moves.point_of`) and that changes the model, origin ``builtin:NAME``; then the usual recipes of
         each family, origin ``family``: half / three quarters of the channels removed then recovered,
-        90% unstructured sparsity with fine-tuning, int8 everywhere, int4 Linear layers (largest groups)
+        three quarters removed, recovered and 70% of the rest thinned, 90% unstructured sparsity with fine-tuning, int8 everywhere, int4 Linear layers (largest groups)
         with int8 embedding tables when the space searches ``embeddings`` (only dimensions the space has).
 
         Example:
@@ -317,6 +331,18 @@ class SearchSpace:
             family += [
                 {"prune": "channels", "channel_ratio": r, "recovery": recover, "quant": quant} for r in (0.5, 0.75)
             ]
+        if "channels" in self.prune_methods and recover and 0.7 in self.channel_sparsity:
+            # Deep Compression's order: three quarters of the channels out, recovered, then 70% of the
+            # weights left thinned with fine-tuning (sparse storage), then int8.
+            family.append(
+                {
+                    "prune": "channels",
+                    "channel_ratio": 0.75,
+                    "recovery": recover,
+                    "channel_sparsity": 0.7,
+                    "quant": quant,
+                }
+            )
         if "magnitude" in self.prune_methods and "finetune" in self.recovery and len(self.recovery) > 1:
             bf16 = "bf16" if "bf16" in self.quant else self.quant[0]
             family.append({"prune": "magnitude", "sparsity": 0.9, "recovery_sparse": "finetune", "quant": bf16})
@@ -374,6 +400,7 @@ class SearchSpace:
         when it has no training step (then ``quick`` is the recipe).
         """
         quick: list[dict] = []
+        thin = 0.0  # sparsity on top of channel pruning
         if params.get("drop_layers", 0):
             quick.append({"kind": "layer-dropping", "least_important": int(params["drop_layers"])})
         full = list(quick)
@@ -385,17 +412,7 @@ class SearchSpace:
                 {"kind": f"{prune}-pruning", "sparsity": s} | ({"scope": "global"} if prune == "magnitude" else {})
             )
             if recovery == "finetune":  # Zhu & Gupta schedule: masks stay while fine-tuning
-                e = self.finetune_epochs
-                full.append(
-                    {
-                        "kind": "gradual-pruning",
-                        "final_sparsity": s,
-                        "steps": 3,
-                        "epochs_per_step": max(1, e // 5),
-                        "final_epochs": e,
-                        "lr": self.finetune_lr,
-                    }
-                )
+                full.append(self._gradual(s))
             else:
                 full.append(quick[-1])
         elif prune == "channels":
@@ -404,6 +421,7 @@ class SearchSpace:
                 step["round_to"] = int(params["channel_round_to"])
             quick.append(step)
             full.append(quick[-1])
+            thin = float(params.get("channel_sparsity", 0.0))
         elif prune != "none":
             raise ConfigError("invalid point", [f"prune: unknown method {prune!r}"])
         if prune != "magnitude" and recovery == "finetune":
@@ -413,9 +431,23 @@ class SearchSpace:
             full.append(
                 {"kind": "distill", "epochs": epochs, "lr": float(params.get("distill_lr", self.distill_lr[0]))}
             )
+        if thin > 0:  # after the recovery of the channel pruning: thin the weights left, then fine-tune
+            quick.append({"kind": "magnitude-pruning", "sparsity": thin, "scope": "global"})
+            full.append(self._gradual(thin) if recovery != "none" else quick[-1])
         finish: list[dict] = [{"kind": "fold-batchnorm"}] if self.fold_bn else []
         finish += self._quant_steps(params)
         return quick + finish, (full + finish if recovery != "none" else None)
+
+    def _gradual(self, sparsity: float) -> dict[str, Any]:
+        e = self.finetune_epochs
+        return {
+            "kind": "gradual-pruning",
+            "final_sparsity": sparsity,
+            "steps": 3,
+            "epochs_per_step": max(1, e // 5),
+            "final_epochs": e,
+            "lr": self.finetune_lr,
+        }
 
     def changes(self, params: dict[str, Any]) -> bool:
         """Whether the point's recipe changes the model beyond folding BatchNorm (``fold-bn`` is the baseline)."""
@@ -492,6 +524,8 @@ def describe_point(params: dict[str, Any]) -> str:
         parts.append(f"distill ({', '.join(detail)})")
     elif recovery != "none":
         parts.append(recovery)
+    if prune == "channels" and params.get("channel_sparsity"):  # after the recovery (see plan)
+        parts.append(f"then magnitude {params['channel_sparsity']:g}")
     quant = params.get("quant", "none")
     if quant in ("int8", "int4"):
         bits = [f"{k.partition(':')[2]}:{v}" for k, v in params.items() if k.startswith(("bits:", "int4_bits:"))]

@@ -3,8 +3,11 @@
 One objective (``size`` or ``latency``) uses TPE (Bergstra et al., 2011, "Algorithms for
 Hyper-Parameter Optimization"); ``both`` searches the size/latency Pareto front with NSGA-II (Deb et al.,
 2002). The constraint is the budget: ``drop = baseline - quality`` (reversed when lower is better) of the
-workload's metric on its validation split must satisfy ``drop <= max_drop``. Infeasible trials are kept
-(user attribute ``constraint = [drop - max_drop]``, read by the samplers' ``constraints_func``).
+workload's metric on its validation split, plus ``margin`` standard errors of that drop when the
+workload gives per-example scores (:mod:`torchslim.tuning.budget`; digits: per-image correctness), must
+satisfy ``drop + margin * se <= max_drop``. The margin keeps the search from picking models that the
+few validation examples happen to favour. Infeasible trials are kept (user attribute
+``constraint = [drop + margin * se - max_drop]``, read by the samplers' ``constraints_func``).
 
 A trial, cheapest work first:
 
@@ -36,7 +39,7 @@ budget favours those whose training happened to land well on the validation spli
 one accuracy point is 3.6 images). After the search, the feasible trials are taken best first; one
 with a training step is rebuilt with another seed (``seed + CONFIRM_SEED_OFFSET``: weight
 initialisation, dropout and, when the workload's ``train_data`` takes a ``seed``, the data order) and
-kept only if its drop averaged over both runs stays within the budget; a trial without training is
+kept only if its judged drop (``drop + margin * se``) averaged over both runs stays within the budget; a trial without training is
 the same model with any seed and passes as it is (no cost). The first that passes is chosen; at most
 ``confirm`` rebuilds are made (when all fail, the next feasible trial is chosen unconfirmed, and the
 report says so). Results are stored with the study (user attribute ``confirmations``) and in
@@ -74,6 +77,7 @@ from typing import Any
 import torch
 
 from torchslim.errors import ConfigError, TorchslimError, UsageError
+from torchslim.tuning.budget import Budget
 from torchslim.tuning.moves import MOVES, point_key
 from torchslim.tuning.space import SearchSpace, describe_point
 
@@ -140,10 +144,6 @@ def reseeded_context(wl: Any, ctx: Any, seed: int) -> Any:
     params = inspect.signature(wl.train_data).parameters
     data = wl.train_data(seed=seed) if "seed" in params else wl.train_data()
     return dataclasses.replace(ctx, train_data=data, events=[], seed=seed)
-
-
-def _drop(base: float, value: float, higher_is_better: bool) -> float:
-    return base - value if higher_is_better else value - base
 
 
 def _constraint(trial: Any) -> Sequence[float]:
@@ -223,9 +223,9 @@ def _done(trials: Sequence[Any]) -> int:
 class _Objective:
     """The trial function (see the module docstring); holds the baseline and the workload."""
 
-    def __init__(self, *, wl: Any, base: torch.nn.Module, ctx: Any, space: SearchSpace, settings: dict,
+    def __init__(self, *, wl: Any, base: torch.nn.Module, ctx: Any, space: SearchSpace, settings: dict, budget: Budget,
                  baseline: dict, trials: int, seed: int, latency_runs: int, recover_limit: float | None) -> None:  # fmt: skip
-        self.wl, self.base, self.ctx, self.space = wl, base, ctx, space
+        self.wl, self.base, self.ctx, self.space, self.budget = wl, base, ctx, space, budget
         self.max_drop = settings["max_drop"]
         self.objective = settings["objective"]
         self.baseline, self.trials, self.seed = baseline, trials, seed
@@ -279,7 +279,7 @@ class _Objective:
                 queued += 1
         return queued
 
-    def _refine(self, trial: Any, *, feasible: bool, drop: float) -> None:
+    def _refine(self, trial: Any, *, feasible: bool, drop: float) -> None:  # drop: the judged bound
         """Queue the neighbours worth a trial after a trial that was not cut short (see the module docstring)."""
         if feasible:
             moves = self.space.neighbours(trial.params)["compress"]
@@ -356,21 +356,19 @@ class _Objective:
             _, m = self._run(full, row["number"], reseeded_context(self.wl, self.ctx, seed))
         except (TorchslimError, RuntimeError, ValueError) as e:
             return {"confirmed": False, "how": f"rebuild failed: {type(e).__name__}: {e}"[:300], "confirm_seed": seed}
-        drop = _drop(self.baseline["quality"], m["quality"], self.wl.higher_is_better)
-        mean = (row["drop"] + drop) / 2
+        bound = (row.get("drop_bound", row["drop"]) + m["drop_bound"]) / 2
         return {
-            "confirmed": bool(mean <= self.max_drop),
+            "confirmed": bool(bound <= self.max_drop + 1e-12),
             "how": f"rebuilt with seed {seed}",
             "confirm_seed": seed,
             "confirm_quality": m["quality"],
-            "confirm_drop": drop,
-            "mean_drop": mean,
+            "confirm_drop": m["drop"],
+            "confirm_drop_se": m["drop_se"],
+            "mean_drop": (row["drop"] + m["drop"]) / 2,
+            "mean_bound": bound,
         }
 
     # -- one trial --------------------------------------------------------------------------------
-
-    def _quality(self, model: torch.nn.Module) -> float:
-        return float(self.wl.evaluate(model, "val")[self.wl.metric])
 
     def _run(self, steps: list[dict], number: int, ctx: Any = None, *, quality: bool = True) -> tuple[torch.nn.Module, dict[str, float]]:  # fmt: skip
         from torchslim.measure import artifact_bytes, measure_latency
@@ -382,7 +380,7 @@ class _Objective:
         model.eval()
         lat = measure_latency(model, self.ctx.example_inputs, warmup=3, runs=self.latency_runs).median_ms
         m = {"size_bytes": artifact_bytes(model), "latency_ms": lat}
-        return model, m | ({"quality": self._quality(model)} if quality else {})
+        return model, m | (self.budget.judge(model).attrs() if quality else {})
 
     def __call__(self, trial: Any) -> tuple[float, ...]:
         import optuna
@@ -408,11 +406,11 @@ class _Objective:
             model, m = self._run(quick, trial.number, quality=False)
             reason = self._dominated(trial, m["size_bytes"], m["latency_ms"])
             if reason is None:  # a trial cut short needs no quality: the evaluation is skipped
-                m["quality"] = self._quality(model)
+                m |= self.budget.judge(model).attrs()
                 trial.set_user_attr("quick_quality", m["quality"])
             del model
             if reason is None and full is not None:
-                drop = _drop(self.baseline["quality"], m["quality"], self.wl.higher_is_better)
+                drop = m["drop"]
                 if self.recover_limit is not None and drop > self.recover_limit:
                     reason = f"quality drop {drop:.4g} before recovery exceeds recover_limit {self.recover_limit:g}"
                 if len(self._values(0, 0.0)) == 1:
@@ -436,22 +434,20 @@ class _Objective:
         except (TorchslimError, RuntimeError, ValueError) as e:
             trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:500])
             raise _Skip(str(e)) from e
-        drop = _drop(self.baseline["quality"], m["quality"], self.wl.higher_is_better)
         trial.set_user_attr("seconds", time.perf_counter() - start)
-        for k, v in m.items():
+        for k, v in m.items():  # quality, drop, drop_se, drop_bound, feasible (the Budget's judgement), size, latency
             trial.set_user_attr(k, v)
-        trial.set_user_attr("drop", drop)
-        trial.set_user_attr("feasible", bool(drop <= self.max_drop))
-        trial.set_user_attr("constraint", [drop - self.max_drop])
+        excess = m["drop_bound"] - self.max_drop
+        trial.set_user_attr("constraint", [excess])
         if hasattr(trial, "set_constraint"):
-            trial.set_constraint("quality_drop", drop - self.max_drop)
+            trial.set_constraint("quality_drop", excess)
         # Not cut short: smaller/faster than every feasible trial so far (training changes neither).
-        self._refine(trial, feasible=drop <= self.max_drop, drop=drop)
+        self._refine(trial, feasible=m["feasible"], drop=m["drop_bound"])
         return self._values(m["size_bytes"], m["latency_ms"])
 
 
 def _evaluate_builtins(wl: Any, base: torch.nn.Module, ctx: Any, names: Sequence[str] | None, latency_runs: int,
-                       baseline: dict, max_drop: float, progress: Callable[[str], None]) -> list[dict]:  # fmt: skip
+                       budget: Budget, progress: Callable[[str], None]) -> list[dict]:  # fmt: skip
     """Rows for the built-in recipes (val + test quality, size, latency); those that fail are noted."""
     from torchslim.measure import artifact_bytes, measure_latency
     from torchslim.recipes import builtin_recipes, run_recipe
@@ -472,17 +468,13 @@ def _evaluate_builtins(wl: Any, base: torch.nn.Module, ctx: Any, names: Sequence
             rows.append({"name": name, "error": f"{type(e).__name__}: {e}"[:300]})
             continue
         model.eval()
-        q = float(wl.evaluate(model, "val")[wl.metric])
-        drop = _drop(baseline["quality"], q, wl.higher_is_better)
         rows.append(
             {
                 "name": name,
                 "size_bytes": artifact_bytes(model),
                 "latency_ms": measure_latency(model, ctx.example_inputs, warmup=3, runs=latency_runs).median_ms,
-                "quality": q,
+                **budget.judge(model).attrs(),
                 "test_quality": float(wl.evaluate(model, "test")[wl.metric]),
-                "drop": drop,
-                "feasible": bool(drop <= max_drop),
             }
         )
     return rows
@@ -510,6 +502,7 @@ def tune(
     grace_period: int = 20,
     anchors: bool = True,
     confirm: int = 3,
+    margin: float = 1.0,
 ) -> TuneResult:
     """Search recipes for ``workload`` that keep its metric within ``max_drop`` and minimise ``objective``.
 
@@ -536,8 +529,11 @@ def tune(
         anchors: start a new study with :meth:`SearchSpace.named_anchors` (the built-in recipes the space
             expresses, then known-good points) before sampling.
         confirm: rebuild up to this many of the best feasible trials that train with another seed and
-            choose the best one whose drop averaged over both runs is within ``max_drop`` (0: off; see
-            the module docstring).
+            choose the best one whose judged drop averaged over both runs is within ``max_drop`` (0: off;
+            see the module docstring).
+        margin: standard errors of the paired per-example drop added to the measured drop before it is
+            compared with ``max_drop`` (0: the measured drop alone; ignored for a workload without
+            ``example_scores``; see :mod:`torchslim.tuning.budget`).
         heartbeat_interval / grace_period: seconds; a trial whose heartbeat is older than ``grace_period`` is
             marked FAIL (its process was killed).
 
@@ -562,6 +558,8 @@ def tune(
         problems.append(f"trials: must be an integer >= 1, got {trials!r}")
     if not (isinstance(confirm, int) and confirm >= 0):
         problems.append(f"confirm: must be an integer >= 0, got {confirm!r}")
+    if not (isinstance(margin, (int, float)) and math.isfinite(margin) and margin >= 0):
+        problems.append(f"margin: must be a finite number >= 0, got {margin!r}")
     if problems:
         raise ConfigError("invalid tuning options", problems)
     out = Path(out)
@@ -578,10 +576,11 @@ def tune(
         if space is None:  # the workload may shape its default space (e.g. post-training only)
             overrides = dict(getattr(wl, "tune_space_overrides", dict)())
             space = SearchSpace.for_model(base, has_train_data=ctx.train_data is not None, **overrides)
-        settings = _settings(wl.name, wl.metric, float(max_drop), objective, space, seed)
+        settings = _settings(wl.name, wl.metric, float(max_drop), objective, space, seed) | {"margin": float(margin)}
         with _Bar(progress, trials) as bar:
             bar.status("baseline")
-            baseline = _baseline(wl, base, ctx, latency_runs)
+            budget = Budget(wl, base, max_drop=float(max_drop), margin=float(margin))
+            baseline = _baseline(wl, base, ctx, latency_runs, budget)
             url = storage or default_storage(out)
             directions = ["minimize"] * (2 if objective == "both" else 1)
             with warnings.catch_warnings():  # heartbeats and grouped TPE are "experimental" in Optuna
@@ -599,14 +598,14 @@ def tune(
                         study.enqueue_trial(point, skip_if_exists=True, user_attrs={"origin": origin})
                 if len(study.trials):  # a resumed study: new suggestions, not the first run's again
                     study.sampler = _sampler(objective, seed + 1000 * worker + 7919 * len(study.trials), trials)
-            fn = _Objective(wl=wl, base=base, ctx=ctx, space=space, settings=settings, baseline=baseline,
+            fn = _Objective(wl=wl, base=base, ctx=ctx, space=space, settings=settings, budget=budget, baseline=baseline,
                             trials=trials, seed=seed, latency_runs=latency_runs, recover_limit=recover_limit)  # fmt: skip
             bar.update(_done(study.get_trials(deepcopy=False)))
             if _done(study.get_trials(deepcopy=False)) < trials:
                 study.optimize(fn, catch=(_Skip,), callbacks=[_Stop(trials, bar)])
             if confirm:
                 fn.confirm(study, confirm, bar.status)
-            rows = _evaluate_builtins(wl, base, ctx, builtins, latency_runs, baseline, max_drop, bar.status)
+            rows = _evaluate_builtins(wl, base, ctx, builtins, latency_runs, budget, bar.status)
             bar.status("writing outputs")
             result = write_outputs(study, wl=wl, base=base, ctx=ctx, space=space, settings=settings,
                                    baseline=baseline, builtins=rows, out=out, peers=peers)  # fmt: skip
@@ -625,11 +624,12 @@ def _mkdir(out: Path) -> None:
         raise OutputExistsError(f"cannot create {out}: {e}") from None
 
 
-def _baseline(wl: Any, base: torch.nn.Module, ctx: Any, latency_runs: int) -> dict[str, Any]:
+def _baseline(wl: Any, base: torch.nn.Module, ctx: Any, latency_runs: int, budget: Budget) -> dict[str, Any]:
     from torchslim.measure import artifact_bytes, measure_latency
 
     return {
-        "quality": float(wl.evaluate(base, "val")[wl.metric]),
+        "quality": budget.base_quality,
+        "budget_rule": budget.describe(),
         "test_quality": float(wl.evaluate(base, "test")[wl.metric]),
         "size_bytes": artifact_bytes(base),
         "latency_ms": measure_latency(base, ctx.example_inputs, warmup=3, runs=latency_runs).median_ms,

@@ -107,6 +107,12 @@ class Workload(ABC):
     def evaluate(self, model: nn.Module, split: str = "test") -> dict[str, float]:
         """Quality figures of ``model`` on ``split``; ``metric`` is among the keys."""
 
+    def example_scores(self, model: nn.Module, split: str = "test") -> torch.Tensor | None:
+        """Per-example scores on ``split`` whose mean is ``evaluate``'s ``metric`` (e.g. 0/1 correctness), or
+        None when the metric is not a mean over examples (default). ``torchslim tune`` uses them for the
+        standard error of a quality drop (:mod:`torchslim.tuning.budget`)."""
+        return None
+
     def calibration(self, n_batches: int = 8) -> list[Any]:
         """Calibration batches (each a tuple of positional inputs); default: none."""
         return []

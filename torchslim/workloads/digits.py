@@ -324,6 +324,17 @@ class DigitsWorkload(Workload):
             >>> round(DigitsWorkload().evaluate(build_teacher())["accuracy"], 1) < 0.5
             True
         """
+        return {"accuracy": float(self.example_scores(model, split).double().mean())}
+
+    def example_scores(self, model: nn.Module, split: str = "test") -> torch.Tensor:
+        """Per-image correctness (1.0 / 0.0) of ``model`` on ``split``: its mean is ``evaluate``'s accuracy.
+
+        ``torchslim tune`` uses it for the standard error of a drop (see :mod:`torchslim.tuning.budget`).
+
+        Example:
+            >>> DigitsWorkload().example_scores(build_teacher(), "val").shape
+            torch.Size([360])
+        """
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
         s = load_splits()
@@ -333,13 +344,12 @@ class DigitsWorkload(Workload):
         device = ref.device if ref is not None else torch.device("cpu")
         was_training = model.training
         model.eval()
-        correct = 0
+        hits = []
         try:
             with torch.inference_mode():
                 for start in range(0, len(y_all), 256):
                     x = x_all[start : start + 256].to(device=device, dtype=dtype)
-                    pred = model(x).argmax(dim=-1).cpu()
-                    correct += int((pred == y_all[start : start + 256]).sum())
+                    hits.append(model(x).argmax(dim=-1).cpu() == y_all[start : start + 256])
         finally:
             model.train(was_training)
-        return {"accuracy": correct / len(y_all)}
+        return torch.cat(hits).float()
