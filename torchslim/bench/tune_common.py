@@ -80,6 +80,43 @@ def compare_tuned(
     return run_benchmark(name, variants, rounds=rounds, warmup=warmup)
 
 
+def tune_and_compare(
+    name: str,
+    wl: Any,
+    recipes: Mapping[str, Recipe],
+    *,
+    max_drop: float,
+    margin: float,
+    threads: int,
+    tune_kwargs: Mapping[str, Any],
+    rounds: int,
+    warmup: int,
+    budget_note: str,
+) -> BenchResult:
+    """The tune benches' flow: ``tune`` in a temporary folder, then :func:`compare_tuned` on ``recipes`` plus
+    the tuned one (row ``torchslim-tuned``), on ``threads`` threads; notes: ``budget_note``, the tuned recipe,
+    its confirmation and the :func:`verdict`."""
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        result, tuned = tune_in_tempdir(wl, max_drop=max_drop, margin=margin, objective="size", **tune_kwargs)
+        recipes = dict(recipes)
+        if tuned is not None:
+            recipes["tuned"] = tuned
+        res = compare_tuned(
+            name, wl, wl.model(), recipes, max_drop=max_drop, margin=margin, rounds=rounds, warmup=warmup
+        )
+    finally:
+        torch.set_num_threads(old_threads)
+    res.notes.append(budget_note)
+    if tuned is None:
+        res.notes.append("tune found no recipe within the budget")
+        return res
+    res.notes.append(f"tuned recipe: {result.chosen.get('description', '')}; {confirmation_note(result.chosen)}")
+    res.notes.append(verdict(res))
+    return res
+
+
 def verdict(res: BenchResult) -> str:
     """Whether ``torchslim-tuned`` is within budget, smaller / faster than every built-in row within budget."""
     rows = {r["variant"]: r for r in res.rows}

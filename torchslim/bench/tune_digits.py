@@ -15,10 +15,8 @@ it compiles with ``torch.compile`` (minutes), a path meant for transformers.
 
 from __future__ import annotations
 
-import torch
-
 from torchslim.bench.harness import BenchResult
-from torchslim.bench.tune_common import compare_tuned, confirmation_note, tune_in_tempdir, verdict
+from torchslim.bench.tune_common import tune_and_compare
 from torchslim.recipes import builtin_recipes
 
 MAX_DROP = 0.01
@@ -30,27 +28,19 @@ def bench(data: str | None = None, quick: bool = False) -> BenchResult:
     """Run the comparison (``data`` is unused: scikit-learn ships the digits)."""
     from torchslim.workloads import get_workload
 
-    old_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        trials = 20 if quick else 40
-        wl = get_workload("digits")
-        result, tuned = tune_in_tempdir(wl, max_drop=MAX_DROP, margin=MARGIN, objective="size", trials=trials)
-        recipes = {n: r for n, r in builtin_recipes().items() if n not in SKIP}
-        if tuned is not None:
-            recipes["tuned"] = tuned
-        res = compare_tuned("digits-tune", wl, wl.model(), recipes, max_drop=MAX_DROP, margin=MARGIN,
-                            rounds=10 if quick else 40, warmup=3 if quick else 10)  # fmt: skip
-    finally:
-        torch.set_num_threads(old_threads)
-    res.notes.append(
-        f"budget: validation accuracy drop + {MARGIN:g} standard error <= {MAX_DROP} (1 point); "
+    trials = 20 if quick else 40
+    wl = get_workload("digits")
+    return tune_and_compare(
+        "digits-tune",
+        wl,
+        {n: r for n, r in builtin_recipes().items() if n not in SKIP},
+        max_drop=MAX_DROP,
+        margin=MARGIN,
+        threads=1,
+        tune_kwargs={"trials": trials},
+        rounds=10 if quick else 40,
+        warmup=3 if quick else 10,
+        budget_note=f"budget: validation accuracy drop + {MARGIN:g} standard error <= {MAX_DROP} (1 point); "
         f"tune: objective size, {trials} trials, seed 0; "
-        f"latency per batch of {wl.example_inputs()[0].shape[0]} on 1 thread; accuracy columns on the test split"
+        f"latency per batch of {wl.example_inputs()[0].shape[0]} on 1 thread; accuracy columns on the test split",
     )
-    if tuned is None:
-        res.notes.append("tune found no recipe within the budget")
-        return res
-    res.notes.append(f"tuned recipe: {result.chosen.get('description', '')}; {confirmation_note(result.chosen)}")
-    res.notes.append(verdict(res))
-    return res

@@ -13,10 +13,8 @@ minutes of ``torch.compile``) are left out.
 
 from __future__ import annotations
 
-import torch
-
 from torchslim.bench.harness import BenchResult
-from torchslim.bench.tune_common import compare_tuned, confirmation_note, tune_in_tempdir, verdict
+from torchslim.bench.tune_common import tune_and_compare
 from torchslim.recipes import builtin_recipes
 
 MAX_DROP = 1.0
@@ -29,28 +27,18 @@ def bench(data: str | None = None, quick: bool = False) -> BenchResult:
     """Run the comparison on the STS benchmark folder ``data`` (default ``../shared/data/stsbenchmark``)."""
     from torchslim.workloads.minilm import MiniLMWorkload
 
-    old_threads = torch.get_num_threads()
-    torch.set_num_threads(THREADS)
-    try:
-        trials = 8 if quick else 20
-        wl = MiniLMWorkload(data)
-        result, tuned = tune_in_tempdir(wl, max_drop=MAX_DROP, margin=MARGIN, objective="size", trials=trials, threads=THREADS,
-                                        latency_runs=3 if quick else 5)  # fmt: skip
-        recipes = {n: builtin_recipes()[n] for n in BUILTINS}
-        if tuned is not None:
-            recipes["tuned"] = tuned
-        res = compare_tuned("minilm-tune", wl, wl.model(), recipes, max_drop=MAX_DROP, margin=MARGIN,
-                            rounds=3 if quick else 10, warmup=1 if quick else 2)  # fmt: skip
-    finally:
-        torch.set_num_threads(old_threads)
-    res.notes.append(
-        f"budget: STS-B dev Spearman x100 drop <= {MAX_DROP:g}; tune: objective size, {trials} trials, seed 0, "
-        f"post-training space; latency per batch of 32 x 128 tokens on {THREADS} threads; quality columns on the "
-        "STS-B test split"
+    trials = 8 if quick else 20
+    return tune_and_compare(
+        "minilm-tune",
+        MiniLMWorkload(data),
+        {n: builtin_recipes()[n] for n in BUILTINS},
+        max_drop=MAX_DROP,
+        margin=MARGIN,
+        threads=THREADS,
+        tune_kwargs={"trials": trials, "threads": THREADS, "latency_runs": 3 if quick else 5},
+        rounds=3 if quick else 10,
+        warmup=1 if quick else 2,
+        budget_note=f"budget: STS-B dev Spearman x100 drop <= {MAX_DROP:g}; tune: objective size, {trials} trials, "
+        f"seed 0, post-training space; latency per batch of 32 x 128 tokens on {THREADS} threads; quality columns "
+        "on the STS-B test split",
     )
-    if tuned is None:
-        res.notes.append("tune found no recipe within the budget")
-        return res
-    res.notes.append(f"tuned recipe: {result.chosen.get('description', '')}; {confirmation_note(result.chosen)}")
-    res.notes.append(verdict(res))
-    return res
