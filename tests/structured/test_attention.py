@@ -87,17 +87,21 @@ FFN_PARAMS = (64 * 64 + 64) + 64 * 64  # per layer: 64 of the 128 FFN neurons (l
 
 
 @pytest.mark.parametrize(
-    ("select", "removed"),
-    [(None, 2 * (HEAD_PARAMS + FFN_PARAMS)), (ts.Select(exclude=(r"linear",)), 2 * HEAD_PARAMS)],
-    ids=["heads+ffn", "heads-only"],
+    ("select", "ratio", "removed"),
+    [
+        (None, 0.5, 2 * (HEAD_PARAMS + FFN_PARAMS)),
+        (ts.Select(exclude=(r"linear",)), 0.5, 2 * HEAD_PARAMS),
+        (None, 0.0, 2 * HEAD_PARAMS),  # ratio 0: heads only (Torch-Pruning alone would remove none)
+    ],
+    ids=["heads+ffn", "heads-only", "heads-by-ratio-0"],
 )
-def test_encoder_half_the_heads_removed_and_reloaded(tmp_path, select, removed) -> None:
+def test_encoder_half_the_heads_removed_and_reloaded(tmp_path, select, ratio, removed) -> None:
     model = encoder()
     with torch.no_grad():
         ref = model(X)
     before = sum(p.numel() for p in model.parameters())
     ctx = ts.Context(example_inputs=(X,))
-    ts.compress_(model, ChannelPruning(ratio=0.5, head_ratio=0.5), select=select, ctx=ctx)
+    ts.compress_(model, ChannelPruning(ratio=ratio, head_ratio=0.5), select=select, ctx=ctx)
     for layer in model.layers:
         att = layer.self_attn
         assert isinstance(att, PrunedMultiheadAttention) and att.num_heads == 4 and att.head_dim == 8

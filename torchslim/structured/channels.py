@@ -84,7 +84,8 @@ class ChannelPruning(Config):
         finetune_lr: learning rate of that fine-tuning.
         target_macs_ratio: prune until MACs ≤ this fraction of the original (0.5 = 2× fewer MACs).
         head_ratio: fraction of attention heads to remove in supported attention blocks, Hugging Face
-            ones and ``nn.MultiheadAttention`` (see :mod:`torchslim.structured.attention`).
+            ones and ``nn.MultiheadAttention`` (see :mod:`torchslim.structured.attention`). With
+            ``ratio=0`` only heads are removed.
         max_layer_ratio: no group loses more than this fraction (matters for global scope).
         taylor_batches: batches of data used for Taylor gradients or activation statistics.
 
@@ -226,6 +227,13 @@ class _Session:
             ratio, steps = config.max_layer_ratio, math.ceil(config.max_layer_ratio / _MACS_STEP)
         else:
             ratio, steps = config.ratio, config.iterative_steps
+        if ratio == 0 and self.specs:
+            # Heads only: Torch-Pruning nests head removal inside its width pass, which a zero ratio skips
+            # (it removed no heads). Every other root is ignored instead, so only the attention groups
+            # remain, and their width follows the heads (prune_head_dims=False).
+            projections = {id(p) for s in self.specs for p in s.projections}
+            ignored += [m for m in names if isinstance(m, roots) and id(m) not in projections and m not in ignored]
+            ratio = config.head_ratio
         with warnings.catch_warnings(), torch.enable_grad():
             warnings.simplefilter("ignore")  # Torch-Pruning warns about bare parameters it handles itself
             try:
