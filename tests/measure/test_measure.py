@@ -64,6 +64,48 @@ def test_macs_linear_and_conv():
     assert count_macs(conv, (torch.zeros(1, 2, 8, 8),)) == 8 * 8 * 4 * 2 * 9
 
 
+class _Sdpa(nn.Module):
+    def forward(self, q, k, v):
+        return nn.functional.scaled_dot_product_attention(q, k, v)
+
+
+class _SelfAttention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.mha = nn.MultiheadAttention(32, 4, batch_first=True)
+
+    def forward(self, x):
+        return self.mha(x, x, x, need_weights=False)[0]
+
+
+class _Encoder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(32, 4, 64, batch_first=True)
+        self.enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=True)
+
+    def forward(self, x, pad):
+        return self.enc(x, src_key_padding_mask=pad)
+
+
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors")
+def test_macs_count_the_fused_cpu_attention_kernels():
+    # Each of these runs one fused kernel that PyTorch's counter scores as 0 MACs.
+    q, k, v = torch.randn(3, 2, 4, 16, 8)  # the CPU flash kernel's shapes
+    assert count_macs(_Sdpa(), (q, k, v)) == 2 * 4 * 16 * 16 * (8 + 8)  # Q·Kᵀ and P·V
+    q, k, v = torch.randn(2, 4, 16, 8), torch.randn(2, 4, 10, 8), torch.randn(2, 4, 10, 6)
+    assert count_macs(_Sdpa(), (q, k, v)) == 2 * 4 * 16 * 10 * (8 + 6)  # the math path (counted by PyTorch)
+    x = torch.randn(2, 16, 32)
+    per_sequence = 4 * 16 * 32 * 32 + 2 * 16 * 16 * 32  # q/k/v/out projections, Q·Kᵀ and P·V
+    assert count_macs(_SelfAttention().eval(), (x,)) == 2 * per_sequence
+    pad = torch.zeros(2, 16, dtype=torch.bool)
+    ffn = 2 * 32 * 64  # per token
+    assert count_macs(_Encoder().eval(), (x, pad)) == 2 * 2 * (per_sequence + 16 * ffn)
+    pad[1, 8:] = True  # the fast path drops the padding: the second sequence has 8 tokens
+    short = 4 * 8 * 32 * 32 + 2 * 8 * 8 * 32 + 8 * ffn
+    assert count_macs(_Encoder().eval(), (x, pad)) == 2 * (per_sequence + 16 * ffn + short)
+
+
 def test_latency_fields_and_order():
     lat = measure_latency(mlp(), (torch.zeros(2, 10),), warmup=1, runs=7)
     assert lat.runs == 7 and lat.threads == torch.get_num_threads() and lat.device == "cpu"
