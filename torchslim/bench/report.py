@@ -56,8 +56,14 @@ def bench_command(name: str, data_root: str, quick: bool = False) -> str:
     return " ".join([*args, "--json", f"bench/{name}.json"])
 
 
-# The budget and trial count each ``*-tune`` benchmark gives ``tune`` (its ``MAX_DROP`` and full trial count).
-_TUNE_ARGS = {"digits-tune": "--max-drop 0.01 --trials 40", "minilm-tune": "--max-drop 1.0 --trials 20"}
+def _tune_args(bench: str) -> str:
+    """The budget and full trial count the ``*-tune`` benchmark ``bench`` gives ``tune`` (its ``MAX_DROP``, ``TRIALS``)."""
+    from importlib import import_module
+
+    from torchslim.bench import BENCHMARKS
+
+    module = import_module(BENCHMARKS.get(bench, BENCHMARKS["digits-tune"]).partition(":")[0])
+    return f"--max-drop {module.MAX_DROP} --trials {module.TRIALS}"
 
 
 def row_command(bench: str, variant: str, data_root: str) -> str:
@@ -74,8 +80,7 @@ def row_command(bench: str, variant: str, data_root: str) -> str:
     if variant == "fp32":
         return f"torchslim measure --workload {workload}{data}"
     if variant == "torchslim-tuned":
-        budget = _TUNE_ARGS.get(bench, _TUNE_ARGS["digits-tune"])
-        return f"torchslim tune --workload {workload}{data} {budget} --out out/tune-{workload}"
+        return f"torchslim tune --workload {workload}{data} {_tune_args(bench)} --out out/tune-{workload}"
     if variant.startswith("torchslim-") and recipe in _builtin_names():
         return f"torchslim compress --workload {workload}{data} --recipe {recipe} --out out/{recipe}"
     return f"torchslim bench {bench}{data}"

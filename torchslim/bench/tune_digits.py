@@ -20,6 +20,7 @@ from torchslim.bench.tune_common import tune_and_compare
 from torchslim.recipes import builtin_recipes
 
 MAX_DROP = 0.01
+TRIALS = 40  # 20 with --quick
 MARGIN = 1.0  # standard errors of the per-image drop (see torchslim.tuning.budget)
 SKIP = ("int8-dynamic-compiled",)
 
@@ -28,7 +29,7 @@ def bench(data: str | None = None, quick: bool = False) -> BenchResult:
     """Run the comparison (``data`` is unused: scikit-learn ships the digits)."""
     from torchslim.workloads import get_workload
 
-    trials = 20 if quick else 40
+    trials = TRIALS // 2 if quick else TRIALS
     wl = get_workload("digits")
     return tune_and_compare(
         "digits-tune",

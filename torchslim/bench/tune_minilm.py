@@ -18,6 +18,7 @@ from torchslim.bench.tune_common import tune_and_compare
 from torchslim.recipes import builtin_recipes
 
 MAX_DROP = 1.0
+TRIALS = 20  # 8 with --quick
 MARGIN = 1.0  # tune's default; STS-B Spearman has no per-example scores, so it does not apply
 BUILTINS = ("bf16", "int8-dynamic", "int8-weight-only", "int4-g128", "wanda-50")
 THREADS = 2
@@ -27,7 +28,7 @@ def bench(data: str | None = None, quick: bool = False) -> BenchResult:
     """Run the comparison on the STS benchmark folder ``data`` (default ``../shared/data/stsbenchmark``)."""
     from torchslim.workloads.minilm import MiniLMWorkload
 
-    trials = 8 if quick else 20
+    trials = 8 if quick else TRIALS
     return tune_and_compare(
         "minilm-tune",
         MiniLMWorkload(data),

@@ -89,8 +89,8 @@ class Budget:
         if not (math.isfinite(margin) and margin >= 0):
             raise ValueError(f"margin must be a finite number >= 0, got {margin!r}")
         self.wl, self.max_drop, self.margin, self.split = wl, float(max_drop), float(margin), split
-        self.base_quality = float(wl.evaluate(baseline, split)[wl.metric])
         self._base_scores = self._scores(baseline) if margin > 0 else None
+        self.base_quality = self._quality(baseline, self._base_scores)
 
     @property
     def has_margin(self) -> bool:
@@ -101,18 +101,23 @@ class Budget:
         fn = getattr(self.wl, "example_scores", None)
         return fn(model, self.split) if fn is not None else None
 
+    def _quality(self, model: torch.nn.Module, scores: torch.Tensor | None) -> float:
+        # Per-example scores average to the metric (Workload.example_scores): no second pass over the split.
+        if scores is not None:
+            return float(scores.double().mean())
+        return float(self.wl.evaluate(model, self.split)[self.wl.metric])
+
     def drop(self, quality: float) -> float:
         """The measured drop of a metric value from the baseline's."""
         return self.base_quality - quality if self.wl.higher_is_better else quality - self.base_quality
 
     def judge(self, model: torch.nn.Module) -> Judgement:
         """Evaluate ``model`` on the split and judge it against the budget."""
-        quality = float(self.wl.evaluate(model, self.split)[self.wl.metric])
+        scores = self._scores(model) if self._base_scores is not None else None
+        quality = self._quality(model, scores)
         drop, se = self.drop(quality), None
-        if self._base_scores is not None:
-            scores = self._scores(model)
-            if scores is not None:
-                _, se = paired_drop(self._base_scores, scores, higher_is_better=self.wl.higher_is_better)
+        if scores is not None:
+            _, se = paired_drop(self._base_scores, scores, higher_is_better=self.wl.higher_is_better)
         bound = drop + self.margin * (se or 0.0)
         return Judgement(quality, drop, se, bound, bool(bound <= self.max_drop + 1e-12))
 
