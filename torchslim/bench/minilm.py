@@ -5,9 +5,11 @@ Rows (each: latency at batch 32 × 128 tokens, speedup over fp32 in the same run
 
 - ``fp32``; ``torchslim-bf16`` (CastDtype);
 - ``torchslim-int8-dynamic``: ``Int8Dynamic(compile=True, compute_dtype="bfloat16", smoothquant=0.5,
-  min_sqnr_db=33, fallback="float32")`` (LayerNorm, attention and activations in bf16;
+  min_sqnr_db=33, outliers=32, fallback="float32")`` (LayerNorm, attention and activations in bf16;
   per-token int8 activations, per-channel int8 weights, int8 embeddings, SmoothQuant from 8 calibration
-  batches of STS *train* sentences, layers under 33 dB left unquantized, whole model compiled in place);
+  batches of STS *train* sentences, a layer under 33 dB keeps its few largest input channels in float32
+  or else stays unquantized, whole model compiled in place with the int8 backend of
+  :mod:`torchslim.quantization.compile_cpu`);
   ``torchslim-int8-dynamic-eager``: the same without compile; ``torchslim-int8-weight-only``: ``Int8WeightOnly()``;
 - ``torchslim-int4-{rtn,gptq,awq,hqq}-g128``: ``Int4WeightOnly(group_size=128, method=...)`` on every Linear
   (packed int4, bf16 group scales and zeros; at 32 × 128 tokens the weight is dequantized to bf16 per call
@@ -130,7 +132,7 @@ def bench(data: str | None = None, quick: bool = False) -> BenchResult:
 
         return make
 
-    guarded = {"smoothquant": 0.5, "min_sqnr_db": 33.0, "fallback": "float32"}
+    guarded = {"smoothquant": 0.5, "min_sqnr_db": 33.0, "outliers": 32, "fallback": "float32"}
     configs = {
         "torchslim-bf16": CastDtype("bfloat16"),
         "torchslim-int8-dynamic": Int8Dynamic(compile=True, compute_dtype="bfloat16", **guarded),

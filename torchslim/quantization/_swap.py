@@ -82,15 +82,23 @@ def _replay_int8_modules(model: nn.Module, data: dict) -> nn.Module:
 def compile_model_(model: nn.Module, dynamic: bool | None = None) -> nn.Module:
     """``model.compile()`` in place (Inductor fuses the int8 (de)quantize passes with their neighbours) and record it.
 
-    The weights and ``state_dict`` are untouched; a reloaded model is compiled again by the replay.
+    The backend is :func:`~torchslim.quantization.compile_cpu.int8_backend` (Inductor with bf16
+    attention as matmuls on CPU). The weights and ``state_dict`` are untouched;
+    a reloaded model is compiled again by the replay.
     """
-    model.compile(dynamic=dynamic)
-    record_op(model, "int8-compile", {"dynamic": dynamic})
+    from torchslim.quantization.compile_cpu import int8_backend
+
+    model.compile(dynamic=dynamic, backend=int8_backend)
+    record_op(model, "int8-compile", {"dynamic": dynamic, "backend": "int8"})
     return model
 
 
 @register_replay("int8-compile")
 def _replay_compile(model: nn.Module, data: dict) -> nn.Module:
+    from torchslim.quantization.compile_cpu import int8_backend
+
     dynamic = data.get("dynamic")
-    model.compile(dynamic=dynamic if dynamic in (True, False) else None)
+    # Artifacts saved before the int8 backend existed compile with Inductor's defaults, as they were measured.
+    backend = int8_backend if data.get("backend") == "int8" else "inductor"
+    model.compile(dynamic=dynamic if dynamic in (True, False) else None, backend=backend)
     return model

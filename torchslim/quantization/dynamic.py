@@ -11,6 +11,10 @@ No calibration is needed; with ``ctx.calibration`` two optional guards use it:
   0.75, most attention projections 0.5).
 - ``min_sqnr_db``: a layer whose int8 output SQNR on the calibration inputs falls below the floor
   stays in ``fallback`` precision (bf16 by default) instead, and the report says so (``ctx.events``).
+- ``outliers=k``: before falling back, such a layer may keep up to ``k`` input channels (those with
+  the largest calibration activations, tried 4, 8, 16, … at a time) in a small float32 product beside
+  the int8 one (LLM.int8()'s outlier decomposition); the first count that passes the floor is kept,
+  and the report says how many. MiniLM's layer-3 FFN output needs 8 of its 1536 channels.
 
 ``compute_dtype="bfloat16"`` runs everything that stays in floating point (LayerNorm, attention, GELU,
 fallback layers, the activations between layers) in bf16 after quantizing, recorded as a ``CastDtype``
@@ -68,6 +72,8 @@ class Int8Dynamic(Config):
             than bf16 on CPUs without AMX). With ``compute_dtype="bfloat16"`` every float layer is bf16.
         compute_dtype: ``"float32"`` (default) or ``"bfloat16"``: the dtype of the float layers and of the
             activations between layers (see the module docstring).
+        outliers: at most this many input channels per layer may stay in float32 so that a layer under
+            ``min_sqnr_db`` still runs in int8 (0: off; needs ``min_sqnr_db``).
     """
 
     embeddings: bool = True
@@ -76,6 +82,7 @@ class Int8Dynamic(Config):
     min_sqnr_db: float | None = None
     fallback: Literal["bfloat16", "float32"] = "bfloat16"
     compute_dtype: Literal["float32", "bfloat16"] = "float32"
+    outliers: int = 0
 
     def __post_init__(self) -> None:
         if self.smoothquant != "search" and self.smoothquant is not None:
@@ -86,6 +93,10 @@ class Int8Dynamic(Config):
             _fail(self, "compute_dtype", f"must be 'float32' or 'bfloat16', got {self.compute_dtype!r}")
         if self.min_sqnr_db is not None:
             check_range(self, "min_sqnr_db", 0.0, 100.0, hint="a floor in dB such as 30")
+        if isinstance(self.outliers, bool) or not isinstance(self.outliers, int) or self.outliers < 0:
+            _fail(self, "outliers", f"must be a whole number >= 0, got {self.outliers!r}")
+        if self.outliers and self.min_sqnr_db is None:
+            _fail(self, "outliers", "only acts on layers under min_sqnr_db; set min_sqnr_db too (e.g. 33)")
         for f in ("embeddings", "compile"):
             if not isinstance(getattr(self, f), bool):
                 _fail(self, f, f"must be true or false, got {getattr(self, f)!r}")
@@ -107,11 +118,14 @@ def quantize_linears_(
     smoothquant: float | str | None = None,
     min_sqnr_db: float | None = None,
     fallback: str = "bfloat16",
+    outliers: int = 0,
+    make_outliers=None,
 ) -> list[str]:
     """Swap Linear ``targets`` for ``make(linear, smooth)``; apply the SmoothQuant / SQNR guards; record.
 
-    ``make(linear, smooth_or_None) -> module``. Layers failing ``min_sqnr_db`` stay in ``fallback``
-    precision (recorded in ``ctx.events``). Returns the names quantized to int8.
+    ``make(linear, smooth_or_None) -> module``. A layer failing ``min_sqnr_db`` first tries
+    ``make_outliers(linear, smooth, channel_indices)`` with up to ``outliers`` channels, then stays in
+    ``fallback`` precision (both recorded in ``ctx.events``). Returns the names quantized to int8.
     """
     inputs = {}
     if smoothquant is not None or min_sqnr_db is not None:
@@ -126,7 +140,7 @@ def quantize_linears_(
     def swap(name: str, linear: nn.Module) -> nn.Module | None:
         alphas = _SEARCH_ALPHAS if smoothquant == "search" else (smoothquant,)
         x = inputs[name].to(linear.weight.dtype) if inputs else None
-        best, best_db = None, float("-inf")
+        best, best_db, best_alpha = None, float("-inf"), None
         for alpha in alphas:
             q = make(linear, smooth_for(name, linear, alpha))
             if x is None or len(alphas) == 1 and min_sqnr_db is None:
@@ -134,7 +148,23 @@ def quantize_linears_(
                 break
             db = sqnr(linear(x), q(x))
             if db > best_db:
-                best, best_db = q, db
+                best, best_db, best_alpha = q, db, alpha
+        if min_sqnr_db is not None and best_db < min_sqnr_db and outliers and make_outliers is not None:
+            order = inputs[name].abs().amax(dim=0).argsort(descending=True)
+            k, ref = 4, linear(x)
+            while True:
+                k = min(k, outliers, order.numel())
+                q = make_outliers(linear, smooth_for(name, linear, best_alpha), order[:k].sort().values)
+                db = sqnr(ref, q(x))
+                if db >= min_sqnr_db:
+                    ctx.record(
+                        f"{kind}: {name} keeps {k} outlier input channel(s) in float32 "
+                        f"(int8 output SQNR {best_db:.1f} dB -> {db:.1f} dB)"
+                    )
+                    return q
+                if k >= min(outliers, order.numel()):
+                    break
+                k *= 2
         if min_sqnr_db is not None and best_db < min_sqnr_db:
             keep.append(name)
             ctx.record(f"{kind}: {name} kept in {fallback} (int8 output SQNR {best_db:.1f} dB < {min_sqnr_db} dB)")
@@ -179,6 +209,8 @@ def _int8_dynamic(model: nn.Module, config: Int8Dynamic, select: Select, ctx: Co
         ctx,
         smoothquant=config.smoothquant,
         min_sqnr_db=config.min_sqnr_db,
+        outliers=config.outliers,
+        make_outliers=lambda linear, smooth, idx: Int8DynamicLinear.from_float(linear, smooth=smooth, outliers=idx),
         # Under a bf16 compute dtype the whole-model cast below makes the kept layers bf16 anyway; a
         # partial bf16 cast first would put float32 output hooks on them and promote what follows.
         fallback=config.fallback if config.compute_dtype == "float32" else "float32",

@@ -90,6 +90,8 @@ def int8_dynamic_linear(
     weight_scale: torch.Tensor,
     bias: torch.Tensor | None = None,
     smooth: torch.Tensor | None = None,
+    outlier_idx: torch.Tensor | None = None,
+    outlier_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``y = x Wᵀ + b`` with per-token dynamic int8 activations and per-channel int8 weights.
 
@@ -97,15 +99,21 @@ def int8_dynamic_linear(
     ``y[t, n] = s_t · w_scale[n] · Σ_k q(x)[t, k] · W_q[n, k] + b[n]`` with the sum in int32
     (``torch._int_mm``). ``smooth`` ``[K]`` (SmoothQuant's ``1/s``) multiplies ``x`` first.
 
+    Outlier decomposition (LLM.int8(), Dettmers et al., 2022): the input channels ``outlier_idx``
+    ``[k]`` go through a float32 product with ``outlier_weight`` ``[N, k]`` instead; ``smooth`` must be
+    0 on them (and the int8 weight columns 0), so they neither reach the int8 product nor widen the
+    per-token scales of the other channels.
+
     Args:
         x: ``[..., K]`` float activations. weight: ``[N, K]`` int8. weight_scale: ``[N]`` float32.
-        bias: ``[N]`` or None. smooth: ``[K]`` or None.
+        bias: ``[N]`` or None. smooth: ``[K]`` or None. outlier_idx: ``[k]`` int64 or None.
+        outlier_weight: ``[N, k]`` float32 (with ``outlier_idx``).
 
     Returns:
         ``[..., N]`` in ``x.dtype``.
     """
     shape = x.shape
-    x2 = x.reshape(-1, shape[-1])
+    x2 = x_raw = x.reshape(-1, shape[-1])
     if smooth is not None:
         x2 = x2 * smooth
     # Eager mode pays one pass per op over [M, K] / [M, N]: one min/max pass instead of abs + amax,
@@ -117,6 +125,8 @@ def int8_dynamic_linear(
     y = acc.to(torch.float32).mul_(x_scale).mul_(weight_scale)
     if bias is not None:
         y = y.add_(bias)
+    if outlier_idx is not None and outlier_weight is not None:
+        y = y.add_(x_raw.index_select(1, outlier_idx).float() @ outlier_weight.t())
     return y.to(x.dtype).reshape(*shape[:-1], weight.shape[0])
 
 
@@ -160,6 +170,8 @@ class Int8DynamicLinear(_Int8Linear):
     Args:
         in_features, out_features, bias: as ``nn.Linear``.
         smooth: keep a ``[K]`` buffer ``smooth`` that multiplies activations (SmoothQuant).
+        outliers: number of input channels computed in float32 instead of int8 (buffers
+            ``outlier_idx`` ``[k]`` and ``outlier_weight`` ``[N, k]``; needs ``smooth``, which is 0 on them).
 
     Example:
         >>> m = Int8DynamicLinear(8, 4)
@@ -168,6 +180,8 @@ class Int8DynamicLinear(_Int8Linear):
     """
 
     smooth: torch.Tensor | None
+    outlier_idx: torch.Tensor | None
+    outlier_weight: torch.Tensor | None
 
     def __init__(
         self,
@@ -176,37 +190,63 @@ class Int8DynamicLinear(_Int8Linear):
         bias: bool = True,
         *,
         smooth: bool = False,
+        outliers: int = 0,
         device: Any = None,
     ) -> None:
         super().__init__(in_features, out_features, bias, device)
+        if outliers and not smooth:
+            raise ValueError("outlier channels need the smooth buffer (it zeroes them before quantizing)")
+        if not 0 <= outliers <= in_features:
+            raise ValueError(f"outliers must be in [0, {in_features}], got {outliers}")
         self.register_buffer("smooth", torch.ones(in_features, device=device) if smooth else None)
+        self.register_buffer(
+            "outlier_idx", torch.arange(outliers, dtype=torch.int64, device=device) if outliers else None
+        )
+        self.register_buffer("outlier_weight", torch.zeros(out_features, outliers, device=device) if outliers else None)
 
     @classmethod
-    def from_float(cls, linear: nn.Linear, *, smooth: torch.Tensor | None = None) -> Int8DynamicLinear:
+    def from_float(
+        cls, linear: nn.Linear, *, smooth: torch.Tensor | None = None, outliers: torch.Tensor | None = None
+    ) -> Int8DynamicLinear:
         """Quantize ``linear``; with ``smooth`` ``[K]`` the weight is scaled by ``1/smooth`` per input channel.
 
         SmoothQuant (Xiao et al., 2023): ``x Wᵀ = (x · diag(m)) (W · diag(1/m))ᵀ``; the activations
         are multiplied by ``smooth`` = m at run time, the weight columns divided by it before quantizing.
+        ``outliers``: indices of input channels kept in float32 (see :func:`int8_dynamic_linear`); their
+        int8 weight columns are zero, so they do not widen the per-channel weight scales either.
         """
         w = linear.weight.detach()
+        idx = None if outliers is None or outliers.numel() == 0 else outliers.to(torch.int64).reshape(-1)
+        if idx is not None and (idx.unique().numel() != idx.numel() or idx.min() < 0 or idx.max() >= w.shape[1]):
+            raise ValueError(f"outlier channels must be distinct indices in [0, {w.shape[1]}), got {idx.tolist()}")
         mod = cls(
             linear.in_features,
             linear.out_features,
             linear.bias is not None,
-            smooth=smooth is not None,
+            smooth=smooth is not None or idx is not None,
+            outliers=0 if idx is None else idx.numel(),
             device=w.device,
         )
-        if smooth is not None:
-            mod.smooth.copy_(smooth)
-            linear = _scaled_copy(linear, 1.0 / smooth.to(w))
+        if smooth is not None or idx is not None:
+            m = torch.ones(w.shape[1], device=w.device) if smooth is None else smooth.float().clone()
+            inv = 1.0 / m
+            if idx is not None:
+                m[idx], inv[idx] = 0.0, 0.0
+                mod.outlier_idx.copy_(idx)
+                mod.outlier_weight.copy_(w[:, idx].float())
+            mod.smooth.copy_(m)
+            linear = _scaled_copy(linear, inv.to(w))
         mod._load_float(linear)
         return mod
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return int8_dynamic_linear(x, self.weight, self.weight_scale, self.bias, self.smooth)
+        return int8_dynamic_linear(
+            x, self.weight, self.weight_scale, self.bias, self.smooth, self.outlier_idx, self.outlier_weight
+        )
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f", smooth={self.smooth is not None}"
+        k = 0 if self.outlier_idx is None else self.outlier_idx.numel()
+        return super().extra_repr() + f", smooth={self.smooth is not None}" + (f", outliers={k}" if k else "")
 
 
 def _scaled_copy(linear: nn.Linear, col_scale: torch.Tensor) -> nn.Linear:
@@ -351,6 +391,8 @@ def module_spec(module: nn.Module) -> dict[str, Any]:
         }
         if isinstance(module, Int8DynamicLinear):
             spec["smooth"] = module.smooth is not None
+            if module.outlier_idx is not None:
+                spec["outliers"] = module.outlier_idx.numel()
         return spec
     spec_fn = getattr(module, "torchslim_spec", None)
     if callable(spec_fn):
@@ -387,6 +429,7 @@ def empty_like_spec(spec: dict[str, Any]) -> nn.Module:
                 int(args["out_features"]),
                 bool(args["bias"]),
                 smooth=bool(args.get("smooth", False)),
+                outliers=int(args.get("outliers", 0)),
             )
         if cls is Int8WeightOnlyLinear:
             return Int8WeightOnlyLinear(int(args["in_features"]), int(args["out_features"]), bool(args["bias"]))
