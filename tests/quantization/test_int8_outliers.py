@@ -195,3 +195,26 @@ def test_compile_is_recorded_with_the_int8_backend_and_replayed():
     assert ops[-1] == {"op": "int8-compile", "data": {"dynamic": None, "backend": "int8"}}
     fresh = replay_ops(nn.Sequential(nn.Linear(8, 8)), ops)
     assert fresh._compiled_call_impl is not None  # compiled lazily, on the first call
+
+
+def test_int8_backend_scopes_its_inductor_settings_to_its_own_compile(monkeypatch):
+    import torch._inductor.compile_fx as cfx
+    import torch._inductor.config as inductor_config
+
+    seen = {}
+
+    def fake(gm, inputs, decompositions=None, config_patches=None):
+        seen.update(decompositions=decompositions, config_patches=config_patches)
+        return gm
+
+    monkeypatch.setattr(cfx, "compile_fx", fake)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    compile_cpu.int8_backend(torch.fx.symbolic_trace(nn.Linear(2, 2)), [torch.ones(1, 2)])
+    assert seen["config_patches"] == {"realize_cpu_opcount_threshold": compile_cpu.REALIZE_OPCOUNT}
+    flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
+    assert seen["decompositions"][flash] is compile_cpu.bf16_attention
+    assert inductor_config.realize_cpu_opcount_threshold == 50  # the global default is untouched
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    compile_cpu.int8_backend(torch.fx.symbolic_trace(nn.Linear(2, 2)), [torch.ones(1, 2)])
+    assert flash not in seen["decompositions"]  # no native bf16: the flash kernel stays

@@ -127,7 +127,7 @@ def bench(data: str | None = None, quick: bool = False) -> BenchResult:
         def make() -> tuple[nn.Module, int]:
             ctx = Context(calibration=calibration)
             m = compress_(copy.deepcopy(fp32), config, ctx=ctx)
-            notes.extend(f"{name_of[id(config)]}: {e}" for e in ctx.events if "kept in" in e)
+            notes.extend(f"{name_of[id(config)]}: {e}" for e in ctx.events if "kept in" in e or "outlier" in e)
             return m, artifact_bytes(m)
 
         return make

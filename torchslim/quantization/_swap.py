@@ -82,9 +82,9 @@ def _replay_int8_modules(model: nn.Module, data: dict) -> nn.Module:
 def compile_model_(model: nn.Module, dynamic: bool | None = None) -> nn.Module:
     """``model.compile()`` in place (Inductor fuses the int8 (de)quantize passes with their neighbours) and record it.
 
-    The backend is :func:`~torchslim.quantization.compile_cpu.int8_backend` (Inductor with bf16
-    attention as matmuls on CPU). The weights and ``state_dict`` are untouched;
-    a reloaded model is compiled again by the replay.
+    The backend is :func:`~torchslim.quantization.compile_cpu.int8_backend` (Inductor with short bf16
+    attention as matmuls and earlier realization of element-wise chains on CPU). The weights and
+    ``state_dict`` are untouched; a reloaded model is compiled again by the replay.
     """
     from torchslim.quantization.compile_cpu import int8_backend
 
