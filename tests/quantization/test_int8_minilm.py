@@ -59,3 +59,37 @@ def test_minilm_int8_size_closeness_and_reload(setup, config):
     fresh.load_state_dict(load(save({k: v.contiguous() for k, v in model.state_dict().items()})), strict=True)
     with torch.inference_mode():
         assert torch.equal(fresh(ids, mask), out)
+
+
+def test_minilm_compiled_bf16_int8_with_outliers_and_matmul_attention(setup, monkeypatch):
+    """The bench's configuration end to end: outlier rescue, bf16 compute, compiled with the int8 backend."""
+    from torchslim.core.context import Context
+    from torchslim.quantization import compile_cpu
+
+    wl, _, _, _ = setup
+    calls = []
+    real = compile_cpu.bf16_attention
+
+    def counting(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls.append(out is not NotImplemented)
+        return out
+
+    monkeypatch.setattr(compile_cpu, "bf16_attention", counting)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)  # bf16 matmuls run on any CPU
+    model = wl.model()
+    ids, mask = wl.example_inputs()
+    ids, mask = ids[:8, :48], mask[:8, :48]
+    with torch.inference_mode():
+        ref = model(ids, mask)
+    ctx = Context(calibration=wl.calibration(2))
+    config = Int8Dynamic(
+        compile=True, compute_dtype="bfloat16", smoothquant=0.5, min_sqnr_db=33.0, outliers=32, fallback="float32"
+    )
+    ts.compress_(model, config, ctx=ctx)
+    assert not any("kept in" in e for e in ctx.events), ctx.events  # every layer int8 (some with outliers)
+    torch._dynamo.reset()
+    with torch.inference_mode():
+        out = model(ids, mask)
+    assert calls.count(True) == 6  # one attention per layer ran as bf16 matmuls
+    assert float(torch.nn.functional.cosine_similarity(out.float(), ref).min()) > 0.99
