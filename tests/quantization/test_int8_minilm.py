@@ -61,22 +61,12 @@ def test_minilm_int8_size_closeness_and_reload(setup, config):
         assert torch.equal(fresh(ids, mask), out)
 
 
-def test_minilm_compiled_bf16_int8_with_outliers_and_matmul_attention(setup, monkeypatch):
+def test_minilm_compiled_bf16_int8_with_outliers_and_matmul_attention(setup, matmul_attention_calls):
     """The bench's configuration end to end: outlier rescue, bf16 compute, compiled with the int8 backend."""
     from torchslim.core.context import Context
-    from torchslim.quantization import compile_cpu
 
     wl, _, _, _ = setup
-    calls = []
-    real = compile_cpu.bf16_attention
-
-    def counting(*args, **kwargs):
-        out = real(*args, **kwargs)
-        calls.append(out is not NotImplemented)
-        return out
-
-    monkeypatch.setattr(compile_cpu, "bf16_attention", counting)
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)  # bf16 matmuls run on any CPU
+    calls = matmul_attention_calls
     model = wl.model()
     ids, mask = wl.example_inputs()
     ids, mask = ids[:8, :48], mask[:8, :48]
