@@ -14,7 +14,7 @@ No calibration is needed; with ``ctx.calibration`` two optional guards use it:
 - ``outliers=k``: before falling back, such a layer may keep up to ``k`` input channels (those with
   the largest calibration activations, tried 4, 8, 16, … at a time) in a small float32 product beside
   the int8 one (LLM.int8()'s outlier decomposition); the first count that passes the floor is kept,
-  and the report says how many. MiniLM's layer-3 FFN output needs 8 of its 1536 channels.
+  and the report says how many. MiniLM's layer-3 FFN output needs 4 of its 1536 channels (31.8 → 41.1 dB).
 
 ``compute_dtype="bfloat16"`` runs everything that stays in floating point (LayerNorm, attention, GELU,
 fallback layers, the activations between layers) in bf16 after quantizing, recorded as a ``CastDtype``
@@ -41,6 +41,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
 import torch.nn as nn
 
 from torchslim.core.config import Config, _fail, check_range, register_config
@@ -108,6 +109,15 @@ class Int8Dynamic(Config):
 _SEARCH_ALPHAS = (None, 0.25, 0.5, 0.75)
 
 
+def _outlier_counts(budget: int, channels: int) -> list[int]:
+    """Outlier channel counts to try, doubling from 4 up to ``min(budget, channels)``: ``(32, 1536) -> 4, 8, 16, 32``."""
+    top = min(budget, channels)
+    counts = [4]
+    while counts[-1] < top:
+        counts.append(counts[-1] * 2)
+    return sorted({min(c, top) for c in counts})
+
+
 def quantize_linears_(
     model: nn.Module,
     targets: list[tuple[str, nn.Module]],
@@ -132,39 +142,43 @@ def quantize_linears_(
         inputs = capture_inputs(model, [n for n, _ in targets], ctx.calibration, kind)
     keep: list[str] = []
 
-    def smooth_for(name: str, linear: nn.Module, alpha: float | None):
-        if alpha is None:
+    def smooth_for(absmax: torch.Tensor | None, linear: nn.Module, alpha: float | None):
+        if alpha is None or absmax is None:
             return None
-        return 1.0 / smooth_factors(inputs[name].abs().amax(dim=0), linear.weight, alpha)
+        return 1.0 / smooth_factors(absmax, linear.weight, alpha)
+
+    def rescue(name, linear, x, ref, absmax, alpha, best_db) -> nn.Module | None:
+        """The int8 module keeping the fewest largest-activation channels (4, 8, …) in float32 that passes."""
+        order = absmax.argsort(descending=True)
+        for k in _outlier_counts(outliers, order.numel()):
+            q = make_outliers(linear, smooth_for(absmax, linear, alpha), order[:k].sort().values)
+            db = sqnr(ref, q(x))
+            if db >= min_sqnr_db:
+                ctx.record(
+                    f"{kind}: {name} keeps {k} outlier input channel(s) in float32 "
+                    f"(int8 output SQNR {best_db:.1f} dB -> {db:.1f} dB)"
+                )
+                return q
+        return None
 
     def swap(name: str, linear: nn.Module) -> nn.Module | None:
         alphas = _SEARCH_ALPHAS if smoothquant == "search" else (smoothquant,)
         x = inputs[name].to(linear.weight.dtype) if inputs else None
+        absmax = inputs[name].abs().amax(dim=0) if inputs else None
+        ref = None if x is None else linear(x)
         best, best_db, best_alpha = None, float("-inf"), None
         for alpha in alphas:
-            q = make(linear, smooth_for(name, linear, alpha))
+            q = make(linear, smooth_for(absmax, linear, alpha))
             if x is None or len(alphas) == 1 and min_sqnr_db is None:
                 best = q
                 break
-            db = sqnr(linear(x), q(x))
+            db = sqnr(ref, q(x))
             if db > best_db:
                 best, best_db, best_alpha = q, db, alpha
         if min_sqnr_db is not None and best_db < min_sqnr_db and outliers and make_outliers is not None:
-            order = inputs[name].abs().amax(dim=0).argsort(descending=True)
-            k, ref = 4, linear(x)
-            while True:
-                k = min(k, outliers, order.numel())
-                q = make_outliers(linear, smooth_for(name, linear, best_alpha), order[:k].sort().values)
-                db = sqnr(ref, q(x))
-                if db >= min_sqnr_db:
-                    ctx.record(
-                        f"{kind}: {name} keeps {k} outlier input channel(s) in float32 "
-                        f"(int8 output SQNR {best_db:.1f} dB -> {db:.1f} dB)"
-                    )
-                    return q
-                if k >= min(outliers, order.numel()):
-                    break
-                k *= 2
+            rescued = rescue(name, linear, x, ref, absmax, best_alpha, best_db)
+            if rescued is not None:
+                return rescued
         if min_sqnr_db is not None and best_db < min_sqnr_db:
             keep.append(name)
             ctx.record(f"{kind}: {name} kept in {fallback} (int8 output SQNR {best_db:.1f} dB < {min_sqnr_db} dB)")
