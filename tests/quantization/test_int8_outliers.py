@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import re
+
 import pytest
 import torch
 import torch.nn as nn
@@ -179,6 +182,29 @@ def test_int8_backend_compiles_bf16_attention_as_matmuls(matmul_attention_calls)
     assert (out.float() - eager.float()).abs().max() < 0.1
 
 
+def test_int8_backend_softmax_is_one_pass_with_the_flash_kernels_exp(matmul_attention_calls):
+    """The compiled attention stores no float32 scores tensor and uses exp_u20, as the flash kernel does."""
+    from torch._inductor.utils import run_and_get_code
+
+    q, k, v = (t.bfloat16() for t in qkv(b=2, h=3, lq=32, lk=32, d=8))
+    mask = torch.ones(2, 1, 32, 32, dtype=torch.bool)
+    mask[1, ..., 20:] = False
+    torch._dynamo.reset()
+    compiled = torch.compile(_Attn(), backend=compile_cpu.int8_backend)
+    with torch.inference_mode():
+        out, (code,) = run_and_get_code(compiled, q, k, v, mask)
+    assert matmul_attention_calls == [True]
+    assert (out.float() - _Attn()(q.float(), k.float(), v.float(), mask)).abs().max() < 0.1
+    assert ".exp_u20()" in code and ".exp()" not in code
+    buffers = [  # (elements, dtype) of every buffer the compiled graph allocates
+        (math.prod(int(n) for n in re.findall(r"\d+", shape)), dtype)
+        for shape, dtype in re.findall(r"empty_strided_cpu\(\(([\d, ]*)\), \([\d, ]*\), torch\.(\w+)\)", code)
+    ]
+    scores = 2 * 3 * 32 * 32
+    assert (scores, "bfloat16") in buffers  # Q Kᵀ (and the probabilities) in bf16
+    assert not [b for b in buffers if b[1] == "float32" and b[0] >= scores], buffers  # no float32 scores
+
+
 def test_compile_is_recorded_with_the_int8_backend_and_replayed():
     m = nn.Sequential(nn.Linear(8, 8))
     ts.compress_(m, Int8Dynamic(compile=True))
@@ -191,6 +217,7 @@ def test_compile_is_recorded_with_the_int8_backend_and_replayed():
 def test_int8_backend_scopes_its_inductor_settings_to_its_own_compile(monkeypatch):
     import torch._inductor.compile_fx as cfx
     import torch._inductor.config as inductor_config
+    from torch._inductor.codegen.cpp import CppVecOverrides
 
     seen = {}
 
@@ -201,10 +228,14 @@ def test_int8_backend_scopes_its_inductor_settings_to_its_own_compile(monkeypatc
     monkeypatch.setattr(cfx, "compile_fx", fake)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
     compile_cpu.int8_backend(torch.fx.symbolic_trace(nn.Linear(2, 2)), [torch.ones(1, 2)])
-    assert seen["config_patches"] == {"realize_cpu_opcount_threshold": compile_cpu.REALIZE_OPCOUNT}
+    assert seen["config_patches"] == {
+        "realize_cpu_opcount_threshold": compile_cpu.REALIZE_OPCOUNT,
+        "fx_graph_cache": False,
+    }
     flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
     assert seen["decompositions"][flash] is compile_cpu.bf16_attention
     assert inductor_config.realize_cpu_opcount_threshold == 50  # the global default is untouched
+    assert CppVecOverrides.exp("x") == "x.exp()"  # the code generator's exp is restored
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     compile_cpu.int8_backend(torch.fx.symbolic_trace(nn.Linear(2, 2)), [torch.ones(1, 2)])

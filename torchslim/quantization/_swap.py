@@ -83,7 +83,8 @@ def compile_model_(model: nn.Module, dynamic: bool | None = None) -> nn.Module:
     """``model.compile()`` in place (Inductor fuses the int8 (de)quantize passes with their neighbours) and record it.
 
     The backend is :func:`~torchslim.quantization.compile_cpu.int8_backend` (Inductor with short bf16
-    attention as matmuls and earlier realization of element-wise chains on CPU). The weights and
+    attention as matmuls and a one-pass softmax, earlier realization of element-wise chains, and the
+    flash kernel's ``exp_u20`` on CPU). The weights and
     ``state_dict`` are untouched; a reloaded model is compiled again by the replay.
     """
     from torchslim.quantization.compile_cpu import int8_backend
