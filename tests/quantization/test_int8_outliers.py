@@ -182,6 +182,28 @@ def test_int8_backend_compiles_bf16_attention_as_matmuls(matmul_attention_calls)
     assert (out.float() - eager.float()).abs().max() < 0.1
 
 
+@pytest.mark.parametrize("mask", ["none", "bool", "additive"])
+def test_int8_backend_attention_matches_eager_across_lengths(mask, matmul_attention_calls):
+    """A second sequence length recompiles with dynamic shapes; both match eager for every mask kind."""
+    model = _Attn()
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend=compile_cpu.int8_backend)
+    for n in (16, 24):
+        q, k, v = (t.bfloat16() for t in qkv(lq=n, lk=n, seed=n))
+        m = None
+        if mask == "bool":
+            m = torch.ones(2, 1, n, n, dtype=torch.bool)
+            m[1, ..., n - 5 :] = False
+        elif mask == "additive":
+            m = torch.zeros(2, 1, 1, n, dtype=torch.bfloat16)
+            m[0, ..., :3] = -1e4
+        with torch.inference_mode():
+            out = compiled(q, k, v, m)
+        ref = model(q.float(), k.float(), v.float(), m if m is None or m.dtype == torch.bool else m.float())
+        assert torch.isfinite(out).all() and (out.float() - ref).abs().max() < 0.1
+    assert matmul_attention_calls and all(matmul_attention_calls)
+
+
 def test_int8_backend_softmax_is_one_pass_with_the_flash_kernels_exp(matmul_attention_calls):
     """The compiled attention stores no float32 scores tensor and uses exp_u20, as the flash kernel does."""
     from torch._inductor.utils import run_and_get_code
