@@ -40,7 +40,7 @@ import torch
 
 __all__ = ["CONFIG_PATCHES", "MAX_SCORES", "REALIZE_OPCOUNT", "bf16_attention", "exp_u20", "int8_backend"]
 
-MAX_SCORES = 512 * 512  # query × key positions up to which the materialised scores are used
+MAX_SCORES = 512 * 512  # query × key positions up to which the bf16 scores and probabilities are stored
 REALIZE_OPCOUNT = 7
 CONFIG_PATCHES = {"realize_cpu_opcount_threshold": REALIZE_OPCOUNT, "fx_graph_cache": False}
 
