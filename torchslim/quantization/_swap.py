@@ -84,8 +84,8 @@ def compile_model_(model: nn.Module, dynamic: bool | None = None) -> nn.Module:
 
     The backend is :func:`~torchslim.quantization.compile_cpu.int8_backend` (Inductor with short bf16
     attention as matmuls and a one-pass softmax, earlier realization of element-wise chains, and the
-    flash kernel's ``exp_u20`` on CPU). The weights and
-    ``state_dict`` are untouched; a reloaded model is compiled again by the replay.
+    flash kernel's ``exp_u20`` on CPU). The weights and ``state_dict`` are untouched; a reloaded model
+    is compiled again by the replay.
     """
     from torchslim.quantization.compile_cpu import int8_backend
 

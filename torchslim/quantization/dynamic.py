@@ -150,8 +150,9 @@ def quantize_linears_(
     def rescue(name, linear, x, ref, absmax, alpha, best_db) -> nn.Module | None:
         """The int8 module keeping the fewest largest-activation channels (4, 8, …) in float32 that passes."""
         order = absmax.argsort(descending=True)
+        smooth = smooth_for(absmax, linear, alpha)
         for k in _outlier_counts(outliers, order.numel()):
-            q = make_outliers(linear, smooth_for(absmax, linear, alpha), order[:k].sort().values)
+            q = make_outliers(linear, smooth, order[:k].sort().values)
             db = sqnr(ref, q(x))
             if db >= min_sqnr_db:
                 ctx.record(
@@ -175,11 +176,11 @@ def quantize_linears_(
             db = sqnr(ref, q(x))
             if db > best_db:
                 best, best_db, best_alpha = q, db, alpha
-        if min_sqnr_db is not None and best_db < min_sqnr_db and outliers and make_outliers is not None:
-            rescued = rescue(name, linear, x, ref, absmax, best_alpha, best_db)
-            if rescued is not None:
-                return rescued
         if min_sqnr_db is not None and best_db < min_sqnr_db:
+            if outliers and make_outliers is not None:
+                rescued = rescue(name, linear, x, ref, absmax, best_alpha, best_db)
+                if rescued is not None:
+                    return rescued
             keep.append(name)
             ctx.record(f"{kind}: {name} kept in {fallback} (int8 output SQNR {best_db:.1f} dB < {min_sqnr_db} dB)")
             return None
