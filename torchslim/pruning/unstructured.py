@@ -25,6 +25,7 @@ import torch.nn as nn
 
 from torchslim.core.config import Config, _fail, check_fraction, check_positive_int, check_range, register_config
 from torchslim.core.context import Context
+from torchslim.core.mha import unfuse_attention_
 from torchslim.core.registry import register_transform
 from torchslim.core.select import Select
 from torchslim.errors import ConfigError
@@ -154,6 +155,18 @@ def prunable_layers(model: nn.Module, select: Select, keep_first_last: bool) -> 
     return layers
 
 
+def calibrated_layers(model: nn.Module, select: Select, config: Config, ctx: Context) -> dict[str, nn.Module]:
+    """:func:`prunable_layers` for methods that calibrate on layer inputs.
+
+    An ``nn.MultiheadAttention`` never calls its ``out_proj`` (nor, on the inference fast path, the
+    Linear layers of its ``nn.TransformerEncoderLayer``), so no input hook would fire: such attention
+    modules are first split into separate q/k/v/out Linear layers (:func:`~torchslim.core.mha.unfuse_attention_`).
+    """
+    names = [n for n, _ in select.modules(model)]
+    unfuse_attention_(model, names, kind=config.kind, ctx=ctx)
+    return prunable_layers(model, select, config.keep_first_last)
+
+
 def _supports_stats(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear) or (isinstance(module, (nn.Conv1d, nn.Conv2d)) and module.groups == 1)
 
@@ -236,10 +249,10 @@ def _calibrated_masks(
         stats = None
         if name in usable:
             stats = (
-                cache[name]
-                if cache is not None
-                else collect_input_stats(model, {name: layer}, batches, hessian=hessian)[name]
-            )
+                cache if cache is not None else collect_input_stats(model, {name: layer}, batches, hessian=hessian)
+            ).get(name)
+            if stats is None:  # its forward never ran on the calibration data
+                ctx.record(f"{config.kind}: {name} was not called during calibration; scored by magnitude instead")
         else:
             ctx.record(f"{config.kind}: {name} is a grouped conv; scored by magnitude instead")
         mask = None
@@ -266,21 +279,24 @@ def _calibrated_masks(
 
 @register_transform(WandaPruning, scope="model")
 def _wanda(model: nn.Module, config: WandaPruning, select: Select, ctx: Context) -> nn.Module:
-    layers = prunable_layers(model, select, config.keep_first_last)
+    layers = calibrated_layers(model, select, config, ctx)
     masks = _calibrated_masks(model, layers, ctx, config, method="wanda", sparsity=config.sparsity)
     return _apply(model, masks, layers, config, ctx)
 
 
 @register_transform(SparseGPTPruning, scope="model")
 def _sparsegpt(model: nn.Module, config: SparseGPTPruning, select: Select, ctx: Context) -> nn.Module:
-    layers = prunable_layers(model, select, config.keep_first_last)
+    layers = calibrated_layers(model, select, config, ctx)
     masks = _calibrated_masks(model, layers, ctx, config, method="sparsegpt", sparsity=config.sparsity)
     return _apply(model, masks, layers, config, ctx)
 
 
 @register_transform(NMPruning, scope="model")
 def _nm(model: nn.Module, config: NMPruning, select: Select, ctx: Context) -> nn.Module:
-    layers = prunable_layers(model, select, config.keep_first_last)
+    if config.method == "magnitude":
+        layers = prunable_layers(model, select, config.keep_first_last)
+    else:
+        layers = calibrated_layers(model, select, config, ctx)
     bad = [f"{n} ({m.weight[0].numel()} inputs)" for n, m in layers.items() if m.weight[0].numel() % config.m]
     if bad:
         raise ConfigError(f"{config.n}:{config.m} pruning needs input sizes divisible by {config.m}", bad)

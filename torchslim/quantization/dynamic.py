@@ -46,6 +46,7 @@ import torch.nn as nn
 
 from torchslim.core.config import Config, _fail, check_range, register_config
 from torchslim.core.context import Context
+from torchslim.core.mha import unfuse_attention_
 from torchslim.core.registry import register_transform
 from torchslim.core.select import Select
 from torchslim.quantization._swap import compile_model_, swap_int8_, swappable
@@ -198,7 +199,13 @@ def quantize_linears_(
 def split_targets(
     model: nn.Module, select: Select, kinds: tuple[type[nn.Module], ...], kind: str, ctx: Context
 ) -> list[tuple[str, nn.Module]]:
-    """Selected modules torchslim can swap; selected Linear/Embedding it cannot are listed in ``ctx.events``."""
+    """Selected modules torchslim can swap; selected Linear/Embedding it cannot are listed in ``ctx.events``.
+
+    An ``nn.MultiheadAttention`` that would bypass a swapped layer (its ``out_proj``, or the Linear
+    layers of the ``nn.TransformerEncoderLayer`` it serves) is first split into separate q/k/v/out
+    Linear layers (:func:`~torchslim.core.mha.unfuse_attention_`), which are then targets too.
+    """
+    unfuse_attention_(model, [n for n, m in select.modules(model) if isinstance(m, kinds)], kind=kind, ctx=ctx)
     targets, skipped = [], []
     for name, module in select.modules(model):
         if swappable(module, kinds):

@@ -39,19 +39,44 @@ import torch.nn as nn
 
 from torchslim.core.config import Config, _fail, check_range, register_config
 from torchslim.core.context import Context
+from torchslim.core.mha import unfuse_attention_
 from torchslim.core.registry import register_transform
 from torchslim.core.select import Select
 from torchslim.core.structure import record_op, register_replay
 from torchslim.core.walker import replace_module_
-from torchslim.errors import UnsafeInputError
+from torchslim.errors import UnsafeInputError, UnsupportedModelError
 
 
-class LowRankLinear(nn.Module):
+class NoDenseWeightError(UnsupportedModelError, AttributeError):
+    """Code outside the module read ``weight`` / ``bias`` of a factorized layer, which has only its two halves.
+
+    An ``AttributeError`` too, so ``getattr(layer, "weight", None)`` and ``hasattr`` behave as for any
+    module without a weight; uncaught, it is an :class:`~torchslim.errors.UnsupportedModelError` (exit 5)
+    that names the layer type and what to do.
+    """
+
+
+class _FactoredLayer:
+    """Mixin: reading ``weight`` / ``bias`` raises :class:`NoDenseWeightError` with a clear message."""
+
+    def __getattr__(self, name: str):
+        if name in ("weight", "bias"):
+            raise NoDenseWeightError(
+                f"{type(self).__name__} has no dense {name} (it is factorized into .down and .up); "
+                f"something outside it read .{name} directly: exclude that layer from LowRank with select"
+            )
+        return super().__getattr__(name)  # type: ignore[misc]
+
+
+class LowRankLinear(_FactoredLayer, nn.Module):
     """``y = up(down(x))``: a rank-``rank`` Linear from ``in_features`` to ``out_features`` (bias on ``up``).
 
+    It has no ``weight`` / ``bias`` of its own: reading them raises :class:`NoDenseWeightError`.
+
     Example:
-        >>> LowRankLinear(8, 4, rank=2).up.weight.shape
-        torch.Size([4, 2])
+        >>> layer = LowRankLinear(8, 4, rank=2)
+        >>> layer.up.weight.shape, getattr(layer, "weight", None)
+        (torch.Size([4, 2]), None)
     """
 
     def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True) -> None:
@@ -64,7 +89,7 @@ class LowRankLinear(nn.Module):
         return self.up(self.down(x))
 
 
-class LowRankConv2d(nn.Sequential):
+class LowRankConv2d(_FactoredLayer, nn.Sequential):
     """``Conv2d(in, rank, kernel, stride, padding, dilation)`` then ``Conv2d(rank, out, 1)`` (bias on the second).
 
     An ``nn.Sequential`` (children ``0`` = ``down``, ``1`` = ``up``), so other tools see two
@@ -198,6 +223,9 @@ def _low_rank(model: nn.Module, config: LowRank, select: Select, ctx: Context) -
     skipped = grouped = 0
     # The halves of a layer factored by an earlier run stay as they are (factoring them again only adds layers).
     factored = [n for n, m in model.named_modules() if isinstance(m, (LowRankLinear, LowRankConv2d))]
+    # nn.MultiheadAttention / TransformerEncoderLayer fast paths read Linear weights directly: split first.
+    linears = [n for n, m in select.modules(model) if type(m) is nn.Linear or isinstance(m, nn.MultiheadAttention)]
+    unfuse_attention_(model, linears, kind=config.kind, ctx=ctx)
     for name, module in list(select.modules(model)):
         if not name or any(name.startswith(p + ".") for p in factored):
             continue
