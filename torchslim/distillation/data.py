@@ -2,7 +2,9 @@
 
 A batch is ``(inputs, target)``, ``(inputs,)`` or bare inputs (no labels, e.g. unlabeled text for
 embedding distillation). Inputs are a tensor, a tuple of positional inputs, or a dict of keyword
-inputs (a tokenizer's output).
+inputs (a tokenizer's output; its ``labels`` key is the target). Batches are read by
+:mod:`torchslim.core.batches`; ``split_batch``, ``to_device``, ``call_model`` and ``batch_size_of`` are
+its helpers under their distillation names.
 
 Example:
     >>> import torch
@@ -18,9 +20,9 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
-import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from torchslim.core.batches import batch_size_of, call_model, split_inputs_target, to_device
 from torchslim.distillation.config import DistillConfig
 from torchslim.distillation.distributed import DistInfo, shard_batch
 from torchslim.errors import ConfigError
@@ -32,49 +34,8 @@ Data = Callable[[], Iterable[Any]] | Dataset
 
 
 def split_batch(batch: Any) -> tuple[Any, Any]:
-    """``(inputs, target)`` from a batch: a pair, a 1-tuple (no label), or bare inputs (a tensor or dict).
-
-    Raises:
-        ValueError: a tuple of three or more items (ambiguous: wrap positional inputs in a tuple).
-    """
-    if isinstance(batch, (tuple, list)):
-        if len(batch) == 2:
-            return batch[0], batch[1]
-        if len(batch) == 1:
-            return batch[0], None
-        raise ValueError(f"a batch must be (inputs, target), (inputs,) or bare inputs; got {len(batch)} items")
-    return batch, None
-
-
-def to_device(value: Any, device: torch.device) -> Any:
-    """``value`` with every tensor (in nested tuples, lists, dicts) moved to ``device``."""
-    if isinstance(value, torch.Tensor):
-        return value.to(device, non_blocking=True)
-    if isinstance(value, (tuple, list)):
-        return type(value)(to_device(v, device) for v in value)
-    if isinstance(value, dict):
-        return {k: to_device(v, device) for k, v in value.items()}
-    return value
-
-
-def call_model(model: nn.Module, inputs: Any) -> Any:
-    """``model(*inputs)`` for a tuple/list, ``model(**inputs)`` for a dict (tokenizer output), else ``model(inputs)``."""
-    if isinstance(inputs, (tuple, list)):
-        return model(*inputs)
-    if isinstance(inputs, dict):
-        return model(**inputs)
-    return model(inputs)
-
-
-def batch_size_of(inputs: Any) -> int:
-    """The number of samples in ``inputs`` (dim 0 of its first tensor)."""
-    if isinstance(inputs, torch.Tensor):
-        return int(inputs.shape[0]) if inputs.dim() else 1
-    if isinstance(inputs, dict):
-        inputs = list(inputs.values())
-    if isinstance(inputs, (tuple, list)) and inputs:
-        return batch_size_of(inputs[0])
-    return 0
+    """``(inputs, target)`` of a training batch; :func:`torchslim.core.batches.split_inputs_target`."""
+    return split_inputs_target(batch)
 
 
 class Epochs:

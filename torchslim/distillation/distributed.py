@@ -14,11 +14,14 @@ Example:
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from torchslim.core.batches import ModelInputs
 
 __all__ = ["DistInfo", "all_mean", "broadcast_value", "dist_info", "init_from_env", "shard_batch"]
 
@@ -89,8 +92,9 @@ def shard_batch(batch: Any, info: DistInfo) -> Any:
     """This process's share of a batch: the ``rank``-th of ``world_size`` chunks along dim 0 of every tensor.
 
     Used when the data is a callable of ready-made batches (every process iterates the same seeded
-    batches and keeps its chunk, so the global batch is the single-process one). Nested tuples, lists
-    and dicts are split leaf by leaf; non-tensors are kept whole.
+    batches and keeps its chunk, so the global batch is the single-process one). Nested tuples, lists,
+    mappings (made dicts) and :class:`~torchslim.core.batches.ModelInputs` are split leaf by leaf;
+    non-tensors are kept whole.
 
     Example:
         >>> import torch
@@ -102,10 +106,12 @@ def shard_batch(batch: Any, info: DistInfo) -> Any:
         return batch
     if isinstance(batch, torch.Tensor):
         return batch.tensor_split(info.world_size, dim=0)[info.rank] if batch.dim() > 0 else batch
+    if isinstance(batch, ModelInputs):
+        return ModelInputs(shard_batch(batch.args, info), shard_batch(batch.kwargs, info))
     if isinstance(batch, tuple):
         return tuple(shard_batch(b, info) for b in batch)
     if isinstance(batch, list):
         return [shard_batch(b, info) for b in batch]
-    if isinstance(batch, dict):
+    if isinstance(batch, Mapping):
         return {k: shard_batch(v, info) for k, v in batch.items()}
     return batch
