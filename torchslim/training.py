@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
+
+from torchslim.core.progress import progress as progress_task
 
 LossFn = Callable[[nn.Module, Any, Any], torch.Tensor]
 
@@ -94,7 +94,8 @@ def fit_(
         seed: seeds torch's RNG (dropout, lazily built parts) inside a forked RNG state, so the
             caller's global RNG is left as it was.
         desc: label of the progress bar.
-        progress: show a transient rich progress bar on stderr (only on a terminal or notebook).
+        progress: report progress on stderr (:mod:`torchslim.core.progress`: a bar on a terminal, a
+            plain line at a fixed interval elsewhere).
 
     Returns:
         The same ``model``, trained, in eval mode.
@@ -119,25 +120,14 @@ def fit_(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total, warmup))
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}  loss {task.fields[loss]:.4f}"),
-        TimeElapsedColumn(),
-    )
-    # Progress goes to stderr (stdout may carry --json output); off when nobody can see it.
-    console = Console(stderr=True)
-    show = progress and (console.is_terminal or console.is_jupyter)
     # Seed a forked RNG: the run is reproducible without resetting the caller's global RNG state.
     cuda = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
     with (
         torch.random.fork_rng(devices=cuda),
-        Progress(*columns, console=console, transient=True, disable=not show) as bar,
+        progress_task(total, desc, unit="steps", enabled=progress) as bar,
     ):
         torch.manual_seed(seed)
         model.train()
-        task = bar.add_task(desc, total=total, epoch=0, epochs=epochs, loss=float("nan"))
         running: float | None = None
         for epoch in range(1, epochs + 1):
             data = first if (epoch == 1 and first is not None) else train_data()
@@ -151,6 +141,6 @@ def fit_(
                 # Exponential moving average: a readable loss without a sync-heavy full mean.
                 value = float(loss.detach())
                 running = value if running is None else 0.9 * running + 0.1 * value
-                bar.update(task, advance=1, epoch=epoch, loss=running)
+                bar.advance(status=f"epoch {epoch}/{epochs}  loss {running:.4f}")
     model.eval()
     return model

@@ -1,9 +1,10 @@
 """``torchslim bench digits``: the digits teacher CNN, fp32 against our variants and the peers'.
 
-Rows: ``fp32``; ``torchslim-bf16`` (CastDtype); ``peer-torch-autocast-bf16`` (``torch.autocast``, the
-usual PyTorch way to run in bf16, weights stay fp32 on disk); ``torchslim-fold-bn``; ``torchslim-default``
-(the built-in default recipe); ``torchslim-int8-static`` (Int8Static: BN folded, ReLU fused, calibrated
-uint8 activations, oneDNN int8 convolutions); ``peer-torch.ao-int8-static`` (``torch.ao.quantization``
+Rows: ``fp32``; ``torchslim-bf16`` (the built-in ``bf16`` recipe: CastDtype); ``peer-torch-autocast-bf16``
+(``torch.autocast``, the usual PyTorch way to run in bf16, weights stay fp32 on disk); ``torchslim-fold-bn``;
+``torchslim-default``; ``torchslim-int8-static`` (Int8Static: BN folded, ReLU fused, calibrated uint8
+activations, oneDNN int8 convolutions): each of these four is its built-in recipe (:data:`RECIPES`), so
+``torchslim compress --workload digits --recipe NAME`` rebuilds it; ``peer-torch.ao-int8-static`` (``torch.ao.quantization``
 FX graph mode static quantization with the x86 default qconfig, deprecated but still shipped; its
 size is ``torch.save`` bytes since its quantized tensors do not fit safetensors).
 """
@@ -16,12 +17,18 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from torchslim.api import compress_
 from torchslim.bench.harness import BenchResult, Variant, model_variant, run_benchmark
 from torchslim.measure import artifact_bytes
-from torchslim.quantization import CastDtype, Int8Static
 from torchslim.recipes import load_recipe, run_recipe
-from torchslim.structured import FoldBatchNorm
+
+WORKLOAD = "digits"  # the workload every row is built from (reproduce commands: --workload digits)
+# Rows built by a built-in recipe: variant -> recipe name (the row's reproduce command is `torchslim compress`).
+RECIPES = {
+    "torchslim-bf16": "bf16",
+    "torchslim-fold-bn": "fold-bn",
+    "torchslim-default": "default",
+    "torchslim-int8-static": "int8-static",
+}
 
 
 class _Autocast(nn.Module):
@@ -60,7 +67,7 @@ def bench(data: str | None = None, quick: bool = False) -> BenchResult:
     """Run the digits benchmark (``data`` is unused: scikit-learn ships the data set)."""
     from torchslim.workloads import get_workload
 
-    wl = get_workload("digits")
+    wl = get_workload(WORKLOAD)
     teacher = wl.model()
     ctx = wl.context()
     x = ctx.example_inputs
@@ -69,18 +76,18 @@ def bench(data: str | None = None, quick: bool = False) -> BenchResult:
         quality = lambda: wl.evaluate(model, "test")  # noqa: E731
         return model_variant(name, model, x, quality, size_bytes=size, measures=("params", "macs"))
 
-    bf16 = compress_(copy.deepcopy(teacher), CastDtype("bfloat16"))
-    folded = compress_(copy.deepcopy(teacher), FoldBatchNorm())
-    default, _ = run_recipe(copy.deepcopy(teacher), load_recipe("default"), ctx, measure_steps=False)
-    int8_static = compress_(copy.deepcopy(teacher), Int8Static(), ctx=ctx)
+    ours = {
+        name: run_recipe(copy.deepcopy(teacher), load_recipe(recipe), ctx, measure_steps=False)[0]
+        for name, recipe in RECIPES.items()
+    }
     peer_static, peer_static_size = _torch_ao_static(teacher, x, ctx.calibration)
     variants = [
         variant("fp32", teacher),
-        variant("torchslim-bf16", bf16),
+        variant("torchslim-bf16", ours["torchslim-bf16"]),
         variant("peer-torch-autocast-bf16", _Autocast(teacher), size=artifact_bytes(teacher)),
-        variant("torchslim-fold-bn", folded),
-        variant("torchslim-default", default),
-        variant("torchslim-int8-static", int8_static),
+        variant("torchslim-fold-bn", ours["torchslim-fold-bn"]),
+        variant("torchslim-default", ours["torchslim-default"]),
+        variant("torchslim-int8-static", ours["torchslim-int8-static"]),
         variant("peer-torch.ao-int8-static", peer_static, size=peer_static_size),
     ]
     result = run_benchmark("digits", variants, rounds=10 if quick else 50, warmup=3 if quick else 10)

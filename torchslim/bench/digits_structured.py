@@ -32,6 +32,10 @@ from torchslim.bench.harness import BenchResult, Variant, model_variant, run_ben
 from torchslim.measure import count_macs, interleaved_latency
 from torchslim.recipes import load_recipe, run_recipe
 
+WORKLOAD = "digits"
+# Rows built by a built-in recipe: variant -> recipe name (reproduce: `torchslim compress --recipe NAME`).
+RECIPES = {"torchslim-macs2x": "channels-2x", "torchslim-macs4x": "channels-4x"}
+
 
 def _conv_ratio(pruned: nn.Module, original: nn.Module) -> float:
     """Fraction of conv output channels removed (the per-layer ratio of a ``scope="layer"`` run)."""
@@ -67,7 +71,7 @@ def bench(data: str | None = None, quick: bool = False) -> BenchResult:
     """Run the benchmark (``data`` is unused: scikit-learn ships the digits)."""
     from torchslim.workloads import get_workload
 
-    wl = get_workload("digits")
+    wl = get_workload(WORKLOAD)
     teacher = wl.model()
     ctx = wl.context()
     x = ctx.example_inputs
@@ -78,8 +82,10 @@ def bench(data: str | None = None, quick: bool = False) -> BenchResult:
         v.extra["macs_reduction"] = round(base_macs / v.extra["macs"], 3)
         return v
 
-    macs2x, _ = run_recipe(copy.deepcopy(teacher), load_recipe("channels-2x"), ctx, measure_steps=False)
-    macs4x, _ = run_recipe(copy.deepcopy(teacher), load_recipe("channels-4x"), ctx, measure_steps=False)
+    macs2x, macs4x = (
+        run_recipe(copy.deepcopy(teacher), load_recipe(RECIPES[name]), ctx, measure_steps=False)[0]
+        for name in ("torchslim-macs2x", "torchslim-macs4x")
+    )
     ratio = _conv_ratio(macs2x, teacher)
     variants = [
         variant("fp32", teacher),

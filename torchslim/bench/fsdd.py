@@ -5,8 +5,9 @@ the 256-channel DS-CNN teacher against
 
 - ``torchslim-student-kd``: the 48-channel DS-CNN student (:func:`~torchslim.workloads.fsdd.build_student`,
   fresh weights) distilled from the teacher (Hinton KD, :data:`STUDENT_KD`), fp32;
-- ``torchslim-int8-static``: the teacher with :class:`~torchslim.quantization.Int8Static` (BN folded,
-  ReLU fused, calibrated uint8 activations, oneDNN int8 convolutions);
+- ``torchslim-int8-static``: the teacher with the built-in ``int8-static`` recipe's
+  :class:`~torchslim.quantization.Int8Static` (BN folded, ReLU fused, calibrated uint8 activations, oneDNN
+  int8 convolutions);
 - ``torchslim-kws-tiny``: the built-in ``kws-tiny`` recipe (the same student shapes carved out of the
   teacher by channel pruning → fine-tuned by distilling the teacher → static int8);
 - ``peer-torch.ao-int8-static``: ``torch.ao.quantization`` FX static quantization of the teacher (x86
@@ -30,13 +31,16 @@ import torch.nn as nn
 
 from torchslim.api import compress_
 from torchslim.bench.digits_kd import one_thread
-from torchslim.bench.harness import BenchResult, Variant, run_benchmark
+from torchslim.bench.harness import BenchResult, Variant, recipe_config, run_benchmark
 from torchslim.distillation import DistillConfig, distill
 from torchslim.measure import artifact_bytes, count_macs, count_params
-from torchslim.quantization import Int8Static
 from torchslim.recipes import Recipe, load_recipe, run_recipe
 
-__all__ = ["STUDENT_KD", "bench", "kws_tiny_recipe", "saved_bytes"]
+__all__ = ["RECIPES", "STUDENT_KD", "WORKLOAD", "bench", "kws_tiny_recipe", "saved_bytes"]
+
+WORKLOAD = "fsdd-kws"
+# Rows built by a built-in recipe: variant -> recipe name (reproduce: `torchslim compress --recipe NAME`).
+RECIPES = {"torchslim-int8-static": "int8-static", "torchslim-kws-tiny": "kws-tiny"}
 
 # The student row's objective: the same as the kws-tiny recipe's distillation step, from fresh weights.
 STUDENT_KD = DistillConfig(alpha=0.9, temperature=4.0, epochs=30, lr=3e-3)
@@ -82,7 +86,7 @@ def bench(data: str | None = None, quick: bool = False) -> BenchResult:
     from torchslim.workloads.fsdd import build_student, build_teacher
 
     recipe = kws_tiny_recipe()  # before any long work: a bad recipe fails fast
-    wl = get_workload("fsdd-kws", data=data)
+    wl = get_workload(WORKLOAD, data=data)
     teacher = wl.model()
     ctx = wl.context()
     x = ctx.example_inputs
@@ -93,7 +97,7 @@ def bench(data: str | None = None, quick: bool = False) -> BenchResult:
             student = build_student()
         student = distill(student, teacher, wl.train_data(seed=0), STUDENT_KD, desc="student-kd")
         tiny, run = run_recipe(copy.deepcopy(teacher), recipe, ctx, measure_steps=False)
-    int8_static = compress_(copy.deepcopy(teacher), Int8Static(), ctx=ctx)
+    int8_static = compress_(copy.deepcopy(teacher), recipe_config(RECIPES["torchslim-int8-static"]), ctx=ctx)
     peer, peer_size = _torch_ao_static(teacher, x, ctx.calibration)
 
     def variant(name: str, model: nn.Module, factory: Any = None, size: int | None = None) -> Variant:

@@ -88,6 +88,27 @@ def model_variant(
     return Variant(name, model, inputs, size_bytes=size, quality=quality, extra=row)
 
 
+def recipe_config(name: str) -> Any:
+    """The technique config of the one-step built-in recipe ``name``.
+
+    A benchmark row built with this config is the row ``torchslim compress --recipe NAME`` reproduces: the
+    bench and the command read the same YAML file (list such rows in the bench module's ``RECIPES``).
+
+    Example:
+        >>> recipe_config("bf16")
+        CastDtype(dtype='bfloat16')
+    """
+    from importlib import resources
+
+    from torchslim.recipes import load_recipe
+
+    with resources.as_file(resources.files("torchslim.recipes") / "builtin" / f"{name}.yaml") as path:
+        steps = load_recipe(path).steps  # its own file only: a broken neighbour cannot stop this bench
+    if len(steps) != 1 or steps[0].select is not None:
+        raise ValueError(f"built-in recipe {name!r} is not one step on the whole model; run it with run_recipe")
+    return steps[0].config
+
+
 @dataclass
 class BenchResult:
     """A benchmark's rows in the DESIGN.md schema."""

@@ -35,11 +35,16 @@ import torch
 import torch.nn as nn
 
 from torchslim.api import compress_
-from torchslim.bench.harness import BenchResult, Variant, run_benchmark
+from torchslim.bench.harness import BenchResult, Variant, recipe_config, run_benchmark
 from torchslim.errors import UsageError
 from torchslim.measure import artifact_bytes
-from torchslim.quantization import CastDtype, Int8WeightOnly
+from torchslim.quantization import CastDtype
 from torchslim.workloads.llama import LlamaDecodeWorkload
+
+WORKLOAD = "llama-decode"
+# Rows built by a built-in recipe: variant -> recipe name (reproduce: `torchslim compress --recipe NAME`);
+# torchslim-int4-g128 is not the int4-g128 recipe (GPTQ): here bf16 then RTN, on seeded random weights.
+RECIPES = {"torchslim-bf16": "bf16", "torchslim-int8-weight-only": "int8-weight-only"}
 
 __all__ = ["bench", "run_on"]
 
@@ -128,7 +133,7 @@ def run_on(wl: LlamaDecodeWorkload, quick: bool = False) -> BenchResult:
     with _threads(1):
         fp32 = wl.model()
     add("fp32", lambda: (fp32, artifact_bytes(fp32)))
-    bf16 = compress_(copy.deepcopy(fp32), CastDtype("bfloat16"))
+    bf16 = compress_(copy.deepcopy(fp32), recipe_config(RECIPES["torchslim-bf16"]))
     add("torchslim-bf16", lambda: (bf16, artifact_bytes(bf16)))
     add("torchslim-int8-weight-only", lambda: _int8_wo(fp32))
     add("torchslim-int4-g128", lambda: _ours_int4(fp32))
@@ -167,5 +172,5 @@ def run_on(wl: LlamaDecodeWorkload, quick: bool = False) -> BenchResult:
 
 
 def _int8_wo(fp32: nn.Module) -> tuple[nn.Module, int]:
-    m = compress_(copy.deepcopy(fp32), Int8WeightOnly())
+    m = compress_(copy.deepcopy(fp32), recipe_config(RECIPES["torchslim-int8-weight-only"]))
     return m, artifact_bytes(m)

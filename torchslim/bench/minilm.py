@@ -3,14 +3,18 @@
 Rows (each: latency at batch 32 × 128 tokens, speedup over fp32 in the same run, artifact size,
 ``stsb_spearman`` on the test split and ``cos_min``, the worst sentence's cosine to fp32):
 
-- ``fp32``; ``torchslim-bf16`` (CastDtype);
-- ``torchslim-int8-dynamic``: ``Int8Dynamic(compile=True, compute_dtype="bfloat16", smoothquant=0.5,
-  min_sqnr_db=33, outliers=32, fallback="float32")`` (LayerNorm, attention and activations in bf16;
+- ``fp32``; ``torchslim-bf16`` (the built-in ``bf16`` recipe: CastDtype);
+- ``torchslim-int8-dynamic``: the built-in ``int8-dynamic-compiled`` recipe, read from its file (so
+  ``torchslim compress --workload minilm-stsb --recipe int8-dynamic-compiled`` builds this row):
+  ``Int8Dynamic(compile=True, compute_dtype="bfloat16", smoothquant=0.5, min_sqnr_db=33, outliers=32,
+  fallback="float32")`` (LayerNorm, attention and activations in bf16;
   per-token int8 activations, per-channel int8 weights, int8 embeddings, SmoothQuant from 8 calibration
   batches of STS *train* sentences, a layer under 33 dB keeps its few largest input channels in float32
   or else stays unquantized, whole model compiled in place with the int8 backend of
   :mod:`torchslim.quantization.compile_cpu`);
-  ``torchslim-int8-dynamic-eager``: the same without compile; ``torchslim-int8-weight-only``: ``Int8WeightOnly()``;
+  ``torchslim-int8-dynamic-eager``: the same without compile and with float32 compute (no built-in
+  recipe; the plain ``int8-dynamic`` recipe has no SmoothQuant or SQNR guard); ``torchslim-int8-weight-only``:
+  the built-in ``int8-weight-only`` recipe (``Int8WeightOnly()``);
 - ``torchslim-int4-{rtn,gptq,awq,hqq}-g128``: ``Int4WeightOnly(group_size=128, method=...)`` on every Linear
   (packed int4, bf16 group scales and zeros; at 32 × 128 tokens the weight is dequantized to bf16 per call
   for a bf16 GEMM, the int4 kernel serves small batches; GPTQ/AWQ calibrate layer by layer on the same 8
@@ -29,6 +33,7 @@ safetensors) or the ``.onnx`` file.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
 import logging
 import os
@@ -41,12 +46,41 @@ import torch
 import torch.nn as nn
 
 from torchslim.api import compress_
-from torchslim.bench.harness import BenchResult, Variant, run_benchmark
+from torchslim.bench.harness import BenchResult, Variant, recipe_config, run_benchmark
 from torchslim.core.context import Context
 from torchslim.measure import artifact_bytes
-from torchslim.quantization import CastDtype, Int4WeightOnly, Int8Dynamic, Int8WeightOnly
+from torchslim.quantization import Int4WeightOnly
 
 log = logging.getLogger(__name__)
+
+WORKLOAD = "minilm-stsb"
+# Rows built by a built-in recipe: variant -> recipe name (reproduce: `torchslim compress --recipe NAME`).
+RECIPES = {
+    "torchslim-bf16": "bf16",
+    "torchslim-int8-dynamic": "int8-dynamic-compiled",
+    "torchslim-int8-weight-only": "int8-weight-only",
+}
+
+
+def configs() -> dict[str, Any]:
+    """Our rows' technique configs, variant name -> config, in row order (the recipe rows read their files).
+
+    Example:
+        >>> c = configs()
+        >>> c["torchslim-int8-dynamic"].compile, c["torchslim-int8-dynamic-eager"].compile
+        (True, False)
+    """
+    compiled = recipe_config(RECIPES["torchslim-int8-dynamic"])
+    return {
+        "torchslim-bf16": recipe_config(RECIPES["torchslim-bf16"]),
+        "torchslim-int8-dynamic": compiled,
+        "torchslim-int8-dynamic-eager": dataclasses.replace(compiled, compile=False, compute_dtype="float32"),
+        "torchslim-int8-weight-only": recipe_config(RECIPES["torchslim-int8-weight-only"]),
+        **{
+            f"torchslim-int4-{method}-g128": Int4WeightOnly(group_size=128, method=method, progress=False)
+            for method in ("rtn", "gptq", "awq", "hqq")
+        },
+    }
 
 
 def _torch_save_bytes(model: nn.Module) -> int:
@@ -132,20 +166,10 @@ def bench(data: str | None = None, quick: bool = False) -> BenchResult:
 
         return make
 
-    guarded = {"smoothquant": 0.5, "min_sqnr_db": 33.0, "outliers": 32, "fallback": "float32"}
-    configs = {
-        "torchslim-bf16": CastDtype("bfloat16"),
-        "torchslim-int8-dynamic": Int8Dynamic(compile=True, compute_dtype="bfloat16", **guarded),
-        "torchslim-int8-dynamic-eager": Int8Dynamic(**guarded),
-        "torchslim-int8-weight-only": Int8WeightOnly(),
-        **{
-            f"torchslim-int4-{method}-g128": Int4WeightOnly(group_size=128, method=method, progress=False)
-            for method in ("rtn", "gptq", "awq", "hqq")
-        },
-    }
-    name_of = {id(c): n for n, c in configs.items()}
+    ours_configs = configs()
+    name_of = {id(c): n for n, c in ours_configs.items()}
     add("fp32", lambda: (fp32, artifact_bytes(fp32)))
-    for name, config in configs.items():
+    for name, config in ours_configs.items():
         add(name, ours(config))
 
     def torch_ao() -> tuple[nn.Module, int]:

@@ -26,6 +26,9 @@ from torchslim.bench.digits_kd import one_thread
 from torchslim.bench.harness import BenchResult, Variant, model_variant, run_benchmark
 from torchslim.distillation import DistillConfig, LossTerm, drop_blocks, train_distill
 
+WORKLOAD = "minilm-stsb"  # the workload of every row (reproduce commands: --workload minilm-stsb)
+RECIPES: dict[str, str] = {}  # no row is a built-in recipe
+
 # Chosen on the dev split by ``choose_blocks`` (all 20 ways to keep 3 of 6 blocks, before training).
 KEEP = (0, 3, 5)
 # Picked on the dev split (one run each, best weights by dev Spearman): 3 layers, embedding loss only,

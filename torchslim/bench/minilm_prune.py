@@ -19,6 +19,9 @@ from torchslim.bench.harness import BenchResult, Variant, model_variant, run_ben
 from torchslim.core.select import Select
 from torchslim.pruning import MagnitudePruning, NMPruning, SparseGPTPruning, WandaPruning, bake_
 
+WORKLOAD = "minilm-stsb"  # the workload of every row (reproduce commands: --workload minilm-stsb)
+RECIPES: dict[str, str] = {}  # no row is a built-in recipe: the wanda-50 row calibrates on 32 batches, encoder only
+
 ENCODER_LINEARS = Select(types=("Linear",), include=(r"encoder\.layer\.",))
 
 

@@ -30,6 +30,9 @@ from torchslim.core.select import Select
 from torchslim.measure import count_macs, interleaved_latency
 from torchslim.structured import ChannelPruning, LayerDropping, LowRank
 
+WORKLOAD = "minilm-stsb"  # the workload of every row (reproduce commands: --workload minilm-stsb)
+RECIPES: dict[str, str] = {}  # no row is a built-in recipe
+
 FFN = Select(include=(r"intermediate\.dense$", r"layer\.\d+\.output\.dense$"))
 
 

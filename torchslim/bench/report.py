@@ -23,75 +23,74 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DATA", "main", "render", "render_table", "row_command", "run_all"]
+__all__ = ["DATA", "bench_command", "main", "render", "render_table", "row_command", "run_all"]
 
-# Benchmark name prefix -> its data under --data-root (the others need none).
-DATA = {"minilm": "stsbenchmark", "fsdd": "fsdd/recordings", "shakespeare": "tinyshakespeare/input.txt"}
+# Workload -> its data under --data-root (the others need none).
+DATA = {"minilm-stsb": "stsbenchmark", "fsdd-kws": "fsdd/recordings", "shakespeare-gpt": "tinyshakespeare/input.txt"}
 _EXTRA_KEYS = ("variant", "latency_ms", "latency_p90_ms", "speedup", "size_mb", "quality")
 
 
-def _data_arg(name: str, data_root: str) -> list[str]:
-    for prefix, sub in DATA.items():
-        if name.startswith(prefix):
-            return ["--data", f"{data_root.rstrip('/')}/{sub}"]
-    return []
+def _module(bench: str) -> Any:
+    """The module of benchmark ``bench``: it declares ``WORKLOAD``, ``RECIPES`` (variant -> built-in recipe
+    the row is built from) and, for a ``*-tune`` bench, ``tune_settings()``."""
+    from importlib import import_module
+
+    from torchslim.bench import BENCHMARKS
+
+    if bench not in BENCHMARKS:
+        raise KeyError(f"unknown benchmark {bench!r}; registered: {', '.join(BENCHMARKS)}")
+    return import_module(BENCHMARKS[bench].partition(":")[0])
 
 
-def _workload(name: str) -> str:
-    return "minilm-stsb" if name.startswith("minilm") else name.split("-")[0]
+def _data_arg(workload: str, data_root: str) -> list[str]:
+    sub = DATA.get(workload)
+    return ["--data", f"{data_root.rstrip('/')}/{sub}"] if sub else []
 
 
-def bench_command(name: str, data_root: str, quick: bool = False) -> str:
-    """The command that reruns benchmark ``name``.
+def bench_command(name: str, data_root: str, quick: bool = False, json_out: bool = True) -> str:
+    """The command that reruns benchmark ``name`` (writing its JSON unless ``json_out`` is false).
 
     Example:
         >>> bench_command("minilm-kd", "../shared/data")
         'torchslim bench minilm-kd --data ../shared/data/stsbenchmark --json bench/minilm-kd.json'
     """
-    args = ["torchslim", "bench", name, *_data_arg(name, data_root)] + (["--quick"] if quick else [])
-    return " ".join([*args, "--json", f"bench/{name}.json"])
-
-
-def _tune_args(bench: str) -> str:
-    """The budget and full trial count the ``*-tune`` benchmark ``bench`` gives ``tune`` (its ``MAX_DROP``, ``TRIALS``)."""
-    from importlib import import_module
-
-    from torchslim.bench import BENCHMARKS
-
-    module = import_module(BENCHMARKS.get(bench, BENCHMARKS["digits-tune"]).partition(":")[0])
-    return f"--max-drop {module.MAX_DROP} --trials {module.TRIALS}"
+    args = ["torchslim", "bench", name, *_data_arg(_module(name).WORKLOAD, data_root)]
+    args += ["--quick"] if quick else []
+    args += ["--json", f"bench/{name}.json"] if json_out else []
+    return " ".join(args)
 
 
 def row_command(bench: str, variant: str, data_root: str) -> str:
-    """The command reproducing one row: the built-in recipe through ``compress``, else the benchmark.
+    """The command reproducing one row of benchmark ``bench``.
+
+    ``fp32``: ``torchslim measure`` of the bench's workload; a row the bench builds from a built-in recipe
+    (its module's ``RECIPES``): ``torchslim compress`` with that recipe; ``torchslim-tuned``: ``torchslim
+    tune`` with the bench's own settings; any other row: the benchmark itself.
 
     Example:
-        >>> row_command("digits", "torchslim-int8-static", "../shared/data")
-        'torchslim compress --workload digits --recipe int8-static --out out/int8-static'
+        >>> row_command("fsdd-kws", "torchslim-kws-tiny", "../shared/data")
+        'torchslim compress --workload fsdd-kws --data ../shared/data/fsdd/recordings --recipe kws-tiny --out out/fsdd-kws-kws-tiny'
+        >>> row_command("minilm-stsb", "torchslim-int8-dynamic", "data").split(" --recipe ")[1]
+        'int8-dynamic-compiled --out out/minilm-stsb-int8-dynamic-compiled'
     """
-    workload = _workload(bench)
-    data = " ".join(_data_arg(bench, data_root))
-    data = f" {data}" if data else ""
-    recipe = variant.removeprefix("torchslim-")
+    module = _module(bench)
+    workload = module.WORKLOAD
+    data = "".join(f" {a}" for a in _data_arg(workload, data_root))
+    recipe = module.RECIPES.get(variant)
     if variant == "fp32":
         return f"torchslim measure --workload {workload}{data}"
-    if variant == "torchslim-tuned":
-        return f"torchslim tune --workload {workload}{data} {_tune_args(bench)} --out out/tune-{workload}"
-    if variant.startswith("torchslim-") and recipe in _builtin_names():
-        return f"torchslim compress --workload {workload}{data} --recipe {recipe} --out out/{recipe}"
-    return f"torchslim bench {bench}{data}"
+    if variant == "torchslim-tuned" and hasattr(module, "tune_settings"):
+        from torchslim.bench.tune_common import tune_flags
 
-
-def _builtin_names() -> set[str]:
-    """Names of the built-in recipe files (not parsed: one broken file must not break the report)."""
-    from importlib import resources
-
-    folder = resources.files("torchslim.recipes") / "builtin"
-    return {e.name[: -len(".yaml")] for e in folder.iterdir() if e.name.endswith(".yaml")}
+        flags = " ".join(tune_flags(**module.tune_settings()))
+        return f"torchslim tune --workload {workload}{data} {flags} --out out/tune-{workload}"
+    if recipe is not None:
+        return f"torchslim compress --workload {workload}{data} --recipe {recipe} --out out/{workload}-{recipe}"
+    return bench_command(bench, data_root, json_out=False)
 
 
 def render_table(name: str, data: dict[str, Any], data_root: str) -> str:
@@ -109,8 +108,16 @@ def render_table(name: str, data: dict[str, Any], data_root: str) -> str:
         e = [_cell(r.get(k)) for k in extras]
         size = "-" if r.get("size_mb") is None else f"{r['size_mb']:.4f}"
         cells = [r["variant"], f"{r['latency_ms']:.3f}", f"{r['speedup']:.2f}x", size, *q, *e]
-        lines.append("| " + " | ".join([*cells, f"`{row_command(name, r['variant'], data_root)}`"]) + " |")
+        lines.append("| " + " | ".join([*cells, _code(lambda r=r: row_command(name, r["variant"], data_root))]) + " |")
     return "\n".join(lines)
+
+
+def _code(command: Callable[[], str]) -> str:
+    """``command()`` as inline code, or ``-`` for a benchmark that is not registered (nothing reruns it)."""
+    try:
+        return f"`{command()}`"
+    except KeyError:
+        return "-"
 
 
 def _cell(v: Any) -> str:
@@ -176,7 +183,9 @@ def render(out: str | Path, data_root: str = "../shared/data", failures: dict[st
         "",
         "Generated by `python -m torchslim.bench.report --out .` (every registered benchmark, each in its own "
         "process); do not edit by hand. Each benchmark times its rows interleaved in one process; `speedup` is "
-        "against its `fp32` row. The last column reproduces the row.",
+        "against its `fp32` row. The last column reproduces the row from the repository root: `measure` the "
+        "baseline, `compress` with the built-in recipe the benchmark builds that row from, `tune` with the "
+        "benchmark's settings, or else the benchmark itself (`torchslim bench`).",
         "",
     ]
     if headline.is_file():
@@ -188,7 +197,7 @@ def render(out: str | Path, data_root: str = "../shared/data", failures: dict[st
         lines += [
             f"## {name}",
             "",
-            f"`{bench_command(name, data_root)}` — device {data.get('device', '?')}, torch {data.get('torch', '?')}, "
+            f"{_code(lambda name=name: bench_command(name, data_root))} — device {data.get('device', '?')}, torch {data.get('torch', '?')}, "
             f"{data.get('threads', '?')} thread(s)",
             "",
             render_table(name, data, data_root),
@@ -211,7 +220,8 @@ def run_all(
     failures: dict[str, str] = {}
     for name in names:
         target = out / "bench" / f"{name}.json"
-        cmd = [sys.executable, "-m", "torchslim", "bench", name, *_data_arg(name, data_root), "--json", str(target)]
+        data = _data_arg(_module(name).WORKLOAD, data_root)
+        cmd = [sys.executable, "-m", "torchslim", "bench", name, *data, "--json", str(target)]
         cmd += ["--quick"] if quick else []
         print(f"[bench] {name}: {' '.join(cmd[1:])}", flush=True)
         start = time.perf_counter()

@@ -7,7 +7,8 @@ The model is the ``shakespeare-gpt`` workload's :class:`~torchslim.workloads.sha
 - ``fp32``;
 - ``torchslim-int4-{rtn,gptq,awq,hqq}-g128`` and the same four at ``-g32``:
   ``Int4WeightOnly(group_size, method)``; GPTQ and AWQ calibrate on 8 batches of 8 random *training*
-  windows (the held-out tail is only scored);
+  windows (the held-out tail is only scored); ``torchslim-int4-gptq-g128`` is read from the built-in
+  ``int4-g128`` recipe (:data:`RECIPES`), the same config;
 - ``torchslim-int4-mixed``: ``MixedPrecision(budget_ratio=0.2, method="gptq", group_size=128)``, int4 /
   int8 / bf16 per layer by output SQNR under 20 % of the Linear weights' fp32 bytes (the choice per layer
   is in the notes).
@@ -27,9 +28,13 @@ from typing import Any
 import torch.nn as nn
 
 from torchslim.api import compress_
-from torchslim.bench.harness import BenchResult, Variant, run_benchmark
+from torchslim.bench.harness import BenchResult, Variant, recipe_config, run_benchmark
 from torchslim.core.context import Context
 from torchslim.measure import artifact_bytes
+
+WORKLOAD = "shakespeare-gpt"  # the workload of every row (reproduce commands: --workload shakespeare-gpt)
+# Rows built by a built-in recipe: variant -> recipe name (reproduce: `torchslim compress --recipe NAME`).
+RECIPES = {"torchslim-int4-gptq-g128": "int4-g128"}
 
 METHODS = ("rtn", "gptq", "awq", "hqq")
 GROUPS = (128, 32)
@@ -45,6 +50,7 @@ def _int4_configs() -> dict[str, Any]:
     configs: dict[str, Any] = {
         f"torchslim-int4-{m}-g{g}": Int4WeightOnly(group_size=g, method=m) for g in GROUPS for m in METHODS
     }
+    configs.update({name: recipe_config(recipe) for name, recipe in RECIPES.items()})  # the same, from its file
     configs["torchslim-int4-mixed"] = MixedPrecision(budget_ratio=MIXED_BUDGET, method="gptq", group_size=128)
     return configs
 

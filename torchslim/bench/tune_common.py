@@ -27,7 +27,40 @@ from torchslim.measure import artifact_bytes
 from torchslim.recipes import Recipe, load_recipe, run_recipe
 from torchslim.tuning.budget import Budget
 
-__all__ = ["compare_tuned", "confirmation_note", "tune_in_tempdir", "verdict"]
+__all__ = ["compare_tuned", "confirmation_note", "tune_flags", "tune_in_tempdir", "verdict"]
+
+# ``tune`` keyword -> its ``torchslim tune`` flag: the arguments a tune bench may pass (tune_flags checks).
+_FLAGS = {
+    "max_drop": "--max-drop",
+    "objective": "--objective",
+    "trials": "--trials",
+    "margin": "--margin",
+    "threads": "--threads",
+    "latency_runs": "--latency-runs",
+    "seed": "--seed",
+    "confirm": "--confirm",
+    "builtins": "--builtins",
+}
+
+
+def tune_flags(**kwargs: Any) -> list[str]:
+    """The ``torchslim tune`` flags for the keyword arguments :func:`tune_in_tempdir` passes to ``tune``.
+
+    Raises ValueError for a keyword the command line cannot express (its row would not be reproducible).
+
+    Example:
+        >>> tune_flags(max_drop=0.01, trials=40, builtins=())
+        ['--max-drop', '0.01', '--trials', '40', '--builtins', 'none']
+    """
+    unknown = sorted(set(kwargs) - set(_FLAGS))
+    if unknown:
+        raise ValueError(f"tune arguments with no `torchslim tune` flag: {', '.join(unknown)}")
+    out: list[str] = []
+    for key, value in kwargs.items():
+        if key == "builtins":
+            value = ",".join(value) or "none"
+        out += [_FLAGS[key], f"{value:g}" if isinstance(value, float) else str(value)]
+    return out
 
 
 def tune_in_tempdir(wl: Any, **kwargs: Any) -> tuple[Any, Recipe | None]:
@@ -36,7 +69,7 @@ def tune_in_tempdir(wl: Any, **kwargs: Any) -> tuple[Any, Recipe | None]:
     from torchslim.tuning import tune
 
     with tempfile.TemporaryDirectory() as out:
-        result = tune(wl, out=out, builtins=(), progress=False, **kwargs)
+        result = tune(wl, out=out, progress=False, **{"builtins": (), **kwargs})
         tuned = load_recipe(result.paths["best"]) if result.chosen is not None else None
     return result, tuned
 
@@ -85,21 +118,21 @@ def tune_and_compare(
     wl: Any,
     recipes: Mapping[str, Recipe],
     *,
-    max_drop: float,
-    margin: float,
     threads: int,
     tune_kwargs: Mapping[str, Any],
     rounds: int,
     warmup: int,
     budget_note: str,
 ) -> BenchResult:
-    """The tune benches' flow: ``tune`` in a temporary folder, then :func:`compare_tuned` on ``recipes`` plus
-    the tuned one (row ``torchslim-tuned``), on ``threads`` threads; notes: ``budget_note``, the tuned recipe,
-    its confirmation and the :func:`verdict`."""
+    """The tune benches' flow: ``tune`` in a temporary folder with ``tune_kwargs`` (``max_drop`` and ``margin``
+    among them; the row ``torchslim-tuned``'s reproduce command passes the same as :func:`tune_flags`), then
+    :func:`compare_tuned` on ``recipes`` plus the tuned one, on ``threads`` threads; notes: ``budget_note``,
+    the tuned recipe, its confirmation and the :func:`verdict`."""
+    max_drop, margin = tune_kwargs["max_drop"], tune_kwargs["margin"]
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        result, tuned = tune_in_tempdir(wl, max_drop=max_drop, margin=margin, objective="size", **tune_kwargs)
+        result, tuned = tune_in_tempdir(wl, **tune_kwargs)
         recipes = dict(recipes)
         if tuned is not None:
             recipes["tuned"] = tuned

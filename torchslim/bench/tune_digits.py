@@ -15,30 +15,46 @@ it compiles with ``torch.compile`` (minutes), a path meant for transformers.
 
 from __future__ import annotations
 
+from typing import Any
+
 from torchslim.bench.harness import BenchResult
 from torchslim.bench.tune_common import tune_and_compare
 from torchslim.recipes import builtin_recipes
 
+WORKLOAD = "digits"
 MAX_DROP = 0.01
 TRIALS = 40  # 20 with --quick
 MARGIN = 1.0  # standard errors of the per-image drop (see torchslim.tuning.budget)
 SKIP = ("int8-dynamic-compiled",)
+# Rows built by a built-in recipe: variant -> recipe name (reproduce: `torchslim compress --recipe NAME`).
+RECIPES = {f"torchslim-{name}": name for name in builtin_recipes() if name not in SKIP}
+
+
+def tune_settings(quick: bool = False) -> dict[str, Any]:
+    """The keyword arguments this benchmark gives ``tune`` (the ``torchslim-tuned`` row's command passes them).
+
+    Example:
+        >>> tune_settings()["trials"], tune_settings(quick=True)["trials"]
+        (40, 20)
+    """
+    trials = TRIALS // 2 if quick else TRIALS
+    return {"max_drop": MAX_DROP, "margin": MARGIN, "objective": "size", "trials": trials, "builtins": ()}
 
 
 def bench(data: str | None = None, quick: bool = False) -> BenchResult:
     """Run the comparison (``data`` is unused: scikit-learn ships the digits)."""
     from torchslim.workloads import get_workload
 
-    trials = TRIALS // 2 if quick else TRIALS
-    wl = get_workload("digits")
+    settings = tune_settings(quick)
+    trials = settings["trials"]
+    wl = get_workload(WORKLOAD)
+    recipes = builtin_recipes()
     return tune_and_compare(
         "digits-tune",
         wl,
-        {n: r for n, r in builtin_recipes().items() if n not in SKIP},
-        max_drop=MAX_DROP,
-        margin=MARGIN,
+        {name: recipes[name] for name in RECIPES.values()},
         threads=1,
-        tune_kwargs={"trials": trials},
+        tune_kwargs=settings,
         rounds=10 if quick else 40,
         warmup=3 if quick else 10,
         budget_note=f"budget: validation accuracy drop + {MARGIN:g} standard error <= {MAX_DROP} (1 point); "

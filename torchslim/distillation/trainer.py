@@ -1,7 +1,7 @@
 """The distillation trainer: ``train_distill`` (the run and its record) and ``distill`` (just the student).
 
 The loop is ``fit_``'s (AdamW, linear warm-up then cosine decay via :func:`~torchslim.training.warmup_cosine`,
-gradient clipping, rich progress on stderr), extended with what long distillation runs need: the
+gradient clipping, progress on stderr through :mod:`torchslim.core.progress`), extended with what long distillation runs need: the
 frozen teacher, feature taps and learned projections, optional bf16 autocast, evaluation every N steps
 with early stopping, checkpoint/resume, and PyTorch DDP (teacher outside DDP, rank 0 logs and writes).
 
@@ -23,9 +23,8 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from torchslim.core.progress import progress as progress_task
 from torchslim.distillation.checkpoint import load_checkpoint, save_checkpoint
 from torchslim.distillation.config import DistillConfig
 from torchslim.distillation.data import Data, Epochs, batch_size_of, split_batch, to_device
@@ -292,7 +291,8 @@ def train_distill(
         resume: continue from the checkpoint in ``checkpoint_dir`` when there is one.
         seed: overrides ``config.seed``.
         device: where to train (student and teacher are moved there); default: the student's device.
-        progress: show a transient rich progress bar with loss and metric (rank 0, on a terminal).
+        progress: report progress with epoch, loss and metric on stderr (rank 0): a bar with the time
+            left on a terminal, a plain line at a fixed interval elsewhere (:mod:`torchslim.core.progress`).
         desc: label of the progress bar.
 
     Returns:
@@ -325,30 +325,30 @@ def train_distill(
     )
     teacher_mode = (teacher.training, [p.requires_grad for p in teacher.parameters()])
     teacher.eval().requires_grad_(False)
-    console = Console(stderr=True)
-    show = progress and loop.info.is_main and (console.is_terminal or console.is_jupyter)
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}  metric {task.fields[metric]}"),
-        TimeElapsedColumn(),
-    )
     cuda = [loop.device.index or 0] if loop.device.type == "cuda" else []
+    metric = ""
+
+    def on_step(record: dict[str, float]) -> None:
+        bar.advance(status=f"epoch {int(record['epoch'])}/{config.epochs}  loss {record['loss']:.4f}{metric}")
+
+    def on_metric(value: float) -> None:
+        nonlocal metric
+        metric = f"  metric {value:.4f}"
+
     try:
         with (
             torch.random.fork_rng(devices=cuda),
             loop.s_taps,
             loop.t_taps,
-            Progress(*columns, console=console, transient=True, disable=not show) as bar,
+            progress_task(loop.total, desc, unit="steps", enabled=progress and loop.info.is_main) as bar,
         ):
             torch.manual_seed(seed)
             loop.build()
             loop.restore(resume)
-            task = bar.add_task(desc, total=loop.total, completed=loop.step, loss=float("nan"), metric="-")
-            loop.on_metric = lambda value: bar.update(task, metric=f"{value:.4f}")
+            bar.skip(loop.step)  # steps done before a resume
+            loop.on_metric = on_metric
             start = time.perf_counter()
-            loop.train(lambda record: bar.update(task, advance=1, loss=record["loss"]))
+            loop.train(on_step)
             loop.run.seconds = time.perf_counter() - start
     finally:
         teacher.train(teacher_mode[0])

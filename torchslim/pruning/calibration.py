@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from torchslim.core.progress import progress
 from torchslim.errors import ConfigError
 
 
@@ -106,7 +107,7 @@ def collect_input_stats(
     model.eval()
     try:
         with torch.no_grad():
-            for batch in batches:
+            for batch in progress(batches, "calibration", unit="batches"):
                 try:
                     model(*batch) if isinstance(batch, (tuple, list)) else model(batch)
                 except _StopForward:

@@ -26,6 +26,7 @@ import torch.nn as nn
 from torchslim.core.config import Config, _fail, check_fraction, check_positive_int, check_range, register_config
 from torchslim.core.context import Context
 from torchslim.core.mha import unfuse_attention_
+from torchslim.core.progress import progress
 from torchslim.core.registry import register_transform
 from torchslim.core.select import Select
 from torchslim.errors import ConfigError
@@ -243,7 +244,7 @@ def _calibrated_masks(
     sequential = getattr(config, "sequential", True)
     cache = None if sequential else collect_input_stats(model, usable, batches, hessian=hessian)
     masks = {}
-    for name, layer in layers.items():
+    for name, layer in progress(layers.items(), f"{config.kind} masks", unit="layers"):
         w = layer.weight.detach()
         flat = w.reshape(w.shape[0], -1)
         stats = None

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from torchslim.core.progress import progress
 from torchslim.errors import ConfigError
 
 __all__ = ["capture_inputs", "run_calibration", "smooth_factors"]
@@ -43,7 +44,7 @@ def run_calibration(model: nn.Module, batches: Sequence[Any]) -> None:
     model.eval()
     try:
         with torch.no_grad():
-            for batch in batches:
+            for batch in progress(batches, "calibration", unit="batches"):
                 if isinstance(batch, (tuple, list)):
                     model(*batch)
                 elif isinstance(batch, dict):

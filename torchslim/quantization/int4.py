@@ -39,6 +39,7 @@ import torch.nn as nn
 
 from torchslim.core.config import Config, _fail, check_positive_int, check_range, register_config
 from torchslim.core.context import Context
+from torchslim.core.progress import progress as progress_task
 from torchslim.core.registry import register_transform
 from torchslim.core.select import Select
 from torchslim.core.structure import record_op
@@ -149,25 +150,6 @@ def int4_linear(
     return Int4WeightOnlyLinear.from_tensors(t, g, linear.bias, input_scale, kernel=config.kernel)
 
 
-def _progress(show: bool):
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    # Progress goes to stderr (stdout may carry --json output); off when nobody can see it.
-    console = Console(stderr=True)
-    bar = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[layer]}"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-        disable=not (show and (console.is_terminal or console.is_jupyter)),
-    )
-    return bar
-
-
 def calibrated_swap_(
     model: nn.Module,
     targets: list[tuple[str, nn.Module]],
@@ -198,10 +180,9 @@ def calibrated_swap_(
         cache = collect_input_stats(model, dict(targets), batches, hessian=True)
     done: list[tuple[str, nn.Module, nn.Module]] = []
     try:
-        with _progress(progress and hessians) as bar:
-            task = bar.add_task(kind, total=len(targets), layer="")
+        with progress_task(len(targets), kind, unit="layers", enabled=progress) as bar:
             for name, module in targets:
-                bar.update(task, layer=name)
+                bar.update(status=name)
                 h = None
                 if hessians:
                     stats = cache.get(name) if not sequential else None
@@ -219,7 +200,7 @@ def calibrated_swap_(
                                 "is rank-deficient; damped"
                             )
                 new = make(name, module, h)
-                bar.advance(task)
+                bar.advance()
                 if new is None:
                     continue
                 # Later layers calibrate on this layer's quantized output. Until the loop ends it runs as

@@ -26,6 +26,8 @@ import yaml
 
 from torchslim.core.config import Config, _build, _convert
 from torchslim.core.context import Context
+from torchslim.core.progress import format_duration
+from torchslim.core.progress import progress as progress_task
 from torchslim.core.select import Select
 from torchslim.errors import ConfigError, UnsafeInputError, UsageError
 from torchslim.measure import Report, measure, print_table, to_markdown
@@ -230,8 +232,14 @@ def run_recipe(
     measure_steps: bool = True,
     latency_runs: int = 30,
     baseline: Report | None = None,
+    progress: bool = True,
 ) -> tuple[nn.Module, RunReport]:
     """Apply every step of ``recipe`` in order, measuring the model after each.
+
+    Progress goes to stderr through :mod:`torchslim.core.progress` (a bar on a terminal, plain lines
+    elsewhere): a line when the baseline measurement and each step start, and one when each step ends
+    with its duration, e.g. ``torchslim: recipe int8-static: step 1/1 int8-static done in 0.4 s
+    (+0.2 s measuring)``; the techniques' own progress (calibration, GPTQ layers) is nested in it.
 
     Args:
         model: the model (changed in place where the techniques allow).
@@ -241,6 +249,7 @@ def run_recipe(
         measure_steps: measure the baseline and after every step (False: only run).
         latency_runs: timed runs per measurement.
         baseline: a baseline already measured (skips measuring it again).
+        progress: report progress (False: silent, including the steps' own progress).
 
     Returns:
         ``(model, run_report)``.
@@ -253,15 +262,30 @@ def run_recipe(
         # Context (sharing ``events``) so the caller's is not changed.
         teacher = copy.deepcopy(model).eval().requires_grad_(False)
         ctx = dataclasses.replace(ctx, teacher=teacher)
-    if measure_steps and baseline is None:
-        baseline = measure(model, ctx, latency_runs=latency_runs)
-    run = RunReport(recipe, baseline)
-    for i, step in enumerate(recipe.steps):
-        torch.manual_seed(recipe.seed + ctx.seed + i)
-        n_events = len(ctx.events)
-        start = time.perf_counter()
-        model = compress_(model, step.config, select=step.select, ctx=ctx)
-        seconds = time.perf_counter() - start
-        report = measure(model, ctx, latency_runs=latency_runs) if measure_steps else None
-        run.steps.append(StepReport(step.label, step.config.kind, report, ctx.events[n_events:], seconds))
+    n = len(recipe.steps)
+    with progress_task(n, f"recipe {recipe.name}", unit="steps", enabled=progress) as bar:
+        if measure_steps and baseline is None:
+            bar.update(status="baseline")
+            bar.note(f"recipe {recipe.name}: measuring the baseline")
+            baseline = measure(model, ctx, latency_runs=latency_runs)
+        run = RunReport(recipe, baseline)
+        for i, step in enumerate(recipe.steps):
+            title = f"recipe {recipe.name}: step {i + 1}/{n} {_step_title(step)}"
+            bar.update(status=f"step {i + 1}/{n} {step.label}")
+            bar.note(f"{title} started")
+            torch.manual_seed(recipe.seed + ctx.seed + i)
+            n_events = len(ctx.events)
+            start = time.perf_counter()
+            model = compress_(model, step.config, select=step.select, ctx=ctx)
+            seconds = time.perf_counter() - start
+            report = measure(model, ctx, latency_runs=latency_runs) if measure_steps else None
+            measured = f" (+{format_duration(time.perf_counter() - start - seconds)} measuring)" if report else ""
+            bar.note(f"{title} done in {format_duration(seconds)}{measured}")
+            run.steps.append(StepReport(step.label, step.config.kind, report, ctx.events[n_events:], seconds))
+            bar.advance()
     return model, run
+
+
+def _step_title(step: Step) -> str:
+    """``label`` or ``label (kind)`` when the step is named."""
+    return step.label if step.label == step.config.kind else f"{step.label} ({step.config.kind})"

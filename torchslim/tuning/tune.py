@@ -76,6 +76,8 @@ from typing import Any
 
 import torch
 
+from torchslim.core.progress import Task
+from torchslim.core.progress import progress as progress_task
 from torchslim.errors import ConfigError, TorchslimError, UsageError
 from torchslim.tuning.budget import Budget
 from torchslim.tuning.moves import MOVES, point_key
@@ -525,7 +527,8 @@ def tune(
             ``()``: none).
         peers: a ``torchslim bench --json`` file whose rows are added to the plot (their test-split quality).
         threads: torch intra-op threads during the search (restored afterwards).
-        progress: show a progress bar.
+        progress: report progress on stderr (:mod:`torchslim.core.progress`): trials done with the time
+            left (a bar on a terminal, a plain line at a fixed interval elsewhere) and a line per stage.
         anchors: start a new study with :meth:`SearchSpace.named_anchors` (the built-in recipes the space
             expresses, then known-good points) before sampling.
         confirm: rebuild up to this many of the best feasible trials that train with another seed and
@@ -577,8 +580,13 @@ def tune(
             overrides = dict(getattr(wl, "tune_space_overrides", dict)())
             space = SearchSpace.for_model(base, has_train_data=ctx.train_data is not None, **overrides)
         settings = _settings(wl.name, wl.metric, float(max_drop), objective, space, seed) | {"margin": float(margin)}
-        with _Bar(progress, trials) as bar:
-            bar.status("baseline")
+        with progress_task(trials, f"tune {wl.name}", unit="trials", enabled=progress) as bar:
+
+            def phase(text: str) -> None:  # a stage of the run: on the bar, and a line in logs
+                bar.update(status=text)
+                bar.note(f"tune {wl.name}: {text}")
+
+            phase("measuring the baseline")
             budget = Budget(wl, base, max_drop=float(max_drop), margin=float(margin))
             baseline = _baseline(wl, base, ctx, latency_runs, budget)
             url = storage or default_storage(out)
@@ -600,13 +608,14 @@ def tune(
                     study.sampler = _sampler(objective, seed + 1000 * worker + 7919 * len(study.trials), trials)
             fn = _Objective(wl=wl, base=base, ctx=ctx, space=space, settings=settings, budget=budget, baseline=baseline,
                             trials=trials, seed=seed, latency_runs=latency_runs, recover_limit=recover_limit)  # fmt: skip
-            bar.update(_done(study.get_trials(deepcopy=False)))
+            bar.update(completed=min(_done(study.get_trials(deepcopy=False)), trials))
             if _done(study.get_trials(deepcopy=False)) < trials:
+                phase("searching")
                 study.optimize(fn, catch=(_Skip,), callbacks=[_Stop(trials, bar)])
             if confirm:
-                fn.confirm(study, confirm, bar.status)
-            rows = _evaluate_builtins(wl, base, ctx, builtins, latency_runs, budget, bar.status)
-            bar.status("writing outputs")
+                fn.confirm(study, confirm, phase)
+            rows = _evaluate_builtins(wl, base, ctx, builtins, latency_runs, budget, phase)
+            phase("writing outputs")
             result = write_outputs(study, wl=wl, base=base, ctx=ctx, space=space, settings=settings,
                                    baseline=baseline, builtins=rows, out=out, peers=peers)  # fmt: skip
     finally:
@@ -639,47 +648,16 @@ def _baseline(wl: Any, base: torch.nn.Module, ctx: Any, latency_runs: int, budge
 class _Stop:
     """Optuna callback: advance the bar, stop when the study holds ``trials`` done ones or trials keep failing."""
 
-    def __init__(self, trials: int, bar: _Bar) -> None:
+    def __init__(self, trials: int, bar: Task) -> None:
         self.trials, self.bar, self.failures = trials, bar, 0
 
     def __call__(self, study: Any, trial: Any) -> None:
         from optuna.trial import TrialState
 
         done = _done(study.get_trials(deepcopy=False))
-        self.bar.update(done)
+        self.bar.update(completed=min(done, self.trials), status=f"trial {trial.number} {trial.state.name.lower()}")
         self.failures = self.failures + 1 if trial.state == TrialState.FAIL else 0
         # Surplus: the others finished the count. Many failures in a row: the space is exhausted
         # (only duplicates left) or every recipe fails; stop rather than spin.
         if done >= self.trials or trial.user_attrs.get("surplus") or self.failures > max(20, self.trials):
             study.stop()
-
-
-class _Bar:
-    """A rich progress bar of done trials (or nothing when ``enabled`` is False)."""
-
-    def __init__(self, enabled: bool, total: int) -> None:
-        self.enabled, self.total, self.progress, self.task = enabled, total, None, None
-
-    def __enter__(self) -> _Bar:
-        if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self.progress = Progress(
-                TextColumn("[bold]tune"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                TextColumn("{task.description}"), transient=False,
-            )  # fmt: skip
-            self.progress.__enter__()
-            self.task = self.progress.add_task("", total=self.total)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.progress is not None:
-            self.progress.__exit__(*exc)
-
-    def update(self, done: int) -> None:
-        if self.progress is not None:
-            self.progress.update(self.task, completed=min(done, self.total))
-
-    def status(self, text: str) -> None:
-        if self.progress is not None:
-            self.progress.update(self.task, description=text)
