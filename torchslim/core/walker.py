@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch.nn as nn
+from torch.nn.utils.parametrize import ParametrizationList
 
 from torchslim.core.select import Select
 
@@ -63,3 +64,44 @@ def swap_modules_(
             replaced.append(name)
         changed.append(name)
     return changed, skipped
+
+
+# Layer types whose weights torchslim's techniques know how to read; anything else owning a matrix is "foreign".
+_KNOWN_LAYERS = (
+    nn.Linear,
+    nn.modules.conv._ConvNd,
+    nn.Embedding,
+    nn.EmbeddingBag,
+    nn.MultiheadAttention,
+    nn.modules.batchnorm._NormBase,
+    nn.LayerNorm,
+    nn.GroupNorm,
+)
+
+
+def foreign_weight_layers(model: nn.Module) -> list[str]:
+    """Layers owning a weight matrix of a type techniques do not handle (LSTM, GRU, GPT-2 ``Conv1D``, ...).
+
+    Torchslim's swaps and masks act on Linear / Conv / Embedding layers; these others stay as they are,
+    which callers report in ``ctx.events``. Returned as ``"path (Type)"``, in ``named_modules`` order.
+
+    Example:
+        >>> foreign_weight_layers(nn.Sequential(nn.LSTM(4, 4), nn.Linear(4, 2)))
+        ['0 (LSTM)']
+    """
+    found = []
+    for name, module in model.named_modules():
+        if getattr(module, "torchslim_compressed", False) or isinstance(module, _KNOWN_LAYERS):
+            continue
+        if isinstance(module, ParametrizationList) or ".parametrizations." in f".{name}.":
+            continue  # the original weight of a masked (pruned) layer
+        if any(p.dim() >= 2 for p in module.parameters(recurse=False)):
+            found.append(f"{name or '<root>'} ({type(module).__name__})")
+    return found
+
+
+def record_foreign_layers(model: nn.Module, kind: str, ctx) -> None:
+    """Note in ``ctx.events`` the layers of :func:`foreign_weight_layers` that ``kind`` leaves unchanged."""
+    found = foreign_weight_layers(model)
+    if found and ctx is not None:
+        ctx.record(f"{kind}: left {len(found)} layer(s) of a type it does not handle unchanged: {', '.join(found)}")

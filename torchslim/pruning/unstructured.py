@@ -29,6 +29,7 @@ from torchslim.core.mha import unfuse_attention_
 from torchslim.core.progress import progress
 from torchslim.core.registry import register_transform
 from torchslim.core.select import Select
+from torchslim.core.walker import record_foreign_layers
 from torchslim.errors import ConfigError
 from torchslim.pruning.calibration import collect_input_stats
 from torchslim.pruning.masks import global_masks, magnitude_score, nm_mask, random_score, threshold_mask, topk_mask
@@ -173,6 +174,7 @@ def _supports_stats(module: nn.Module) -> bool:
 
 
 def _apply(model: nn.Module, masks: dict[str, torch.Tensor], layers: dict[str, nn.Module], config, ctx) -> nn.Module:
+    record_foreign_layers(model, config.kind, ctx)
     removed = total = 0
     for name, mask in masks.items():
         apply_mask_(layers[name], mask)
@@ -299,8 +301,13 @@ def _nm(model: nn.Module, config: NMPruning, select: Select, ctx: Context) -> nn
     else:
         layers = calibrated_layers(model, select, config, ctx)
     bad = [f"{n} ({m.weight[0].numel()} inputs)" for n, m in layers.items() if m.weight[0].numel() % config.m]
-    if bad:
+    if bad and len(bad) == len(layers):
         raise ConfigError(f"{config.n}:{config.m} pruning needs input sizes divisible by {config.m}", bad)
+    if bad:  # e.g. a depthwise 3x3 conv (9 inputs per output): left dense, the others are pruned
+        ctx.record(
+            f"{config.kind}: left {len(bad)} layer(s) dense, input size not a multiple of {config.m}: " + ", ".join(bad)
+        )
+        layers = {n: m for n, m in layers.items() if m.weight[0].numel() % config.m == 0}
     if config.method == "magnitude":
         masks = {n: nm_mask(magnitude_score(m.weight), config.n, config.m) for n, m in layers.items()}
     else:

@@ -49,6 +49,7 @@ from torchslim.core.context import Context
 from torchslim.core.mha import unfuse_attention_
 from torchslim.core.registry import register_transform
 from torchslim.core.select import Select
+from torchslim.core.walker import record_foreign_layers
 from torchslim.quantization._swap import compile_model_, swap_int8_, swappable
 from torchslim.quantization.calibrate import capture_inputs, smooth_factors
 from torchslim.quantization.cast import CastDtype
@@ -214,6 +215,7 @@ def split_targets(
             skipped.append(name)
     if skipped:
         ctx.record(f"{kind}: skipped {len(skipped)} module(s) it cannot swap: {', '.join(skipped)}")
+    record_foreign_layers(model, kind, ctx)
     return targets
 
 

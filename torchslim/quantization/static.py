@@ -44,7 +44,7 @@ from torchslim.core.mha import unfuse_attention_
 from torchslim.core.registry import register_transform
 from torchslim.core.select import Select
 from torchslim.core.structure import record_op, register_replay
-from torchslim.core.walker import replace_module_
+from torchslim.core.walker import record_foreign_layers, replace_module_
 from torchslim.errors import ConfigError
 from torchslim.quantization._swap import swap_int8_, swappable
 from torchslim.quantization.calibrate import run_calibration
@@ -393,6 +393,7 @@ def _int8_static(model: nn.Module, config: Int8Static, select: Select, ctx: Cont
         compress_(model, FoldBatchNorm(), ctx=ctx)
     linears = [n for n, m in select.modules(model) if isinstance(m, nn.Linear)]
     unfuse_attention_(model, linears, kind=config.kind, ctx=ctx)  # MHA reads out_proj.weight: split it first
+    record_foreign_layers(model, config.kind, ctx)
     targets = [(n, m) for n, m in select.modules(model) if swappable(m, (nn.Conv2d, nn.Linear))]
     relus = find_relu_pairs(model) if config.fuse_relu else {}
     chains = find_int8_chains(model, {n for n, _ in targets}, set(relus.values()))

@@ -53,6 +53,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from torchslim.core.batches import call_model
 from torchslim.core.config import Config, _fail, check_fraction, check_positive_int, check_range, register_config
 from torchslim.core.context import Context
 from torchslim.core.registry import register_transform
@@ -152,7 +153,7 @@ def _flat_tensors(out: Any) -> list[torch.Tensor]:
 
 
 def _call(model: nn.Module, inputs: Any) -> Any:
-    return model(*inputs) if isinstance(inputs, (tuple, list)) else model(inputs)
+    return call_model(model, inputs)
 
 
 def _loss(model: nn.Module, inputs: Any, target: Any) -> torch.Tensor:
@@ -206,7 +207,11 @@ class _Session:
         names = {m: n for n, m in work.named_modules()}
         roots = (nn.modules.conv._ConvNd, nn.Linear)
         ignored = [m for m, n in names.items() if isinstance(m, roots) and n not in select_names]
-        self.specs = find_attention(work) if config.head_ratio > 0 else []
+        found = find_attention(work)
+        self.specs = found if config.head_ratio > 0 else []
+        if not self.specs:
+            # Without head pruning the q/k/v widths (heads x head size, reshaped by the attention) stay whole.
+            ignored += [p for s in found for p in s.projections if p not in ignored]
         heads = {p: s.num_heads for s in self.specs for p in s.projections}
         outputs: list[Any] = []
 

@@ -43,7 +43,7 @@ from torchslim.core.mha import unfuse_attention_
 from torchslim.core.registry import register_transform
 from torchslim.core.select import Select
 from torchslim.core.structure import record_op, register_replay
-from torchslim.core.walker import replace_module_
+from torchslim.core.walker import record_foreign_layers, replace_module_
 from torchslim.errors import UnsafeInputError, UnsupportedModelError
 
 
@@ -226,6 +226,7 @@ def _low_rank(model: nn.Module, config: LowRank, select: Select, ctx: Context) -
     # nn.MultiheadAttention / TransformerEncoderLayer fast paths read Linear weights directly: split first.
     linears = [n for n, m in select.modules(model) if type(m) is nn.Linear or isinstance(m, nn.MultiheadAttention)]
     unfuse_attention_(model, linears, kind=config.kind, ctx=ctx)
+    record_foreign_layers(model, config.kind, ctx)
     for name, module in list(select.modules(model)):
         if not name or any(name.startswith(p + ".") for p in factored):
             continue

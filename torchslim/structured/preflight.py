@@ -85,13 +85,14 @@ def unsupported_modules(model: nn.Module) -> list[str]:
 def preflight(model: nn.Module) -> None:
     """Raise UnsupportedModelError listing every unsupported module (see :func:`unsupported_modules`).
 
+    The message's first line names the first problem (and how many more follow); the rest lists them all.
+
     Example:
         >>> import torch.nn as nn
         >>> preflight(nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU()))
     """
     problems = unsupported_modules(model)
     if problems:
-        raise UnsupportedModelError(
-            "structural pruning cannot handle this model; unsupported modules:\n"
-            + "\n".join(f"  - {p}" for p in problems)
-        )
+        more = f" (and {len(problems) - 1} more, listed below)" if len(problems) > 1 else ""
+        listing = "".join(f"\n  - {p}" for p in problems) if len(problems) > 1 else ""
+        raise UnsupportedModelError(f"structural pruning cannot handle this model: {problems[0]}{more}{listing}")
