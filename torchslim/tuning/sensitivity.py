@@ -219,26 +219,22 @@ def sensitivity(
 
 
 class _progress:
-    """A rich progress bar; ``advance(label)`` moves one step."""
+    """Progress of the evaluations (:mod:`torchslim.core.progress`); ``advance(label)`` starts the next one."""
 
     def __init__(self, enabled: bool, total: int) -> None:
-        self.enabled, self.total, self.bar, self.task, self.n = enabled, total, None, None, 0
+        from torchslim.core.progress import progress
+
+        self.task, self.n = progress(total, "sensitivity", unit="evaluations", enabled=enabled), 0
 
     def __enter__(self) -> Any:
-        if self.enabled:
-            from rich.progress import Progress
-
-            self.bar = Progress(transient=True)
-            self.bar.__enter__()
-            self.task = self.bar.add_task("sensitivity", total=self.total)
+        bar = self.task.__enter__()
 
         def advance(label: str) -> None:
-            if self.bar is not None:
-                self.bar.update(self.task, completed=self.n, description=f"sensitivity {label}")
+            bar.update(completed=self.n, status=label)
             self.n += 1
 
         return advance
 
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
+    def __exit__(self, *exc: Any) -> None:
+        self.task.update(completed=self.n)
+        self.task.__exit__(*exc)
