@@ -218,7 +218,7 @@ def _tiny_recipe_run(**kwargs):
         {"name": "tiny", "steps": [{"kind": "magnitude-pruning", "sparsity": 0.5}, {"kind": "int8-dynamic"}]}
     )
     ctx = Context(example_inputs=(torch.randn(2, 16),))
-    return run_recipe(model, recipe, ctx, measure_steps=False, **kwargs)
+    return run_recipe(model, recipe, ctx, **({"measure_steps": False} | kwargs))
 
 
 def test_run_recipe_off_a_terminal_prints_a_line_per_step_start_and_end(capsys):
@@ -226,9 +226,19 @@ def test_run_recipe_off_a_terminal_prints_a_line_per_step_start_and_end(capsys):
     err = lines(capsys.readouterr().err)
     for i, step in enumerate(run.steps, 1):
         assert f"torchslim: recipe tiny: step {i}/2 {step.name} started" in err
-        assert any(re.fullmatch(rf"torchslim: recipe tiny: step {i}/2 {step.name} done in \d+\.\d+ s", ln) for ln in err)
+        assert any(
+            re.fullmatch(rf"torchslim: recipe tiny: step {i}/2 {step.name} done in \d+\.\d+ s", ln) for ln in err
+        )
     assert err[0] == "torchslim: recipe tiny started (2 steps)"
     assert err[-1].startswith("torchslim: recipe tiny done: 2 steps in")
+
+
+def test_run_recipe_reports_the_baseline_measurement_and_measuring_time(capsys):
+    _tiny_recipe_run(measure_steps=True, latency_runs=2)
+    err = lines(capsys.readouterr().err)
+    assert err[1] == "torchslim: recipe tiny: measuring the baseline"
+    assert re.fullmatch(r"torchslim: recipe tiny: baseline measured in \d+\.\d+ s", err[2])
+    assert re.search(r"step 2/2 int8-dynamic done in \d+\.\d+ s \(\+\d+\.\d+ s measuring\)$", err[-2])
 
 
 def test_run_recipe_progress_false_is_silent(capsys):

@@ -20,7 +20,7 @@ The line formatting (:func:`progress_line`, :func:`format_duration`, :func:`eta_
 
 Example:
     >>> import io
-    >>> ticks = iter([0.0, 6.0, 11.0, 14.0, 15.0])
+    >>> ticks = iter([0.0, 6.0, 11.0, 14.0])
     >>> out = io.StringIO()
     >>> with progress(3, "demo", unit="layers", mode="plain", stream=out, clock=lambda: next(ticks)) as bar:
     ...     for _ in range(3):
@@ -28,7 +28,7 @@ Example:
     >>> print(out.getvalue(), end="")
     torchslim: demo started (3 layers)
     torchslim: demo 2/3 layers (66%), 11.0 s elapsed, ~6 s left
-    torchslim: demo done: 3 layers in 15.0 s
+    torchslim: demo done: 3 layers in 14.0 s
 """
 
 from __future__ import annotations

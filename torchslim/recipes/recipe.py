@@ -237,8 +237,8 @@ def run_recipe(
     """Apply every step of ``recipe`` in order, measuring the model after each.
 
     Progress goes to stderr through :mod:`torchslim.core.progress` (a bar on a terminal, plain lines
-    elsewhere): a line when the baseline measurement and each step start, and one when each step ends
-    with its duration, e.g. ``torchslim: recipe int8-static: step 1/1 int8-static done in 0.4 s
+    elsewhere): a line when the baseline measurement and each step start and end, the end lines with
+    the duration, e.g. ``torchslim: recipe int8-static: step 1/1 int8-static done in 0.4 s
     (+0.2 s measuring)``; the techniques' own progress (calibration, GPTQ layers) is nested in it.
 
     Args:
@@ -267,7 +267,9 @@ def run_recipe(
         if measure_steps and baseline is None:
             bar.update(status="baseline")
             bar.note(f"recipe {recipe.name}: measuring the baseline")
+            start = time.perf_counter()
             baseline = measure(model, ctx, latency_runs=latency_runs)
+            bar.note(f"recipe {recipe.name}: baseline measured in {format_duration(time.perf_counter() - start)}")
         run = RunReport(recipe, baseline)
         for i, step in enumerate(recipe.steps):
             title = f"recipe {recipe.name}: step {i + 1}/{n} {_step_title(step)}"
