@@ -11,14 +11,17 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from torchslim.core.batches import call_model, split_inputs_target
 from torchslim.core.progress import progress as progress_task
+from torchslim.core.sources import epoch_source
+from torchslim.errors import ConfigError
 
 LossFn = Callable[[nn.Module, Any, Any], torch.Tensor]
 
@@ -28,15 +31,34 @@ __all__ = ["LossFn", "cross_entropy_loss", "fit_", "warmup_cosine"]
 def cross_entropy_loss(model: nn.Module, inputs: Any, target: torch.Tensor) -> torch.Tensor:
     """Default loss: cross-entropy of ``model(inputs)`` (logits ``[B, C]``) against class ids ``[B]``.
 
-    A tuple/list ``inputs`` is unpacked as positional arguments.
+    ``inputs`` is called through :func:`torchslim.core.batches.call_model` (a tuple/list is unpacked as
+    positional arguments, a dict as keyword arguments). A Hugging Face output's ``logits`` (or the
+    first tensor of a tuple output) are the logits.
 
     Example:
         >>> import torch, torch.nn as nn
         >>> float(cross_entropy_loss(nn.Identity(), torch.zeros(2, 3), torch.tensor([0, 1]))) > 0
         True
     """
-    logits = model(*inputs) if isinstance(inputs, (tuple, list)) else model(inputs)
-    return F.cross_entropy(logits, target)
+    if target is None:
+        raise ConfigError(
+            "training batches need a target for cross-entropy: (inputs, target) or a dict with a 'labels' key"
+        )
+    return F.cross_entropy(_logits(call_model(model, inputs)), target)
+
+
+def _logits(out: Any) -> torch.Tensor:
+    """The logits of a model output: a tensor, a ``.logits`` / ``["logits"]`` field, or a tuple's first item."""
+    if isinstance(out, torch.Tensor):
+        return out
+    logits = getattr(out, "logits", None)
+    if logits is None and isinstance(out, Mapping):
+        logits = out.get("logits")
+    if logits is None and isinstance(out, (tuple, list)) and out:
+        logits = out[0]
+    if not isinstance(logits, torch.Tensor):
+        raise ConfigError(f"cannot find logits in the model output ({type(out).__name__}); give a loss_fn")
+    return logits
 
 
 def warmup_cosine(step: int, total: int, warmup: int) -> float:
@@ -66,7 +88,7 @@ def _first_epoch(train_data: Callable[[], Iterable[Any]]) -> tuple[Iterable[Any]
 
 def fit_(
     model: nn.Module,
-    train_data: Callable[[], Iterable[Any]],
+    train_data: Callable[[], Iterable[Any]] | Iterable[Any],
     *,
     epochs: int,
     lr: float = 3e-3,
@@ -84,8 +106,11 @@ def fit_(
 
     Args:
         model: the module to train; its parameters are updated in place.
-        train_data: a callable returning a fresh iterable of ``(inputs, target)`` batches; called
-            once per epoch (plus once more to count batches if the iterable has no ``len``).
+        train_data: a callable returning a fresh iterable of batches, called once per epoch (plus
+            once more to count batches if the iterable has no ``len``), or a ``DataLoader`` / list
+            iterated anew every epoch. A batch is ``(inputs, target)``, ``(*positional inputs,
+            target)`` or a dict whose ``labels`` key is the target
+            (:func:`torchslim.core.batches.split_inputs_target`); ``loss_fn`` gets its inputs and target.
         epochs: number of passes over ``train_data()``; must be ≥ 1.
         lr: peak learning rate, reached after a linear warm-up over ~5% of the steps.
         weight_decay: AdamW decoupled weight decay.
@@ -111,6 +136,7 @@ def fit_(
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     loss_fn = loss_fn or cross_entropy_loss
+    train_data = epoch_source(train_data)
     first, steps_per_epoch = _first_epoch(train_data)
     if steps_per_epoch == 0:
         raise ValueError("train_data() yielded no batches")
@@ -131,7 +157,8 @@ def fit_(
         running: float | None = None
         for epoch in range(1, epochs + 1):
             data = first if (epoch == 1 and first is not None) else train_data()
-            for inputs, target in data:
+            for batch in data:
+                inputs, target = split_inputs_target(batch)
                 loss = loss_fn(model, inputs, target)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

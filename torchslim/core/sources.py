@@ -129,8 +129,8 @@ def epoch_source(data: Any, input_fn: InputFn | None = None) -> EpochSource | No
     """
     if data is None:
         return None
-    if isinstance(data, MappedEpochs):  # already mapped (a Context rebuilt by dataclasses.replace)
-        if input_fn is data.input_fn:
+    if isinstance(data, MappedEpochs):  # already mapped (a Context rebuilt by dataclasses.replace, fit_)
+        if input_fn is None or input_fn is data.input_fn:
             return data
         data = data.source
     if isinstance(data, Iterator):

@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from torchslim.core.batches import batch_size_of, call_model, split_inputs_target, to_device
+from torchslim.core.sources import epoch_source
 from torchslim.distillation.config import DistillConfig
 from torchslim.distillation.distributed import DistInfo, shard_batch
 from torchslim.errors import ConfigError
@@ -30,7 +31,7 @@ from torchslim.training import _first_epoch
 
 __all__ = ["Data", "Epochs", "batch_size_of", "call_model", "split_batch", "to_device"]
 
-Data = Callable[[], Iterable[Any]] | Dataset
+Data = Callable[[], Iterable[Any]] | Iterable[Any] | Dataset
 
 
 def split_batch(batch: Any) -> tuple[Any, Any]:
@@ -43,7 +44,8 @@ class Epochs:
 
     A ``Dataset`` is batched by ``config.batch_size`` (the *global* batch: each of N processes takes
     ``batch_size / N`` through a ``DistributedSampler``). A callable of ready-made batches is called
-    once per epoch; under DDP every process iterates the same seeded batches and keeps its chunk.
+    once per epoch (a ``DataLoader`` or a list is iterated anew each epoch); under DDP every process
+    iterates the same seeded batches and keeps its chunk.
     Either way N processes see the global batches of one process.
 
     Raises:
@@ -74,14 +76,13 @@ class Epochs:
                 generator=torch.Generator().manual_seed(seed),
             )
             self.steps_per_epoch = len(self.loader)
-        elif callable(data):
-            self.calls = data
-            # Reuses fit_'s counting: a sized iterable is kept as epoch 1, an unsized one costs a pass.
-            self.first, self.steps_per_epoch = _first_epoch(data)
         else:
-            raise ConfigError(
-                f"data must be a torch Dataset or a callable returning an iterable of batches, got {type(data).__name__}"
-            )
+            # A callable, a DataLoader or a list of batches (epoch_source refuses anything else).
+            self.calls = epoch_source(data)
+            if self.calls is None:
+                raise ConfigError("distillation needs training data: a DataLoader, a Dataset or a callable")
+            # Reuses fit_'s counting: a sized iterable is kept as epoch 1, an unsized one costs a pass.
+            self.first, self.steps_per_epoch = _first_epoch(self.calls)
         if self.steps_per_epoch == 0:
             raise ConfigError("the training data yielded no batches")
 

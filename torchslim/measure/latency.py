@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from collections.abc import Callable, Mapping
@@ -20,6 +21,8 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+
+from torchslim.core.batches import model_inputs
 
 
 @dataclass(frozen=True)
@@ -61,14 +64,24 @@ def _device_of(model: nn.Module) -> str:
     return str(p.device) if p is not None else "cpu"
 
 
-def measure_latency(model: nn.Module, example_inputs: tuple[Any, ...], *, warmup: int = 5, runs: int = 30) -> Latency:
-    """Time ``model(*example_inputs)``; returns median and p90 in ms, threads and device."""
-    return interleaved_latency({"model": model}, example_inputs, warmup=warmup, rounds=runs)["model"]
+def _bound(model: Callable[..., Any], example_inputs: Any) -> Callable[[], Any]:
+    """``model`` with its inputs bound, for timing without per-call input mapping."""
+    inputs = model_inputs(model, example_inputs)
+    return functools.partial(model, *inputs.args, **inputs.kwargs)
+
+
+def measure_latency(model: nn.Module, example_inputs: Any, *, warmup: int = 5, runs: int = 30) -> Latency:
+    """Time ``model`` on ``example_inputs``; returns median and p90 in ms, threads and device.
+
+    ``example_inputs`` is a tuple of positional inputs, a dict of keyword inputs (a tokenizer's
+    output) or a tensor, passed as :func:`torchslim.core.batches.call_model` reads them.
+    """
+    return interleaved_latency({"model": model}, {"model": example_inputs}, warmup=warmup, rounds=runs)["model"]
 
 
 def interleaved_latency(
     models: Mapping[str, nn.Module | Callable[..., Any]],
-    example_inputs: tuple[Any, ...] | Mapping[str, tuple[Any, ...]],
+    example_inputs: Any,
     *,
     warmup: int = 5,
     rounds: int = 30,
@@ -78,7 +91,8 @@ def interleaved_latency(
 
     Args:
         models: name -> model (or any callable taking the inputs).
-        example_inputs: one input tuple for all, or name -> input tuple.
+        example_inputs: inputs for all (a tuple of positional inputs, a dict of keyword inputs, a
+            tensor), or name -> inputs: a mapping whose keys are exactly the names of ``models``.
         warmup: untimed calls per variant first.
         rounds: timed rounds; each round calls every variant ``calls_per_round`` times in turn.
 
@@ -87,19 +101,19 @@ def interleaved_latency(
     """
     if rounds < 1:
         raise ValueError("rounds must be >= 1")
-    inputs = {
-        name: (example_inputs[name] if isinstance(example_inputs, Mapping) else example_inputs) for name in models
-    }
+    per_variant = isinstance(example_inputs, Mapping) and set(example_inputs) == set(models)
+    # Mapped once, outside the timed loop: a timed call is the bare model call.
+    calls = {name: _bound(m, example_inputs[name] if per_variant else example_inputs) for name, m in models.items()}
     devices = {name: _device_of(m) if isinstance(m, nn.Module) else "cpu" for name, m in models.items()}
     samples: dict[str, list[float]] = {name: [] for name in models}
     with torch.inference_mode():
-        for name, m in models.items():
+        for call in calls.values():
             for _ in range(warmup):
-                m(*inputs[name])
+                call()
         for _ in range(rounds):
-            for name, m in models.items():
-                args = inputs[name]
-                t = _timed(lambda m=m, args=args: [m(*args) for _ in range(calls_per_round)], devices[name])
+            for name in models:
+                call = calls[name]
+                t = _timed(lambda call=call: [call() for _ in range(calls_per_round)], devices[name])
                 samples[name].append(t / calls_per_round)
     threads = torch.get_num_threads()
     return {name: Latency(statistics.median(s), _p90(s), len(s), threads, devices[name]) for name, s in samples.items()}

@@ -23,6 +23,8 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from torchslim.core.batches import batch_size_of, call_model
+
 
 def _matmul_flops(x_shape: Any, *_: Any, out_shape: Any = None, **__: Any) -> int:
     """``[..., K] @ -> [..., N]``: 2·M·K·N FLOPs, M·N read from the output and K from the input."""
@@ -92,20 +94,21 @@ def _low_bit_formulas() -> dict[Any, Callable[..., int]]:
     return ops
 
 
-def count_macs(model: nn.Module, example_inputs: tuple[Any, ...], *, per_sample: bool = False) -> int:
+def count_macs(model: nn.Module, example_inputs: Any, *, per_sample: bool = False) -> int:
     """MACs of one forward pass on ``example_inputs`` (FLOPs / 2 as counted by PyTorch).
 
     Args:
         model: the model, run under ``torch.inference_mode()``.
-        example_inputs: positional inputs.
+        example_inputs: a tuple of positional inputs, a dict of keyword inputs or a tensor (as
+            :func:`torchslim.core.batches.call_model` reads them).
         per_sample: divide by the batch size (first dim of the first tensor input).
     """
     counter = FlopCounterMode(display=False, custom_mapping=_low_bit_formulas())
     with torch.inference_mode(), counter:
-        model(*example_inputs)
+        call_model(model, example_inputs)
     macs = counter.get_total_flops() // 2
     if per_sample:
-        first = next((x for x in example_inputs if isinstance(x, torch.Tensor) and x.dim() > 0), None)
-        if first is not None and first.shape[0] > 0:
-            macs //= first.shape[0]
+        batch = batch_size_of(example_inputs)
+        if batch > 0:
+            macs //= batch
     return int(macs)

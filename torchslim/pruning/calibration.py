@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from torchslim.core.batches import InputFn, call_model
 from torchslim.core.progress import progress
 from torchslim.errors import ConfigError
 
@@ -68,9 +69,16 @@ def layer_inputs(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def collect_input_stats(
-    model: nn.Module, layers: dict[str, nn.Module], batches: Sequence[Any], *, hessian: bool = False
+    model: nn.Module,
+    layers: dict[str, nn.Module],
+    batches: Sequence[Any],
+    *,
+    hessian: bool = False,
+    input_fn: InputFn | None = None,
 ) -> dict[str, InputStats]:
     """Run ``batches`` through ``model`` and accumulate each layer's input statistics.
+
+    A batch is any layout :func:`torchslim.core.batches.call_model` reads (targets are left out).
 
     Raises:
         ConfigError: no calibration batches, or non-finite calibration data (naming the layer).
@@ -109,7 +117,7 @@ def collect_input_stats(
         with torch.no_grad():
             for batch in progress(batches, "calibration", unit="batches"):
                 try:
-                    model(*batch) if isinstance(batch, (tuple, list)) else model(batch)
+                    call_model(model, batch, input_fn)
                 except _StopForward:
                     pass
     finally:

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from torchslim.core.batches import InputFn, call_model
 from torchslim.core.progress import progress
 from torchslim.errors import ConfigError
 
@@ -38,19 +39,18 @@ def smooth_factors(act_absmax: torch.Tensor, weight: torch.Tensor, alpha: float 
     return (a.pow(alpha) / w.pow(1.0 - alpha)).clamp(_S_MIN, _S_MAX)
 
 
-def run_calibration(model: nn.Module, batches: Sequence[Any]) -> None:
-    """Run every calibration batch (a tensor or a tuple of positional inputs) through ``model`` without grad."""
+def run_calibration(model: nn.Module, batches: Sequence[Any], input_fn: InputFn | None = None) -> None:
+    """Run every calibration batch through ``model`` in eval mode without grad.
+
+    A batch is any layout :func:`torchslim.core.batches.call_model` reads (a tensor, positional
+    inputs, ``(inputs, target)``, a dict of keyword inputs); targets are left out of the call.
+    """
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             for batch in progress(batches, "calibration", unit="batches"):
-                if isinstance(batch, (tuple, list)):
-                    model(*batch)
-                elif isinstance(batch, dict):
-                    model(**batch)
-                else:
-                    model(batch)
+                call_model(model, batch, input_fn)
     finally:
         model.train(was_training)
 
@@ -61,6 +61,7 @@ def capture_inputs(
     calibration: Sequence[Any] | None,
     kind: str,
     max_rows: int = 4096,
+    input_fn: InputFn | None = None,
 ) -> dict[str, torch.Tensor]:
     """The input rows ``[M, K]`` (float32, at most ``max_rows``, evenly spaced) that each named Linear sees.
 
@@ -82,7 +83,7 @@ def capture_inputs(
 
     handles = [model.get_submodule(n).register_forward_pre_hook(hook(n)) for n in names]
     try:
-        run_calibration(model, calibration)
+        run_calibration(model, calibration, input_fn)
     finally:
         for h in handles:
             h.remove()

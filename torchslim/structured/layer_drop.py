@@ -36,6 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from torchslim.core.batches import call_model
 from torchslim.core.config import Config, _fail, check_positive_int, register_config
 from torchslim.core.context import Context
 from torchslim.core.registry import register_transform
@@ -165,7 +166,7 @@ def _outputs(model: nn.Module, batches: list[Any]) -> list[torch.Tensor]:
     """The first floating-point output tensor of each batch, as ``[rows, features]`` float32."""
     out = []
     for batch in batches:
-        y = model(*batch) if isinstance(batch, (tuple, list)) else model(batch)
+        y = call_model(model, batch)
         stack = [y]
         while stack:  # depth-first: the first float tensor (logits, last_hidden_state, embeddings)
             v = stack.pop(0)
@@ -288,6 +289,8 @@ def _replay_layer_dropping(model: nn.Module, data: dict[str, Any]) -> nn.Module:
     except AttributeError:
         blocks = None
     keep = data.get("keep") if ok else None
+    if isinstance(blocks, nn.ModuleList) and isinstance(keep, list) and len(blocks) == len(keep) != data["size"]:
+        return model  # built at the reduced depth already (a saved transformers config records it)
     if not isinstance(blocks, nn.ModuleList) or len(blocks) != data["size"] or keep != sorted(set(keep)):
         raise UnsafeInputError(f"layer-dropping op does not fit this model: {str(data)[:200]}")
     if not keep or not all(isinstance(i, int) and 0 <= i < len(blocks) for i in keep):
