@@ -128,40 +128,68 @@ def _cell(v: Any) -> str:
     return str(v).replace("|", "/")
 
 
-def headline_plot(results: dict[str, dict[str, Any]], path: Path) -> None:
-    """Quality against size (MB, log) per benchmark: fp32 star, torchslim circles, peer triangles."""
-    from torchslim.tuning.plots import _figure, save_png
+def _short(variant: str) -> str:
+    """A row's name on the plot: ours without ``torchslim-``, peers without ``peer-`` (their marker says so).
 
-    panels = [(n, d) for n, d in results.items() if any(r.get("quality") and r.get("size_mb") for r in d["rows"])]
+    Example:
+        >>> _short("torchslim-int8-dynamic"), _short("peer-onnxruntime-int8")
+        ('int8-dynamic', 'onnxruntime-int8')
+    """
+    return variant.removeprefix("torchslim-").removeprefix("peer-")
+
+
+_STYLES = {"fp32": ("*", "black", 80), "peer": ("^", "#2ca02c", 26), "ours": ("o", "#1f77b4", 20)}
+
+
+def headline_plot(results: dict[str, dict[str, Any]], path: Path) -> Any:
+    """One panel per benchmark: speedup over fp32 against artifact size (MB, log), every point labelled with
+    its variant and quality (the panel title names the metric); fp32 a black star, ours blue circles, peers
+    green triangles. Writes ``path``; returns the figure (None when no benchmark has sizes and speedups).
+    """
+    from torchslim.tuning.plots import _figure, label_points, save_png, set_log_axis
+
+    def plotted(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [r for r in rows if r.get("size_mb") and r.get("speedup")]
+
+    panels = [(n, plotted(d["rows"])) for n, d in results.items() if plotted(d.get("rows", []))]
     if not panels:
-        return
-    cols = min(4, len(panels))
+        return None
+    cols = min(3, len(panels))
     nrows = (len(panels) + cols - 1) // cols
-    fig = _figure(3.0 * cols, 2.4 * nrows)
-    for i, (name, data) in enumerate(panels):
+    fig = _figure(4.6 * cols, 3.5 * nrows)
+    fig.suptitle(
+        "torchslim benchmarks: speedup over fp32 against artifact size; label: variant and quality "
+        "(black star fp32, blue torchslim, green peers)",
+        fontsize=9,
+    )
+    labelled = []
+    for i, (name, rows) in enumerate(panels):
         ax = fig.add_subplot(nrows, cols, i + 1)
-        rows = [r for r in data["rows"] if r.get("quality") and r.get("size_mb")]
-        metric = next(iter(rows[0]["quality"]))
+        metric = next((m for r in rows for m in r.get("quality", {})), None)
         for r in rows:
-            if metric not in r["quality"]:
-                continue
-            style = (
-                ("*", "black", 70)
-                if r["variant"] == "fp32"
-                else ("^", "#2ca02c", 22)
-                if r["variant"].startswith("peer-")
-                else ("o", "#1f77b4", 18)
-            )
-            ax.scatter([r["size_mb"]], [r["quality"][metric]], marker=style[0], c=style[1], s=style[2])
-        ax.set_xscale("log")
-        ax.set_title(name, fontsize=8)
-        ax.set_xlabel("size MB", fontsize=7)
-        ax.set_ylabel(metric, fontsize=7)
-        ax.tick_params(labelsize=6)
-        ax.grid(alpha=0.3)
-    fig.suptitle("torchslim benchmarks: quality vs size (black star fp32, blue torchslim, green peers)", fontsize=9)
-    fig.tight_layout()
-    save_png(fig, path)
+            kind = "fp32" if r["variant"] == "fp32" else "peer" if r["variant"].startswith("peer-") else "ours"
+            marker, color, area = _STYLES[kind]
+            ax.scatter([r["size_mb"]], [r["speedup"]], marker=marker, c=color, s=area, zorder=3)
+        ax.axhline(1.0, color="#888888", linewidth=0.6, linestyle=":", zorder=1)
+        set_log_axis(ax, [r["size_mb"] for r in rows], pad=1.6)
+        speeds = [r["speedup"] for r in rows] + [1.0]
+        span = max(speeds) - min(speeds) or 1.0
+        ax.set_ylim(min(speeds) - 0.25 * span, max(speeds) + 0.3 * span)
+        ax.set_title(name + (f"  (label: variant {metric})" if metric else "  (label: variant)"), fontsize=8)
+        ax.set_xlabel("artifact size MB (log)", fontsize=7)
+        ax.set_ylabel("speedup over fp32 (x)", fontsize=7)
+        ax.tick_params(labelsize=6.5)
+        ax.grid(alpha=0.25)
+        labels = [
+            _short(r["variant"]) + (f" {r['quality'][metric]:.4g}" if metric in r.get("quality", {}) else "")
+            for r in rows
+        ]
+        labelled.append((ax, rows, labels))
+    fig.tight_layout(rect=(0, 0, 1, 0.97))  # final panel boxes before the labels are placed
+    for ax, rows, labels in labelled:
+        label_points(ax, [r["size_mb"] for r in rows], [r["speedup"] for r in rows], labels)
+    save_png(fig, path, colors=256)  # a palette PNG: the page stays light
+    return fig
 
 
 def render(out: str | Path, data_root: str = "../shared/data", failures: dict[str, str] | None = None) -> Path:

@@ -178,6 +178,7 @@ def write_outputs(
         baseline=baseline,
         metric=f"{wl.metric} (validation)",
         budget=baseline["quality"] + sign * settings["max_drop"],
+        higher_is_better=wl.higher_is_better,
         title=f"torchslim tune {settings['workload']}: objective {settings['objective']}, "
         f"max drop {settings['max_drop']:g}, {len(complete)} evaluated trials",
     )
