@@ -7,8 +7,8 @@ Run all (each benchmark in its own process, so one crash or leak does not take t
     python -m torchslim.bench.report --out . --render-only        # rewrite BENCHMARKS.md from bench/*.json
 
 Outputs in ``--out``: ``bench/NAME.json`` (the DESIGN.md benchmark JSON), ``BENCHMARKS.md`` (one table
-per benchmark; beside each row the command that reproduces it) and ``bench/headline.png`` (quality
-against size for every benchmark, under 100 KB).
+per benchmark; beside each row the command that reproduces it) and ``bench/headline.png`` (speedup
+against size for every benchmark, each point labelled with its variant and quality, under 100 KB).
 
 Example:
     >>> rows = [{"variant": "fp32", "latency_ms": 2.0, "speedup": 1.0, "size_mb": 1.0, "quality": {"accuracy": 0.9}}]
@@ -217,7 +217,7 @@ def render(out: str | Path, data_root: str = "../shared/data", failures: dict[st
         "",
     ]
     if headline.is_file():
-        lines += ["![quality vs size](bench/headline.png)", ""]
+        lines += ["![speedup against size, every point labelled with its quality](bench/headline.png)", ""]
     targets = out / "bench" / "targets.md"  # the issues' targets against the rows below (kept by hand)
     if targets.is_file():
         lines += [targets.read_text(encoding="utf-8").rstrip(), ""]
