@@ -19,7 +19,8 @@ from test_artifact import X, compressed  # noqa: E402
 
 def test_onnx_and_pt2_match_torch(tmp_path):
     m = compressed()  # folded BN + bf16 Linear: ONNX gets the exact fp32 values of the bf16 weights
-    assert export_onnx(m, (X,), tmp_path / "m.onnx") < 1e-4
+    # ... and computes in fp32, the model in bf16: compared with the model itself, bf16 rounding remains.
+    assert export_onnx(m, (X,), tmp_path / "m.onnx") < 2e-3
     assert export_pt2(m, (X,), tmp_path / "m.pt2") == 0.0
     assert m[4].weight.dtype == torch.bfloat16  # export did not change the model
 

@@ -29,17 +29,20 @@ def _graph(path: Path) -> tuple[set[str], dict[str, str]]:
     return {n.op_type for n in g.graph.node}, dtypes
 
 
+# The export is also checked at batch 1, where eager weight-only runs its bf16 kernel (<= 16 rows):
+# the fp32 graph then differs by bf16 rounding. Dynamic int8 is the same arithmetic at every batch.
 @pytest.mark.parametrize(
-    ("config", "op"), [(ts.Int8Dynamic(), "MatMulInteger"), (ts.Int8WeightOnly(), "DequantizeLinear")]
+    ("config", "op", "tol"),
+    [(ts.Int8Dynamic(), "MatMulInteger", 1e-5), (ts.Int8WeightOnly(), "DequantizeLinear", 5e-3)],
 )
-def test_int8_linear_lowered_with_int8_initializers(tmp_path, config, op) -> None:
+def test_int8_linear_lowered_with_int8_initializers(tmp_path, config, op, tol) -> None:
     x = (torch.randn(40, 64, generator=torch.Generator().manual_seed(1)),)
     q = ts.compress_(_mlp(), config)
-    assert export_onnx(q, x, tmp_path / "q.onnx") < 1e-5  # the same arithmetic as ours
+    assert export_onnx(q, x, tmp_path / "q.onnx") < tol
     ops, dtypes = _graph(tmp_path / "q.onnx")
     assert op in ops and "Gemm" not in ops
     assert sorted(d for d in dtypes.values() if d.endswith("2d")) == ["int8/2d", "int8/2d"]  # no float weight matrix
-    assert export_pt2(q, x, tmp_path / "q.pt2") < 1e-5
+    assert export_pt2(q, x, tmp_path / "q.pt2") < tol
 
 
 def test_static_int8_cnn_exports_int8_weights(tmp_path) -> None:

@@ -1,14 +1,26 @@
 """Export a (compressed) model to ONNX (``torch.onnx.export``, dynamo) or a ``torch.export`` ``.pt2``.
 
-Both exports are verified before they are reported: the ONNX file is run in ONNX Runtime and the
-``.pt2`` is reloaded, and their outputs are compared with the torch model's on the example inputs.
+Shapes: the batch dimension is dynamic by default, and the sequence dimension of token inputs (see
+:mod:`torchslim.io.export_inputs`); example inputs may be positional (a tensor or a tuple) or keyword
+(a dict, e.g. a Hugging Face ``BatchEncoding``). Where the model itself fixes a dimension (a
+``view(8, -1)``), the export keeps that size and a warning says so; ``dynamic=False`` exports the
+example's shapes as they are.
+
+Verification: every export is run where it will run (ONNX Runtime for ``.onnx``, ``torch.export.load``
+for ``.pt2``) at two batch sizes, the example's and another (1, or 7 when the example has batch 1,
+with a different sequence length too for token inputs), and compared with the torch model. A
+failure, or a relative error ``‖exported − torch‖ / ‖torch‖`` above ``tolerance``, raises
+:class:`~torchslim.errors.UnsupportedModelError` (exit 5); otherwise the largest absolute difference is
+returned.
 
 Quantized modules are lowered to operators ONNX Runtime executes, with the int8 weights stored as int8
 initializers (4× smaller files): dynamic int8 Linear's ``torch._int_mm`` becomes ``MatMulInteger``
 (per-token activation quantization as Div/Round/Clip/Cast around it, exactly our arithmetic); int8
 weight-only Linear and embeddings become ``Cast``·``Mul`` dequantization before a float ``MatMul`` /
 ``Gather``; static int8 convolutions export their reference path (fake-quantized activations, int8
-weights dequantized in the graph), since oneDNN's prepacked weight cannot be traced.
+weights dequantized in the graph), since oneDNN's prepacked weight cannot be traced. Int4 linears
+become ONNX Runtime's ``MatMulNBits`` (4-bit weights in the file) and, in ``.pt2``, torch's int4
+kernel (see :mod:`torchslim.io.export_int4`).
 
 Example:
     >>> import tempfile, torch, torch.nn as nn
@@ -16,6 +28,8 @@ Example:
     >>> path = tempfile.mkdtemp() + "/m.pt2"
     >>> export_pt2(m, (torch.ones(2, 4),), path) < 1e-6
     True
+    >>> torch.export.load(path).module()(torch.ones(5, 4)).shape  # any batch size
+    torch.Size([5, 3])
 """
 
 from __future__ import annotations
@@ -23,27 +37,31 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import re
 import tempfile
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
+from torch.fx.experimental.symbolic_shapes import is_concrete_int
+from torch.utils import _pytree as pytree
 
 from torchslim.errors import OutputExistsError, UnsupportedModelError
+from torchslim.io.export_inputs import TOKEN_INPUT_NAMES, ExampleInputs
+from torchslim.io.export_int4 import int4_lowered
 
 log = logging.getLogger(__name__)
 
+# Largest accepted relative error ||exported - torch|| / ||torch|| of each output: above the reference
+# paths' own rounding (static int8's fake-quantized activations, bf16 kernels in torch vs fp32 in ONNX
+# Runtime: up to about 0.02 measured), far below a wrong graph's (of the order of 1).
+DEFAULT_TOLERANCE = 0.05
 
-def _first_tensor(out: Any) -> torch.Tensor:
-    if isinstance(out, torch.Tensor):
-        return out
-    if isinstance(out, (tuple, list)) and out:
-        return _first_tensor(out[0])
-    if isinstance(out, dict) and out:
-        return _first_tensor(next(iter(out.values())))
-    raise UnsupportedModelError(f"cannot compare model outputs of type {type(out).__name__}")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def _replace_into(path: Path, write: Any) -> None:
@@ -110,53 +128,234 @@ def _onnx_translations() -> dict[Any, Any]:
     return table
 
 
-def export_onnx(model: nn.Module, example_inputs: tuple[Any, ...], path: str | Path, *, opset: int = 18) -> float:
-    """Export with ``torch.onnx.export(dynamo=True)``, run it in ONNX Runtime, return the max abs error.
+def export_onnx(
+    model: nn.Module,
+    example_inputs: Any,
+    path: str | Path,
+    *,
+    opset: int = 18,
+    dynamic: bool = True,
+    tolerance: float = DEFAULT_TOLERANCE,
+) -> float:
+    """Export with ``torch.onnx.export(dynamo=True)``, run it in ONNX Runtime at two batch sizes.
+
+    Args:
+        model: the (compressed) model; it is not changed.
+        example_inputs: a tensor, a tuple of positional inputs or a dict of keyword inputs.
+        path: the ``.onnx`` file to write (replaced atomically).
+        opset: the default-domain ONNX opset.
+        dynamic: dynamic batch (and token sequence) dimensions; False keeps the example's shapes.
+        tolerance: largest accepted relative error ``‖exported − torch‖ / ‖torch‖`` of each output.
+
+    Returns:
+        The largest absolute difference to the torch model's outputs over the checked batch sizes.
 
     Raises:
-        UnsupportedModelError: the exporter cannot handle the model (the reason is in the message).
+        UnsupportedModelError: the exporter cannot handle the model, ONNX Runtime cannot run the graph,
+            or its outputs differ from the model's (the reason is in the message).
     """
     import onnxruntime as ort
 
-    model = _without_bf16(model.eval())
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    model = model.eval()
+    example = ExampleInputs.of(example_inputs)
+    trace = _trace_inputs(example, dynamic)
+    target = _without_bf16(model)
+    with int4_lowered(target, "onnx"), _quiet_onnx_exporter():
         try:
             program = torch.onnx.export(
-                model,
-                example_inputs,
+                target,
+                trace.args,
+                kwargs=trace.kwargs,
                 dynamo=True,
+                dynamic_shapes=trace.dynamic_shapes(target) if dynamic else None,
                 opset_version=opset,
                 verbose=False,
                 custom_translation_table=_onnx_translations(),
             )
         except Exception as e:  # noqa: BLE001 - the exporter raises many types; all mean "unsupported"
-            raise UnsupportedModelError(f"ONNX export failed: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+            raise UnsupportedModelError(f"ONNX export failed: {_reason(e)}") from None
+    checks = _checks(program.exported_program, example, trace, dynamic)
     path = Path(path)
     _replace_into(path, lambda tmp: program.save(tmp))
     try:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
-        raise UnsupportedModelError(f"ONNX Runtime cannot run the exported graph: {str(e).splitlines()[0]}") from None
-    feeds = {i.name: x.detach().cpu().numpy() for i, x in zip(session.get_inputs(), example_inputs, strict=False)}
-    got = torch.from_numpy(session.run(None, feeds)[0])
-    with torch.inference_mode():
-        ref = _first_tensor(model(*example_inputs)).float()
-    return float((got.float() - ref).abs().max())
+        raise UnsupportedModelError(f"ONNX Runtime cannot load the exported graph: {_reason(e)}") from None
+    names = [i.name for i in session.get_inputs()]
+
+    def run(inputs: ExampleInputs) -> list[torch.Tensor]:
+        tensors = inputs.tensors()
+        if len(tensors) != len(names):
+            raise UnsupportedModelError(f"the ONNX graph takes inputs {names}, the example has {len(tensors)} tensors")
+        feeds = {n: t.detach().cpu().numpy() for n, t in zip(names, tensors, strict=True)}
+        return [torch.from_numpy(a) for a in session.run(None, feeds)]
+
+    return _verify("ONNX Runtime", run, model, checks, tolerance)
 
 
-def export_pt2(model: nn.Module, example_inputs: tuple[Any, ...], path: str | Path) -> float:
-    """Export a ``torch.export`` ExportedProgram to ``.pt2``, reload it, return the max abs error."""
+def export_pt2(
+    model: nn.Module,
+    example_inputs: Any,
+    path: str | Path,
+    *,
+    dynamic: bool = True,
+    tolerance: float = DEFAULT_TOLERANCE,
+) -> float:
+    """Export a ``torch.export`` ExportedProgram to ``.pt2``, reload it, run it at two batch sizes.
+
+    Arguments, return value and errors as :func:`export_onnx`; the check runs the program reloaded
+    with ``torch.export.load``.
+    """
     model = model.eval()
-    try:
-        program = torch.export.export(model, tuple(example_inputs))
-    except Exception as e:  # noqa: BLE001 - any export failure means unsupported
-        raise UnsupportedModelError(f"torch.export failed: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+    example = ExampleInputs.of(example_inputs)
+    trace = _trace_inputs(example, dynamic)
+    with int4_lowered(model, "pt2"):
+        try:
+            program = torch.export.export(
+                model,
+                trace.args,
+                trace.kwargs,
+                dynamic_shapes=trace.dynamic_shapes(model) if dynamic else None,
+            )
+        except Exception as e:  # noqa: BLE001 - any export failure means unsupported
+            raise UnsupportedModelError(f"torch.export failed: {_reason(e)}") from None
+    checks = _checks(program, example, trace, dynamic)
     path = Path(path)
     _replace_into(path, lambda tmp: torch.export.save(program, tmp))
-    loaded = torch.export.load(str(path))
-    with torch.inference_mode():
-        got = _first_tensor(loaded.module()(*example_inputs))
-        ref = _first_tensor(model(*example_inputs))
-    return float((got.float() - ref.float()).abs().max())
+    loaded = torch.export.load(str(path)).module()
+
+    def run(inputs: ExampleInputs) -> list[torch.Tensor]:
+        with torch.inference_mode():
+            return _output_tensors(loaded(*inputs.args, **inputs.kwargs))
+
+    return _verify("the reloaded .pt2", run, model, checks, tolerance)
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _reason(e: BaseException) -> str:
+    """One line naming why an export step failed: the innermost cause's first line, without colours.
+
+    Example:
+        >>> try:
+        ...     try:
+        ...         raise KeyError("no_such_op")
+        ...     except KeyError as inner:
+        ...         raise RuntimeError("export failed") from inner
+        ... except RuntimeError as e:
+        ...     _reason(e)
+        "KeyError: 'no_such_op'"
+    """
+    while e.__cause__ is not None:
+        e = e.__cause__
+    lines = [ln.strip() for ln in _ANSI.sub("", str(e)).splitlines() if ln.strip()]
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+
+
+def _output_tensors(out: Any) -> list[torch.Tensor]:
+    """The tensors of a model output (tensor, tuple, dict, Hugging Face ``ModelOutput``), flattened."""
+    tensors = [t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+    if not tensors:
+        raise UnsupportedModelError(f"cannot compare model outputs of type {type(out).__name__}: no tensors")
+    return tensors
+
+
+@contextmanager
+def _quiet_onnx_exporter() -> Iterator[None]:
+    """Silence the ONNX exporter's own warnings and progress logs (torchvision missing, ...)."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _trace_inputs(example: ExampleInputs, dynamic: bool) -> ExampleInputs:
+    """The inputs to trace: torch.export fixes a dynamic dimension of size 1, so trace those at 2."""
+    if not dynamic:
+        return example
+    return example.resized(batch=2 if example.batch_size == 1 else None, seq=2 if example.seq_len == 1 else None)
+
+
+def _fixed_dims(program: torch.export.ExportedProgram, trace: ExampleInputs) -> tuple[bool, bool]:
+    """Whether the exported program fixed the batch / the token sequence dimension of any input."""
+    batch, seq = trace.batch_size, trace.seq_len
+    user = set(program.graph_signature.user_inputs)
+    fixed_batch = fixed_seq = False
+    for node in program.graph.nodes:
+        val = node.meta.get("val") if node.op == "placeholder" and node.name in user else None
+        if not isinstance(val, torch.Tensor) or val.ndim == 0:
+            continue
+        fixed_batch |= is_concrete_int(val.shape[0]) and val.shape[0] == batch
+        token = (val.ndim == 2 and not val.is_floating_point()) or node.name in TOKEN_INPUT_NAMES
+        fixed_seq |= token and val.ndim >= 2 and is_concrete_int(val.shape[1]) and val.shape[1] == seq
+    return fixed_batch, fixed_seq
+
+
+def _checks(
+    program: torch.export.ExportedProgram, example: ExampleInputs, trace: ExampleInputs, dynamic: bool
+) -> list[tuple[str, ExampleInputs]]:
+    """(label, inputs) to run the export on: the example, and another batch size where the batch is dynamic."""
+    batch, seq = example.batch_size, example.seq_len
+    checks = [(f"batch {batch}" if batch is not None else "the example", example)]
+    if not dynamic or batch is None:
+        return checks
+    fixed_batch, fixed_seq = _fixed_dims(program, trace)
+    if fixed_batch or fixed_seq:
+        what = " and ".join(w for w, f in (("batch size", fixed_batch), ("sequence length", fixed_seq)) if f)
+        log.warning("the model fixes its %s: the export takes only the example's", what)
+    if fixed_batch:
+        return checks
+    other_seq = None if seq is None or fixed_seq else (seq - 1 if seq > 1 else 2)
+    other = 1 if batch != 1 else 7
+    label = f"batch {other}" + (f", sequence length {other_seq}" if other_seq else "")
+    return [*checks, (label, example.resized(batch=other, seq=other_seq))]
+
+
+def _verify(
+    runtime: str,
+    run: Callable[[ExampleInputs], list[torch.Tensor]],
+    model: nn.Module,
+    checks: list[tuple[str, ExampleInputs]],
+    tolerance: float,
+) -> float:
+    """Run ``run`` and ``model`` on each check's inputs; the largest absolute difference of their outputs.
+
+    Raises:
+        UnsupportedModelError: ``run`` fails, or an output differs in shape or by a relative error
+            (L2 norm of the difference over the model output's) above ``tolerance``.
+    """
+    worst = 0.0
+    for label, inputs in checks:
+        with torch.inference_mode():
+            ref = _output_tensors(model(*inputs.args, **inputs.kwargs))
+        try:
+            got = run(inputs)
+        except UnsupportedModelError:
+            raise
+        except Exception as e:  # noqa: BLE001 - runtimes raise their own types; all mean the export fails there
+            raise UnsupportedModelError(f"{runtime} fails at {label}: {_reason(e)}") from None
+        if len(got) != len(ref):
+            log.info("%s returns %d outputs, the model %d: comparing the first", runtime, len(got), len(ref))
+            got, ref = got[:1], ref[:1]
+        for i, (g, r) in enumerate(zip(got, ref, strict=True)):
+            if tuple(g.shape) != tuple(r.shape):
+                raise UnsupportedModelError(
+                    f"{runtime} output {i} at {label} has shape {tuple(g.shape)}, the model's {tuple(r.shape)}"
+                )
+            diff = g.detach().float() - r.detach().float()
+            err = float(diff.abs().max()) if diff.numel() else 0.0
+            rel = float(torch.linalg.vector_norm(diff) / torch.linalg.vector_norm(r.detach().float()).clamp_min(1e-12))
+            if not rel <= tolerance:  # also catches NaN
+                raise UnsupportedModelError(
+                    f"{runtime} output {i} at {label} differs from the model: relative error {rel:.3g} "
+                    f"(tolerance {tolerance:g}), max abs difference {err:.3g}"
+                )
+            worst = max(worst, err)
+        log.info("%s matches the model at %s (max abs difference so far %.3g)", runtime, label, worst)
+    return worst
