@@ -23,9 +23,9 @@ from typing import Literal
 import torch
 import torch.nn as nn
 
+from torchslim.core.adapters import adapt_for_
 from torchslim.core.config import Config, _fail, check_fraction, check_positive_int, check_range, register_config
 from torchslim.core.context import Context
-from torchslim.core.mha import unfuse_attention_
 from torchslim.core.progress import progress
 from torchslim.core.registry import register_transform
 from torchslim.core.select import Select
@@ -157,15 +157,15 @@ def prunable_layers(model: nn.Module, select: Select, keep_first_last: bool) -> 
     return layers
 
 
-def calibrated_layers(model: nn.Module, select: Select, config: Config, ctx: Context) -> dict[str, nn.Module]:
-    """:func:`prunable_layers` for methods that calibrate on layer inputs.
+def adapted_layers(model: nn.Module, select: Select, config: Config, ctx: Context) -> dict[str, nn.Module]:
+    """:func:`prunable_layers` after :func:`~torchslim.core.adapters.adapt_for_`.
 
-    An ``nn.MultiheadAttention`` never calls its ``out_proj`` (nor, on the inference fast path, the
-    Linear layers of its ``nn.TransformerEncoderLayer``), so no input hook would fire: such attention
-    modules are first split into separate q/k/v/out Linear layers (:func:`~torchslim.core.mha.unfuse_attention_`).
+    Hugging Face ``Conv1D`` layers (GPT-2) become equal Linear layers, so they are pruned too; an
+    ``nn.MultiheadAttention`` never calls its ``out_proj`` (nor, on the inference fast path, the Linear
+    layers of its ``nn.TransformerEncoderLayer``), so no calibration hook would fire: it is first
+    split into separate q/k/v/out Linear layers, which are pruned like the others.
     """
-    names = [n for n, _ in select.modules(model)]
-    unfuse_attention_(model, names, kind=config.kind, ctx=ctx)
+    adapt_for_(model, select, kind=config.kind, ctx=ctx)
     return prunable_layers(model, select, config.keep_first_last)
 
 
@@ -189,7 +189,7 @@ def _apply(model: nn.Module, masks: dict[str, torch.Tensor], layers: dict[str, n
 
 @register_transform(MagnitudePruning, scope="model")
 def _magnitude(model: nn.Module, config: MagnitudePruning, select: Select, ctx: Context) -> nn.Module:
-    layers = prunable_layers(model, select, config.keep_first_last)
+    layers = adapted_layers(model, select, config, ctx)
     if config.threshold is not None:
         masks = {n: threshold_mask(m.weight, config.threshold) for n, m in layers.items()}
     elif config.scope == "global":
@@ -201,7 +201,7 @@ def _magnitude(model: nn.Module, config: MagnitudePruning, select: Select, ctx: 
 
 @register_transform(RandomPruning, scope="model")
 def _random(model: nn.Module, config: RandomPruning, select: Select, ctx: Context) -> nn.Module:
-    layers = prunable_layers(model, select, config.keep_first_last)
+    layers = adapted_layers(model, select, config, ctx)
     g = torch.Generator().manual_seed(ctx.seed)
     scores = {n: random_score(m.weight, g) for n, m in layers.items()}
     if config.scope == "global":
@@ -282,24 +282,21 @@ def _calibrated_masks(
 
 @register_transform(WandaPruning, scope="model")
 def _wanda(model: nn.Module, config: WandaPruning, select: Select, ctx: Context) -> nn.Module:
-    layers = calibrated_layers(model, select, config, ctx)
+    layers = adapted_layers(model, select, config, ctx)
     masks = _calibrated_masks(model, layers, ctx, config, method="wanda", sparsity=config.sparsity)
     return _apply(model, masks, layers, config, ctx)
 
 
 @register_transform(SparseGPTPruning, scope="model")
 def _sparsegpt(model: nn.Module, config: SparseGPTPruning, select: Select, ctx: Context) -> nn.Module:
-    layers = calibrated_layers(model, select, config, ctx)
+    layers = adapted_layers(model, select, config, ctx)
     masks = _calibrated_masks(model, layers, ctx, config, method="sparsegpt", sparsity=config.sparsity)
     return _apply(model, masks, layers, config, ctx)
 
 
 @register_transform(NMPruning, scope="model")
 def _nm(model: nn.Module, config: NMPruning, select: Select, ctx: Context) -> nn.Module:
-    if config.method == "magnitude":
-        layers = prunable_layers(model, select, config.keep_first_last)
-    else:
-        layers = calibrated_layers(model, select, config, ctx)
+    layers = adapted_layers(model, select, config, ctx)
     bad = [f"{n} ({m.weight[0].numel()} inputs)" for n, m in layers.items() if m.weight[0].numel() % config.m]
     if bad and len(bad) == len(layers):
         raise ConfigError(f"{config.n}:{config.m} pruning needs input sizes divisible by {config.m}", bad)

@@ -44,9 +44,9 @@ from typing import Literal
 import torch
 import torch.nn as nn
 
+from torchslim.core.adapters import adapt_for_
 from torchslim.core.config import Config, _fail, check_range, register_config
 from torchslim.core.context import Context
-from torchslim.core.mha import unfuse_attention_
 from torchslim.core.registry import register_transform
 from torchslim.core.select import Select
 from torchslim.core.walker import record_foreign_layers
@@ -202,11 +202,12 @@ def split_targets(
 ) -> list[tuple[str, nn.Module]]:
     """Selected modules torchslim can swap; selected Linear/Embedding it cannot are listed in ``ctx.events``.
 
-    An ``nn.MultiheadAttention`` that would bypass a swapped layer (its ``out_proj``, or the Linear
-    layers of the ``nn.TransformerEncoderLayer`` it serves) is first split into separate q/k/v/out
-    Linear layers (:func:`~torchslim.core.mha.unfuse_attention_`), which are then targets too.
+    First (:func:`~torchslim.core.adapters.adapt_for_`): selected Hugging Face ``Conv1D`` layers become
+    equal Linear layers, and an ``nn.MultiheadAttention`` that would bypass a swapped layer (its
+    ``out_proj``, or the Linear layers of the ``nn.TransformerEncoderLayer`` it serves) is split into
+    separate q/k/v/out Linear layers; those are then targets too.
     """
-    unfuse_attention_(model, [n for n, m in select.modules(model) if isinstance(m, kinds)], kind=kind, ctx=ctx)
+    adapt_for_(model, select, kind=kind, ctx=ctx)
     targets, skipped = [], []
     for name, module in select.modules(model):
         if swappable(module, kinds):

@@ -38,9 +38,9 @@ import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from torchslim.core.adapters import adapt_for_
 from torchslim.core.config import Config, register_config
 from torchslim.core.context import Context
-from torchslim.core.mha import unfuse_attention_
 from torchslim.core.registry import register_transform
 from torchslim.core.select import Select
 from torchslim.core.structure import record_op, register_replay
@@ -391,8 +391,7 @@ def _int8_static(model: nn.Module, config: Int8Static, select: Select, ctx: Cont
         from torchslim.structured import FoldBatchNorm
 
         compress_(model, FoldBatchNorm(), ctx=ctx)
-    linears = [n for n, m in select.modules(model) if isinstance(m, nn.Linear)]
-    unfuse_attention_(model, linears, kind=config.kind, ctx=ctx)  # MHA reads out_proj.weight: split it first
+    adapt_for_(model, select, kind=config.kind, ctx=ctx)  # GPT-2 Conv1D -> Linear; split nn.MultiheadAttention
     record_foreign_layers(model, config.kind, ctx)
     targets = [(n, m) for n, m in select.modules(model) if swappable(m, (nn.Conv2d, nn.Linear))]
     relus = find_relu_pairs(model) if config.fuse_relu else {}

@@ -37,9 +37,9 @@ from typing import Any, TypeGuard
 import torch
 import torch.nn as nn
 
+from torchslim.core.adapters import Conv1DLinear, adapt_for_
 from torchslim.core.config import Config, _fail, check_range, register_config
 from torchslim.core.context import Context
-from torchslim.core.mha import unfuse_attention_
 from torchslim.core.registry import register_transform
 from torchslim.core.select import Select
 from torchslim.core.structure import record_op, register_replay
@@ -214,7 +214,7 @@ def factorize(layer: nn.Linear | nn.Conv2d, rank: int) -> LowRankLinear | LowRan
 
 def _factorable(module: nn.Module) -> TypeGuard[nn.Linear | nn.Conv2d]:
     """A plain Linear, or a plain 2-D convolution without groups (grouped / depthwise stay whole)."""
-    return type(module) is nn.Linear or (type(module) is nn.Conv2d and module.groups == 1)
+    return type(module) in (nn.Linear, Conv1DLinear) or (type(module) is nn.Conv2d and module.groups == 1)
 
 
 @register_transform(LowRank, scope="model")
@@ -223,9 +223,8 @@ def _low_rank(model: nn.Module, config: LowRank, select: Select, ctx: Context) -
     skipped = grouped = 0
     # The halves of a layer factored by an earlier run stay as they are (factoring them again only adds layers).
     factored = [n for n, m in model.named_modules() if isinstance(m, (LowRankLinear, LowRankConv2d))]
-    # nn.MultiheadAttention / TransformerEncoderLayer fast paths read Linear weights directly: split first.
-    linears = [n for n, m in select.modules(model) if type(m) is nn.Linear or isinstance(m, nn.MultiheadAttention)]
-    unfuse_attention_(model, linears, kind=config.kind, ctx=ctx)
+    # GPT-2 Conv1D -> Linear; nn.MultiheadAttention / TransformerEncoderLayer read Linear weights: split them.
+    adapt_for_(model, select, kind=config.kind, ctx=ctx)
     record_foreign_layers(model, config.kind, ctx)
     for name, module in list(select.modules(model)):
         if not name or any(name.startswith(p + ".") for p in factored):

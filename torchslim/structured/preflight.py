@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
+from torchslim.core.adapters import Conv1DLinear
 from torchslim.core.select import is_compressed
 from torchslim.errors import UnsupportedModelError
 
@@ -69,6 +70,10 @@ def unsupported_modules(model: nn.Module) -> list[str]:
         elif is_compressed(module):
             problems.append(f"{label}: already compressed by torchslim; prune before quantizing")
             inside.append(name)
+        elif isinstance(module, Conv1DLinear):
+            problems.append(
+                f"{label}: a Hugging Face Conv1D (GPT-2) whose fused layouts structural pruning does not handle"
+            )
         elif type(module).__name__.endswith("RotaryEmbedding"):
             problems.append(f"{label}: rotary position embeddings hang Torch-Pruning's dependency graph (LLaMA-style)")
             inside.append(name)
