@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import torchslim as ts
+from torchslim.core.structure import structure_ops
 from torchslim.errors import UnsupportedModelError
 
 VOCAB, SEQ, BATCH = 64, 12, 4
@@ -221,6 +222,7 @@ def test_pair_works_or_is_refused_with_exit_5(model_name: str, technique: str, t
     assert result == "ok", result
     ts.save(model, tmp_path / "art")  # and the artifact rebuilds the same model through the factory
     again = ts.load(tmp_path / "art", MODELS[model_name][0])
+    assert structure_ops(again) == structure_ops(model)  # saving the reloaded model writes the same ops
     x = MODELS[model_name][1](5)
     with torch.no_grad():
         assert torch.equal(_first(again(x)), _first(model(x)))

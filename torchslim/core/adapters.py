@@ -104,16 +104,21 @@ def convert_conv1d_(model: nn.Module, paths: Iterable[str], *, kind: str, ctx: A
     Paths that are not a ``Conv1D`` are ignored. The conversion is recorded (one ``conv1d-linear``
     structure op) and noted in ``ctx.events``.
     """
+    done = _convert(model, paths)
+    if done:
+        record_op(model, CONV1D_OP, {"paths": done})
+        if ctx is not None:
+            ctx.record(f"{kind}: {len(done)} Hugging Face Conv1D layer(s) rewritten as equal Linear layers")
+    return done
+
+
+def _convert(model: nn.Module, paths: Iterable[str]) -> list[str]:
     done = []
     for path in paths:
         module = model.get_submodule(path) if path else None
         if module is not None and is_hf_conv1d(module):
             replace_module_(model, path, Conv1DLinear.from_conv1d(module))
             done.append(path)
-    if done:
-        record_op(model, CONV1D_OP, {"paths": done})
-        if ctx is not None:
-            ctx.record(f"{kind}: {len(done)} Hugging Face Conv1D layer(s) rewritten as equal Linear layers")
     return done
 
 
@@ -129,7 +134,7 @@ def _replay_conv1d(model: nn.Module, data: dict[str, Any]) -> nn.Module:
             module = None
         if module is None or not is_hf_conv1d(module):
             raise UnsafeInputError(f"{CONV1D_OP} op names {path!r}, not a Hugging Face Conv1D in this model")
-    convert_conv1d_(model, paths, kind=CONV1D_OP)
+    _convert(model, paths)  # replay_ops records the op
     return model
 
 
