@@ -7,7 +7,6 @@ Exit codes (DESIGN.md): 0 ok, 2 usage, 3 bad config, 4 unsafe input, 5 unsupport
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 import time
@@ -19,6 +18,8 @@ EPILOG = """examples:
   torchslim demo                                   # digits: baseline -> built-in 'default' recipe -> table
   torchslim recipes                                # list built-in recipes
   torchslim measure --workload digits --json m.json
+  torchslim compress --workload mycnn:MyCNN --recipe int8-static --out out/mycnn   # your own Workload in ./mycnn.py
+  torchslim measure --model hf:./my-bert           # a local Hugging Face folder
   torchslim compress --workload digits --recipe default --out out/digits
   torchslim compress --model torchslim.workloads.digits:build_teacher --weights w.safetensors \\
       --recipe my.yaml --out out/mine --force
@@ -51,41 +52,89 @@ def _write_json(path: str | None, data: Any) -> None:
             raise OutputExistsError(f"cannot write {path}: {e}") from None
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_mutually_exclusive_group(required=True)
+WORKLOAD_HELP = "a built-in workload ({names}) or pkg.module:NAME, your own Workload (subclass, instance or factory)"
+
+
+def _add_workload_arg(p: argparse.ArgumentParser, required: bool = True) -> None:
+    """``--workload`` (built-in name or ``pkg.module:NAME``) and ``--data``, as in every command."""
     from torchslim.workloads import workload_names
 
-    g.add_argument("--workload", help=f"a built-in workload: {', '.join(workload_names())}")
-    g.add_argument("--model", help="pkg.module:factory building your model; the module may define example_inputs()")
+    p.add_argument("--workload", required=required, help=WORKLOAD_HELP.format(names=", ".join(workload_names())))
+    p.add_argument("--data", help="data path for workloads that read a data set (passed to a user workload's factory)")
+
+
+def add_device_arg(p: argparse.ArgumentParser) -> None:
+    """``--device`` (default cpu): refused at once when that device is not available."""
+    p.add_argument("--device", default="cpu", help="where the model runs: cpu, cuda, cuda:1, mps (default cpu)")
+
+
+def check_device(name: str) -> str:
+    """``name`` checked against this machine (:func:`torchslim.core.device.check_device`), as a usage
+    error (exit 2) for ``--device`` when it is malformed or absent, before any work starts.
+
+    Example:
+        >>> check_device("cpu")
+        'cpu'
+        >>> check_device("gpu")
+        Traceback (most recent call last):
+        ...
+        torchslim.errors.UsageError: --device gpu: unknown device 'gpu': use 'cpu', 'cuda', 'cuda:N' or 'mps'
+    """
+    from torchslim.core.device import check_device as check
+    from torchslim.errors import ConfigError, UsageError
+
+    try:
+        return check(name)
+    except ConfigError as e:
+        raise UsageError(f"--device {name}: {e}") from None
+
+
+def _add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    from torchslim.workloads import workload_names
+
+    g = p.add_mutually_exclusive_group(required=required)
+    g.add_argument("--workload", help=WORKLOAD_HELP.format(names=", ".join(workload_names())))
+    g.add_argument(
+        "--model",
+        help="pkg.module:factory building your model (the module may define example_inputs()), "
+        "or hf:DIR, a local Hugging Face folder; data-free recipes only: use --workload to give data",
+    )
     p.add_argument("--weights", help="with --model: weights (.safetensors, or .pt via torch.load(weights_only=True))")
-    p.add_argument("--data", help="data path for workloads that read a data set")
+    p.add_argument("--data", help="data path for workloads that read a data set (passed to a user workload's factory)")
     p.add_argument("--latency-runs", type=int, default=30, help="timed runs per latency measurement (default 30)")
 
 
+def _to_device(model: Any, ctx: Any, device: str) -> tuple[Any, Any]:
+    """``model`` and ``ctx`` (its device and example inputs) moved to ``device``."""
+    import dataclasses
+
+    if device == "cpu" and ctx.device == "cpu":
+        return model, ctx
+    from torchslim.workloads.device import move_to
+
+    return model.to(device), dataclasses.replace(ctx, device=device, example_inputs=move_to(ctx.example_inputs, device))
+
+
 def _resolve_model(args: argparse.Namespace) -> tuple[Any, Any]:
-    """(model, Context) from --workload or --model/--weights."""
+    """(model, Context) from --workload or --model/--weights, on --device."""
+    device = check_device(getattr(args, "device", "cpu"))  # refuse an absent device before any work
+    model, ctx = _build_model(args)
+    return _to_device(model, ctx, device)
+
+
+def _build_model(args: argparse.Namespace) -> tuple[Any, Any]:
     import torch.nn as nn
 
     from torchslim.core.context import Context
     from torchslim.errors import UnsafeInputError, UsageError
+    from torchslim.workloads.user import resolve_model_factory, resolve_workload
 
     if args.workload:
-        from torchslim.workloads import get_workload
-
-        wl = get_workload(args.workload, data=args.data)
+        if args.weights:
+            raise UsageError("--weights needs --model (a workload loads its own weights)")
+        wl = resolve_workload(args.workload, data=args.data)
         return wl.model(), wl.context()
-    if args.weights and not args.model:
-        raise UsageError("--weights needs --model")
-    module_name, _, fn_name = args.model.partition(":")
-    if not module_name or not fn_name:
-        raise UsageError(f"--model must look like pkg.module:factory, got {args.model!r}")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise UsageError(f"cannot import {module_name!r}: {e}") from None
-    factory = getattr(module, fn_name, None)
-    if not callable(factory):
-        raise UsageError(f"{module_name!r} has no callable {fn_name!r}")
+    factory, example = resolve_model_factory(args.model)
     model = factory()
     if not isinstance(model, nn.Module):
         raise UsageError(f"{args.model} returned {type(model).__name__}, not a torch.nn.Module")
@@ -98,8 +147,7 @@ def _resolve_model(args: argparse.Namespace) -> tuple[Any, Any]:
         if problems:
             raise UnsafeInputError(f"{args.weights} does not match {args.model}:\n  " + "\n  ".join(problems))
     model.eval()
-    example = getattr(module, "example_inputs", None)
-    return model, Context(example_inputs=tuple(example()) if callable(example) else None)
+    return model, Context(example_inputs=example() if example is not None else None)
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
@@ -137,41 +185,92 @@ def cmd_compress(args: argparse.Namespace) -> int:
     model, ctx = _resolve_model(args)
     model, run = _compress(model, ctx, args.recipe, args.latency_runs)
     run.print(console=_console())
-    save(model, args.out, force=args.force, recipe=run.recipe, report=run.to_dict(), seed=run.recipe.seed + ctx.seed)
+    extra = {"source": args.model} if args.model and _accepts(save, "source") else {}
+    save(
+        model,
+        args.out,
+        force=args.force,
+        recipe=run.recipe,
+        report=run.to_dict(),
+        seed=run.recipe.seed + ctx.seed,
+        **extra,
+    )
     print(f"wrote {args.out}")
     _write_json(args.json, run.to_dict())
     return 0
 
 
+def _accepts(fn: Any, keyword: str) -> bool:
+    """Whether ``fn`` takes ``keyword`` (features other parts of torchslim add over time)."""
+    import inspect
+
+    return keyword in inspect.signature(fn).parameters
+
+
 def _resolve_factory(args: argparse.Namespace) -> tuple[Any, tuple[Any, ...] | None]:
-    """(factory, example_inputs) from --workload or --model, without building or training anything."""
-    from torchslim.errors import UsageError
+    """(factory, example_inputs) from --workload or --model, without building or training anything;
+    (None, None) when neither is given (the artifact records its source)."""
+    from torchslim.workloads.user import resolve_model_factory, resolve_workload
 
     if args.workload:
-        from torchslim.workloads import get_workload
-
-        wl = get_workload(args.workload, data=args.data)
+        wl = resolve_workload(args.workload, data=args.data)
         return wl.factory, wl.example_inputs()
-    module_name, _, fn_name = args.model.partition(":")
+    if not args.model:
+        return None, None
+    factory, example = resolve_model_factory(args.model)
+    return factory, example() if example is not None else None
+
+
+def _load_artifact(path: str, factory: Any) -> Any:
+    """The artifact at ``path``, rebuilt by ``factory`` or, without one, by the source its manifest records."""
+    from torchslim.errors import UsageError
+    from torchslim.io import load
+
+    if factory is not None:
+        return load(path, factory=factory)
+    if "factory" in _defaults(load):  # ts.load rebuilds from the manifest's recorded source
+        return load(path)
+    raise UsageError(f"export {path}: give --workload or --model to rebuild the model")
+
+
+def _defaults(fn: Any) -> set[str]:
+    """The names of ``fn``'s parameters that have a default value."""
+    import inspect
+
+    return {n for n, p in inspect.signature(fn).parameters.items() if p.default is not inspect.Parameter.empty}
+
+
+def _example_for_artifact(path: str, model: Any) -> Any:
+    """Example inputs for an artifact rebuilt without --model/--workload: a transformers model's own
+    (from its config), else those of the ``--model`` source its manifest records; None when neither."""
+    if getattr(getattr(model, "config", None), "to_dict", None) is not None:
+        from torchslim.io.hf import hf_example_inputs
+
+        return hf_example_inputs(model)
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise UsageError(f"cannot import {module_name!r}: {e}") from None
-    factory = getattr(module, fn_name, None)
-    if not callable(factory):
-        raise UsageError(f"{module_name!r} has no callable {fn_name!r}")
-    example = getattr(module, "example_inputs", None)
-    return factory, tuple(example()) if callable(example) else None
+        source = json.loads((Path(path) / "manifest.json").read_text(encoding="utf-8")).get("source")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(source, str) or not source or source.startswith("hf:"):
+        return None
+    from torchslim.workloads.user import resolve_model_factory
+
+    _, example = resolve_model_factory(source)
+    return example() if example is not None else None
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from torchslim.errors import UsageError
-    from torchslim.io import export_onnx, export_pt2, load
+    from torchslim.io import export_onnx, export_pt2
 
     factory, example_inputs = _resolve_factory(args)
-    if example_inputs is None:
+    if factory is not None and example_inputs is None:
         raise UsageError(f"{args.model} has no example_inputs(); define it in the factory's module to export")
-    model = load(args.artifact, factory=factory)
+    model = _load_artifact(args.artifact, factory)
+    if example_inputs is None:
+        example_inputs = _example_for_artifact(args.artifact, model)
+    if example_inputs is None:
+        raise UsageError(f"{args.artifact}: no example inputs; give --model pkg.mod:factory whose module defines them")
     out = Path(args.out) if args.out else Path(str(Path(args.artifact)) + f".{args.format}")
     fn = export_onnx if args.format == "onnx" else export_pt2
     err = fn(model, example_inputs, out)
@@ -233,10 +332,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("measure", help="params, non-zeros, size, MACs, latency and quality of one model")
     _add_model_args(p)
+    add_device_arg(p)
     p.set_defaults(func=cmd_measure)
 
     p = sub.add_parser("compress", help="run a recipe, save the artifact, print the before/after report")
     _add_model_args(p)
+    add_device_arg(p)
     p.add_argument("--recipe", required=True, help="recipe YAML file or built-in name (`torchslim recipes`)")
     p.add_argument("--out", required=True, help="artifact folder (must be empty or absent unless --force)")
     p.add_argument(
@@ -246,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export an artifact to ONNX (verified in ONNX Runtime) or torch.export .pt2")
     p.add_argument("artifact", help="artifact folder written by `torchslim compress`")
-    _add_model_args(p)
+    _add_model_args(p, required=False)  # not needed when the artifact records its --model source
     p.add_argument("--format", choices=["onnx", "pt2"], default="onnx")
     p.add_argument("--out", help="output file (default: ARTIFACT.onnx or ARTIFACT.pt2 beside the folder)")
     p.set_defaults(func=cmd_export)
@@ -280,7 +381,11 @@ def _version() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit code (errors print their message, not a traceback)."""
+    """Entry point; returns the exit code (errors print their message, not a traceback).
+
+    A torchslim error prints its message and returns its exit code; Ctrl-C returns 130; any other
+    exception prints one line naming it and the file holding its full traceback, and returns 1.
+    """
     from torchslim.errors import TorchslimError
 
     parser = build_parser()
@@ -293,6 +398,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("torchslim: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 (anything unexpected: one line, the traceback goes to a file)
+        from torchslim.crashlog import write_traceback
+
+        where = write_traceback(e, argv if argv is not None else sys.argv[1:])
+        message = (str(e).strip().splitlines() or [""])[0][:300]
+        print(f"torchslim: internal error: {type(e).__name__}: {message} (full traceback in {where})", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -82,12 +82,13 @@ class Budget:
         baseline: the uncompressed model.
         max_drop: the largest allowed drop, in the metric's units.
         margin: standard errors added to the measured drop (0: the measured drop alone).
-        split: the split the search sees.
+        split: the split the search sees (default: the workload's ``selection_split``, ``"val"``).
     """
 
-    def __init__(self, wl: Any, baseline: torch.nn.Module, *, max_drop: float, margin: float, split: str = "val"):
+    def __init__(self, wl: Any, baseline: torch.nn.Module, *, max_drop: float, margin: float, split: str | None = None):
         if not (math.isfinite(margin) and margin >= 0):
             raise ValueError(f"margin must be a finite number >= 0, got {margin!r}")
+        split = split if split is not None else getattr(wl, "selection_split", "val")
         self.wl, self.max_drop, self.margin, self.split = wl, float(max_drop), float(margin), split
         self._base_scores = self._scores(baseline) if margin > 0 else None
         self.base_quality = self._quality(baseline, self._base_scores)

@@ -32,11 +32,12 @@ __all__ = ["add_tuning_parsers", "cmd_sensitivity", "cmd_tune"]
 
 def add_tuning_parsers(sub: Any) -> None:
     """Add the ``tune`` and ``sensitivity`` subcommands to the CLI's subparsers."""
+    from torchslim.cli import _add_workload_arg, add_device_arg
     from torchslim.tuning.tune import OBJECTIVES
 
     p = sub.add_parser("tune", help="accuracy-aware search: the smallest/fastest recipe within a quality budget")
-    p.add_argument("--workload", required=True, help="built-in workload (digits, minilm-stsb)")
-    p.add_argument("--data", help="data path for workloads that read a data set")
+    _add_workload_arg(p)
+    add_device_arg(p)
     p.add_argument(
         "--max-drop",
         type=float,
@@ -75,12 +76,12 @@ def add_tuning_parsers(sub: Any) -> None:
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("sensitivity", help="per-layer metric drop when only that layer is quantized or pruned")
-    p.add_argument("--workload", required=True, help="built-in workload (digits, minilm-stsb)")
-    p.add_argument("--data", help="data path for workloads that read a data set")
+    _add_workload_arg(p)
+    add_device_arg(p)
     p.add_argument("--methods", default="int8,int4,prune", help="comma-separated: int8, int4, prune (all)")
     p.add_argument("--ratio", type=float, default=0.5, help="fraction of a layer's weights pruned (0.5)")
     p.add_argument("--granularity", choices=("layer", "block"), default="layer")
-    p.add_argument("--split", default="val", help="evaluation split (val)")
+    p.add_argument("--split", help="evaluation split (default: the workload's selection split, val where it has one)")
     p.add_argument("--out", required=True, help="folder: sensitivity.md, sensitivity.json, sensitivity.png")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -91,6 +92,24 @@ def _names(value: str | None) -> list[str] | None:
     if value is None:
         return None
     return [] if value.strip() == "none" else [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _workload(args: argparse.Namespace, command: str) -> Any:
+    """The workload of ``--workload`` on ``--device``; refused (exit 3) when it has no quality metric."""
+    from torchslim.cli import check_device
+    from torchslim.errors import ConfigError
+    from torchslim.workloads.user import resolve_workload
+
+    device = check_device(args.device)
+    wl = resolve_workload(args.workload, data=args.data)
+    problem = wl.quality_problem()
+    if problem:
+        raise ConfigError(f"{command} needs a quality metric to keep: {problem}; use `torchslim measure` for speed")
+    if device != "cpu":
+        from torchslim.workloads.device import OnDevice
+
+        wl = OnDevice(wl, device)
+    return wl
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
@@ -107,7 +126,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if not (args.margin >= 0 and math.isfinite(args.margin)):
         raise UsageError("--margin must be a finite number >= 0")
     result = tune(
-        args.workload,
+        _workload(args, "tune"),
         max_drop=args.max_drop,
         objective=args.objective,
         trials=args.trials,
@@ -146,7 +165,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     from torchslim.tuning.sensitivity import sensitivity
 
     result = sensitivity(
-        args.workload,
+        _workload(args, "sensitivity"),
         methods=_names(args.methods) or [],
         ratio=args.ratio,
         granularity=args.granularity,

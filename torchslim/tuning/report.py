@@ -114,7 +114,7 @@ def _rerun_on_test(chosen: dict, space: SearchSpace, settings: dict, wl: Any, ba
     chosen["test_quality"] = float(wl.evaluate(model.eval(), "test")[wl.metric])
     # Seeded recipes rebuild the trial's model; a difference (a nondeterministic kernel, shuffling that
     # depends on earlier trials) is reported rather than hidden.
-    chosen["rerun_quality"] = float(wl.evaluate(model, "val")[wl.metric])
+    chosen["rerun_quality"] = float(wl.evaluate(model, getattr(wl, "selection_split", "val"))[wl.metric])
     return recipe
 
 

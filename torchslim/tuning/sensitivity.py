@@ -141,10 +141,11 @@ def sensitivity(
     methods: Sequence[str] = METHODS,
     ratio: float = 0.5,
     granularity: str = "layer",
-    split: str = "val",
+    split: str | None = None,
     data: str | None = None,
     threads: int = 1,
     progress: bool = True,
+    device: str = "cpu",
 ) -> SensitivityResult:
     """Measure, for each layer or block, the metric drop when only that part is compressed.
 
@@ -153,15 +154,17 @@ def sensitivity(
         methods: among ``int8``, ``int4`` (skipped with a note when not installed) and ``prune``.
         ratio: the fraction of weights magnitude pruning removes from the layer.
         granularity: ``layer`` (every Linear/Conv2d) or ``block`` (see :func:`block_key`).
-        split: the split to evaluate (``val``: choices made from it do not overfit the test split).
+        split: the split to evaluate; default: the workload's ``selection_split`` (``val`` where it has
+            one: choices made from it do not overfit the test split).
         data: the workload's data path. threads: torch threads during the run (restored afterwards).
-        progress: show a progress bar.
+        progress: show a progress bar. device: where the model runs (``cpu``, ``cuda``).
 
     Returns:
         A :class:`SensitivityResult` with one row per layer (or block).
 
     Raises:
-        ConfigError: unknown method or granularity, ratio outside (0, 1). UsageError: unknown workload.
+        ConfigError: unknown method or granularity, ratio outside (0, 1), or a workload without a quality
+            metric (speed only). UsageError: unknown workload.
     """
     from torchslim.api import compress_
     from torchslim.core.select import Select
@@ -175,6 +178,14 @@ def sensitivity(
     if problems:
         raise ConfigError("invalid sensitivity options", problems)
     wl = get_workload(workload, data=data) if isinstance(workload, str) else workload
+    problem = wl.quality_problem() if hasattr(wl, "quality_problem") else None
+    if problem:
+        raise ConfigError(f"sensitivity needs a quality metric: {problem}")
+    if device != "cpu":
+        from torchslim.workloads.device import OnDevice
+
+        wl = OnDevice(wl, device)
+    split = split if split is not None else getattr(wl, "selection_split", "val")
     notes = []
     if "int4" in methods and int4_config_type() is None:
         notes.append("int4 skipped: torchslim.quantization.Int4WeightOnly is not installed")

@@ -85,11 +85,32 @@ class Workload(ABC):
         name: the workload name used on the command line.
         metric: the primary quality key that ``evaluate`` returns (e.g. ``"accuracy"``).
         higher_is_better: direction of ``metric``.
+        has_quality: whether ``metric`` measures the model's output quality; a speed-only workload
+            (``llama-decode``: tokens per second of random weights) sets False, and ``torchslim tune`` /
+            ``sensitivity`` refuse it. A workload with an empty ``metric`` has no quality either.
+        selection_split: the split ``evaluate`` accepts for choices (tuning, sensitivity, early
+            stopping), kept apart from the reported ``"test"`` split where the data allows (``"val"``).
     """
 
     name: str = ""
     metric: str = ""
     higher_is_better: bool = True
+    has_quality: bool = True
+    selection_split: str = "val"
+
+    def quality_problem(self) -> str | None:
+        """Why this workload cannot guide a quality-aware search, or None when it can.
+
+        Example:
+            >>> from torchslim.workloads import get_workload
+            >>> get_workload("digits").quality_problem() is None
+            True
+        """
+        if not self.metric:
+            return f"workload {self.name!r} declares no quality metric (Workload.metric is empty)"
+        if not self.has_quality:
+            return f"workload {self.name!r} measures speed only ({self.metric}), not the quality of its outputs"
+        return None
 
     @abstractmethod
     def model(self) -> nn.Module:

@@ -414,6 +414,14 @@ class FsddWorkload(Workload):
     metric = "accuracy"
     higher_is_better = True
 
+    @property
+    def selection_split(self) -> str:  # type: ignore[override]
+        """``"speaker_out"``: FSDD's official split has no validation part, so choices (tune, sensitivity,
+        early stopping) are made on the held-out speaker, never trained on and apart from the reported
+        ``"test"`` takes; ``"test"`` when that speaker has no recordings here."""
+        speakers = {m.group(2) for m in (_NAME.match(p.name) for p in self.files) if m}
+        return "speaker_out" if self.held_out_speaker in speakers else "test"
+
     def __init__(self, data: str | Path | None = None, held_out_speaker: str = HELD_OUT_SPEAKER) -> None:
         self.files = _recordings(data)  # fail fast, before any feature work
         self.data_dir = Path(data)  # type: ignore[arg-type]

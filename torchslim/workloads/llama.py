@@ -206,6 +206,7 @@ class LlamaDecodeWorkload(Workload):
     name = "llama-decode"
     metric = "tokens_per_s"
     higher_is_better = True
+    has_quality = False  # random weights: the metric is speed, there is no output quality to keep
 
     def __init__(
         self, size: str | LlamaSpec = "full", *, new_tokens: int = 16, prompt_tokens: int = 8, seed: int = 0
