@@ -26,6 +26,7 @@ from torchslim.errors import (
     UsageError,
 )
 from torchslim.finetune import FineTune
+from torchslim.integrations import install as _install_integrations
 from torchslim.io import load, save
 from torchslim.measure import Report, measure
 from torchslim.pruning import (
@@ -61,6 +62,8 @@ from torchslim.structured import ChannelPruning, FoldBatchNorm, LayerDropping, L
 from torchslim.tuning import SearchSpace, sensitivity, tune
 
 __version__ = "0.1.0"
+
+_install_integrations()  # lazy: transformers' from_pretrained learns quant_method "torchslim" when it loads
 
 __all__ = [
     "bake_",

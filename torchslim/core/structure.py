@@ -27,6 +27,7 @@ from torchslim.errors import RegistryError, UnsafeInputError
 _ATTR = "_torchslim_structure"
 ReplayFn = Callable[[nn.Module, dict[str, Any]], nn.Module]
 _REPLAYS: dict[str, ReplayFn] = {}
+_LISTENERS: list[Callable[[nn.Module], None]] = []
 
 
 def record_op(model: nn.Module, op: str, data: dict[str, Any]) -> None:
@@ -34,6 +35,14 @@ def record_op(model: nn.Module, op: str, data: dict[str, Any]) -> None:
     if op not in _REPLAYS and not op.startswith("example-"):
         raise RegistryError(f"no replay registered for structure op {op!r}; call register_replay first")
     model.__dict__.setdefault(_ATTR, []).append({"op": op, "data": copy.deepcopy(data)})
+    for listener in _LISTENERS:
+        listener(model)
+
+
+def add_record_listener(fn: Callable[[nn.Module], None]) -> None:
+    """Call ``fn(model)`` after every :func:`record_op` (and replayed op) on ``model``; added once."""
+    if fn not in _LISTENERS:
+        _LISTENERS.append(fn)
 
 
 def structure_ops(model: nn.Module) -> list[dict[str, Any]]:
@@ -58,6 +67,9 @@ def replay_ops(model: nn.Module, ops: list[dict[str, Any]]) -> nn.Module:
     for i, entry in enumerate(ops):
         if not isinstance(entry, dict) or set(entry) != {"op", "data"} or entry["op"] not in _REPLAYS:
             raise UnsafeInputError(f"structure op #{i} is malformed or unknown: {str(entry)[:200]}")
+        before = len(model.__dict__.get(_ATTR, []))
         model = _REPLAYS[entry["op"]](model, entry["data"])
-        record_op(model, entry["op"], entry["data"])
+        log = model.__dict__.get(_ATTR, [])
+        if len(log) != before + 1 or log[-1] != entry:  # a replay re-applying the technique records it itself
+            record_op(model, entry["op"], entry["data"])
     return model

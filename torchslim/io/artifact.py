@@ -5,14 +5,17 @@ Layout of an artifact folder::
     model.safetensors   every tensor in a plain dtype (int8, packed uint8, bf16, fp32, ...)
     structure.json      the structure log (pruning plans, module swaps, casts; see core/structure.py)
                         and tied-weight aliases
+                        and how to rebuild the model without a factory (see io/source.py)
+    config.json         a transformers model's config (also makes the folder ``from_pretrained``-able)
     recipe.yaml         the recipe that produced the model (when given)
     report.json         the measured report (when given)
-    manifest.json       written last: sha256 of every file, torchslim and torch versions, seed
+    manifest.json       written last: sha256 of every file, torchslim and torch versions, seed, source
 
-``load`` builds the model with the user's factory, replays the structure log (which recreates pruned
-shapes and quantized module classes with empty tensors), checks every checksum and tensor (missing,
-extra, shape/dtype mismatch, NaN/Inf: all listed at once), then loads the weights strictly. Nothing is
-ever unpickled.
+``load`` builds the model with the user's factory, or without one from the recorded source (a
+``pkg.mod:factory`` or the stored transformers config), replays the structure log (which recreates
+pruned shapes and quantized module classes with empty tensors), checks every checksum and tensor
+(missing, extra, shape/dtype mismatch, NaN/Inf: all listed at once), then loads the weights strictly.
+Nothing is ever unpickled.
 
 Example:
     >>> import tempfile, torch, torch.nn as nn
@@ -43,6 +46,7 @@ from safetensors.torch import save as st_save
 from torchslim.core.structure import replay_ops, structure_ops
 from torchslim.errors import UnsafeInputError, UsageError
 from torchslim.io.atomic import atomic_dir, sha256_file
+from torchslim.io.source import rebuild_model, rebuild_record
 from torchslim.io.sparse import decode_sparse, encode_sparse
 
 FORMAT_VERSION = 1
@@ -108,6 +112,7 @@ def save(
     report: dict[str, Any] | None = None,
     seed: int = 0,
     sparse: bool = True,
+    source: str | None = None,
 ) -> None:
     """Write ``model`` as an artifact folder, atomically, then verify it by reading it back.
 
@@ -119,12 +124,17 @@ def save(
         report: a JSON-able report (``report.json``) or None.
         seed: recorded in the manifest.
         sparse: store tensors with many zeros compactly (values + bitmask or indices).
+        source: where the model came from, ``"pkg.mod:factory"`` or ``"hf:DIR"`` (recorded in the
+            manifest; a factory is recorded so that ``load(out)`` needs none). A transformers model's
+            config is stored whatever ``source`` says.
 
     Raises:
         OutputExistsError: ``out`` is not empty and ``force`` is False, or an I/O error (disk full).
+        UsageError: a malformed ``source``, or a factory that cannot be imported again.
     """
     import torchslim
 
+    rebuild, extra_files = rebuild_record(model, source)
     tensors, aliases, sparse_meta = encode_state(model, sparse=sparse)
     data = _serialize(tensors)
     structure = {
@@ -133,16 +143,22 @@ def save(
         "aliases": aliases,
         "sparse": sparse_meta,
     }
+    if rebuild is not None:
+        structure["rebuild"] = rebuild
     manifest = {
         "format_version": FORMAT_VERSION,
         "torchslim": torchslim.__version__,
         "torch": torch.__version__.split("+")[0],
         "seed": seed,
     }
+    if source is not None:
+        manifest["source"] = source
     with atomic_dir(out, force=force, manifest=manifest) as tmp:
         (tmp / MODEL_FILE).write_bytes(data)
         # Compact: pruning plans hold long kept-index lists (one number per line would triple the file).
         (tmp / STRUCTURE_FILE).write_text(_compact_json(structure) + "\n", encoding="utf-8")
+        for name, text in extra_files.items():
+            (tmp / name).write_text(text, encoding="utf-8")
         if recipe is not None:
             (tmp / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
         if report is not None:
@@ -228,31 +244,42 @@ def _decode_sparse_entries(tensors: dict[str, torch.Tensor], sparse_meta: Any) -
     return tensors
 
 
-def load(path: str | Path, factory: Callable[[], nn.Module], *, strict_nonfinite: bool = True) -> nn.Module:
-    """Rebuild the exact model saved in ``path`` (eval mode).
-
-    Args:
-        path: an artifact folder written by :func:`save`.
-        factory: builds the uncompressed architecture (e.g. ``build_teacher``).
-        strict_nonfinite: reject NaN/Inf in floating-point tensors.
+def read_artifact(root: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The checked ``structure.json`` and the decoded tensors (sparse entries expanded, aliases not yet
+    filled) of the artifact folder ``root``, after its manifest checksums.
 
     Raises:
-        UsageError: ``path`` does not exist.
-        UnsafeInputError: missing manifest, checksum mismatch, malformed files, NaN/Inf, missing,
-            extra or mismatched tensors (every problem listed).
+        UsageError: ``root`` does not exist.
+        UnsafeInputError: missing manifest, checksum mismatch, malformed files.
     """
-    root = Path(path)
+    root = Path(root)
     if not root.is_dir():
         raise UsageError(f"artifact folder {root} does not exist")
     _check_manifest(root)
     structure = _read_json(root / STRUCTURE_FILE)
     if not isinstance(structure, dict) or not isinstance(structure.get("ops"), list):
         raise UnsafeInputError(f"{root / STRUCTURE_FILE} is malformed")
-    aliases = structure.get("aliases", {})
+    aliases = structure.setdefault("aliases", {})
     if not isinstance(aliases, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in aliases.items()):
         raise UnsafeInputError(f"{root / STRUCTURE_FILE}: malformed aliases")
-    tensors = _decode_sparse_entries(_read_tensors(root / MODEL_FILE), structure.get("sparse", {}))
-    model = replay_ops(factory(), structure["ops"])
+    tensors = _decode_sparse_entries(_read_tensors(root / MODEL_FILE), structure.setdefault("sparse", {}))
+    return structure, tensors
+
+
+def fill_exact(
+    model: nn.Module,
+    tensors: dict[str, torch.Tensor],
+    aliases: dict[str, str],
+    where: str,
+    *,
+    strict_nonfinite: bool = True,
+) -> nn.Module:
+    """Load ``tensors`` (plus ``alias -> stored name`` entries) into ``model`` strictly, in place.
+
+    Raises:
+        UnsafeInputError: missing, extra, mis-shaped or mis-typed tensors, or NaN/Inf (every problem listed).
+    """
+    tensors = dict(tensors)
     expected = model.state_dict()
     problems = []
     for name, stored in aliases.items():
@@ -271,6 +298,32 @@ def load(path: str | Path, factory: Callable[[], nn.Module], *, strict_nonfinite
             problems.append(f"{name}: NaN or Inf values")
     problems += [f"{name}: unexpected tensor" for name in tensors if name not in expected]
     if problems:
-        raise UnsafeInputError(f"{root} does not match the model built by the factory:\n  " + "\n  ".join(problems))
+        raise UnsafeInputError(f"{where} does not match the rebuilt model:\n  " + "\n  ".join(problems))
     model.load_state_dict(tensors, strict=True)
+    return model
+
+
+def load(
+    path: str | Path, factory: Callable[[], nn.Module] | None = None, *, strict_nonfinite: bool = True
+) -> nn.Module:
+    """Rebuild the exact model saved in ``path`` (eval mode).
+
+    Args:
+        path: an artifact folder written by :func:`save`.
+        factory: builds the uncompressed architecture (e.g. ``build_teacher``); None: rebuild it from the
+            source the artifact records (its ``pkg.mod:factory``, imported with the current directory
+            importable, or its stored transformers config; no weights are downloaded).
+        strict_nonfinite: reject NaN/Inf in floating-point tensors.
+
+    Raises:
+        UsageError: ``path`` does not exist, or no ``factory`` and the artifact records no source.
+        UnsafeInputError: missing manifest, checksum mismatch, malformed files, NaN/Inf, missing,
+            extra or mismatched tensors (every problem listed).
+        UnsupportedModelError: a recorded transformers architecture this installation cannot build.
+    """
+    root = Path(path)
+    structure, tensors = read_artifact(root)
+    base = factory() if factory is not None else rebuild_model(structure.get("rebuild"), root, _read_json)
+    model = replay_ops(base, structure["ops"])
+    fill_exact(model, tensors, structure["aliases"], str(root), strict_nonfinite=strict_nonfinite)
     return model.eval()

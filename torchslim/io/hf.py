@@ -1,0 +1,219 @@
+"""Hugging Face models in and out: local folders loaded offline, example inputs, configs inside artifacts.
+
+- :func:`load_hf_model` loads a local transformers folder (``config.json`` + weights) or a
+  sentence-transformers folder (its ``Transformer`` module, named in ``modules.json``), never from the
+  network, by the class its config names in ``architectures`` (``AutoModel`` when that is not a
+  transformers class), in eval mode. ``--model hf:DIR`` on the command line calls it.
+- :func:`hf_example_inputs` makes keyword inputs (``input_ids``, ``attention_mask``) from the folder's
+  tokenizer, or random ids within the vocabulary (``pixel_values`` for an image model).
+- :func:`hf_config_json` / :func:`model_from_config_dict` store a model's config inside a torchslim
+  artifact and rebuild the architecture from it (no weights are downloaded: ``ts.load`` fills them).
+
+Example:
+    >>> import torch
+    >>> from transformers import BertConfig, BertModel
+    >>> model = BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+    ...                              num_attention_heads=2, intermediate_size=32))
+    >>> inputs = hf_example_inputs(model, batch=2, seq=8)
+    >>> sorted(inputs), tuple(inputs["input_ids"].shape), int(inputs["input_ids"].max()) < 50
+    (['attention_mask', 'input_ids'], (2, 8), True)
+    >>> rebuilt = model_from_config_dict(json.loads(hf_config_json(model)))
+    >>> type(rebuilt).__name__, rebuilt.config.hidden_size
+    ('BertModel', 16)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from torchslim.errors import UnsafeInputError, UnsupportedModelError, UsageError
+
+log = logging.getLogger(__name__)
+
+QUANT_METHOD = "torchslim"
+QUANT_FORMAT_VERSION = 1
+_ST_MODULES = "modules.json"
+_ST_TRANSFORMER = "sentence_transformers.models.Transformer"
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model")
+
+
+def _transformers() -> Any:
+    try:
+        import transformers
+    except ImportError:
+        raise UsageError("Hugging Face models need transformers: pip install 'torchslim[nlp]'") from None
+    from torchslim.integrations import register_transformers
+
+    register_transformers()  # a torchslim folder loads through its quantizer
+    return transformers
+
+
+def model_folder(path: str | Path) -> Path:
+    """The transformers folder inside ``path``: ``path`` itself, or a sentence-transformers folder's
+    ``Transformer`` module folder (from ``modules.json``).
+
+    Raises:
+        UsageError: ``path`` is not a folder, or holds no ``config.json``.
+        UnsafeInputError: a malformed ``modules.json``.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise UsageError(f"Hugging Face folder {root} does not exist")
+    folder = root
+    modules = root / _ST_MODULES
+    if modules.is_file():
+        try:
+            entries = json.loads(modules.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise UnsafeInputError(f"{modules} is not valid JSON: {e}") from None
+        found = [e for e in entries if isinstance(e, dict) and e.get("type") == _ST_TRANSFORMER]
+        if not isinstance(entries, list) or not found:
+            raise UnsafeInputError(f"{modules} names no {_ST_TRANSFORMER} module")
+        sub = str(found[0].get("path", ""))
+        if sub.startswith(("/", "\\")) or ".." in Path(sub).parts:
+            raise UnsafeInputError(f"{modules}: module path {sub!r} leaves the folder")
+        folder = root / sub
+    if not (folder / "config.json").is_file():
+        raise UsageError(f"{folder} has no config.json: not a transformers model folder")
+    return folder
+
+
+def _architecture_class(transformers: Any, names: Any) -> Any:
+    """The first transformers ``PreTrainedModel`` class named in ``names`` (a config's ``architectures``)."""
+    for name in names or ():
+        cls = getattr(transformers, str(name), None) if str(name).isidentifier() else None
+        if isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel):
+            return cls
+    return None
+
+
+def load_hf_model(path: str | Path) -> nn.Module:
+    """Load the model of a local transformers or sentence-transformers folder, offline, in eval mode.
+
+    The class is the one the config names in ``architectures`` (e.g. ``BertForSequenceClassification``),
+    or ``AutoModel`` for the config's model type. A folder written by ``ts.save`` loads compressed.
+
+    Raises:
+        UsageError: no such folder, no ``config.json``, no weights, or transformers missing.
+        UnsupportedModelError: an architecture this transformers cannot build (unknown model type,
+            custom code).
+    """
+    folder = model_folder(path)
+    transformers = _transformers()
+    try:
+        config = transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    except (ValueError, KeyError, OSError) as e:
+        raise UnsupportedModelError(f"{folder}: transformers cannot read this config ({_first_line(e)})") from None
+    cls = _architecture_class(transformers, getattr(config, "architectures", None)) or transformers.AutoModel
+    try:
+        model = cls.from_pretrained(str(folder), config=config, local_files_only=True)
+    except OSError as e:
+        raise UsageError(f"{folder}: cannot load the weights ({_first_line(e)})") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise UnsupportedModelError(f"{folder}: transformers cannot build this model ({_first_line(e)})") from None
+    return model.eval()
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _tokenizer(folder: Path) -> Any:
+    if not any((folder / f).is_file() for f in _TOKENIZER_FILES):
+        return None
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except (ValueError, OSError, KeyError) as e:
+        log.info("no usable tokenizer in %s (%s); using random ids", folder, _first_line(e))
+        return None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token or tok.unk_token
+    return tok if tok.pad_token is not None else None
+
+
+def hf_example_inputs(model_or_path: nn.Module | str | Path, batch: int = 2, seq: int = 16) -> dict[str, torch.Tensor]:
+    """Keyword example inputs for a transformers model or folder: ``{"input_ids", "attention_mask"}``.
+
+    From the folder's tokenizer when it has one (the same sentence, padded or cut to ``seq`` tokens),
+    else random ids in ``[0, vocab_size)`` (seeded: the same inputs every call) and a mask of ones; an
+    image model (a config with ``image_size`` and ``num_channels``) gets ``{"pixel_values"}``.
+
+    Raises:
+        UsageError: a path that is not a transformers folder.
+        UnsupportedModelError: a config with neither a vocabulary nor an image size.
+    """
+    if isinstance(model_or_path, (str, Path)):
+        folder = model_folder(model_or_path)
+        transformers = _transformers()
+        config = transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True)
+        tok = _tokenizer(folder)
+    else:
+        config = getattr(model_or_path, "config", None)
+        if config is None:
+            raise UnsupportedModelError(f"{type(model_or_path).__name__} has no transformers config")
+        name = getattr(config, "_name_or_path", "") or ""
+        tok = _tokenizer(Path(name)) if name and Path(name).is_dir() else None
+    seq = min(seq, int(getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", seq)))
+    gen = torch.Generator().manual_seed(0)
+    if tok is not None:
+        text = " ".join(["the quick brown fox jumps over the lazy dog"] * seq)
+        enc = tok([text] * batch, padding="max_length", truncation=True, max_length=seq, return_tensors="pt")
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+    vocab = getattr(config, "vocab_size", None)
+    if vocab:
+        ids = torch.randint(0, int(vocab), (batch, seq), generator=gen)
+        return {"input_ids": ids, "attention_mask": torch.ones(batch, seq, dtype=torch.long)}
+    size, channels = getattr(config, "image_size", None), getattr(config, "num_channels", None)
+    if size and channels:
+        return {"pixel_values": torch.randn(batch, int(channels), int(size), int(size), generator=gen)}
+    raise UnsupportedModelError(f"cannot make example inputs for {type(config).__name__}: no vocab_size or image_size")
+
+
+def hf_config_json(model: nn.Module) -> str:
+    """The config of a transformers ``model`` as ``config.json`` text for a torchslim artifact.
+
+    ``architectures`` names the model's class; ``quantization_config`` routes ``from_pretrained`` through
+    torchslim's quantizer (which replays the artifact's ``structure.json``); the source folder's path
+    (``_name_or_path``) is left out. Keys are sorted: the same model gives the same bytes.
+    """
+    config = json.loads(model.config.to_json_string(use_diff=False))
+    config.pop("_name_or_path", None)
+    config["architectures"] = [type(model).__name__]
+    config["quantization_config"] = {"quant_method": QUANT_METHOD, "format_version": QUANT_FORMAT_VERSION}
+    return json.dumps(config, indent=2, sort_keys=True) + "\n"
+
+
+def model_from_config_dict(config: dict[str, Any], architecture: str | None = None) -> nn.Module:
+    """A freshly initialized transformers model (eval mode) for a saved config dict; nothing is downloaded.
+
+    The class is ``architecture`` (or the config's ``architectures``) when transformers has it, else
+    ``AutoModel`` for the config's ``model_type``. Custom code (``auto_map``) is never run.
+
+    Raises:
+        UnsupportedModelError: an unknown model type or custom-code config.
+    """
+    transformers = _transformers()
+    data = {k: v for k, v in config.items() if k not in ("quantization_config", "_name_or_path")}
+    if "auto_map" in data:
+        raise UnsupportedModelError("the saved config needs custom code (auto_map); torchslim never runs it")
+    model_type = data.get("model_type")
+    mapping = transformers.models.auto.configuration_auto.CONFIG_MAPPING
+    if not isinstance(model_type, str) or model_type not in mapping:
+        raise UnsupportedModelError(f"transformers {transformers.__version__} has no model type {model_type!r}")
+    try:
+        cfg = mapping[model_type].from_dict(data)
+    except (ValueError, TypeError, KeyError) as e:
+        raise UnsupportedModelError(f"cannot build a {model_type} config: {_first_line(e)}") from None
+    names = [architecture] if architecture else data.get("architectures")
+    cls = _architecture_class(transformers, names)
+    model = cls(cfg) if cls is not None else transformers.AutoModel.from_config(cfg)
+    return model.eval()
