@@ -354,3 +354,40 @@ def test_gpt2_conv1d_layers_are_compressed_and_keep_the_hf_checkpoint_layout(tec
     with torch.no_grad():
         assert type(fresh.transformer.h[1].mlp.c_fc).__name__ == "Conv1D"
         assert torch.equal(fresh(x).logits, model(x).logits)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        ts.Int4WeightOnly(group_size=32, method="gptq"),
+        ts.Int4WeightOnly(group_size=32, method="awq"),
+        ts.Int4WeightOnly(group_size=32, method="hqq"),
+        ts.MixedPrecision(budget_ratio=0.3),
+        ts.NMPruning(n=2, m=4, method="sparsegpt"),
+    ],
+    ids=["int4-gptq", "int4-awq", "int4-hqq", "mixed-precision", "nm-sparsegpt"],
+)
+def test_calibrated_techniques_reach_attention_out_proj(config) -> None:
+    factory, make_input = MODELS["transformer-encoder"]
+    model, x = factory(), make_input(0)
+    with torch.no_grad():
+        ref = model(x)
+        ts.compress_(model, config, ctx=ts.Context(calibration=[make_input(i) for i in range(1, 4)]))
+        out = model(x)
+    assert F.cosine_similarity(out.flatten(), ref.flatten(), dim=0).item() > 0.6
+    out_proj = model.encoder.layers[1].self_attn.out_proj
+    assert type(out_proj) is not nn.Linear or (out_proj.weight == 0).float().mean().item() == 0.5
+
+
+def test_int8_qat_on_a_transformer_encoder() -> None:
+    factory, make_input = MODELS["transformer-encoder"]
+    model, x = factory(), make_input(0)
+    train = [(make_input(i), torch.randint(0, 5, (BATCH,))) for i in range(10, 12)]
+    ctx = ts.Context(calibration=[make_input(i) for i in range(1, 3)], train_data=train)
+    with torch.no_grad():
+        ref = model(x)
+    ts.compress_(model, ts.Int8QAT(epochs=1, lr=1e-6), ctx=ctx)
+    with torch.no_grad():
+        out = model.eval()(x)
+    assert type(model.encoder.layers[0].linear1).__name__ == "Int8StaticLinear"
+    assert F.cosine_similarity(out.flatten(), ref.flatten(), dim=0).item() > 0.98
