@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -240,3 +241,12 @@ def test_load_hf_model_errors(tmp_path):
     with pytest.raises(UnsupportedModelError) as e:
         load_hf_model(tmp_path / "odd")
     assert e.value.exit_code == 5
+
+
+def test_readme_hugging_face_example_runs_as_printed(tmp_path):
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"<!-- readme-example: hf-python -->\n```python\n(.*?)\n```", text, re.S)
+    assert block is not None
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", block.group(1)], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
