@@ -178,3 +178,14 @@ def test_a_program_that_differs_from_the_model_is_an_exit_5_error(tmp_path, fmt)
     with pytest.raises(UnsupportedModelError, match=r"at batch 8 differs from the model: relative error 0\.5") as e:
         (export_onnx if fmt == "onnx" else export_pt2)(ExportsDifferently(), (torch.ones(8, 3),), tmp_path / f"d.{fmt}")
     assert e.value.exit_code == 5 and "\n" not in str(e.value)
+
+
+def test_int4_model_exported_directly_with_torch_export_traces_the_dequantize_path(caplog) -> None:
+    q = _int4()
+    batch = torch.export.Dim("batch")
+    with caplog.at_level(logging.WARNING):
+        program = torch.export.export(q, (torch.randn(8, 64),), dynamic_shapes=({0: batch},))
+    assert "int4 kernel failed" not in caplog.text and all(m.kernel for m in q if hasattr(m, "kernel"))
+    x = torch.randn(7, 64, generator=_gen(7))
+    with torch.inference_mode():
+        assert _rel(program.module()(x), q(x)) < 0.01  # fp32 dequantized weights vs the bf16 kernel

@@ -255,7 +255,9 @@ class Int4WeightOnlyLinear(nn.Module):
         if b["input_scale"] is not None:
             x2 = x2 * b["input_scale"].to(x.dtype)
         y = None
-        fast = self.kernel and x.is_floating_point()
+        # Under torch.export: the dequantize path (the kernel's layout cache reads data pointers, which
+        # fake tensors lack); torchslim's own exports trace the kernel through torchslim/io/export_int4.py.
+        fast = self.kernel and x.is_floating_point() and not torch.compiler.is_exporting()
         if fast and x2.shape[0] < DEQUANT_MIN_ROWS and self._kernel_ok(x.device.type):
             try:
                 packed, sz = self._kernel_tensors(x.device)
