@@ -234,6 +234,13 @@ def test_measure_and_compress_take_a_user_workload(usermod, capsys, spec):
     assert "int8-static" in capsys.readouterr().out
 
 
+def test_data_needing_recipe_with_model_points_to_workload(usermod, capsys):
+    """Was: exit 3 ``pass ctx=Context(calibration=...)``, which no command-line flag can do."""
+    assert main(["compress", "--model", "usermod:build", "--recipe", "int8-static", "--out", "o"]) == 3
+    assert "--model brings no data: give --workload pkg.mod:NAME" in capsys.readouterr().err
+    assert not Path("o").exists()
+
+
 def test_user_workload_factory_gets_data(usermod, capsys):
     assert main(["measure", "--workload", "usermod:make_with_data", "--data", "d1", "--latency-runs", "2"]) == 0
     assert main(["measure", "--workload", "usermod:make_tiny", "--data", "d1"]) == 2

@@ -179,11 +179,20 @@ def _compress(model: Any, ctx: Any, recipe_source: str, latency_runs: int) -> tu
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
+    from torchslim.errors import ConfigError
     from torchslim.io import check_output_dir, save
 
     check_output_dir(Path(args.out), args.force)  # fail before any long work
     model, ctx = _resolve_model(args)
-    model, run = _compress(model, ctx, args.recipe, args.latency_runs)
+    try:
+        model, run = _compress(model, ctx, args.recipe, args.latency_runs)
+    except ConfigError as e:
+        if args.model and "data" in str(e):  # calibration / training data: --model has none to give
+            raise ConfigError(
+                f"{e}; --model brings no data: give --workload pkg.mod:NAME, a Workload with your data "
+                "(README: Your own model)"
+            ) from None
+        raise
     run.print(console=_console())
     extra = {"source": args.model} if args.model and _accepts(save, "source") else {}
     save(

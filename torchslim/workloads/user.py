@@ -21,22 +21,19 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import inspect
-import os
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from torchslim.errors import UsageError
+from torchslim.io.source import cwd_importable
 from torchslim.workloads.base import Workload
 
 __all__ = [
     "HF_PREFIX",
-    "cwd_importable",
     "import_target",
     "is_user_spec",
     "resolve_model_factory",
@@ -54,20 +51,6 @@ def is_user_spec(spec: str) -> bool:
         (True, False)
     """
     return ":" in spec and not spec.startswith(HF_PREFIX)
-
-
-@contextlib.contextmanager
-def cwd_importable() -> Iterator[None]:
-    """Put the current directory first on ``sys.path`` while importing, as ``python -m`` does."""
-    cwd = os.getcwd()
-    added = cwd not in sys.path
-    if added:
-        sys.path.insert(0, cwd)
-    try:
-        yield
-    finally:
-        if added and cwd in sys.path:
-            sys.path.remove(cwd)
 
 
 def import_target(spec: str, flag: str) -> tuple[ModuleType, Any]:
