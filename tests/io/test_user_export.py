@@ -189,3 +189,16 @@ def test_int4_model_exported_directly_with_torch_export_traces_the_dequantize_pa
     x = torch.randn(7, 64, generator=_gen(7))
     with torch.inference_mode():
         assert _rel(program.module()(x), q(x)) < 0.01  # fp32 dequantized weights vs the bf16 kernel
+
+
+def test_hugging_face_causal_lm_exports_without_its_key_value_cache(tmp_path) -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=100, n_embd=32, n_layer=1, n_head=2, n_positions=32)).eval()
+    assert gpt2.config.use_cache  # the default: forward returns a DynamicCache, which torch.export cannot output
+    assert export_pt2(gpt2, {"input_ids": torch.randint(0, 100, (2, 9), generator=_gen(0))}, tmp_path / "g.pt2") == 0
+    ids = torch.randint(0, 100, (7, 5), generator=_gen(1))
+    with torch.inference_mode():
+        got = torch.export.load(str(tmp_path / "g.pt2")).module()(input_ids=ids, use_cache=False).logits
+        assert torch.allclose(got, gpt2(input_ids=ids).logits, atol=1e-5)

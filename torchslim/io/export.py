@@ -4,7 +4,8 @@ Shapes: the batch dimension is dynamic by default, and the sequence dimension of
 :mod:`torchslim.io.export_inputs`); example inputs may be positional (a tensor or a tuple) or keyword
 (a dict, e.g. a Hugging Face ``BatchEncoding``). Where the model itself fixes a dimension (a
 ``view(8, -1)``), the export keeps that size and a warning says so; ``dynamic=False`` exports the
-example's shapes as they are.
+example's shapes as they are. Hugging Face models whose config turns the key/value cache on are
+exported with ``use_cache=False`` (a one-pass forward), unless the example inputs set it.
 
 Verification: every export is run where it will run (ONNX Runtime for ``.onnx``, ``torch.export.load``
 for ``.pt2``) at two batch sizes, the example's and another (1, or 7 when the example has batch 1,
@@ -35,6 +36,7 @@ Example:
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 import os
 import re
@@ -157,7 +159,7 @@ def export_onnx(
     import onnxruntime as ort
 
     model = model.eval()
-    example = ExampleInputs.of(example_inputs)
+    example = _without_cache(model, ExampleInputs.of(example_inputs))
     trace = _trace_inputs(example, dynamic)
     target = _without_bf16(model)
     with int4_lowered(target, "onnx"), _quiet_onnx_exporter():
@@ -207,7 +209,7 @@ def export_pt2(
     with ``torch.export.load``.
     """
     model = model.eval()
-    example = ExampleInputs.of(example_inputs)
+    example = _without_cache(model, ExampleInputs.of(example_inputs))
     trace = _trace_inputs(example, dynamic)
     with int4_lowered(model, "pt2"):
         try:
@@ -273,6 +275,21 @@ def _quiet_onnx_exporter() -> Iterator[None]:
             yield
     finally:
         logger.setLevel(level)
+
+
+def _without_cache(model: nn.Module, example: ExampleInputs) -> ExampleInputs:
+    """Add ``use_cache=False`` for a Hugging Face model whose config turns its key/value cache on.
+
+    A ``DynamicCache`` output is not an exportable tensor structure, and an exported forward pass does
+    not continue a generation; example inputs that set ``use_cache`` themselves are kept as they are.
+    """
+    config = getattr(model, "config", None)
+    if not getattr(config, "use_cache", False) or "use_cache" in example.kwargs:
+        return example
+    if "use_cache" not in inspect.signature(model.forward).parameters:
+        return example
+    log.info("exporting %s with use_cache=False (no key/value cache output)", type(model).__name__)
+    return ExampleInputs(example.args, {**example.kwargs, "use_cache": False})
 
 
 def _trace_inputs(example: ExampleInputs, dynamic: bool) -> ExampleInputs:
@@ -348,9 +365,11 @@ def _verify(
                 raise UnsupportedModelError(
                     f"{runtime} output {i} at {label} has shape {tuple(g.shape)}, the model's {tuple(r.shape)}"
                 )
-            diff = g.detach().float() - r.detach().float()
+            diff = g.detach().float().cpu() - r.detach().float().cpu()  # ONNX Runtime's outputs are on the CPU
             err = float(diff.abs().max()) if diff.numel() else 0.0
-            rel = float(torch.linalg.vector_norm(diff) / torch.linalg.vector_norm(r.detach().float()).clamp_min(1e-12))
+            rel = float(
+                torch.linalg.vector_norm(diff) / torch.linalg.vector_norm(r.detach().float().cpu()).clamp_min(1e-12)
+            )
             if not rel <= tolerance:  # also catches NaN
                 raise UnsupportedModelError(
                     f"{runtime} output {i} at {label} differs from the model: relative error {rel:.3g} "
