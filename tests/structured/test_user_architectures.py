@@ -5,7 +5,8 @@ Models are tiny and built from code (no downloads): an ``nn.TransformerEncoder``
 in eval mode under ``torch.no_grad()`` (PyTorch's fused inference path), a bare
 ``nn.MultiheadAttention`` (sequence-first), an LSTM + GRU classifier, a CNN with grouped and
 depthwise convolutions, a model whose embedding and output layer share one Parameter, a model that
-calls one submodule twice, and Hugging Face BERT / GPT-2 built from small configs.
+calls one submodule twice, and Hugging Face BERT / GPT-2 / LLaMA / ViT / T5 (encoder) built from
+small configs.
 """
 
 from __future__ import annotations
@@ -135,6 +136,34 @@ def _gpt2() -> nn.Module:
     return GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=VOCAB, n_positions=32)).eval()
 
 
+def _llama() -> nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=32,
+    )  # fmt: skip
+    return LlamaForCausalLM(cfg).eval()
+
+
+def _vit() -> nn.Module:
+    from transformers import ViTConfig, ViTModel
+
+    torch.manual_seed(0)
+    cfg = ViTConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=16, patch_size=8
+    )
+    return ViTModel(cfg).eval()
+
+
+def _t5() -> nn.Module:
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(0)
+    return T5EncoderModel(T5Config(vocab_size=VOCAB, d_model=32, d_kv=16, d_ff=64, num_layers=2, num_heads=2)).eval()
+
+
 def _tokens(seed: int) -> torch.Tensor:
     return torch.randint(0, VOCAB, (BATCH, SEQ), generator=torch.Generator().manual_seed(seed))
 
@@ -153,6 +182,9 @@ MODELS = {
     "shared-submodule": (_seeded(SharedBlock), lambda s: _floats(s, BATCH, 16)),
     "hf-bert": (_bert, _tokens),
     "hf-gpt2": (_gpt2, _tokens),
+    "hf-llama": (_llama, _tokens),
+    "hf-vit": (_vit, lambda s: _floats(s, BATCH, 3, 16, 16)),
+    "hf-t5-encoder": (_t5, _tokens),
 }
 
 # name -> (config, least cosine similarity of the outputs to the original's)
@@ -204,6 +236,7 @@ def run_pair(model_name: str, technique: str) -> tuple[str, nn.Module | None]:
 REFUSED = {
     ("lstm-gru", "channels"): "recurrent layers",  # gates interleave weight blocks: structural pruning refuses
     ("hf-gpt2", "channels"): "Conv1D",  # GPT-2's transposed Conv1D has no Torch-Pruning pruning function
+    ("hf-llama", "channels"): "rotary",  # Torch-Pruning's graph tracing does not finish on rotary embeddings
 }
 PAIRS = [(m, t) for m in MODELS for t in TECHNIQUES]
 
@@ -391,3 +424,18 @@ def test_int8_qat_on_a_transformer_encoder() -> None:
         out = model.eval()(x)
     assert type(model.encoder.layers[0].linear1).__name__ == "Int8StaticLinear"
     assert F.cosine_similarity(out.flatten(), ref.flatten(), dim=0).item() > 0.98
+
+
+def test_layers_the_model_reads_weights_of_stay_in_float() -> None:
+    """ViT casts the pixels to its patch projection's ``weight.dtype``; T5 keeps ``wo`` in float32
+    (``_keep_in_fp32_modules``): int8 / int4 codes there would silently change the inputs."""
+    for model_name, technique, path in [
+        ("hf-vit", "int8-static", "embeddings.patch_embeddings.projection"),
+        ("hf-t5-encoder", "int4-rtn", "encoder.block.0.layer.1.DenseReluDense.wo"),
+    ]:
+        factory, make_input = MODELS[model_name]
+        model = factory()
+        ctx = ts.Context(calibration=[make_input(1)], example_inputs=(make_input(0),))
+        ts.compress_(model, TECHNIQUES[technique][0], ctx=ctx)
+        assert type(model.get_submodule(path)) in (nn.Conv2d, nn.Linear)
+        assert any(path in e and "left" in e for e in ctx.events), ctx.events

@@ -34,6 +34,7 @@ Example:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -138,16 +139,128 @@ def _replay_conv1d(model: nn.Module, data: dict[str, Any]) -> nn.Module:
     return model
 
 
-def adapt_for_(model: nn.Module, select: Select, *, kind: str, ctx: Any = None) -> None:
-    """Before ``kind`` changes the Linear layers ``select`` picks: make every one of them reachable.
+def adapt_for_(model: nn.Module, select: Select, *, kind: str, ctx: Any = None, swaps: bool = False) -> Select:
+    """Before ``kind`` changes the layers ``select`` picks: make every one of them reachable; the selection to use.
 
     Selected Hugging Face ``Conv1D`` layers (selected as if they were ``nn.Linear``: a ``types`` filter
     must name ``Linear`` or ``Conv1D``) become :class:`Conv1DLinear`; then every
     ``nn.MultiheadAttention`` that would bypass a selected layer is split
-    (:func:`~torchslim.core.mha.unfuse_attention_`). Call ``select.modules(model)`` again afterwards.
+    (:func:`~torchslim.core.mha.unfuse_attention_`).
+
+    With ``swaps`` (the technique replaces layers by modules whose ``weight`` is not a float matrix:
+    int8 / int4 codes, two low-rank factors) the returned selection also leaves out, with a note in
+    ``ctx.events``, the layers a Hugging Face model keeps in float32 (``_keep_in_fp32_modules``, e.g.
+    T5's ``wo``) and the layers whose ``weight`` the model reads from outside them
+    (:func:`external_weight_reads`, e.g. ViT reads its patch projection's ``weight.dtype`` to cast the
+    pixels): swapping those would change what the model computes around them.
     """
     as_linear = Select(include=select.include, exclude=select.exclude)
     linear_types = not select.types or {"Linear", "Conv1D"} & set(select.types)
     conv1d = [n for n, m in as_linear.modules(model) if linear_types and is_hf_conv1d(m)]
     convert_conv1d_(model, conv1d, kind=kind, ctx=ctx)
     unfuse_attention_(model, [n for n, _ in select.modules(model)], kind=kind, ctx=ctx)
+    if not swaps:
+        return select
+    names = [n for n, m in select.modules(model) if n and getattr(m, "weight", None) is not None]
+    keep = {n: "the model keeps it in float32 (_keep_in_fp32_modules)" for n in _fp32_modules(model, names)}
+    batch = _one_batch(ctx)
+    if batch is not None:
+        for n in external_weight_reads(model, [n for n in names if n not in keep], batch):
+            keep[n] = "the model reads its .weight directly"
+    if not keep:
+        return select
+    if ctx is not None:
+        ctx.record(
+            f"{kind}: left {len(keep)} layer(s) in float: " + "; ".join(f"{n} ({why})" for n, why in keep.items())
+        )
+    return Select(
+        include=select.include, exclude=(*select.exclude, *(f"^{re.escape(n)}$" for n in keep)), types=select.types
+    )
+
+
+def _fp32_modules(model: nn.Module, names: list[str]) -> list[str]:
+    """The ``names`` a Hugging Face model lists in ``_keep_in_fp32_modules`` (matched on a name component)."""
+    kept: list[str] = []
+    for prefix, module in model.named_modules():
+        patterns = getattr(module, "_keep_in_fp32_modules", None) or []
+        for n in names:
+            rel = n[len(prefix) + 1 :] if prefix and n.startswith(prefix + ".") else (n if not prefix else None)
+            if rel is not None and set(patterns) & set(rel.split(".")) and n not in kept:
+                kept.append(n)
+    return kept
+
+
+def _one_batch(ctx: Any) -> Any:
+    if ctx is None:
+        return None
+    if getattr(ctx, "example_inputs", None) is not None:
+        return ctx.example_inputs
+    calibration = getattr(ctx, "calibration", None)
+    return calibration[0] if calibration else None
+
+
+def external_weight_reads(model: nn.Module, names: list[str], batch: Any) -> list[str]:
+    """The ``names`` whose ``weight`` attribute is read from outside their own ``forward`` while ``model`` runs ``batch``.
+
+    The model runs once in eval mode under ``torch.no_grad()`` (the inference fast paths included),
+    each watched layer's class temporarily replaced by a subclass that notes such reads; everything
+    is restored afterwards. Such a layer cannot be swapped for a module with another kind of weight.
+    A batch the model cannot run finds nothing (the technique reports its own errors).
+
+    Example:
+        >>> class Peek(nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.a, self.b = nn.Linear(2, 2), nn.Linear(2, 2)
+        ...     def forward(self, x):
+        ...         return self.b(self.a(x).to(self.b.weight.dtype))
+        >>> external_weight_reads(Peek(), ["a", "b"], (torch.ones(1, 2),))
+        ['b']
+    """
+    from torchslim.core.batches import call_model
+
+    seen: list[str] = []
+    watched = [(n, model.get_submodule(n)) for n in names]
+    originals = [(m, m.__class__) for _, m in watched]
+    for name, module in watched:
+        module.__class__ = _watcher(module.__class__)
+        module.__dict__["_ts_watch"] = (name, seen, [0])
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            call_model(model.eval(), batch)
+    except Exception:  # noqa: BLE001 - detection only: a model that fails here fails visibly in the technique
+        pass
+    finally:
+        for module, cls in originals:
+            module.__class__ = cls
+            module.__dict__.pop("_ts_watch", None)
+        model.train(was_training)
+    return [n for n in names if n in seen]
+
+
+_WATCHERS: dict[type, type] = {}
+
+
+def _watcher(cls: type) -> type:
+    """A subclass of ``cls`` noting reads of ``weight`` that happen outside its own ``forward``."""
+    if cls not in _WATCHERS:
+
+        def __getattribute__(self, attr):  # noqa: N807
+            if attr == "weight":
+                name, seen, depth = object.__getattribute__(self, "__dict__")["_ts_watch"]
+                if not depth[0] and name not in seen:
+                    seen.append(name)
+            return super(sub, self).__getattribute__(attr)
+
+        def forward(self, *args, **kwargs):
+            depth = object.__getattribute__(self, "__dict__")["_ts_watch"][2]
+            depth[0] += 1
+            try:
+                return super(sub, self).forward(*args, **kwargs)
+            finally:
+                depth[0] -= 1
+
+        sub = type(cls.__name__, (cls,), {"__getattribute__": __getattribute__, "forward": forward})
+        _WATCHERS[cls] = sub
+    return _WATCHERS[cls]

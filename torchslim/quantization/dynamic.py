@@ -207,7 +207,7 @@ def split_targets(
     ``out_proj``, or the Linear layers of the ``nn.TransformerEncoderLayer`` it serves) is split into
     separate q/k/v/out Linear layers; those are then targets too.
     """
-    adapt_for_(model, select, kind=kind, ctx=ctx)
+    select = adapt_for_(model, select, kind=kind, ctx=ctx, swaps=True)
     targets, skipped = [], []
     for name, module in select.modules(model):
         if swappable(module, kinds):

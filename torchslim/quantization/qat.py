@@ -164,7 +164,7 @@ def _int8_qat(model: nn.Module, config: Int8QAT, select: Select, ctx: Context) -
 
         compress_(model, FoldBatchNorm(), ctx=ctx)
     kinds = (nn.Linear,) if dynamic else (nn.Conv2d, nn.Linear)
-    adapt_for_(model, select, kind=config.kind, ctx=ctx)  # GPT-2 Conv1D -> Linear; split nn.MultiheadAttention
+    select = adapt_for_(model, select, kind=config.kind, ctx=ctx, swaps=True)  # see adapt_for_
     targets = [(n, m) for n, m in select.modules(model) if swappable(m, kinds) and type(m) in (nn.Conv2d, nn.Linear)]
     relus = {} if dynamic else find_relu_pairs(model)
     chains = {} if dynamic else find_int8_chains(model, {n for n, _ in targets}, set(relus.values()))

@@ -391,7 +391,7 @@ def _int8_static(model: nn.Module, config: Int8Static, select: Select, ctx: Cont
         from torchslim.structured import FoldBatchNorm
 
         compress_(model, FoldBatchNorm(), ctx=ctx)
-    adapt_for_(model, select, kind=config.kind, ctx=ctx)  # GPT-2 Conv1D -> Linear; split nn.MultiheadAttention
+    select = adapt_for_(model, select, kind=config.kind, ctx=ctx, swaps=True)  # see adapt_for_
     record_foreign_layers(model, config.kind, ctx)
     targets = [(n, m) for n, m in select.modules(model) if swappable(m, (nn.Conv2d, nn.Linear))]
     relus = find_relu_pairs(model) if config.fuse_relu else {}

@@ -224,7 +224,7 @@ def _low_rank(model: nn.Module, config: LowRank, select: Select, ctx: Context) -
     # The halves of a layer factored by an earlier run stay as they are (factoring them again only adds layers).
     factored = [n for n, m in model.named_modules() if isinstance(m, (LowRankLinear, LowRankConv2d))]
     # GPT-2 Conv1D -> Linear; nn.MultiheadAttention / TransformerEncoderLayer read Linear weights: split them.
-    adapt_for_(model, select, kind=config.kind, ctx=ctx)
+    select = adapt_for_(model, select, kind=config.kind, ctx=ctx, swaps=True)
     record_foreign_layers(model, config.kind, ctx)
     for name, module in list(select.modules(model)):
         if not name or any(name.startswith(p + ".") for p in factored):
