@@ -91,6 +91,21 @@ def test_hf_save_pretrained_with_a_tensor_missing_refuses(tmp_path, bert_int8):
         AutoModel.from_pretrained(tmp_path / "hf")
 
 
+def test_transformers_model_compressed_inside_a_wrapper_refuses_its_own_checkpoint(tmp_path):
+    class Embedder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bert = tiny_bert()
+
+        def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+            return self.bert(input_ids=input_ids).last_hidden_state.mean(1)
+
+    wrapper = ts.compress_(Embedder().eval(), ts.Int8WeightOnly())
+    wrapper.bert.save_pretrained(tmp_path / "inner")
+    with pytest.raises(UnsafeInputError, match="compressed inside a Embedder"):
+        AutoModel.from_pretrained(tmp_path / "inner")
+
+
 def test_ts_save_folder_loads_with_from_pretrained(tmp_path, gpt2_int4):
     ts.save(gpt2_int4, tmp_path / "a")
     assert {"config.json", "structure.json", "model.safetensors", "manifest.json"} <= {

@@ -8,7 +8,9 @@
   the compressed model of a folder written by ``ts.save`` or by a compressed model's ``save_pretrained``;
 - after each structural change recorded on a transformers model, stores the structure log in its
   ``config.quantization_config``, so Hugging Face's own ``save_pretrained`` writes what
-  ``from_pretrained`` needs to rebuild it (instead of loading int8 codes as floats).
+  ``from_pretrained`` needs to rebuild it (instead of loading int8 codes as floats). A transformers
+  model compressed as part of a larger module is marked instead: its log belongs to the wrapper, so its
+  own ``save_pretrained`` output is refused on load (save the wrapper with ``ts.save``).
 
 Example:
     >>> import sys, torchslim
@@ -82,11 +84,19 @@ def register_transformers(_module: ModuleType | None = None) -> None:
 
 
 def _mark_transformers_model(model: nn.Module) -> None:
+    """Keep a compressed transformers model's structure log in its config; a transformers model inside
+    a compressed wrapper is marked so that its own ``save_pretrained`` output refuses to load."""
     modeling = sys.modules.get("transformers.modeling_utils")
-    if modeling is not None and isinstance(model, modeling.PreTrainedModel):
-        from torchslim.integrations import transformers_quantizer
+    if modeling is None:
+        return
+    from torchslim.integrations import transformers_quantizer
 
+    if isinstance(model, modeling.PreTrainedModel):
         transformers_quantizer.mark_config(model)
+        return
+    for sub in model.modules():
+        if isinstance(sub, modeling.PreTrainedModel):
+            transformers_quantizer.mark_part_of(sub, type(model).__name__)
 
 
 def install() -> None:

@@ -48,12 +48,21 @@ class TorchslimQuantizationConfig(QuantizationConfigMixin):
         structure: the structure log (``ts.save``'s ``structure.json`` ops); None when it is in the
             folder's ``structure.json`` (a ``ts.save`` artifact).
         format_version: the torchslim artifact format.
+        part_of: the class of the wrapper this model was compressed inside (its log is the wrapper's:
+            such a checkpoint is refused).
     """
 
-    def __init__(self, structure: list[dict[str, Any]] | None = None, format_version: int = 1, **_: Any) -> None:
+    def __init__(
+        self,
+        structure: list[dict[str, Any]] | None = None,
+        format_version: int = 1,
+        part_of: str | None = None,
+        **_: Any,
+    ) -> None:
         self.quant_method = QUANT_METHOD
         self.format_version = format_version
         self.structure = structure
+        self.part_of = part_of
 
 
 class TorchslimHfQuantizer(HfQuantizer):
@@ -74,6 +83,12 @@ class TorchslimHfQuantizer(HfQuantizer):
         version = getattr(self.quantization_config, "format_version", 1)
         if not isinstance(version, int) or version > QUANT_FORMAT_VERSION:
             raise UnsafeInputError(f"torchslim quantization_config format {version!r} is newer than this torchslim")
+        part_of = getattr(self.quantization_config, "part_of", None)
+        if part_of:
+            raise UnsafeInputError(
+                f"this {type(model).__name__} was compressed inside a {part_of}, whose structure log it does not "
+                f"hold; save the {part_of} with ts.save and load it with ts.load"
+            )
         files = list(kwargs.get("checkpoint_files") or [])
         if not files:
             raise UsageError(
@@ -161,6 +176,13 @@ def mark_config(model: nn.Module) -> None:
     untie the weights a swap has separated (e.g. an int8 ``lm_head`` beside a float embedding table)."""
     register()
     model.config.quantization_config = TorchslimQuantizationConfig(structure=structure_ops(model))
+    _drop_broken_ties(model)
+
+
+def mark_part_of(model: nn.Module, wrapper: str) -> None:
+    """Mark a transformers ``model`` compressed inside a ``wrapper`` module: its checkpoints refuse to load."""
+    register()
+    model.config.quantization_config = TorchslimQuantizationConfig(part_of=wrapper)
     _drop_broken_ties(model)
 
 
