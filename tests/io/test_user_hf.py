@@ -265,3 +265,30 @@ def test_readme_hugging_face_example_runs_as_printed(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
     done = subprocess.run([sys.executable, "-c", block.group(1)], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_after_import_hook_runs_once_and_never_breaks_the_import(tmp_path, monkeypatch):
+    from torchslim.integrations import _AfterImport
+
+    (tmp_path / "e20_hooked.py").write_text("VALUE = 1\n")
+    (tmp_path / "e20_failing_hook.py").write_text("VALUE = 2\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    seen = []
+
+    def fail(module):
+        raise RuntimeError("hook bug")
+
+    monkeypatch.setattr(
+        sys,
+        "meta_path",
+        [_AfterImport("e20_hooked", seen.append), _AfterImport("e20_failing_hook", fail), *sys.meta_path],
+    )
+    try:
+        import e20_failing_hook  # noqa: F401
+        import e20_hooked
+
+        assert [m.VALUE for m in seen] == [1] and e20_hooked.VALUE == 1
+        assert not any(isinstance(f, _AfterImport) for f in sys.meta_path)
+    finally:
+        sys.modules.pop("e20_hooked", None)
+        sys.modules.pop("e20_failing_hook", None)

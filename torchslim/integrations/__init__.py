@@ -24,6 +24,7 @@ from __future__ import annotations
 import importlib
 import importlib.abc
 import importlib.machinery
+import logging
 import sys
 from collections.abc import Callable
 from types import ModuleType
@@ -31,6 +32,7 @@ from typing import Any
 
 import torch.nn as nn
 
+log = logging.getLogger(__name__)
 _HF_REGISTRY = "transformers.quantizers.auto"
 
 
@@ -45,7 +47,10 @@ class _CallbackLoader(importlib.abc.Loader):
 
     def exec_module(self, module: ModuleType) -> None:
         self._loader.exec_module(module)
-        self._callback(module)
+        try:
+            self._callback(module)
+        except Exception as e:  # noqa: BLE001 - a failing hook must never break the user's own import
+            log.warning("torchslim: hook after importing %s failed: %s", module.__name__, e)
 
     def __getattr__(self, name: str) -> Any:  # get_source, get_filename, ... of the real loader
         return getattr(self._loader, name)
@@ -80,7 +85,10 @@ def register_transformers(_module: ModuleType | None = None) -> None:
     Importing the quantizer module registers them; while that import is itself under way (it imports
     transformers' registry, which runs this hook) the import returns at once and registers on finishing.
     """
-    importlib.import_module("torchslim.integrations.transformers_quantizer")
+    try:
+        importlib.import_module("torchslim.integrations.transformers_quantizer")
+    except ImportError as e:  # a transformers without external quantizer registration (older than 4.46)
+        log.debug("transformers quantizer not registered: %s", e)
 
 
 def _mark_transformers_model(model: nn.Module) -> None:
