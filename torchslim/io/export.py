@@ -5,7 +5,8 @@ Shapes: the batch dimension is dynamic by default, and the sequence dimension of
 (a dict, e.g. a Hugging Face ``BatchEncoding``). Where the model itself fixes a dimension (a
 ``view(8, -1)``), the export keeps that size and a warning says so; ``dynamic=False`` exports the
 example's shapes as they are. Hugging Face models whose config turns the key/value cache on are
-exported with ``use_cache=False`` (a one-pass forward), unless the example inputs set it.
+exported with ``use_cache=False`` where they would return that cache (a one-pass forward), unless
+the example inputs set it.
 
 Verification: every export is run where it will run (ONNX Runtime for ``.onnx``, ``torch.export.load``
 for ``.pt2``) at two batch sizes, the example's and another (1, or 7 when the example has batch 1,
@@ -278,18 +279,26 @@ def _quiet_onnx_exporter() -> Iterator[None]:
 
 
 def _without_cache(model: nn.Module, example: ExampleInputs) -> ExampleInputs:
-    """Add ``use_cache=False`` for a Hugging Face model whose config turns its key/value cache on.
+    """Add ``use_cache=False`` for a Hugging Face model that returns its key/value cache on the example.
 
-    A ``DynamicCache`` output is not an exportable tensor structure, and an exported forward pass does
-    not continue a generation; example inputs that set ``use_cache`` themselves are kept as they are.
+    A ``Cache`` object in the output is not an exportable tensor structure, and an exported forward pass
+    does not continue a generation. Models that return no cache (encoders) and example inputs that set
+    ``use_cache`` themselves are left as they are.
     """
-    config = getattr(model, "config", None)
-    if not getattr(config, "use_cache", False) or "use_cache" in example.kwargs:
+    if not getattr(getattr(model, "config", None), "use_cache", False) or "use_cache" in example.kwargs:
         return example
     if "use_cache" not in inspect.signature(model.forward).parameters:
         return example
+    with torch.inference_mode():
+        out = model(*example.args, **example.kwargs)
+    if not any(_is_hf_cache(leaf) for leaf in pytree.tree_leaves(out)):
+        return example
     log.info("exporting %s with use_cache=False (no key/value cache output)", type(model).__name__)
     return ExampleInputs(example.args, {**example.kwargs, "use_cache": False})
+
+
+def _is_hf_cache(value: Any) -> bool:
+    return any(c.__name__ == "Cache" and c.__module__.startswith("transformers") for c in type(value).__mro__)
 
 
 def _trace_inputs(example: ExampleInputs, dynamic: bool) -> ExampleInputs:
