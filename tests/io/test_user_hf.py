@@ -292,3 +292,12 @@ def test_after_import_hook_runs_once_and_never_breaks_the_import(tmp_path, monke
     finally:
         sys.modules.pop("e20_hooked", None)
         sys.modules.pop("e20_failing_hook", None)
+
+
+def test_model_loaded_in_bfloat16_reloads_in_bfloat16(tmp_path):
+    tiny_bert().save_pretrained(tmp_path / "src")
+    model = ts.compress_(AutoModel.from_pretrained(tmp_path / "src", dtype=torch.bfloat16), ts.Int8WeightOnly())
+    ts.save(model, tmp_path / "a")
+    before, after = model.state_dict(), ts.load(tmp_path / "a").state_dict()
+    assert before.keys() == after.keys()
+    assert all(after[k].dtype == before[k].dtype and torch.equal(after[k], before[k]) for k in before)

@@ -196,7 +196,8 @@ def model_from_config_dict(config: dict[str, Any], architecture: str | None = No
     """A freshly initialized transformers model (eval mode) for a saved config dict; nothing is downloaded.
 
     The class is ``architecture`` (or the config's ``architectures``) when transformers has it, else
-    ``AutoModel`` for the config's ``model_type``. Custom code (``auto_map``) is never run.
+    ``AutoModel`` for the config's ``model_type``, in the config's ``dtype``. Custom code (``auto_map``)
+    is never run.
 
     Raises:
         UnsupportedModelError: an unknown model type or custom-code config.
@@ -216,4 +217,8 @@ def model_from_config_dict(config: dict[str, Any], architecture: str | None = No
     names = [architecture] if architecture else data.get("architectures")
     cls = _architecture_class(transformers, names)
     model = cls(cfg) if cls is not None else transformers.AutoModel.from_config(cfg)
+    dtype = getattr(cfg, "dtype", None)
+    dtype = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
+    if isinstance(dtype, torch.dtype) and dtype.is_floating_point and dtype != torch.float32:
+        model = model.to(dtype)  # loaded in that dtype (from_pretrained(dtype=...)) before compression
     return model.eval()
