@@ -194,7 +194,6 @@ def cmd_compress(args: argparse.Namespace) -> int:
             ) from None
         raise
     run.print(console=_console())
-    extra = {"source": args.model} if args.model and _accepts(save, "source") else {}
     save(
         model,
         args.out,
@@ -202,18 +201,11 @@ def cmd_compress(args: argparse.Namespace) -> int:
         recipe=run.recipe,
         report=run.to_dict(),
         seed=run.recipe.seed + ctx.seed,
-        **extra,
+        source=args.model,  # ts.load and export rebuild the model from it (hf:DIR: its stored config)
     )
     print(f"wrote {args.out}")
     _write_json(args.json, run.to_dict())
     return 0
-
-
-def _accepts(fn: Any, keyword: str) -> bool:
-    """Whether ``fn`` takes ``keyword`` (features other parts of torchslim add over time)."""
-    import inspect
-
-    return keyword in inspect.signature(fn).parameters
 
 
 def _resolve_factory(args: argparse.Namespace) -> tuple[Any, tuple[Any, ...] | None]:
@@ -228,25 +220,6 @@ def _resolve_factory(args: argparse.Namespace) -> tuple[Any, tuple[Any, ...] | N
         return None, None
     factory, example = resolve_model_factory(args.model)
     return factory, example() if example is not None else None
-
-
-def _load_artifact(path: str, factory: Any) -> Any:
-    """The artifact at ``path``, rebuilt by ``factory`` or, without one, by the source its manifest records."""
-    from torchslim.errors import UsageError
-    from torchslim.io import load
-
-    if factory is not None:
-        return load(path, factory=factory)
-    if "factory" in _defaults(load):  # ts.load rebuilds from the manifest's recorded source
-        return load(path)
-    raise UsageError(f"export {path}: give --workload or --model to rebuild the model")
-
-
-def _defaults(fn: Any) -> set[str]:
-    """The names of ``fn``'s parameters that have a default value."""
-    import inspect
-
-    return {n for n, p in inspect.signature(fn).parameters.items() if p.default is not inspect.Parameter.empty}
 
 
 def _example_for_artifact(path: str, model: Any) -> Any:
@@ -270,12 +243,12 @@ def _example_for_artifact(path: str, model: Any) -> Any:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from torchslim.errors import UsageError
-    from torchslim.io import export_onnx, export_pt2
+    from torchslim.io import export_onnx, export_pt2, load
 
     factory, example_inputs = _resolve_factory(args)
     if factory is not None and example_inputs is None:
         raise UsageError(f"{args.model} has no example_inputs(); define it in the factory's module to export")
-    model = _load_artifact(args.artifact, factory)
+    model = load(args.artifact, factory=factory)  # without a factory: rebuilt from the source it records
     if example_inputs is None:
         example_inputs = _example_for_artifact(args.artifact, model)
     if example_inputs is None:
