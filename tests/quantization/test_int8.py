@@ -110,14 +110,20 @@ def test_select_restricts_the_swap_and_embeddings_flag():
     assert isinstance(m[0], nn.Embedding) and isinstance(m[1], Int8DynamicLinear) and type(m[3]) is nn.Linear
 
 
-def test_multihead_attention_out_proj_is_skipped_and_listed():
-    m = nn.ModuleDict({"mha": nn.MultiheadAttention(16, 2, batch_first=True), "head": nn.Linear(16, 4)})
+def test_multihead_attention_is_split_and_its_projections_quantized():
+    torch.manual_seed(0)
+    m = nn.ModuleDict({"mha": nn.MultiheadAttention(16, 2, batch_first=True), "head": nn.Linear(16, 4)}).eval()
+    x = torch.randn(2, 5, 16)
+    with torch.no_grad():
+        ref = m["mha"](x, x, x)[0]
     ctx = Context()
     ts.compress_(m, Int8Dynamic(), ctx=ctx)
-    assert isinstance(m["head"], Int8DynamicLinear) and type(m["mha"].out_proj) is not Int8DynamicLinear
-    assert any("mha.out_proj" in e and "skipped" in e for e in ctx.events)
-    x = torch.randn(2, 5, 16)
-    m["mha"](x, x, x)  # still runs
+    assert isinstance(m["head"], Int8DynamicLinear) and type(m["mha"].out_proj) is Int8DynamicLinear
+    assert type(m["mha"].q_proj) is Int8DynamicLinear  # nn.MultiheadAttention never calls out_proj: split first
+    assert any("mha" in e and "rewritten" in e for e in ctx.events)
+    with torch.no_grad():
+        out = m["mha"](x, x, x)[0]
+    assert torch.nn.functional.cosine_similarity(out.flatten(), ref.flatten(), dim=0) > 0.99
 
 
 @pytest.mark.parametrize("config", [Int8Dynamic(), Int8WeightOnly()], ids=lambda c: c.kind)

@@ -29,7 +29,8 @@ from torchslim.errors import UnsupportedModelError
 from torchslim.quantization.modules import empty_like_spec, module_spec
 from torchslim.quantization.primitives import NonFiniteError
 
-# nn.MultiheadAttention reads out_proj.weight directly instead of calling it: swapping it breaks MHA.
+# nn.MultiheadAttention reads out_proj.weight directly instead of calling it: swapping it breaks MHA. Techniques
+# split such attention first (torchslim.core.adapters.adapt_for_); this catches the ones that cannot be split.
 _UNSWAPPABLE = ("NonDynamicallyQuantizableLinear",)
 
 
