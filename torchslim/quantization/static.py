@@ -52,7 +52,7 @@ from torchslim.quantization.modules import int_mm, quantize_weight_per_channel, 
 from torchslim.quantization.observers import Observer, make_observer
 from torchslim.quantization.primitives import NonFiniteError
 
-__all__ = ["Int8Static", "Int8StaticConv2d", "Int8StaticLinear", "find_relu_pairs"]
+__all__ = ["Int8MaxPool2d", "Int8Static", "Int8StaticConv2d", "Int8StaticLinear", "find_int8_paths", "find_relu_pairs"]
 
 
 @register_config("int8-static")
@@ -311,75 +311,166 @@ class Int8StaticLinear(_StaticInt8):
 
 
 def find_relu_pairs(model: nn.Module) -> dict[str, str]:
-    """``{layer_name: relu_name}`` for each Conv2d / Linear whose only reader is an ``nn.ReLU`` module.
+    """``{layer_name: relu_name}`` for each Conv2d / Linear whose ReLU can be fused into its int8 kernel.
 
-    Uses a ``torch.fx`` trace; a model that does not trace falls back to adjacent children of ``nn.Sequential``.
+    Fusing replaces the ``nn.ReLU`` module by ``Identity`` at every place it is called, so a pair is
+    kept only when it holds at every call site: each call of the layer is read by nothing but that
+    ReLU module (through folded-BatchNorm ``Identity`` modules), and each call of that ReLU module reads
+    such a layer. A ReLU shared with a residual add (``self.relu`` in a ResNet block) is not fused.
+    Uses a ``torch.fx`` trace; a model that does not trace falls back to adjacent children of
+    ``nn.Sequential`` that appear nowhere else in the model.
     """
     modules = dict(model.named_modules())
-    pairs: dict[str, str] = {}
     try:
         graph = torch.fx.symbolic_trace(model).graph
     except Exception:  # noqa: BLE001 - any tracing failure: structural scan instead
-        for name, mod in modules.items():
-            if isinstance(mod, nn.Sequential):
-                kids = list(mod.named_children())
-                prefix = f"{name}." if name else ""
-                for i, (a, am) in enumerate(kids):
-                    if not isinstance(am, (nn.Conv2d, nn.Linear)):
-                        continue
-                    j = i + 1
-                    while j < len(kids) and type(kids[j][1]) is nn.Identity:  # folded BatchNorms
-                        j += 1
-                    if j < len(kids) and type(kids[j][1]) is nn.ReLU:
-                        pairs[prefix + a] = prefix + kids[j][0]
-        return pairs
+        return _sequential_relu_pairs(model)
 
     def is_module(node: Any, kinds: tuple[type, ...]) -> bool:
         return (
             isinstance(node, torch.fx.Node) and node.op == "call_module" and isinstance(modules.get(node.target), kinds)
         )
 
+    layer_calls: dict[str, int] = {}
+    relu_producers: dict[str, list[str | None]] = {}  # relu module -> the layer each of its calls reads (None: other)
     for node in graph.nodes:
+        if is_module(node, (nn.Conv2d, nn.Linear)):
+            layer_calls[node.target] = layer_calls.get(node.target, 0) + 1
         if node.op == "call_module" and type(modules.get(node.target)) is nn.ReLU:
             prev = node.args[0] if node.args else None
             # Folded BatchNorms leave Identity modules between the conv and its ReLU.
             while is_module(prev, (nn.Identity,)) and len(prev.users) == 1:
                 prev = prev.args[0]
-            if is_module(prev, (nn.Conv2d, nn.Linear)) and len(prev.users) == 1:
-                pairs[prev.target] = node.target
+            ok = is_module(prev, (nn.Conv2d, nn.Linear)) and len(prev.users) == 1
+            relu_producers.setdefault(node.target, []).append(prev.target if ok else None)
+    relus_of: dict[str, list[str]] = {}
+    for relu, producers in relu_producers.items():
+        for layer in producers:
+            if layer is not None:
+                relus_of.setdefault(layer, []).append(relu)
+    candidates = {
+        layer: relus[0]
+        for layer, relus in relus_of.items()
+        if len(set(relus)) == 1 and len(relus) == layer_calls.get(layer, 0)
+    }
+    return {
+        layer: relu
+        for layer, relu in candidates.items()
+        if all(p is not None and candidates.get(p) == relu for p in relu_producers[relu])
+    }
+
+
+def _sequential_relu_pairs(model: nn.Module) -> dict[str, str]:
+    """The untraceable fallback of :func:`find_relu_pairs`: ``Sequential`` neighbours used only there."""
+    uses: dict[int, int] = {}
+    for _, mod in model.named_modules(remove_duplicate=False):
+        uses[id(mod)] = uses.get(id(mod), 0) + 1
+    pairs: dict[str, str] = {}
+    for name, mod in model.named_modules():
+        if not isinstance(mod, nn.Sequential):
+            continue
+        kids = list(mod.named_children())
+        prefix = f"{name}." if name else ""
+        for i, (a, am) in enumerate(kids):
+            if not isinstance(am, (nn.Conv2d, nn.Linear)) or uses[id(am)] != 1:
+                continue
+            j = i + 1
+            while j < len(kids) and type(kids[j][1]) is nn.Identity:  # folded BatchNorms
+                j += 1
+            if j < len(kids) and type(kids[j][1]) is nn.ReLU and uses[id(kids[j][1])] == 1:
+                pairs[prefix + a] = prefix + kids[j][0]
     return pairs
 
 
-# Modules an int8 activation may pass through unchanged on its way to the next int8 layer.
-_PASS_THROUGH = (nn.Identity, nn.MaxPool2d, nn.ReLU)
+@register_module_class
+class Int8MaxPool2d(nn.MaxPool2d):
+    """``nn.MaxPool2d`` that also pools the uint8 codes an :class:`Int8StaticConv2d` passes to the next one.
+
+    Max-pooling commutes with the monotonic quantization, so pooling the codes is exact. PyTorch's
+    uint8 channels-last max-pool kernel (torch 2.13) only takes ``H * W <= 127`` (it indexes in int8 and
+    raises beyond); larger uint8 maps are pooled in float32 (exact for 0..255) and cast back. Float
+    inputs take ``nn.MaxPool2d``'s path unchanged.
+
+    Example:
+        >>> pool = Int8MaxPool2d.from_float(nn.MaxPool2d(2))
+        >>> x = torch.randint(0, 256, (1, 3, 16, 16), dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+        >>> torch.equal(pool(x), nn.MaxPool2d(2)(x.contiguous()))
+        True
+    """
+
+    torchslim_compressed = True
+    _NATIVE_UINT8_MAX_PLANE = 127
+
+    @classmethod
+    def from_float(cls, pool: nn.MaxPool2d) -> Int8MaxPool2d:
+        return cls(**_pool_args(pool))
+
+    def torchslim_spec(self) -> dict[str, Any]:
+        return {"class": "Int8MaxPool2d", **_pool_args(self)}
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> Int8MaxPool2d:
+        return cls(**{k: spec[k] for k in _POOL_ARGS})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.uint8 and x.shape[-2] * x.shape[-1] > self._NATIVE_UINT8_MAX_PLANE:
+            return super().forward(x.float()).to(torch.uint8)
+        return super().forward(x)
 
 
-def find_int8_chains(model: nn.Module, names: set[str], fused_relus: set[str]) -> dict[str, str]:
-    """``{producer: consumer}`` Conv2d pairs whose activation can stay uint8 in between.
+_POOL_ARGS = ("kernel_size", "stride", "padding", "dilation", "return_indices", "ceil_mode")
 
-    The path must be a single-reader chain of Identity / MaxPool2d / ReLUs fused into the producer
-    (max-pooling commutes with the monotonic quantization, so the uint8 codes pool exactly).
+
+def _pool_args(pool: nn.MaxPool2d) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in ((k, getattr(pool, k)) for k in _POOL_ARGS)}
+
+
+# Modules an int8 activation may pass through on its way to the next int8 layer (exact types: a subclass
+# may override forward). Max-pools in such a path become Int8MaxPool2d.
+_PASS_THROUGH = (nn.Identity, nn.MaxPool2d, nn.ReLU, Int8MaxPool2d)
+
+
+def find_int8_paths(model: nn.Module, names: set[str], fused_relus: set[str]) -> dict[str, tuple[str, list[str]]]:
+    """``{producer: (consumer, pass-through module names)}`` for Conv2d pairs whose activation can stay uint8.
+
+    From every call of the producer, the path must be a single-reader chain of ``Identity`` /
+    ``MaxPool2d`` / ReLUs fused into the producer (max-pooling commutes with the monotonic
+    quantization, so the uint8 codes pool exactly) ending at the consumer, and every call of the producer
+    must reach the same consumer: anything else (a flatten, average pool, concatenation, residual add,
+    a second reader, a function call) receives float activations. Untraceable models get no paths.
     """
     try:
         graph = torch.fx.symbolic_trace(model).graph
     except Exception:  # noqa: BLE001 - untraceable models just keep float activations between layers
         return {}
     modules = dict(model.named_modules())
-    chains = {}
+    found: dict[str, list[tuple[str, list[str]] | None]] = {}
     for node in graph.nodes:
         if node.op != "call_module" or node.target not in names or not isinstance(modules[node.target], nn.Conv2d):
             continue
-        cur = node
+        cur, through, path = node, [], None
         while len(cur.users) == 1:
             (nxt,) = cur.users
             mod = modules.get(nxt.target) if nxt.op == "call_module" else None
             if nxt.target in names and isinstance(mod, nn.Conv2d):
-                chains[node.target] = nxt.target
+                path = (nxt.target, through)
                 break
-            if not isinstance(mod, _PASS_THROUGH) or (type(mod) is nn.ReLU and nxt.target not in fused_relus):
+            if type(mod) not in _PASS_THROUGH or (type(mod) is nn.ReLU and nxt.target not in fused_relus):
                 break
+            through = [*through, nxt.target]
             cur = nxt
-    return chains
+        found.setdefault(node.target, []).append(path)
+    paths = {}
+    for producer, sites in found.items():
+        consumers = {None if p is None else p[0] for p in sites}
+        if len(consumers) == 1 and None not in consumers:
+            paths[producer] = (sites[0][0], sorted({n for p in sites for n in p[1]}))  # type: ignore[index]
+    return paths
+
+
+def find_int8_chains(model: nn.Module, names: set[str], fused_relus: set[str]) -> dict[str, str]:
+    """``{producer: consumer}`` Conv2d pairs whose activation can stay uint8 in between (see :func:`find_int8_paths`)."""
+    return {a: b for a, (b, _) in find_int8_paths(model, names, fused_relus).items()}
 
 
 @register_transform(Int8Static, scope="model")
@@ -433,10 +524,22 @@ def convert_static_(
             ctx.record(f"{kind}: skipped {name} ({e})")
             return None
 
-    # A producer may only emit uint8 when its consumer will be converted too.
-    by_name = dict(targets)
-    chains = {a: b for a, b in chains.items() if b in by_name and _convertible(by_name[b])}
-    done = swap_int8_(model, targets, make, kind, ctx)
+    # A ReLU becomes Identity wherever it is called: fuse it only when every layer it follows is converted.
+    converted = {n for n, m in targets if _convertible(m)}
+    relus = {n: r for n, r in relus.items() if all(p in converted for p, r2 in relus.items() if r2 == r)}
+    # A producer may only emit uint8 along a path proven safe (re-checked on the model as converted, so
+    # only converted consumers and fused ReLUs count); the max-pools on it learn to pool uint8.
+    paths = find_int8_paths(model, converted, set(relus.values()))
+    chains = {a: b for a, b in chains.items() if a in paths and paths[a][0] == b}
+    pools = sorted({n for a in chains for n in paths[a][1] if type(model.get_submodule(n)) is nn.MaxPool2d})
+    pool_targets = [(n, model.get_submodule(n)) for n in pools]
+
+    def make_any(name: str, module: nn.Module) -> nn.Module | None:
+        return Int8MaxPool2d.from_float(module) if name in pools else make(name, module)
+
+    # One recorded swap for layers and pools (the replay rebuilds both); the count names the layers.
+    done = [n for n in swap_int8_(model, [*targets, *pool_targets], make_any, kind, None) if n not in pools]
+    ctx.record(f"{kind}: quantized {len(done)} module(s)")
     fused = [relus[n] for n in done if n in relus]
     if fused:
         _fuse_relus(model, fused)
