@@ -143,3 +143,63 @@ def test_int8_maxpool_pools_uint8_codes_exactly(hw):
     assert torch.equal(out, pool(x.float()).to(torch.uint8))
     f = torch.randn(2, 5, hw, hw)
     assert torch.equal(q(f), pool(f))
+
+
+# ---- bfloat16 models: every int8 / int4 module hands on the model's dtype ----------------------------
+
+
+class TokenNet(nn.Module):
+    """Embedding -> LayerNorm -> MLP: a bfloat16 LayerNorm refuses float32 inputs from an int8 embedding."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(50, 32)
+        self.norm = nn.LayerNorm(32)
+        self.mlp = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 32), nn.LayerNorm(32), nn.Linear(32, 4))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.norm(self.emb(ids)))
+
+
+def _encoder() -> nn.Module:
+    layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
+    return nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+
+
+def _config(name: str):
+    from torchslim.quantization import Int4WeightOnly, Int8Dynamic, Int8WeightOnly
+
+    return {
+        "int8-weight-only": Int8WeightOnly,
+        "int8-dynamic": Int8Dynamic,
+        "int4-rtn": Int4WeightOnly,
+        "int8-static": Int8Static,
+    }[name]()
+
+
+BF16_MODELS = {
+    "tokens": (TokenNet, lambda: torch.randint(0, 50, (3, 7), generator=torch.Generator().manual_seed(0))),
+    "encoder": (_encoder, lambda: torch.randn(2, 6, 32, generator=torch.Generator().manual_seed(0))),
+}
+
+
+@pytest.mark.parametrize("technique", ["int8-weight-only", "int8-dynamic", "int4-rtn", "int8-static"])
+@pytest.mark.parametrize("model", list(BF16_MODELS))
+def test_bfloat16_model_quantizes_and_stays_bfloat16(model, technique, tmp_path):
+    build, data = BF16_MODELS[model]
+
+    def factory() -> nn.Module:
+        torch.manual_seed(0)
+        return build().eval().to(torch.bfloat16)
+
+    m = factory()
+    x = data()
+    x = x if x.dtype == torch.int64 else x.to(torch.bfloat16)
+    with torch.no_grad():
+        ref = m(x)
+        ts.compress_(m, _config(technique), ctx=Context(calibration=[(x,)]))
+        out = m(x)
+    assert out.dtype == torch.bfloat16 and _cos(ref, out) > 0.99
+    ts.save(m, tmp_path / "a")
+    with torch.no_grad():
+        assert torch.equal(ts.load(tmp_path / "a", factory=factory)(x), out)

@@ -31,7 +31,10 @@ __all__ = [
     "Int8DynamicLinear",
     "Int8Embedding",
     "Int8WeightOnlyLinear",
+    "dtype_from_spec",
+    "dtype_spec",
     "empty_like_spec",
+    "float_dtype_of",
     "int8_dynamic_linear",
     "int8_weight_only_linear",
     "int_mm",
@@ -54,9 +57,37 @@ def quantize_weight_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, tor
         >>> q.tolist(), round(s[1].item() * 127, 5)
         ([[0, 0], [127, -64]], 1.0)
     """
+    if weight.dtype in (torch.bfloat16, torch.float16):  # quantize 16-bit weights with float32 arithmetic
+        weight = weight.float()
     scale, _ = choose_qparams(weight, PerChannel(0))
     q = quantize(weight, scale, None, PerChannel(0))
     return q, scale.reshape(-1).contiguous()
+
+
+_OUTPUT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def float_dtype_of(tensor: torch.Tensor) -> torch.dtype:
+    """The dtype a compressed module hands on for a float ``tensor`` of the original module (float32 otherwise)."""
+    return tensor.dtype if tensor.dtype in _OUTPUT_DTYPES.values() else torch.float32
+
+
+def dtype_spec(dtype: torch.dtype) -> dict[str, str]:
+    """``{"output_dtype": name}`` for a module spec; empty for float32 (the default older specs imply).
+
+    Example:
+        >>> dtype_spec(torch.bfloat16), dtype_spec(torch.float32)
+        ({'output_dtype': 'bfloat16'}, {})
+    """
+    return {} if dtype == torch.float32 else {"output_dtype": str(dtype).removeprefix("torch.")}
+
+
+def dtype_from_spec(spec: dict[str, Any]) -> torch.dtype:
+    """The ``output_dtype`` of a module spec (float32 when absent); an unknown name raises ``ValueError``."""
+    name = spec.get("output_dtype", "float32")
+    if name not in _OUTPUT_DTYPES:
+        raise ValueError(f"unknown output_dtype {name!r}")
+    return _OUTPUT_DTYPES[name]
 
 
 def int_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -315,9 +346,10 @@ class Int8WeightOnlyLinear(_Int8Linear):
 class Int8Embedding(nn.Module):
     """Embedding table stored as int8 rows with one float32 scale per row (4× smaller).
 
-    ``forward(ids)`` gathers int8 rows ``[..., D]`` and their scales and returns float32, or
-    ``output_dtype`` once a whole-model ``CastDtype`` has set it (then the layers after the embedding run
-    in that dtype too, instead of being promoted back to float32).
+    ``forward(ids)`` gathers int8 rows ``[..., D]`` and their scales and returns ``output_dtype``: the
+    dtype of the table it was quantized from (a bfloat16 model's LayerNorm needs bfloat16 inputs), or the
+    one a whole-model ``CastDtype`` sets later (then the layers after the embedding run in that dtype too,
+    instead of being promoted back to float32).
 
     Example:
         >>> import torch, torch.nn as nn
@@ -339,7 +371,8 @@ class Int8Embedding(nn.Module):
         self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
         self.register_buffer("weight", torch.zeros(num_embeddings, embedding_dim, dtype=torch.int8, device=device))
         self.register_buffer("weight_scale", torch.ones(num_embeddings, dtype=torch.float32, device=device))
-        self.output_dtype: torch.dtype = torch.float32  # not saved: the recorded cast op sets it again on load
+        # Saved in the spec when not float32; a later CastDtype's recorded op sets it again on load.
+        self.output_dtype: torch.dtype = torch.float32
 
     @classmethod
     def from_float(cls, emb: nn.Embedding) -> Int8Embedding:
@@ -350,6 +383,7 @@ class Int8Embedding(nn.Module):
         q, s = quantize_weight_per_channel(emb.weight.detach())
         mod.weight.copy_(q)
         mod.weight_scale.copy_(s)
+        mod.output_dtype = float_dtype_of(emb.weight)
         return mod
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
@@ -381,6 +415,7 @@ def module_spec(module: nn.Module) -> dict[str, Any]:
             "num_embeddings": module.num_embeddings,
             "embedding_dim": module.embedding_dim,
             "padding_idx": module.padding_idx,
+            **dtype_spec(module.output_dtype),
         }
     if isinstance(module, _Int8Linear):
         spec: dict[str, Any] = {
@@ -422,7 +457,9 @@ def empty_like_spec(spec: dict[str, Any]) -> nn.Module:
     args = {k: v for k, v in spec.items() if k != "class"}
     try:
         if cls is Int8Embedding:
-            return Int8Embedding(int(args["num_embeddings"]), int(args["embedding_dim"]), args["padding_idx"])
+            emb = Int8Embedding(int(args["num_embeddings"]), int(args["embedding_dim"]), args["padding_idx"])
+            emb.output_dtype = dtype_from_spec(args)
+            return emb
         if cls is Int8DynamicLinear:
             return Int8DynamicLinear(
                 int(args["in_features"]),

@@ -48,7 +48,15 @@ from torchslim.core.walker import record_foreign_layers, replace_module_
 from torchslim.errors import ConfigError
 from torchslim.quantization._swap import swap_int8_, swappable
 from torchslim.quantization.calibrate import run_calibration
-from torchslim.quantization.modules import int_mm, quantize_weight_per_channel, register_module_class, sqnr
+from torchslim.quantization.modules import (
+    dtype_from_spec,
+    dtype_spec,
+    float_dtype_of,
+    int_mm,
+    quantize_weight_per_channel,
+    register_module_class,
+    sqnr,
+)
 from torchslim.quantization.observers import Observer, make_observer
 from torchslim.quantization.primitives import NonFiniteError
 
@@ -91,6 +99,12 @@ class _StaticInt8(nn.Module):
         self.register_buffer("output_scale", torch.ones((), device=device))
         self.register_buffer("output_zero_point", torch.zeros((), dtype=torch.int32, device=device))
         self._packed: tuple[Any, torch.Tensor] | None = None
+        # The float activations handed on: the original layer's dtype (a bfloat16 model stays bfloat16;
+        # the int8 arithmetic and its float32 scales are the same). Saved in the spec when not float32.
+        self.output_dtype: torch.dtype = torch.float32
+
+    def _to_output_dtype(self, y: torch.Tensor) -> torch.Tensor:
+        return y if y.dtype == torch.uint8 or y.dtype == self.output_dtype else y.to(self.output_dtype)
 
     def _load(self, module: nn.Module, scale: torch.Tensor, zero_point: torch.Tensor) -> None:
         q, s = quantize_weight_per_channel(module.weight.detach())
@@ -100,6 +114,7 @@ class _StaticInt8(nn.Module):
             self.bias.copy_(module.bias.detach().float())
         self.input_scale.copy_(scale.reshape(()))
         self.input_zero_point.copy_(zero_point.reshape(()))
+        self.output_dtype = float_dtype_of(module.weight)
 
     def set_output_qparams(self, scale: torch.Tensor, zero_point: torch.Tensor) -> None:
         """Emit uint8 activations quantized with the consumer's ``(scale, zero_point)`` (oneDNN path)."""
@@ -117,13 +132,13 @@ class _StaticInt8(nn.Module):
         """uint8 codes with the calibrated scale and (uint8) zero point; out-of-range values clamp."""
         if x.dtype == torch.uint8:  # already quantized by the producing int8 layer with our qparams
             return x
-        return torch.clamp(torch.round(x * (1.0 / x_scale)) + x_zp, 0, 255).to(torch.uint8)
+        return torch.clamp(torch.round(x.float() * (1.0 / x_scale)) + x_zp, 0, 255).to(torch.uint8)
 
     def _fake_input(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.uint8:
             return (x.float() - (self.input_zero_point.float() + 128.0)) * self.input_scale
         zp = self.input_zero_point.float()
-        q = torch.clamp(torch.round(x * (1.0 / self.input_scale)) + zp, -128, 127)
+        q = torch.clamp(torch.round(x.float() * (1.0 / self.input_scale)) + zp, -128, 127)
         return (q - zp) * self.input_scale
 
     def _onednn_ok(self, x: torch.Tensor) -> bool:
@@ -217,11 +232,12 @@ class Int8StaticConv2d(_StaticInt8):
             "class": "Int8StaticConv2d",
             **{k: getattr(self, k) for k in ("in_channels", "out_channels", "groups", "relu", "output_uint8")},
             **{k: list(getattr(self, k)) for k in ("kernel_size", "stride", "padding", "dilation")},
+            **dtype_spec(self.output_dtype),
         }
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> Int8StaticConv2d:
-        return cls(
+        mod = cls(
             int(spec["in_channels"]),
             int(spec["out_channels"]),
             tuple(spec["kernel_size"]),
@@ -232,6 +248,8 @@ class Int8StaticConv2d(_StaticInt8):
             bool(spec["relu"]),
             bool(spec.get("output_uint8", False)),
         )
+        mod.output_dtype = dtype_from_spec(spec)
+        return mod
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._onednn_ok(x):
@@ -244,7 +262,7 @@ class Int8StaticConv2d(_StaticInt8):
                 self.dilation,
                 self.groups,
             )
-            return F.relu(y) if self.relu else y
+            return self._to_output_dtype(F.relu(y) if self.relu else y)
         packed, x_scale, x_zp, out_scale, out_zp, w_zp = self._cache(
             lambda x_scale, x_zp: torch.ops.onednn.qconv_prepack(
                 self.weight,
@@ -257,11 +275,11 @@ class Int8StaticConv2d(_StaticInt8):
             )
         )
         qx = self._quantize_input(x, x_scale, x_zp).contiguous(memory_format=torch.channels_last)
-        return torch.ops.onednn.qconv2d_pointwise(
+        return self._to_output_dtype(torch.ops.onednn.qconv2d_pointwise(
             qx, x_scale, x_zp, packed, self.weight_scale, w_zp,
             self.bias, *self._args, self.groups,
             out_scale, out_zp, torch.uint8 if self.output_uint8 else torch.float32, "relu" if self.relu else "none", [], "",
-        )  # fmt: skip
+        ))  # fmt: skip
 
 
 @register_module_class
@@ -286,28 +304,31 @@ class Int8StaticLinear(_StaticInt8):
             "in_features": self.in_features,
             "out_features": self.out_features,
             "relu": self.relu,
+            **dtype_spec(self.output_dtype),
         }
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> Int8StaticLinear:
-        return cls(int(spec["in_features"]), int(spec["out_features"]), bool(spec["relu"]))
+        mod = cls(int(spec["in_features"]), int(spec["out_features"]), bool(spec["relu"]))
+        mod.output_dtype = dtype_from_spec(spec)
+        return mod
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._onednn_ok(x):
             y = F.linear(self._fake_input(x), self._dequantized_weight(), self.bias)
-            return F.relu(y) if self.relu else y
+            return self._to_output_dtype(F.relu(y) if self.relu else y)
         shape = x.shape
         # int8 x int8 -> int32 with torch._int_mm (oneDNN's qlinear was 30x slower at these small shapes):
         # y = s_x * s_w[n] * (sum_k q_x[k] q_w[n, k] - z_x * sum_k q_w[n, k]) + b[n]
         colsum, x_scale, x_zp, _, _, _ = self._cache(lambda x_scale, x_zp: self.weight.sum(dim=1, dtype=torch.int32))
         zp = x_zp - 128  # back to the int8 range the stored zero point uses
-        x2 = x.reshape(-1, shape[-1])
+        x2 = x.reshape(-1, shape[-1]).float()
         qx = torch.clamp(torch.round(x2 * (1.0 / x_scale)) + zp, -128, 127).to(torch.int8)
         acc = int_mm(qx, self.weight.t()) - zp * colsum
         y = torch.addcmul(self.bias, acc.float(), self.weight_scale, value=x_scale)
         if self.relu:
             y = torch.relu_(y)
-        return y.reshape(*shape[:-1], self.out_features)
+        return self._to_output_dtype(y.reshape(*shape[:-1], self.out_features))
 
 
 def find_relu_pairs(model: nn.Module) -> dict[str, str]:
