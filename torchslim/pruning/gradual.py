@@ -24,7 +24,7 @@ from torchslim.core.select import Select
 from torchslim.errors import ConfigError
 from torchslim.pruning.masks import cubic_sparsity, global_masks, magnitude_score, topk_mask
 from torchslim.pruning.parametrize import apply_mask_, bake_
-from torchslim.pruning.unstructured import _Pruning, prunable_layers
+from torchslim.pruning.unstructured import _Pruning, adapted_layers
 
 
 @register_config("gradual-pruning")
@@ -75,7 +75,8 @@ def _gradual(model: nn.Module, config: GradualPruning, select: Select, ctx: Cont
 
     if ctx.train_data is None:
         raise ConfigError("gradual-pruning fine-tunes between steps: give Context(train_data=...) or use a workload")
-    layers = prunable_layers(model, select, config.keep_first_last)
+    # Split nn.MultiheadAttention into q/k/v/out Linear layers (and the like) first, so they are pruned too.
+    layers = adapted_layers(model, select, config, ctx)
     for t, sparsity in enumerate(config.schedule(), start=1):
         # Scores from the effective (masked) weights: pruned weights are 0 and stay pruned.
         scores = {n: magnitude_score(m.weight) for n, m in layers.items()}
