@@ -44,7 +44,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from torchslim.core.structure import replay_ops, structure_ops
-from torchslim.errors import UnsafeInputError, UsageError
+from torchslim.errors import TorchslimError, UnsafeInputError, UsageError
 from torchslim.io.atomic import atomic_dir, sha256_file
 from torchslim.io.source import rebuild_model, rebuild_record
 from torchslim.io.sparse import decode_sparse, encode_sparse
@@ -174,8 +174,10 @@ def _read_json(path: Path) -> Any:
         raise UnsafeInputError(f"{path} is larger than {MAX_JSON_BYTES} bytes")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UnsafeInputError(f"{path} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise UnsafeInputError(f"{path} is nested too deeply to be read") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, integers over Python's digit limit
+        raise UnsafeInputError(f"{path} is not valid JSON: {str(e)[:200]}") from None
 
 
 def parse_safetensors(data: bytes, source: str = "safetensors") -> dict[str, torch.Tensor]:
@@ -229,15 +231,26 @@ def _compact_json(data: Any) -> str:
     return "{\n" + ",\n".join(lines) + "\n}"
 
 
-def _decode_sparse_entries(tensors: dict[str, torch.Tensor], sparse_meta: Any) -> dict[str, torch.Tensor]:
+def _decode_sparse_entries(
+    tensors: dict[str, torch.Tensor],
+    sparse_meta: Any,
+    expected: dict[str, tuple[tuple[int, ...], torch.dtype]] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Expand the sparse entries; with ``expected`` (name -> shape, dtype of the rebuilt model) each entry
+    must match its tensor before anything is allocated."""
     if not isinstance(sparse_meta, dict):
         raise UnsafeInputError("structure.json: malformed sparse entries")
     for name, meta in sparse_meta.items():
         prefix = f"{SPARSE_PREFIX}{name}."
         parts = {k[len(prefix) :]: tensors.pop(k) for k in list(tensors) if k.startswith(prefix)}
         if not isinstance(meta, dict):
-            raise UnsafeInputError(f"structure.json: malformed sparse entry for {name}")
-        tensors[name] = decode_sparse(meta, parts)
+            raise UnsafeInputError(f"structure.json: malformed sparse entry for {name:.80}")
+        if expected is not None and name not in expected:
+            raise UnsafeInputError(f"structure.json: sparse entry for {name:.80}, a tensor the model does not have")
+        try:
+            tensors[name] = decode_sparse(meta, parts, expect=None if expected is None else expected[name])
+        except UnsafeInputError as e:
+            raise UnsafeInputError(f"{name:.80}: {e}") from None
     leftovers = [k for k in tensors if k.startswith(SPARSE_PREFIX)]
     if leftovers:
         raise UnsafeInputError(f"sparse parts without an entry in structure.json: {', '.join(leftovers[:10])}")
@@ -247,6 +260,17 @@ def _decode_sparse_entries(tensors: dict[str, torch.Tensor], sparse_meta: Any) -
 def read_artifact(root: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """The checked ``structure.json`` and the decoded tensors (sparse entries expanded, aliases not yet
     filled) of the artifact folder ``root``, after its manifest checksums.
+
+    Raises:
+        UsageError: ``root`` does not exist.
+        UnsafeInputError: missing manifest, checksum mismatch, malformed files.
+    """
+    structure = read_structure(root)
+    return structure, read_tensors(root, structure)
+
+
+def read_structure(root: Path) -> dict[str, Any]:
+    """The checked ``structure.json`` of the artifact folder ``root``, after its manifest checksums.
 
     Raises:
         UsageError: ``root`` does not exist.
@@ -262,8 +286,15 @@ def read_artifact(root: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     aliases = structure.setdefault("aliases", {})
     if not isinstance(aliases, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in aliases.items()):
         raise UnsafeInputError(f"{root / STRUCTURE_FILE}: malformed aliases")
-    tensors = _decode_sparse_entries(_read_tensors(root / MODEL_FILE), structure.setdefault("sparse", {}))
-    return structure, tensors
+    structure.setdefault("sparse", {})
+    return structure
+
+
+def read_tensors(
+    root: Path, structure: dict[str, Any], expected: dict[str, tuple[tuple[int, ...], torch.dtype]] | None = None
+) -> dict[str, torch.Tensor]:
+    """The decoded tensors of ``root`` (sparse entries expanded, checked against ``expected`` shapes)."""
+    return _decode_sparse_entries(_read_tensors(Path(root) / MODEL_FILE), structure["sparse"], expected)
 
 
 def fill_exact(
@@ -303,6 +334,18 @@ def fill_exact(
     return model
 
 
+def _replay(model: nn.Module, ops: list[Any], where: Path) -> nn.Module:
+    """``replay_ops``, with a crafted op's failure (wrong types or sizes in its data) as UnsafeInputError."""
+    try:
+        return replay_ops(model, ops)
+    except TorchslimError:
+        raise
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError, OverflowError) as e:
+        raise UnsafeInputError(
+            f"{where}: a structure op cannot be replayed ({type(e).__name__}: {str(e)[:200]})"
+        ) from None
+
+
 def load(
     path: str | Path, factory: Callable[[], nn.Module] | None = None, *, strict_nonfinite: bool = True
 ) -> nn.Module:
@@ -322,8 +365,10 @@ def load(
         UnsupportedModelError: a recorded transformers architecture this installation cannot build.
     """
     root = Path(path)
-    structure, tensors = read_artifact(root)
+    structure = read_structure(root)
     base = factory() if factory is not None else rebuild_model(structure.get("rebuild"), root, _read_json)
-    model = replay_ops(base, structure["ops"])
+    model = _replay(base, structure["ops"], root / STRUCTURE_FILE)
+    expected = {k: (tuple(t.shape), t.dtype) for k, t in model.state_dict().items()}
+    tensors = read_tensors(root, structure, expected)
     fill_exact(model, tensors, structure["aliases"], str(root), strict_nonfinite=strict_nonfinite)
     return model.eval()

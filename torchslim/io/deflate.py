@@ -52,20 +52,31 @@ def deflate_tensor(t: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]] | Non
     return torch.frombuffer(bytearray(packed), dtype=torch.uint8), {"dtype": dtype, "numel": t.numel()}
 
 
-def inflate_tensor(packed: torch.Tensor, info: dict[str, Any]) -> torch.Tensor:
-    """The tensor :func:`deflate_tensor` packed; UnsafeInputError on malformed or oversized streams."""
+def inflate_tensor(packed: torch.Tensor, info: dict[str, Any], *, max_numel: int | None = None) -> torch.Tensor:
+    """The tensor :func:`deflate_tensor` packed; UnsafeInputError on malformed or oversized streams.
+
+    ``max_numel`` bounds the recorded length before anything is inflated (a decompression bomb that
+    claims more elements than its tensor can hold is refused without inflating a byte).
+    """
     try:
         dtype = _DTYPES[info["dtype"]]
-        numel = int(info["numel"])
-    except (KeyError, TypeError, ValueError) as e:
+        numel = info["numel"]
+    except (KeyError, TypeError) as e:
         raise UnsafeInputError(f"malformed deflate entry: {e!r}") from None
-    if packed.dtype != torch.uint8 or packed.dim() != 1 or numel < 0:
-        raise UnsafeInputError("deflate stream: expected a 1-D uint8 tensor and a non-negative length")
+    if not isinstance(numel, int) or isinstance(numel, bool) or numel < 0:
+        raise UnsafeInputError(f"deflate stream: the length must be a non-negative integer, got {numel!r:.40}")
+    if max_numel is not None and numel > max_numel:
+        raise UnsafeInputError(
+            f"deflate stream: {numel} elements claimed, larger than the {max_numel} its tensor holds"
+        )
+    if packed.dtype != torch.uint8 or packed.dim() != 1:
+        raise UnsafeInputError("deflate stream: expected a 1-D uint8 tensor")
     expected = numel * torch.empty(0, dtype=dtype).element_size()
     inflater = zlib.decompressobj()
     try:
-        raw = inflater.decompress(packed.numpy().tobytes(), expected)  # bounded: never more than expected
-    except zlib.error as e:
+        # Bounded: never more than expected (max_length 0 would mean unbounded, so at least 1).
+        raw = inflater.decompress(packed.numpy().tobytes(), max(expected, 1))
+    except (zlib.error, OverflowError) as e:
         raise UnsafeInputError(f"deflate stream: corrupt ({e})") from None
     if len(raw) != expected or not inflater.eof or inflater.unconsumed_tail:
         raise UnsafeInputError(f"deflate stream: expected {expected} bytes, the stream holds a different amount")

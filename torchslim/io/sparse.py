@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,22 +114,57 @@ def _layout(t: torch.Tensor) -> SparseEncoding | None:
     return SparseEncoding("indices", meta, {"values": values, "indices": idx})
 
 
-def decode_sparse(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Rebuild the dense tensor; UnsafeInputError when the parts are inconsistent."""
-    coded = meta.get("deflate", {}) if isinstance(meta, dict) else {}
+MAX_NUMEL = 2**31 - 1  # the int32 positions of the "indices" layout: no stored tensor is larger
+
+
+def _checked_meta(meta: Any, expect: tuple[tuple[int, ...], torch.dtype] | None) -> tuple[list[int], torch.dtype, Any]:
+    """``(shape, dtype, format)`` of a sparse entry, refused when malformed, larger than :data:`MAX_NUMEL`,
+    or different from ``expect`` (the shape and dtype the model holds for it)."""
+    try:
+        raw_shape, dtype, fmt = meta["shape"], DTYPES[meta["dtype"]], meta["format"]
+    except (KeyError, TypeError) as e:
+        raise UnsafeInputError(f"malformed sparse tensor entry: missing or bad {e!s:.60}") from None
+    if not isinstance(raw_shape, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in raw_shape):
+        raise UnsafeInputError(f"sparse tensor: the shape must be a list of integers, got {raw_shape!r:.60}")
+    shape = list(raw_shape)
+    if any(s < 0 for s in shape):
+        raise UnsafeInputError(f"sparse tensor: negative size in shape {shape}")
+    if expect is not None and (tuple(shape), dtype) != (tuple(expect[0]), expect[1]):
+        raise UnsafeInputError(
+            f"sparse tensor: {tuple(shape)} {dtype} stored, the model expects {tuple(expect[0])} {expect[1]}"
+        )
+    if math.prod(shape) > MAX_NUMEL:
+        raise UnsafeInputError(f"sparse tensor: shape {str(shape):.60} is larger than {MAX_NUMEL} elements")
+    return shape, dtype, fmt
+
+
+def decode_sparse(
+    meta: dict[str, Any],
+    tensors: dict[str, torch.Tensor],
+    *,
+    expect: tuple[tuple[int, ...], torch.dtype] | None = None,
+) -> torch.Tensor:
+    """Rebuild the dense tensor; UnsafeInputError when the parts are inconsistent.
+
+    ``expect`` is the ``(shape, dtype)`` the model holds for this tensor: an entry that claims anything
+    else is refused before any memory is allocated or any stream inflated. Without it, no entry may
+    exceed :data:`MAX_NUMEL` elements.
+    """
+    if not isinstance(meta, dict):
+        raise UnsafeInputError("sparse tensor: the entry is not a mapping")
+    shape, dtype, fmt = _checked_meta(meta, expect)
+    numel = math.prod(shape)
+    coded = meta.get("deflate", {})
     if not isinstance(coded, dict) or not set(coded) <= set(tensors):
         raise UnsafeInputError("sparse tensor: malformed deflate entry")
-    tensors = {k: inflate_tensor(v, coded[k]) if k in coded else v for k, v in tensors.items()}
-    try:
-        shape = [int(s) for s in meta["shape"]]
-        dtype = DTYPES[meta["dtype"]]
-        fmt = meta["format"]
-        values = tensors["values"]
-    except (KeyError, TypeError, ValueError) as e:
-        raise UnsafeInputError(f"malformed sparse tensor entry: {e!r}") from None
-    if any(s < 0 for s in shape) or values.dtype != dtype or values.dim() != 1:
-        raise UnsafeInputError("sparse tensor: bad shape, dtype or values")
-    numel = int(np.prod(shape)) if shape else 1
+    # No stream is longer than the dense tensor (the bitmask: one bit per element).
+    tensors = {
+        k: inflate_tensor(v, coded[k], max_numel=(numel + 7) // 8 if k == "bitmask" else numel) if k in coded else v
+        for k, v in tensors.items()
+    }
+    values = tensors.get("values")
+    if values is None or values.dtype != dtype or values.dim() != 1 or values.numel() > numel:
+        raise UnsafeInputError("sparse tensor: missing values, or values of the wrong dtype or size")
     if fmt == "bitmask":
         bits = tensors.get("bitmask")
         if bits is None or bits.dtype != torch.uint8 or bits.numel() != (numel + 7) // 8:
@@ -157,5 +193,5 @@ def decode_sparse(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> tor
         out = torch.zeros(numel, dtype=dtype)
         out[pos] = values
     else:
-        raise UnsafeInputError(f"sparse tensor: unknown format {fmt!r}")
+        raise UnsafeInputError(f"sparse tensor: unknown format {fmt!r:.40}")
     return out.reshape(shape)

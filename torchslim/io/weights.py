@@ -25,6 +25,18 @@ def _check_finite(tensors: dict[str, torch.Tensor], source: str) -> None:
         raise UnsafeInputError(f"{source}: NaN or Inf values in {len(bad)} tensor(s): {', '.join(bad[:20])}")
 
 
+def _is_torchscript(path: Path) -> bool:
+    """True when ``path`` is a zip archive holding TorchScript code; UnsafeInputError for a broken zip."""
+    if not zipfile.is_zipfile(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as e:
+        raise UnsafeInputError(f"{path}: a corrupt zip archive ({e})") from None
+    return any(n.endswith("constants.pkl") or "/code/" in n for n in names)
+
+
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a state dict from ``.safetensors`` or a ``.pt``/``.pth``/``.bin`` weights file.
 
@@ -40,18 +52,15 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
 
         tensors = parse_safetensors(path.read_bytes(), str(path))
     else:
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as z:
-                if any(n.endswith("constants.pkl") or "/code/" in n for n in z.namelist()):
-                    raise UnsafeInputError(
-                        f"{path}: a TorchScript archive; refusing to load it (export weights as safetensors)"
-                    )
+        if _is_torchscript(path):
+            raise UnsafeInputError(
+                f"{path}: a TorchScript archive; refusing to load it (export weights as safetensors)"
+            )
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - every failure of the restricted unpickler is unsafe input
-            raise UnsafeInputError(
-                f"{path}: refused by torch.load(weights_only=True): {str(e).splitlines()[0]}"
-            ) from None
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            raise UnsafeInputError(f"{path}: refused by torch.load(weights_only=True): {reason}") from None
         if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
             obj = obj["state_dict"]
         if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):

@@ -1,0 +1,98 @@
+"""Shared settings and helpers of the ``fuzz`` test group (hypothesis).
+
+Every reader of outside input is fed mutated valid files and generated ones. Allowed outcomes:
+success, or a torchslim error with exit code 3 (ConfigError) or 4 (UnsafeInputError) whose message
+names the problem; never another exception, never more than 5 s per input, never more than
+:data:`MAX_RSS_GROWTH_MB` of peak memory growth per test.
+
+Budget: ``TORCHSLIM_FUZZ_EXAMPLES`` inputs per test (default 60, derandomized: the same inputs on every
+CI run); set it (e.g. 10000) for the long, randomized local run described in RELIABILITY.md.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+from datetime import timedelta
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+
+from torchslim.errors import ConfigError, TorchslimError, UnsafeInputError
+
+_LONG = "TORCHSLIM_FUZZ_EXAMPLES" in os.environ
+MAX_RSS_GROWTH_MB = 512
+
+settings.register_profile(
+    "torchslim-fuzz",
+    max_examples=int(os.environ.get("TORCHSLIM_FUZZ_EXAMPLES", "60")),
+    deadline=timedelta(seconds=5),
+    derandomize=not _LONG,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large],
+    print_blob=True,
+)
+
+_POS = st.integers(0, 1 << 20)
+MUTATION = st.one_of(
+    st.tuples(st.just("flip"), _POS, st.integers(0, 7)),
+    st.tuples(st.just("truncate"), _POS),
+    st.tuples(st.just("insert"), _POS, st.binary(min_size=1, max_size=64)),
+    st.tuples(st.just("delete"), _POS, st.integers(1, 64)),
+    st.tuples(st.just("overwrite"), _POS, st.binary(min_size=1, max_size=16)),
+)
+
+
+def apply_mutations(data: bytes, ops: list[tuple]) -> bytes:
+    """``data`` after each ``(kind, position, ...)`` op; positions wrap around the current length."""
+    out = bytearray(data)
+    for kind, pos, *rest in ops:
+        at = pos % (len(out) + 1)
+        if kind == "flip" and at < len(out):
+            out[at] ^= 1 << rest[0]
+        elif kind == "truncate":
+            del out[at:]
+        elif kind == "insert":
+            out[at:at] = rest[0]
+        elif kind == "delete":
+            del out[at : at + rest[0]]
+        elif kind == "overwrite":
+            out[at : at + len(rest[0])] = rest[0]
+    return bytes(out)
+
+
+@pytest.fixture
+def mutate():
+    """``mutate(data, valid_bytes)``: ``valid_bytes`` after 1-4 mutations drawn from hypothesis' ``data``."""
+
+    def _mutate(data, valid: bytes) -> bytes:
+        return apply_mutations(valid, data.draw(st.lists(MUTATION, min_size=1, max_size=4), label="mutations"))
+
+    return _mutate
+
+
+@pytest.fixture
+def refused_or_ok():
+    """``refused_or_ok(fn, *args)``: call ``fn``; only success or a documented exit-3/4 error may happen."""
+
+    def _check(fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (UnsafeInputError, ConfigError) as e:
+            assert e.exit_code in (3, 4)
+            assert str(e).strip(), "the error must name the problem"
+            return e
+        except TorchslimError as e:  # any other torchslim error is a wrong exit code for bad input
+            raise AssertionError(f"{type(e).__name__} (exit {e.exit_code}) for malformed input: {e}") from e
+
+    return _check
+
+
+@pytest.fixture(autouse=True)
+def _bounded_memory():
+    """Fail a fuzz test whose peak resident memory grew by more than MAX_RSS_GROWTH_MB."""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    yield
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mb < MAX_RSS_GROWTH_MB, f"peak memory grew by {grown_mb:.0f} MB"

@@ -1,0 +1,187 @@
+"""Fuzz ``ts.load`` on artifact folders: ``model.safetensors``, ``structure.json``, ``manifest.json``,
+the sparse streams and their DEFLATE coding.
+
+A mutated file gets a fresh manifest checksum (anyone can compute a sha256), so the parsers behind the
+integrity check are reached, not only the checksum comparison.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import torchslim as ts
+from torchslim.errors import UnsafeInputError
+from torchslim.io.deflate import inflate_tensor
+from torchslim.io.sparse import decode_sparse
+
+pytestmark = pytest.mark.fuzz
+FUZZ = settings.get_profile("torchslim-fuzz")
+FILES = ("model.safetensors", "structure.json", "manifest.json")
+
+
+def build() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 4))
+
+
+@pytest.fixture(scope="module")
+def valid_files() -> dict[str, bytes]:
+    """The files of a pruned (90%, sparse deltas with DEFLATE) and int8 artifact (a structure op)."""
+    m = build()
+    ts.compress_(m, ts.MagnitudePruning(sparsity=0.9))
+    ts.compress_(m, ts.Int8WeightOnly())
+    with tempfile.TemporaryDirectory() as d:
+        ts.save(m, Path(d) / "a")
+        files = {name: (Path(d) / "a" / name).read_bytes() for name in FILES}
+    assert b'"deflate"' in files["structure.json"]
+    return files
+
+
+def _load(files: dict[str, bytes], *, rehash: bool = True):
+    """``ts.load`` of a folder holding ``files``; with ``rehash`` the manifest lists their true checksums."""
+    with tempfile.TemporaryDirectory() as d:
+        root = Path(d) / "a"
+        root.mkdir()
+        if rehash:
+            try:
+                manifest = json.loads(files["manifest.json"])
+                manifest["files"] = {n: hashlib.sha256(files[n]).hexdigest() for n in FILES if n != "manifest.json"}
+                files = {**files, "manifest.json": json.dumps(manifest).encode()}
+            except (ValueError, TypeError, KeyError):
+                pass  # a mutated manifest is loaded as it is
+        for name, data in files.items():
+            (root / name).write_bytes(data)
+        return ts.load(root, factory=build)
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**64), 2**64) | st.floats() | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+def _paths(obj, prefix=()):
+    """Every path (tuple of keys/indices) inside a JSON value, the root included."""
+    yield prefix
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
+    for key, value in items:
+        yield from _paths(value, (*prefix, key))
+
+
+def _replace(obj, path, value):
+    if not path:
+        return value
+    obj[path[0]] = _replace(obj[path[0]], path[1:], value)
+    return obj
+
+
+@FUZZ
+@given(data=st.data(), name=st.sampled_from(FILES))
+def test_load_mutated_file(data, name, valid_files, mutate, refused_or_ok):
+    files = {**valid_files, name: mutate(data, valid_files[name])}
+    out = refused_or_ok(_load, files, rehash=name != "manifest.json")
+    if isinstance(out, nn.Module):
+        out(torch.zeros(1, 64))
+
+
+@FUZZ
+@given(data=st.data(), name=st.sampled_from(["structure.json", "manifest.json"]))
+def test_load_json_lies(data, name, valid_files, refused_or_ok):
+    """Replace one value anywhere in the JSON (a shape, a dtype, a length, a format, an op) by another."""
+    obj = json.loads(valid_files[name])
+    paths = list(_paths(obj))
+    path = paths[data.draw(st.integers(0, len(paths) - 1), label="path")]
+    obj = _replace(obj, path, data.draw(JSON, label="value"))
+    files = {**valid_files, name: json.dumps(obj).encode()}
+    refused_or_ok(_load, files, rehash=name != "manifest.json")
+
+
+@pytest.mark.parametrize("name", ["structure.json", "manifest.json"])
+def test_deeply_nested_json_is_refused(name, valid_files):
+    # Found by fuzzing: json.loads raised RecursionError on 100,000 nested lists.
+    files = {**valid_files, name: b"[" * 100_000 + b"]" * 100_000}
+    with pytest.raises(UnsafeInputError, match="nested"):
+        _load(files, rehash=name != "manifest.json")
+
+
+def _bomb(n_bytes: int) -> torch.Tensor:
+    """A DEFLATE stream of ``n_bytes`` zeros (about 1/1000 of that size), built without holding them."""
+    z, chunk = zlib.compressobj(9), bytes(1 << 20)
+    packed = b"".join(z.compress(chunk) for _ in range(n_bytes >> 20)) + z.flush()
+    return torch.frombuffer(bytearray(packed), dtype=torch.uint8)
+
+
+def test_decompression_bomb_is_refused_before_inflating(valid_files):
+    # A 64 MB bomb posing as the values of the 32x64 weight: refused from its recorded length, not inflated.
+    structure = json.loads(valid_files["structure.json"])
+    entry = structure["sparse"]["0.weight"]
+    entry["format"] = "bitmask"
+    entry["deflate"] = {"values": {"dtype": "int8", "numel": 64 << 20}}
+    tensors = {"values": _bomb(64 << 20), "bitmask": torch.zeros(256, dtype=torch.uint8)}
+    with pytest.raises(UnsafeInputError, match="larger than"):
+        decode_sparse(entry, tensors, expect=((32, 64), torch.int8))
+    with pytest.raises(UnsafeInputError, match="larger than"):
+        inflate_tensor(tensors["values"], {"dtype": "int8", "numel": 64 << 20}, max_numel=2048)
+
+
+def test_shape_lie_in_sparse_entry_is_refused_before_allocating():
+    # Found by fuzzing: a sparse entry claiming shape [2**40] made decode_sparse allocate the dense tensor.
+    meta = {"shape": [2**20, 2**20], "dtype": "float32", "format": "indices"}
+    tensors = {"values": torch.ones(1), "indices": torch.zeros(1, dtype=torch.int32)}
+    with pytest.raises(UnsafeInputError, match="shape"):
+        decode_sparse(meta, tensors)
+    with pytest.raises(UnsafeInputError, match="the model expects"):
+        decode_sparse({**meta, "shape": [1024]}, tensors, expect=((32, 64), torch.float32))
+
+
+TENSOR = st.builds(
+    lambda raw, dtype: torch.tensor(list(raw), dtype=torch.uint8)[: len(raw) // dtype.itemsize * dtype.itemsize].view(
+        dtype
+    ),
+    st.binary(max_size=128),
+    st.sampled_from([torch.uint8, torch.int8, torch.int32, torch.float32, torch.bfloat16]),
+)
+DTYPE_NAMES = st.sampled_from(["float32", "int8", "uint8", "int32", "bfloat16", "float64", "bool", "x"])
+META = st.fixed_dictionaries(
+    {
+        "shape": st.lists(st.integers(-2, 64) | st.integers(-(2**70), 2**70), max_size=3),
+        "dtype": DTYPE_NAMES,
+        "format": st.sampled_from(["bitmask", "indices", "deltas", "other"]),
+    },
+    optional={
+        "deflate": st.dictionaries(
+            st.sampled_from(["values", "bitmask", "indices", "deltas"]),
+            st.fixed_dictionaries({"dtype": DTYPE_NAMES, "numel": st.integers(-4, 1 << 40)}) | JSON,
+            max_size=2,
+        )
+        | JSON
+    },
+)
+
+
+@FUZZ
+@given(
+    meta=META | JSON,
+    tensors=st.dictionaries(st.sampled_from(["values", "bitmask", "indices", "deltas"]), TENSOR, max_size=3),
+)
+def test_decode_sparse_generated(meta, tensors, refused_or_ok):
+    refused_or_ok(decode_sparse, meta, tensors)
+
+
+@FUZZ
+@given(data=st.data(), numel=st.integers(-4, 1 << 40), dtype=DTYPE_NAMES)
+def test_inflate_mutated_stream(data, numel, dtype, mutate, refused_or_ok):
+    valid = zlib.compress(bytes(range(256)) * 4, 9)
+    packed = torch.frombuffer(bytearray(mutate(data, valid)) or bytearray(1), dtype=torch.uint8)
+    refused_or_ok(inflate_tensor, packed, {"dtype": dtype, "numel": numel}, max_numel=4096)
