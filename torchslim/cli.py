@@ -14,6 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from torchslim.cliargs import WORKLOAD_HELP, add_device_arg, check_device
+from torchslim.io.jsonfile import write_json
+
 EPILOG = """examples:
   torchslim demo                                   # digits: baseline -> built-in 'default' recipe -> table
   torchslim recipes                                # list built-in recipes
@@ -39,54 +42,6 @@ def _console() -> Any:
 
     # Piped into a log or CI: a wide fixed width instead of 80 columns, so tables don't wrap.
     return Console(width=None if sys.stdout.isatty() else 160)
-
-
-def _write_json(path: str | None, data: Any) -> None:
-    if path:
-        from torchslim.errors import OutputExistsError
-
-        try:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            Path(path).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-        except OSError as e:
-            raise OutputExistsError(f"cannot write {path}: {e}") from None
-
-
-WORKLOAD_HELP = "a built-in workload ({names}) or pkg.module:NAME, your own Workload (subclass, instance or factory)"
-
-
-def _add_workload_arg(p: argparse.ArgumentParser, required: bool = True) -> None:
-    """``--workload`` (built-in name or ``pkg.module:NAME``) and ``--data``, as in every command."""
-    from torchslim.workloads import workload_names
-
-    p.add_argument("--workload", required=required, help=WORKLOAD_HELP.format(names=", ".join(workload_names())))
-    p.add_argument("--data", help="data path for workloads that read a data set (passed to a user workload's factory)")
-
-
-def add_device_arg(p: argparse.ArgumentParser) -> None:
-    """``--device`` (default cpu): refused at once when that device is not available."""
-    p.add_argument("--device", default="cpu", help="where the model runs: cpu, cuda, cuda:1, mps (default cpu)")
-
-
-def check_device(name: str) -> str:
-    """``name`` checked against this machine (:func:`torchslim.core.device.check_device`), as a usage
-    error (exit 2) for ``--device`` when it is malformed or absent, before any work starts.
-
-    Example:
-        >>> check_device("cpu")
-        'cpu'
-        >>> check_device("gpu")
-        Traceback (most recent call last):
-        ...
-        torchslim.errors.UsageError: --device gpu: unknown device 'gpu': use 'cpu', 'cuda', 'cuda:N' or 'mps'
-    """
-    from torchslim.core.device import check_device as check
-    from torchslim.errors import ConfigError, UsageError
-
-    try:
-        return check(name)
-    except ConfigError as e:
-        raise UsageError(f"--device {name}: {e}") from None
 
 
 def _add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -157,7 +112,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     width = max(len(n) for n in recipes)
     for name, r in recipes.items():
         print(f"{name.ljust(width)}  {r.description}")
-    _write_json(args.json, {name: r.to_dict() for name, r in recipes.items()})
+    write_json(args.json, {name: r.to_dict() for name, r in recipes.items()})
     return 0
 
 
@@ -167,7 +122,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
     model, ctx = _resolve_model(args)
     report = measure(model, ctx, latency_runs=args.latency_runs)
     print_table([(args.workload or args.model, report)], console=_console())
-    _write_json(args.json, report.to_dict())
+    write_json(args.json, report.to_dict())
     return 0
 
 
@@ -204,7 +159,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         source=args.model,  # ts.load and export rebuild the model from it (hf:DIR: its stored config)
     )
     print(f"wrote {args.out}")
-    _write_json(args.json, run.to_dict())
+    write_json(args.json, run.to_dict())
     return 0
 
 
@@ -257,7 +212,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     fn = export_onnx if args.format == "onnx" else export_pt2
     err = fn(model, example_inputs, out)
     print(f"wrote {out} (max abs difference to torch outputs: {err:.3g})")
-    _write_json(args.json, {"path": str(out), "format": args.format, "max_abs_error": err})
+    write_json(args.json, {"path": str(out), "format": args.format, "max_abs_error": err})
     return 0
 
 
@@ -281,7 +236,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"{ctx.example_inputs[0].shape[0]}), test accuracy {run.baseline.quality['accuracy']:.4f} -> "
         f"{run.final.quality['accuracy']:.4f}  ({time.perf_counter() - start:.1f} s)"
     )
-    _write_json(args.json, run.to_dict())
+    write_json(args.json, run.to_dict())
     return 0
 
 
@@ -290,7 +245,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     result = run_named_benchmark(args.name, data=args.data, quick=args.quick)
     result.print(console=_console())
-    _write_json(args.json, result.to_dict())
+    write_json(args.json, result.to_dict())
     return 0
 
 

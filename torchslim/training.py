@@ -74,7 +74,7 @@ def warmup_cosine(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _first_epoch(train_data: Callable[[], Iterable[Any]]) -> tuple[Iterable[Any] | None, int]:
+def first_epoch(train_data: Callable[[], Iterable[Any]]) -> tuple[Iterable[Any] | None, int]:
     """The first epoch's iterable (None if counting consumed it) and the number of batches per epoch."""
     # The schedule needs the step count up front. A sized iterable tells us for free and is reused
     # as epoch 1, so a source that reshuffles per call sees exactly one call per epoch; otherwise
@@ -137,7 +137,7 @@ def fit_(
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     loss_fn = loss_fn or cross_entropy_loss
     train_data = epoch_source(train_data)
-    first, steps_per_epoch = _first_epoch(train_data)
+    first, steps_per_epoch = first_epoch(train_data)
     if steps_per_epoch == 0:
         raise ValueError("train_data() yielded no batches")
     total = epochs * steps_per_epoch

@@ -7,11 +7,11 @@ import torch
 import torch.nn as nn
 
 import torchslim as ts
+from torchslim.calibration import hessian_from_inputs
 from torchslim.core.config import config_from_dict
 from torchslim.core.context import Context
 from torchslim.core.structure import replay_ops, structure_ops
 from torchslim.errors import ConfigError, UnsupportedModelError
-from torchslim.pruning.sparsegpt import hessian_from_inputs
 from torchslim.quantization import Int4WeightOnly, Int4WeightOnlyLinear
 from torchslim.quantization.awq import awq_quantize
 from torchslim.quantization.gptq import gptq_quantize
@@ -280,7 +280,7 @@ def test_cholesky_failure_falls_back_to_rtn_and_is_recorded(monkeypatch):
     def broken(h, damp):
         raise torch.linalg.LinAlgError("Hessian is not positive definite even with 1000x damping")
 
-    monkeypatch.setattr(gptq_mod, "_inverse_cholesky", broken)
+    monkeypatch.setattr(gptq_mod, "inverse_cholesky", broken)
     lin = nn.Linear(64, 16)
     m = nn.Sequential(lin)
     x = torch.randn(32, 64, generator=gen())

@@ -10,9 +10,9 @@ import torch.nn as nn
 from safetensors.torch import load, save
 
 import torchslim as ts
+from torchslim.calibration.passes import capture_inputs
 from torchslim.core.structure import replay_ops, structure_ops
 from torchslim.quantization import Int8Dynamic, Int8DynamicLinear, Int8WeightOnly, Int8WeightOnlyLinear
-from torchslim.quantization.calibrate import capture_inputs
 from torchslim.quantization.primitives import sqnr
 
 DATA = (Path(__file__).resolve().parents[2] / "../shared/data/stsbenchmark").resolve()

@@ -146,7 +146,7 @@ def headline_plot(results: dict[str, dict[str, Any]], path: Path) -> Any:
     its variant and quality (the panel title names the metric); fp32 a black star, ours blue circles, peers
     green triangles. Writes ``path``; returns the figure (None when no benchmark has sizes and speedups).
     """
-    from torchslim.tuning.plots import _figure, label_points, save_png, set_log_axis
+    from torchslim.tuning.plots import label_points, new_figure, save_png, set_log_axis
 
     def plotted(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [r for r in rows if r.get("size_mb") and r.get("speedup")]
@@ -156,7 +156,7 @@ def headline_plot(results: dict[str, dict[str, Any]], path: Path) -> Any:
         return None
     cols = min(3, len(panels))
     nrows = (len(panels) + cols - 1) // cols
-    fig = _figure(4.6 * cols, 3.5 * nrows)
+    fig = new_figure(4.6 * cols, 3.5 * nrows)
     fig.suptitle(
         "torchslim benchmarks: speedup over fp32 against artifact size; label: variant and quality "
         "(black star fp32, blue torchslim, green peers)",

@@ -92,7 +92,7 @@ def registered_configs() -> dict[str, type[Config]]:
 # ---------------------------------------------------------------- validation helpers (for __post_init__)
 
 
-def _fail(obj: Config, field: str, message: str) -> None:
+def fail(obj: Config, field: str, message: str) -> None:
     raise ConfigError(f"{type(obj).__name__}.{field}: {message}", [f"{field}: {message}"])
 
 
@@ -115,7 +115,7 @@ def check_range(
         lb = "(" if low_open else "["
         hb = ")" if high_open else "]"
         msg = f"must be in {lb}{low}, {high}{hb}, got {value!r}"
-        _fail(obj, field, msg + (f"; {hint}" if hint else ""))
+        fail(obj, field, msg + (f"; {hint}" if hint else ""))
 
 
 def check_fraction(obj: Config, field: str, *, hint: str = "", allow_one: bool = False) -> None:
@@ -127,7 +127,7 @@ def check_fraction(obj: Config, field: str, *, hint: str = "", allow_one: bool =
 def check_positive_int(obj: Config, field: str) -> None:
     value = getattr(obj, field)
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        _fail(obj, field, f"must be a positive integer, got {value!r}")
+        fail(obj, field, f"must be a positive integer, got {value!r}")
 
 
 # ---------------------------------------------------------------- from plain data
@@ -143,7 +143,7 @@ def _type_name(tp: Any) -> str:
     return str(tp)
 
 
-def _convert(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
+def convert_value(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
     """Check ``value`` against annotation ``tp``; return the converted value (problems appended)."""
     origin = get_origin(tp)
     if tp is Any:
@@ -156,7 +156,7 @@ def _convert(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
             if opt is type(None):
                 continue
             trial: list[str] = []
-            out = _convert(value, opt, path, trial)
+            out = convert_value(value, opt, path, trial)
             if not trial:
                 return out
         problems.append(f"{path}: expected {' or '.join(_type_name(o) for o in options)}, got {value!r}")
@@ -176,24 +176,24 @@ def _convert(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
                 problems.append(f"{path}: expected {len(args)} items, got {len(value)}")
                 return tuple(value)
             return tuple(
-                _convert(v, a, f"{path}[{i}]", problems) for i, (v, a) in enumerate(zip(args, value, strict=True))
+                convert_value(v, a, f"{path}[{i}]", problems) for i, (v, a) in enumerate(zip(args, value, strict=True))
             )
         item = args[0] if args else Any
-        items = [_convert(v, item, f"{path}[{i}]", problems) for i, v in enumerate(value)]
+        items = [convert_value(v, item, f"{path}[{i}]", problems) for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if origin is dict:
         if not isinstance(value, dict):
             problems.append(f"{path}: expected a mapping, got {value!r}")
             return {}
         _, vt = get_args(tp) or (str, Any)
-        return {str(k): _convert(v, vt, f"{path}.{k}", problems) for k, v in value.items()}
+        return {str(k): convert_value(v, vt, f"{path}.{k}", problems) for k, v in value.items()}
     if isinstance(tp, type) and issubclass(tp, Config):
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
             problems.append(f"{path}: expected a mapping, got {value!r}")
             return None
-        return _build(value, path, tp, problems)
+        return build_config(value, path, tp, problems)
     if tp is bool:
         if not isinstance(value, bool):
             problems.append(f"{path}: expected true or false, got {value!r}")
@@ -215,7 +215,7 @@ def _convert(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
     return value
 
 
-def _build(data: dict[str, Any], path: str, expected: type[Config], problems: list[str]) -> Config | None:
+def build_config(data: dict[str, Any], path: str, expected: type[Config], problems: list[str]) -> Config | None:
     data = dict(data)
     kind = data.pop("kind", None)
     if kind is None:
@@ -240,7 +240,7 @@ def _build(data: dict[str, Any], path: str, expected: type[Config], problems: li
     kwargs: dict[str, Any] = {}
     for name, f in fields.items():
         if name in data:
-            kwargs[name] = _convert(data[name], hints[name], f"{path}.{name}", problems)
+            kwargs[name] = convert_value(data[name], hints[name], f"{path}.{name}", problems)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             problems.append(f"{path}.{name}: required field missing")
     if len(problems) > before:
@@ -259,7 +259,7 @@ def config_from_dict(data: Any, path: str = "config", expected: type[Config] = C
     problems: list[str] = []
     if not isinstance(data, dict):
         raise ConfigError("invalid config", [f"{path}: expected a mapping, got {data!r}"])
-    cfg = _build(data, path, expected, problems)
+    cfg = build_config(data, path, expected, problems)
     if problems or cfg is None:
         raise ConfigError("invalid config", problems)
     return cfg

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
-from torchslim.core.config import Config, _fail, register_config
+from torchslim.core.config import Config, fail, register_config
 
 
 def is_compressed(module: nn.Module) -> bool:
@@ -45,14 +45,14 @@ class Select(Config):
         for field in ("include", "exclude", "types"):
             value = getattr(self, field)
             if isinstance(value, str):
-                _fail(self, field, f"must be a list of strings, got the string {value!r}; wrap it in a list")
+                fail(self, field, f"must be a list of strings, got the string {value!r}; wrap it in a list")
             object.__setattr__(self, field, tuple(value))
         for field in ("include", "exclude"):
             for pattern in getattr(self, field):
                 try:
                     re.compile(pattern)
                 except re.error as e:
-                    _fail(self, field, f"invalid regex {pattern!r}: {e}")
+                    fail(self, field, f"invalid regex {pattern!r}: {e}")
 
     def matches(self, name: str, module: nn.Module) -> bool:
         if is_compressed(module):

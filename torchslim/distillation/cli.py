@@ -49,10 +49,10 @@ _FLAGS = {
 
 def add_distill_parser(sub: Any) -> None:
     """Add the ``distill`` subcommand to the CLI's subparsers."""
-    from torchslim.cli import _add_workload_arg, add_device_arg
+    from torchslim.cliargs import add_device_arg, add_workload_arg
 
     p = sub.add_parser("distill", help="train a small student from a workload's teacher (knowledge distillation)")
-    _add_workload_arg(p)  # the teacher, data and metric
+    add_workload_arg(p)  # the teacher, data and metric
     add_device_arg(p)
     p.add_argument(
         "--student",
@@ -153,10 +153,11 @@ def cmd_distill(args: argparse.Namespace) -> int:
     from safetensors.torch import save_file
 
     import torchslim
-    from torchslim.cli import _write_json, check_device
+    from torchslim.cliargs import check_device
     from torchslim.distillation.distributed import init_from_env
     from torchslim.distillation.trainer import train_distill
     from torchslim.io import atomic_dir, check_output_dir
+    from torchslim.io.jsonfile import write_json
     from torchslim.workloads.user import resolve_workload
 
     config = _config(args)  # fail on a bad config before any work
@@ -224,7 +225,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
                 report = {k: v for k, v in result.items() if k != "history"}
                 (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
             print(f"wrote {args.out}")
-        _write_json(args.json, result)
+        write_json(args.json, result)
         finished = True
         return 0
     finally:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from torchslim.core.config import Config, _fail, check_fraction, check_positive_int, check_range, register_config
+from torchslim.core.config import Config, check_fraction, check_positive_int, check_range, fail, register_config
 from torchslim.distillation.losses import get_loss
 from torchslim.distillation.taps import check_tap_path
 from torchslim.errors import ConfigError
@@ -29,7 +29,7 @@ DEFAULT_ALPHA = 0.9
 def _check_nonnegative_int(obj: Config, field: str) -> None:
     value = getattr(obj, field)
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        _fail(obj, field, f"must be an integer >= 0 (0 turns it off), got {value!r}")
+        fail(obj, field, f"must be an integer >= 0 (0 turns it off), got {value!r}")
 
 
 @register_config("loss-term")
@@ -59,16 +59,16 @@ class LossTerm(Config):
 
     def __post_init__(self) -> None:
         if not isinstance(self.loss, str):
-            _fail(self, "loss", f"expected a loss name, got {self.loss!r}")
+            fail(self, "loss", f"expected a loss name, got {self.loss!r}")
         try:
             get_loss(self.loss)
         except ConfigError as e:
-            _fail(self, "loss", str(e))
+            fail(self, "loss", str(e))
         check_range(self, "weight", 0.0, 1e6)
         for field in ("student", "teacher"):
             problem = check_tap_path(getattr(self, field))
             if problem:
-                _fail(self, field, problem)
+                fail(self, field, problem)
 
 
 @register_config("distill")
@@ -130,13 +130,13 @@ class DistillConfig(Config):
         if self.alpha is not None:
             check_fraction(self, "alpha", allow_one=True, hint="alpha weighs the soft targets: 0.9 means 90% KD")
             if self.terms:
-                _fail(self, "alpha", "alpha sets the default kd+ce terms; give the weights in terms instead")
+                fail(self, "alpha", "alpha sets the default kd+ce terms; give the weights in terms instead")
         object.__setattr__(self, "terms", tuple(self.terms))
         for i, term in enumerate(self.terms):
             if not isinstance(term, LossTerm):
-                _fail(self, "terms", f"item {i} must be a LossTerm, got {term!r}")
+                fail(self, "terms", f"item {i} must be a LossTerm, got {term!r}")
         if self.terms and not any(t.weight > 0 for t in self.terms):
-            _fail(self, "terms", "every term has weight 0; give at least one positive weight")
+            fail(self, "terms", "every term has weight 0; give at least one positive weight")
         check_positive_int(self, "epochs")
         check_range(self, "lr", 0.0, 1.0, low_open=True)
         check_range(self, "weight_decay", 0.0, 1.0)
@@ -144,11 +144,11 @@ class DistillConfig(Config):
         check_range(self, "clip_norm", 0.0, 1e6, hint="0 turns clipping off")
         check_positive_int(self, "batch_size")
         if self.precision not in ("fp32", "bf16"):
-            _fail(self, "precision", f"must be 'fp32' or 'bf16', got {self.precision!r}")
+            fail(self, "precision", f"must be 'fp32' or 'bf16', got {self.precision!r}")
         for field in ("eval_every", "patience", "checkpoint_every"):
             _check_nonnegative_int(self, field)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            _fail(self, "seed", f"must be an integer, got {self.seed!r}")
+            fail(self, "seed", f"must be an integer, got {self.seed!r}")
 
     def resolved_terms(self) -> tuple[LossTerm, ...]:
         """The terms in effect: ``terms``, or Hinton's ``kd`` (weight alpha) + ``ce`` (weight 1 − alpha)."""

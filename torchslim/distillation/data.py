@@ -27,7 +27,7 @@ from torchslim.core.sources import epoch_source
 from torchslim.distillation.config import DistillConfig
 from torchslim.distillation.distributed import DistInfo, shard_batch
 from torchslim.errors import ConfigError
-from torchslim.training import _first_epoch
+from torchslim.training import first_epoch
 
 __all__ = ["Data", "Epochs", "batch_size_of", "call_model", "split_batch", "to_device"]
 
@@ -82,7 +82,7 @@ class Epochs:
             if self.calls is None:
                 raise ConfigError("distillation needs training data: a DataLoader, a Dataset or a callable")
             # Reuses fit_'s counting: a sized iterable is kept as epoch 1, an unsized one costs a pass.
-            self.first, self.steps_per_epoch = _first_epoch(self.calls)
+            self.first, self.steps_per_epoch = first_epoch(self.calls)
         if self.steps_per_epoch == 0:
             raise ConfigError("the training data yielded no batches")
 

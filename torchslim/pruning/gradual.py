@@ -17,7 +17,7 @@ from typing import Literal
 
 import torch.nn as nn
 
-from torchslim.core.config import _fail, check_fraction, check_positive_int, check_range, register_config
+from torchslim.core.config import check_fraction, check_positive_int, check_range, fail, register_config
 from torchslim.core.context import Context
 from torchslim.core.registry import register_transform
 from torchslim.core.select import Select
@@ -55,11 +55,11 @@ class GradualPruning(_Pruning):
         check_fraction(self, "final_sparsity")
         check_fraction(self, "initial_sparsity")
         if self.initial_sparsity > self.final_sparsity:
-            _fail(self, "initial_sparsity", "must not exceed final_sparsity")
+            fail(self, "initial_sparsity", "must not exceed final_sparsity")
         check_positive_int(self, "steps")
         check_positive_int(self, "epochs_per_step")
         if not isinstance(self.final_epochs, int) or self.final_epochs < 0:
-            _fail(self, "final_epochs", f"must be a non-negative integer, got {self.final_epochs!r}")
+            fail(self, "final_epochs", f"must be a non-negative integer, got {self.final_epochs!r}")
         check_range(self, "lr", 0.0, 1.0, low_open=True)
 
     def schedule(self) -> list[float]:

@@ -21,27 +21,9 @@ from __future__ import annotations
 
 import torch
 
+from torchslim.calibration.hessian import hessian_from_inputs, inverse_cholesky
 
-def hessian_from_inputs(x: torch.Tensor) -> torch.Tensor:
-    """H = 2/N · X Xᵀ for inputs ``[in, N]`` (float64 for stable inversion)."""
-    x = x.double()
-    return 2.0 * (x @ x.T) / max(1, x.shape[1])
-
-
-def _inverse_cholesky(h: torch.Tensor, damp: float) -> torch.Tensor:
-    """Upper Cholesky factor of (H + λI)⁻¹ with λ = damp · mean(diag H); raises damping until it works."""
-    h = h.clone()
-    dead = torch.diag(h) == 0
-    h[dead, dead] = 1.0  # inputs that never fire: any weight there can go, keep H invertible
-    mean = torch.mean(torch.diag(h)).item() or 1.0
-    for factor in (1.0, 10.0, 100.0, 1000.0):
-        try:
-            hd = h + (damp * factor * mean) * torch.eye(h.shape[0], dtype=h.dtype)
-            hinv = torch.cholesky_inverse(torch.linalg.cholesky(hd))
-            return torch.linalg.cholesky(hinv, upper=True)
-        except RuntimeError:
-            continue
-    raise torch.linalg.LinAlgError("Hessian is not positive definite even with 1000x damping")
+__all__ = ["hessian_from_inputs", "sparsegpt_prune"]
 
 
 def sparsegpt_prune(
@@ -68,7 +50,7 @@ def sparsegpt_prune(
         if cols % m:
             raise ValueError(f"input dimension {cols} is not a multiple of m={m}")
         blocksize = max(m, blocksize // m * m)
-    u = _inverse_cholesky(hessian.double(), damp)
+    u = inverse_cholesky(hessian.double(), damp)
     mask = torch.ones_like(w, dtype=torch.bool)
     for start in range(0, cols, blocksize):
         end = min(start + blocksize, cols)

@@ -23,15 +23,15 @@ from typing import Literal
 import torch
 import torch.nn as nn
 
+from torchslim.calibration.stats import collect_input_stats
 from torchslim.core.adapters import adapt_for_
-from torchslim.core.config import Config, _fail, check_fraction, check_positive_int, check_range, register_config
+from torchslim.core.config import Config, check_fraction, check_positive_int, check_range, fail, register_config
 from torchslim.core.context import Context
 from torchslim.core.progress import progress
 from torchslim.core.registry import register_transform
 from torchslim.core.select import Select
 from torchslim.core.walker import record_foreign_layers
 from torchslim.errors import ConfigError
-from torchslim.pruning.calibration import collect_input_stats
 from torchslim.pruning.masks import global_masks, magnitude_score, nm_mask, random_score, threshold_mask, topk_mask
 from torchslim.pruning.parametrize import apply_mask_, bake_
 from torchslim.pruning.sparsegpt import sparsegpt_prune
@@ -67,7 +67,7 @@ class MagnitudePruning(_Pruning):
 
     def __post_init__(self) -> None:
         if (self.sparsity is None) == (self.threshold is None):
-            _fail(self, "sparsity", "give exactly one of sparsity (a fraction) or threshold (a magnitude)")
+            fail(self, "sparsity", "give exactly one of sparsity (a fraction) or threshold (a magnitude)")
         if self.sparsity is not None:
             check_fraction(self, "sparsity")
         if self.threshold is not None:
@@ -145,7 +145,7 @@ class NMPruning(_Pruning):
         check_positive_int(self, "n")
         check_positive_int(self, "m")
         if self.n >= self.m:
-            _fail(self, "n", f"n must be smaller than m (keep n of every m), got {self.n}:{self.m}")
+            fail(self, "n", f"n must be smaller than m (keep n of every m), got {self.n}:{self.m}")
 
 
 def prunable_layers(model: nn.Module, select: Select, keep_first_last: bool) -> dict[str, nn.Module]:

@@ -19,7 +19,7 @@ multiplies its input by it (one element-wise pass over ``[M, K]``).
 
 Example:
     >>> import torch
-    >>> from torchslim.pruning.sparsegpt import hessian_from_inputs
+    >>> from torchslim.calibration import hessian_from_inputs
     >>> from torchslim.quantization.int4_primitives import dequantize_int4, output_error
     >>> from torchslim.quantization.int4_rtn import rtn_quantize
     >>> g = torch.Generator().manual_seed(0)

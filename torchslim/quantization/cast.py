@@ -43,9 +43,9 @@ class CastDtype(Config):
 
     def __post_init__(self) -> None:
         if self.dtype not in _DTYPES:
-            from torchslim.core.config import _fail
+            from torchslim.core.config import fail
 
-            _fail(self, "dtype", f"must be 'bfloat16' or 'float16', got {self.dtype!r}")
+            fail(self, "dtype", f"must be 'bfloat16' or 'float16', got {self.dtype!r}")
 
 
 def _cast_floats(value: Any, dtype: torch.dtype) -> Any:

@@ -44,14 +44,15 @@ from typing import Literal
 import torch
 import torch.nn as nn
 
+from torchslim.calibration.passes import capture_inputs
 from torchslim.core.adapters import adapt_for_
-from torchslim.core.config import Config, _fail, check_range, register_config
+from torchslim.core.config import Config, check_range, fail, register_config
 from torchslim.core.context import Context
 from torchslim.core.registry import register_transform
 from torchslim.core.select import Select
 from torchslim.core.walker import record_foreign_layers
 from torchslim.quantization._swap import compile_model_, swap_int8_, swappable
-from torchslim.quantization.calibrate import capture_inputs, smooth_factors
+from torchslim.quantization.calibrate import smooth_factors
 from torchslim.quantization.cast import CastDtype
 from torchslim.quantization.modules import Int8DynamicLinear, Int8Embedding, sqnr
 
@@ -91,18 +92,18 @@ class Int8Dynamic(Config):
         if self.smoothquant != "search" and self.smoothquant is not None:
             check_range(self, "smoothquant", 0.0, 1.0, hint="SmoothQuant's alpha, usually 0.5, or 'search'")
         if self.fallback not in ("bfloat16", "float32"):
-            _fail(self, "fallback", f"must be 'bfloat16' or 'float32', got {self.fallback!r}")
+            fail(self, "fallback", f"must be 'bfloat16' or 'float32', got {self.fallback!r}")
         if self.compute_dtype not in ("float32", "bfloat16"):
-            _fail(self, "compute_dtype", f"must be 'float32' or 'bfloat16', got {self.compute_dtype!r}")
+            fail(self, "compute_dtype", f"must be 'float32' or 'bfloat16', got {self.compute_dtype!r}")
         if self.min_sqnr_db is not None:
             check_range(self, "min_sqnr_db", 0.0, 100.0, hint="a floor in dB such as 30")
         if isinstance(self.outliers, bool) or not isinstance(self.outliers, int) or self.outliers < 0:
-            _fail(self, "outliers", f"must be a whole number >= 0, got {self.outliers!r}")
+            fail(self, "outliers", f"must be a whole number >= 0, got {self.outliers!r}")
         if self.outliers and self.min_sqnr_db is None:
-            _fail(self, "outliers", "only acts on layers under min_sqnr_db; set min_sqnr_db too (e.g. 33)")
+            fail(self, "outliers", "only acts on layers under min_sqnr_db; set min_sqnr_db too (e.g. 33)")
         for f in ("embeddings", "compile"):
             if not isinstance(getattr(self, f), bool):
-                _fail(self, f, f"must be true or false, got {getattr(self, f)!r}")
+                fail(self, f, f"must be true or false, got {getattr(self, f)!r}")
 
     def default_select(self) -> Select:
         return Select(types=("Linear", "Embedding"))

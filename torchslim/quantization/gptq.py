@@ -9,7 +9,7 @@ column ``j`` is spread over the columns not yet quantized with the optimal-brain
 
 where ``U`` is the upper Cholesky factor of ``(H + λI)⁻¹`` (λ = ``damp`` · mean diag H; the damping
 is raised ×10 up to ×1000 when the factorisation fails, see
-:func:`torchslim.pruning.sparsegpt._inverse_cholesky`, shared with SparseGPT). The paper's tricks:
+:func:`torchslim.calibration.hessian.inverse_cholesky`, shared with SparseGPT). The paper's tricks:
 
 - **lazy batch updates**: inside a block of ``blocksize`` columns the updates touch only the block;
   the rest of the matrix gets one ``E · U_{block, rest}`` product per block.
@@ -21,7 +21,7 @@ is raised ×10 up to ×1000 when the factorisation fails, see
 
 Example:
     >>> import torch
-    >>> from torchslim.pruning.sparsegpt import hessian_from_inputs
+    >>> from torchslim.calibration import hessian_from_inputs
     >>> from torchslim.quantization.int4_primitives import dequantize_int4, output_error
     >>> from torchslim.quantization.int4_rtn import rtn_quantize
     >>> g = torch.Generator().manual_seed(0)
@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import torch
 
-from torchslim.pruning.sparsegpt import _inverse_cholesky
+from torchslim.calibration.hessian import inverse_cholesky
 from torchslim.quantization.int4_primitives import Int4Tensors, minmax_qparams
 
 __all__ = ["gptq_quantize"]
@@ -77,7 +77,7 @@ def gptq_quantize(
     perm = torch.argsort(torch.diag(h), descending=True, stable=True) if act_order else torch.arange(k)
     inv = torch.argsort(perm)
     wd, h = wd[:, perm], h[perm][:, perm]
-    u = _inverse_cholesky(h, damp)  # [K, K] upper, in the permuted order
+    u = inverse_cholesky(h, damp)  # [K, K] upper, in the permuted order
     n_groups = k // group_size
     scale = torch.zeros(n, n_groups)
     zero = torch.zeros(n, n_groups)

@@ -10,7 +10,7 @@ Selected ``nn.Linear`` layers become :class:`~torchslim.quantization.int4_module
 - ``awq``: activation-aware per-input-channel scaling (:mod:`.awq`), needs ``ctx.calibration``.
 
 Calibrated methods take each layer's input Hessian from the shared calibration pass
-(:func:`torchslim.pruning.calibration.collect_input_stats`), layer by layer (``sequential``): the
+(:func:`torchslim.calibration.stats.collect_input_stats`), layer by layer (``sequential``): the
 forward stops at the layer being calibrated, and every earlier layer is already int4, so later layers
 see (and compensate) the error of earlier ones while memory stays at one Hessian. A Hessian that is
 rank-deficient (fewer calibration tokens than inputs) is damped; when even 1000× damping does not give
@@ -37,7 +37,8 @@ from typing import Any, Literal
 import torch
 import torch.nn as nn
 
-from torchslim.core.config import Config, _fail, check_positive_int, check_range, register_config
+from torchslim.calibration.stats import collect_input_stats
+from torchslim.core.config import Config, check_positive_int, check_range, fail, register_config
 from torchslim.core.context import Context
 from torchslim.core.progress import progress as progress_task
 from torchslim.core.registry import register_transform
@@ -45,7 +46,6 @@ from torchslim.core.select import Select
 from torchslim.core.structure import record_op
 from torchslim.core.walker import replace_module_
 from torchslim.errors import ConfigError, UnsupportedModelError
-from torchslim.pruning.calibration import collect_input_stats
 from torchslim.quantization.awq import awq_quantize
 from torchslim.quantization.dynamic import split_targets
 from torchslim.quantization.gptq import gptq_quantize
@@ -98,16 +98,16 @@ class Int4WeightOnly(Config):
 
     def __post_init__(self) -> None:
         if self.group_size not in GROUP_SIZES or isinstance(self.group_size, bool):
-            _fail(self, "group_size", f"must be one of {', '.join(map(str, GROUP_SIZES))}, got {self.group_size!r}")
+            fail(self, "group_size", f"must be one of {', '.join(map(str, GROUP_SIZES))}, got {self.group_size!r}")
         if self.method not in ("rtn", "gptq", "awq", "hqq"):
-            _fail(self, "method", f"must be 'rtn', 'gptq', 'awq' or 'hqq', got {self.method!r}")
+            fail(self, "method", f"must be 'rtn', 'gptq', 'awq' or 'hqq', got {self.method!r}")
         check_range(self, "damp", 0.0, 1.0, low_open=True, hint="a fraction of mean diag(H), usually 0.01")
         check_positive_int(self, "blocksize")
         if self.on_bad_group not in ("skip", "error"):
-            _fail(self, "on_bad_group", f"must be 'skip' or 'error', got {self.on_bad_group!r}")
+            fail(self, "on_bad_group", f"must be 'skip' or 'error', got {self.on_bad_group!r}")
         for f in ("act_order", "sequential", "kernel", "progress"):
             if not isinstance(getattr(self, f), bool):
-                _fail(self, f, f"must be true or false, got {getattr(self, f)!r}")
+                fail(self, f, f"must be true or false, got {getattr(self, f)!r}")
 
     def default_select(self) -> Select:
         return Select(types=("Linear",))
@@ -164,7 +164,7 @@ def calibrated_swap_(
     """Swap each ``(name, linear)`` for ``make(name, linear, hessian_or_None)`` (None: keep) in order.
 
     With ``hessians`` each layer's input Hessian ``2/T · X Xᵀ`` is taken from ``ctx.calibration`` by
-    :func:`~torchslim.pruning.calibration.collect_input_stats`: per layer on the partly swapped model
+    :func:`~torchslim.calibration.stats.collect_input_stats`: per layer on the partly swapped model
     (``sequential``) or in one pass before any swap. The swaps are recorded as one ``int8-modules``
     structure op (the generic quantized-module replay); if anything raises, every swapped layer is put
     back first, so the model is never left half-quantized.

@@ -33,7 +33,7 @@ from typing import Any, Literal
 import torch
 import torch.nn as nn
 
-from torchslim.core.config import Config, _fail, check_range, register_config
+from torchslim.core.config import Config, check_range, fail, register_config
 from torchslim.core.context import Context
 from torchslim.core.registry import register_transform
 from torchslim.core.select import Select
@@ -72,19 +72,19 @@ class MixedPrecision(Config):
 
     def __post_init__(self) -> None:
         if (self.budget_ratio is None) == (self.budget_bytes is None):
-            _fail(self, "budget_ratio", "give exactly one of budget_ratio (fraction of fp32 bytes) or budget_bytes")
+            fail(self, "budget_ratio", "give exactly one of budget_ratio (fraction of fp32 bytes) or budget_bytes")
         if self.budget_ratio is not None:
             check_range(self, "budget_ratio", 0.0, 1.0, low_open=True, hint="a fraction of the fp32 bytes, e.g. 0.2")
         if self.budget_bytes is not None and (
             not isinstance(self.budget_bytes, int) or isinstance(self.budget_bytes, bool) or self.budget_bytes <= 0
         ):
-            _fail(self, "budget_bytes", f"must be a positive integer, got {self.budget_bytes!r}")
+            fail(self, "budget_bytes", f"must be a positive integer, got {self.budget_bytes!r}")
         if isinstance(self.choices, str):
-            _fail(self, "choices", f"must be a list such as ['int4', 'int8'], got the string {self.choices!r}")
+            fail(self, "choices", f"must be a list such as ['int4', 'int8'], got the string {self.choices!r}")
         object.__setattr__(self, "choices", tuple(self.choices))
         bad = [c for c in self.choices if c not in CHOICES]
         if bad or not self.choices or len(set(self.choices)) != len(self.choices):
-            _fail(self, "choices", f"must be distinct values from {', '.join(CHOICES)}, got {list(self.choices)!r}")
+            fail(self, "choices", f"must be distinct values from {', '.join(CHOICES)}, got {list(self.choices)!r}")
         # The int4 options are validated by the int4 config itself (same messages).
         Int4WeightOnly(group_size=self.group_size, method=self.method)
 

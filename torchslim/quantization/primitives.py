@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import torch
 
-from torchslim.core.config import Config, _fail, register_config
+from torchslim.core.config import Config, fail, register_config
 
 __all__ = [
     "EPS",
@@ -92,7 +92,7 @@ class PerGroup(Granularity):
 
     def __post_init__(self) -> None:
         if not isinstance(self.group_size, int) or isinstance(self.group_size, bool) or self.group_size < 2:
-            _fail(self, "group_size", f"must be an integer >= 2 (e.g. 32, 64, 128), got {self.group_size!r}")
+            fail(self, "group_size", f"must be an integer >= 2 (e.g. 32, 64, 128), got {self.group_size!r}")
 
 
 @register_config("per-token")

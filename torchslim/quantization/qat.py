@@ -34,6 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from torchslim.calibration.passes import run_calibration
 from torchslim.core.adapters import adapt_for_
 from torchslim.core.config import Config, check_positive_int, check_range, register_config
 from torchslim.core.context import Context
@@ -41,7 +42,6 @@ from torchslim.core.registry import register_transform
 from torchslim.core.select import Select
 from torchslim.errors import ConfigError
 from torchslim.quantization._swap import swap_int8_, swappable
-from torchslim.quantization.calibrate import run_calibration
 from torchslim.quantization.modules import Int8DynamicLinear
 from torchslim.quantization.primitives import (
     PerChannel,

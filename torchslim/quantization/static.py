@@ -38,6 +38,7 @@ import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from torchslim.calibration.passes import run_calibration
 from torchslim.core.adapters import adapt_for_
 from torchslim.core.config import Config, register_config
 from torchslim.core.context import Context
@@ -47,7 +48,6 @@ from torchslim.core.structure import record_op, register_replay
 from torchslim.core.walker import record_foreign_layers, replace_module_
 from torchslim.errors import ConfigError
 from torchslim.quantization._swap import swap_int8_, swappable
-from torchslim.quantization.calibrate import run_calibration
 from torchslim.quantization.modules import (
     dtype_from_spec,
     dtype_spec,

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
-from torchslim.core.config import Config, _fail, check_range, register_config
+from torchslim.core.config import Config, check_range, fail, register_config
 from torchslim.core.context import Context
 from torchslim.core.registry import register_transform
 from torchslim.core.select import Select
@@ -49,7 +49,7 @@ class Int8WeightOnly(Config):
         if self.min_sqnr_db is not None:
             check_range(self, "min_sqnr_db", 0.0, 100.0, hint="a floor in dB such as 30")
         if not isinstance(self.embeddings, bool):
-            _fail(self, "embeddings", f"must be true or false, got {self.embeddings!r}")
+            fail(self, "embeddings", f"must be true or false, got {self.embeddings!r}")
 
     def default_select(self) -> Select:
         return Select(types=("Linear", "Embedding"))

@@ -24,7 +24,9 @@ import torch
 import torch.nn as nn
 import yaml
 
-from torchslim.core.config import Config, _build, _convert
+from torchslim.core.config import Config
+from torchslim.core.config import build_config as _build
+from torchslim.core.config import convert_value as _convert
 from torchslim.core.context import Context
 from torchslim.core.progress import format_duration
 from torchslim.core.progress import progress as progress_task
@@ -142,6 +144,8 @@ def _parse_yaml(text: str, source: str) -> Recipe:
     except yaml.YAMLError as e:
         # Includes !!python/object tags: safe_load refuses to construct them, nothing is executed.
         raise ConfigError(f"recipe {source} is not valid safe YAML", [str(e).replace("\n", " ")]) from None
+    except RecursionError:
+        raise ConfigError(f"recipe {source} is nested too deeply to be read") from None
     return recipe_from_dict(data, source)
 
 

@@ -26,7 +26,7 @@ import torch.nn as nn
 from torch_pruning.pruner import function
 from torch_pruning.pruner.importance import GroupMagnitudeImportance
 
-from torchslim.quantization.calibrate import run_calibration
+from torchslim.calibration.passes import run_calibration
 
 
 class ActivationNormImportance(GroupMagnitudeImportance):

@@ -54,7 +54,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from torchslim.core.batches import call_model
-from torchslim.core.config import Config, _fail, check_fraction, check_positive_int, check_range, register_config
+from torchslim.core.config import Config, check_fraction, check_positive_int, check_range, register_config
+from torchslim.core.config import fail as _fail
 from torchslim.core.context import Context
 from torchslim.core.registry import register_transform
 from torchslim.core.select import Select

@@ -36,15 +36,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from torchslim.calibration.passes import run_calibration
 from torchslim.core.batches import call_model
-from torchslim.core.config import Config, _fail, check_positive_int, register_config
+from torchslim.core.config import Config, check_positive_int, fail, register_config
 from torchslim.core.context import Context
 from torchslim.core.registry import register_transform
 from torchslim.core.select import Select
 from torchslim.core.structure import record_op, register_replay
 from torchslim.core.walker import replace_module_
 from torchslim.errors import ConfigError, UnsafeInputError, UnsupportedModelError
-from torchslim.quantization.calibrate import run_calibration
 
 
 @register_config("layer-dropping")
@@ -75,16 +75,16 @@ class LayerDropping(Config):
     def __post_init__(self) -> None:
         given = [self.every_k is not None, bool(self.indices), self.least_important is not None]
         if sum(given) != 1:
-            _fail(self, "every_k", "give exactly one of every_k, indices or least_important")
+            fail(self, "every_k", "give exactly one of every_k, indices or least_important")
         if self.every_k is not None:
             check_positive_int(self, "every_k")
             if self.every_k < 2:
-                _fail(self, "every_k", "must be >= 2 (every_k=1 would drop every block)")
+                fail(self, "every_k", "must be >= 2 (every_k=1 would drop every block)")
         if self.least_important is not None:
             check_positive_int(self, "least_important")
         object.__setattr__(self, "indices", tuple(self.indices))
         if any(not isinstance(i, int) or i < 0 for i in self.indices):
-            _fail(self, "indices", f"must be block indices >= 0, got {self.indices!r}")
+            fail(self, "indices", f"must be block indices >= 0, got {self.indices!r}")
 
 
 def find_blocks(model: nn.Module, container: str | None = None) -> tuple[str, nn.ModuleList]:

@@ -38,7 +38,7 @@ import torch
 import torch.nn as nn
 
 from torchslim.core.adapters import Conv1DLinear, adapt_for_
-from torchslim.core.config import Config, _fail, check_range, register_config
+from torchslim.core.config import Config, check_range, fail, register_config
 from torchslim.core.context import Context
 from torchslim.core.registry import register_transform
 from torchslim.core.select import Select
@@ -146,7 +146,7 @@ class LowRank(Config):
 
     def __post_init__(self) -> None:
         if self.rank_ratio is not None and self.energy is not None:
-            _fail(self, "energy", "give rank_ratio or energy, not both")
+            fail(self, "energy", "give rank_ratio or energy, not both")
         if self.rank_ratio is None and self.energy is None:
             object.__setattr__(self, "rank_ratio", 0.5)
         if self.rank_ratio is not None:

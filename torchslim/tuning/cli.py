@@ -32,11 +32,11 @@ __all__ = ["add_tuning_parsers", "cmd_sensitivity", "cmd_tune"]
 
 def add_tuning_parsers(sub: Any) -> None:
     """Add the ``tune`` and ``sensitivity`` subcommands to the CLI's subparsers."""
-    from torchslim.cli import _add_workload_arg, add_device_arg
+    from torchslim.cliargs import add_device_arg, add_workload_arg
     from torchslim.tuning.tune import OBJECTIVES
 
     p = sub.add_parser("tune", help="accuracy-aware search: the smallest/fastest recipe within a quality budget")
-    _add_workload_arg(p)
+    add_workload_arg(p)
     add_device_arg(p)
     p.add_argument(
         "--max-drop",
@@ -76,7 +76,7 @@ def add_tuning_parsers(sub: Any) -> None:
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("sensitivity", help="per-layer metric drop when only that layer is quantized or pruned")
-    _add_workload_arg(p)
+    add_workload_arg(p)
     add_device_arg(p)
     p.add_argument("--methods", default="int8,int4,prune", help="comma-separated: int8, int4, prune (all)")
     p.add_argument("--ratio", type=float, default=0.5, help="fraction of a layer's weights pruned (0.5)")
@@ -96,7 +96,7 @@ def _names(value: str | None) -> list[str] | None:
 
 def _workload(args: argparse.Namespace, command: str) -> Any:
     """The workload of ``--workload`` on ``--device``; refused (exit 3) when it has no quality metric."""
-    from torchslim.cli import check_device
+    from torchslim.cliargs import check_device
     from torchslim.errors import ConfigError
     from torchslim.workloads.user import resolve_workload
 
@@ -114,8 +114,8 @@ def _workload(args: argparse.Namespace, command: str) -> Any:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     """Run ``torchslim tune``; exit 6 when no trial meets the budget."""
-    from torchslim.cli import _write_json
     from torchslim.errors import QualityGateError, UsageError
+    from torchslim.io.jsonfile import write_json
     from torchslim.tuning.report import compare_builtins
     from torchslim.tuning.tune import tune
 
@@ -148,7 +148,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         print(f"wrote {path} ({name})")
     c = result.chosen
     summary = {"completed": result.completed, "baseline": result.baseline, "chosen": c, "builtins": result.builtins}
-    _write_json(args.json, summary)
+    write_json(args.json, summary)
     if c is None:
         raise QualityGateError(f"no trial met --max-drop {args.max_drop:g}; see {result.paths['report']}")
     print(
@@ -161,7 +161,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
     """Run ``torchslim sensitivity``."""
-    from torchslim.cli import _write_json
+    from torchslim.io.jsonfile import write_json
     from torchslim.tuning.sensitivity import sensitivity
 
     result = sensitivity(
@@ -177,5 +177,5 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     print(result.to_markdown())
     for path in result.write(args.out).values():
         print(f"wrote {path}")
-    _write_json(args.json, result.to_dict())
+    write_json(args.json, result.to_dict())
     return 0

@@ -27,7 +27,8 @@ _MANTISSAS = (
 )
 
 
-def _figure(width: float, height: float) -> Any:
+def new_figure(width: float, height: float) -> Any:
+    """A ``width`` x ``height`` inch matplotlib figure on the Agg canvas (no pyplot global state)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -175,7 +176,7 @@ def bar_chart(
 ) -> None:
     """Grouped bars: one group per label, one bar per series (e.g. per-layer metric drop per method)."""
     n = max(1, len(series))
-    fig = _figure(max(5.0, 0.45 * len(labels) * n + 1.5), 3.6)
+    fig = new_figure(max(5.0, 0.45 * len(labels) * n + 1.5), 3.6)
     ax = fig.add_subplot()
     width = 0.8 / n
     for i, (name, values) in enumerate(series.items()):
@@ -243,7 +244,7 @@ def pareto_chart(
         return [judged_quality(r, base_q, hib) for r in rows]
 
     margin = any(r.get("drop_bound") not in (None, r.get("drop")) for r in [*trials, *references])
-    fig = _figure(10.0, 4.4)
+    fig = new_figure(10.0, 4.4)
     axes = [fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)]
     feas = [t for t in trials if t.get("feasible")]
     infeas = [t for t in trials if not t.get("feasible")]
