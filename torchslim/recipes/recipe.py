@@ -35,6 +35,7 @@ from torchslim.errors import ConfigError, UnsafeInputError, UsageError
 from torchslim.measure import Report, measure, print_table, to_markdown
 
 MAX_RECIPE_BYTES = 1_000_000
+MAX_RECIPE_VALUES = 100_000  # a recipe is a few steps of a few fields
 
 
 @dataclass(frozen=True)
@@ -146,7 +147,29 @@ def _parse_yaml(text: str, source: str) -> Recipe:
         raise ConfigError(f"recipe {source} is not valid safe YAML", [str(e).replace("\n", " ")]) from None
     except RecursionError:
         raise ConfigError(f"recipe {source} is nested too deeply to be read") from None
+    _check_size(data, source)
     return recipe_from_dict(data, source)
+
+
+def _check_size(data: Any, source: str) -> None:
+    """Refuse a document that holds more than MAX_RECIPE_VALUES values counted as expanded.
+
+    YAML aliases make a small file stand for an exponentially large (or cyclic) structure ("billion
+    laughs"); validating or printing it would never finish. The walk stops at the limit.
+    """
+    stack, seen = [data], 0
+    while stack:
+        value = stack.pop()
+        seen += 1
+        if seen > MAX_RECIPE_VALUES:
+            raise UnsafeInputError(
+                f"recipe {source} expands to more than {MAX_RECIPE_VALUES} values (YAML aliases?); refusing it"
+            )
+        if isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
 
 
 def load_recipe(source: str | Path) -> Recipe:
