@@ -2,10 +2,12 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+# The data sets the built-in workloads read (stsbenchmark/, tinyshakespeare/input.txt, fsdd/recordings).
+export TORCHSLIM_DATA ?= $(abspath ../shared/data)
 # Reinstall only when pyproject.toml changes.
 STAMP := $(VENV)/.installed-$(shell $(PYTHON) -c "import hashlib;print(hashlib.sha1(open('pyproject.toml','rb').read()).hexdigest()[:12])")
 
-.PHONY: setup demo test lint format bench
+.PHONY: setup demo test quick lint format bench
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,8 +27,13 @@ lint: setup
 	$(VENV)/bin/ruff check torchslim tests
 	$(VENV)/bin/ruff format --check torchslim tests
 
+# Everything, in random order (pytest-randomly), as CI runs it.
 test: lint
 	HF_HUB_OFFLINE=1 $(PY) -m pytest torchslim tests
+
+# The edit loop: leaves out the slow (training, tuning, benchmark) and fuzz tests.
+quick: setup
+	HF_HUB_OFFLINE=1 $(PY) -m pytest torchslim tests -m "not slow and not fuzz"
 
 format: setup
 	$(VENV)/bin/ruff check --fix torchslim tests

@@ -60,8 +60,7 @@ from torchslim.quantization import (
 from torchslim.recipes import Recipe, RunReport, Step, load_recipe, recipe_from_dict, run_recipe
 from torchslim.structured import ChannelPruning, FoldBatchNorm, LayerDropping, LowRank, PruningPlan
 from torchslim.tuning import SearchSpace, sensitivity, tune
-
-__version__ = "0.1.0"
+from torchslim.version import __version__
 
 _install_integrations()  # lazy: transformers' from_pretrained learns quant_method "torchslim" when it loads
 

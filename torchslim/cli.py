@@ -198,7 +198,8 @@ def _example_for_artifact(path: str, model: Any) -> Any:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from torchslim.errors import UsageError
-    from torchslim.io import export_onnx, export_pt2, load
+    from torchslim.export import export_onnx, export_pt2
+    from torchslim.io import load
 
     factory, example_inputs = _resolve_factory(args)
     if factory is not None and example_inputs is None:

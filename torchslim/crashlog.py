@@ -41,7 +41,7 @@ def log_dir() -> Path:
 def _report(exc: BaseException, argv: Sequence[str]) -> str:
     import torch
 
-    from torchslim import __version__
+    from torchslim.version import __version__
 
     lines = [
         f"command: torchslim {' '.join(argv)}",

@@ -22,7 +22,7 @@ from torchslim.recipes import builtin_recipes
 from torchslim.workloads import workload_names
 
 ROOT = Path(__file__).resolve().parents[2]
-DATA_ROOT = "../shared/data"  # what BENCHMARKS.md is rendered with (report's --data-root default)
+DATA_ROOT = "../shared/data"  # what BENCHMARKS.md is rendered with (report's --data-root)
 SUBCOMMANDS = {"measure", "compress", "bench", "tune"}
 
 

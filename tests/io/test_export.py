@@ -11,7 +11,7 @@ import torch.nn as nn
 import torchslim as ts
 from torchslim.cli import main
 from torchslim.errors import UnsupportedModelError
-from torchslim.io import export_onnx, export_pt2
+from torchslim.export import export_onnx, export_pt2
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_artifact import X, compressed  # noqa: E402

@@ -13,7 +13,7 @@ import torch.nn as nn
 from onnx import numpy_helper
 
 import torchslim as ts
-from torchslim.io import export_onnx, export_pt2
+from torchslim.export import export_onnx, export_pt2
 
 DATA = (Path(__file__).resolve().parents[2] / "../shared/data/stsbenchmark").resolve()
 

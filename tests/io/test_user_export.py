@@ -17,7 +17,7 @@ from onnx import numpy_helper
 
 import torchslim as ts
 from torchslim.errors import UnsupportedModelError
-from torchslim.io import export_onnx, export_pt2
+from torchslim.export import export_onnx, export_pt2
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -162,7 +162,7 @@ class FixedBatch(nn.Module):
 
 
 def test_a_model_that_fixes_its_batch_exports_static_with_a_warning(tmp_path, caplog) -> None:
-    with caplog.at_level(logging.WARNING, logger="torchslim.io.export"):
+    with caplog.at_level(logging.WARNING, logger="torchslim.export"):
         assert export_pt2(FixedBatch(), (torch.ones(4, 3),), tmp_path / "f.pt2") == 0.0
     assert "fixes its batch size" in caplog.text
     assert export_onnx(FixedBatch(), (torch.ones(4, 3),), tmp_path / "f.onnx", dynamic=False) == 0.0

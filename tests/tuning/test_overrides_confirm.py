@@ -99,8 +99,10 @@ def test_confirmation_drops_a_trial_whose_rerun_misses_the_budget(
         return model, m
 
     monkeypatch.setattr(tune_module._Objective, "_run", run)
-    real_tune_sampler = tune_module._sampler
-    monkeypatch.setattr(tune_module, "_sampler", lambda objective, seed, trials: real_tune_sampler(objective, seed, 10))
+    real_tune_sampler = tune_module.make_sampler
+    monkeypatch.setattr(
+        tune_module, "make_sampler", lambda objective, seed, trials: real_tune_sampler(objective, seed, 10)
+    )
     points = [{"prune": "channels", "channel_ratio": r, "recovery": "finetune", "quant": "none"} for r in (0.125, 0.25)]
     monkeypatch.setattr(SearchSpace, "named_anchors", lambda self, recipes=None: [("test", p) for p in points])
     result = tune("digits", max_drop=1.0, trials=2, out=tmp_path, space=space, latency_runs=1, builtins=(),

@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from torchslim.workloads.datadir import DATA_ENV
 
 __all__ = ["DATA", "bench_command", "main", "render", "render_table", "row_command", "run_all"]
 
@@ -192,7 +195,7 @@ def headline_plot(results: dict[str, dict[str, Any]], path: Path) -> Any:
     return fig
 
 
-def render(out: str | Path, data_root: str = "../shared/data", failures: dict[str, str] | None = None) -> Path:
+def render(out: str | Path, data_root: str, failures: dict[str, str] | None = None) -> Path:
     """Write ``OUT/BENCHMARKS.md`` and ``OUT/bench/headline.png`` from ``OUT/bench/*.json``; returns the MD path."""
     from torchslim.bench import BENCHMARKS
     from torchslim.tuning.report import write_text
@@ -275,10 +278,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", default=".", help="folder for BENCHMARKS.md and bench/ (default: .)")
     p.add_argument("--only", help="comma-separated benchmark names (default: all registered)")
     p.add_argument("--quick", action="store_true", help="pass --quick to every benchmark")
-    p.add_argument("--data-root", default="../shared/data", help="folder holding the data sets (../shared/data)")
+    p.add_argument(
+        "--data-root",
+        default=os.environ.get(DATA_ENV),
+        help=f"folder holding the data sets, as written in the commands of BENCHMARKS.md (default: ${DATA_ENV})",
+    )
     p.add_argument("--render-only", action="store_true", help="only rewrite BENCHMARKS.md from existing JSON")
     p.add_argument("--timeout", type=float, help="seconds per benchmark")
     args = p.parse_args(argv)
+    if not args.data_root:
+        print(f"no data folder: pass --data-root DIR or set {DATA_ENV}", file=sys.stderr)
+        return 2
     names = [n.strip() for n in args.only.split(",")] if args.only else list(BENCHMARKS)
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:

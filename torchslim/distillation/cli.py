@@ -152,12 +152,12 @@ def cmd_distill(args: argparse.Namespace) -> int:
     import torch.distributed as dist
     from safetensors.torch import save_file
 
-    import torchslim
     from torchslim.cliargs import check_device
     from torchslim.distillation.distributed import init_from_env
     from torchslim.distillation.trainer import train_distill
     from torchslim.io import atomic_dir, check_output_dir
     from torchslim.io.jsonfile import write_json
+    from torchslim.version import __version__
     from torchslim.workloads.user import resolve_workload
 
     config = _config(args)  # fail on a bad config before any work
@@ -217,7 +217,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         if args.out:
-            manifest = {"torchslim": torchslim.__version__, "torch": torch.__version__, "seed": config.seed}
+            manifest = {"torchslim": __version__, "torch": torch.__version__, "seed": config.seed}
             with atomic_dir(args.out, force=args.force, manifest=manifest) as tmp:
                 state = {k: v.detach().contiguous().clone() for k, v in run.student.state_dict().items()}
                 save_file(state, str(tmp / "model.safetensors"))

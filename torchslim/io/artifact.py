@@ -132,7 +132,7 @@ def save(
         OutputExistsError: ``out`` is not empty and ``force`` is False, or an I/O error (disk full).
         UsageError: a malformed ``source``, or a factory that cannot be imported again.
     """
-    import torchslim
+    from torchslim.version import __version__
 
     rebuild, extra_files = rebuild_record(model, source)
     tensors, aliases, sparse_meta = encode_state(model, sparse=sparse)
@@ -147,7 +147,7 @@ def save(
         structure["rebuild"] = rebuild
     manifest = {
         "format_version": FORMAT_VERSION,
-        "torchslim": torchslim.__version__,
+        "torchslim": __version__,
         "torch": torch.__version__.split("+")[0],
         "seed": seed,
     }

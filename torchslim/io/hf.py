@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 from pathlib import Path
@@ -48,9 +49,11 @@ def _transformers() -> Any:
         import transformers
     except ImportError:
         raise UsageError("Hugging Face models need transformers: pip install 'torchslim[nlp]'") from None
-    from torchslim.integrations import register_transformers
-
-    register_transformers()  # a torchslim folder loads through its quantizer
+    try:  # a torchslim folder loads through its quantizer: ``import torchslim`` hooked its registration
+        # (torchslim.integrations) to this import, or registered it already when it was imported before
+        importlib.import_module("transformers.quantizers.auto")
+    except ImportError:  # a transformers without external quantizer registration
+        pass
     return transformers
 
 

@@ -256,7 +256,7 @@ class Int4WeightOnlyLinear(nn.Module):
             x2 = x2 * b["input_scale"].to(x.dtype)
         y = None
         # Under torch.export: the dequantize path (the kernel's layout cache reads data pointers, which
-        # fake tensors lack); torchslim's own exports trace the kernel through torchslim/io/export_int4.py.
+        # fake tensors lack); torchslim's own exports trace the kernel through torchslim/export/int4.py.
         fast = self.kernel and x.is_floating_point() and not torch.compiler.is_exporting()
         if fast and x2.shape[0] < DEQUANT_MIN_ROWS and self._kernel_ok(x.device.type):
             try:

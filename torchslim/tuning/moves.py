@@ -152,7 +152,7 @@ def same_steps(a: Recipe, b: Recipe) -> bool:
 
 def _read_steps(space: SearchSpace, recipe: Recipe) -> dict[str, Any] | None:
     """Parameter values a recipe suggests (checked afterwards by rebuilding the recipe), or None."""
-    from torchslim.tuning.space import group_regex
+    from torchslim.tuning.groups import group_regex
 
     values: dict[str, Any] = {"drop_layers": 0, "prune": "none", "recovery": "none", "recovery_sparse": "none"}
     values |= {"quant": "none", "channel_round_to": 1, "channel_sparsity": 0.0, "embeddings": "fp32"}

@@ -108,7 +108,7 @@ def _rerun_on_test(chosen: dict, space: SearchSpace, settings: dict, wl: Any, ba
         ),
         seed=settings["seed"],
     )
-    from torchslim.tuning.tune import fresh_context
+    from torchslim.tuning.study import fresh_context
 
     model, _ = run_recipe(copy.deepcopy(base), recipe, fresh_context(wl, ctx), measure_steps=False)
     chosen["test_quality"] = float(wl.evaluate(model.eval(), "test")[wl.metric])
@@ -155,7 +155,7 @@ def write_outputs(
 ) -> Any:
     """Write ``best.yaml`` (when a trial is feasible), ``pareto.png``, ``report.md``, ``trials.json``; a TuneResult."""
     from torchslim.tuning.plots import pareto_chart
-    from torchslim.tuning.tune import TuneResult, _done
+    from torchslim.tuning.study import TuneResult, completed_trials
 
     rows = trial_rows(study)
     complete = [r for r in rows if r["state"] == "COMPLETE" and "quality" in r]
@@ -182,7 +182,9 @@ def write_outputs(
         title=f"torchslim tune {settings['workload']}: objective {settings['objective']}, "
         f"max drop {settings['max_drop']:g}, {len(complete)} evaluated trials",
     )
-    result = TuneResult(study, _done(study.get_trials(deepcopy=False)), baseline, best, chosen, builtins, paths)
+    result = TuneResult(
+        study, completed_trials(study.get_trials(deepcopy=False)), baseline, best, chosen, builtins, paths
+    )
     paths["report"] = out / "report.md"
     write_text(paths["report"], to_markdown(result, settings, rows, recipe))
     paths["trials"] = out / "trials.json"

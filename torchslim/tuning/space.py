@@ -52,7 +52,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,6 +60,7 @@ import torch.nn as nn
 
 from torchslim.errors import ConfigError
 from torchslim.recipes import Recipe, recipe_from_dict
+from torchslim.tuning.groups import group_key, group_regex
 
 __all__ = ["EMBEDDINGS", "SearchSpace", "describe_model", "group_key", "int4_config_type"]
 
@@ -82,27 +82,6 @@ def int4_config_type() -> type | None:
     import torchslim.quantization as q
 
     return getattr(q, "Int4WeightOnly", None)
-
-
-def group_key(name: str) -> str:
-    """The layer group of a qualified module name: numeric components that are not the last become ``*``.
-
-    Example:
-        >>> group_key("encoder.layer.3.attention.self.query"), group_key("features.4")
-        ('encoder.layer.*.attention.self.query', 'features.4')
-    """
-    parts = name.split(".")
-    return ".".join("*" if p.isdigit() and i < len(parts) - 1 else p for i, p in enumerate(parts))
-
-
-def group_regex(group: str) -> str:
-    r"""A ``Select.include`` regex matching exactly the modules of ``group``.
-
-    Example:
-        >>> group_regex("encoder.layer.*.output.dense")
-        '^encoder\\.layer\\.\\d+\\.output\\.dense$'
-    """
-    return "^" + r"\d+".join(re.escape(p) for p in group.split("*")) + "$"
 
 
 def describe_model(model: nn.Module) -> dict[str, Any]:

@@ -70,7 +70,6 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +81,17 @@ from torchslim.errors import ConfigError, TorchslimError, UsageError
 from torchslim.tuning.budget import Budget
 from torchslim.tuning.moves import MOVES, point_key
 from torchslim.tuning.space import SearchSpace, describe_point
+from torchslim.tuning.study import (
+    TuneResult,
+    check_settings,
+    completed_trials,
+    default_storage,
+    fresh_context,
+    make_sampler,
+    open_storage,
+    reseeded_context,
+    study_settings,
+)
 
 __all__ = ["OBJECTIVES", "TuneResult", "default_storage", "tune"]
 
@@ -98,128 +108,6 @@ CONFIRM_SEED_OFFSET = 10_007
 
 class _Skip(Exception):
     """A trial that is recorded FAIL without counting: a duplicate, a surplus trial, or a failing recipe."""
-
-
-@dataclass
-class TuneResult:
-    """What ``tune`` found.
-
-    Attributes:
-        study: the Optuna study. completed: complete + pruned trials in the study.
-        baseline: ``{"quality": val metric, "test_quality", "size_bytes", "latency_ms"}``.
-        best: rows (see ``trial_rows``) of the best feasible trial(s): one, or the Pareto front.
-        chosen: the row written as ``best.yaml`` (with its test-split quality), or None when none is feasible.
-        builtins: rows of the built-in recipes evaluated the same way.
-        paths: output name -> path.
-    """
-
-    study: Any
-    completed: int
-    baseline: dict[str, Any]
-    best: list[dict[str, Any]]
-    chosen: dict[str, Any] | None
-    builtins: list[dict[str, Any]] = field(default_factory=list)
-    paths: dict[str, Path] = field(default_factory=dict)
-
-
-def default_storage(out: str | Path) -> str:
-    """``sqlite:///OUT/study.db`` with an absolute path.
-
-    Example:
-        >>> default_storage("/tmp/x")
-        'sqlite:////tmp/x/study.db'
-    """
-    return f"sqlite:///{Path(out).resolve() / 'study.db'}"
-
-
-def fresh_context(wl: Any, ctx: Any) -> Any:
-    """``ctx`` with new training data and events: a workload's ``train_data`` callable shuffles each epoch
-    with the next seed, so sharing one between trials would make a trial depend on the ones before it."""
-    return dataclasses.replace(ctx, train_data=wl.train_data(), events=[])
-
-
-def reseeded_context(wl: Any, ctx: Any, seed: int) -> Any:
-    """``ctx`` with ``seed`` and fresh training data shuffled from ``seed`` when the workload's ``train_data``
-    takes a ``seed`` keyword (digits, fsdd-kws); otherwise only the torch seeds change."""
-    import inspect
-
-    params = inspect.signature(wl.train_data).parameters
-    data = wl.train_data(seed=seed) if "seed" in params else wl.train_data()
-    return dataclasses.replace(ctx, train_data=data, events=[], seed=seed)
-
-
-def _constraint(trial: Any) -> Sequence[float]:
-    # Pruned trials never reached the final evaluation: treated as infeasible by the samplers.
-    return trial.user_attrs.get("constraint", [1.0])
-
-
-def _storage(url: str, heartbeat_interval: int, grace_period: int) -> Any:
-    import optuna
-    from sqlalchemy.exc import SQLAlchemyError
-
-    engine_kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else None
-    for attempt in range(10):
-        try:
-            return optuna.storages.RDBStorage(
-                url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval, grace_period=grace_period
-            )
-        except SQLAlchemyError:
-            # Workers started together race to create the schema of a new database: the loser retries
-            # and finds the tables made.
-            if attempt == 9:
-                raise
-            time.sleep(0.2 * (attempt + 1))
-    raise AssertionError("unreachable")
-
-
-def _sampler(objective: str, seed: int, trials: int) -> Any:
-    import optuna
-
-    if objective == "both":
-        pop = max(4, min(20, trials // 4))
-        return optuna.samplers.NSGAIISampler(population_size=pop, seed=seed, **_constraints_kw())
-    startup = max(4, min(10, trials // 3))
-    return optuna.samplers.TPESampler(
-        n_startup_trials=startup, seed=seed, multivariate=True, group=True, **_constraints_kw()
-    )
-
-
-def _constraints_kw() -> dict[str, Any]:
-    """Optuna >= 5 reads constraints set on the trial (``Trial.set_constraint``); older ones need a function."""
-    import optuna
-
-    return {} if hasattr(optuna.trial.Trial, "set_constraint") else {"constraints_func": _constraint}
-
-
-def _settings(workload: str, metric: str, max_drop: float, objective: str, space: SearchSpace, seed: int) -> dict:
-    return {
-        "workload": workload,
-        "metric": metric,
-        "max_drop": max_drop,
-        "objective": objective,
-        "seed": seed,
-        "space": space.signature(),
-    }
-
-
-def _check_settings(study: Any, settings: dict[str, Any]) -> None:
-    """Store the settings on a new study; refuse to continue one created with other settings."""
-    stored = study.user_attrs.get("settings")
-    if stored is None:
-        study.set_user_attr("settings", settings)
-        return
-    problems = [f"{k}: stored {stored.get(k)!r}, now {v!r}" for k, v in settings.items() if stored.get(k) != v]
-    if problems:
-        raise ConfigError(
-            "the study in this storage was created with other settings; use the same options or a new --out/--storage",
-            problems,
-        )
-
-
-def _done(trials: Sequence[Any]) -> int:
-    from optuna.trial import TrialState
-
-    return sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
 
 
 class _Objective:
@@ -243,7 +131,7 @@ class _Objective:
         study = trial.study
         while True:
             all_trials = study.get_trials(deepcopy=False)
-            done = _done(all_trials)
+            done = completed_trials(all_trials)
             ahead = sum(t.state == TrialState.RUNNING and t.number < trial.number for t in all_trials)
             if done >= self.trials:
                 trial.set_user_attr("surplus", True)
@@ -579,7 +467,9 @@ def tune(
         if space is None:  # the workload may shape its default space (e.g. post-training only)
             overrides = dict(getattr(wl, "tune_space_overrides", dict)())
             space = SearchSpace.for_model(base, has_train_data=ctx.train_data is not None, **overrides)
-        settings = _settings(wl.name, wl.metric, float(max_drop), objective, space, seed) | {"margin": float(margin)}
+        settings = study_settings(wl.name, wl.metric, float(max_drop), objective, space, seed) | {
+            "margin": float(margin)
+        }
         with progress_task(trials, f"tune {wl.name}", unit="trials", enabled=progress) as bar:
 
             def phase(text: str) -> None:  # a stage of the run: on the bar, and a line in logs
@@ -594,22 +484,22 @@ def tune(
             with warnings.catch_warnings():  # heartbeats and grouped TPE are "experimental" in Optuna
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 study = optuna.create_study(
-                    storage=_storage(url, heartbeat_interval, grace_period),
+                    storage=open_storage(url, heartbeat_interval, grace_period),
                     study_name=STUDY_NAME,
                     directions=directions,
                     load_if_exists=True,
-                    sampler=_sampler(objective, seed + 1000 * worker, trials),
+                    sampler=make_sampler(objective, seed + 1000 * worker, trials),
                 )
-                _check_settings(study, settings)
+                check_settings(study, settings)
                 if not study.trials and anchors:
                     for origin, point in space.named_anchors()[:trials]:
                         study.enqueue_trial(point, skip_if_exists=True, user_attrs={"origin": origin})
                 if len(study.trials):  # a resumed study: new suggestions, not the first run's again
-                    study.sampler = _sampler(objective, seed + 1000 * worker + 7919 * len(study.trials), trials)
+                    study.sampler = make_sampler(objective, seed + 1000 * worker + 7919 * len(study.trials), trials)
             fn = _Objective(wl=wl, base=base, ctx=ctx, space=space, settings=settings, budget=budget, baseline=baseline,
                             trials=trials, seed=seed, latency_runs=latency_runs, recover_limit=recover_limit)  # fmt: skip
-            bar.update(completed=min(_done(study.get_trials(deepcopy=False)), trials))
-            if _done(study.get_trials(deepcopy=False)) < trials:
+            bar.update(completed=min(completed_trials(study.get_trials(deepcopy=False)), trials))
+            if completed_trials(study.get_trials(deepcopy=False)) < trials:
                 phase("searching")
                 study.optimize(fn, catch=(_Skip,), callbacks=[_Stop(trials, bar)])
             if confirm:
@@ -654,7 +544,7 @@ class _Stop:
     def __call__(self, study: Any, trial: Any) -> None:
         from optuna.trial import TrialState
 
-        done = _done(study.get_trials(deepcopy=False))
+        done = completed_trials(study.get_trials(deepcopy=False))
         self.bar.update(completed=min(done, self.trials), status=f"trial {trial.number} {trial.state.name.lower()}")
         self.failures = self.failures + 1 if trial.state == TrialState.FAIL else 0
         # Surplus: the others finished the count. Many failures in a row: the space is exhausted

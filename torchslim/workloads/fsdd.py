@@ -42,6 +42,7 @@ from torch import nn
 from torchslim.errors import UnsafeInputError, UsageError
 from torchslim.training import fit_
 from torchslim.workloads.base import Workload, cache_dir, cached_or_trained, save_atomic
+from torchslim.workloads.datadir import data_path
 
 __all__ = [
     "DSCNN",
@@ -208,12 +209,7 @@ class FsddData:
 
 
 def _recordings(data: str | Path | None) -> list[Path]:
-    if data is None:
-        raise UsageError(
-            "fsdd-kws reads the Free Spoken Digit Dataset: pass its recordings folder with --data DIR "
-            "(e.g. --data ../shared/data/fsdd/recordings)"
-        )
-    root = Path(data)
+    root = data_path(data, "fsdd/recordings", "fsdd-kws (the Free Spoken Digit Dataset)")
     if not root.is_dir():
         raise UsageError(f"fsdd-kws: --data {root} is not a folder; give the FSDD recordings folder")
     files = sorted(p for p in root.iterdir() if p.suffix == ".wav")
@@ -404,10 +400,10 @@ class FsddWorkload(Workload):
         UsageError: no or an unusable data folder (said how to fix it).
 
     Example:
-        >>> FsddWorkload(None)
+        >>> FsddWorkload("/nonexistent")
         Traceback (most recent call last):
         ...
-        torchslim.errors.UsageError: fsdd-kws reads the Free Spoken Digit Dataset: pass its recordings folder with --data DIR (e.g. --data ../shared/data/fsdd/recordings)
+        torchslim.errors.UsageError: fsdd-kws: --data /nonexistent is not a folder; give the FSDD recordings folder
     """
 
     name = "fsdd-kws"
@@ -424,7 +420,7 @@ class FsddWorkload(Workload):
 
     def __init__(self, data: str | Path | None = None, held_out_speaker: str = HELD_OUT_SPEAKER) -> None:
         self.files = _recordings(data)  # fail fast, before any feature work
-        self.data_dir = Path(data)  # type: ignore[arg-type]
+        self.data_dir = self.files[0].parent
         self.held_out_speaker = held_out_speaker
         self._splits: dict[str, torch.Tensor] | None = None
         self._teacher_state: dict[str, torch.Tensor] | None = None

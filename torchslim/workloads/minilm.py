@@ -10,7 +10,7 @@ The STS benchmark folder (``sts-train.csv``, ``sts-dev.csv``, ``sts-test.csv``) 
 only read. Tokenisation and the fp32 reference embeddings (for :func:`cos_min`) are cached.
 
 Example:
-    >>> wl = MiniLMWorkload("../shared/data/stsbenchmark")  # doctest: +SKIP
+    >>> wl = MiniLMWorkload("stsbenchmark")  # doctest: +SKIP
     >>> wl.evaluate(wl.model())  # doctest: +SKIP
     {'stsb_spearman': 82.03..., 'cos_min': 1.0}
     >>> round(spearman([0.1, 0.5, 0.9], [1.0, 3.0, 2.0]), 2)
@@ -35,9 +35,9 @@ import torch.nn.functional as F
 
 from torchslim.errors import UsageError
 from torchslim.workloads.base import Workload, cache_dir
+from torchslim.workloads.datadir import data_path
 
 __all__ = [
-    "DEFAULT_DATA",
     "MiniLMWorkload",
     "SentenceEncoder",
     "cos_min",
@@ -50,7 +50,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 # Relative to the working directory, as the tests and CLI examples run from the repository root.
-DEFAULT_DATA = Path("../shared/data/stsbenchmark")
 SPLITS = {"train": "sts-train.csv", "dev": "sts-dev.csv", "val": "sts-dev.csv", "test": "sts-test.csv"}
 # sentence-transformers' max_seq_length for this model; STS sentences are far shorter.
 MAX_LEN = 256
@@ -197,7 +196,7 @@ class MiniLMWorkload(Workload):
     the evaluated model and from the fp32 model, over every sentence of the split.
 
     Args:
-        data: the ``stsbenchmark`` folder (default ``../shared/data/stsbenchmark`` from the working directory).
+        data: the ``stsbenchmark`` folder (default ``$TORCHSLIM_DATA/stsbenchmark``).
 
     Raises:
         UsageError: the folder or the model package is missing.
@@ -208,11 +207,11 @@ class MiniLMWorkload(Workload):
     higher_is_better = True
 
     def __init__(self, data: str | Path | None = None) -> None:
-        self.data = Path(data) if data is not None else DEFAULT_DATA
+        self.data = data_path(data, "stsbenchmark", "minilm-stsb")
         if not (self.data / "sts-test.csv").is_file():
             raise UsageError(
                 f"STS benchmark folder {self.data} not found or incomplete (no sts-test.csv); "
-                "pass it with --data DIR (tests use ../shared/data/stsbenchmark)"
+                "pass it with --data DIR (or set TORCHSLIM_DATA to the folder holding stsbenchmark)"
             )
         model_dir()  # fail early when the model package is missing
         self._rows: dict[str, list[tuple[float, str, str]]] = {}

@@ -44,9 +44,9 @@ import torch.nn.functional as F
 from torchslim.errors import UsageError
 from torchslim.training import fit_
 from torchslim.workloads.base import Workload, cache_dir, cached_or_trained
+from torchslim.workloads.datadir import data_path
 
 __all__ = [
-    "DEFAULT_DATA",
     "CharGPT",
     "GPTArch",
     "GPTTrain",
@@ -58,7 +58,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 # Relative to the working directory, as the tests and CLI examples run from the repository root.
-DEFAULT_DATA = Path("../shared/data/tinyshakespeare/input.txt")
+DATA_FILE = "tinyshakespeare/input.txt"  # under $TORCHSLIM_DATA
 VAL_FRACTION = 0.1
 # Bump when the data pipeline or training loop changes in a way the cache key below cannot see.
 _RECIPE_VERSION = 1
@@ -206,13 +206,13 @@ class ShakespeareText:
 
 
 def _resolve(path: str | Path | None) -> Path:
-    p = Path(path) if path is not None else DEFAULT_DATA
+    p = data_path(path, DATA_FILE, "shakespeare")
     if p.is_dir():
         p = p / "input.txt"
     if not p.is_file():
         raise UsageError(
             f"tiny Shakespeare text not found at {str(p)!r}; pass its path with --data FILE "
-            f"(e.g. {DEFAULT_DATA}, the 1.1 MB input.txt of char-rnn's tinyshakespeare)"
+            f"(e.g. {DATA_FILE}, the 1.1 MB input.txt of char-rnn's tinyshakespeare)"
         )
     return p.resolve()
 
@@ -240,7 +240,7 @@ def load_text(path: str | Path | None = None) -> ShakespeareText:
         >>> load_text("/nonexistent/input.txt")
         Traceback (most recent call last):
         ...
-        torchslim.errors.UsageError: tiny Shakespeare text not found at '/nonexistent/input.txt'; pass its path with --data FILE (e.g. ../shared/data/tinyshakespeare/input.txt, the 1.1 MB input.txt of char-rnn's tinyshakespeare)
+        torchslim.errors.UsageError: tiny Shakespeare text not found at '/nonexistent/input.txt'; pass its path with --data FILE (e.g. tinyshakespeare/input.txt, the 1.1 MB input.txt of char-rnn's tinyshakespeare)
     """
     p = _resolve(path)
     return _load(p, p.stat().st_mtime_ns)
@@ -285,7 +285,7 @@ class ShakespeareWorkload(Workload):
     """Tiny Shakespeare: a char-level GPT trained here (cached), ``val_ppl`` on the held-out tail (lower is better).
 
     Args:
-        data: the text file (or its folder); default ``../shared/data/tinyshakespeare/input.txt``.
+        data: the text file (or its folder); default ``$TORCHSLIM_DATA/tinyshakespeare/input.txt``.
         arch: model shape (default about 3.2 M parameters).
         train: training recipe (default a few minutes on 2 CPU cores).
         eval_tokens: score only the first this many tail characters (None: the whole tail, ~111 k).

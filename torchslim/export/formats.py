@@ -1,7 +1,7 @@
 """Export a (compressed) model to ONNX (``torch.onnx.export``, dynamo) or a ``torch.export`` ``.pt2``.
 
 Shapes: the batch dimension is dynamic by default, and the sequence dimension of token inputs (see
-:mod:`torchslim.io.export_inputs`); example inputs may be positional (a tensor or a tuple) or keyword
+:mod:`torchslim.export.inputs`); example inputs may be positional (a tensor or a tuple) or keyword
 (a dict, e.g. a Hugging Face ``BatchEncoding``). Where the model itself fixes a dimension (a
 ``view(8, -1)``), the export keeps that size and a warning says so; ``dynamic=False`` exports the
 example's shapes as they are. Hugging Face models whose config turns the key/value cache on are
@@ -22,7 +22,7 @@ weight-only Linear and embeddings become ``Cast``·``Mul`` dequantization before
 ``Gather``; static int8 convolutions export their reference path (fake-quantized activations, int8
 weights dequantized in the graph), since oneDNN's prepacked weight cannot be traced. Int4 linears
 become ONNX Runtime's ``MatMulNBits`` (4-bit weights in the file) and, in ``.pt2``, torch's int4
-kernel (see :mod:`torchslim.io.export_int4`).
+kernel (see :mod:`torchslim.export.int4`).
 
 Example:
     >>> import tempfile, torch, torch.nn as nn
@@ -54,8 +54,8 @@ from torch.fx.experimental.symbolic_shapes import is_concrete_int
 from torch.utils import _pytree as pytree
 
 from torchslim.errors import OutputExistsError, UnsupportedModelError
-from torchslim.io.export_inputs import TOKEN_INPUT_NAMES, ExampleInputs
-from torchslim.io.export_int4 import int4_lowered
+from torchslim.export.inputs import TOKEN_INPUT_NAMES, ExampleInputs
+from torchslim.export.int4 import int4_lowered
 
 log = logging.getLogger(__name__)
 
