@@ -1,7 +1,8 @@
 """Atomic artifact folders: write into a temporary folder beside the target, manifest last, rename.
 
 A crash or Ctrl-C leaves either the old artifact or nothing; the old artifact is only removed once the
-new one is complete. Stale temporary folders from an earlier crash are cleaned on the next write.
+new one is complete. Stale temporary folders from an earlier crash are cleaned on the next write. Two
+processes writing the same folder at once: one wins, the other gets OutputExistsError (exit 7).
 
 Example:
     >>> import tempfile, pathlib
@@ -14,13 +15,14 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ from torchslim.errors import OutputExistsError
 
 _TMP_PREFIX = ".torchslim-tmp-"
 _OLD_PREFIX = ".torchslim-old-"
+_LOCK_PREFIX = ".torchslim-lock-"
 
 
 def sha256_file(path: Path) -> str:
@@ -52,20 +55,94 @@ def _clean_stale(parent: Path, name: str) -> None:
             shutil.rmtree(stale, ignore_errors=True)
 
 
+_REASONS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "read-only file system",
+    errno.ENAMETOOLONG: "file name too long",
+}
+
+
+def describe_os_error(e: OSError) -> str:
+    """A short reason for an I/O failure, naming the problem (no space, permission, read-only, ...).
+
+    Example:
+        >>> describe_os_error(OSError(errno.ENOSPC, "No space left on device"))
+        'no space left on the device'
+    """
+    return _REASONS.get(e.errno) or (e.strerror or str(e) or type(e).__name__).lower()
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def _writer_lock(parent: Path, name: str) -> Iterator[None]:
+    """Hold an exclusive lock on writing ``parent/name``; OutputExistsError at once if another process has it.
+
+    The lock is ``flock`` on ``.torchslim-lock-<name>`` beside the target, removed on release; the kernel
+    drops it when its holder dies (a SIGKILLed writer leaves no stale lock, only a file the next writer
+    reuses and removes). Without ``fcntl`` (Windows) there is no lock.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    path = parent / f"{_LOCK_PREFIX}{name}"
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise OutputExistsError(f"{parent / name}: another process is writing it now; try again later") from None
+        try:
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                break  # still the live lock file (not one its last holder removed while we opened it)
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        yield
+    finally:
+        with suppress(OSError):
+            os.unlink(path)
+        os.close(fd)
+
+
 @contextmanager
 def atomic_dir(target: str | Path, *, force: bool = False, manifest: dict[str, Any] | None = None) -> Iterator[Path]:
     """Yield a temporary folder to fill; on success write ``manifest.json`` (sha256 of each file) and
-    move it into place at ``target``. On any exception the temporary folder is removed."""
+    move it into place at ``target``. On any exception (Ctrl-C included) the temporary folder is removed.
+
+    The folder and its files follow the user's umask. One writer per target at a time: a second process
+    writing the same ``target`` meanwhile gets OutputExistsError (exit 7) and changes nothing.
+
+    Raises:
+        OutputExistsError: ``target`` is not empty and ``force`` is False, another process is writing
+            it, or an I/O error (the message names it: no space, permission denied, read-only, ...).
+    """
     target = Path(target)
     check_output_dir(target, force)
     parent = target.parent if str(target.parent) else Path(".")
     try:
         parent.mkdir(parents=True, exist_ok=True)
+        lock = _writer_lock(parent, target.name)
+        lock.__enter__()
+    except OSError as e:
+        raise OutputExistsError(f"cannot write under {parent}: {describe_os_error(e)}") from None
+    tmp: Path | None = None
+    try:
+        check_output_dir(target, force)  # again, under the lock: another writer may have finished meanwhile
         _clean_stale(parent, target.name)
         tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{target.name}-", dir=parent))
-    except OSError as e:
-        raise OutputExistsError(f"cannot write under {parent}: {e}") from None
-    try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700
         yield tmp
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         body = dict(manifest or {})
@@ -82,9 +159,10 @@ def atomic_dir(target: str | Path, *, force: bool = False, manifest: dict[str, A
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, target)
+        tmp = None
     except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise OutputExistsError(f"writing {target} failed: {e}") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        raise OutputExistsError(f"writing {target} failed: {describe_os_error(e)}") from None
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        lock.__exit__(None, None, None)

@@ -1,0 +1,294 @@
+"""``torchslim compress --out`` / ``ts.save`` in a hostile environment: permission denied, read-only
+and full file systems, two writers at once, Ctrl-C, and the user's umask.
+
+Every case: exit 7 (OutputExistsError) with a one-line message naming the problem, and nothing left
+behind but the previous state (no temporary folder, no lock file). The real full / read-only file
+systems are small tmpfs mounts and need root with mount rights; elsewhere those tests skip and the
+monkeypatched ones still run.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+import torchslim as ts
+from torchslim.cli import main
+from torchslim.errors import OutputExistsError
+from torchslim.io.atomic import atomic_dir, describe_os_error
+
+MODULE = """
+import torch, torch.nn as nn
+def build():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 2))
+def big():
+    torch.manual_seed(0)
+    return nn.Linear(256, 256)  # 256 KB of float32: more than the 64 KB tmpfs
+def example_inputs():
+    return (torch.randn(2, 16),)
+"""
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """``tmp_path`` as the current folder, holding ``hostilemod.py`` (a tiny factory)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TORCHSLIM_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "hostilemod.py").write_text(MODULE, encoding="utf-8")
+    monkeypatch.delitem(sys.modules, "hostilemod", raising=False)
+    yield tmp_path
+    sys.modules.pop("hostilemod", None)
+
+
+def compress(out: Path | str, *extra: str) -> int:
+    return main(
+        [
+            "compress",
+            "--model",
+            "hostilemod:build",
+            "--recipe",
+            "bf16",
+            "--out",
+            str(out),
+            "--latency-runs",
+            "1",
+            *extra,
+        ]
+    )
+
+
+def model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 2))
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".torchslim-"))
+
+
+def one_line_error(capsys) -> str:
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("torchslim: error:")]
+    assert len(err) == 1, err
+    return err[0]
+
+
+@pytest.fixture
+def tmpfs():
+    """``tmpfs(size, read_only=False)``: a fresh tmpfs mount (root with mount rights; else the test skips)."""
+    mounts = []
+
+    def _mount(size: str = "64k", read_only: bool = False) -> Path:
+        point = Path(tempfile.mkdtemp(prefix="torchslim-tmpfs-"))
+        opts = f"size={size}" + (",ro" if read_only else "")
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(point)], capture_output=True, text=True)
+        if r.returncode != 0:
+            point.rmdir()
+            pytest.skip(f"cannot mount a tmpfs here (needs root with mount rights): {r.stderr.strip()[:120]}")
+        mounts.append(point)
+        return point
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    yield _mount
+    for point in mounts:
+        subprocess.run(["umount", str(point)], check=False)
+        point.rmdir()
+
+
+@pytest.mark.parametrize(
+    ("code", "reason"),
+    [
+        (errno.ENOSPC, "no space left on the device"),
+        (errno.EACCES, "permission denied"),
+        (errno.EROFS, "read-only file system"),
+        (errno.EIO, "input/output error"),
+    ],
+)
+def test_describe_os_error_names_the_problem(code, reason):
+    assert describe_os_error(OSError(code, os.strerror(code))) == reason
+
+
+# -- full disk ------------------------------------------------------------------------------------
+
+
+def test_full_disk_is_exit_7_and_leaves_nothing(workdir, monkeypatch, capsys):
+    real = Path.write_bytes
+
+    def full(self, data):
+        if self.name == "model.safetensors":
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        return real(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    assert compress(workdir / "out") == 7
+    line = one_line_error(capsys)
+    assert "no space left on the device" in line and "out" in line
+    assert not (workdir / "out").exists() and leftovers(workdir) == []
+
+
+def test_full_tmpfs_is_exit_7_and_leaves_nothing(tmpfs):
+    disk = tmpfs("64k")
+    torch.manual_seed(0)
+    with pytest.raises(OutputExistsError, match="no space left on the device"):
+        ts.save(nn.Linear(256, 256), disk / "out", sparse=False)
+    assert list(disk.iterdir()) == []
+
+
+def test_full_tmpfs_keeps_the_previous_artifact(tmpfs):
+    disk = tmpfs("96k")
+    ts.save(model(), disk / "out")
+    before = {p.name: p.read_bytes() for p in (disk / "out").iterdir()}
+    torch.manual_seed(0)
+    with pytest.raises(OutputExistsError, match="no space left on the device"):
+        ts.save(nn.Linear(256, 256), disk / "out", sparse=False, force=True)
+    assert {p.name: p.read_bytes() for p in (disk / "out").iterdir()} == before
+    assert sorted(p.name for p in disk.iterdir()) == ["out"]
+
+
+# -- read-only, permission denied -------------------------------------------------------------------
+
+
+def test_read_only_file_system_is_exit_7(tmpfs, workdir, capsys):
+    ro = tmpfs("64k", read_only=True)
+    assert compress(ro / "out") == 7
+    assert "read-only file system" in one_line_error(capsys)
+    assert list(ro.iterdir()) == []
+
+
+def test_read_only_monkeypatched_is_exit_7(workdir, monkeypatch, capsys):
+    def ro(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", ro)
+    assert compress(workdir / "out") == 7
+    assert "read-only file system" in one_line_error(capsys)
+    assert not (workdir / "out").exists() and leftovers(workdir) == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores permission bits (the monkeypatched test covers it)")
+def test_permission_denied_is_exit_7(workdir, capsys):
+    """A real permission check: a folder without write permission."""
+    parent = workdir / "locked"
+    parent.mkdir()
+    parent.chmod(0o555)
+    try:
+        assert compress(parent / "out") == 7
+        assert "permission denied" in one_line_error(capsys)
+        assert list(parent.iterdir()) == []
+    finally:
+        parent.chmod(0o755)
+
+
+def test_permission_denied_monkeypatched_is_exit_7(workdir, monkeypatch, capsys):
+    def denied(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", denied)
+    assert compress(workdir / "out") == 7
+    assert "permission denied" in one_line_error(capsys)
+    assert not (workdir / "out").exists() and leftovers(workdir) == []
+
+
+# -- two writers -----------------------------------------------------------------------------------
+
+
+def test_second_writer_while_the_first_writes_is_refused(tmp_path):
+    out = tmp_path / "out"
+    with atomic_dir(out) as tmp:
+        (tmp / "a.txt").write_text("first")
+        with pytest.raises(OutputExistsError, match="another process is writing it"):
+            ts.save(model(), out, force=True)
+        assert (tmp / "a.txt").exists()  # the second writer did not clean the first one's folder
+    assert sorted(p.name for p in out.iterdir()) == ["a.txt", "manifest.json"]
+    assert leftovers(tmp_path) == []
+
+
+def test_two_processes_one_wins_the_other_exits_7(workdir, capsys):
+    """Process A holds ``out`` (writing slowly); ``torchslim compress --out`` meanwhile exits 7."""
+    ready = workdir / "ready"
+    code = textwrap.dedent(
+        f"""
+        import pathlib, time
+        from torchslim.io.atomic import atomic_dir
+        with atomic_dir({str(workdir / "out")!r}) as tmp:
+            (tmp / "from-a.txt").write_text("a")
+            pathlib.Path({str(ready)!r}).touch()
+            while not pathlib.Path({str(workdir / "go")!r}).exists():  # hold the folder until told to finish
+                time.sleep(0.05)
+        """
+    )
+    a = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            assert a.poll() is None and time.monotonic() < deadline, "writer A did not start"
+            time.sleep(0.05)
+        assert compress(workdir / "out", "--force") == 7
+        assert "another process is writing it" in one_line_error(capsys)
+    finally:
+        (workdir / "go").touch()
+        assert a.wait(timeout=120) == 0
+    assert sorted(p.name for p in (workdir / "out").iterdir()) == ["from-a.txt", "manifest.json"]
+    assert leftovers(workdir) == []
+
+
+def test_stale_lock_file_of_a_killed_writer_does_not_block(tmp_path):
+    (tmp_path / ".torchslim-lock-out").write_text("")  # a SIGKILLed writer's lock file: no flock held
+    ts.save(model(), tmp_path / "out")
+    assert leftovers(tmp_path) == []
+
+
+# -- Ctrl-C ------------------------------------------------------------------------------------------
+
+
+def test_ctrl_c_during_save_is_exit_130_and_leaves_nothing(workdir, monkeypatch, capsys):
+    import torchslim.io.artifact as artifact
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(artifact, "_read_tensors", interrupted)  # the verification step, files already written
+    assert compress(workdir / "out") == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert not (workdir / "out").exists() and leftovers(workdir) == []
+
+
+def test_ctrl_c_keeps_the_previous_artifact(tmp_path, monkeypatch):
+    import torchslim.io.artifact as artifact
+
+    ts.save(model(), tmp_path / "out")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    monkeypatch.setattr(artifact, "_read_tensors", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        ts.save(nn.Linear(3, 3), tmp_path / "out", force=True)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
+    assert leftovers(tmp_path) == []
+
+
+# -- umask -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("umask", "folder", "file"), [(0o022, 0o755, 0o644), (0o077, 0o700, 0o600), (0o002, 0o775, 0o664)]
+)
+def test_artifact_follows_the_umask(tmp_path, umask, folder, file):
+    old = os.umask(umask)
+    try:
+        ts.save(model(), tmp_path / "out")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out").stat().st_mode & 0o777 == folder
+    assert {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "out").iterdir()} == dict.fromkeys(
+        ["manifest.json", "model.safetensors", "structure.json"], file
+    )
