@@ -143,6 +143,49 @@ def _importance(name: str) -> Any:
     return tp.importance.RandomImportance()
 
 
+def _pruner_class() -> type:
+    """Torch-Pruning's ``BasePruner``, with channel groups that every grouped conv of a group can keep.
+
+    A coupled group (say a residual stream read by convs with ``groups=4`` and ``groups=3``) is pruned
+    symmetrically in ``k`` equal slices, so each layer keeps a multiple of ``k`` channels. Torch-Pruning
+    takes ``k`` as the *largest* of the layers' group counts (4, leaving 3 with an impossible width); the
+    least common multiple (12) suits all of them. Every count divides the channel number, so the lcm does.
+    """
+    import torch_pruning as tp
+
+    class _Pruner(tp.pruner.BasePruner):
+        def _get_channel_groups(self, group: Any) -> int:
+            counts = []
+            for dep, _ in group:
+                table = (
+                    self.out_channel_groups
+                    if self.DG.is_out_channel_pruning_fn(dep.handler)
+                    else self.in_channel_groups
+                )
+                if dep.target.module in table:
+                    counts.append(table[dep.target.module])
+            return math.lcm(*counts) if counts else 1
+
+    return _Pruner
+
+
+def _unsplittable(module: nn.Module) -> bool:
+    """A grouped conv Torch-Pruning cannot prune: one group per input *or* output channel, but not both.
+
+    Depth multipliers (``Conv2d(24, 48, groups=24)``) and their converse are read as depthwise (input
+    and output channels removed together) or give index errors; their channels are left as they are.
+    Depthwise (``in == out == groups``) and other grouped convs are pruned.
+
+    Example:
+        >>> _unsplittable(nn.Conv2d(8, 16, 3, groups=8)), _unsplittable(nn.Conv2d(8, 8, 3, groups=8))
+        (True, False)
+    """
+    if not isinstance(module, nn.modules.conv._ConvNd) or module.groups == 1:
+        return False
+    depthwise = module.groups == module.in_channels == module.out_channels
+    return not depthwise and module.groups in (module.in_channels, module.out_channels)
+
+
 def _flat_tensors(out: Any) -> list[torch.Tensor]:
     if isinstance(out, torch.Tensor):
         return [out]
@@ -202,7 +245,6 @@ class _Session:
     """One pruning run on a working copy: the Torch-Pruning pruner, the protected layers, the plan so far."""
 
     def __init__(self, work: nn.Module, config: ChannelPruning, select_names: set[str], ctx: Context) -> None:
-        import torch_pruning as tp
 
         self.work, self.config, self.ctx = work, config, ctx
         names = {m: n for n, m in work.named_modules()}
@@ -243,7 +285,7 @@ class _Session:
         with warnings.catch_warnings(), torch.enable_grad():
             warnings.simplefilter("ignore")  # Torch-Pruning warns about bare parameters it handles itself
             try:
-                self.pruner = tp.pruner.BasePruner(
+                self.pruner = _pruner_class()(
                     work,
                     ctx.example_inputs,
                     importance=_importance(config.importance),
@@ -270,7 +312,8 @@ class _Session:
         self.groups: list[list[dict[str, Any]]] = []
 
     def _protect(self, out: Any, inputs: list[torch.Tensor], names: dict[nn.Module, str]) -> None:
-        """Leave alone every group that reaches the model output or input, or an nn.MultiheadAttention embedding."""
+        """Leave alone every group that reaches the model output or input, an nn.MultiheadAttention embedding
+        or a grouped conv Torch-Pruning cannot split (:func:`_unsplittable`)."""
         from torch_pruning import ops
 
         dg = self.pruner.DG
@@ -300,6 +343,7 @@ class _Session:
                 reaches_output
                 or any(reads_input(dep) for dep, _ in group)
                 or any(isinstance(dep.target.module, nn.MultiheadAttention) for dep, _ in group)
+                or any(_unsplittable(dep.target.module) for dep, _ in group)
             ):
                 outs = [dep.target.module for dep, _ in group if dg.is_out_channel_pruning_fn(dep.handler)]
                 protected += [m for m in outs if isinstance(m, nn.Module)]

@@ -62,8 +62,26 @@ def _resolve_param(model: nn.Module, path: str) -> tuple[nn.Module, str, nn.Para
     return parent, leaf, param
 
 
-def apply_item_(model: nn.Module, item: dict[str, Any]) -> None:
+def _target_of(model: nn.Module, item: dict[str, Any]) -> tuple[Any, tuple[nn.Module, str] | None]:
+    """The layer (or bare parameter, with its parent and attribute name) a plan item names."""
+    try:
+        if "param" in item:
+            parent, leaf, param = _resolve_param(model, item["param"])
+            return param, (parent, leaf)
+        return model.get_submodule(item["module"]), None
+    except AttributeError:
+        raise UnsafeInputError(
+            f"pruning plan names {item.get('module', item.get('param'))!r}, not in this model"
+        ) from None
+
+
+def apply_item_(model: nn.Module, item: dict[str, Any], pruner: Any = None) -> None:
     """Prune one layer (or bare parameter) as a plan item says; raise UnsafeInputError if it does not fit.
+
+    ``pruner`` is the Torch-Pruning pruning-function object to use (default: the one for the layer as it
+    is now). A plan passes the one chosen *before* any of its items ran, as Torch-Pruning binds it when it
+    builds its graph: a grouped conv pruned down to ``out_channels == groups`` would otherwise be taken for
+    a depthwise conv, whose input pruning also removes outputs.
 
     Example:
         >>> import torch.nn as nn
@@ -74,16 +92,8 @@ def apply_item_(model: nn.Module, item: dict[str, Any]) -> None:
     """
     _check_item(item)
     fn, dim, keep = item["fn"], item["dim"], item["keep"]
-    try:
-        if "param" in item:
-            parent, leaf, target = _resolve_param(model, item["param"])
-        else:
-            target = model.get_submodule(item["module"])
-    except AttributeError:
-        raise UnsafeInputError(
-            f"pruning plan names {item.get('module', item.get('param'))!r}, not in this model"
-        ) from None
-    pruner = _pruner_for(target)
+    target, owner = _target_of(model, item)
+    pruner = pruner if pruner is not None else _pruner_for(target)
     pruner.pruning_dim = dim  # Torch-Pruning keeps the dimension on the (shared) pruner object
     size = item["size"]
     current = _size(pruner, target, fn)
@@ -99,8 +109,8 @@ def apply_item_(model: nn.Module, item: dict[str, Any]) -> None:
     if not removed:
         return
     result = getattr(pruner, "prune_out_channels" if fn == "out" else "prune_in_channels")(target, removed)
-    if "param" in item:  # Torch-Pruning returns a new, smaller Parameter for bare parameters
-        setattr(parent, leaf, result)
+    if owner is not None:  # Torch-Pruning returns a new, smaller Parameter for bare parameters
+        setattr(owner[0], owner[1], result)
 
 
 def _check_item(item: Any) -> None:
@@ -193,9 +203,17 @@ class PruningPlan:
     def apply_(self, model: nn.Module) -> nn.Module:
         """Replay the plan on ``model`` in place (attention splits, groups in order, attribute patches); returns it."""
         split_attention_(model, self.split_attention)
+        # Pruning functions are chosen on the model as the plan found it (as Torch-Pruning's graph did),
+        # not per item: shapes change along the way and with them what a conv looks like.
+        pruners = {}
         for group in self.groups:
             for item in group:
-                apply_item_(model, item)
+                name = item.get("module", item.get("param"))
+                if name not in pruners and "module" in item:
+                    pruners[name] = _pruner_for(_target_of(model, item)[0])
+        for group in self.groups:
+            for item in group:
+                apply_item_(model, item, pruners.get(item.get("module")))
         patch_attrs_(model, self.attrs)
         return model
 
