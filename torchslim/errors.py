@@ -52,7 +52,8 @@ class QualityGateError(TorchslimError):
 
 
 class OutputExistsError(TorchslimError):
-    """The output exists and ``--force`` was not given, or an I/O error occurred (exit 7)."""
+    """The output exists and ``--force`` was not given, another process is writing it, or an I/O error
+    occurred: the message names it (no space left, permission denied, read-only file system) (exit 7)."""
 
     exit_code = 7
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
+import tracemalloc
 import zlib
 from pathlib import Path
 
@@ -116,8 +117,8 @@ def test_deeply_nested_json_is_refused(name, valid_files):
 
 
 def _bomb(n_bytes: int) -> torch.Tensor:
-    """A DEFLATE stream of ``n_bytes`` zeros (about 1/1000 of that size), built without holding them."""
-    z, chunk = zlib.compressobj(9), bytes(1 << 20)
+    """A DEFLATE stream of ``n_bytes`` zeros (about 1/200 of that size), built without holding them."""
+    z, chunk = zlib.compressobj(1), bytes(1 << 20)
     packed = b"".join(z.compress(chunk) for _ in range(n_bytes >> 20)) + z.flush()
     return torch.frombuffer(bytearray(packed), dtype=torch.uint8)
 
@@ -185,3 +186,16 @@ def test_inflate_mutated_stream(data, numel, dtype, mutate, refused_or_ok):
     valid = zlib.compress(bytes(range(256)) * 4, 9)
     packed = torch.frombuffer(bytearray(mutate(data, valid)) or bytearray(1), dtype=torch.uint8)
     refused_or_ok(inflate_tensor, packed, {"dtype": dtype, "numel": numel}, max_numel=4096)
+
+
+def test_zero_length_claim_does_not_inflate_without_bound():
+    # Found in review while fuzzing: numel 0 made the bound zlib's max_length=0, which means "no limit".
+    bomb = _bomb(256 << 20)
+    tracemalloc.start()
+    try:
+        with pytest.raises(UnsafeInputError, match="expected 0 bytes"):
+            inflate_tensor(bomb, {"dtype": "uint8", "numel": 0})
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20, f"inflating took {peak >> 20} MB"
