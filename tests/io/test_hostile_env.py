@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -214,6 +215,7 @@ def test_second_writer_while_the_first_writes_is_refused(tmp_path):
     assert leftovers(tmp_path) == []
 
 
+@pytest.mark.slow  # a second Python process (seconds)
 def test_two_processes_one_wins_the_other_exits_7(workdir, capsys):
     """Process A holds ``out`` (writing slowly); ``torchslim compress --out`` meanwhile exits 7."""
     ready = workdir / "ready"
@@ -262,6 +264,44 @@ def test_ctrl_c_during_save_is_exit_130_and_leaves_nothing(workdir, monkeypatch,
     assert compress(workdir / "out") == 130
     assert "interrupted" in capsys.readouterr().err
     assert not (workdir / "out").exists() and leftovers(workdir) == []
+
+
+@pytest.mark.slow  # a second Python process (seconds)
+def test_real_sigint_during_compress_is_exit_130_and_leaves_nothing(workdir):
+    """A real SIGINT to ``torchslim compress --out`` while it writes: exit 130, no temporary folder or lock."""
+    ready = workdir / "ready"
+    code = textwrap.dedent(
+        f"""
+        import pathlib, sys, time
+        import torchslim.io.artifact as artifact
+        from torchslim.cli import main
+
+        def stalled(path):  # the files are written, the verification has not run yet
+            pathlib.Path({str(ready)!r}).touch()
+            time.sleep(120)
+
+        artifact._read_tensors = stalled
+        sys.exit(main(["compress", "--model", "hostilemod:build", "--recipe", "bf16", "--out", "out", "--latency-runs", "1"]))
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=workdir, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not ready.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "compress did not reach the write"
+        time.sleep(0.05)
+    assert sorted(p.name for p in workdir.iterdir() if p.name.startswith(".torchslim-tmp-"))  # mid-write
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "torchslim: interrupted" in err
+    assert not (workdir / "out").exists() and leftovers(workdir) == []
+
+
+def test_out_on_another_file_system(tmpfs, workdir):
+    other = tmpfs("1m")
+    ts.save(model(), other / "out")
+    assert torch.equal(ts.load(other / "out", factory=model).state_dict()["0.weight"], model().state_dict()["0.weight"])
+    assert sorted(p.name for p in other.iterdir()) == ["out"]
 
 
 def test_ctrl_c_keeps_the_previous_artifact(tmp_path, monkeypatch):
