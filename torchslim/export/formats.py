@@ -82,15 +82,59 @@ def _replace_into(path: Path, write: Any) -> None:
             os.remove(tmp)
 
 
+def _eager(model: nn.Module) -> nn.Module:
+    """The plain module under ``torch.compile``: what the exporters trace (and the reference they are checked
+    against, the same function without the compilation time).
+
+    Unwraps a ``torch.compile(model)`` wrapper, and where ``model.compile()`` (``compile=True`` of the int8
+    techniques) or a compiled child is inside, exports a copy without them. The model is not changed.
+
+    Example:
+        >>> m = nn.Linear(2, 2)
+        >>> _eager(torch.compile(m)) is m
+        True
+    """
+    import copy
+
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    if isinstance(model, OptimizedModule):
+        model = model._orig_mod
+    compiled = any(
+        getattr(m, "_compiled_call_impl", None) is not None or isinstance(m, OptimizedModule) for m in model.modules()
+    )
+    if not compiled:
+        return model
+    clone = copy.deepcopy(model)
+    for parent in list(clone.modules()):
+        parent._compiled_call_impl = None
+        for name, child in list(parent.named_children()):
+            if isinstance(child, OptimizedModule):
+                setattr(parent, name, child._orig_mod)
+    log.info("exporting %s without its torch.compile wrapper", type(model).__name__)
+    return clone
+
+
 def _without_bf16(model: nn.Module) -> nn.Module:
-    """ONNX Runtime's CPU provider has no bf16 Conv/MatMul kernels: export bf16 weights as the (exactly
-    equal) fp32 values instead. The model itself is not changed."""
+    """A float32-compute copy of a model that computes in bf16 (``CastDtype``, ``compute_dtype="bfloat16"``).
+
+    ONNX Runtime's CPU provider has few bf16 kernels (no bf16 Conv/MatMul, and LayerNormalization then
+    meets bf16 activations with float32 weights), so ONNX export computes in float32: bf16 weights and
+    buffers become their (exactly equal) fp32 values, the cast hooks go, and compressed modules that
+    hand on bf16 (``output_dtype``: int8 embeddings, static int8 layers) hand on float32. The outputs
+    then differ from the bf16 model's by bf16 rounding only, well inside the export tolerance. The
+    model itself is not changed.
+    """
     import copy
 
     from torchslim.core.structure import structure_ops
     from torchslim.quantization.cast import remove_cast_hooks
 
-    if not any(p.dtype == torch.bfloat16 for p in model.parameters()):
+    def bf16(m: nn.Module) -> bool:
+        tensors = [*m.parameters(recurse=False), *m.buffers(recurse=False)]
+        return any(t.dtype == torch.bfloat16 for t in tensors) or getattr(m, "output_dtype", None) == torch.bfloat16
+
+    if not any(bf16(m) for m in model.modules()):
         return model
     clone = copy.deepcopy(model)
     for p in clone.parameters():
@@ -100,9 +144,11 @@ def _without_bf16(model: nn.Module) -> nn.Module:
         for name, b in list(m.named_buffers(recurse=False)):
             if b is not None and b.dtype == torch.bfloat16:
                 setattr(m, name, b.float())
+        if getattr(m, "output_dtype", None) == torch.bfloat16:
+            m.output_dtype = torch.float32
         # The cast hooks would turn activations back into bf16; with fp32 weights they must go.
         remove_cast_hooks(m)
-    log.info("exporting bf16 weights as fp32 for ONNX Runtime (%d structure ops)", len(structure_ops(model)))
+    log.info("exporting bf16 compute as fp32 for ONNX Runtime (%d structure ops)", len(structure_ops(model)))
     return clone
 
 
@@ -142,6 +188,9 @@ def export_onnx(
 ) -> float:
     """Export with ``torch.onnx.export(dynamo=True)``, run it in ONNX Runtime at two batch sizes.
 
+    A model under ``torch.compile`` is exported as its plain module; one that computes in bf16 is
+    exported computing in float32 (ONNX Runtime's CPU bf16 support is too thin, see ``_without_bf16``).
+
     Args:
         model: the (compressed) model; it is not changed.
         example_inputs: a tensor, a tuple of positional inputs or a dict of keyword inputs.
@@ -159,7 +208,7 @@ def export_onnx(
     """
     import onnxruntime as ort
 
-    model = model.eval()
+    model = _eager(model.eval())
     example = _without_cache(model, ExampleInputs.of(example_inputs))
     trace = _trace_inputs(example, dynamic)
     target = _without_bf16(model)
@@ -209,7 +258,7 @@ def export_pt2(
     Arguments, return value and errors as :func:`export_onnx`; the check runs the program reloaded
     with ``torch.export.load``.
     """
-    model = model.eval()
+    model = _eager(model.eval())
     example = _without_cache(model, ExampleInputs.of(example_inputs))
     trace = _trace_inputs(example, dynamic)
     with int4_lowered(model, "pt2"):
