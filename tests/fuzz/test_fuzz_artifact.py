@@ -199,3 +199,14 @@ def test_zero_length_claim_does_not_inflate_without_bound():
     finally:
         tracemalloc.stop()
     assert peak < 16 << 20, f"inflating took {peak >> 20} MB"
+
+
+def test_structure_op_claiming_a_huge_module_is_refused_before_allocating(valid_files):
+    # Found by the long fuzz run (killed by the kernel at 23 GB): an int8-modules op whose spec claims
+    # in/out features of 100,000 built a 10 GB module before the stored tensors were compared.
+    structure = json.loads(valid_files["structure.json"])
+    spec = structure["ops"][0]["data"]["modules"][0][1]
+    spec["in_features"] = spec["out_features"] = 100_000
+    files = {**valid_files, "structure.json": json.dumps(structure).encode()}
+    with pytest.raises(UnsafeInputError, match="claims 10000"):  # and the autouse fixture bounds the memory
+        _load(files)

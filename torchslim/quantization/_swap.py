@@ -20,12 +20,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import torch
 import torch.nn as nn
 
 from torchslim.core.context import Context
 from torchslim.core.structure import record_op, register_replay
 from torchslim.core.walker import replace_module_
-from torchslim.errors import UnsupportedModelError
+from torchslim.errors import UnsafeInputError, UnsupportedModelError
 from torchslim.quantization.modules import empty_like_spec, module_spec
 from torchslim.quantization.primitives import NonFiniteError
 
@@ -70,10 +71,21 @@ def swap_int8_(
     return [n for n, _ in done]
 
 
+def _check_spec_size(name: str, new: nn.Module, old: nn.Module) -> None:
+    """UnsafeInputError when a replayed spec holds far more elements than the module it replaces (an int8 or
+    int4 module holds its weight's elements at most, plus per-channel scales)."""
+    have = sum(t.numel() for t in old.state_dict().values())
+    want = sum(t.numel() for t in new.state_dict().values())
+    if want > 2 * have + 4096:
+        raise UnsafeInputError(f"int8-modules op: {name} claims {want} elements, the module it replaces holds {have}")
+
+
 @register_replay("int8-modules")
 def _replay_int8_modules(model: nn.Module, data: dict) -> nn.Module:
     for name, spec in data["modules"]:
         old = model.get_submodule(name)
+        with torch.device("meta"):  # shapes only: a crafted spec must not allocate what it claims
+            _check_spec_size(name, empty_like_spec(spec), old)
         new = empty_like_spec(spec)
         device = next((t.device for t in old.parameters()), None)
         replace_module_(model, name, new.to(device) if device is not None else new)
