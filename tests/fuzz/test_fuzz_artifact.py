@@ -210,3 +210,21 @@ def test_structure_op_claiming_a_huge_module_is_refused_before_allocating(valid_
     files = {**valid_files, "structure.json": json.dumps(structure).encode()}
     with pytest.raises(UnsafeInputError, match="claims 10000"):  # and the autouse fixture bounds the memory
         _load(files)
+
+
+@FUZZ
+@given(
+    names=st.dictionaries(st.text(max_size=12) | st.text(min_size=200, max_size=400), st.text(max_size=64), max_size=3)
+)
+def test_load_manifest_file_names(names, valid_files, refused_or_ok):
+    manifest = json.loads(valid_files["manifest.json"])
+    manifest["files"].update(names)
+    refused_or_ok(_load, {**valid_files, "manifest.json": json.dumps(manifest).encode()}, rehash=False)
+
+
+def test_manifest_name_too_long_for_the_file_system_is_refused(valid_files):
+    # Found while fuzzing the manifest's names: a 300-character name raised OSError (ENAMETOOLONG).
+    manifest = json.loads(valid_files["manifest.json"])
+    manifest["files"]["x" * 300] = "0"
+    with pytest.raises(UnsafeInputError, match="file name too long"):
+        _load({**valid_files, "manifest.json": json.dumps(manifest).encode()}, rehash=False)

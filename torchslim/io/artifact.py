@@ -45,7 +45,7 @@ from safetensors.torch import save as st_save
 
 from torchslim.core.structure import replay_ops, structure_ops
 from torchslim.errors import TorchslimError, UnsafeInputError, UsageError
-from torchslim.io.atomic import atomic_dir, sha256_file
+from torchslim.io.atomic import atomic_dir, describe_os_error, sha256_file
 from torchslim.io.source import rebuild_model, rebuild_record
 from torchslim.io.sparse import decode_sparse, encode_sparse
 
@@ -208,12 +208,15 @@ def _check_manifest(root: Path) -> dict[str, Any]:
     problems = []
     for name, digest in files.items():
         f = root / str(name)
-        if "/" in str(name) or "\\" in str(name) or str(name).startswith("."):
-            problems.append(f"{name}: not a plain file name")
-        elif not f.is_file():
-            problems.append(f"{name}: listed in the manifest but missing")
-        elif sha256_file(f) != digest:
-            problems.append(f"{name}: checksum mismatch (file changed after it was written)")
+        try:
+            if "/" in str(name) or "\\" in str(name) or str(name).startswith("."):
+                problems.append(f"{name:.80}: not a plain file name")
+            elif not f.is_file():
+                problems.append(f"{name:.80}: listed in the manifest but missing")
+            elif sha256_file(f) != digest:
+                problems.append(f"{name:.80}: checksum mismatch (file changed after it was written)")
+        except OSError as e:  # a name too long for the file system, an unreadable file
+            problems.append(f"{name:.80}: cannot be read ({describe_os_error(e)})")
     extra = sorted(p.name for p in root.iterdir() if p.name not in files and p.name != MANIFEST_FILE)
     problems += [f"{name}: not listed in the manifest" for name in extra]
     if problems:
