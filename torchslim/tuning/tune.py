@@ -501,7 +501,7 @@ def tune(
             bar.update(completed=min(completed_trials(study.get_trials(deepcopy=False)), trials))
             if completed_trials(study.get_trials(deepcopy=False)) < trials:
                 phase("searching")
-                study.optimize(fn, catch=(_Skip,), callbacks=[_Stop(trials, bar)])
+                _optimize(study, fn, _Stop(trials, bar), bar)
             if confirm:
                 fn.confirm(study, confirm, phase)
             rows = _evaluate_builtins(wl, base, ctx, builtins, latency_runs, budget, phase)
@@ -533,6 +533,37 @@ def _baseline(wl: Any, base: torch.nn.Module, ctx: Any, latency_runs: int, budge
         "size_bytes": artifact_bytes(base),
         "latency_ms": measure_latency(base, ctx.example_inputs, warmup=3, runs=latency_runs).median_ms,
     }
+
+
+def _optimize(study: Any, fn: Any, stop: _Stop, bar: Task) -> None:
+    """``study.optimize`` until ``stop`` ends it, surviving a trial that another worker failed meanwhile.
+
+    A worker whose heartbeat was late (a loaded machine, a long garbage collection) may find its running
+    trial marked FAIL by another worker's stale-trial check; Optuna then refuses to record the result
+    (``ValueError: Cannot tell a FAIL trial``, which Optuna 4's ``optimize`` re-raises as an ``AssertionError``
+    from its bookkeeping, with the ``ValueError`` as its context). The point stays FAIL, so it is drawn again like any failed
+    point; this worker notes it and goes on instead of ending the whole run with a traceback.
+    """
+    for _ in range(max(20, stop.trials)):  # bounded: each pass loses at most one trial
+        try:
+            study.optimize(fn, catch=(_Skip,), callbacks=[stop])
+            return
+        except (ValueError, AssertionError) as e:
+            if not _stale_tell(e):
+                raise
+            bar.note("tune: another worker marked this worker's trial failed (its heartbeat was late); going on")
+            if completed_trials(study.get_trials(deepcopy=False)) >= stop.trials:
+                return
+
+
+def _stale_tell(error: BaseException | None) -> bool:
+    """True when ``error`` (or an exception it was raised while handling) is Optuna's refusal to tell a trial
+    that is already FAIL."""
+    while error is not None:
+        if isinstance(error, ValueError) and "Cannot tell a FAIL trial" in str(error):
+            return True
+        error = error.__context__
+    return False
 
 
 class _Stop:
