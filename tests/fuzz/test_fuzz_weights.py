@@ -117,3 +117,14 @@ def test_empty_pt_is_refused_with_a_message(tmp_path):
     path.write_bytes(b"")
     with pytest.raises(UnsafeInputError, match=r"w\.pt: refused by torch.load\(weights_only=True\): EOFError"):
         load_state_dict_file(path)
+
+
+def test_broken_zip64_locator_is_refused(tmp_path):
+    # Found by the long fuzz run: one flipped bit in a .pt's ZIP64 locator made zipfile.is_zipfile itself
+    # raise BadZipFile ("zipfiles that span multiple disks are not supported").
+    bad = bytearray(VALID_PT)
+    bad[22073 % (len(bad) + 1)] ^= 1 << 1
+    path = tmp_path / "w.pt"
+    path.write_bytes(bytes(bad))
+    with pytest.raises(UnsafeInputError, match="corrupt zip archive"):
+        load_state_dict_file(path)

@@ -27,9 +27,9 @@ def _check_finite(tensors: dict[str, torch.Tensor], source: str) -> None:
 
 def _is_torchscript(path: Path) -> bool:
     """True when ``path`` is a zip archive holding TorchScript code; UnsafeInputError for a broken zip."""
-    if not zipfile.is_zipfile(path):
-        return False
     try:
+        if not zipfile.is_zipfile(path):  # itself raises BadZipFile on some broken ZIP64 records
+            return False
         with zipfile.ZipFile(path) as z:
             names = z.namelist()
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as e:
