@@ -228,3 +228,16 @@ def test_manifest_name_too_long_for_the_file_system_is_refused(valid_files):
     manifest["files"]["x" * 300] = "0"
     with pytest.raises(UnsafeInputError, match="file name too long"):
         _load({**valid_files, "manifest.json": json.dumps(manifest).encode()}, rehash=False)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [{"modules": [["0", 5]]}, {"modules": 5}, {"modules": [["nope", {}]]}],
+    ids=["spec-not-a-mapping", "modules-not-a-list", "unknown-module"],
+)
+def test_malformed_structure_op_is_unsafe_input(data, valid_files):
+    # Found by fuzzing structure.json: the replays raised ValueError, TypeError and AttributeError.
+    structure = json.loads(valid_files["structure.json"])
+    structure["ops"] = [{"op": "int8-modules", "data": data}]
+    with pytest.raises(UnsafeInputError, match="a structure op cannot be replayed"):
+        _load({**valid_files, "structure.json": json.dumps(structure).encode()})
