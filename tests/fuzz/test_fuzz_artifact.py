@@ -110,7 +110,7 @@ def test_load_json_lies(data, name, valid_files, refused_or_ok):
 
 @pytest.mark.parametrize("name", ["structure.json", "manifest.json"])
 def test_deeply_nested_json_is_refused(name, valid_files):
-    # Found by fuzzing: json.loads raised RecursionError on 100,000 nested lists.
+    # A targeted input (deep nesting): json.loads raised RecursionError on 100,000 nested lists.
     files = {**valid_files, name: b"[" * 100_000 + b"]" * 100_000}
     with pytest.raises(UnsafeInputError, match="nested"):
         _load(files, rehash=name != "manifest.json")
@@ -137,7 +137,7 @@ def test_decompression_bomb_is_refused_before_inflating(valid_files):
 
 
 def test_shape_lie_in_sparse_entry_is_refused_before_allocating():
-    # Found by fuzzing: a sparse entry claiming shape [2**40] made decode_sparse allocate the dense tensor.
+    # Found by review while writing the fuzzer: a sparse entry claiming shape [2**40] made decode_sparse allocate it.
     meta = {"shape": [2**20, 2**20], "dtype": "float32", "format": "indices"}
     tensors = {"values": torch.ones(1), "indices": torch.zeros(1, dtype=torch.int32)}
     with pytest.raises(UnsafeInputError, match="shape"):
@@ -223,7 +223,7 @@ def test_load_manifest_file_names(names, valid_files, refused_or_ok):
 
 
 def test_manifest_name_too_long_for_the_file_system_is_refused(valid_files):
-    # Found while fuzzing the manifest's names: a 300-character name raised OSError (ENAMETOOLONG).
+    # Found by a hand-made manifest while writing the fuzzer: a 300-character name raised OSError (ENAMETOOLONG).
     manifest = json.loads(valid_files["manifest.json"])
     manifest["files"]["x" * 300] = "0"
     with pytest.raises(UnsafeInputError, match="file name too long"):
@@ -236,7 +236,7 @@ def test_manifest_name_too_long_for_the_file_system_is_refused(valid_files):
     ids=["spec-not-a-mapping", "modules-not-a-list", "unknown-module"],
 )
 def test_malformed_structure_op_is_unsafe_input(data, valid_files):
-    # Found by fuzzing structure.json: the replays raised ValueError, TypeError and AttributeError.
+    # Found by hand-made ops while writing the fuzzer: the replays raised ValueError, TypeError, AttributeError.
     structure = json.loads(valid_files["structure.json"])
     structure["ops"] = [{"op": "int8-modules", "data": data}]
     with pytest.raises(UnsafeInputError, match="a structure op cannot be replayed"):

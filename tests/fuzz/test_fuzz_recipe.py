@@ -57,13 +57,13 @@ def test_load_recipe_generated_steps(steps, refused_or_ok):
 
 
 def test_deeply_nested_recipe_is_refused():
-    # Found by fuzzing: PyYAML's recursive composer raised RecursionError on 100,000 nested lists.
+    # Found by this targeted input: PyYAML's recursive composer raised RecursionError on 100,000 nested lists.
     with pytest.raises(ConfigError, match="nested"):
         _load(b"[" * 100_000 + b"]" * 100_000)
 
 
 def test_billion_laughs_recipe_is_refused_quickly():
-    # Found by fuzzing review: nine levels of nine aliases (9**9 leaves) made the error message 2 GB long.
+    # Found by this targeted input: nine levels of nine aliases (9**9 leaves) made the error message 2 GB long.
     lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
     lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
     lines += ["steps: [*a8]"]
