@@ -128,3 +128,15 @@ def test_broken_zip64_locator_is_refused(tmp_path):
     path.write_bytes(bytes(bad))
     with pytest.raises(UnsafeInputError, match="corrupt zip archive"):
         load_state_dict_file(path)
+
+
+def test_unknown_zip_version_is_refused(tmp_path):
+    # Found by the long fuzz run: two bytes over a central-directory entry's version made zipfile.ZipFile
+    # raise NotImplementedError ("zip file version 6.4").
+    bad = bytearray(VALID_PT)
+    at = 3874 % (len(bad) + 1)
+    bad[at : at + 2] = b"\x00@"
+    path = tmp_path / "w.pt"
+    path.write_bytes(bytes(bad))
+    with pytest.raises(UnsafeInputError, match="corrupt zip archive"):
+        load_state_dict_file(path)
