@@ -44,16 +44,29 @@ _ST_TRANSFORMER = "sentence_transformers.models.Transformer"
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model")
 
 
+# Loggers that print import-time noise when transformers' quantizer registry imports torchao on a CPU
+# machine: torchao's CUDA-only extensions "failed to load", and torch's pytree deprecation notes on
+# torchao's enums. Neither concerns a torchslim user; they are raised to ERROR for that import only.
+_NOISY_IMPORT_LOGGERS = ("torchao", "torch.utils._pytree")
+
+
 def _transformers() -> Any:
     try:
         import transformers
     except ImportError:
         raise UsageError("Hugging Face models need transformers: pip install 'torchslim[nlp]'") from None
+    loggers = [logging.getLogger(name) for name in _NOISY_IMPORT_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
     try:  # a torchslim folder loads through its quantizer: ``import torchslim`` hooked its registration
         # (torchslim.integrations) to this import, or registered it already when it was imported before
         importlib.import_module("transformers.quantizers.auto")
     except ImportError:  # a transformers without external quantizer registration
         pass
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
     return transformers
 
 
