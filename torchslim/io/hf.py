@@ -65,7 +65,7 @@ def _transformers() -> Any:
     except ImportError:  # a transformers without external quantizer registration
         pass
     finally:
-        for lg, level in zip(loggers, levels):
+        for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
     return transformers
 
