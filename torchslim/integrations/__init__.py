@@ -46,7 +46,10 @@ class _CallbackLoader(importlib.abc.Loader):
         return self._loader.create_module(spec)
 
     def exec_module(self, module: ModuleType) -> None:
-        self._loader.exec_module(module)
+        from torchslim.io.hf import quiet_import_logs
+
+        with quiet_import_logs():  # transformers' registry imports torchao, which is noisy on CPU machines
+            self._loader.exec_module(module)
         try:
             self._callback(module)
         except Exception as e:  # noqa: BLE001 - a failing hook must never break the user's own import

@@ -24,9 +24,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,23 +52,31 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "voc
 _NOISY_IMPORT_LOGGERS = ("torchao", "torch.utils._pytree")
 
 
+@contextlib.contextmanager
+def quiet_import_logs() -> Iterator[None]:
+    """Raise :data:`_NOISY_IMPORT_LOGGERS` to ERROR for the duration (an import), then restore them."""
+    loggers = [logging.getLogger(name) for name in _NOISY_IMPORT_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
 def _transformers() -> Any:
     try:
         import transformers
     except ImportError:
         raise UsageError("Hugging Face models need transformers: pip install 'torchslim[nlp]'") from None
-    loggers = [logging.getLogger(name) for name in _NOISY_IMPORT_LOGGERS]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
     try:  # a torchslim folder loads through its quantizer: ``import torchslim`` hooked its registration
         # (torchslim.integrations) to this import, or registered it already when it was imported before
-        importlib.import_module("transformers.quantizers.auto")
+        with quiet_import_logs():
+            importlib.import_module("transformers.quantizers.auto")
     except ImportError:  # a transformers without external quantizer registration
         pass
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
     return transformers
 
 
