@@ -7,6 +7,8 @@ weights: the int8 embedding handed on bf16), and a model compiled in place was t
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import onnxruntime as ort
 import torch
 import torch.nn as nn
@@ -66,3 +68,29 @@ def test_bf16_int8_transformer_exports_to_pt2(tmp_path) -> None:
         ids = torch.randint(0, 50, (batch, 5), generator=torch.Generator().manual_seed(batch))
         with torch.no_grad():
             assert torch.equal(loaded(ids), m.forward(ids))
+
+
+class _Difference(nn.Module):
+    """Two nearly equal layers subtracted: a small output that bf16 rounding changes by far more than 5%."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b = nn.Linear(16, 16), nn.Linear(16, 16)
+        with torch.no_grad():
+            self.b.weight.copy_(self.a.weight + 1e-3)
+            self.b.bias.copy_(self.a.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.a(x) - self.b(x)
+
+
+def test_onnx_of_bf16_model_is_checked_against_what_it_computes(tmp_path: Path) -> None:
+    model = _Difference().eval()
+    ts.compress_(model, ts.CastDtype("bfloat16"))
+    x = torch.randn(4, 16)
+    with torch.no_grad():
+        bf16_out, fp32_out = model(x).float(), _Difference()(x)
+    assert float((bf16_out - fp32_out).norm() / fp32_out.norm()) > 0.05  # bf16 itself is off by more than 5%
+    err = export_onnx(model, (x,), tmp_path / "m.onnx")  # was: exit 5 "differs from the model"
+    assert err < 1e-4

@@ -122,8 +122,8 @@ def _without_bf16(model: nn.Module) -> nn.Module:
     meets bf16 activations with float32 weights), so ONNX export computes in float32: bf16 weights and
     buffers become their (exactly equal) fp32 values, the cast hooks go, and compressed modules that
     hand on bf16 (``output_dtype``: int8 embeddings, static int8 layers) hand on float32. The outputs
-    then differ from the bf16 model's by bf16 rounding only, well inside the export tolerance. The
-    model itself is not changed.
+    then differ from the bf16 model's by bf16 rounding only, so the exported graph is checked against
+    this float32-compute copy, not against the bf16 model. The model itself is not changed.
     """
     import copy
 
@@ -200,7 +200,8 @@ def export_onnx(
         tolerance: largest accepted relative error ``‖exported − torch‖ / ‖torch‖`` of each output.
 
     Returns:
-        The largest absolute difference to the torch model's outputs over the checked batch sizes.
+        The largest absolute difference to the torch model's outputs over the checked batch sizes (for a
+        bf16-compute model: to its float32-compute copy, which is what the graph computes).
 
     Raises:
         UnsupportedModelError: the exporter cannot handle the model, ONNX Runtime cannot run the graph,
@@ -242,7 +243,10 @@ def export_onnx(
         feeds = {n: t.detach().cpu().numpy() for n, t in zip(names, tensors, strict=True)}
         return [torch.from_numpy(a) for a in session.run(None, feeds)]
 
-    return _verify("ONNX Runtime", run, model, checks, tolerance)
+    # Checked against the float32-compute copy that was exported: the graph must compute exactly that.
+    # Against a bf16 model the difference is bf16's own rounding, which on small outputs (an untrained
+    # classifier's logits) can exceed any fixed relative tolerance without the export being wrong.
+    return _verify("ONNX Runtime", run, target, checks, tolerance)
 
 
 def export_pt2(
