@@ -183,7 +183,7 @@ def test_reload_without_factory_in_a_fresh_process(tmp_path, monkeypatch, bert_i
             checks = {
                 "bert": torch.equal(ts.load("bert")(input_ids=refs["ids"])[0], refs["bert"]),
                 "gpt2": torch.equal(ts.load("gpt2")(input_ids=refs["ids"])[0], refs["gpt2"]),
-                "user": torch.equal(ts.load("user")(refs["x"]), refs["user"]),
+                "user": torch.equal(ts.load("user", trust_factory=True)(refs["x"]), refs["user"]),
                 "bert via from_pretrained": torch.equal(AutoModel.from_pretrained("bert")(input_ids=refs["ids"])[0], refs["bert"]),
                 "bert-hf via from_pretrained": torch.equal(AutoModel.from_pretrained("bert-hf")(input_ids=refs["ids"])[0], refs["bert"]),
                 "gpt2 via from_pretrained": torch.equal(AutoModelForCausalLM.from_pretrained("gpt2")(input_ids=refs["ids"])[0], refs["gpt2"]),

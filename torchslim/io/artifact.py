@@ -350,7 +350,11 @@ def _replay(model: nn.Module, ops: list[Any], where: Path) -> nn.Module:
 
 
 def load(
-    path: str | Path, factory: Callable[[], nn.Module] | None = None, *, strict_nonfinite: bool = True
+    path: str | Path,
+    factory: Callable[[], nn.Module] | None = None,
+    *,
+    strict_nonfinite: bool = True,
+    trust_factory: bool = False,
 ) -> nn.Module:
     """Rebuild the exact model saved in ``path`` (eval mode).
 
@@ -360,6 +364,9 @@ def load(
             source the artifact records (its ``pkg.mod:factory``, imported with the current directory
             importable, or its stored transformers config; no weights are downloaded).
         strict_nonfinite: reject NaN/Inf in floating-point tensors.
+        trust_factory: with no ``factory``, allow importing and calling the ``pkg.mod:factory`` the
+            artifact records (code named by the file; only for artifacts you trust). A recorded
+            transformers config needs no trust.
 
     Raises:
         UsageError: ``path`` does not exist, or no ``factory`` and the artifact records no source.
@@ -369,7 +376,11 @@ def load(
     """
     root = Path(path)
     structure = read_structure(root)
-    base = factory() if factory is not None else rebuild_model(structure.get("rebuild"), root, _read_json)
+    base = (
+        factory()
+        if factory is not None
+        else rebuild_model(structure.get("rebuild"), root, _read_json, trust_factory=trust_factory)
+    )
     model = _replay(base, structure["ops"], root / STRUCTURE_FILE)
     expected = {k: (tuple(t.shape), t.dtype) for k, t in model.state_dict().items()}
     tensors = read_tensors(root, structure, expected)

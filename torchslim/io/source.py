@@ -10,8 +10,9 @@
 
 Nothing else is recorded: a class that merely *happens* to build with no arguments is not known to
 rebuild the saved architecture. ``ts.load`` with no factory rebuilds from this record or says that a
-factory is needed. Rebuilding from a ``factory`` record imports that module: load such artifacts only
-from sources whose code you would run.
+factory is needed. Rebuilding from a ``factory`` record imports and runs that module's code, so
+``ts.load`` does it only when asked (``trust_factory=True``): an artifact from someone else could name
+any importable callable. A transformers record is data and needs no such trust.
 
 Example:
     >>> parse_source("hf:./my-bert")
@@ -127,12 +128,18 @@ def rebuild_record(model: nn.Module, source: str | None) -> tuple[dict[str, Any]
     return {"kind": "factory", "factory": value}, files
 
 
-def rebuild_model(record: Any, root: Path, read_json: Callable[[Path], Any]) -> nn.Module:
+def rebuild_model(
+    record: Any, root: Path, read_json: Callable[[Path], Any], *, trust_factory: bool = False
+) -> nn.Module:
     """Build the uncompressed architecture an artifact's rebuild ``record`` names (before its ops replay).
+
+    A transformers record is data (a config, rebuilt without custom code). A factory record names Python
+    code: it is imported and called only with ``trust_factory=True``, since an artifact from someone else
+    could name any importable callable.
 
     Raises:
         UsageError: no record (the artifact needs a factory), or a factory that no longer imports.
-        UnsafeInputError: a malformed record.
+        UnsafeInputError: a malformed record, or a factory record without ``trust_factory``.
         UnsupportedModelError: a transformers architecture this installation cannot build.
     """
     if record is None:
@@ -146,6 +153,12 @@ def rebuild_model(record: Any, root: Path, read_json: Callable[[Path], Any]) -> 
         spec = record.get("factory")
         if not isinstance(spec, str):
             raise UnsafeInputError(f"{root}: malformed factory record {str(record)[:200]}")
+        if not trust_factory:
+            raise UnsafeInputError(
+                f"{root} names the Python factory {spec[:200]!r} to rebuild its model; loading would import and "
+                "run that code: pass factory= yourself, or trust_factory=True if you trust where the artifact "
+                f"came from (command line: --model {spec[:200]})"
+            )
         built = resolve_factory(spec)()
         if not isinstance(built, nn.Module):
             raise UsageError(f"factory {spec!r} returned a {type(built).__name__}, not an nn.Module")
