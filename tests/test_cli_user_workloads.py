@@ -197,12 +197,15 @@ def test_model_from_the_current_folder(usermod, capsys):
     assert str(usermod) not in sys.path  # importable while resolving, not left on the path
 
 
-def test_export_uses_the_recorded_model_source(usermod, capsys):
-    """Was: export required --workload or --model (argparse exit 2)."""
+def test_export_names_the_recorded_model_source(usermod, capsys):
+    """Was: export required --workload or --model (argparse exit 2). The artifact records its factory, but
+    running code a file names needs the user's say: export asks for that --model, then runs with it."""
     assert (
         main(["compress", "--model", "usermod:build", "--recipe", "fold-bn", "--out", "a", "--latency-runs", "2"]) == 0
     )
-    assert main(["export", "a", "--format", "onnx"]) == 0
+    assert main(["export", "a", "--format", "onnx"]) == 4
+    assert "--model usermod:build" in capsys.readouterr().err
+    assert main(["export", "a", "--model", "usermod:build", "--format", "onnx"]) == 0
     assert Path("a.onnx").is_file()
 
 
