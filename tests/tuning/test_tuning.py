@@ -227,7 +227,7 @@ def _tune_channels(out: Path, trials: int, ratio: float, monkeypatch: pytest.Mon
                         recovery=("none",), quant=("none",))  # fmt: skip
     assert space.anchors() == []  # no built-in recipe is only channel pruning at a fixed ratio
     point = {"prune": "channels", "channel_ratio": ratio}
-    monkeypatch.setattr(tune_module, "_sampler", lambda objective, seed, trials: _SameProposal(point))
+    monkeypatch.setattr(tune_module, "make_sampler", lambda objective, seed, trials: _SameProposal(point))
     return tune("digits", max_drop=1.0, trials=trials, out=out, space=space, latency_runs=3, builtins=(),
                 progress=False)  # fmt: skip
 

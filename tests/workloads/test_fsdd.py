@@ -44,10 +44,12 @@ def _np_log_mel(samples: np.ndarray) -> np.ndarray:
     return np.log(fsdd.mel_filterbank().double().numpy() @ power.T + fsdd.LOG_FLOOR)
 
 
-def test_registered_and_bad_data_folders_are_usage_errors(tmp_path):
+def test_registered_and_bad_data_folders_are_usage_errors(tmp_path, monkeypatch):
     assert "fsdd-kws" in workload_names()
-    with pytest.raises(UsageError, match="--data DIR"):
+    monkeypatch.delenv("TORCHSLIM_DATA", raising=False)  # neither --data nor the variable: the error names both
+    with pytest.raises(UsageError, match="--data PATH") as missing:
         get_workload("fsdd-kws")
+    assert "TORCHSLIM_DATA" in str(missing.value)
     with pytest.raises(UsageError, match="not a folder"):
         get_workload("fsdd-kws", tmp_path / "missing")
     with pytest.raises(UsageError, match="no .wav"):
