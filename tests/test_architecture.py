@@ -5,6 +5,7 @@ private names."""
 from __future__ import annotations
 
 import ast
+import logging
 from pathlib import Path
 
 import grimp
@@ -23,7 +24,16 @@ def _layers() -> list[grimp.Layer]:
 
 
 def test_import_contracts_are_kept() -> None:
-    assert lint_imports(config_filename=str(ROOT / "pyproject.toml"), no_cache=True) == 0
+    # import-linter configures logging (logging.config with disable_existing_loggers), which silenced
+    # every logger already created in this process, torchslim's included, for the tests after this one.
+    before = {
+        name: lg.disabled for name, lg in logging.root.manager.loggerDict.items() if isinstance(lg, logging.Logger)
+    }
+    try:
+        assert lint_imports(config_filename=str(ROOT / "pyproject.toml"), no_cache=True) == 0
+    finally:
+        for name, disabled in before.items():
+            logging.getLogger(name).disabled = disabled
 
 
 @pytest.mark.parametrize(
