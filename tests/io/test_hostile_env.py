@@ -167,16 +167,6 @@ def test_read_only_file_system_is_exit_7(tmpfs, workdir, capsys):
     assert list(ro.iterdir()) == []
 
 
-def test_read_only_monkeypatched_is_exit_7(workdir, monkeypatch, capsys):
-    def ro(*args, **kwargs):
-        raise OSError(errno.EROFS, "Read-only file system")
-
-    monkeypatch.setattr(tempfile, "mkdtemp", ro)
-    assert compress(workdir / "out") == 7
-    assert "read-only file system" in one_line_error(capsys)
-    assert not (workdir / "out").exists() and leftovers(workdir) == []
-
-
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores permission bits (the monkeypatched test covers it)")
 def test_permission_denied_is_exit_7(workdir, capsys):
     """A real permission check: a folder without write permission."""
@@ -191,13 +181,20 @@ def test_permission_denied_is_exit_7(workdir, capsys):
         parent.chmod(0o755)
 
 
-def test_permission_denied_monkeypatched_is_exit_7(workdir, monkeypatch, capsys):
-    def denied(*args, **kwargs):
-        raise PermissionError(errno.EACCES, "Permission denied")
+@pytest.mark.parametrize(
+    ("error", "message"),
+    [
+        (OSError(errno.EROFS, "Read-only file system"), "read-only file system"),
+        (PermissionError(errno.EACCES, "Permission denied"), "permission denied"),
+    ],
+)
+def test_refused_writes_monkeypatched_are_exit_7(workdir, monkeypatch, capsys, error, message):
+    def refuse(*args, **kwargs):
+        raise error
 
-    monkeypatch.setattr(tempfile, "mkdtemp", denied)
+    monkeypatch.setattr(tempfile, "mkdtemp", refuse)
     assert compress(workdir / "out") == 7
-    assert "permission denied" in one_line_error(capsys)
+    assert message in one_line_error(capsys)
     assert not (workdir / "out").exists() and leftovers(workdir) == []
 
 
