@@ -1,6 +1,6 @@
 """Data as users hold it (issue #20, item 2): DataLoaders of ``(x, y)`` and of dicts, generators,
 ``input_fn`` and keyword-input models, in calibration, fine-tuning, distillation and measurement;
-and ``Context(device=...)`` refused when this machine lacks the device (item 6)."""
+and ``Context(device=...)`` refused when the device is not available (item 6)."""
 
 from __future__ import annotations
 
@@ -258,7 +258,7 @@ def test_training_split_takes_the_last_item_or_the_labels_key_as_target() -> Non
 # --- device ------------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available")
 def test_cuda_is_refused_on_a_machine_without_it() -> None:
     with pytest.raises(ConfigError, match="device 'cuda' is not available here"):
         Context(device="cuda")

@@ -1,7 +1,7 @@
 """Run the distillation tests on one intra-op thread.
 
-Their models are tiny: a second thread adds a synchronisation per op that costs far more than the
-work (20-50x slower on a busy 2-core machine), and one thread also makes the timings repeatable.
+Their models are tiny: a second thread adds a synchronisation per op that costs more than the work
+itself, and one thread also makes the timings repeatable.
 """
 
 from __future__ import annotations
