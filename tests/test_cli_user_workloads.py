@@ -209,21 +209,6 @@ def test_export_names_the_recorded_model_source(usermod, capsys):
     assert Path("a.onnx").is_file()
 
 
-@pytest.mark.parametrize(
-    ("spec", "message"),
-    [
-        ("nomodule_b20:build", "cannot import 'nomodule_b20' (ModuleNotFoundError"),
-        ("usermod:nope", "module 'usermod' has no 'nope' (it defines: "),
-        ("usermod:NOT_A_WORKLOAD", "is not callable"),
-        ("usermod", "must look like pkg.module:NAME"),
-    ],
-)
-def test_model_spec_errors_are_usage_errors(usermod, capsys, spec, message):
-    assert main(["measure", "--model", spec]) == 2
-    err = capsys.readouterr().err
-    assert message in err and len(err.strip().splitlines()) == 1
-
-
 # -- --workload pkg.mod:NAME in every command -----------------------------------------------------------
 
 
@@ -251,18 +236,22 @@ def test_user_workload_factory_gets_data(usermod, capsys):
 
 
 @pytest.mark.parametrize(
-    ("spec", "message"),
+    ("flag", "spec", "message"),
     [
-        ("usermod:build", "returned Sequential, not a torchslim.workloads.Workload"),
-        ("usermod:NotAWorkload", "NotAWorkload is not a torchslim.workloads.Workload subclass"),
-        ("usermod:NOT_A_WORKLOAD", "is a int, not a Workload"),
-        ("usermod:missing", "module 'usermod' has no 'missing'"),
-        ("nomodule_b20:X", "cannot import 'nomodule_b20'"),
-        ("nope", "unknown workload 'nope'"),
+        ("--model", "nomodule_b20:build", "cannot import 'nomodule_b20' (ModuleNotFoundError"),
+        ("--model", "usermod:nope", "module 'usermod' has no 'nope' (it defines: "),
+        ("--model", "usermod:NOT_A_WORKLOAD", "is not callable"),
+        ("--model", "usermod", "must look like pkg.module:NAME"),
+        ("--workload", "usermod:build", "returned Sequential, not a torchslim.workloads.Workload"),
+        ("--workload", "usermod:NotAWorkload", "NotAWorkload is not a torchslim.workloads.Workload subclass"),
+        ("--workload", "usermod:NOT_A_WORKLOAD", "is a int, not a Workload"),
+        ("--workload", "usermod:missing", "module 'usermod' has no 'missing'"),
+        ("--workload", "nomodule_b20:X", "cannot import 'nomodule_b20'"),
+        ("--workload", "nope", "unknown workload 'nope'"),
     ],
 )
-def test_workload_spec_errors_are_usage_errors(usermod, capsys, spec, message):
-    assert main(["measure", "--workload", spec]) == 2
+def test_model_and_workload_spec_errors_are_usage_errors(usermod, capsys, flag, spec, message):
+    assert main(["measure", flag, spec]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
 
