@@ -87,7 +87,7 @@ def bench(data: str | None = None, quick: bool = False, seeds: Sequence[int] = S
     """Run the benchmark (``data`` is unused; ``quick`` only shortens the latency timing, never the seeds)."""
     from torchslim.workloads import get_workload
 
-    wl = get_workload("digits")
+    wl = get_workload(WORKLOAD)
     teacher = wl.model()
     x = wl.example_inputs()
     labels, lab = _arm(wl, teacher, LABELS, seeds)
@@ -128,7 +128,7 @@ def tune(seeds: Sequence[int] = (0, 1, 2)) -> list[tuple[float, float, str]]:
     """
     from torchslim.workloads import get_workload
 
-    wl = get_workload("digits")
+    wl = get_workload(WORKLOAD)
     teacher = wl.model()
     grid = [DistillConfig(alpha=0.0, temperature=1.0, epochs=100, lr=lr) for lr in (1e-2, 3e-2)]
     grid += [

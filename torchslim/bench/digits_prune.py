@@ -47,7 +47,7 @@ def bench(data: str | None = None, quick: bool = False) -> BenchResult:
     """Run the digits pruning benchmark (scikit-learn ships the data)."""
     from torchslim.workloads import get_workload
 
-    wl = get_workload("digits")
+    wl = get_workload(WORKLOAD)
     teacher = wl.model()
     ctx = wl.context()
     x = ctx.example_inputs

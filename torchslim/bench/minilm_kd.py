@@ -118,7 +118,7 @@ def bench(data: str | None = None, quick: bool = False) -> BenchResult:
     """Run the benchmark (``quick`` shortens the latency timing only; the training is the same)."""
     from torchslim.workloads import get_workload
 
-    wl = get_workload("minilm-stsb", data=data)
+    wl = get_workload(WORKLOAD, data=data)
     teacher = wl.model()
     ctx = wl.context()
     x = ctx.example_inputs
@@ -159,6 +159,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="choose the MiniLM student's blocks on the dev split")
     parser.add_argument("--data", default=None)
     args = parser.parse_args()
-    wl = get_workload("minilm-stsb", data=args.data)
+    wl = get_workload(WORKLOAD, data=args.data)
     for score, keep in choose_blocks(wl, wl.model())[:5]:
         print(f"best: dev {score:.2f} keep {keep}")

@@ -29,7 +29,7 @@ def bench(data: str | None = None, quick: bool = False) -> BenchResult:
     from torchslim.bench.minilm_kd import PRUNED_CONFIG, distill_student
     from torchslim.workloads import get_workload
 
-    wl = get_workload("minilm-stsb", data=data)
+    wl = get_workload(WORKLOAD, data=data)
     base = wl.model()
     ctx = wl.context()
     # 32 x 32 STS-train sentences (~14k tokens): the Hessians of 1536-wide layers need more than 8 batches.

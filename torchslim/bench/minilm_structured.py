@@ -71,7 +71,7 @@ def bench(data: str | None = None, quick: bool = False) -> BenchResult:
     """Run the benchmark; ``data`` is the STS benchmark folder (default ``../shared/data/stsbenchmark``)."""
     from torchslim.workloads import get_workload
 
-    wl = get_workload("minilm-stsb", data)
+    wl = get_workload(WORKLOAD, data)
     base = wl.model()
     ctx = wl.context()
     x = ctx.example_inputs
