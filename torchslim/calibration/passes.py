@@ -22,21 +22,29 @@ from torchslim.core.batches import InputFn, call_model
 from torchslim.core.progress import progress
 from torchslim.errors import ConfigError
 
-__all__ = ["capture_inputs", "run_calibration"]
+__all__ = ["StopForward", "capture_inputs", "run_calibration"]
+
+
+class StopForward(Exception):
+    """Raised by a hook once it has seen what it needs: :func:`run_calibration` ends that batch's forward there."""
 
 
 def run_calibration(model: nn.Module, batches: Sequence[Any], input_fn: InputFn | None = None) -> None:
     """Run every calibration batch through ``model`` in eval mode without grad.
 
     A batch is any layout :func:`torchslim.core.batches.call_model` reads (a tensor, positional
-    inputs, ``(inputs, target)``, a dict of keyword inputs); targets are left out of the call.
+    inputs, ``(inputs, target)``, a dict of keyword inputs); targets are left out of the call. A hook
+    raising :class:`StopForward` skips the rest of that batch's forward.
     """
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             for batch in progress(batches, "calibration", unit="batches"):
-                call_model(model, batch, input_fn)
+                try:
+                    call_model(model, batch, input_fn)
+                except StopForward:
+                    pass
     finally:
         model.train(was_training)
 

@@ -21,13 +21,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from torchslim.core.batches import InputFn, call_model
-from torchslim.core.progress import progress
+from torchslim.calibration.passes import StopForward, run_calibration
+from torchslim.core.batches import InputFn
 from torchslim.errors import ConfigError
-
-
-class _StopForward(Exception):
-    """Raised by the hook once the only hooked layer has seen its input: the rest of the forward is waste."""
 
 
 @dataclass
@@ -86,10 +82,9 @@ def collect_input_stats(
     if not batches:
         raise ConfigError("this pruning method needs calibration data: give Context(calibration=[...])")
     stats: dict[str, InputStats] = {}
-    handles = []
     stop_early = len(layers) == 1
 
-    def hook(name: str, module: nn.Module):
+    def hook(name: str):
         def fn(mod: nn.Module, args: tuple[Any, ...]) -> None:
             x = layer_inputs(mod, args[0].detach()).double()
             if not bool(torch.isfinite(x).all()):
@@ -104,24 +99,15 @@ def collect_input_stats(
             if st.xxt is not None:
                 st.xxt += x @ x.T
             st.count += x.shape[1]
-            if stop_early:
-                raise _StopForward
+            if stop_early:  # the only hooked layer has seen its input: the rest of the forward is waste
+                raise StopForward
 
         return fn
 
-    for name, module in layers.items():
-        handles.append(module.register_forward_pre_hook(hook(name, module)))
-    was_training = model.training
-    model.eval()
+    handles = [module.register_forward_pre_hook(hook(name)) for name, module in layers.items()]
     try:
-        with torch.no_grad():
-            for batch in progress(batches, "calibration", unit="batches"):
-                try:
-                    call_model(model, batch, input_fn)
-                except _StopForward:
-                    pass
+        run_calibration(model, batches, input_fn)
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
     return stats
