@@ -51,7 +51,7 @@ from torchslim.quantization.primitives import (
     fake_quantize,
     qparams_from_minmax,
 )
-from torchslim.quantization.static import convert_static_, find_int8_chains, find_relu_pairs
+from torchslim.quantization.static import convert_static_, find_relu_pairs
 
 __all__ = ["FakeQuantConv2d", "FakeQuantLinear", "Int8QAT"]
 
@@ -167,7 +167,6 @@ def _int8_qat(model: nn.Module, config: Int8QAT, select: Select, ctx: Context) -
     select = adapt_for_(model, select, kind=config.kind, ctx=ctx, swaps=True)  # see adapt_for_
     targets = [(n, m) for n, m in select.modules(model) if swappable(m, kinds) and type(m) in (nn.Conv2d, nn.Linear)]
     relus = {} if dynamic else find_relu_pairs(model)
-    chains = {} if dynamic else find_int8_chains(model, {n for n, _ in targets}, set(relus.values()))
     for _, m in targets:
         _wrap(m, config.momentum, dynamic)
     try:
@@ -185,7 +184,7 @@ def _int8_qat(model: nn.Module, config: Int8QAT, select: Select, ctx: Context) -
     if dynamic:
         swap_int8_(model, targets, lambda n, m: Int8DynamicLinear.from_float(m), config.kind, ctx)
     else:
-        convert_static_(model, targets, qparams, relus, chains, ctx, config.kind)
+        convert_static_(model, targets, qparams, relus, ctx, config.kind)
     return model
 
 

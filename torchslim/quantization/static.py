@@ -59,7 +59,7 @@ from torchslim.quantization.modules import (
 )
 from torchslim.quantization.observers import Observer, make_observer
 from torchslim.quantization.primitives import NonFiniteError
-from torchslim.quantization.static_paths import Int8MaxPool2d, find_int8_chains, find_int8_paths, find_relu_pairs
+from torchslim.quantization.static_paths import Int8MaxPool2d, find_int8_paths, find_relu_pairs
 
 __all__ = ["Int8MaxPool2d", "Int8Static", "Int8StaticConv2d", "Int8StaticLinear", "find_int8_paths", "find_relu_pairs"]
 
@@ -345,10 +345,9 @@ def _int8_static(model: nn.Module, config: Int8Static, select: Select, ctx: Cont
     record_foreign_layers(model, config.kind, ctx)
     targets = [(n, m) for n, m in select.modules(model) if swappable(m, (nn.Conv2d, nn.Linear))]
     relus = find_relu_pairs(model) if config.fuse_relu else {}
-    chains = find_int8_chains(model, {n for n, _ in targets}, set(relus.values()))
     observers = calibrate_inputs(model, targets, ctx.calibration, kind=config.kind, observer=config.observer)
     qparams = {n: obs.qparams(symmetric=False) for n, obs in observers.items()}
-    convert_static_(model, targets, qparams, relus, chains, ctx, config.kind)
+    convert_static_(model, targets, qparams, relus, ctx, config.kind)
     return model
 
 
@@ -357,7 +356,6 @@ def convert_static_(
     targets: list[tuple[str, nn.Module]],
     qparams: dict[str, tuple[torch.Tensor, torch.Tensor]],
     relus: dict[str, str],
-    chains: dict[str, str],
     ctx: Context,
     kind: str,
 ) -> list[str]:
@@ -386,10 +384,10 @@ def convert_static_(
     # A ReLU becomes Identity wherever it is called: fuse it only when every layer it follows is converted.
     converted = {n for n, m in targets if _convertible(m)}
     relus = {n: r for n, r in relus.items() if all(p in converted for p, r2 in relus.items() if r2 == r)}
-    # A producer may only emit uint8 along a path proven safe (re-checked on the model as converted, so
-    # only converted consumers and fused ReLUs count); the max-pools on it learn to pool uint8.
+    # A producer may only emit uint8 along a path proven safe (only converted consumers and fused ReLUs
+    # count); the max-pools on it learn to pool uint8.
     paths = find_int8_paths(model, converted, set(relus.values()))
-    chains = {a: b for a, b in chains.items() if a in paths and paths[a][0] == b}
+    chains = {a: b for a, (b, _) in paths.items()}
     pools = sorted({n for a in chains for n in paths[a][1] if type(model.get_submodule(n)) is nn.MaxPool2d})
     pool_targets = [(n, model.get_submodule(n)) for n in pools]
 

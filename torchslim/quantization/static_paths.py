@@ -16,11 +16,9 @@ import torch
 import torch.fx
 import torch.nn as nn
 
-from torchslim.quantization.modules import (
-    register_module_class,
-)
+from torchslim.quantization.modules import register_module_class
 
-__all__ = ["Int8MaxPool2d", "find_int8_chains", "find_int8_paths", "find_relu_pairs"]
+__all__ = ["Int8MaxPool2d", "find_int8_paths", "find_relu_pairs"]
 
 
 def find_relu_pairs(model: nn.Module) -> dict[str, str]:
@@ -179,8 +177,3 @@ def find_int8_paths(model: nn.Module, names: set[str], fused_relus: set[str]) ->
         if len(consumers) == 1 and None not in consumers:
             paths[producer] = (sites[0][0], sorted({n for p in sites for n in p[1]}))  # type: ignore[index]
     return paths
-
-
-def find_int8_chains(model: nn.Module, names: set[str], fused_relus: set[str]) -> dict[str, str]:
-    """``{producer: consumer}`` Conv2d pairs whose activation can stay uint8 in between (see :func:`find_int8_paths`)."""
-    return {a: b for a, (b, _) in find_int8_paths(model, names, fused_relus).items()}
