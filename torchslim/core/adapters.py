@@ -41,6 +41,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from torchslim.core.batches import call_model
 from torchslim.core.mha import unfuse_attention_
 from torchslim.core.select import Select
 from torchslim.core.structure import record_op, register_replay
@@ -217,8 +218,6 @@ def external_weight_reads(model: nn.Module, names: list[str], batch: Any) -> lis
         >>> external_weight_reads(Peek(), ["a", "b"], (torch.ones(1, 2),))
         ['b']
     """
-    from torchslim.core.batches import call_model
-
     seen: list[str] = []
     watched = [(n, model.get_submodule(n)) for n in names]
     originals = [(m, m.__class__) for _, m in watched]

@@ -279,8 +279,8 @@ def batch_size_of(value: Any) -> int:
         >>> batch_size_of({"input_ids": torch.zeros(4, 7)}), batch_size_of([1.0])
         (4, 0)
     """
-    if isinstance(value, torch.Tensor):
-        return int(value.shape[0]) if value.dim() else 1
+    if isinstance(value, torch.Tensor) and not value.dim():
+        return 1
     return _nested_batch_size(value)
 
 

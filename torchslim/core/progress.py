@@ -33,6 +33,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import math
 import os
@@ -346,12 +347,8 @@ class Task:
     def __iter__(self) -> Iterator[Any]:
         if self.items is None:
             raise TypeError(f"progress task {self.desc!r} was given a count, not an iterable")
-        if self.root is not None:  # already entered by `with`
-            for item in self.items:
-                yield item
-                self.advance()
-            return
-        with self:
+        # Entered already by `with` (root set): iterate inside that task; else the loop is the task.
+        with contextlib.nullcontext() if self.root is not None else self:
             for item in self.items:
                 yield item
                 self.advance()
