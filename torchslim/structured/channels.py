@@ -54,8 +54,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from torchslim.core.batches import call_model
-from torchslim.core.config import Config, check_fraction, check_positive_int, check_range, register_config
-from torchslim.core.config import fail as _fail
+from torchslim.core.config import Config, check_fraction, check_positive_int, check_range, fail, register_config
 from torchslim.core.context import Context
 from torchslim.core.registry import register_transform
 from torchslim.core.select import Select
@@ -118,13 +117,13 @@ class ChannelPruning(Config):
         if self.round_to is not None:
             check_positive_int(self, "round_to")
         if not isinstance(self.finetune_epochs, int) or self.finetune_epochs < 0:
-            _fail(self, "finetune_epochs", f"must be an integer >= 0, got {self.finetune_epochs!r}")
+            fail(self, "finetune_epochs", f"must be an integer >= 0, got {self.finetune_epochs!r}")
         if self.target_macs_ratio is not None:
             check_range(self, "target_macs_ratio", 0.0, 1.0, low_open=True, high_open=True)
             if self.head_ratio > 0:
-                _fail(self, "head_ratio", "cannot be combined with target_macs_ratio; give ratio and head_ratio")
+                fail(self, "head_ratio", "cannot be combined with target_macs_ratio; give ratio and head_ratio")
             if self.iterative_steps != 1:
-                _fail(self, "iterative_steps", "target_macs_ratio already prunes in small steps; leave it at 1")
+                fail(self, "iterative_steps", "target_macs_ratio already prunes in small steps; leave it at 1")
 
 
 def _importance(name: str) -> Any:
@@ -196,13 +195,9 @@ def _flat_tensors(out: Any) -> list[torch.Tensor]:
     return []
 
 
-def _call(model: nn.Module, inputs: Any) -> Any:
-    return call_model(model, inputs)
-
-
 def _loss(model: nn.Module, inputs: Any, target: Any) -> torch.Tensor:
     """The loss whose gradients Taylor importance uses: cross-entropy for class ids, MSE for float targets."""
-    out = _call(model, inputs)
+    out = call_model(model, inputs)
     if isinstance(out, torch.Tensor) and isinstance(target, torch.Tensor):
         if out.dim() == 2 and not target.is_floating_point() and target.dim() == 1:
             return F.cross_entropy(out, target)
@@ -225,7 +220,7 @@ def _taylor_batches(model: nn.Module, ctx: Context, n: int) -> Iterator[tuple[An
         raise ConfigError("taylor importance needs ctx.train_data or ctx.calibration batches")
     for batch in list(ctx.calibration)[:n]:
         with torch.no_grad():  # pseudo-labels: the unpruned model's own predictions
-            out = _call(model, batch)
+            out = call_model(model, batch)
         if not (isinstance(out, torch.Tensor) and out.dim() == 2):
             raise ConfigError("taylor importance on calibration data needs a classifier ([batch, classes] logits)")
         yield batch, out.argmax(-1)
@@ -267,7 +262,7 @@ class _Session:
                 for t in (inputs if isinstance(inputs, (tuple, list)) else (inputs,))
             )
             leaves.extend(t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad)
-            out = _flat_tensors(_call(model, inputs))  # tensors only: HF outputs may carry cache objects
+            out = _flat_tensors(call_model(model, inputs))  # tensors only: HF outputs may carry cache objects
             outputs.append(out)
             return out
 
@@ -424,7 +419,7 @@ class _Session:
         """The pruned copy must run and give outputs of the original shapes (else nothing is changed)."""
         try:
             with torch.no_grad():
-                shapes = [tuple(t.shape) for t in _flat_tensors(_call(self.work, self.ctx.example_inputs))]
+                shapes = [tuple(t.shape) for t in _flat_tensors(call_model(self.work, self.ctx.example_inputs))]
         except Exception as e:  # noqa: BLE001
             raise UnsupportedModelError(
                 f"the pruned model no longer runs ({type(e).__name__}: {e}); model left unchanged"

@@ -205,12 +205,12 @@ class PruningPlan:
         split_attention_(model, self.split_attention)
         # Pruning functions are chosen on the model as the plan found it (as Torch-Pruning's graph did),
         # not per item: shapes change along the way and with them what a conv looks like.
-        pruners = {}
-        for group in self.groups:
-            for item in group:
-                name = item.get("module", item.get("param"))
-                if name not in pruners and "module" in item:
-                    pruners[name] = _pruner_for(_target_of(model, item)[0])
+        pruners = {
+            item["module"]: _pruner_for(_target_of(model, item)[0])
+            for group in self.groups
+            for item in group
+            if "module" in item
+        }
         for group in self.groups:
             for item in group:
                 apply_item_(model, item, pruners.get(item.get("module")))
