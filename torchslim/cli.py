@@ -7,7 +7,6 @@ Exit codes (DESIGN.md): 0 ok, 2 usage, 3 bad config, 4 unsafe input, 5 unsupport
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -65,9 +64,11 @@ def _to_device(model: Any, ctx: Any, device: str) -> tuple[Any, Any]:
 
     if device == "cpu" and ctx.device == "cpu":
         return model, ctx
-    from torchslim.workloads.device import move_to
+    from torchslim.core.batches import to_device
 
-    return model.to(device), dataclasses.replace(ctx, device=device, example_inputs=move_to(ctx.example_inputs, device))
+    return model.to(device), dataclasses.replace(
+        ctx, device=device, example_inputs=to_device(ctx.example_inputs, device)
+    )
 
 
 def _resolve_model(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -177,23 +178,14 @@ def _resolve_factory(args: argparse.Namespace) -> tuple[Any, tuple[Any, ...] | N
     return factory, example() if example is not None else None
 
 
-def _example_for_artifact(path: str, model: Any) -> Any:
-    """Example inputs for an artifact rebuilt without --model/--workload: a transformers model's own
-    (from its config), else those of the ``--model`` source its manifest records; None when neither."""
-    if getattr(getattr(model, "config", None), "to_dict", None) is not None:
-        from torchslim.io.hf import hf_example_inputs
-
-        return hf_example_inputs(model)
-    try:
-        source = json.loads((Path(path) / "manifest.json").read_text(encoding="utf-8")).get("source")
-    except (OSError, ValueError, AttributeError):
+def _example_for_artifact(model: Any) -> Any:
+    """Example inputs for an artifact rebuilt without --model/--workload: a transformers model's own (from its
+    config), else None (a recorded ``pkg.mod:factory`` is rebuilt only when --model names it)."""
+    if getattr(getattr(model, "config", None), "to_dict", None) is None:
         return None
-    if not isinstance(source, str) or not source or source.startswith("hf:"):
-        return None
-    from torchslim.workloads.user import resolve_model_factory
+    from torchslim.io.hf import hf_example_inputs
 
-    _, example = resolve_model_factory(source)
-    return example() if example is not None else None
+    return hf_example_inputs(model)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -206,7 +198,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.model} has no example_inputs(); define it in the factory's module to export")
     model = load(args.artifact, factory=factory)  # without a factory: rebuilt from the source it records
     if example_inputs is None:
-        example_inputs = _example_for_artifact(args.artifact, model)
+        example_inputs = _example_for_artifact(model)
     if example_inputs is None:
         raise UsageError(f"{args.artifact}: no example inputs; give --model pkg.mod:factory whose module defines them")
     out = Path(args.out) if args.out else Path(str(Path(args.artifact)) + f".{args.format}")

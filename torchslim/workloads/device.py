@@ -2,12 +2,10 @@
 
 Built-in workloads evaluate on the device of the model they are given, so moving the model is enough
 for quality; :class:`OnDevice` also moves example inputs and calibration batches and sets
-``Context.device``.
+``Context.device`` (tensors inside tuples, lists, mappings and ``ModelInputs`` are moved with
+:func:`torchslim.core.batches.to_device`).
 
 Example:
-    >>> import torch
-    >>> move_to({"x": (torch.zeros(1),)}, "cpu")["x"][0].device.type
-    'cpu'
     >>> from torchslim.workloads import get_workload
     >>> wl = OnDevice(get_workload("digits"), "cpu")
     >>> wl.name, wl.context().device
@@ -17,27 +15,16 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from typing import Any
 
 import torch
 import torch.nn as nn
 
+from torchslim.core.batches import to_device
 from torchslim.core.context import Context
 from torchslim.workloads.base import Workload
 
-__all__ = ["OnDevice", "move_to"]
-
-
-def move_to(obj: Any, device: str | torch.device) -> Any:
-    """``obj`` with every tensor in it (through tuples, lists and mappings) moved to ``device``."""
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device)
-    if isinstance(obj, Mapping):
-        return type(obj)({k: move_to(v, device) for k, v in obj.items()})  # type: ignore[call-arg]
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(move_to(v, device) for v in obj)
-    return obj
+__all__ = ["OnDevice"]
 
 
 class OnDevice(Workload):
@@ -57,7 +44,7 @@ class OnDevice(Workload):
         return self._inner.factory().to(self.device)
 
     def example_inputs(self) -> tuple[Any, ...]:
-        return move_to(self._inner.example_inputs(), self.device)
+        return to_device(self._inner.example_inputs(), self.device)
 
     def evaluate(self, model: nn.Module, split: str = "test") -> dict[str, float]:
         return self._inner.evaluate(model, split)
@@ -66,7 +53,7 @@ class OnDevice(Workload):
         return self._inner.example_scores(model, split)
 
     def calibration(self, n_batches: int = 8) -> list[Any]:
-        return move_to(list(self._inner.calibration(n_batches)), self.device)
+        return to_device(list(self._inner.calibration(n_batches)), self.device)
 
     def train_data(self) -> Any:
         return self._inner.train_data()
@@ -87,8 +74,8 @@ class OnDevice(Workload):
         return dataclasses.replace(
             ctx,
             device=self.device,
-            example_inputs=move_to(ctx.example_inputs, self.device),
-            calibration=move_to(ctx.calibration, self.device)
+            example_inputs=to_device(ctx.example_inputs, self.device),
+            calibration=to_device(ctx.calibration, self.device)
             if isinstance(ctx.calibration, (list, tuple))
             else ctx.calibration,
         )
