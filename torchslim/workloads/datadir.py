@@ -24,19 +24,9 @@ from pathlib import Path
 
 from torchslim.errors import UsageError
 
-__all__ = ["DATA_ENV", "data_path", "data_root"]
+__all__ = ["DATA_ENV", "data_path"]
 
 DATA_ENV = "TORCHSLIM_DATA"
-
-
-def data_root(what: str) -> Path:
-    """The folder ``TORCHSLIM_DATA`` names; a usage error (exit 2) naming ``--data`` and the variable when unset."""
-    root = os.environ.get(DATA_ENV)
-    if not root:
-        raise UsageError(
-            f"{what}: no data folder: pass --data PATH or set {DATA_ENV} to the folder holding the data sets"
-        )
-    return Path(root)
 
 
 def data_path(data: str | Path | None, relative: str, what: str) -> Path:

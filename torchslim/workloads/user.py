@@ -29,18 +29,15 @@ from types import ModuleType
 from typing import Any
 
 from torchslim.errors import UsageError
-from torchslim.io.source import cwd_importable
+from torchslim.io.source import HF_PREFIX, cwd_importable
 from torchslim.workloads.base import Workload
 
 __all__ = [
-    "HF_PREFIX",
     "import_target",
     "is_user_spec",
     "resolve_model_factory",
     "resolve_workload",
 ]
-
-HF_PREFIX = "hf:"
 
 
 def is_user_spec(spec: str) -> bool:
