@@ -258,6 +258,14 @@ def test_load_hf_model_errors(tmp_path):
     assert e.value.exit_code == 5
 
 
+@pytest.mark.parametrize("modules", ["5", "null", '{"type": "sentence_transformers.models.Transformer"}', "[]"])
+def test_malformed_sentence_transformers_modules_json_is_refused(tmp_path, modules):
+    """Was: a modules.json holding a number or null raised TypeError (not iterable)."""
+    (tmp_path / "modules.json").write_text(modules)
+    with pytest.raises(UnsafeInputError, match="names no sentence_transformers.models.Transformer module"):
+        load_hf_model(tmp_path)
+
+
 def test_readme_hugging_face_example_runs_as_printed(tmp_path):
     text = (REPO / "README.md").read_text(encoding="utf-8")
     block = re.search(r"<!-- readme-example: hf-python -->\n```python\n(.*?)\n```", text, re.S)

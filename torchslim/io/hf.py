@@ -98,8 +98,9 @@ def model_folder(path: str | Path) -> Path:
             entries = json.loads(modules.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise UnsafeInputError(f"{modules} is not valid JSON: {e}") from None
-        found = [e for e in entries if isinstance(e, dict) and e.get("type") == _ST_TRANSFORMER]
-        if not isinstance(entries, list) or not found:
+        listed = entries if isinstance(entries, list) else []  # a number or a string would not iterate as entries
+        found = [e for e in listed if isinstance(e, dict) and e.get("type") == _ST_TRANSFORMER]
+        if not found:
             raise UnsafeInputError(f"{modules} names no {_ST_TRANSFORMER} module")
         sub = str(found[0].get("path", ""))
         if sub.startswith(("/", "\\")) or ".." in Path(sub).parts:
