@@ -498,8 +498,9 @@ def tune(
                     study.sampler = make_sampler(objective, seed + 1000 * worker + 7919 * len(study.trials), trials)
             fn = _Objective(wl=wl, base=base, ctx=ctx, space=space, settings=settings, budget=budget, baseline=baseline,
                             trials=trials, seed=seed, latency_runs=latency_runs, recover_limit=recover_limit)  # fmt: skip
-            bar.update(completed=min(completed_trials(study.get_trials(deepcopy=False)), trials))
-            if completed_trials(study.get_trials(deepcopy=False)) < trials:
+            done = completed_trials(study.get_trials(deepcopy=False))  # a resumed study may have enough
+            bar.update(completed=min(done, trials))
+            if done < trials:
                 phase("searching")
                 _optimize(study, fn, _Stop(trials, bar), bar)
             if confirm:
