@@ -35,6 +35,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from torchslim.core.progress import progress as progress_task
 from torchslim.errors import ConfigError, TorchslimError, UsageError
 from torchslim.tuning.space import int4_config_type
 
@@ -203,7 +204,8 @@ def sensitivity(
         if not parts:
             raise UsageError(f"workload {wl.name!r} has no Linear or Conv2d layers to analyse")
         rows = []
-        with _progress(progress, len(parts) * len(methods)) as advance:
+        total = len(parts) * len(methods)
+        with progress_task(total, "sensitivity", unit="evaluations", enabled=progress) as bar:
             for key, modules in parts.items():
                 row: dict[str, Any] = {
                     "layer": key,
@@ -212,40 +214,17 @@ def sensitivity(
                 }
                 select = Select(include=tuple("^" + re.escape(n) + "$" for n, _ in modules))
                 for method, column in zip(methods, columns, strict=True):
-                    advance(f"{key} {method}")
+                    bar.update(status=f"{key} {method}")
                     config = _config(method, modules, has_conv, ratio)
-                    if config is None:
-                        row[column] = None
-                        continue
-                    try:
-                        model = compress_(copy.deepcopy(base), config, select=select, ctx=ctx)
-                        row[column] = sign * (baseline - float(wl.evaluate(model.eval(), split)[wl.metric]))
-                    except (TorchslimError, RuntimeError, ValueError) as e:
-                        row[column] = None
-                        notes.append(f"{key} {method}: {type(e).__name__}: {e}"[:300])
+                    row[column] = None
+                    if config is not None:
+                        try:
+                            model = compress_(copy.deepcopy(base), config, select=select, ctx=ctx)
+                            row[column] = sign * (baseline - float(wl.evaluate(model.eval(), split)[wl.metric]))
+                        except (TorchslimError, RuntimeError, ValueError) as e:
+                            notes.append(f"{key} {method}: {type(e).__name__}: {e}"[:300])
+                    bar.advance()
                 rows.append(row)
     finally:
         torch.set_num_threads(old_threads)
     return SensitivityResult(wl.name, wl.metric, split, baseline, columns, rows, notes)
-
-
-class _progress:
-    """Progress of the evaluations (:mod:`torchslim.core.progress`); ``advance(label)`` starts the next one."""
-
-    def __init__(self, enabled: bool, total: int) -> None:
-        from torchslim.core.progress import progress
-
-        self.task, self.n = progress(total, "sensitivity", unit="evaluations", enabled=enabled), 0
-
-    def __enter__(self) -> Any:
-        bar = self.task.__enter__()
-
-        def advance(label: str) -> None:
-            bar.update(completed=self.n, status=label)
-            self.n += 1
-
-        return advance
-
-    def __exit__(self, *exc: Any) -> None:
-        self.task.update(completed=self.n)
-        self.task.__exit__(*exc)
