@@ -24,9 +24,7 @@ import torch
 import torch.nn as nn
 import yaml
 
-from torchslim.core.config import Config
-from torchslim.core.config import build_config as _build
-from torchslim.core.config import convert_value as _convert
+from torchslim.core.config import Config, build_config, convert_value
 from torchslim.core.context import Context
 from torchslim.core.progress import format_duration
 from torchslim.core.progress import progress as progress_task
@@ -112,8 +110,8 @@ def recipe_from_dict(data: Any, source: str = "recipe") -> Recipe:
             name = ""
         select = None
         if select_raw is not None:
-            select = _convert(select_raw, Select, f"{path}.select", problems)
-        config = _build(raw, path, Config, problems)
+            select = convert_value(select_raw, Select, f"{path}.select", problems)
+        config = build_config(raw, path, Config, problems)
         if config is not None:
             steps.append(Step(config, select, name))
     if problems:
