@@ -54,14 +54,14 @@ from torch.fx.experimental.symbolic_shapes import is_concrete_int
 from torch.utils import _pytree as pytree
 
 from torchslim.errors import OutputExistsError, UnsupportedModelError
-from torchslim.export.inputs import TOKEN_INPUT_NAMES, ExampleInputs
+from torchslim.export.inputs import ExampleInputs, is_token_input
 from torchslim.export.int4 import int4_lowered
 
 log = logging.getLogger(__name__)
 
 # Largest accepted relative error ||exported - torch|| / ||torch|| of each output: above the reference
 # paths' own rounding (static int8's fake-quantized activations, bf16 kernels in torch vs fp32 in ONNX
-# Runtime: up to about 0.02 measured), far below a wrong graph's (of the order of 1).
+# Runtime: a few percent at most), far below a wrong graph's (of the order of 1).
 DEFAULT_TOLERANCE = 0.05
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -371,8 +371,9 @@ def _fixed_dims(program: torch.export.ExportedProgram, trace: ExampleInputs) -> 
         if not isinstance(val, torch.Tensor) or val.ndim == 0:
             continue
         fixed_batch |= is_concrete_int(val.shape[0]) and val.shape[0] == batch
-        token = (val.ndim == 2 and not val.is_floating_point()) or node.name in TOKEN_INPUT_NAMES
-        fixed_seq |= token and val.ndim >= 2 and is_concrete_int(val.shape[1]) and val.shape[1] == seq
+        fixed_seq |= (
+            is_token_input(node.name, val) and val.ndim >= 2 and is_concrete_int(val.shape[1]) and val.shape[1] == seq
+        )
     return fixed_batch, fixed_seq
 
 

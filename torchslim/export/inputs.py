@@ -30,7 +30,7 @@ from torch.utils import _pytree as pytree
 
 from torchslim.errors import ConfigError
 
-__all__ = ["TOKEN_INPUT_NAMES", "ExampleInputs", "split_inputs"]
+__all__ = ["TOKEN_INPUT_NAMES", "ExampleInputs", "is_token_input", "split_inputs"]
 
 # Keyword inputs whose dim 1 is a sequence length (Hugging Face's names).
 TOKEN_INPUT_NAMES = frozenset(
@@ -59,7 +59,8 @@ def split_inputs(example: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
     )
 
 
-def _is_token(name: str, t: torch.Tensor) -> bool:
+def is_token_input(name: str, t: torch.Tensor) -> bool:
+    """Whether input ``name`` holds tokens (dim 1 a sequence): a Hugging Face token name, or integers of rank 2."""
     integer = not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool)
     return name in TOKEN_INPUT_NAMES or (integer and t.ndim == 2)
 
@@ -98,7 +99,7 @@ class ExampleInputs:
     def _dynamic_axes(self, name: str, t: torch.Tensor) -> tuple[int, ...]:
         if t.ndim == 0 or t.shape[0] != self.batch_size:
             return ()
-        return (0, 1) if t.ndim >= 2 and _is_token(name, t) else (0,)
+        return (0, 1) if t.ndim >= 2 and is_token_input(name, t) else (0,)
 
     def resized(self, batch: int | None = None, seq: int | None = None) -> ExampleInputs:
         """A copy with the batch (and token sequence) dimensions resized by cycling the existing rows/columns.
