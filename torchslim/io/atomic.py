@@ -22,7 +22,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -131,38 +131,37 @@ def atomic_dir(target: str | Path, *, force: bool = False, manifest: dict[str, A
     target = Path(target)
     check_output_dir(target, force)
     parent = target.parent if str(target.parent) else Path(".")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        lock = _writer_lock(parent, target.name)
-        lock.__enter__()
-    except OSError as e:
-        raise OutputExistsError(f"cannot write under {parent}: {describe_os_error(e)}") from None
-    tmp: Path | None = None
-    try:
-        check_output_dir(target, force)  # again, under the lock: another writer may have finished meanwhile
-        _clean_stale(parent, target.name)
-        tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{target.name}-", dir=parent))
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700
-        yield tmp
-        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-        body = dict(manifest or {})
-        body["files"] = files
-        with open(tmp / "manifest.json", "w", encoding="utf-8") as f:
-            json.dump(body, f, indent=2, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f"{_OLD_PREFIX}{target.name}-", dir=parent))
-            os.rmdir(old)
-            os.replace(target, old)  # the new artifact is complete: only now move the old one aside
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-        tmp = None
-    except OSError as e:
-        raise OutputExistsError(f"writing {target} failed: {describe_os_error(e)}") from None
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-        lock.__exit__(None, None, None)
+    with ExitStack() as held:
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            held.enter_context(_writer_lock(parent, target.name))
+        except OSError as e:
+            raise OutputExistsError(f"cannot write under {parent}: {describe_os_error(e)}") from None
+        tmp: Path | None = None
+        try:
+            check_output_dir(target, force)  # again, under the lock: another writer may have finished meanwhile
+            _clean_stale(parent, target.name)
+            tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{target.name}-", dir=parent))
+            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700
+            yield tmp
+            files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+            body = dict(manifest or {})
+            body["files"] = files
+            with open(tmp / "manifest.json", "w", encoding="utf-8") as f:
+                json.dump(body, f, indent=2, sort_keys=True)
+                f.flush()
+                os.fsync(f.fileno())
+            if target.exists():
+                old = Path(tempfile.mkdtemp(prefix=f"{_OLD_PREFIX}{target.name}-", dir=parent))
+                os.rmdir(old)
+                os.replace(target, old)  # the new artifact is complete: only now move the old one aside
+                os.replace(tmp, target)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, target)
+            tmp = None
+        except OSError as e:
+            raise OutputExistsError(f"writing {target} failed: {describe_os_error(e)}") from None
+        finally:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
