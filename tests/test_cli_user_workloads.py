@@ -300,7 +300,7 @@ def test_keyboard_interrupt_still_exits_130(usermod, monkeypatch, capsys):
     assert main(["measure", "--model", "usermod:build"]) == 130
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available")
 @pytest.mark.parametrize(
     "argv",
     [

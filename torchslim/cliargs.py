@@ -32,7 +32,7 @@ def add_device_arg(p: argparse.ArgumentParser) -> None:
 
 
 def check_device(name: str) -> str:
-    """``name`` checked against this machine (:func:`torchslim.core.device.check_device`), as a usage
+    """``name`` checked against the devices available here (:func:`torchslim.core.device.check_device`), as a usage
     error (exit 2) for ``--device`` when it is malformed or absent, before any work starts.
 
     Example:

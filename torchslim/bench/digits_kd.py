@@ -52,7 +52,7 @@ def one_thread() -> Iterator[None]:
     """Train on one intra-op thread, restoring the caller's setting afterwards.
 
     The student's convolutions are tiny: with a second thread each op pays a synchronisation that
-    costs far more than the work: 20-50x slower on the busy 2-core box (MiniLM training: 3-4x slower).
+    costs more than the work itself.
     """
     before = torch.get_num_threads()
     torch.set_num_threads(1)

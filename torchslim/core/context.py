@@ -51,7 +51,7 @@ class Context:
             other layout; applied once to each calibration and training batch as it is read.
 
     Raises:
-        ConfigError: a device this machine does not have, a one-shot iterator as ``train_data``, a
+        ConfigError: a device that is not available, a one-shot iterator as ``train_data``, a
             ``Dataset`` of single samples instead of batches, or data of an unsupported type.
     """
 

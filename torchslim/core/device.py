@@ -1,4 +1,4 @@
-"""Device names checked up front: a device this machine does not have is refused at once.
+"""Device names checked up front: a device that is not available is refused at once.
 
 Example:
     >>> check_device("cpu")
@@ -27,10 +27,10 @@ def _count(kind: str) -> int:
 
 
 def check_device(device: str | torch.device) -> str:
-    """``device`` as a string, after checking that this machine has it.
+    """``device`` as a string, after checking that it is available.
 
     Raises:
-        ConfigError: an unknown device name, or a device this machine does not have (``"cuda"``
+        ConfigError: an unknown device name, or a device that is not available (``"cuda"``
             without CUDA, ``"cuda:3"`` with two GPUs).
 
     Example:

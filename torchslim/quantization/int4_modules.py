@@ -6,10 +6,10 @@ Stored buffers (device-independent, what ``state_dict`` / safetensors hold):
 - ``scales``, ``zeros`` ``[N, K/g]`` bf16: ``ŵ = (q − 8) · scale + zero`` per (row, group);
 - ``bias`` ``[N]`` float32 or absent; ``input_scale`` ``[K]`` float32 or absent (AWQ's ``1/s``).
 
-Kernels (checked on this machine, torch 2.13): on CPU ``aten._convert_weight_to_int4pack_for_cpu``
+Kernels (the torch 2.13 signatures): on CPU ``aten._convert_weight_to_int4pack_for_cpu``
 takes the *unpacked* codes as int32 ``[N, K]`` and ``aten._weight_int4pack_mm_for_cpu(x, w, g, sz)``
 takes ``sz`` ``[K/g, N, 2]`` = (scale, zero) with exactly the convention above; it needs
-``N % 16 == 0`` and g ∈ {32, 64, 128, 256}; float32 activations run 30× slower than bf16 there, so
+``N % 16 == 0`` and g ∈ {32, 64, 128, 256}; float32 activations take a much slower path there, so
 they are cast to bf16 and the result back. From ``DEQUANT_MIN_ROWS`` rows (tokens) on, the product is
 compute-bound and a bf16 GEMM on the weight dequantized once per call is faster than the kernel. On CUDA ``aten._convert_weight_to_int4pack`` takes the
 packed uint8 ``[N, K/2]`` as stored and ``aten._weight_int4pack_mm`` the same ``sz``. The kernel

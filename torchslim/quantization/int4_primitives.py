@@ -7,7 +7,7 @@ a float ``zero``; the 4-bit code ``q ∈ {0, …, 15}`` dequantizes as
     ŵ = (q − 8) · scale + zero
 
 which is the convention of torch's int4 kernels (``aten._weight_int4pack_mm_for_cpu`` and
-``aten._weight_int4pack_mm``, checked on this machine by experiment), so the stored scales and zeros
+``aten._weight_int4pack_mm``, as their outputs show), so the stored scales and zeros
 feed them without conversion. Min-max parameters: ``scale = (max − min) / 15``,
 ``zero = min + 8 · scale``. Scales and zeros are rounded to bf16 (how they are stored) *before*
 the codes are chosen, so the codes are the nearest ones for the stored parameters.

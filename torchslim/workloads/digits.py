@@ -288,7 +288,7 @@ class DigitsWorkload(Workload):
     def model(self) -> nn.Module:
         """The trained teacher in eval mode; a fresh copy each call, so in-place compression is safe.
 
-        Trains (about 5 s on 2 CPU cores) and caches on first use.
+        Trains (seconds on a CPU) and caches on first use.
 
         Example:
             >>> m = DigitsWorkload().model()

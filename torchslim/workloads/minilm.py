@@ -249,7 +249,7 @@ class MiniLMWorkload(Workload):
         return model.eval()
 
     def tune_space_overrides(self) -> dict[str, Any]:
-        """Post-training techniques only, about a minute a trial on 2 CPU cores (``torchslim tune``).
+        """Post-training techniques only (``torchslim tune``): trials that train would take too long.
 
         One epoch of distillation or fine-tuning of MiniLM takes minutes on CPU, so recovery, layer
         dropping and channel pruning (both collapse the metric without recovery) are left out: magnitude /
