@@ -165,3 +165,39 @@ def atomic_dir(target: str | Path, *, force: bool = False, manifest: dict[str, A
         finally:
             if tmp is not None:
                 shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def atomic_file(target: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``target`` to write; on success rename it onto ``target``.
+
+    A crash or Ctrl-C leaves the old file (or none), never half a file; on any exception the temporary
+    file is removed. The file follows the user's umask (``mkstemp`` alone would make it 0600).
+
+    Raises:
+        OutputExistsError: an I/O error (the message names it: no space, permission denied, ...).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "sub" / "a.txt"
+        >>> with atomic_file(path) as tmp:
+        ...     _ = tmp.write_text("hi")
+        >>> path.read_text(), sorted(p.name for p in path.parent.iterdir())
+        ('hi', ['a.txt'])
+    """
+    target = Path(target)
+    tmp: Path | None = None
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f"{_TMP_PREFIX}{target.name}-", dir=target.parent)
+        os.close(fd)
+        tmp = Path(name)
+        os.chmod(tmp, 0o666 & ~_umask())
+        yield tmp
+        os.replace(tmp, target)
+        tmp = None
+    except OSError as e:
+        raise OutputExistsError(f"writing {target} failed: {describe_os_error(e)}") from None
+    finally:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
