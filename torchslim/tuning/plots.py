@@ -10,11 +10,11 @@ Example:
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from torchslim.io.atomic import atomic_file
 
 __all__ = ["bar_chart", "label_points", "log_ticks", "pareto_chart", "save_png", "set_log_axis"]
 
@@ -38,13 +38,9 @@ def new_figure(width: float, height: float) -> Any:
 
 
 def save_png(fig: Any, path: str | Path, colors: int | None = None) -> None:
-    """Write ``fig`` as PNG atomically (temporary file beside ``path``, then rename); ``colors``: quantize to
+    """Write ``fig`` as PNG atomically (:func:`torchslim.io.atomic.atomic_file`); ``colors``: quantize to
     a palette of that many colours (Pillow; a third of the bytes for a chart of flat colours and text)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight", metadata={"Software": None})
         if colors:
             from PIL import Image
@@ -52,12 +48,6 @@ def save_png(fig: Any, path: str | Path, colors: int | None = None) -> None:
             with Image.open(tmp) as image:
                 quantized = image.convert("RGB").quantize(colors=colors)
             quantized.save(tmp, format="PNG", optimize=True)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are ordinary files
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def log_ticks(lo: float, hi: float, max_ticks: int = 6) -> list[float]:

@@ -10,30 +10,20 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from torchslim.errors import OutputExistsError
+from torchslim.io.atomic import atomic_file
 from torchslim.tuning.space import SearchSpace
 
 __all__ = ["objective_key", "pareto_front", "trial_rows", "write_outputs", "write_text"]
 
 
 def write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` atomically (temporary file beside ``path``, then rename); OutputExistsError on I/O errors."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are ordinary files
-        os.replace(tmp, path)
-    except OSError as e:
-        raise OutputExistsError(f"cannot write {path}: {e}") from None
+    """Write ``text`` atomically (:func:`torchslim.io.atomic.atomic_file`); OutputExistsError on I/O errors."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def trial_rows(study: Any) -> list[dict[str, Any]]:

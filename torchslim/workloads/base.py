@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -24,24 +23,17 @@ import torch
 import torch.nn as nn
 
 from torchslim.core.context import Context
+from torchslim.io.atomic import atomic_file
 
 log = logging.getLogger(__name__)
 
 
 def save_atomic(state: dict[str, torch.Tensor], path: Path) -> None:
-    """Write safetensors to a temp file beside ``path`` then rename, so a crash never leaves half a file."""
+    """Write ``state`` as safetensors through :func:`torchslim.io.atomic.atomic_file`: never half a file."""
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous() for k, v in state.items()}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path) as tmp:
+        save_file({k: v.detach().contiguous() for k, v in state.items()}, str(tmp))
 
 
 def cached_or_trained(

@@ -23,8 +23,6 @@ import csv
 import functools
 import hashlib
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -34,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from torchslim.errors import UsageError
-from torchslim.workloads.base import Workload, cache_dir
+from torchslim.workloads.base import Workload, cache_dir, save_atomic
 from torchslim.workloads.datadir import data_path
 
 __all__ = [
@@ -325,7 +323,7 @@ class MiniLMWorkload(Workload):
         """The fp32 model's embeddings of ``split`` (cached in memory and under ``cache_dir()/minilm``)."""
         if split in self._ref:
             return self._ref[split]
-        from safetensors.torch import load_file, save_file
+        from safetensors.torch import load_file
 
         key = hashlib.sha256(
             f"{_CACHE_VERSION}|{_sha_file(self.data / SPLITS[split])}|"
@@ -340,15 +338,7 @@ class MiniLMWorkload(Workload):
                 log.warning("cannot read cached MiniLM embeddings %s (%s); recomputing", path, exc)
         if emb is None or emb.shape[0] != len(self._sentence_batches(split)[0]):
             _, emb = self.embed(self.model(), split)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-            os.close(fd)
-            try:
-                save_file({"emb": emb.contiguous()}, tmp)
-                os.replace(tmp, path)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+            save_atomic({"emb": emb}, path)
         self._ref[split] = emb
         return emb
 
