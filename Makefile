@@ -4,17 +4,18 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # The data sets the built-in workloads read (stsbenchmark/, tinyshakespeare/input.txt, fsdd/recordings).
 export TORCHSLIM_DATA ?= $(abspath ../shared/data)
-# Reinstall only when pyproject.toml changes.
-STAMP := $(VENV)/.installed-$(shell $(PYTHON) -c "import hashlib;print(hashlib.sha1(open('pyproject.toml','rb').read()).hexdigest()[:12])")
+# Reinstall only when pyproject.toml or constraints.txt changes.
+STAMP := $(VENV)/.installed-$(shell $(PYTHON) -c "import hashlib;print(hashlib.sha1(open('pyproject.toml','rb').read()+open('constraints.txt','rb').read()).hexdigest()[:12])")
 
-.PHONY: setup demo test quick lint format bench
+.PHONY: setup demo test quick lint format bench lock
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: a CPU build (2.13.0) that the rest then reuse.
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[all]"
+	$(PY) -m pip install -q torch==2.13.0 -c constraints.txt
+	# Every other dependency at the version CI tested (constraints.txt; `make lock` rewrites it).
+	$(PY) -m pip install -q -e ".[all]" -c constraints.txt
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
@@ -38,6 +39,14 @@ quick: setup
 format: setup
 	$(VENV)/bin/ruff check --fix torchslim tests
 	$(VENV)/bin/ruff format torchslim tests
+
+# After changing pyproject.toml's dependencies: install them without the old pins (pip keeps what still
+# fits), then rewrite constraints.txt from the versions now in .venv.
+lock:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[all]"
+	$(PY) tools/lock.py > constraints.txt.tmp && mv constraints.txt.tmp constraints.txt
 
 bench: setup
 	$(VENV)/bin/torchslim bench digits --json bench-out/digits.json
