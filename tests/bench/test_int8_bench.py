@@ -18,12 +18,12 @@ def test_minilm_benchmark_registered_and_missing_data_is_a_usage_error(tmp_path)
 
 
 def test_digits_torch_ao_static_peer_matches_fp32_accuracy():
-    from torchslim.bench.digits import _torch_ao_static
+    from torchslim.bench.peers import torch_ao_static
     from torchslim.workloads import get_workload
 
     wl = get_workload("digits")
     teacher, ctx = wl.model(), wl.context()
-    peer, size = _torch_ao_static(teacher, ctx.example_inputs, ctx.calibration)
+    peer, size = torch_ao_static(teacher, ctx.example_inputs, ctx.calibration)
     assert abs(wl.evaluate(peer)["accuracy"] - wl.evaluate(teacher)["accuracy"]) <= 0.01
     assert 0 < size < 0.5 * sum(p.numel() * 4 for p in teacher.parameters())
     assert peer(*ctx.example_inputs).dtype == torch.float32

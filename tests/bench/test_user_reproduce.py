@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from torchslim.bench import BENCHMARKS
+from torchslim.bench import BENCHMARKS, table
 from torchslim.bench.report import row_command
 from torchslim.cli import build_parser
 from torchslim.recipes import builtin_recipes
@@ -101,10 +101,10 @@ def test_old_style_commands_are_caught() -> None:
 
 def test_bench_modules_declare_their_workload_and_real_recipes() -> None:
     recipes = builtin_recipes()
-    for name, target in BENCHMARKS.items():
-        module = import_module(target.partition(":")[0])
-        assert module.WORKLOAD in workload_names(), name
-        assert set(module.RECIPES.values()) <= set(recipes), name
+    for name in BENCHMARKS:
+        declared = table(name)
+        assert declared.workload in workload_names(), name
+        assert set(declared.recipes.values()) <= set(recipes), name
 
 
 def test_minilm_int8_row_is_the_compiled_recipe_the_bench_builds_it_from() -> None:
@@ -131,7 +131,7 @@ def test_tuned_row_passes_tune_the_bench_settings(bench: str) -> None:
     module = import_module(BENCHMARKS[bench].partition(":")[0])
     args = build_parser().parse_args(shlex.split(row_command(bench, "torchslim-tuned", DATA_ROOT))[1:])
     settings = module.tune_settings()
-    assert args.command == "tune" and args.workload == module.WORKLOAD
+    assert args.command == "tune" and args.workload == table(bench).workload
     assert (args.max_drop, args.margin, args.objective, args.trials) == (
         settings["max_drop"],
         settings["margin"],

@@ -139,8 +139,8 @@ def test_splits_and_feature_cache(tiny_folder, tmp_path, monkeypatch):
 
 def test_kws_tiny_recipe_end_to_end(tiny_folder, tmp_path, monkeypatch):
     """The whole recipe on 60 clips: student shapes, int8 modules, both metrics, and a faithful artifact."""
-    from torchslim.bench.digits_kd import one_thread
     from torchslim.bench.fsdd import kws_tiny_recipe
+    from torchslim.bench.harness import threads
     from torchslim.io import load, save
     from torchslim.quantization import Int8StaticConv2d
     from torchslim.recipes import run_recipe
@@ -148,7 +148,7 @@ def test_kws_tiny_recipe_end_to_end(tiny_folder, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCHSLIM_CACHE", str(tmp_path))
     monkeypatch.setattr(fsdd, "_TEACHER_EPOCHS", 3)  # part of the cache key: never mixes with the real teacher
     wl = get_workload("fsdd-kws", tiny_folder)
-    with one_thread():  # small convs: a second thread only adds synchronisation (restored afterwards)
+    with threads(1):  # small convs: a second thread only adds synchronisation (restored afterwards)
         teacher = wl.model()
         model, run = run_recipe(wl.model(), kws_tiny_recipe(), wl.context(), latency_runs=2)
 

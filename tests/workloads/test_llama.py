@@ -82,12 +82,12 @@ def test_bandwidth_and_decode_bytes():
 
 
 def test_benchmark_rows_on_a_tiny_model():
-    pytest.importorskip("torchslim.quantization.int4")
+    pytest.importorskip("torchslim.quantization.int4.weight_only")
     from torchslim.bench import BENCHMARKS
-    from torchslim.bench.llama import run_on
+    from torchslim.bench.llama import TABLE, run_on
 
     assert "llama-decode" in BENCHMARKS
-    res = run_on(LlamaDecodeWorkload(TINY, new_tokens=3, prompt_tokens=4), quick=True)
+    res = TABLE.check(run_on(LlamaDecodeWorkload(TINY, new_tokens=3, prompt_tokens=4), quick=True))
     rows = {r["variant"]: r for r in res.rows}
     assert {
         "fp32",

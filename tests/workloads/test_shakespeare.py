@@ -98,12 +98,12 @@ def test_tiny_training_beats_uniform_and_is_cached(cache):
 
 @needs_data
 def test_benchmark_rows_on_a_tiny_model(cache):
-    pytest.importorskip("torchslim.quantization.int4_mixed")
+    pytest.importorskip("torchslim.quantization.int4.mixed")
     from torchslim.bench import BENCHMARKS
-    from torchslim.bench.shakespeare import run_on
+    from torchslim.bench.shakespeare import TABLE, run_on
 
     assert "shakespeare-gpt" in BENCHMARKS
-    res = run_on(tiny(eval_tokens=2000), quick=True)
+    res = TABLE.check(run_on(tiny(eval_tokens=2000), quick=True))
     names = [r["variant"] for r in res.rows]
     assert names[0] == "fp32" and "torchslim-int4-mixed" in names
     assert {f"torchslim-int4-{m}-g{g}" for m in ("rtn", "gptq", "awq", "hqq") for g in (128, 32)} <= set(names)

@@ -1,15 +1,22 @@
 """Side-by-side benchmarks: ``torchslim bench NAME`` (ours and peers in one process).
 
+Each benchmark module declares a :class:`~torchslim.bench.harness.BenchTable` (``TABLE``: rows, columns,
+workload, recipe rows) and a ``bench(data, quick)`` that builds its rows over the shared harness
+(:mod:`torchslim.bench.harness` says how to add one).
+
 Example:
     >>> "digits" in benchmark_names()
     True
+    >>> table("digits").workload
+    'digits'
 """
 
 from __future__ import annotations
 
 from importlib import import_module
+from typing import Any
 
-from torchslim.bench.harness import BenchResult, Variant, run_benchmark
+from torchslim.bench.harness import BenchResult, BenchTable, Variant, run_benchmark
 from torchslim.errors import UsageError
 
 # name -> "module:function(data, quick) -> BenchResult"; imported lazily so optional peers load only when run.
@@ -34,12 +41,37 @@ def benchmark_names() -> list[str]:
     return list(BENCHMARKS)
 
 
-def run_named_benchmark(name: str, data: str | None = None, quick: bool = False) -> BenchResult:
-    """Run the benchmark called ``name``; UsageError lists the valid names."""
+def _check_name(name: str) -> None:
     if name not in BENCHMARKS:
         raise UsageError(f"unknown benchmark {name!r}; valid benchmarks: {', '.join(BENCHMARKS)}")
-    module, _, fn = BENCHMARKS[name].partition(":")
-    return getattr(import_module(module), fn)(data=data, quick=quick)
 
 
-__all__ = ["BENCHMARKS", "BenchResult", "Variant", "benchmark_names", "run_benchmark", "run_named_benchmark"]
+def bench_module(name: str) -> Any:
+    """The module of benchmark ``name`` (its ``TABLE`` and ``bench``); UsageError lists the valid names."""
+    _check_name(name)
+    return import_module(BENCHMARKS[name].partition(":")[0])
+
+
+def table(name: str) -> BenchTable:
+    """The declared table of benchmark ``name``; UsageError lists the valid names."""
+    return bench_module(name).TABLE
+
+
+def run_named_benchmark(name: str, data: str | None = None, quick: bool = False) -> BenchResult:
+    """Run the benchmark called ``name`` and check its rows against its table; UsageError lists the valid names."""
+    module = bench_module(name)
+    result = getattr(module, BENCHMARKS[name].partition(":")[2])(data=data, quick=quick)
+    return module.TABLE.check(result)
+
+
+__all__ = [
+    "BENCHMARKS",
+    "BenchResult",
+    "BenchTable",
+    "Variant",
+    "bench_module",
+    "benchmark_names",
+    "run_benchmark",
+    "run_named_benchmark",
+    "table",
+]

@@ -12,22 +12,41 @@ Unstructured sparsity saves size, not time: the latency column shows it.
 from __future__ import annotations
 
 import copy
-import io
 
-import torch
 import torch.nn as nn
 import torch.nn.utils.prune as tprune
 
 from torchslim.api import compress_
-from torchslim.bench.harness import BenchResult, Variant, model_variant, run_benchmark
+from torchslim.bench.harness import BenchResult, BenchTable, Variant, model_variant, torch_save_bytes
 from torchslim.pruning import GradualPruning, MagnitudePruning
 from torchslim.quantization import Int8Static
 from torchslim.structured import FoldBatchNorm
 
-WORKLOAD = "digits"  # the workload of every row (reproduce commands: --workload digits)
-RECIPES: dict[str, str] = {}  # no row is a built-in recipe (sparse-90 differs: its own schedule)
-
 SPARSITIES = (50, 80, 90, 95)
+INT8_AT = 90  # the gradual sparsity also shown in static int8
+
+# No row is a built-in recipe (sparse-90 differs: its own schedule).
+TABLE = BenchTable(
+    name="digits-prune",
+    workload="digits",
+    rows=(
+        "fp32",
+        "torchslim-oneshot-50",
+        "torchslim-oneshot-80",
+        "torchslim-oneshot-90",
+        "torchslim-oneshot-95",
+        "torchslim-gradual-50",
+        "torchslim-gradual-80",
+        "torchslim-gradual-90",
+        "torchslim-gradual-90-int8",
+        "torchslim-gradual-95",
+        "peer-torch-prune-global-unstructured-90",
+    ),
+    metrics=("accuracy",),
+    columns=("nonzero",),
+    rounds=(10, 40),
+    warmup=(3, 10),
+)
 
 
 def gradual_config(sparsity: float) -> GradualPruning:
@@ -38,16 +57,14 @@ def _peer_torch_prune(teacher: nn.Module, amount: float) -> tuple[nn.Module, int
     model = copy.deepcopy(teacher)
     params = [(m, "weight") for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     tprune.global_unstructured(params, pruning_method=tprune.L1Unstructured, amount=amount)
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)  # how users save it: weight_orig + weight_mask, dense
-    return model, buf.getbuffer().nbytes
+    return model, torch_save_bytes(model)  # how users save it: weight_orig + weight_mask, dense
 
 
 def bench(data: str | None = None, quick: bool = False) -> BenchResult:
     """Run the digits pruning benchmark (scikit-learn ships the data)."""
     from torchslim.workloads import get_workload
 
-    wl = get_workload(WORKLOAD)
+    wl = get_workload(TABLE.workload)
     teacher = wl.model()
     ctx = wl.context()
     x = ctx.example_inputs
@@ -63,12 +80,13 @@ def bench(data: str | None = None, quick: bool = False) -> BenchResult:
         m = compress_(copy.deepcopy(teacher), gradual_config(s / 100), ctx=ctx)
         m = compress_(m, FoldBatchNorm(), ctx=ctx)
         variants.append(variant(f"torchslim-gradual-{s}", m))
-        if s == 90:  # int8 values on the sparse layout: pruned zeros stay exact zeros in int8
+        if s == INT8_AT:  # int8 values on the sparse layout: pruned zeros stay exact zeros in int8
             q = compress_(copy.deepcopy(m), Int8Static(), ctx=ctx)
-            variants.append(variant("torchslim-gradual-90-int8", q))
+            variants.append(variant(f"torchslim-gradual-{s}-int8", q))
     peer, peer_size = _peer_torch_prune(teacher, 0.9)
     variants.append(variant("peer-torch-prune-global-unstructured-90", peer, size=peer_size))
-    result = run_benchmark("digits-prune", variants, rounds=10 if quick else 40, warmup=3 if quick else 10)
-    result.notes.append("unstructured sparsity saves artifact size, not latency (dense kernels)")
-    result.notes.append("gradual rows: BatchNorm folded after pruning (inference form)")
-    return result
+    notes = [
+        "unstructured sparsity saves artifact size, not latency (dense kernels)",
+        "gradual rows: BatchNorm folded after pruning (inference form)",
+    ]
+    return TABLE.run(variants, quick, notes)

@@ -15,26 +15,30 @@ Each row has ``macs`` (per image), ``macs_reduction`` (fp32 MACs / row MACs), ``
 is the measured latency ratio to put beside ``macs_reduction``; ``speedup_b512`` is the same ratio for a
 batch of 512 test images, timed interleaved in a second pass, where the convolutions dominate.
 
-Timing runs on one thread: the model takes about a millisecond, and on a shared machine a second
-intra-op thread that loses its core makes every call wait a scheduler slice (medians of ≈100 ms were
-seen with 2 threads), which would measure the machine's load rather than the model.
+Timing runs on one thread: the model is small, and a second intra-op thread that loses its core makes
+every call wait a scheduler slice, which would measure the machine's load rather than the model.
 """
 
 from __future__ import annotations
 
 import copy
 
-import torch
 import torch.nn as nn
 from torch.nn.utils import prune as torch_prune
 
-from torchslim.bench.harness import BenchResult, Variant, model_variant, run_benchmark
-from torchslim.measure import count_macs, interleaved_latency
+from torchslim.bench.harness import BenchResult, BenchTable, macs_reduction, model_variant, speedup_column, threads
 from torchslim.recipes import load_recipe, run_recipe
 
-WORKLOAD = "digits"
-# Rows built by a built-in recipe: variant -> recipe name (reproduce: `torchslim compress --recipe NAME`).
-RECIPES = {"torchslim-macs2x": "channels-2x", "torchslim-macs4x": "channels-4x"}
+TABLE = BenchTable(
+    name="digits-structured",
+    workload="digits",
+    rows=("fp32", "torchslim-macs2x", "torchslim-macs4x", "peer-torch-pruning", "peer-torch-prune-ln-structured"),
+    metrics=("accuracy",),
+    columns=("params", "macs", "macs_reduction", "speedup_b512"),
+    recipes={"torchslim-macs2x": "channels-2x", "torchslim-macs4x": "channels-4x"},
+    rounds=(10, 50),
+    warmup=(3, 10),
+)
 
 
 def _conv_ratio(pruned: nn.Module, original: nn.Module) -> float:
@@ -71,42 +75,35 @@ def bench(data: str | None = None, quick: bool = False) -> BenchResult:
     """Run the benchmark (``data`` is unused: scikit-learn ships the digits)."""
     from torchslim.workloads import get_workload
 
-    wl = get_workload(WORKLOAD)
+    wl = get_workload(TABLE.workload)
     teacher = wl.model()
     ctx = wl.context()
     x = ctx.example_inputs
-    base_macs = count_macs(teacher, x, per_sample=True)
-
-    def variant(name: str, model: nn.Module) -> Variant:
-        v = model_variant(name, model, x, wl.evaluate(model.eval(), "test"), measures=("params", "macs"))
-        v.extra["macs_reduction"] = round(base_macs / v.extra["macs"], 3)
-        return v
-
     macs2x, macs4x = (
-        run_recipe(copy.deepcopy(teacher), load_recipe(RECIPES[name]), ctx, measure_steps=False)[0]
+        run_recipe(copy.deepcopy(teacher), load_recipe(TABLE.recipes[name]), ctx, measure_steps=False)[0]
         for name in ("torchslim-macs2x", "torchslim-macs4x")
     )
     ratio = _conv_ratio(macs2x, teacher)
+    models = {
+        "fp32": teacher,
+        "torchslim-macs2x": macs2x,
+        "torchslim-macs4x": macs4x,
+        "peer-torch-pruning": peer_torch_pruning(copy.deepcopy(teacher), x, ratio),
+        "peer-torch-prune-ln-structured": peer_ln_structured(copy.deepcopy(teacher), ratio),
+    }
     variants = [
-        variant("fp32", teacher),
-        variant("torchslim-macs2x", macs2x),
-        variant("torchslim-macs4x", macs4x),
-        variant("peer-torch-pruning", peer_torch_pruning(copy.deepcopy(teacher), x, ratio)),
-        variant("peer-torch-prune-ln-structured", peer_ln_structured(copy.deepcopy(teacher), ratio)),
+        model_variant(n, m, x, wl.evaluate(m.eval(), "test"), measures=("params", "macs")) for n, m in models.items()
     ]
+    macs_reduction(variants)
     big = (wl.splits()["test_x"][:512].clone(),)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        models = {v.name: v.model for v in variants}
-        lat = interleaved_latency(models, big, warmup=2 if quick else 5, rounds=10 if quick else 40)
-        for v in variants:
-            v.extra["speedup_b512"] = round(lat["fp32"].median_ms / lat[v.name].median_ms, 3)
-        result = run_benchmark("digits-structured", variants, rounds=10 if quick else 50, warmup=3 if quick else 10)
-    finally:
-        torch.set_num_threads(threads)
-    result.notes.append(
-        f"latency on 1 thread per batch of {x[0].shape[0]} images; accuracy on the full test split; "
-        f"peers pruned at the per-layer channel ratio of the 2x row ({ratio:.3f}), without fine-tuning"
-    )
-    return result
+    rounds, warmup = (10, 2) if quick else (40, 5)
+    speedup_column(variants, big, "speedup_b512", rounds=rounds, warmup=warmup, n_threads=1)
+    with threads(1):
+        return TABLE.run(
+            variants,
+            quick,
+            [
+                f"latency on 1 thread per batch of {x[0].shape[0]} images; accuracy on the full test split; "
+                f"peers pruned at the per-layer channel ratio of the 2x row ({ratio:.3f}), without fine-tuning"
+            ],
+        )

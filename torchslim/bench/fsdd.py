@@ -30,17 +30,25 @@ import torch
 import torch.nn as nn
 
 from torchslim.api import compress_
-from torchslim.bench.digits_kd import one_thread
-from torchslim.bench.harness import BenchResult, Variant, recipe_config, run_benchmark
+from torchslim.bench.harness import BenchResult, BenchTable, Variant, model_variant, recipe_config, threads
+from torchslim.bench.peers import torch_ao_static
 from torchslim.distillation import DistillConfig, distill
-from torchslim.measure import artifact_bytes, count_macs, count_params
+from torchslim.measure import count_macs
 from torchslim.recipes import Recipe, load_recipe, run_recipe
 
-__all__ = ["RECIPES", "STUDENT_KD", "WORKLOAD", "bench", "kws_tiny_recipe", "saved_bytes"]
+__all__ = ["STUDENT_KD", "TABLE", "bench", "kws_tiny_recipe", "saved_bytes"]
 
-WORKLOAD = "fsdd-kws"
-# Rows built by a built-in recipe: variant -> recipe name (reproduce: `torchslim compress --recipe NAME`).
-RECIPES = {"torchslim-int8-static": "int8-static", "torchslim-kws-tiny": "kws-tiny"}
+TABLE = BenchTable(
+    name="fsdd-kws",
+    workload="fsdd-kws",
+    rows=("fp32", "torchslim-student-kd", "torchslim-int8-static", "torchslim-kws-tiny", "peer-torch.ao-int8-static"),
+    metrics=("accuracy", "accuracy_speaker_out"),
+    columns=("params", "artifact_kb", "macs"),
+    recipes={"torchslim-int8-static": "int8-static", "torchslim-kws-tiny": "kws-tiny"},
+    rounds=(10, 40),
+    warmup=(3, 10),
+    calls_per_round=20,
+)
 
 # The student row's objective: the same as the kws-tiny recipe's distillation step, from fresh weights.
 STUDENT_KD = DistillConfig(alpha=0.9, temperature=4.0, epochs=30, lr=3e-3)
@@ -81,40 +89,30 @@ def saved_bytes(model: nn.Module, factory: Any) -> int:
 
 def bench(data: str | None = None, quick: bool = False) -> BenchResult:
     """Run the benchmark on the FSDD recordings in ``data`` (``quick`` only shortens the latency timing)."""
-    from torchslim.bench.digits import _torch_ao_static
     from torchslim.workloads import get_workload
     from torchslim.workloads.fsdd import build_student, build_teacher
 
     recipe = kws_tiny_recipe()  # before any long work: a bad recipe fails fast
-    wl = get_workload(WORKLOAD, data=data)
+    wl = get_workload(TABLE.workload, data=data)
     teacher = wl.model()
     ctx = wl.context()
     x = ctx.example_inputs
 
-    with one_thread():  # training: small ops, a second thread only adds synchronisation
+    with threads(1):  # training: small ops, a second thread only adds synchronisation
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             student = build_student()
         student = distill(student, teacher, wl.train_data(seed=0), STUDENT_KD, desc="student-kd")
         tiny, run = run_recipe(copy.deepcopy(teacher), recipe, ctx, measure_steps=False)
-    int8_static = compress_(copy.deepcopy(teacher), recipe_config(RECIPES["torchslim-int8-static"]), ctx=ctx)
-    peer, peer_size = _torch_ao_static(teacher, x, ctx.calibration)
+    int8_static = compress_(copy.deepcopy(teacher), recipe_config(TABLE.recipes["torchslim-int8-static"]), ctx=ctx)
+    peer, peer_size = torch_ao_static(teacher, x, ctx.calibration)
 
     def variant(name: str, model: nn.Module, factory: Any = None, size: int | None = None) -> Variant:
         model.eval()
         on_disk = saved_bytes(model, factory) if factory is not None else size
-        return Variant(
-            name,
-            model,
-            x,
-            size_bytes=artifact_bytes(model) if factory is not None else size,
-            quality=lambda: wl.evaluate(model, "test"),
-            extra={
-                "params": count_params(model),
-                "artifact_kb": round(on_disk / 1024, 1),
-                "macs": count_macs(model, x, per_sample=True),
-            },
-        )
+        quality = lambda: wl.evaluate(model, "test")  # noqa: E731
+        extra = {"artifact_kb": round(on_disk / 1024, 1), "macs": count_macs(model, x, per_sample=True)}
+        return model_variant(name, model, x, quality, size_bytes=size, extra=extra)
 
     variants = [
         variant("fp32", teacher, build_teacher),
@@ -123,9 +121,7 @@ def bench(data: str | None = None, quick: bool = False) -> BenchResult:
         variant("torchslim-kws-tiny", tiny, build_teacher),
         variant("peer-torch.ao-int8-static", peer, size=peer_size),
     ]
-    result = run_benchmark(
-        "fsdd-kws", variants, rounds=10 if quick else 40, warmup=3 if quick else 10, calls_per_round=20
-    )
+    result = TABLE.run(variants, quick)
     rows = {r["variant"]: r for r in result.rows}
     base, tiny_row = rows["fp32"], rows["torchslim-kws-tiny"]
     drop = 100 * (base["quality"]["accuracy"] - tiny_row["quality"]["accuracy"])

@@ -1,7 +1,43 @@
-"""Benchmark harness: variants timed round-robin in one process, a table, and the JSON of DESIGN.md.
+"""Benchmark harness: a benchmark is a declared table of variants run over one harness.
 
 Variant names: ``fp32`` is the baseline, ours start with ``torchslim-``, peers with ``peer-``; every
-``speedup`` is the fp32 median latency over the variant's, measured in the same run.
+``speedup`` is the fp32 median latency over the variant's, measured in the same run (variants timed
+round-robin, see :func:`torchslim.measure.interleaved_latency`). The result is the benchmark JSON
+(``benchmark``, ``device``, ``torch``, ``threads``, ``rows``, ``notes``; each row ``variant``,
+``latency_ms``, ``latency_p90_ms``, ``speedup``, ``size_mb``, ``quality`` and the declared extra columns).
+
+The harness does what every benchmark shares: build the rows (:class:`RowBuilder`: a peer that fails
+to build is left out with a note, never faked), evaluate quality once (untimed), measure size and
+counts (:func:`model_variant`), time all rows interleaved (:meth:`BenchTable.run`), check the rows
+against the declaration (:meth:`BenchTable.check`), write the JSON atomically
+(:meth:`BenchResult.write_json`). ``torchslim.bench.report`` turns :attr:`BenchTable.workload` and
+:attr:`BenchTable.recipes` into each row's reproduce command.
+
+Adding a benchmark (about 20 lines): a module ``torchslim/bench/NAME.py`` with a ``TABLE`` and a
+``bench(data, quick)``, registered in ``torchslim.bench.BENCHMARKS``::
+
+    TABLE = BenchTable(
+        name="digits-bf16",
+        workload="digits",                       # reproduce commands use --workload digits
+        rows=("fp32", "torchslim-bf16"),          # in table order
+        metrics=("accuracy",),                    # quality keys
+        columns=("params",),                      # extra row keys
+        recipes={"torchslim-bf16": "bf16"},       # rows `torchslim compress --recipe` rebuilds
+    )
+
+    def bench(data: str | None = None, quick: bool = False) -> BenchResult:
+        from torchslim.workloads import get_workload
+
+        wl = get_workload(TABLE.workload, data=data)
+        base, x = wl.model(), wl.example_inputs()
+        ours = compress_(copy.deepcopy(base), recipe_config("bf16"))
+        rows = [
+            model_variant(name, m, x, lambda m=m: wl.evaluate(m, "test"))
+            for name, m in (("fp32", base), ("torchslim-bf16", ours))
+        ]
+        return TABLE.run(rows, quick, notes=["latency per batch of 64 images"])
+
+``tests/bench/test_tables.py`` pins every table's rows and columns.
 
 Example:
     >>> import torch, torch.nn as nn
@@ -13,16 +49,23 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import platform
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from torchslim.io.atomic import atomic_file
 from torchslim.measure.latency import interleaved_latency
+
+log = logging.getLogger(__name__)
 
 PREFIXES = ("torchslim-", "peer-")
 
@@ -111,7 +154,7 @@ def recipe_config(name: str) -> Any:
 
 @dataclass
 class BenchResult:
-    """A benchmark's rows in the DESIGN.md schema."""
+    """A benchmark's rows in the benchmark JSON schema (see the module docstring)."""
 
     benchmark: str
     rows: list[dict[str, Any]]
@@ -130,7 +173,9 @@ class BenchResult:
         }
 
     def write_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        """Write :meth:`to_dict` as indented JSON, atomically (OutputExistsError on I/O errors)."""
+        with atomic_file(path) as tmp:
+            tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
 
     def to_markdown(self) -> str:
         header, body = self._table()
@@ -211,3 +256,186 @@ def run_benchmark(
         row.update(v.extra)
         rows.append(row)
     return BenchResult(name, rows, device=device or platform.machine())
+
+
+@dataclass(frozen=True)
+class BenchTable:
+    """What a benchmark declares: its rows, columns, workload, and which rows a built-in recipe rebuilds.
+
+    Args:
+        name: the benchmark's name (``torchslim bench NAME``).
+        workload: the workload every row is built from (reproduce commands pass ``--workload``).
+        rows: the variant names, in table order.
+        metrics: the quality keys a row may carry.
+        columns: the extra row keys a row may carry (``params``, ``macs``, ``build_s``, ...).
+        recipes: variant -> the built-in recipe it is built from (its reproduce command is
+            ``torchslim compress --recipe NAME``); other rows reproduce with the benchmark itself.
+        optional: rows that may be left out (a missing optional core); ``peer-`` rows always may.
+        rounds, warmup: timing rounds and warm-up calls, ``(quick, full)``.
+        calls_per_round: calls per timed sample (for sub-millisecond models).
+
+    Example:
+        >>> t = BenchTable("toy", "digits", ("fp32", "torchslim-a"), ("accuracy",), ("params",))
+        >>> t.rounds_for(quick=True), t.warmup_for(quick=False)
+        (10, 10)
+    """
+
+    name: str
+    workload: str
+    rows: tuple[str, ...]
+    metrics: tuple[str, ...]
+    columns: tuple[str, ...] = ()
+    recipes: Mapping[str, str] = field(default_factory=dict)
+    optional: tuple[str, ...] = ()
+    rounds: tuple[int, int] = (10, 50)
+    warmup: tuple[int, int] = (3, 10)
+    calls_per_round: int = 1
+
+    def __post_init__(self) -> None:
+        if "fp32" not in self.rows or len(set(self.rows)) != len(self.rows):
+            raise ValueError(f"{self.name}: rows need one 'fp32' and no duplicates, got {self.rows}")
+        for name in self.rows:
+            Variant(name, lambda: None, ())  # checks the naming convention
+        unknown = set(self.recipes) - set(self.rows)
+        if unknown:
+            raise ValueError(f"{self.name}: recipe rows {sorted(unknown)} are not declared rows")
+
+    def rounds_for(self, quick: bool) -> int:
+        return self.rounds[0] if quick else self.rounds[1]
+
+    def warmup_for(self, quick: bool) -> int:
+        return self.warmup[0] if quick else self.warmup[1]
+
+    def run(self, variants: Sequence[Variant], quick: bool, notes: Sequence[str] = ()) -> BenchResult:
+        """:func:`run_benchmark` on ``variants`` with this table's timing settings, then ``notes`` appended."""
+        result = run_benchmark(
+            self.name,
+            variants,
+            rounds=self.rounds_for(quick),
+            warmup=self.warmup_for(quick),
+            calls_per_round=self.calls_per_round,
+        )
+        result.notes.extend(notes)
+        return result
+
+    def check(self, result: BenchResult) -> BenchResult:
+        """Raise ValueError unless ``result``'s rows are declared rows in declared order, none is missing
+        (but peers and ``optional`` ones) and every quality key and extra column is declared."""
+        names = [r["variant"] for r in result.rows]
+        order = [n for n in self.rows if n in names]
+        if names != order:
+            raise ValueError(f"{self.name}: rows {names} are not the declared rows {list(self.rows)} in order")
+        missing = [n for n in self.rows if n not in names and not n.startswith("peer-") and n not in self.optional]
+        if missing:
+            raise ValueError(f"{self.name}: declared rows missing from the result: {missing}")
+        for r in result.rows:
+            metrics = set(r["quality"]) - set(self.metrics)
+            columns = set(r) - _ROW_KEYS - set(self.columns)
+            if metrics or columns:
+                raise ValueError(f"{self.name}: row {r['variant']} has undeclared keys {sorted(metrics | columns)}")
+        return result
+
+
+@contextlib.contextmanager
+def threads(n: int) -> Iterator[None]:
+    """Run the block on ``n`` intra-op threads, restoring the caller's setting afterwards.
+
+    Tiny models train and time on one thread: with more, each op pays a synchronisation that costs more
+    than its work, and a thread that loses its core stalls every call.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def torch_save_bytes(model: torch.nn.Module) -> int:
+    """Bytes of ``torch.save(model.state_dict())``: a peer's size when its tensors do not fit safetensors.
+
+    Example:
+        >>> torch_save_bytes(torch.nn.Linear(4, 2)) > 40
+        True
+    """
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    return buf.getbuffer().nbytes
+
+
+class RowBuilder:
+    """Builds a benchmark's rows in order, recording each one's build time (``build_s``).
+
+    ``add(name, make)`` calls ``make() -> (model, size_bytes)``; ours must build, a ``peer-`` row whose
+    build raises is left out with a note (in :attr:`notes`), and ``make`` returning None leaves the row
+    out with the ``missing`` note. ``threads``: build on that many threads; ``warm``: a call run on each
+    built model before its build time is taken (compiled models specialise on the timed shape there).
+
+    Example:
+        >>> import torch.nn as nn
+        >>> rows = RowBuilder()
+        >>> rows.add("fp32", lambda: (nn.Linear(2, 2), 24))
+        >>> rows.add("peer-broken", lambda: 1 / 0)
+        >>> [b[0] for b in rows.built], rows.notes
+        (['fp32'], ['peer-broken left out: ZeroDivisionError: division by zero'])
+    """
+
+    def __init__(self, threads: int | None = None, warm: Callable[[Any], Any] | None = None) -> None:
+        self.threads, self.warm = threads, warm
+        self.built: list[tuple[str, Any, int | None, float]] = []  # name, model, size, build seconds
+        self.notes: list[str] = []
+
+    def add(self, name: str, make: Callable[[], tuple[Any, int | None] | None], missing: str = "") -> None:
+        start = time.perf_counter()
+        try:
+            with threads(self.threads) if self.threads else contextlib.nullcontext():
+                out = make()
+        except Exception as e:  # noqa: BLE001 - a peer that fails to build is reported, not fatal
+            if not name.startswith("peer-"):
+                raise
+            log.warning("peer %s unavailable: %s", name, e)
+            self.notes.append(f"{name} left out: {type(e).__name__}: {str(e)[:200]}")
+            return
+        if out is None:
+            self.notes.append(f"{name} left out: {missing}")
+            return
+        model, size = out
+        if isinstance(model, torch.nn.Module):
+            model.eval()
+        if self.warm is not None:
+            self.warm(model)
+        self.built.append((name, model, size, time.perf_counter() - start))
+
+    def variants(
+        self, inputs: tuple[Any, ...], quality: Callable[[Any], Callable[[], dict[str, float]]] | None = None
+    ) -> list[Variant]:
+        """One :class:`Variant` per built row with ``build_s``; ``quality(model)`` gives its quality callable."""
+        return [
+            Variant(
+                name,
+                model,
+                inputs,
+                size_bytes=size,
+                quality=quality(model) if quality else {},
+                extra={"build_s": round(seconds, 1)},
+            )
+            for name, model, size, seconds in self.built
+        ]
+
+
+def macs_reduction(variants: Sequence[Variant]) -> None:
+    """Add ``macs_reduction`` (fp32 MACs / the row's, 3 decimals) to variants built with the ``macs`` measure."""
+    base = next(v for v in variants if v.name == "fp32").extra["macs"]
+    for v in variants:
+        v.extra["macs_reduction"] = round(base / v.extra["macs"], 3)
+
+
+def speedup_column(
+    variants: Sequence[Variant], inputs: tuple[Any, ...], key: str, *, rounds: int, warmup: int, n_threads: int = 1
+) -> None:
+    """Add column ``key``: fp32 median latency over each variant's on ``inputs`` and ``n_threads`` threads,
+    timed interleaved in a pass of its own (3 decimals)."""
+    with threads(n_threads):
+        lat = interleaved_latency({v.name: v.model for v in variants}, inputs, warmup=warmup, rounds=rounds)
+    for v in variants:
+        v.extra[key] = round(lat["fp32"].median_ms / lat[v.name].median_ms, 3)

@@ -24,47 +24,48 @@ built here is left out with a note, never faked.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
-import logging
-import time
-from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn as nn
 
 from torchslim.api import compress_
-from torchslim.bench.harness import BenchResult, Variant, recipe_config, run_benchmark
+from torchslim.bench.harness import (
+    BenchResult,
+    BenchTable,
+    RowBuilder,
+    Variant,
+    recipe_config,
+    threads,
+    torch_save_bytes,
+)
+from torchslim.bench.peers import torch_ao_dynamic
 from torchslim.errors import UsageError
 from torchslim.measure import artifact_bytes
 from torchslim.quantization import CastDtype
 from torchslim.workloads.llama import LlamaDecodeWorkload
 
-WORKLOAD = "llama-decode"
-# Rows built by a built-in recipe: variant -> recipe name (reproduce: `torchslim compress --recipe NAME`);
 # torchslim-int4-g128 is not the int4-g128 recipe (GPTQ): here bf16 then RTN, on seeded random weights.
-RECIPES = {"torchslim-bf16": "bf16", "torchslim-int8-weight-only": "int8-weight-only"}
+TABLE = BenchTable(
+    name="llama-decode",
+    workload="llama-decode",
+    rows=(
+        "fp32",
+        "torchslim-bf16",
+        "torchslim-int8-weight-only",
+        "torchslim-int4-g128",
+        "peer-torchao-int4-prototype",
+        "peer-torch.ao-int8-dynamic",
+    ),
+    metrics=(),
+    columns=("build_s", "tokens_per_s", "ms_per_token", "read_mb", "bound_ms", "x_bound"),
+    recipes={"torchslim-bf16": "bf16", "torchslim-int8-weight-only": "int8-weight-only"},
+    optional=("torchslim-int4-g128",),
+    rounds=(3, 8),
+    warmup=(1, 1),
+)
 
-__all__ = ["bench", "run_on"]
-
-log = logging.getLogger(__name__)
-
-
-@contextlib.contextmanager
-def _threads(n: int) -> Iterator[None]:
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
-def _torch_save_bytes(model: nn.Module) -> int:
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    return buf.tell()
+__all__ = ["TABLE", "bench", "run_on"]
 
 
 def _torchao_int4(bf16: nn.Module) -> tuple[nn.Module, int]:
@@ -73,16 +74,14 @@ def _torchao_int4(bf16: nn.Module) -> tuple[nn.Module, int]:
 
     m = copy.deepcopy(bf16)
     quantize_(m, PrototypeInt4WeightOnlyConfig(group_size=128))
-    return m, _torch_save_bytes(m)
+    return m, torch_save_bytes(m)
 
 
-def _torch_ao_dynamic(fp32: nn.Module) -> tuple[nn.Module, int]:
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # its deprecation warning
-        m = torch.ao.quantization.quantize_dynamic(copy.deepcopy(fp32), {nn.Linear}, dtype=torch.qint8)
-    return m, _torch_save_bytes(m)
+def _ours(fp32: nn.Module, *configs: object) -> tuple[nn.Module, int]:
+    m = copy.deepcopy(fp32)
+    for config in configs:
+        m = compress_(m, config)
+    return m, artifact_bytes(m)
 
 
 def _ours_int4(fp32: nn.Module) -> tuple[nn.Module, int] | None:
@@ -90,9 +89,7 @@ def _ours_int4(fp32: nn.Module) -> tuple[nn.Module, int] | None:
         from torchslim.quantization import Int4WeightOnly
     except ImportError:
         return None
-    m = compress_(copy.deepcopy(fp32), CastDtype("bfloat16"))
-    m = compress_(m, Int4WeightOnly(group_size=128, method="rtn", progress=False))
-    return m, artifact_bytes(m)
+    return _ours(fp32, CastDtype("bfloat16"), Int4WeightOnly(group_size=128, method="rtn", progress=False))
 
 
 def bench(data: str | None = None, quick: bool = False) -> BenchResult:
@@ -111,44 +108,32 @@ def run_on(wl: LlamaDecodeWorkload, quick: bool = False) -> BenchResult:
     from torchslim.workloads.llama import copy_bandwidth, decode_bytes
 
     x = wl.example_inputs()
-    notes: list[str] = []
-    built: list[tuple[str, nn.Module, int, float]] = []  # name, model, size, build seconds
-
-    def add(name: str, make: Callable[[], tuple[nn.Module, int] | None]) -> None:
-        start = time.perf_counter()
-        try:
-            with _threads(1):
-                out = make()
-        except Exception as e:  # noqa: BLE001 - a peer that fails to build is reported, not fatal
-            if not name.startswith("peer-"):
-                raise
-            log.warning("peer %s unavailable: %s", name, e)
-            notes.append(f"{name} left out: {type(e).__name__}: {str(e)[:200]}")
-            return
-        if out is None:
-            notes.append(f"{name} left out: the int4 core (torchslim.quantization.Int4WeightOnly) is not importable")
-            return
-        built.append((name, out[0].eval(), out[1], time.perf_counter() - start))
-
-    with _threads(1):
+    with threads(1):
         fp32 = wl.model()
-    add("fp32", lambda: (fp32, artifact_bytes(fp32)))
-    bf16 = compress_(copy.deepcopy(fp32), recipe_config(RECIPES["torchslim-bf16"]))
-    add("torchslim-bf16", lambda: (bf16, artifact_bytes(bf16)))
-    add("torchslim-int8-weight-only", lambda: _int8_wo(fp32))
-    add("torchslim-int4-g128", lambda: _ours_int4(fp32))
-    add("peer-torchao-int4-prototype", lambda: _torchao_int4(bf16))
-    add("peer-torch.ao-int8-dynamic", lambda: _torch_ao_dynamic(fp32))
+    bf16, bf16_size = _ours(fp32, recipe_config(TABLE.recipes["torchslim-bf16"]))
+    rows = RowBuilder(threads=1)
+    rows.add("fp32", lambda: (fp32, artifact_bytes(fp32)))
+    rows.add("torchslim-bf16", lambda: (bf16, bf16_size))
+    rows.add(
+        "torchslim-int8-weight-only", lambda: _ours(fp32, recipe_config(TABLE.recipes["torchslim-int8-weight-only"]))
+    )
+    rows.add(
+        "torchslim-int4-g128",
+        lambda: _ours_int4(fp32),
+        missing="the int4 core (torchslim.quantization.Int4WeightOnly) is not importable",
+    )
+    rows.add("peer-torchao-int4-prototype", lambda: _torchao_int4(bf16))
+    rows.add("peer-torch.ao-int8-dynamic", lambda: torch_ao_dynamic(fp32))
 
     bandwidths = [copy_bandwidth()]
     variants = [
         Variant(name, wl.decoder(model), x, size_bytes=size_b, extra={"build_s": round(seconds, 1)})
-        for name, model, size_b, seconds in built
+        for name, model, size_b, seconds in rows.built
     ]
-    result = run_benchmark("llama-decode", variants, rounds=3 if quick else 8, warmup=1)
+    result = TABLE.run(variants, quick)
     bandwidths.append(copy_bandwidth())
-    bw = max(bandwidths)  # the least disturbed of the two measurements (the machine may be shared)
-    for row, (_, model, size_b, _) in zip(result.rows, built, strict=True):
+    bw = max(bandwidths)  # the least disturbed of the two measurements (other load lowers a measurement)
+    for row, (_, model, size_b, _) in zip(result.rows, rows.built, strict=True):
         ms_per_token = row["latency_ms"] / wl.new_tokens
         read = decode_bytes(size_b, model)
         bound_ms = read / bw * 1e3
@@ -167,10 +152,5 @@ def run_on(wl: LlamaDecodeWorkload, quick: bool = False) -> BenchResult:
         f"copy bandwidth {bw / 1e9:.1f} GB/s (median of 256 MiB copies, read + write, best of "
         f"{', '.join(f'{b / 1e9:.1f}' for b in bandwidths)}); bound_ms = read_mb / bandwidth"
     )
-    result.notes.extend(notes)
+    result.notes.extend(rows.notes)
     return result
-
-
-def _int8_wo(fp32: nn.Module) -> tuple[nn.Module, int]:
-    m = compress_(copy.deepcopy(fp32), recipe_config(RECIPES["torchslim-int8-weight-only"]))
-    return m, artifact_bytes(m)

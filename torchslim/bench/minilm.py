@@ -11,7 +11,7 @@ Rows (each: latency at batch 32 × 128 tokens, speedup over fp32 in the same run
   per-token int8 activations, per-channel int8 weights, int8 embeddings, SmoothQuant from 8 calibration
   batches of STS *train* sentences, a layer under 33 dB keeps its few largest input channels in float32
   or else stays unquantized, whole model compiled in place with the int8 backend of
-  :mod:`torchslim.quantization.compile_cpu`);
+  :mod:`torchslim.quantization.int8.compile_cpu`);
   ``torchslim-int8-dynamic-eager``: the same without compile and with float32 compute (no built-in
   recipe; the plain ``int8-dynamic`` recipe has no SmoothQuant or SQNR guard); ``torchslim-int8-weight-only``:
   the built-in ``int8-weight-only`` recipe (``Int8WeightOnly()``);
@@ -34,11 +34,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import io
-import logging
 import os
 import tempfile
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -46,20 +43,39 @@ import torch
 import torch.nn as nn
 
 from torchslim.api import compress_
-from torchslim.bench.harness import BenchResult, Variant, recipe_config, run_benchmark
+from torchslim.bench.harness import BenchResult, BenchTable, RowBuilder, recipe_config, torch_save_bytes
+from torchslim.bench.peers import torch_ao_dynamic
 from torchslim.core.context import Context
 from torchslim.measure import artifact_bytes
 from torchslim.quantization import Int4WeightOnly
 
-log = logging.getLogger(__name__)
-
-WORKLOAD = "minilm-stsb"
-# Rows built by a built-in recipe: variant -> recipe name (reproduce: `torchslim compress --recipe NAME`).
-RECIPES = {
-    "torchslim-bf16": "bf16",
-    "torchslim-int8-dynamic": "int8-dynamic-compiled",
-    "torchslim-int8-weight-only": "int8-weight-only",
-}
+TABLE = BenchTable(
+    name="minilm-stsb",
+    workload="minilm-stsb",
+    rows=(
+        "fp32",
+        "torchslim-bf16",
+        "torchslim-int8-dynamic",
+        "torchslim-int8-dynamic-eager",
+        "torchslim-int8-weight-only",
+        "torchslim-int4-rtn-g128",
+        "torchslim-int4-gptq-g128",
+        "torchslim-int4-awq-g128",
+        "torchslim-int4-hqq-g128",
+        "peer-torch.ao-int8-dynamic",
+        "peer-torchao-int8-dynamic-compiled",
+        "peer-onnxruntime-int8",
+    ),
+    metrics=("stsb_spearman", "cos_min"),
+    columns=("build_s",),
+    recipes={
+        "torchslim-bf16": "bf16",
+        "torchslim-int8-dynamic": "int8-dynamic-compiled",
+        "torchslim-int8-weight-only": "int8-weight-only",
+    },
+    rounds=(5, 20),
+    warmup=(1, 3),
+)
 
 
 def configs() -> dict[str, Any]:
@@ -70,23 +86,17 @@ def configs() -> dict[str, Any]:
         >>> c["torchslim-int8-dynamic"].compile, c["torchslim-int8-dynamic-eager"].compile
         (True, False)
     """
-    compiled = recipe_config(RECIPES["torchslim-int8-dynamic"])
+    compiled = recipe_config(TABLE.recipes["torchslim-int8-dynamic"])
     return {
-        "torchslim-bf16": recipe_config(RECIPES["torchslim-bf16"]),
+        "torchslim-bf16": recipe_config(TABLE.recipes["torchslim-bf16"]),
         "torchslim-int8-dynamic": compiled,
         "torchslim-int8-dynamic-eager": dataclasses.replace(compiled, compile=False, compute_dtype="float32"),
-        "torchslim-int8-weight-only": recipe_config(RECIPES["torchslim-int8-weight-only"]),
+        "torchslim-int8-weight-only": recipe_config(TABLE.recipes["torchslim-int8-weight-only"]),
         **{
             f"torchslim-int4-{method}-g128": Int4WeightOnly(group_size=128, method=method, progress=False)
             for method in ("rtn", "gptq", "awq", "hqq")
         },
     }
-
-
-def _torch_save_bytes(model: nn.Module) -> int:
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    return buf.tell()
 
 
 class _OrtEncoder(nn.Module):
@@ -101,7 +111,7 @@ class _OrtEncoder(nn.Module):
         return torch.from_numpy(out[0])
 
 
-def _onnxruntime_int8(model: nn.Module, inputs: tuple[torch.Tensor, ...], workdir: str) -> tuple[nn.Module, int]:
+def onnxruntime_int8(model: nn.Module, inputs: tuple[torch.Tensor, ...], workdir: str) -> tuple[nn.Module, int]:
     import onnxruntime as ort
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -125,86 +135,51 @@ def _onnxruntime_int8(model: nn.Module, inputs: tuple[torch.Tensor, ...], workdi
     return _OrtEncoder(session).eval(), os.path.getsize(int8_path)
 
 
-def _peer(name: str, build: Callable[[], tuple[nn.Module, int]], notes: list[str]) -> tuple[nn.Module, int] | None:
-    try:
-        return build()
-    except Exception as e:  # noqa: BLE001 - a peer that fails to build is reported, not fatal
-        log.warning("peer %s unavailable: %s", name, e)
-        notes.append(f"{name} left out: {type(e).__name__}: {str(e)[:200]}")
-        return None
+def torchao_int8_compiled(fp32: nn.Module) -> tuple[nn.Module, int]:
+    """torchao ``Int8DynamicActivationInt8WeightConfig`` then ``torch.compile`` (size: ``torch.save`` bytes)."""
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+
+    m = copy.deepcopy(fp32)
+    quantize_(m, Int8DynamicActivationInt8WeightConfig())
+    size = torch_save_bytes(m)
+    m.compile()
+    return m, size
 
 
 def bench(data: str | None = None, quick: bool = False) -> BenchResult:
-    """Run the MiniLM benchmark on the STS benchmark folder ``data`` (default ``../shared/data/stsbenchmark``)."""
-    from torchslim.workloads.minilm import MiniLMWorkload
+    """Run the MiniLM benchmark on the STS benchmark folder ``data`` (default: ``$TORCHSLIM_DATA/stsbenchmark``)."""
+    from torchslim.workloads import get_workload
 
-    wl = MiniLMWorkload(data)
+    wl = get_workload(TABLE.workload, data=data)
     fp32 = wl.model()
     x = wl.example_inputs()
-    notes: list[str] = []
-    built: list[tuple[str, nn.Module, int, float]] = []  # name, model, size, build seconds
 
-    def add(name: str, make: Callable[[], tuple[nn.Module, int]]) -> None:
-        start = time.perf_counter()
-        out = make() if not name.startswith("peer-") else _peer(name, make, notes)
-        if out is None:
-            return
-        model, size = out
-        model.eval()
+    def warm(model: Any) -> None:
         with torch.inference_mode():
-            model(*x)  # compiled variants specialise on the timed shape first
-        built.append((name, model, size, time.perf_counter() - start))
+            model(*x)  # compiled variants specialise on the timed shape first (counted in build_s)
 
+    rows = RowBuilder(warm=warm)
     calibration = wl.calibration(8)  # STS train sentences: the test split is for reporting only
 
-    def ours(config: Any) -> Callable[[], tuple[nn.Module, int]]:
+    def ours(name: str, config: Any) -> Callable[[], tuple[nn.Module, int]]:
         def make() -> tuple[nn.Module, int]:
             ctx = Context(calibration=calibration)
             m = compress_(copy.deepcopy(fp32), config, ctx=ctx)
-            notes.extend(f"{name_of[id(config)]}: {e}" for e in ctx.events if "kept in" in e or "outlier" in e)
+            rows.notes.extend(f"{name}: {e}" for e in ctx.events if "kept in" in e or "outlier" in e)
             return m, artifact_bytes(m)
 
         return make
 
-    ours_configs = configs()
-    name_of = {id(c): n for n, c in ours_configs.items()}
-    add("fp32", lambda: (fp32, artifact_bytes(fp32)))
-    for name, config in ours_configs.items():
-        add(name, ours(config))
-
-    def torch_ao() -> tuple[nn.Module, int]:
-        m = torch.ao.quantization.quantize_dynamic(copy.deepcopy(fp32), {nn.Linear}, dtype=torch.qint8)
-        return m, _torch_save_bytes(m)
-
-    def torchao_compiled() -> tuple[nn.Module, int]:
-        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
-
-        m = copy.deepcopy(fp32)
-        quantize_(m, Int8DynamicActivationInt8WeightConfig())
-        size = _torch_save_bytes(m)
-        m.compile()
-        return m, size
-
-    add("peer-torch.ao-int8-dynamic", torch_ao)
-    add("peer-torchao-int8-dynamic-compiled", torchao_compiled)
+    rows.add("fp32", lambda: (fp32, artifact_bytes(fp32)))
+    for name, config in configs().items():
+        rows.add(name, ours(name, config))
+    rows.add("peer-torch.ao-int8-dynamic", lambda: torch_ao_dynamic(fp32))
+    rows.add("peer-torchao-int8-dynamic-compiled", lambda: torchao_int8_compiled(fp32))
     with tempfile.TemporaryDirectory(prefix="torchslim-ort-") as tmp:
-        add("peer-onnxruntime-int8", lambda: _onnxruntime_int8(fp32, x, tmp))
-
-        variants = [
-            Variant(
-                name,
-                model,
-                x,
-                size_bytes=size,
-                quality=lambda model=model: wl.evaluate(model, "test"),
-                extra={"build_s": round(seconds, 1)},
-            )
-            for name, model, size, seconds in built
-        ]
-        result = run_benchmark("minilm-stsb", variants, rounds=5 if quick else 20, warmup=1 if quick else 3)
-    result.notes.append(
-        f"latency of one batch of {x[0].shape[0]} STS test sentences padded to {x[0].shape[1]} tokens, "
-        f"{torch.get_num_threads()} threads, variants interleaved; quality on the full STS-B test split"
-    )
-    result.notes.extend(notes)
-    return result
+        rows.add("peer-onnxruntime-int8", lambda: onnxruntime_int8(fp32, x, tmp))
+        variants = rows.variants(x, quality=lambda model: lambda: wl.evaluate(model, "test"))
+        note = (
+            f"latency of one batch of {x[0].shape[0]} STS test sentences padded to {x[0].shape[1]} tokens, "
+            f"{torch.get_num_threads()} threads, variants interleaved; quality on the full STS-B test split"
+        )
+        return TABLE.run(variants, quick, [note, *rows.notes])

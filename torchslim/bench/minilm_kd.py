@@ -1,7 +1,7 @@
 """``torchslim bench minilm-kd``: all-MiniLM-L6-v2 (6 blocks) distilled into a 3-block student.
 
-The student keeps 3 of the teacher's 6 transformer blocks with their weights (which 3 was chosen on
-the STS dev split, see :func:`choose_blocks`), then learns to reproduce the teacher's sentence
+The student keeps 3 of the teacher's 6 transformer blocks with their weights (:data:`KEEP`: the best
+dev-split Spearman of the 20 ways to keep 3 of 6 blocks, before training), then learns to reproduce the teacher's sentence
 embeddings on the STS *train* split's sentences, without their labels (embedding distillation,
 Reimers & Gurevych 2020). Best weights by dev Spearman; the test split only reports.
 
@@ -14,7 +14,6 @@ FFN neurons of every layer removed structurally, as in ``bench minilm-structured
 
 from __future__ import annotations
 
-import argparse
 import itertools
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -22,14 +21,27 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from torchslim.bench.digits_kd import one_thread
-from torchslim.bench.harness import BenchResult, Variant, model_variant, run_benchmark
+from torchslim.bench.harness import BenchResult, BenchTable, model_variant, threads
 from torchslim.distillation import DistillConfig, LossTerm, drop_blocks, train_distill
 
-WORKLOAD = "minilm-stsb"  # the workload of every row (reproduce commands: --workload minilm-stsb)
-RECIPES: dict[str, str] = {}  # no row is a built-in recipe
+# No row is a built-in recipe.
+TABLE = BenchTable(
+    name="minilm-kd",
+    workload="minilm-stsb",
+    rows=(
+        "fp32",
+        "torchslim-drop-3-layers",
+        "torchslim-distill-3-layers",
+        "torchslim-heads50-ffn50",
+        "torchslim-heads50-ffn50-distilled",
+    ),
+    metrics=("stsb_spearman", "cos_min"),
+    columns=("params",),
+    rounds=(5, 20),
+    warmup=(2, 5),
+)
 
-# Chosen on the dev split by ``choose_blocks`` (all 20 ways to keep 3 of 6 blocks, before training).
+# Chosen on the dev split: the best of all 20 ways to keep 3 of 6 blocks, before training.
 KEEP = (0, 3, 5)
 # Picked on the dev split (one run each, best weights by dev Spearman): 3 layers, embedding loss only,
 # 1 epoch: lr 1e-4 -> dev 85.51, lr 3e-4 -> 85.79. Pruned model, lr 3e-4: embedding only, 1 epoch -> 84.98;
@@ -83,16 +95,6 @@ def train_sentences(wl: Any, seed: int = 0, batch: int = BATCH) -> Any:
     return lambda: SentenceBatches(wl, sentences, lengths, batch, next(calls))
 
 
-def choose_blocks(wl: Any, teacher: nn.Module, n_keep: int = 3) -> list[tuple[float, tuple[int, ...]]]:
-    """Dev-split Spearman of every way to keep ``n_keep`` of the teacher's blocks (untrained), best first."""
-    scores = []
-    for keep in itertools.combinations(range(len(teacher.bert.encoder.layer)), n_keep):
-        score = wl.evaluate(drop_blocks(teacher, keep), "dev", with_cos=False)["stsb_spearman"]
-        print(f"dev {score:.2f}  keep {keep}", flush=True)
-        scores.append((score, keep))
-    return sorted(scores, reverse=True)
-
-
 def prune_heads_ffn(wl: Any, ctx: Any) -> nn.Module:
     """Half the attention heads and half the FFN neurons of every layer removed (the ``minilm-structured``
     benchmark's ``torchslim-heads50-ffn50``: ChannelPruning, activation-aware importance)."""
@@ -118,47 +120,33 @@ def bench(data: str | None = None, quick: bool = False) -> BenchResult:
     """Run the benchmark (``quick`` shortens the latency timing only; the training is the same)."""
     from torchslim.workloads import get_workload
 
-    wl = get_workload(WORKLOAD, data=data)
+    wl = get_workload(TABLE.workload, data=data)
     teacher = wl.model()
     ctx = wl.context()
     x = ctx.example_inputs
     dropped = drop_blocks(teacher, list(KEEP)).eval()
     pruned = prune_heads_ffn(wl, ctx).eval()
-    with one_thread():
+    with threads(1):
         run3 = distill_student(wl, teacher, drop_blocks(teacher, list(KEEP)))
         run_p = distill_student(wl, teacher, prune_heads_ffn(wl, ctx), PRUNED_CONFIG)
 
-    def variant(name: str, model: nn.Module) -> Variant:
-        return model_variant(name, model, x, lambda: wl.evaluate(model, "test"))
-
-    variants = [
-        variant("fp32", teacher),
-        variant("torchslim-drop-3-layers", dropped),
-        variant("torchslim-distill-3-layers", run3.student),
-        variant("torchslim-heads50-ffn50", pruned),
-        variant("torchslim-heads50-ffn50-distilled", run_p.student),
-    ]
-    result = run_benchmark("minilm-kd", variants, rounds=5 if quick else 20, warmup=2 if quick else 5)
+    models = {
+        "fp32": teacher,
+        "torchslim-drop-3-layers": dropped,
+        "torchslim-distill-3-layers": run3.student,
+        "torchslim-heads50-ffn50": pruned,
+        "torchslim-heads50-ffn50-distilled": run_p.student,
+    }
+    variants = [model_variant(n, m, x, lambda m=m: wl.evaluate(m, "test")) for n, m in models.items()]
 
     def trace(run: Any) -> str:
         evals = ", ".join(f"{e['step']}: {e['stsb_spearman']:.2f}" for e in run.evals)
         return f"{run.steps} steps in {run.seconds:.0f} s; dev Spearman by step: {evals}"
 
-    result.notes += [
+    notes = [
         f"3-layer student keeps blocks {list(KEEP)} of 6 (chosen on dev before training); {CONFIG.to_json()}",
         f"distill-3-layers: {trace(run3)}",
         f"heads50-ffn50-distilled: {PRUNED_CONFIG.to_json()}; {trace(run_p)}",
         f"latency per batch of {x[0].shape[0]} sentences x {x[0].shape[1]} tokens; quality on the test split",
     ]
-    return result
-
-
-if __name__ == "__main__":
-    from torchslim.workloads import get_workload
-
-    parser = argparse.ArgumentParser(description="choose the MiniLM student's blocks on the dev split")
-    parser.add_argument("--data", default=None)
-    args = parser.parse_args()
-    wl = get_workload(WORKLOAD, data=args.data)
-    for score, keep in choose_blocks(wl, wl.model())[:5]:
-        print(f"best: dev {score:.2f} keep {keep}")
+    return TABLE.run(variants, quick, notes)

@@ -5,7 +5,8 @@ Rows: ``fp32``; ``torchslim-magnitude-50``, ``torchslim-wanda-50``, ``torchslim-
 (Wanda or SparseGPT) that scores best on the STS *dev* split, reported on test;
 ``torchslim-sparse-70-distilled``: Wanda 70% with its masks kept, distilled from the dense model (embedding +
 hidden-state terms, one epoch of STS-train sentences, no labels), then baked. Calibration: 32 batches of
-32 STS-train sentences; each layer is calibrated on the already-pruned earlier layers (sequential). Embeddings, pooler-free; ``stsb_spearman`` is Spearman × 100 on the test split.
+32 STS-train sentences; each layer is calibrated on the already-pruned earlier layers (sequential).
+Embeddings, pooler-free; ``stsb_spearman`` is Spearman × 100 on the test split.
 """
 
 from __future__ import annotations
@@ -15,21 +16,38 @@ import copy
 import torch.nn as nn
 
 from torchslim.api import compress_
-from torchslim.bench.harness import BenchResult, Variant, model_variant, run_benchmark
+from torchslim.bench.harness import BenchResult, BenchTable, Variant, model_variant
 from torchslim.core.select import Select
 from torchslim.pruning import MagnitudePruning, NMPruning, SparseGPTPruning, WandaPruning, bake_
 
-WORKLOAD = "minilm-stsb"  # the workload of every row (reproduce commands: --workload minilm-stsb)
-RECIPES: dict[str, str] = {}  # no row is a built-in recipe: the wanda-50 row calibrates on 32 batches, encoder only
+# No row is a built-in recipe: the wanda-50 row calibrates on 32 batches, encoder only.
+TABLE = BenchTable(
+    name="minilm-prune",
+    workload="minilm-stsb",
+    rows=(
+        "fp32",
+        "torchslim-magnitude-50",
+        "torchslim-wanda-50",
+        "torchslim-sparsegpt-50",
+        "torchslim-2of4",
+        "torchslim-sparse-70",
+        "torchslim-sparse-70-distilled",
+    ),
+    metrics=("stsb_spearman", "cos_min"),
+    columns=("nonzero",),
+    rounds=(3, 10),
+    warmup=(1, 2),
+)
 
 ENCODER_LINEARS = Select(types=("Linear",), include=(r"encoder\.layer\.",))
 
 
 def bench(data: str | None = None, quick: bool = False) -> BenchResult:
+    """Run the benchmark on the STS benchmark folder ``data`` (default: ``$TORCHSLIM_DATA/stsbenchmark``)."""
     from torchslim.bench.minilm_kd import PRUNED_CONFIG, distill_student
     from torchslim.workloads import get_workload
 
-    wl = get_workload(WORKLOAD, data=data)
+    wl = get_workload(TABLE.workload, data=data)
     base = wl.model()
     ctx = wl.context()
     # 32 x 32 STS-train sentences (~14k tokens): the Hessians of 1536-wide layers need more than 8 batches.
@@ -79,7 +97,5 @@ def bench(data: str | None = None, quick: bool = False) -> BenchResult:
     evals = ", ".join(f"{e['step']}: {e['stsb_spearman']:.2f}" for e in run.evals)
     notes.append(f"sparse-70-distilled: wanda-70 + {PRUNED_CONFIG.replace(epochs=1).to_json()}; dev by step {evals}")
     variants.append(variant("torchslim-sparse-70-distilled", bake_(run.student)))
-    result = run_benchmark("minilm-prune", variants, rounds=3 if quick else 10, warmup=1 if quick else 2)
-    result.notes += notes
-    result.notes.append("unstructured/2:4 sparsity saves size here, not CPU time (dense kernels); batch 32 x 128")
-    return result
+    notes.append("unstructured/2:4 sparsity saves size here, not CPU time (dense kernels); batch 32 x 128")
+    return TABLE.run(variants, quick, notes)

@@ -14,24 +14,36 @@ Rows (all from the pretrained model, no training; timed interleaved at batch 32 
 
 Quality is ``stsb_spearman`` (Spearman × 100 on the test split) and ``cos_min`` (worst cosine to fp32).
 ``speedup`` uses the process's threads; ``speedup_1thread`` repeats the interleaved timing on one thread,
-which a shared machine disturbs less (a descheduled second thread stalls every call).
+which other load disturbs less (a descheduled second thread stalls every call).
 """
 
 from __future__ import annotations
 
 import copy
 
-import torch
 import torch.nn as nn
 
 from torchslim.api import compress_
-from torchslim.bench.harness import BenchResult, Variant, model_variant, run_benchmark
+from torchslim.bench.harness import BenchResult, BenchTable, macs_reduction, model_variant, speedup_column
 from torchslim.core.select import Select
-from torchslim.measure import count_macs, interleaved_latency
 from torchslim.structured import ChannelPruning, LayerDropping, LowRank
 
-WORKLOAD = "minilm-stsb"  # the workload of every row (reproduce commands: --workload minilm-stsb)
-RECIPES: dict[str, str] = {}  # no row is a built-in recipe
+# No row is a built-in recipe.
+TABLE = BenchTable(
+    name="minilm-structured",
+    workload="minilm-stsb",
+    rows=(
+        "fp32",
+        "torchslim-heads50-ffn50",
+        "torchslim-lowrank-ffn50",
+        "torchslim-drop-3-layers",
+        "peer-torch-pruning-heads50-ffn50",
+    ),
+    metrics=("stsb_spearman", "cos_min"),
+    columns=("params", "macs", "macs_reduction", "speedup_1thread"),
+    rounds=(5, 20),
+    warmup=(1, 3),
+)
 
 FFN = Select(include=(r"intermediate\.dense$", r"layer\.\d+\.output\.dense$"))
 
@@ -68,42 +80,27 @@ def peer_torch_pruning_heads_ffn(model: nn.Module, example_inputs: tuple, ratio:
 
 
 def bench(data: str | None = None, quick: bool = False) -> BenchResult:
-    """Run the benchmark; ``data`` is the STS benchmark folder (default ``../shared/data/stsbenchmark``)."""
+    """Run the benchmark; ``data`` is the STS benchmark folder (default: ``$TORCHSLIM_DATA/stsbenchmark``)."""
     from torchslim.workloads import get_workload
 
-    wl = get_workload(WORKLOAD, data)
+    wl = get_workload(TABLE.workload, data)
     base = wl.model()
     ctx = wl.context()
     x = ctx.example_inputs
-    base_macs = count_macs(base, x, per_sample=True)
-
-    def variant(name: str, model: nn.Module) -> Variant:
-        v = model_variant(name, model, x, lambda: wl.evaluate(model), measures=("params", "macs"))
-        v.extra["macs_reduction"] = round(base_macs / v.extra["macs"], 3)
-        return v
-
-    heads = compress_(wl.model(), ChannelPruning(ratio=0.5, head_ratio=0.5, importance="activation"), ctx=ctx)
-    lowrank = compress_(wl.model(), LowRank(rank_ratio=0.5), select=FFN, ctx=ctx)
-    dropped = compress_(wl.model(), LayerDropping(least_important=3, criterion="output"), ctx=ctx)
-    peer = peer_torch_pruning_heads_ffn(copy.deepcopy(base), x)
+    models = {
+        "fp32": base,
+        "torchslim-heads50-ffn50": compress_(
+            wl.model(), ChannelPruning(ratio=0.5, head_ratio=0.5, importance="activation"), ctx=ctx
+        ),
+        "torchslim-lowrank-ffn50": compress_(wl.model(), LowRank(rank_ratio=0.5), select=FFN, ctx=ctx),
+        "torchslim-drop-3-layers": compress_(wl.model(), LayerDropping(least_important=3, criterion="output"), ctx=ctx),
+        "peer-torch-pruning-heads50-ffn50": peer_torch_pruning_heads_ffn(copy.deepcopy(base), x),
+    }
     variants = [
-        variant("fp32", base),
-        variant("torchslim-heads50-ffn50", heads),
-        variant("torchslim-lowrank-ffn50", lowrank),
-        variant("torchslim-drop-3-layers", dropped),
-        variant("peer-torch-pruning-heads50-ffn50", peer),
+        model_variant(n, m, x, lambda m=m: wl.evaluate(m), measures=("params", "macs")) for n, m in models.items()
     ]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        lat = interleaved_latency({v.name: v.model for v in variants}, x, warmup=1, rounds=3 if quick else 10)
-    finally:
-        torch.set_num_threads(threads)
-    for v in variants:
-        v.extra["speedup_1thread"] = round(lat["fp32"].median_ms / lat[v.name].median_ms, 3)
-    result = run_benchmark("minilm-structured", variants, rounds=5 if quick else 20, warmup=1 if quick else 3)
-    result.notes.append(
-        f"latency per batch of {x[0].shape[0]} sentences x {x[0].shape[1]} tokens; STS-B test split; no training"
-    )
-    result.notes += [e for e in ctx.events if e.startswith("layer-dropping: dropped")]
-    return result
+    macs_reduction(variants)
+    speedup_column(variants, x, "speedup_1thread", rounds=3 if quick else 10, warmup=1, n_threads=1)
+    notes = [f"latency per batch of {x[0].shape[0]} sentences x {x[0].shape[1]} tokens; STS-B test split; no training"]
+    notes += [e for e in ctx.events if e.startswith("layer-dropping: dropped")]
+    return TABLE.run(variants, quick, notes)

@@ -2,17 +2,18 @@
 
 Run all (each benchmark in its own process, so one crash or leak does not take the others down)::
 
-    python -m torchslim.bench.report --out . --data-root ../shared/data
+    python -m torchslim.bench.report --out . --data-root /data
     python -m torchslim.bench.report --out . --only digits,digits-tune --quick
     python -m torchslim.bench.report --out . --render-only        # rewrite BENCHMARKS.md from bench/*.json
 
-Outputs in ``--out``: ``bench/NAME.json`` (the DESIGN.md benchmark JSON), ``BENCHMARKS.md`` (one table
-per benchmark; beside each row the command that reproduces it) and ``bench/headline.png`` (speedup
-against size for every benchmark, each point labelled with its variant and quality, under 100 KB).
+Outputs in ``--out``: ``bench/NAME.json`` (the benchmark JSON, see :mod:`torchslim.bench.harness`),
+``BENCHMARKS.md`` (one table per benchmark; beside each row the command that reproduces it) and
+``bench/headline.png`` (speedup against size for every benchmark, each point labelled with its variant
+and quality, under 100 KB).
 
 Example:
     >>> rows = [{"variant": "fp32", "latency_ms": 2.0, "speedup": 1.0, "size_mb": 1.0, "quality": {"accuracy": 0.9}}]
-    >>> print(render_table("digits", {"rows": rows}, "../shared/data").splitlines()[2])
+    >>> print(render_table("digits", {"rows": rows}, "/data").splitlines()[2])
     | fp32 | 2.000 | 1.00x | 1.0000 | 0.9000 | `torchslim measure --workload digits` |
 """
 
@@ -37,16 +38,13 @@ DATA = {"minilm-stsb": "stsbenchmark", "fsdd-kws": "fsdd/recordings", "shakespea
 _EXTRA_KEYS = ("variant", "latency_ms", "latency_p90_ms", "speedup", "size_mb", "quality")
 
 
-def _module(bench: str) -> Any:
-    """The module of benchmark ``bench``: it declares ``WORKLOAD``, ``RECIPES`` (variant -> built-in recipe
-    the row is built from) and, for a ``*-tune`` bench, ``tune_settings()``."""
-    from importlib import import_module
-
-    from torchslim.bench import BENCHMARKS
+def _table(bench: str) -> Any:
+    """The declared table of benchmark ``bench`` (its workload and recipe rows); KeyError when unregistered."""
+    from torchslim.bench import BENCHMARKS, table
 
     if bench not in BENCHMARKS:
         raise KeyError(f"unknown benchmark {bench!r}; registered: {', '.join(BENCHMARKS)}")
-    return import_module(BENCHMARKS[bench].partition(":")[0])
+    return table(bench)
 
 
 def _data_arg(workload: str, data_root: str) -> list[str]:
@@ -58,10 +56,10 @@ def bench_command(name: str, data_root: str, quick: bool = False, json_out: bool
     """The command that reruns benchmark ``name`` (writing its JSON unless ``json_out`` is false).
 
     Example:
-        >>> bench_command("minilm-kd", "../shared/data")
-        'torchslim bench minilm-kd --data ../shared/data/stsbenchmark --json bench/minilm-kd.json'
+        >>> bench_command("minilm-kd", "/data")
+        'torchslim bench minilm-kd --data /data/stsbenchmark --json bench/minilm-kd.json'
     """
-    args = ["torchslim", "bench", name, *_data_arg(_module(name).WORKLOAD, data_root)]
+    args = ["torchslim", "bench", name, *_data_arg(_table(name).workload, data_root)]
     args += ["--quick"] if quick else []
     args += ["--json", f"bench/{name}.json"] if json_out else []
     return " ".join(args)
@@ -71,21 +69,24 @@ def row_command(bench: str, variant: str, data_root: str) -> str:
     """The command reproducing one row of benchmark ``bench``.
 
     ``fp32``: ``torchslim measure`` of the bench's workload; a row the bench builds from a built-in recipe
-    (its module's ``RECIPES``): ``torchslim compress`` with that recipe; ``torchslim-tuned``: ``torchslim
+    (its table's ``recipes``): ``torchslim compress`` with that recipe; ``torchslim-tuned``: ``torchslim
     tune`` with the bench's own settings; any other row: the benchmark itself.
 
     Example:
-        >>> row_command("fsdd-kws", "torchslim-kws-tiny", "../shared/data")
-        'torchslim compress --workload fsdd-kws --data ../shared/data/fsdd/recordings --recipe kws-tiny --out out/fsdd-kws-kws-tiny'
+        >>> row_command("fsdd-kws", "torchslim-kws-tiny", "/data")
+        'torchslim compress --workload fsdd-kws --data /data/fsdd/recordings --recipe kws-tiny --out out/fsdd-kws-kws-tiny'
         >>> row_command("minilm-stsb", "torchslim-int8-dynamic", "data").split(" --recipe ")[1]
         'int8-dynamic-compiled --out out/minilm-stsb-int8-dynamic-compiled'
     """
-    module = _module(bench)
-    workload = module.WORKLOAD
+    declared = _table(bench)
+    workload = declared.workload
     data = "".join(f" {a}" for a in _data_arg(workload, data_root))
-    recipe = module.RECIPES.get(variant)
+    recipe = declared.recipes.get(variant)
     if variant == "fp32":
         return f"torchslim measure --workload {workload}{data}"
+    from torchslim.bench import bench_module
+
+    module = bench_module(bench)
     if variant == "torchslim-tuned" and hasattr(module, "tune_settings"):
         from torchslim.bench.tune_common import tune_flags
 
@@ -251,7 +252,7 @@ def run_all(
     failures: dict[str, str] = {}
     for name in names:
         target = out / "bench" / f"{name}.json"
-        data = _data_arg(_module(name).WORKLOAD, data_root)
+        data = _data_arg(_table(name).workload, data_root)
         cmd = [sys.executable, "-m", "torchslim", "bench", name, *data, "--json", str(target)]
         cmd += ["--quick"] if quick else []
         print(f"[bench] {name}: {' '.join(cmd[1:])}", flush=True)

@@ -8,7 +8,7 @@ The model is the ``shakespeare-gpt`` workload's :class:`~torchslim.workloads.sha
 - ``torchslim-int4-{rtn,gptq,awq,hqq}-g128`` and the same four at ``-g32``:
   ``Int4WeightOnly(group_size, method)``; GPTQ and AWQ calibrate on 8 batches of 8 random *training*
   windows (the held-out tail is only scored); ``torchslim-int4-gptq-g128`` is read from the built-in
-  ``int4-g128`` recipe (:data:`RECIPES`), the same config;
+  ``int4-g128`` recipe (``TABLE.recipes``), the same config;
 - ``torchslim-int4-mixed``: ``MixedPrecision(budget_ratio=0.2, method="gptq", group_size=128)``, int4 /
   int8 / bf16 per layer by output SQNR under 20 % of the Linear weights' fp32 bytes (the choice per layer
   is in the notes).
@@ -21,24 +21,29 @@ the int4 rows are not expected to be faster here: this benchmark is about qualit
 from __future__ import annotations
 
 import copy
-import time
-from collections.abc import Callable
 from typing import Any
 
-import torch.nn as nn
-
 from torchslim.api import compress_
-from torchslim.bench.harness import BenchResult, Variant, recipe_config, run_benchmark
+from torchslim.bench.harness import BenchResult, BenchTable, RowBuilder, recipe_config
 from torchslim.core.context import Context
 from torchslim.measure import artifact_bytes
-
-WORKLOAD = "shakespeare-gpt"  # the workload of every row (reproduce commands: --workload shakespeare-gpt)
-# Rows built by a built-in recipe: variant -> recipe name (reproduce: `torchslim compress --recipe NAME`).
-RECIPES = {"torchslim-int4-gptq-g128": "int4-g128"}
 
 METHODS = ("rtn", "gptq", "awq", "hqq")
 GROUPS = (128, 32)
 MIXED_BUDGET = 0.2
+INT4_ROWS = (*(f"torchslim-int4-{m}-g{g}" for g in GROUPS for m in METHODS), "torchslim-int4-mixed")
+
+TABLE = BenchTable(
+    name="shakespeare-gpt",
+    workload="shakespeare-gpt",
+    rows=("fp32", *INT4_ROWS),
+    metrics=("val_ppl", "val_loss"),
+    columns=("build_s", "ppl_vs_fp32"),
+    recipes={"torchslim-int4-gptq-g128": "int4-g128"},
+    optional=INT4_ROWS,  # left out when the int4 core is not importable
+    rounds=(3, 10),
+    warmup=(1, 2),
+)
 
 
 def _int4_configs() -> dict[str, Any]:
@@ -50,19 +55,19 @@ def _int4_configs() -> dict[str, Any]:
     configs: dict[str, Any] = {
         f"torchslim-int4-{m}-g{g}": Int4WeightOnly(group_size=g, method=m) for g in GROUPS for m in METHODS
     }
-    configs.update({name: recipe_config(recipe) for name, recipe in RECIPES.items()})  # the same, from its file
+    configs.update({name: recipe_config(recipe) for name, recipe in TABLE.recipes.items()})  # the same, from its file
     configs["torchslim-int4-mixed"] = MixedPrecision(budget_ratio=MIXED_BUDGET, method="gptq", group_size=128)
     return configs
 
 
 def bench(data: str | None = None, quick: bool = False) -> BenchResult:
-    """Run the benchmark on the tiny-Shakespeare file ``data`` (default ``../shared/data/tinyshakespeare/input.txt``).
+    """Run the benchmark on the tiny-Shakespeare file ``data`` (default: ``$TORCHSLIM_DATA/tinyshakespeare/input.txt``).
 
     ``quick`` only shortens the latency timing; every row is still scored on the whole held-out tail.
     """
-    from torchslim.workloads.shakespeare import ShakespeareWorkload
+    from torchslim.workloads import get_workload
 
-    return run_on(ShakespeareWorkload(data), quick=quick)
+    return run_on(get_workload(TABLE.workload, data=data), quick=quick)
 
 
 def run_on(wl: Any, quick: bool = False) -> BenchResult:
@@ -70,40 +75,23 @@ def run_on(wl: Any, quick: bool = False) -> BenchResult:
     fp32 = wl.model()
     x = wl.example_inputs()
     calibration = wl.calibration(8)
-    notes: list[str] = []
-    built: list[tuple[str, nn.Module, float]] = [("fp32", fp32, 0.0)]
+    rows = RowBuilder()
+    rows.add("fp32", lambda: (fp32, artifact_bytes(fp32)))
     configs = _int4_configs()
     if not configs:
-        notes.append("int4 rows left out: torchslim.quantization has no Int4WeightOnly / MixedPrecision here")
-    for name, config in configs.items():
-        start = time.perf_counter()
+        rows.notes.append("int4 rows left out: torchslim.quantization has no Int4WeightOnly / MixedPrecision here")
+
+    def ours(name: str, config: Any) -> tuple[Any, int]:
         ctx = Context(calibration=calibration)
         model = compress_(copy.deepcopy(fp32), config, ctx=ctx).eval()
-        built.append((name, model, time.perf_counter() - start))
-        notes.extend(f"{name}: {e}" for e in ctx.events)
+        rows.notes.extend(f"{name}: {e}" for e in ctx.events)
+        return model, artifact_bytes(model)
 
-    scores: dict[str, dict[str, float]] = {}
-
-    def quality(name: str, model: nn.Module) -> Callable[[], dict[str, float]]:
-        def run() -> dict[str, float]:
-            scores[name] = wl.evaluate(model, "val")
-            return scores[name]
-
-        return run
-
-    variants = [
-        Variant(
-            name,
-            model,
-            x,
-            size_bytes=artifact_bytes(model),
-            quality=quality(name, model),
-            extra={"build_s": round(seconds, 1)},
-        )
-        for name, model, seconds in built
-    ]
-    result = run_benchmark("shakespeare-gpt", variants, rounds=3 if quick else 10, warmup=1 if quick else 2)
-    base = scores["fp32"]["val_ppl"]
+    for name, config in configs.items():
+        rows.add(name, lambda name=name, config=config: ours(name, config))
+    variants = rows.variants(x, quality=lambda model: lambda: wl.evaluate(model, "val"))
+    result = TABLE.run(variants, quick)
+    base = result.rows[0]["quality"]["val_ppl"]  # fp32, the first row
     for row in result.rows:
         row["ppl_vs_fp32"] = round(row["quality"]["val_ppl"] / base, 4)
     n_tail = wl.val_windows()[:, 1:].numel()
@@ -111,5 +99,5 @@ def run_on(wl: Any, quick: bool = False) -> BenchResult:
         f"val_ppl on the whole held-out tail ({n_tail} characters, windows of {wl.arch.block_size}); latency of one "
         f"batch of {x[0].shape[0]} windows; GPTQ/AWQ calibrated on {len(calibration)} batches of training windows"
     )
-    result.notes.extend(notes)
+    result.notes.extend(rows.notes)
     return result

@@ -17,17 +17,25 @@ from __future__ import annotations
 
 import copy
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
-from torchslim.bench.harness import BenchResult, Variant, run_benchmark
+from torchslim.bench.harness import BenchResult, BenchTable, Variant, run_benchmark, threads
 from torchslim.measure import artifact_bytes
 from torchslim.recipes import Recipe, load_recipe, run_recipe
 from torchslim.tuning.budget import Budget
 
-__all__ = ["compare_tuned", "confirmation_note", "tune_flags", "tune_in_tempdir", "verdict"]
+__all__ = [
+    "compare_tuned",
+    "confirmation_note",
+    "tune_and_compare",
+    "tune_flags",
+    "tune_in_tempdir",
+    "tune_table",
+    "verdict",
+]
 
 # ``tune`` keyword -> its ``torchslim tune`` flag: the arguments a tune bench may pass (tune_flags checks).
 _FLAGS = {
@@ -113,34 +121,58 @@ def compare_tuned(
     return run_benchmark(name, variants, rounds=rounds, warmup=warmup)
 
 
+def tune_table(name: str, workload: str, builtins: Sequence[str], metrics: Sequence[str], **timing: Any) -> BenchTable:
+    """The table of a tune benchmark: ``fp32``, ``torchslim-<name>`` for each of ``builtins`` (each rebuilt by
+    its recipe) and ``torchslim-tuned`` (absent when no trial met the budget); ``timing``: rounds, warmup.
+
+    Example:
+        >>> tune_table("t", "digits", ["bf16"], ["accuracy"]).rows
+        ('fp32', 'torchslim-bf16', 'torchslim-tuned')
+    """
+    return BenchTable(
+        name=name,
+        workload=workload,
+        rows=("fp32", *(f"torchslim-{b}" for b in builtins), "torchslim-tuned"),
+        metrics=tuple(metrics),
+        columns=("val_drop", "val_drop_se", "within_budget"),
+        recipes={f"torchslim-{b}": b for b in builtins},
+        optional=("torchslim-tuned",),
+        **timing,
+    )
+
+
 def tune_and_compare(
-    name: str,
+    table: BenchTable,
     wl: Any,
-    recipes: Mapping[str, Recipe],
+    quick: bool,
     *,
-    threads: int,
+    n_threads: int,
     tune_kwargs: Mapping[str, Any],
-    rounds: int,
-    warmup: int,
     budget_note: str,
 ) -> BenchResult:
     """The tune benches' flow: ``tune`` in a temporary folder with ``tune_kwargs`` (``max_drop`` and ``margin``
     among them; the row ``torchslim-tuned``'s reproduce command passes the same as :func:`tune_flags`), then
-    :func:`compare_tuned` on ``recipes`` plus the tuned one, on ``threads`` threads; notes: ``budget_note``,
-    the tuned recipe, its confirmation and the :func:`verdict`."""
+    :func:`compare_tuned` on the table's built-in recipes plus the tuned one, on ``n_threads`` threads;
+    notes: ``budget_note``, the tuned recipe, its confirmation and the :func:`verdict`."""
+    from torchslim.recipes import builtin_recipes
+
     max_drop, margin = tune_kwargs["max_drop"], tune_kwargs["margin"]
-    old_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with threads(n_threads):
         result, tuned = tune_in_tempdir(wl, **tune_kwargs)
-        recipes = dict(recipes)
+        builtins = builtin_recipes()
+        recipes = {name.removeprefix("torchslim-"): builtins[r] for name, r in table.recipes.items()}
         if tuned is not None:
             recipes["tuned"] = tuned
         res = compare_tuned(
-            name, wl, wl.model(), recipes, max_drop=max_drop, margin=margin, rounds=rounds, warmup=warmup
+            table.name,
+            wl,
+            wl.model(),
+            recipes,
+            max_drop=max_drop,
+            margin=margin,
+            rounds=table.rounds_for(quick),
+            warmup=table.warmup_for(quick),
         )
-    finally:
-        torch.set_num_threads(old_threads)
     res.notes.append(budget_note)
     if tuned is None:
         res.notes.append("tune found no recipe within the budget")

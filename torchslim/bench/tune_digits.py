@@ -18,16 +18,21 @@ from __future__ import annotations
 from typing import Any
 
 from torchslim.bench.harness import BenchResult
-from torchslim.bench.tune_common import tune_and_compare
+from torchslim.bench.tune_common import tune_and_compare, tune_table
 from torchslim.recipes import builtin_recipes
 
-WORKLOAD = "digits"
 MAX_DROP = 0.01
 TRIALS = 40  # 20 with --quick
 MARGIN = 1.0  # standard errors of the per-image drop (see torchslim.tuning.budget)
 SKIP = ("int8-dynamic-compiled",)
-# Rows built by a built-in recipe: variant -> recipe name (reproduce: `torchslim compress --recipe NAME`).
-RECIPES = {f"torchslim-{name}": name for name in builtin_recipes() if name not in SKIP}
+TABLE = tune_table(
+    "digits-tune",
+    "digits",
+    [name for name in builtin_recipes() if name not in SKIP],
+    ["accuracy"],
+    rounds=(10, 40),
+    warmup=(3, 10),
+)
 
 
 def tune_settings(quick: bool = False) -> dict[str, Any]:
@@ -46,18 +51,14 @@ def bench(data: str | None = None, quick: bool = False) -> BenchResult:
     from torchslim.workloads import get_workload
 
     settings = tune_settings(quick)
-    trials = settings["trials"]
-    wl = get_workload(WORKLOAD)
-    recipes = builtin_recipes()
+    wl = get_workload(TABLE.workload)
     return tune_and_compare(
-        "digits-tune",
+        TABLE,
         wl,
-        {name: recipes[name] for name in RECIPES.values()},
-        threads=1,
+        quick,
+        n_threads=1,
         tune_kwargs=settings,
-        rounds=10 if quick else 40,
-        warmup=3 if quick else 10,
         budget_note=f"budget: validation accuracy drop + {MARGIN:g} standard error <= {MAX_DROP} (1 point); "
-        f"tune: objective size, {trials} trials, seed 0; "
+        f"tune: objective size, {settings['trials']} trials, seed 0; "
         f"latency per batch of {wl.example_inputs()[0].shape[0]} on 1 thread; accuracy columns on the test split",
     )

@@ -16,17 +16,14 @@ from __future__ import annotations
 from typing import Any
 
 from torchslim.bench.harness import BenchResult
-from torchslim.bench.tune_common import tune_and_compare
-from torchslim.recipes import builtin_recipes
+from torchslim.bench.tune_common import tune_and_compare, tune_table
 
-WORKLOAD = "minilm-stsb"
 MAX_DROP = 1.0
 TRIALS = 20  # 8 with --quick
 MARGIN = 1.0  # tune's default; STS-B Spearman has no per-example scores, so it does not apply
 BUILTINS = ("bf16", "int8-dynamic", "int8-weight-only", "int4-g128", "wanda-50")
 THREADS = 2
-# Rows built by a built-in recipe: variant -> recipe name (reproduce: `torchslim compress --recipe NAME`).
-RECIPES = {f"torchslim-{name}": name for name in BUILTINS}
+TABLE = tune_table("minilm-tune", "minilm-stsb", BUILTINS, ["stsb_spearman", "cos_min"], rounds=(3, 10), warmup=(1, 2))
 
 
 def tune_settings(quick: bool = False) -> dict[str, Any]:
@@ -48,20 +45,17 @@ def tune_settings(quick: bool = False) -> dict[str, Any]:
 
 
 def bench(data: str | None = None, quick: bool = False) -> BenchResult:
-    """Run the comparison on the STS benchmark folder ``data`` (default ``../shared/data/stsbenchmark``)."""
-    from torchslim.workloads.minilm import MiniLMWorkload
+    """Run the comparison on the STS benchmark folder ``data`` (default: ``$TORCHSLIM_DATA/stsbenchmark``)."""
+    from torchslim.workloads import get_workload
 
     settings = tune_settings(quick)
-    trials = settings["trials"]
     return tune_and_compare(
-        "minilm-tune",
-        MiniLMWorkload(data),
-        {n: builtin_recipes()[n] for n in BUILTINS},
-        threads=THREADS,
+        TABLE,
+        get_workload(TABLE.workload, data=data),
+        quick,
+        n_threads=THREADS,
         tune_kwargs=settings,
-        rounds=3 if quick else 10,
-        warmup=1 if quick else 2,
-        budget_note=f"budget: STS-B dev Spearman x100 drop <= {MAX_DROP:g}; tune: objective size, {trials} trials, "
-        f"seed 0, post-training space; latency per batch of 32 x 128 tokens on {THREADS} threads; quality columns "
-        "on the STS-B test split",
+        budget_note=f"budget: STS-B dev Spearman x100 drop <= {MAX_DROP:g}; tune: objective size, "
+        f"{settings['trials']} trials, seed 0, post-training space; latency per batch of 32 x 128 tokens on "
+        f"{THREADS} threads; quality columns on the STS-B test split",
     )
