@@ -1,0 +1,89 @@
+"""CPU kernels built for torchslim's compressed layers: W4A8 linear (int4 weights, int8 activations).
+
+``w4a8_linear`` multiplies a few rows of activations (decode: 1..16 tokens) by a grouped int4 weight in
+the packed layout of :mod:`torchslim.kernels.layout`. Activations are quantized to int8 per row
+(symmetric, one scale each), the 4-bit codes are widened to bytes in registers and multiplied with
+AVX-512 VNNI dot products, one int32 accumulator per output row and group, scaled into float32 — the
+scheme of llama.cpp's Q4_0 × Q8_0 dot product, with a zero point per group as in GPTQ
+(Frantar et al., arXiv:2210.17323) and per-token activation scales as in LLM.int8()
+(Dettmers et al., arXiv:2208.07339). Threads split the output rows.
+
+The C++ source is compiled at the first call (:func:`load`); on a CPU without AVX-512 VNNI a portable
+C++ loop computes the same sums, and when the build fails a torch reference does, so results are
+correct everywhere. :func:`available` says whether the fast path runs.
+
+Example:
+    >>> import torch
+    >>> from torchslim import kernels
+    >>> codes = torch.randint(0, 16, (48, 64), dtype=torch.uint8)
+    >>> scales, zeros = torch.full((48, 2), 0.01).bfloat16(), torch.zeros(48, 2).bfloat16()
+    >>> packed = kernels.pack_int4(codes, scales, zeros, group_size=32)
+    >>> x = torch.randn(2, 64)
+    >>> y = kernels.w4a8_linear(x, packed, 48, 32, path="reference")
+    >>> w = kernels.dequantize(packed, 48, 32)
+    >>> y.shape, bool(torch.allclose(y, x @ w.t(), atol=0.05))
+    (torch.Size([2, 48]), True)
+"""
+
+from __future__ import annotations
+
+import torch
+
+from torchslim.kernels.layout import pack_int4, packed_shape, unpack_int4
+from torchslim.kernels.ops import backend, load
+from torchslim.kernels.reference import dequantize, quantize_rows, w4a8_linear_reference
+
+__all__ = [
+    "available",
+    "backend",
+    "dequantize",
+    "load",
+    "pack_int4",
+    "packed_shape",
+    "quantize_rows",
+    "unpack_int4",
+    "w4a8_linear",
+    "w4a8_linear_reference",
+]
+
+_PATHS = ("auto", "portable", "reference")
+
+
+def available() -> bool:
+    """Whether the AVX-512 VNNI kernel is compiled and runs on this CPU (builds it at the first call)."""
+    return load() == "avx512-vnni"
+
+
+def w4a8_linear(
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    out_features: int,
+    group_size: int,
+    bias: torch.Tensor | None = None,
+    *,
+    path: str = "auto",
+) -> torch.Tensor:
+    """``x [..., K]`` times a packed int4 weight (``[N, K]`` as :func:`pack_int4` stores it), plus ``bias``.
+
+    Args:
+        x: float32 or bfloat16 activations on the CPU; quantized to int8 per row inside.
+        packed: the output of :func:`pack_int4`.
+        out_features: ``N``.
+        group_size: the group size the weight was packed with.
+        bias: optional ``[N]``.
+        path: ``"auto"`` (the fastest compiled path), ``"portable"`` (the portable C++ loop, or the
+            reference when the build failed) or ``"reference"`` (torch ops, no build).
+
+    Returns:
+        ``[..., N]`` in ``x``'s dtype.
+
+    Raises:
+        ValueError: an unknown ``path``.
+    """
+    if path == "reference":
+        return w4a8_linear_reference(x, packed, out_features, group_size, bias)
+    if path not in _PATHS:
+        raise ValueError(f"path must be one of {', '.join(_PATHS)}, got {path!r}")
+    load()
+    op = torch.ops.torchslim.w4a8_linear if path == "auto" else torch.ops.torchslim.w4a8_linear_portable
+    return op(x, packed, out_features, group_size, bias)

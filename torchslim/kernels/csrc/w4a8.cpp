@@ -1,0 +1,284 @@
+// W4A8 linear for CPUs: int4 weights (grouped, scale + zero per group) times activations quantized to int8
+// per row, for a few rows (decode). The layout and the math are described in torchslim/kernels/layout.py;
+// the schemas are defined in torchslim/kernels/ops.py, this file registers their CPU implementations.
+//
+// Per output row n and input row m:  y[m, n] = sx[m] * sum_g ( s[n,g] * dot_g(q[n], a[m]) + (z[n,g] - 8 s[n,g]) * A[m,g] )
+// where q are the 4-bit codes 0..15 (weight = (q - 8) * s + z), a the int8 activations, sx their scale and
+// A[m,g] the sum of a[m] over group g. The dot products are exact int32 sums.
+//
+// Two paths: AVX-512 VNNI (vpdpbusd: unsigned weight bytes times signed activation bytes, four products
+// per 32-bit lane, one lane per output row of a 16-row tile) chosen at run time with
+// __builtin_cpu_supports, and a portable C++ loop that computes the same sums.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define TS_X86 1
+#endif
+
+namespace {
+
+constexpr int64_t kTile = 16;   // output rows per tile: one 32-bit lane of a 512-bit register each
+constexpr int64_t kHead = 64;   // bytes of (16 bf16 scales, 16 bf16 zeros) before each group's codes
+constexpr int64_t kMaxRowsPerPass = 4;  // activation rows sharing one pass over a tile's weights
+
+// Activations quantized once per call: int8 codes, per-row scale and per-(row, group) sums.
+struct QuantizedRows {
+  std::vector<int8_t> codes;  // [M, K]
+  std::vector<float> scale;   // [M]
+  std::vector<float> sums;    // [M, G], exact integers held as float
+};
+
+inline float bf16_to_float(uint16_t bits) {
+  uint32_t u = static_cast<uint32_t>(bits) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+// Round half to even, as torch.round and _mm512_cvtps_epi32 under the default rounding mode.
+void quantize_rows_portable(const float* x, int64_t m_rows, int64_t k, int64_t g, QuantizedRows& q) {
+  const int64_t groups = k / g;
+  for (int64_t m = 0; m < m_rows; ++m) {
+    const float* row = x + m * k;
+    float amax = 0.f;
+    for (int64_t i = 0; i < k; ++i) amax = std::max(amax, std::fabs(row[i]));
+    const float inv = amax > 0.f ? 127.f / amax : 0.f;
+    q.scale[m] = amax / 127.f;
+    int8_t* out = q.codes.data() + m * k;
+    for (int64_t gi = 0; gi < groups; ++gi) {
+      int32_t sum = 0;
+      for (int64_t i = gi * g; i < (gi + 1) * g; ++i) {
+        float v = std::nearbyint(row[i] * inv);
+        v = std::min(127.f, std::max(-127.f, v));
+        out[i] = static_cast<int8_t>(v);
+        sum += out[i];
+      }
+      q.sums[m * groups + gi] = static_cast<float>(sum);
+    }
+  }
+}
+
+// One 16-row tile, rows [0, mb) of the activations: the portable reference of tile_vnni.
+void tile_portable(const uint8_t* blk, int64_t groups, int64_t g, const QuantizedRows& q, int64_t m0, int64_t mb,
+                   int64_t k, float* out /* [mb, 16] */) {
+  float acc[kMaxRowsPerPass][kTile] = {};
+  for (int64_t gi = 0; gi < groups; ++gi) {
+    const uint16_t* head = reinterpret_cast<const uint16_t*>(blk);
+    const uint8_t* w = blk + kHead;
+    int32_t dot[kMaxRowsPerPass][kTile] = {};
+    for (int64_t c = 0; c < g / 8; ++c) {
+      const uint8_t* chunk = w + c * 64;
+      for (int64_t m = 0; m < mb; ++m) {
+        const int8_t* a = q.codes.data() + (m0 + m) * k + gi * g + c * 8;
+        for (int64_t r = 0; r < kTile; ++r) {
+          int32_t s = 0;
+          for (int64_t i = 0; i < 4; ++i) {
+            const uint8_t byte = chunk[r * 4 + i];
+            s += static_cast<int32_t>(byte & 0x0F) * a[i] + static_cast<int32_t>(byte >> 4) * a[4 + i];
+          }
+          dot[m][r] += s;
+        }
+      }
+    }
+    for (int64_t r = 0; r < kTile; ++r) {
+      const float sc = bf16_to_float(head[r]);
+      const float off = bf16_to_float(head[kTile + r]) - 8.f * sc;
+      for (int64_t m = 0; m < mb; ++m) {
+        acc[m][r] += sc * static_cast<float>(dot[m][r]) + off * q.sums[(m0 + m) * groups + gi];
+      }
+    }
+    blk += kHead + 8 * g;
+  }
+  for (int64_t m = 0; m < mb; ++m)
+    for (int64_t r = 0; r < kTile; ++r) out[m * kTile + r] = acc[m][r] * q.scale[m0 + m];
+}
+
+#ifdef TS_X86
+#define TS_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
+
+TS_VNNI void quantize_rows_vnni(const float* x, int64_t m_rows, int64_t k, int64_t g, QuantizedRows& q) {
+  const int64_t groups = k / g;  // g is a multiple of 16 (32, 64, 128, ...)
+  for (int64_t m = 0; m < m_rows; ++m) {
+    const float* row = x + m * k;
+    __m512 vmax = _mm512_setzero_ps();
+    for (int64_t i = 0; i < k; i += 16) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_loadu_ps(row + i)));
+    const float amax = _mm512_reduce_max_ps(vmax);
+    const float inv = amax > 0.f ? 127.f / amax : 0.f;
+    q.scale[m] = amax / 127.f;
+    const __m512 vinv = _mm512_set1_ps(inv);
+    const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
+    int8_t* out = q.codes.data() + m * k;
+    for (int64_t gi = 0; gi < groups; ++gi) {
+      __m512i vsum = _mm512_setzero_si512();
+      for (int64_t i = gi * g; i < (gi + 1) * g; i += 16) {
+        __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(row + i), vinv));
+        v = _mm512_min_epi32(_mm512_max_epi32(v, lo), hi);
+        vsum = _mm512_add_epi32(vsum, v);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), _mm512_cvtepi32_epi8(v));
+      }
+      q.sums[m * groups + gi] = static_cast<float>(_mm512_reduce_add_epi32(vsum));
+    }
+  }
+}
+
+TS_VNNI inline __m512 load_bf16x16(const uint8_t* p) {
+  const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+}
+
+inline int32_t load_i32(const int8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+// One 16-row tile against MB activation rows. Each 64-byte chunk holds 16 rows x 8 columns: low nibbles
+// columns 0..3, high nibbles columns 4..7 of the chunk, byte 4r+i for row r. Two chunks per step give four
+// independent accumulator chains per row (vpdpbusd's latency would otherwise bound one chain).
+template <int MB>
+TS_VNNI void tile_vnni(const uint8_t* blk, int64_t groups, int64_t g, const QuantizedRows& q, int64_t m0, int64_t k,
+                       float* out /* [MB, 16] */) {
+  const __m512i mask = _mm512_set1_epi8(0x0F);
+  const __m512 eight = _mm512_set1_ps(8.f);
+  __m512 acc[MB];
+  const int8_t* a[MB];
+  for (int m = 0; m < MB; ++m) {
+    acc[m] = _mm512_setzero_ps();
+    a[m] = q.codes.data() + (m0 + m) * k;
+  }
+  const int64_t step = kHead + 8 * g;
+  for (int64_t gi = 0; gi < groups; ++gi, blk += step) {
+    const uint8_t* w = blk + kHead;
+    __m512i d0[MB], d1[MB], d2[MB], d3[MB];
+    for (int m = 0; m < MB; ++m) d0[m] = d1[m] = d2[m] = d3[m] = _mm512_setzero_si512();
+    const int64_t base = gi * g;
+    for (int64_t c = 0; c < g / 8; c += 2) {
+      _mm_prefetch(reinterpret_cast<const char*>(w + c * 64 + 1024), _MM_HINT_T0);
+      const __m512i w0 = _mm512_loadu_si512(w + c * 64);
+      const __m512i w1 = _mm512_loadu_si512(w + c * 64 + 64);
+      const __m512i l0 = _mm512_and_si512(w0, mask), h0 = _mm512_and_si512(_mm512_srli_epi16(w0, 4), mask);
+      const __m512i l1 = _mm512_and_si512(w1, mask), h1 = _mm512_and_si512(_mm512_srli_epi16(w1, 4), mask);
+      for (int m = 0; m < MB; ++m) {
+        const int8_t* ap = a[m] + base + c * 8;
+        d0[m] = _mm512_dpbusd_epi32(d0[m], l0, _mm512_set1_epi32(load_i32(ap)));
+        d1[m] = _mm512_dpbusd_epi32(d1[m], h0, _mm512_set1_epi32(load_i32(ap + 4)));
+        d2[m] = _mm512_dpbusd_epi32(d2[m], l1, _mm512_set1_epi32(load_i32(ap + 8)));
+        d3[m] = _mm512_dpbusd_epi32(d3[m], h1, _mm512_set1_epi32(load_i32(ap + 12)));
+      }
+    }
+    const __m512 sc = load_bf16x16(blk);
+    const __m512 off = _mm512_fnmadd_ps(eight, sc, load_bf16x16(blk + 32));  // z - 8 s
+    for (int m = 0; m < MB; ++m) {
+      const __m512i d = _mm512_add_epi32(_mm512_add_epi32(d0[m], d1[m]), _mm512_add_epi32(d2[m], d3[m]));
+      const __m512 sums = _mm512_set1_ps(q.sums[(m0 + m) * groups + gi]);
+      acc[m] = _mm512_fmadd_ps(sc, _mm512_cvtepi32_ps(d), _mm512_fmadd_ps(off, sums, acc[m]));
+    }
+  }
+  for (int m = 0; m < MB; ++m) _mm512_storeu_ps(out + m * kTile, _mm512_mul_ps(acc[m], _mm512_set1_ps(q.scale[m0 + m])));
+}
+
+bool cpu_has_vnni() {
+  static const bool ok = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+  }();
+  return ok;
+}
+#else
+bool cpu_has_vnni() { return false; }
+#endif
+
+at::Tensor linear_impl(const at::Tensor& x, const at::Tensor& packed, int64_t out_features, int64_t group_size,
+                       const std::optional<at::Tensor>& bias, bool use_vnni) {
+  TORCH_CHECK(packed.scalar_type() == at::kByte && packed.dim() == 3 && packed.is_contiguous(),
+              "w4a8_linear: packed must be a contiguous uint8 [tiles, groups, 64 + 8 * group_size] tensor");
+  TORCH_CHECK(group_size >= 16 && group_size % 16 == 0, "w4a8_linear: group_size must be a multiple of 16");
+  TORCH_CHECK(packed.size(2) == kHead + 8 * group_size, "w4a8_linear: packed's last dimension ", packed.size(2),
+              " does not match group_size ", group_size);
+  const int64_t tiles = packed.size(0), groups = packed.size(1), k = groups * group_size;
+  TORCH_CHECK(out_features > 0 && (out_features + kTile - 1) / kTile == tiles, "w4a8_linear: out_features ",
+              out_features, " does not match ", tiles, " packed tiles of ", kTile, " rows");
+  TORCH_CHECK(x.size(-1) == k, "w4a8_linear: input has ", x.size(-1), " features, the weight ", k);
+  TORCH_CHECK(x.is_floating_point(), "w4a8_linear: input must be floating point");
+
+  const at::Tensor xf = x.reshape({-1, k}).to(at::kFloat).contiguous();
+  const int64_t rows = xf.size(0);
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = out_features;
+  if (rows == 0) return at::zeros(shape, x.options());
+
+  // Reused across calls (decode calls this once per layer per token). Worker threads must read the
+  // calling thread's buffers, so they get it through a plain reference, never by the thread_local name.
+  thread_local QuantizedRows rows_buffers;
+  QuantizedRows& q = rows_buffers;
+  q.codes.resize(rows * k);
+  q.scale.resize(rows);
+  q.sums.resize(rows * groups);
+#ifdef TS_X86
+  if (use_vnni) {
+    quantize_rows_vnni(xf.data_ptr<float>(), rows, k, group_size, q);
+  } else
+#endif
+    quantize_rows_portable(xf.data_ptr<float>(), rows, k, group_size, q);
+
+  at::Tensor y = at::empty({rows, out_features}, xf.options());
+  float* yp = y.data_ptr<float>();
+  const uint8_t* wp = packed.data_ptr<uint8_t>();
+  const int64_t tile_bytes = groups * (kHead + 8 * group_size);
+  at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
+    float buf[kMaxRowsPerPass * kTile];
+    for (int64_t t = t0; t < t1; ++t) {
+      const uint8_t* blk = wp + t * tile_bytes;
+      const int64_t n0 = t * kTile, valid = std::min(kTile, out_features - n0);
+      for (int64_t m0 = 0; m0 < rows; m0 += kMaxRowsPerPass) {
+        const int64_t mb = std::min(kMaxRowsPerPass, rows - m0);
+#ifdef TS_X86
+        if (use_vnni) {
+          switch (mb) {
+            case 1: tile_vnni<1>(blk, groups, group_size, q, m0, k, buf); break;
+            case 2: tile_vnni<2>(blk, groups, group_size, q, m0, k, buf); break;
+            case 3: tile_vnni<3>(blk, groups, group_size, q, m0, k, buf); break;
+            default: tile_vnni<4>(blk, groups, group_size, q, m0, k, buf); break;
+          }
+        } else
+#endif
+          tile_portable(blk, groups, group_size, q, m0, mb, k, buf);
+        for (int64_t m = 0; m < mb; ++m) std::memcpy(yp + (m0 + m) * out_features + n0, buf + m * kTile, valid * sizeof(float));
+      }
+    }
+  });
+  if (bias.has_value() && bias->defined()) y.add_(bias->to(at::kFloat));
+  return y.to(x.scalar_type()).reshape(shape);
+}
+
+at::Tensor w4a8_linear_cpu(const at::Tensor& x, const at::Tensor& packed, int64_t out_features, int64_t group_size,
+                           const std::optional<at::Tensor>& bias) {
+  return linear_impl(x, packed, out_features, group_size, bias, cpu_has_vnni());
+}
+
+at::Tensor w4a8_linear_portable_cpu(const at::Tensor& x, const at::Tensor& packed, int64_t out_features,
+                                    int64_t group_size, const std::optional<at::Tensor>& bias) {
+  return linear_impl(x, packed, out_features, group_size, bias, false);
+}
+
+}  // namespace
+
+// 1 when the AVX-512 VNNI path runs on this CPU, 0 when the portable loop does (read through ctypes).
+extern "C" int torchslim_w4a8_vnni() { return cpu_has_vnni() ? 1 : 0; }
+
+TORCH_LIBRARY_IMPL(torchslim, CPU, m) {
+  m.impl("w4a8_linear", &w4a8_linear_cpu);
+  m.impl("w4a8_linear_portable", &w4a8_linear_portable_cpu);
+}

@@ -1,0 +1,135 @@
+"""The ``torchslim::w4a8_linear`` operator: schema, fake (meta) implementation, C++ build and fallback.
+
+The schemas are defined here, in Python, so that the operator exists (and ``torch.compile`` /
+``torch.export`` can trace it through its fake implementation) whether or not the C++ kernel builds.
+:func:`load` compiles ``csrc/w4a8.cpp`` once with ``torch.utils.cpp_extension.load`` (cached under
+``$TORCHSLIM_CACHE/kernels`` when that is set, else in torch's extensions folder) and the library
+registers the CPU implementations. When the build fails (no compiler, no ninja) or
+``TORCHSLIM_KERNELS=reference`` is set, the torch reference of :mod:`torchslim.kernels.reference` is
+registered instead and the reason is logged once.
+
+Operators:
+
+- ``torchslim::w4a8_linear(x, packed, out_features, group_size, bias=None)``: AVX-512 VNNI where the CPU
+  has it, else a portable C++ loop computing the same integer sums;
+- ``torchslim::w4a8_linear_portable(...)``: always the portable C++ loop (for tests and comparisons).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import torch
+
+from torchslim.kernels.reference import w4a8_linear_reference
+
+__all__ = ["backend", "load"]
+
+log = logging.getLogger(__name__)
+
+_SOURCE = Path(__file__).resolve().parent / "csrc" / "w4a8.cpp"
+_EXTENSION = "torchslim_w4a8"
+_SCHEMA = "(Tensor x, Tensor packed, int out_features, int group_size, Tensor? bias=None) -> Tensor"
+_OPS = ("w4a8_linear", "w4a8_linear_portable")
+
+_LIB = torch.library.Library("torchslim", "FRAGMENT")  # schemas only; the CPU kernels come from C++
+for _name in _OPS:
+    _LIB.define(_name + _SCHEMA)
+
+
+def _fake(
+    x: torch.Tensor, packed: torch.Tensor, out_features: int, group_size: int, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], out_features))
+
+
+for _name in _OPS:
+    torch.library.register_fake(f"torchslim::{_name}", _fake, lib=_LIB)
+
+_lock = threading.Lock()
+_backend: str | None = None  # "avx512-vnni", "portable-c++" or "torch-reference" once loaded
+
+
+def _build_directory() -> str | None:
+    root = os.environ.get("TORCHSLIM_CACHE")
+    if not root:
+        return None  # torch's extensions folder (TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions)
+    path = Path(root).expanduser() / "kernels" / _EXTENSION
+    path.mkdir(parents=True, exist_ok=True)
+    return str(path)
+
+
+def _ensure_ninja_on_path() -> None:
+    # cpp_extension runs `ninja` from PATH; the `ninja` wheel installs it beside the interpreter, which is
+    # not on PATH when the venv's python is called without activating the venv.
+    if shutil.which("ninja"):
+        return
+    try:
+        import ninja  # optional: only its binary folder is needed
+
+        folder = ninja.BIN_DIR
+    except (ImportError, AttributeError):
+        return
+    os.environ["PATH"] = folder + os.pathsep + os.environ.get("PATH", "")
+
+
+def _build() -> str:
+    from torch.utils import cpp_extension  # imported only when a build is needed
+
+    _ensure_ninja_on_path()
+    cpp_extension.load(
+        name=_EXTENSION,
+        sources=[str(_SOURCE)],
+        extra_cflags=["-O3", "-fopenmp"],
+        extra_ldflags=["-fopenmp"],
+        build_directory=_build_directory(),
+        is_python_module=False,
+        verbose=False,
+    )
+    (path,) = [p for p in torch.ops.loaded_libraries if Path(p).name.startswith(_EXTENSION)]
+    vnni = ctypes.CDLL(path).torchslim_w4a8_vnni
+    vnni.restype = ctypes.c_int
+    return "avx512-vnni" if vnni() else "portable-c++"
+
+
+def _register_reference(reason: str) -> None:
+    log.warning("torchslim kernels: %s; w4a8_linear runs the torch reference (slow)", reason)
+    for name in _OPS:
+        _LIB.impl(name, w4a8_linear_reference, "CPU")
+
+
+def load() -> str:
+    """Build (first call only) and register the CPU kernels; return the backend now in use.
+
+    ``"avx512-vnni"`` (the fast path), ``"portable-c++"`` (compiled, CPU without AVX-512 VNNI) or
+    ``"torch-reference"`` (the build failed or ``TORCHSLIM_KERNELS=reference``; the reason is logged once).
+    """
+    global _backend
+    if _backend is not None:
+        return _backend
+    with _lock:
+        if _backend is None:
+            if os.environ.get("TORCHSLIM_KERNELS", "").lower() == "reference":
+                _register_reference("TORCHSLIM_KERNELS=reference")
+                _backend = "torch-reference"
+            else:
+                try:
+                    _backend = _build()
+                except (RuntimeError, OSError, ImportError, ValueError, SystemExit) as e:
+                    # cpp_extension raises RuntimeError for compiler errors and a missing ninja, OSError
+                    # when the library cannot be opened, SystemExit from setuptools in some setups.
+                    _register_reference(
+                        f"the C++ kernel could not be built ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+                    )
+                    _backend = "torch-reference"
+    return _backend
+
+
+def backend() -> str | None:
+    """The backend :func:`load` chose, or None before the first load."""
+    return _backend
