@@ -34,8 +34,10 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from safetensors import SafetensorError
 
-from torchslim.errors import UnsafeInputError, UnsupportedModelError, UsageError
+from torchslim.errors import TorchslimError, UnsafeInputError, UnsupportedModelError, UsageError
+from torchslim.io.config_bound import check_fits, check_layers, meta_size, stored_tensor_count
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,20 @@ QUANT_FORMAT_VERSION = 1
 _ST_MODULES = "modules.json"
 _ST_TRANSFORMER = "sentence_transformers.models.Transformer"
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model")
+MAX_CONFIG_BYTES = 20_000_000
+# What transformers' config and model code raise on a config whose values it cannot use (wrong types,
+# sizes that do not divide, numbers out of range): all mean "this config cannot be built".
+_BUILD_ERRORS = (ValueError, TypeError, KeyError, AttributeError, IndexError, RuntimeError, OverflowError,
+                 ZeroDivisionError, NotImplementedError, RecursionError)  # fmt: skip
+
+
+def _build_errors() -> tuple[type[BaseException], ...]:
+    """:data:`_BUILD_ERRORS` and huggingface_hub's config validation error (transformers 5 configs are strict)."""
+    try:
+        from huggingface_hub.errors import StrictDataclassError
+    except ImportError:  # an older huggingface_hub: configs are not validated
+        return _BUILD_ERRORS
+    return (*_BUILD_ERRORS, StrictDataclassError)
 
 
 # Loggers that print import-time noise when transformers' quantizer registry imports torchao on a CPU
@@ -113,7 +129,9 @@ def model_folder(path: str | Path) -> Path:
 
 def _architecture_class(transformers: Any, names: Any) -> Any:
     """The first transformers ``PreTrainedModel`` class named in ``names`` (a config's ``architectures``)."""
-    for name in names or ():
+    if isinstance(names, str):
+        names = [names]
+    for name in names if isinstance(names, (list, tuple)) else ():
         cls = getattr(transformers, str(name), None) if str(name).isidentifier() else None
         if isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel):
             return cls
@@ -126,25 +144,66 @@ def load_hf_model(path: str | Path) -> nn.Module:
     The class is the one the config names in ``architectures`` (e.g. ``BertForSequenceClassification``),
     or ``AutoModel`` for the config's model type. A folder written by ``ts.save`` loads compressed.
 
+    Before anything is allocated the config is bounded (:mod:`torchslim.io.config_bound`): no more
+    layers than the safetensors files hold tensors, and a float32 size within the memory available.
+
     Raises:
         UsageError: no such folder, no ``config.json``, no weights, or transformers missing.
+        UnsafeInputError: a ``config.json`` that is not a JSON object, claims more layers than the weights
+            hold, or weights whose shapes differ from it.
         UnsupportedModelError: an architecture this transformers cannot build (unknown model type,
-            custom code).
+            custom code), or one that does not fit in the memory available.
     """
     folder = model_folder(path)
     transformers = _transformers()
-    try:
-        config = transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True)
-    except (ValueError, KeyError, OSError) as e:
-        raise UnsupportedModelError(f"{folder}: transformers cannot read this config ({_first_line(e)})") from None
+    config = _read_config(transformers, folder)
     cls = _architecture_class(transformers, getattr(config, "architectures", None)) or transformers.AutoModel
+    where = str(folder / "config.json")
+    check_layers(config.to_dict(), stored_tensor_count(sorted(folder.glob("*.safetensors"))), where=where,
+                 error=UnsafeInputError)  # fmt: skip
+    build = (lambda: cls(config)) if cls is not transformers.AutoModel else (lambda: cls.from_config(config))
+    _bounded(build, where, too_big=UnsupportedModelError)
     try:
         model = cls.from_pretrained(str(folder), config=config, local_files_only=True)
     except OSError as e:
         raise UsageError(f"{folder}: cannot load the weights ({_first_line(e)})") from None
-    except (ValueError, KeyError, TypeError) as e:
+    except RuntimeError as e:  # transformers refuses weights whose shapes differ from the config's
+        raise UnsafeInputError(f"{folder}: the weights do not match config.json ({_first_line(e)})") from None
+    except SafetensorError as e:
+        raise UnsafeInputError(f"{folder}: a weight file is not valid safetensors ({_first_line(e)})") from None
+    except _build_errors() as e:
         raise UnsupportedModelError(f"{folder}: transformers cannot build this model ({_first_line(e)})") from None
     return model.eval()
+
+
+def _read_config(transformers: Any, folder: Path) -> Any:
+    """The folder's config through ``AutoConfig``, after refusing an oversized or too deeply nested file."""
+    path = folder / "config.json"
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise UnsafeInputError(f"{path} is larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError:
+        raise UnsafeInputError(f"{path} is nested too deeply to be read") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, integers over Python's digit limit
+        raise UnsafeInputError(f"{path} is not valid JSON: {str(e)[:200]}") from None
+    if not isinstance(data, dict):
+        raise UnsafeInputError(f"{path} is not a JSON object")
+    if "auto_map" in data:
+        raise UnsupportedModelError(f"{path} needs custom code (auto_map); torchslim never runs it")
+    try:
+        return transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, *_build_errors()) as e:
+        raise UnsupportedModelError(f"{folder}: transformers cannot read this config ({_first_line(e)})") from None
+
+
+def _bounded(build: Any, where: str, *, too_big: type[TorchslimError]) -> None:
+    """Size ``build()`` on the meta device and refuse it (``too_big``) over the memory bound (see config_bound)."""
+    try:
+        numel = meta_size(build)
+    except _build_errors() as e:
+        raise UnsupportedModelError(f"{where}: transformers cannot build this model ({_first_line(e)})") from None
+    check_fits(numel, where=where, error=too_big)
 
 
 def _first_line(e: BaseException) -> str:
@@ -180,8 +239,7 @@ def hf_example_inputs(model_or_path: nn.Module | str | Path, batch: int = 2, seq
     """
     if isinstance(model_or_path, (str, Path)):
         folder = model_folder(model_or_path)
-        transformers = _transformers()
-        config = transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True)
+        config = _read_config(_transformers(), folder)
         tok = _tokenizer(folder)
     else:
         config = getattr(model_or_path, "config", None)
@@ -189,20 +247,39 @@ def hf_example_inputs(model_or_path: nn.Module | str | Path, batch: int = 2, seq
             raise UnsupportedModelError(f"{type(model_or_path).__name__} has no transformers config")
         name = getattr(config, "_name_or_path", "") or ""
         tok = _tokenizer(Path(name)) if name and Path(name).is_dir() else None
-    seq = min(seq, int(getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", seq)))
+    positions = _size(config, "max_position_embeddings") or _size(config, "n_positions")
+    seq = min(seq, positions or seq)
     gen = torch.Generator().manual_seed(0)
     if tok is not None:
         text = " ".join(["the quick brown fox jumps over the lazy dog"] * seq)
         enc = tok([text] * batch, padding="max_length", truncation=True, max_length=seq, return_tensors="pt")
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
-    vocab = getattr(config, "vocab_size", None)
+    vocab = _size(config, "vocab_size", limit=_MAX_INDEX)
     if vocab:
-        ids = torch.randint(0, int(vocab), (batch, seq), generator=gen)
+        ids = torch.randint(0, vocab, (batch, seq), generator=gen)
         return {"input_ids": ids, "attention_mask": torch.ones(batch, seq, dtype=torch.long)}
-    size, channels = getattr(config, "image_size", None), getattr(config, "num_channels", None)
+    size, channels = _size(config, "image_size"), _size(config, "num_channels")
     if size and channels:
-        return {"pixel_values": torch.randn(batch, int(channels), int(size), int(size), generator=gen)}
+        if batch * channels * size * size > _MAX_EXAMPLE_NUMEL:
+            raise UnsafeInputError(
+                f"config image_size {size} x num_channels {channels} is too large for example inputs"
+            )
+        return {"pixel_values": torch.randn(batch, channels, size, size, generator=gen)}
     raise UnsupportedModelError(f"cannot make example inputs for {type(config).__name__}: no vocab_size or image_size")
+
+
+_MAX_INDEX = 2**63 - 1  # torch.randint's bound: int64
+_MAX_EXAMPLE_NUMEL = 1 << 28
+
+
+def _size(config: Any, name: str, limit: int = 1 << 31) -> int | None:
+    """The config's integer ``name`` (None when absent or 0); UnsafeInputError for any other type or over ``limit``."""
+    value = getattr(config, name, None)
+    if value is None or value == 0:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= limit:
+        raise UnsafeInputError(f"config {name} is {str(value)[:50]}, not a positive integer up to {limit}")
+    return value
 
 
 def hf_config_json(model: nn.Module) -> str:
@@ -219,15 +296,20 @@ def hf_config_json(model: nn.Module) -> str:
     return json.dumps(config, indent=2, sort_keys=True) + "\n"
 
 
-def model_from_config_dict(config: dict[str, Any], architecture: str | None = None) -> nn.Module:
+def model_from_config_dict(
+    config: dict[str, Any], architecture: str | None = None, *, stored_tensors: int | None = None
+) -> nn.Module:
     """A freshly initialized transformers model (eval mode) for a saved config dict; nothing is downloaded.
 
     The class is ``architecture`` (or the config's ``architectures``) when transformers has it, else
     ``AutoModel`` for the config's ``model_type``, in the config's ``dtype``. Custom code (``auto_map``)
-    is never run.
+    is never run. The config is an untrusted artifact's: it may state no more layers than
+    ``stored_tensors`` (the tensors in the artifact's weights), and the model it describes must fit in the
+    memory available (:mod:`torchslim.io.config_bound`), before anything is allocated.
 
     Raises:
-        UnsupportedModelError: an unknown model type or custom-code config.
+        UnsupportedModelError: an unknown model type, a custom-code config, or one transformers cannot build.
+        UnsafeInputError: a config over the layer or memory bound.
     """
     transformers = _transformers()
     data = {k: v for k, v in config.items() if k not in ("quantization_config", "_name_or_path")}
@@ -239,11 +321,18 @@ def model_from_config_dict(config: dict[str, Any], architecture: str | None = No
         raise UnsupportedModelError(f"transformers {transformers.__version__} has no model type {model_type!r}")
     try:
         cfg = mapping[model_type].from_dict(data)
-    except (ValueError, TypeError, KeyError) as e:
+    except _build_errors() as e:
         raise UnsupportedModelError(f"cannot build a {model_type} config: {_first_line(e)}") from None
     names = [architecture] if architecture else data.get("architectures")
     cls = _architecture_class(transformers, names)
-    model = cls(cfg) if cls is not None else transformers.AutoModel.from_config(cfg)
+    where = f"the saved {model_type} config"
+    check_layers(data, stored_tensors, where=where, error=UnsafeInputError)
+    build = (lambda: cls(cfg)) if cls is not None else (lambda: transformers.AutoModel.from_config(cfg))
+    _bounded(build, where, too_big=UnsafeInputError)
+    try:
+        model = build()
+    except _build_errors() as e:
+        raise UnsupportedModelError(f"{where}: transformers cannot build this model ({_first_line(e)})") from None
     dtype = getattr(cfg, "dtype", None)
     dtype = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
     if isinstance(dtype, torch.dtype) and dtype.is_floating_point and dtype != torch.float32:

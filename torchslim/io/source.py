@@ -139,7 +139,8 @@ def rebuild_model(
 
     Raises:
         UsageError: no record (the artifact needs a factory), or a factory that no longer imports.
-        UnsafeInputError: a malformed record, or a factory record without ``trust_factory``.
+        UnsafeInputError: a malformed record, a factory record without ``trust_factory``, or a transformers
+            config claiming more layers than the artifact stores tensors or more memory than is available.
         UnsupportedModelError: a transformers architecture this installation cannot build.
     """
     if record is None:
@@ -166,9 +167,15 @@ def rebuild_model(
     name = record.get("config")
     if name != HF_CONFIG_FILE or not (root / HF_CONFIG_FILE).is_file():
         raise UnsafeInputError(f"{root}: the transformers rebuild record needs {HF_CONFIG_FILE} in the artifact")
+    from torchslim.io.config_bound import stored_tensor_count
     from torchslim.io.hf import model_from_config_dict
 
     config = read_json(root / HF_CONFIG_FILE)
     if not isinstance(config, dict):
         raise UnsafeInputError(f"{root / HF_CONFIG_FILE} is not a JSON object")
-    return model_from_config_dict(config, architecture=record.get("architecture"))
+    architecture = record.get("architecture")
+    # The config states sizes; it is bounded by the tensors the artifact stores before anything is built.
+    stored = stored_tensor_count(sorted(root.glob("*.safetensors")))
+    return model_from_config_dict(
+        config, architecture=architecture if isinstance(architecture, str) else None, stored_tensors=stored
+    )
