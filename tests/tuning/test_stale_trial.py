@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import importlib
-
 import optuna
 import pytest
 from optuna.trial import TrialState
 
-tune_module = importlib.import_module("torchslim.tuning.tune")  # the package exports the function tune
+from torchslim.tuning import workers
 
 
 class _Bar:
@@ -38,10 +36,10 @@ def test_trial_failed_by_another_worker_does_not_end_the_run() -> None:
         optuna.create_study().optimize(
             lambda t: (t.study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL), 0.0)[1], n_trials=1
         )
-    assert tune_module._stale_tell(plain.value)
-    assert not tune_module._stale_tell(ValueError("another problem"))
+    assert workers.stale_tell(plain.value)
+    assert not workers.stale_tell(ValueError("another problem"))
     bar = _Bar()
-    tune_module._optimize(study, objective, tune_module._Stop(4, bar), bar)
+    workers.optimize(study, objective, workers.Stop(4, bar), bar)
     states = [t.state for t in study.trials]
     assert states.count(TrialState.COMPLETE) == 4
     assert states.count(TrialState.FAIL) == 1

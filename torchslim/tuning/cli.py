@@ -9,6 +9,11 @@ Two workers on one study (each its own ``--worker``; together they complete ``--
     torchslim tune --workload digits --max-drop 0.01 --trials 40 --out out/t --worker 0 &
     torchslim tune --workload digits --max-drop 0.01 --trials 40 --out out/t --worker 1
 
+Workers on several machines share a PostgreSQL study (the same command on each, its own ``--worker``)::
+
+    torchslim tune --workload digits --max-drop 0.01 --trials 40 --out out/t --worker 0 \
+        --storage postgresql://tune:PASSWORD@db-host:5432/studies
+
 Per-layer sensitivity (table + bar chart)::
 
     torchslim sensitivity --workload digits --ratio 0.5 --out out/sens
@@ -33,6 +38,7 @@ __all__ = ["add_tuning_parsers", "cmd_sensitivity", "cmd_tune"]
 def add_tuning_parsers(sub: Any) -> None:
     """Add the ``tune`` and ``sensitivity`` subcommands to the CLI's subparsers."""
     from torchslim.cliargs import add_device_arg, add_workload_arg
+    from torchslim.measure.memory import add_preflight_arg
     from torchslim.tuning.tune import OBJECTIVES
 
     p = sub.add_parser("tune", help="accuracy-aware search: the smallest/fastest recipe within a quality budget")
@@ -48,7 +54,21 @@ def add_tuning_parsers(sub: Any) -> None:
     p.add_argument("--objective", choices=OBJECTIVES, default="size", help="size, latency, or both (Pareto front)")
     p.add_argument("--trials", type=int, default=30, help="complete + pruned trials in total, over restarts (30)")
     p.add_argument("--out", required=True, help="folder: best.yaml, pareto.png, report.md, trials.json, study.db")
-    p.add_argument("--storage", help="Optuna storage URL shared by workers (default sqlite:///OUT/study.db)")
+    p.add_argument(
+        "--storage",
+        help="Optuna storage URL shared by workers, e.g. postgresql://USER:PASSWORD@HOST:5432/DB for workers on "
+        "several machines (default sqlite:///OUT/study.db)",
+    )
+    p.add_argument(
+        "--heartbeat", type=int, default=5, help="seconds between a worker's heartbeats on its running trial (5)"
+    )
+    p.add_argument(
+        "--grace-period",
+        type=int,
+        default=20,
+        help="seconds without a heartbeat after which a worker counts as killed: its trial is marked failed and "
+        "queued again (20)",
+    )
     p.add_argument("--seed", type=int, default=0, help="recipe and sampler seed (0)")
     p.add_argument("--worker", type=int, default=0, help="worker index when several share the study (0)")
     p.add_argument("--latency-runs", type=int, default=20, help="timed runs per latency measurement (20)")
@@ -73,6 +93,7 @@ def add_tuning_parsers(sub: Any) -> None:
         "the workload scores examples one by one (digits); guards against validation luck (1.0; 0: off)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_preflight_arg(p)
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("sensitivity", help="per-layer metric drop when only that layer is quantized or pruned")
@@ -112,6 +133,16 @@ def _workload(args: argparse.Namespace, command: str) -> Any:
     return wl
 
 
+def _preflight_tune(wl: Any) -> None:
+    """The memory check of ``tune``, on the workload's model (built here once for the estimate)."""
+    from torchslim.measure.memory import estimate_tune, preflight
+
+    model = wl.model()
+    estimate = estimate_tune(model, wl.example_inputs(), wl.calibration())
+    del model
+    preflight(estimate, "tune")
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
     """Run ``torchslim tune``; exit 6 when no trial meets the budget."""
     from torchslim.errors import QualityGateError, UsageError
@@ -125,13 +156,20 @@ def cmd_tune(args: argparse.Namespace) -> int:
         raise UsageError("--confirm must be at least 0")
     if not (args.margin >= 0 and math.isfinite(args.margin)):
         raise UsageError("--margin must be a finite number >= 0")
+    if not 1 <= args.heartbeat < args.grace_period:
+        raise UsageError("--heartbeat must be at least 1 and less than --grace-period")
+    wl = _workload(args, "tune")
+    if not args.no_preflight and args.device == "cpu":
+        _preflight_tune(wl)  # refuse (exit 5) a search whose trials cannot fit in memory
     result = tune(
-        _workload(args, "tune"),
+        wl,
         max_drop=args.max_drop,
         objective=args.objective,
         trials=args.trials,
         out=args.out,
         storage=args.storage,
+        heartbeat_interval=args.heartbeat,
+        grace_period=args.grace_period,
         seed=args.seed,
         worker=args.worker,
         data=args.data,

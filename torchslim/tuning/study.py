@@ -1,4 +1,5 @@
-"""The Optuna study behind ``tune``: its storage, sampler and settings, the trial count, and the result type.
+"""The Optuna study behind ``tune``: its storage (:mod:`torchslim.tuning.storage`), sampler and settings, the
+trial count, and the result type.
 
 Example:
     >>> default_storage("/tmp/x")
@@ -8,7 +9,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +16,7 @@ from typing import Any
 
 from torchslim.errors import ConfigError
 from torchslim.tuning.space import SearchSpace
+from torchslim.tuning.storage import open_storage, shared_storage
 
 __all__ = [
     "TuneResult",
@@ -26,6 +27,7 @@ __all__ = [
     "make_sampler",
     "open_storage",
     "reseeded_context",
+    "shared_storage",
     "study_settings",
 ]
 
@@ -83,26 +85,6 @@ def _constraint(trial: Any) -> Sequence[float]:
     return trial.user_attrs.get("constraint", [1.0])
 
 
-def open_storage(url: str, heartbeat_interval: int, grace_period: int) -> Any:
-    """The Optuna RDB storage at ``url`` (retried while parallel workers race to create its schema)."""
-    import optuna
-    from sqlalchemy.exc import SQLAlchemyError
-
-    engine_kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else None
-    for attempt in range(10):
-        try:
-            return optuna.storages.RDBStorage(
-                url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval, grace_period=grace_period
-            )
-        except SQLAlchemyError:
-            # Workers started together race to create the schema of a new database: the loser retries
-            # and finds the tables made.
-            if attempt == 9:
-                raise
-            time.sleep(0.2 * (attempt + 1))
-    raise AssertionError("unreachable")
-
-
 def make_sampler(objective: str, seed: int, trials: int) -> Any:
     """NSGA-II for ``objective="both"`` (a Pareto front), else multivariate TPE; both honour the quality constraint."""
     import optuna
@@ -136,7 +118,14 @@ def study_settings(workload: str, metric: str, max_drop: float, objective: str, 
 
 
 def check_settings(study: Any, settings: dict[str, Any]) -> None:
-    """Store the settings on a new study; refuse to continue one created with other settings."""
+    """Store the settings on a new study; refuse to continue one created with other settings.
+
+    A stored study is read back first (:func:`~torchslim.tuning.study_check.check_study`): a damaged one,
+    or one whose torchslim attributes have other types, is UnsafeInputError (exit 4).
+    """
+    from torchslim.tuning.study_check import check_study
+
+    check_study(study)
     stored = study.user_attrs.get("settings")
     if stored is None:
         study.set_user_attr("settings", settings)

@@ -45,11 +45,12 @@ the same model with any seed and passes as it is (no cost). The first that passe
 report says so). Results are stored with the study (user attribute ``confirmations``) and in
 ``trials.json`` / ``report.md``.
 
-The study lives in ``sqlite:///OUT/study.db`` (``load_if_exists``): a killed run restarted with the same
-command continues with the trials already stored until ``trials`` are complete or pruned in total;
-several processes on the same storage share the count. Optuna numbers trials atomically; of two live
-trials with the same parameters, only the lower-numbered one runs, and a heartbeat marks the trials of a
-killed process FAIL after ``grace_period`` seconds.
+The study lives in ``sqlite:///OUT/study.db`` or in the ``storage`` URL (PostgreSQL for workers on
+several machines; :mod:`torchslim.tuning.storage`), ``load_if_exists``: a killed run restarted with the
+same command continues with the trials already stored until ``trials`` are complete or pruned in total;
+several processes on the same storage share the count. How they share it without evaluating a point
+twice, and how a killed worker's trial is marked FAIL and its point retried, is
+:mod:`torchslim.tuning.workers`.
 
 Example (two trials in a tiny space on the digits workload, a few seconds):
     >>> import tempfile
@@ -75,7 +76,6 @@ from typing import Any
 
 import torch
 
-from torchslim.core.progress import Task
 from torchslim.core.progress import progress as progress_task
 from torchslim.errors import ConfigError, TorchslimError, UsageError
 from torchslim.tuning.budget import Budget
@@ -88,10 +88,11 @@ from torchslim.tuning.study import (
     default_storage,
     fresh_context,
     make_sampler,
-    open_storage,
     reseeded_context,
+    shared_storage,
     study_settings,
 )
+from torchslim.tuning.workers import Skip, Stop, duplicate_of, optimize, record_worker, wait_turn, yield_to_retry
 
 __all__ = ["OBJECTIVES", "TuneResult", "default_storage", "tune"]
 
@@ -106,10 +107,6 @@ REFINE_MOVES = 4
 CONFIRM_SEED_OFFSET = 10_007
 
 
-class _Skip(Exception):
-    """A trial that is recorded FAIL without counting: a duplicate, a surplus trial, or a failing recipe."""
-
-
 class _Objective:
     """The trial function (see the module docstring); holds the baseline and the workload."""
 
@@ -122,39 +119,6 @@ class _Objective:
         self.latency_runs, self.recover_limit = latency_runs, recover_limit
 
     # -- bookkeeping ------------------------------------------------------------------------------
-
-    def _wait_turn(self, trial: Any) -> None:
-        """Raise _Skip when the study already has ``trials`` done or running ahead of this one."""
-        import optuna
-        from optuna.trial import TrialState
-
-        study = trial.study
-        while True:
-            all_trials = study.get_trials(deepcopy=False)
-            done = completed_trials(all_trials)
-            ahead = sum(t.state == TrialState.RUNNING and t.number < trial.number for t in all_trials)
-            if done >= self.trials:
-                trial.set_user_attr("surplus", True)
-                raise _Skip("surplus")
-            if done + ahead < self.trials:
-                return
-            # Trials ahead may belong to a killed worker: wait until they finish or their heartbeat goes stale.
-            time.sleep(1.0)
-            optuna.storages.fail_stale_trials(study)
-
-    def _duplicate_of(self, trial: Any) -> int | None:
-        """An evaluated trial with the same point, or a running one numbered lower (of two workers that drew
-        the same point at once, the first runs it), or None."""
-        from optuna.trial import TrialState
-
-        key = point_key(trial.params)
-        done = (TrialState.COMPLETE, TrialState.PRUNED)
-        for other in trial.study.get_trials(deepcopy=False, states=(*done, TrialState.RUNNING)):
-            if other.number == trial.number or point_key(other.params) != key:
-                continue
-            if other.state in done or other.number < trial.number:
-                return other.number
-        return None
 
     def _enqueue_new(self, study: Any, points: Sequence[dict[str, Any]], origin: str, limit: int) -> int:
         """Queue up to ``limit`` of ``points`` that no trial has (evaluated, running, queued or failed)."""
@@ -275,9 +239,11 @@ class _Objective:
     def __call__(self, trial: Any) -> tuple[float, ...]:
         import optuna
 
-        self._wait_turn(trial)
+        record_worker(trial)
+        wait_turn(trial, self.trials)
+        yield_to_retry(trial)
         params = self.space.suggest(trial)
-        dup = self._duplicate_of(trial)
+        dup = duplicate_of(trial)
         if dup is not None:
             trial.set_user_attr("duplicate_of", dup)
             # TPE keeps proposing its favourite point once it has converged: queue a point next to it
@@ -287,7 +253,7 @@ class _Objective:
             if not self._enqueue_new(trial.study, [p for m in MOVES for p in moves[m]], origin, 1):
                 random = self._random_point(trial.number)
                 self._enqueue_new(trial.study, [random], f"random, {origin}", 1)
-            raise _Skip(f"duplicate of trial {dup}")
+            raise Skip(f"duplicate of trial {dup}")
         trial.set_user_attr("description", describe_point(params))
         trial.set_user_attr("point", params)  # the recipe's inputs (``trial.params`` names some differently)
         quick, full = self.space.plan(params)
@@ -323,7 +289,7 @@ class _Objective:
                 _, m = self._run(full, trial.number)
         except (TorchslimError, RuntimeError, ValueError) as e:
             trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:500])
-            raise _Skip(str(e)) from e
+            raise Skip(str(e)) from e
         trial.set_user_attr("seconds", time.perf_counter() - start)
         for k, v in m.items():  # quality, drop, drop_se, drop_bound, feasible (the Budget's judgement), size, latency
             trial.set_user_attr(k, v)
@@ -483,26 +449,29 @@ def tune(
             directions = ["minimize"] * (2 if objective == "both" else 1)
             with warnings.catch_warnings():  # heartbeats and grouped TPE are "experimental" in Optuna
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                study = optuna.create_study(
-                    storage=open_storage(url, heartbeat_interval, grace_period),
-                    study_name=STUDY_NAME,
-                    directions=directions,
-                    load_if_exists=True,
-                    sampler=make_sampler(objective, seed + 1000 * worker, trials),
-                )
-                check_settings(study, settings)
-                if not study.trials and anchors:
-                    for origin, point in space.named_anchors()[:trials]:
-                        study.enqueue_trial(point, skip_if_exists=True, user_attrs={"origin": origin})
-                if len(study.trials):  # a resumed study: new suggestions, not the first run's again
-                    study.sampler = make_sampler(objective, seed + 1000 * worker + 7919 * len(study.trials), trials)
+                # On PostgreSQL this block holds the workers' start-up lock: one at a time creates or loads
+                # the study, checks its settings and queues the anchors.
+                with shared_storage(url, heartbeat_interval, grace_period) as storage:
+                    study = optuna.create_study(
+                        storage=storage,
+                        study_name=STUDY_NAME,
+                        directions=directions,
+                        load_if_exists=True,
+                        sampler=make_sampler(objective, seed + 1000 * worker, trials),
+                    )
+                    check_settings(study, settings)
+                    if not study.trials and anchors:
+                        for origin, point in space.named_anchors()[:trials]:
+                            study.enqueue_trial(point, skip_if_exists=True, user_attrs={"origin": origin})
+                    if len(study.trials):  # a resumed study: new suggestions, not the first run's again
+                        study.sampler = make_sampler(objective, seed + 1000 * worker + 7919 * len(study.trials), trials)
             fn = _Objective(wl=wl, base=base, ctx=ctx, space=space, settings=settings, budget=budget, baseline=baseline,
                             trials=trials, seed=seed, latency_runs=latency_runs, recover_limit=recover_limit)  # fmt: skip
             done = completed_trials(study.get_trials(deepcopy=False))  # a resumed study may have enough
             bar.update(completed=min(done, trials))
             if done < trials:
                 phase("searching")
-                _optimize(study, fn, _Stop(trials, bar), bar)
+                optimize(study, fn, Stop(trials, bar), bar)
             if confirm:
                 fn.confirm(study, confirm, phase)
             rows = _evaluate_builtins(wl, base, ctx, builtins, latency_runs, budget, phase)
@@ -534,52 +503,3 @@ def _baseline(wl: Any, base: torch.nn.Module, ctx: Any, latency_runs: int, budge
         "size_bytes": artifact_bytes(base),
         "latency_ms": measure_latency(base, ctx.example_inputs, warmup=3, runs=latency_runs).median_ms,
     }
-
-
-def _optimize(study: Any, fn: Any, stop: _Stop, bar: Task) -> None:
-    """``study.optimize`` until ``stop`` ends it, surviving a trial that another worker failed meanwhile.
-
-    A worker whose heartbeat was late (a loaded machine, a long garbage collection) may find its running
-    trial marked FAIL by another worker's stale-trial check; Optuna then refuses to record the result
-    (``ValueError: Cannot tell a FAIL trial``, which Optuna 4's ``optimize`` re-raises as an ``AssertionError``
-    from its bookkeeping, with the ``ValueError`` as its context). The point stays FAIL, so it is drawn again like any failed
-    point; this worker notes it and goes on instead of ending the whole run with a traceback.
-    """
-    for _ in range(max(20, stop.trials)):  # bounded: each pass loses at most one trial
-        try:
-            study.optimize(fn, catch=(_Skip,), callbacks=[stop])
-            return
-        except (ValueError, AssertionError) as e:
-            if not _stale_tell(e):
-                raise
-            bar.note("tune: another worker marked this worker's trial failed (its heartbeat was late); going on")
-            if completed_trials(study.get_trials(deepcopy=False)) >= stop.trials:
-                return
-
-
-def _stale_tell(error: BaseException | None) -> bool:
-    """True when ``error`` (or an exception it was raised while handling) is Optuna's refusal to tell a trial
-    that is already FAIL."""
-    while error is not None:
-        if isinstance(error, ValueError) and "Cannot tell a FAIL trial" in str(error):
-            return True
-        error = error.__context__
-    return False
-
-
-class _Stop:
-    """Optuna callback: advance the bar, stop when the study holds ``trials`` done ones or trials keep failing."""
-
-    def __init__(self, trials: int, bar: Task) -> None:
-        self.trials, self.bar, self.failures = trials, bar, 0
-
-    def __call__(self, study: Any, trial: Any) -> None:
-        from optuna.trial import TrialState
-
-        done = completed_trials(study.get_trials(deepcopy=False))
-        self.bar.update(completed=min(done, self.trials), status=f"trial {trial.number} {trial.state.name.lower()}")
-        self.failures = self.failures + 1 if trial.state == TrialState.FAIL else 0
-        # Surplus: the others finished the count. Many failures in a row: the space is exhausted
-        # (only duplicates left) or every recipe fails; stop rather than spin.
-        if done >= self.trials or trial.user_attrs.get("surplus") or self.failures > max(20, self.trials):
-            study.stop()
