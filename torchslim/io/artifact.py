@@ -156,7 +156,7 @@ def save(
     with atomic_dir(out, force=force, manifest=manifest) as tmp:
         (tmp / MODEL_FILE).write_bytes(data)
         # Compact: pruning plans hold long kept-index lists (one number per line would triple the file).
-        (tmp / STRUCTURE_FILE).write_text(_compact_json(structure) + "\n", encoding="utf-8")
+        (tmp / STRUCTURE_FILE).write_text(compact_json(structure) + "\n", encoding="utf-8")
         for name, text in extra_files.items():
             (tmp / name).write_text(text, encoding="utf-8")
         if recipe is not None:
@@ -224,7 +224,7 @@ def _check_manifest(root: Path) -> dict[str, Any]:
     return manifest
 
 
-def _compact_json(data: Any) -> str:
+def compact_json(data: Any) -> str:
     """JSON with one top-level key per line and everything below it on that line (sorted keys: reproducible)."""
     if not isinstance(data, dict):
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
