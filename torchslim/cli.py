@@ -134,12 +134,24 @@ def _compress(model: Any, ctx: Any, recipe_source: str, latency_runs: int) -> tu
     return run_recipe(model, recipe, ctx, latency_runs=latency_runs)
 
 
+def _preflight_compress(model: Any, ctx: Any, args: argparse.Namespace) -> None:
+    from torchslim.measure.memory import estimate_compress, preflight
+    from torchslim.recipes import load_recipe
+
+    steps = [s.config for s in load_recipe(args.recipe).steps]
+    hf = str(args.model or "").startswith("hf:")
+    estimate = estimate_compress(model, steps, calibration=ctx.calibration, example_inputs=ctx.example_inputs, hf=hf)
+    preflight(estimate, "compress")
+
+
 def cmd_compress(args: argparse.Namespace) -> int:
     from torchslim.errors import ConfigError
     from torchslim.io import check_output_dir, save
 
     check_output_dir(Path(args.out), args.force)  # fail before any long work
     model, ctx = _resolve_model(args)
+    if not args.no_preflight and ctx.device == "cpu":
+        _preflight_compress(model, ctx, args)  # refuse (exit 5) a recipe that cannot fit in memory
     try:
         model, run = _compress(model, ctx, args.recipe, args.latency_runs)
     except ConfigError as e:
@@ -244,6 +256,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from torchslim.bench import benchmark_names
+    from torchslim.measure.memory import add_preflight_arg
 
     parser = _Parser(
         prog="torchslim",
@@ -273,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--force", action="store_true", help="replace an existing artifact (only once the new one is complete)"
     )
+    add_preflight_arg(p)
     p.set_defaults(func=cmd_compress)
 
     p = sub.add_parser("export", help="export an artifact to ONNX (verified in ONNX Runtime) or torch.export .pt2")

@@ -62,3 +62,7 @@ class RegistryError(TorchslimError, ValueError):
     """A programming error in registering a config or transform (duplicate or unknown)."""
 
     exit_code = 1
+
+
+class MemoryPreflightError(UnsupportedModelError):
+    """The job's estimated peak memory exceeds the memory available to the process (exit 5)."""

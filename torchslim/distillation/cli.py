@@ -51,6 +51,7 @@ _FLAGS = {
 def add_distill_parser(sub: Any) -> None:
     """Add the ``distill`` subcommand to the CLI's subparsers."""
     from torchslim.cliargs import add_device_arg, add_workload_arg
+    from torchslim.measure.memory import add_preflight_arg
 
     p = sub.add_parser("distill", help="train a small student from a workload's teacher (knowledge distillation)")
     add_workload_arg(p)  # the teacher, data and metric
@@ -69,6 +70,7 @@ def add_distill_parser(sub: Any) -> None:
     p.add_argument("--out", help="write the student here (safetensors, config, report; atomic)")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
     p.add_argument("--no-eval", action="store_true", help="no validation passes (keeps the last weights)")
+    add_preflight_arg(p)
     p.set_defaults(func=cmd_distill)
 
 
@@ -174,6 +176,11 @@ def cmd_distill(args: argparse.Namespace) -> int:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)  # the same initial student on every process
             student = factory().to(device)
+        if not args.no_preflight and device == "cpu":  # refuse (exit 5) a run that cannot fit in memory
+            from torchslim.measure.memory import estimate_distill, preflight
+
+            per_process = max(1, config.batch_size // info.world_size)
+            preflight(estimate_distill(teacher, student, wl.example_inputs(), per_process), "distill")
         split = getattr(wl, "selection_split", "val")
         eval_fn = None if args.no_eval else (lambda m: wl.evaluate(m, split))
         run = train_distill(
