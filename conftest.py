@@ -23,7 +23,7 @@ SLOW_DOCTEST_MODULES = (
     "torchslim/distillation/",
     "torchslim/bench/",
     "torchslim/recipes/recipe.py",
-    "torchslim/quantization/qat.py",
+    "torchslim/quantization/int8/qat.py",
     "torchslim/pruning/gradual.py",
     "torchslim/finetune.py",
     "torchslim/training.py",

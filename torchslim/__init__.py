@@ -53,9 +53,7 @@ from torchslim.quantization import (
     Int8WeightOnlyLinear,
     MixedPrecision,
     PerChannel,
-    PerGroup,
     PerTensor,
-    PerToken,
 )
 from torchslim.recipes import Recipe, RunReport, Step, load_recipe, recipe_from_dict, run_recipe
 from torchslim.structured import ChannelPruning, FoldBatchNorm, LayerDropping, LowRank, PruningPlan
@@ -92,9 +90,7 @@ __all__ = [
     "LossTerm",
     "LowRank",
     "PerChannel",
-    "PerGroup",
     "PerTensor",
-    "PerToken",
     "PruningPlan",
     "SearchSpace",
     "sensitivity",

@@ -32,8 +32,8 @@ import torchslim as ts  # noqa: E402
 from torchslim.errors import UnsafeInputError, UnsupportedModelError, UsageError  # noqa: E402
 from torchslim.io import hf_example_inputs, load_hf_model  # noqa: E402
 from torchslim.io.source import resolve_factory  # noqa: E402
-from torchslim.quantization.int4_modules import Int4WeightOnlyLinear  # noqa: E402
-from torchslim.quantization.modules import Int8DynamicLinear  # noqa: E402
+from torchslim.quantization.int4.modules import Int4WeightOnlyLinear  # noqa: E402
+from torchslim.quantization.int8.modules import Int8DynamicLinear  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 IDS = torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(0))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from torchslim.quantization import compile_cpu
+from torchslim.quantization.int8 import compile_cpu
 
 
 @pytest.fixture

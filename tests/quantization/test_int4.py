@@ -13,20 +13,19 @@ from torchslim.core.context import Context
 from torchslim.core.structure import replay_ops, structure_ops
 from torchslim.errors import ConfigError, UnsupportedModelError
 from torchslim.quantization import Int4WeightOnly, Int4WeightOnlyLinear
-from torchslim.quantization.awq import awq_quantize
-from torchslim.quantization.gptq import gptq_quantize
-from torchslim.quantization.hqq import hqq_quantize
-from torchslim.quantization.int4_modules import DEQUANT_MIN_ROWS
-from torchslim.quantization.int4_primitives import (
+from torchslim.quantization.common.sqnr import output_error, sqnr
+from torchslim.quantization.int4.awq import awq_quantize
+from torchslim.quantization.int4.gptq import gptq_quantize
+from torchslim.quantization.int4.hqq import hqq_quantize
+from torchslim.quantization.int4.modules import DEQUANT_MIN_ROWS
+from torchslim.quantization.int4.primitives import (
     dequantize_int4,
     minmax_qparams,
-    output_error,
     pack_int4,
     quantize_int4,
     unpack_int4,
 )
-from torchslim.quantization.int4_rtn import rtn_quantize
-from torchslim.quantization.primitives import sqnr
+from torchslim.quantization.int4.rtn import rtn_quantize
 
 GROUPS = [32, 64, 128, 256]
 METHODS = ["rtn", "gptq", "awq", "hqq"]
@@ -275,7 +274,7 @@ def test_rank_deficient_calibration_is_damped_recorded_and_finite(method, batch)
 
 
 def test_cholesky_failure_falls_back_to_rtn_and_is_recorded(monkeypatch):
-    import torchslim.quantization.gptq as gptq_mod
+    import torchslim.quantization.int4.gptq as gptq_mod
 
     def broken(h, damp):
         raise torch.linalg.LinAlgError("Hessian is not positive definite even with 1000x damping")

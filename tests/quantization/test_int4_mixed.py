@@ -11,9 +11,9 @@ from torchslim.core.config import config_from_dict
 from torchslim.core.context import Context
 from torchslim.errors import ConfigError
 from torchslim.quantization import Int4WeightOnlyLinear, MixedPrecision
-from torchslim.quantization.int4_mixed import choose_precisions, layer_bytes, precision_plan
-from torchslim.quantization.modules import Int8WeightOnlyLinear
-from torchslim.quantization.primitives import sqnr
+from torchslim.quantization.common.sqnr import sqnr
+from torchslim.quantization.int4.mixed import choose_precisions, layer_bytes, precision_plan
+from torchslim.quantization.int8.modules import Int8WeightOnlyLinear
 
 
 def net() -> nn.Module:

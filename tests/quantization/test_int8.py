@@ -15,7 +15,7 @@ from torchslim.core.context import Context
 from torchslim.core.structure import replay_ops, structure_ops
 from torchslim.errors import ConfigError, UnsupportedModelError
 from torchslim.quantization import Int8Dynamic, Int8DynamicLinear, Int8Embedding, Int8WeightOnly, Int8WeightOnlyLinear
-from torchslim.quantization.primitives import sqnr
+from torchslim.quantization.common.sqnr import sqnr
 
 LINEARS = [Int8DynamicLinear, Int8WeightOnlyLinear]
 CONFIGS = [Int8Dynamic(), Int8WeightOnly(), Int8Dynamic(smoothquant=0.5, min_sqnr_db=20.0)]
@@ -244,7 +244,7 @@ def test_bf16_compute_dtype_runs_the_float_layers_in_bf16_and_reloads(tmp_path):
 
 
 def test_int_mm_pads_odd_shapes():
-    from torchslim.quantization.modules import int_mm
+    from torchslim.quantization.int8.modules import int_mm
 
     a = torch.randint(-127, 128, (3, 5), dtype=torch.int8)
     b = torch.randint(-127, 128, (5, 7), dtype=torch.int8)

@@ -13,7 +13,7 @@ import torchslim as ts
 from torchslim.calibration.passes import capture_inputs
 from torchslim.core.structure import replay_ops, structure_ops
 from torchslim.quantization import Int8Dynamic, Int8DynamicLinear, Int8WeightOnly, Int8WeightOnlyLinear
-from torchslim.quantization.primitives import sqnr
+from torchslim.quantization.common.sqnr import sqnr
 
 DATA = (Path(__file__).resolve().parents[2] / "../shared/data/stsbenchmark").resolve()
 pytestmark = pytest.mark.skipif(not (DATA / "sts-test.csv").is_file(), reason=f"STS benchmark data not found at {DATA}")

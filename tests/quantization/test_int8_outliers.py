@@ -13,10 +13,12 @@ from safetensors.torch import load, save
 
 import torchslim as ts
 from torchslim.core.context import Context
+from torchslim.core.modspec import module_from_spec as empty_like_spec
+from torchslim.core.modspec import module_spec
 from torchslim.core.structure import replay_ops, structure_ops
-from torchslim.quantization import Int8Dynamic, Int8DynamicLinear, compile_cpu
-from torchslim.quantization.modules import empty_like_spec, module_spec
-from torchslim.quantization.primitives import sqnr
+from torchslim.quantization import Int8Dynamic, Int8DynamicLinear
+from torchslim.quantization.common.sqnr import sqnr
+from torchslim.quantization.int8 import compile_cpu
 
 
 def outlier_data(seed: int = 0) -> tuple[nn.Linear, torch.Tensor]:

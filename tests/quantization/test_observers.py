@@ -3,14 +3,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from torchslim.quantization.observers import (
+from torchslim.quantization.common.observers import (
     MinMaxObserver,
     MovingAverageObserver,
     MSEObserver,
     PercentileObserver,
     make_observer,
 )
-from torchslim.quantization.primitives import PerChannel, dequantize, quantize, sqnr
+from torchslim.quantization.common.primitives import PerChannel, dequantize, quantize
+from torchslim.quantization.common.sqnr import sqnr
 
 KINDS = ["minmax", "moving-average", "percentile", "mse"]
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from torchslim.errors import ConfigError
-from torchslim.quantization.primitives import (
+from torchslim.quantization.common.primitives import (
     PerChannel,
     PerGroup,
     PerTensor,
@@ -16,8 +16,8 @@ from torchslim.quantization.primitives import (
     qparams_from_minmax,
     qrange,
     quantize,
-    sqnr,
 )
+from torchslim.quantization.common.sqnr import sqnr
 
 GRANULARITIES = [PerTensor(), PerChannel(0), PerChannel(1), PerGroup(16), PerToken()]
 

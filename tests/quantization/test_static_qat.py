@@ -14,7 +14,7 @@ from torchslim.core.context import Context
 from torchslim.core.structure import replay_ops, structure_ops
 from torchslim.errors import ConfigError
 from torchslim.quantization import Int8DynamicLinear, Int8QAT, Int8Static, Int8StaticConv2d, Int8StaticLinear
-from torchslim.quantization.primitives import sqnr
+from torchslim.quantization.common.sqnr import sqnr
 from torchslim.workloads.digits import DigitsCNN
 
 

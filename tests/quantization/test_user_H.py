@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import torchslim as ts
 from torchslim.core.context import Context
 from torchslim.quantization import Int8Static, Int8StaticConv2d
-from torchslim.quantization.static import Int8MaxPool2d, find_relu_pairs
+from torchslim.quantization.int8.static import Int8MaxPool2d, find_relu_pairs
 
 
 def _cos(a: torch.Tensor, b: torch.Tensor) -> float:

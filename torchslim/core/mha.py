@@ -31,12 +31,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from torchslim.core.modspec import register_spec_module
 from torchslim.core.structure import record_op, register_replay
 from torchslim.errors import UnsafeInputError, UnsupportedModelError
 
 OP = "split-attention"
 
 
+@register_spec_module
 class PrunedMultiheadAttention(nn.Module):
     """``nn.MultiheadAttention`` with separate q/k/v/out Linear layers, so it can have fewer heads than ``embed_dim / head_dim``.
 
@@ -97,23 +99,45 @@ class PrunedMultiheadAttention(nn.Module):
         self.v_proj = nn.Linear(self.vdim, inner, bias=bias)
         self.out_proj = nn.Linear(inner, embed_dim, bias=out_bias)
 
+    def torchslim_spec(self) -> dict[str, Any]:
+        """Constructor arguments for :func:`~torchslim.core.modspec.module_from_spec`."""
+        return {
+            "embed_dim": self.embed_dim,
+            "num_heads": self.num_heads,
+            "head_dim": self.head_dim,
+            "kdim": self.kdim,
+            "vdim": self.vdim,
+            "bias": self.q_proj.bias is not None,
+            "out_bias": self.out_proj.bias is not None,
+            "dropout": self.dropout,
+            "batch_first": self.batch_first,
+        }
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> PrunedMultiheadAttention:
+        """An empty (randomly initialised) module from :meth:`torchslim_spec`'s output."""
+        ints = {k: int(spec[k]) for k in ("embed_dim", "num_heads", "head_dim", "kdim", "vdim")}
+        flags = {k: bool(spec[k]) for k in ("bias", "out_bias", "batch_first")}
+        return cls(**ints, **flags, dropout=float(spec["dropout"]))
+
     @classmethod
     def from_mha(cls, mha: nn.MultiheadAttention) -> PrunedMultiheadAttention:
         """The same attention (all heads, weights copied exactly) as separate Linear layers."""
         if not splittable(mha):
             raise UnsafeInputError("nn.MultiheadAttention with bias_k/bias_v or add_zero_attn cannot be split")
         w = mha.out_proj.weight
-        new = cls(
-            mha.embed_dim,
-            mha.num_heads,
-            mha.head_dim,
-            kdim=mha.kdim,
-            vdim=mha.vdim,
-            bias=mha.in_proj_bias is not None,
-            out_bias=mha.out_proj.bias is not None,
-            dropout=mha.dropout,
-            batch_first=mha.batch_first,
-        ).to(device=w.device, dtype=w.dtype)
+        spec = {
+            "embed_dim": mha.embed_dim,
+            "num_heads": mha.num_heads,
+            "head_dim": mha.head_dim,
+            "kdim": mha.kdim,
+            "vdim": mha.vdim,
+            "bias": mha.in_proj_bias is not None,
+            "out_bias": mha.out_proj.bias is not None,
+            "dropout": mha.dropout,
+            "batch_first": mha.batch_first,
+        }
+        new = cls.from_spec(spec).to(device=w.device, dtype=w.dtype)
         if mha._qkv_same_embed_dim:  # packed [3E, E]: rows q, then k, then v
             weights = mha.in_proj_weight.chunk(3)
         else:

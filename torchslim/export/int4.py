@@ -14,7 +14,7 @@ of an export, for a module whose forward is a single traceable path:
 
 Example:
     >>> import torch, torch.nn as nn
-    >>> from torchslim.quantization.int4_modules import Int4WeightOnlyLinear
+    >>> from torchslim.quantization.int4.modules import Int4WeightOnlyLinear
     >>> m = nn.Sequential(Int4WeightOnlyLinear.from_float(nn.Linear(64, 16), group_size=32))
     >>> with int4_lowered(m, "pt2") as n:
     ...     type(m[0]).__name__, n
@@ -33,8 +33,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from torchslim.quantization.int4_modules import Int4WeightOnlyLinear, int4_kernel_supported
-from torchslim.quantization.int4_primitives import dequantize_packed_int4, unpack_int4
+from torchslim.quantization.int4.modules import Int4WeightOnlyLinear, int4_kernel_supported
+from torchslim.quantization.int4.primitives import dequantize_packed_int4, unpack_int4
 
 __all__ = ["Int4KernelLinear", "Int4MatMulNBits", "int4_lowered"]
 

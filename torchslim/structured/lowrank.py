@@ -40,6 +40,7 @@ import torch.nn as nn
 from torchslim.core.adapters import Conv1DLinear, adapt_for_
 from torchslim.core.config import Config, check_range, fail, register_config
 from torchslim.core.context import Context
+from torchslim.core.modspec import module_from_spec, register_spec_module
 from torchslim.core.registry import register_transform
 from torchslim.core.select import Select
 from torchslim.core.structure import record_op, register_replay
@@ -68,6 +69,7 @@ class _FactoredLayer:
         return super().__getattr__(name)  # type: ignore[misc]
 
 
+@register_spec_module
 class LowRankLinear(_FactoredLayer, nn.Module):
     """``y = up(down(x))``: a rank-``rank`` Linear from ``in_features`` to ``out_features`` (bias on ``up``).
 
@@ -85,10 +87,25 @@ class LowRankLinear(_FactoredLayer, nn.Module):
         self.down = nn.Linear(in_features, rank, bias=False)
         self.up = nn.Linear(rank, out_features, bias=bias)
 
+    def torchslim_spec(self) -> dict[str, Any]:
+        """Constructor arguments for :func:`~torchslim.core.modspec.module_from_spec` (structure replay)."""
+        return {
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+            "rank": self.rank,
+            "bias": self.up.bias is not None,
+        }
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> LowRankLinear:
+        """An empty (randomly initialised) layer from :meth:`torchslim_spec`'s output."""
+        return cls(int(spec["in_features"]), int(spec["out_features"]), int(spec["rank"]), bool(spec["bias"]))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.up(self.down(x))
 
 
+@register_spec_module
 class LowRankConv2d(_FactoredLayer, nn.Sequential):
     """``Conv2d(in, rank, kernel, stride, padding, dilation)`` then ``Conv2d(rank, out, 1)`` (bias on the second).
 
@@ -115,6 +132,27 @@ class LowRankConv2d(_FactoredLayer, nn.Sequential):
         up = nn.Conv2d(rank, like.out_channels, 1, bias=like.bias is not None)
         super().__init__(down, up)
         self.in_channels, self.out_channels, self.rank = like.in_channels, like.out_channels, rank
+
+    def torchslim_spec(self) -> dict[str, Any]:
+        """Constructor arguments for :func:`~torchslim.core.modspec.module_from_spec` (structure replay)."""
+        return _conv_spec(self.down, self.out_channels, self.up.bias is not None) | {"rank": self.rank}
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> LowRankConv2d:
+        """An empty (randomly initialised) pair from :meth:`torchslim_spec`'s output."""
+        padding = spec["padding"]
+        with torch.device("meta"):  # a template for the shapes only
+            like = nn.Conv2d(
+                int(spec["in_channels"]),
+                int(spec["out_channels"]),
+                tuple(int(k) for k in spec["kernel_size"]),  # type: ignore[arg-type]
+                stride=tuple(int(k) for k in spec["stride"]),  # type: ignore[arg-type]
+                padding=padding if isinstance(padding, str) else tuple(int(k) for k in padding),  # type: ignore[arg-type]
+                dilation=tuple(int(k) for k in spec["dilation"]),  # type: ignore[arg-type]
+                bias=bool(spec["bias"]),
+                padding_mode=str(spec["padding_mode"]),
+            )
+        return cls(like, int(spec["rank"]))
 
     @property
     def down(self) -> nn.Conv2d:
@@ -179,6 +217,46 @@ def _svd_factors(w: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor
     return (root[:, None] * vh[:rank]).to(w.dtype), (u[:, :rank] * root[None, :]).to(w.dtype)
 
 
+def _conv_spec(conv: nn.Conv2d, out_channels: int, bias: bool) -> dict[str, Any]:
+    """The JSON fields of a :class:`LowRankConv2d` whose ``down`` half has ``conv``'s geometry."""
+    padding = conv.padding if isinstance(conv.padding, str) else list(conv.padding)
+    return {
+        "in_channels": conv.in_channels,
+        "out_channels": out_channels,
+        "kernel_size": list(conv.kernel_size),
+        "stride": list(conv.stride),
+        "padding": padding,
+        "dilation": list(conv.dilation),
+        "padding_mode": conv.padding_mode,
+        "bias": bias,
+    }
+
+
+def low_rank_spec(layer: nn.Linear | nn.Conv2d, rank: int) -> dict[str, Any]:
+    """The module spec of the rank-``rank`` factorization of ``layer`` (see :mod:`torchslim.core.modspec`).
+
+    Example:
+        >>> low_rank_spec(nn.Linear(8, 4), 2)
+        {'class': 'LowRankLinear', 'in_features': 8, 'out_features': 4, 'rank': 2, 'bias': True}
+    """
+    if isinstance(layer, nn.Conv2d):
+        return {"class": "LowRankConv2d", **_conv_spec(layer, layer.out_channels, layer.bias is not None), "rank": rank}
+    return {
+        "class": "LowRankLinear",
+        "in_features": layer.in_features,
+        "out_features": layer.out_features,
+        "rank": rank,
+        "bias": layer.bias is not None,
+    }
+
+
+def _empty_factorization(layer: nn.Linear | nn.Conv2d, rank: int) -> LowRankLinear | LowRankConv2d:
+    """The rank-``rank`` factorized module for ``layer``, built from its spec, on ``layer``'s device and dtype."""
+    w = layer.weight
+    new = module_from_spec(low_rank_spec(layer, rank))
+    return new.to(device=w.device, dtype=w.dtype).train(layer.training)  # type: ignore[return-value]
+
+
 def _matrix(layer: nn.Linear | nn.Conv2d) -> torch.Tensor:
     """The layer's weight as a matrix: Linear ``[out, in]``; Conv2d ``[out, in, kh, kw] -> [out, in·kh·kw]``."""
     w = layer.weight.detach()
@@ -196,19 +274,14 @@ def factorize(layer: nn.Linear | nn.Conv2d, rank: int) -> LowRankLinear | LowRan
     """
     w = layer.weight.detach()
     down, up = _svd_factors(_matrix(layer), rank)
-    new: LowRankLinear | LowRankConv2d
     if isinstance(layer, nn.Conv2d):
-        new = LowRankConv2d(layer, rank)
         down, up = down.reshape(rank, *w.shape[1:]), up[:, :, None, None]  # [r, in, kh, kw], [out, r, 1, 1]
-    else:
-        new = LowRankLinear(layer.in_features, layer.out_features, rank, bias=layer.bias is not None)
-    new.to(device=w.device, dtype=w.dtype)
+    new = _empty_factorization(layer, rank)
     with torch.no_grad():
         new.down.weight.copy_(down)
         new.up.weight.copy_(up)
         if layer.bias is not None:
             new.up.bias.copy_(layer.bias.detach())
-    new.train(layer.training)
     return new
 
 
@@ -264,5 +337,6 @@ def _replay_low_rank(model: nn.Module, data: dict[str, Any]) -> nn.Module:
         # The op stores only path -> rank; the fresh model's layer type says Linear or Conv2d.
         if not (_factorable(layer) and isinstance(rank, int) and 0 < rank <= min(_matrix(layer).shape)):
             raise UnsafeInputError(f"low-rank op does not fit {name!r} (rank {rank!r})")
-        replace_module_(model, name, factorize(layer, rank))  # weights are overwritten by the load that follows
+        # Built empty from its spec (no SVD of the fresh weights): the load that follows fills it.
+        replace_module_(model, name, _empty_factorization(layer, rank))
     return model

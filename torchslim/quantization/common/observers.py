@@ -1,7 +1,7 @@
 """Observers: collect activation statistics during calibration and turn them into qparams.
 
 An observer sees batches through :meth:`Observer.update` and answers :meth:`Observer.qparams`
-``(scale, zero_point)`` (keepdim shapes, see :mod:`~torchslim.quantization.primitives`). Four kinds:
+``(scale, zero_point)`` (keepdim shapes, see :mod:`~torchslim.quantization.common.primitives`). Four kinds:
 
 - :class:`MinMaxObserver`: the running min and max (exact range; sensitive to one outlier).
 - :class:`MovingAverageObserver`: exponential moving average of each batch's min and max,
@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import torch
 
-from torchslim.quantization.primitives import (
+from torchslim.quantization.common.primitives import (
     PER_TENSOR,
     Granularity,
     PerTensor,

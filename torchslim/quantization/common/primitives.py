@@ -1,4 +1,4 @@
-"""Pure quantization math: granularities, qparams, quantize / dequantize, SQNR.
+"""Pure quantization math: granularities, qparams, quantize / dequantize, grouping.
 
 Affine (uniform) quantization maps a real ``x`` to an integer ``q`` and back (Jacob et al., 2018,
 "Quantization and Training of Neural Networks for Efficient Integer-Arithmetic-Only Inference"):
@@ -25,7 +25,7 @@ Example:
     >>> q
     tensor([[  64, -127],
             [ 127,   64]], dtype=torch.int8)
-    >>> sqnr(w, dequantize(q, scale, zp, PerChannel())) > 40
+    >>> torch.equal(dequantize(q, scale, zp, PerChannel())[0], torch.tensor([64 / 127 * 2, -2.0]))
     True
 """
 
@@ -50,10 +50,10 @@ __all__ = [
     "choose_qparams",
     "dequantize",
     "fake_quantize",
+    "group_view",
     "qparams_from_minmax",
     "qrange",
     "quantize",
-    "sqnr",
 ]
 
 
@@ -118,14 +118,24 @@ def qrange(bits: int = 8, symmetric: bool = True) -> tuple[int, int]:
     return (-top if symmetric else -top - 1), top
 
 
+def group_view(x: torch.Tensor, group_size: int) -> torch.Tensor:
+    """``x`` ``[..., K]`` viewed as ``[..., K // g, g]``: ``g`` consecutive values of the last axis per group.
+
+    Raises:
+        ValueError: ``g`` does not divide ``K``.
+
+    Example:
+        >>> group_view(torch.arange(8.0).reshape(2, 4), 2).shape
+        torch.Size([2, 2, 2])
+    """
+    if x.shape[-1] % group_size:
+        raise ValueError(f"last dimension {x.shape[-1]} is not a multiple of group_size {group_size}")
+    return x.reshape(*x.shape[:-1], x.shape[-1] // group_size, group_size)
+
+
 def _grouped(x: torch.Tensor, granularity: Granularity) -> torch.Tensor:
     """``x`` viewed so the statistics reduce over trailing axes: ``[..., K // g, g]`` for PerGroup."""
-    if isinstance(granularity, PerGroup):
-        g = granularity.group_size
-        if x.shape[-1] % g:
-            raise ValueError(f"last dimension {x.shape[-1]} is not a multiple of group_size {g}")
-        return x.reshape(*x.shape[:-1], x.shape[-1] // g, g)
-    return x
+    return group_view(x, granularity.group_size) if isinstance(granularity, PerGroup) else x
 
 
 def _reduce_dims(x: torch.Tensor, granularity: Granularity) -> tuple[int, ...]:
@@ -283,18 +293,3 @@ def fake_quantize(
     z = zero_point.to(xg.dtype) if zero_point is not None else 0.0
     q = torch.clamp(_RoundSTE.apply(xg / scale) + z, qmin, qmax)
     return ((q - z) * scale).reshape(x.shape).to(x.dtype)
-
-
-def sqnr(reference: torch.Tensor, approx: torch.Tensor) -> float:
-    """Signal-to-quantization-noise ratio in dB: ``10 · log10(‖ref‖² / ‖ref − approx‖²)`` (inf if exact).
-
-    Example:
-        >>> round(sqnr(torch.tensor([1.0, 1.0]), torch.tensor([1.0, 1.1])), 1)
-        23.0
-    """
-    ref = reference.detach().double()
-    noise = (ref - approx.detach().double()).pow(2).sum()
-    signal = ref.pow(2).sum()
-    if noise == 0:
-        return float("inf")
-    return float(10.0 * torch.log10(signal / noise))

@@ -9,7 +9,7 @@ For a per-input-channel factor ``s`` ``[K]``, ``W X = (W diag(s)) (diag(s)⁻¹ 
 where ``a_j`` is the activation magnitude of channel ``j`` on the calibration data, and keeps the α
 whose quantized layer has the least output error ``tr(ΔW H ΔWᵀ)`` with
 ``ΔW = Q(W diag(s)) diag(s)⁻¹ − W`` and ``H = 2/T · X Xᵀ``. As in the paper's released method, a
-per-group clipping ratio is then searched on the scaled weight (see :func:`.int4_rtn.clip_search`).
+per-group clipping ratio is then searched on the scaled weight (see :func:`~torchslim.quantization.int4.rtn.clip_search`).
 
 Differences from the paper, on purpose: ``a_j`` is the channel's RMS ``sqrt(H_jj / 2)`` (the
 Hessian the shared calibration pass already collects) instead of its mean absolute value, and the
@@ -20,8 +20,9 @@ multiplies its input by it (one element-wise pass over ``[M, K]``).
 Example:
     >>> import torch
     >>> from torchslim.calibration import hessian_from_inputs
-    >>> from torchslim.quantization.int4_primitives import dequantize_int4, output_error
-    >>> from torchslim.quantization.int4_rtn import rtn_quantize
+    >>> from torchslim.quantization.common.sqnr import output_error
+    >>> from torchslim.quantization.int4.primitives import dequantize_int4
+    >>> from torchslim.quantization.int4.rtn import rtn_quantize
     >>> g = torch.Generator().manual_seed(0)
     >>> w, x = torch.randn(16, 64, generator=g), torch.randn(64, 256, generator=g)
     >>> x[:4] *= 20  # a few salient input channels, as in transformer activations
@@ -36,8 +37,9 @@ from __future__ import annotations
 
 import torch
 
-from torchslim.quantization.int4_primitives import Int4Tensors, dequantize_int4, output_error
-from torchslim.quantization.int4_rtn import clip_search, rtn_quantize
+from torchslim.quantization.common.sqnr import output_error
+from torchslim.quantization.int4.primitives import Int4Tensors, dequantize_int4
+from torchslim.quantization.int4.rtn import clip_search, rtn_quantize
 
 __all__ = ["awq_quantize", "awq_scales"]
 

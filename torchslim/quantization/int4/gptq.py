@@ -22,8 +22,9 @@ is raised ×10 up to ×1000 when the factorisation fails, see
 Example:
     >>> import torch
     >>> from torchslim.calibration import hessian_from_inputs
-    >>> from torchslim.quantization.int4_primitives import dequantize_int4, output_error
-    >>> from torchslim.quantization.int4_rtn import rtn_quantize
+    >>> from torchslim.quantization.common.sqnr import output_error
+    >>> from torchslim.quantization.int4.primitives import dequantize_int4
+    >>> from torchslim.quantization.int4.rtn import rtn_quantize
     >>> g = torch.Generator().manual_seed(0)
     >>> w, x = torch.randn(16, 64, generator=g), torch.randn(64, 256, generator=g)
     >>> x[1::2] = x[0::2] + 0.1 * x[1::2]  # correlated inputs: where GPTQ's updates pay off
@@ -38,7 +39,7 @@ from __future__ import annotations
 import torch
 
 from torchslim.calibration.hessian import inverse_cholesky
-from torchslim.quantization.int4_primitives import Int4Tensors, minmax_qparams
+from torchslim.quantization.int4.primitives import Int4Tensors, minmax_qparams
 
 __all__ = ["gptq_quantize"]
 
@@ -63,7 +64,7 @@ def gptq_quantize(
         act_order: visit columns by decreasing ``H_jj``.
 
     Returns:
-        :class:`~torchslim.quantization.int4_primitives.Int4Tensors` in the original column order.
+        :class:`~torchslim.quantization.int4.primitives.Int4Tensors` in the original column order.
 
     Raises:
         torch.linalg.LinAlgError: H stays not positive definite with 1000× damping (callers fall back to RTN).

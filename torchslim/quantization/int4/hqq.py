@@ -16,8 +16,8 @@ with ``zero = (8 − z) · s`` and rounded to the stored bf16 before the final c
 
 Example:
     >>> import torch
-    >>> from torchslim.quantization.int4_primitives import dequantize_int4
-    >>> from torchslim.quantization.int4_rtn import rtn_quantize
+    >>> from torchslim.quantization.int4.primitives import dequantize_int4
+    >>> from torchslim.quantization.int4.rtn import rtn_quantize
     >>> w = torch.randn(32, 128, generator=torch.Generator().manual_seed(0)) ** 3  # heavy tails
     >>> l1 = lambda t: float((dequantize_int4(*t, 64) - w).abs().mean())
     >>> l1(hqq_quantize(w, 64)) < l1(rtn_quantize(w, 64))
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import torch
 
-from torchslim.quantization.int4_primitives import Int4Tensors, minmax_qparams, quantize_int4, to_storage
+from torchslim.quantization.int4.primitives import Int4Tensors, minmax_qparams, quantize_int4, to_storage
 
 __all__ = ["hqq_quantize", "shrink_lp"]
 
@@ -63,7 +63,7 @@ def hqq_quantize(
         beta, kappa: the penalty weight and its growth per iteration.
 
     Returns:
-        :class:`~torchslim.quantization.int4_primitives.Int4Tensors` (kernel convention, bf16 values).
+        :class:`~torchslim.quantization.int4.primitives.Int4Tensors` (kernel convention, bf16 values).
     """
     n, k = w.shape
     wg = w.detach().float().reshape(n, k // group_size, group_size)

@@ -38,10 +38,11 @@ from torchslim.core.context import Context
 from torchslim.core.registry import register_transform
 from torchslim.core.select import Select
 from torchslim.errors import ConfigError
-from torchslim.quantization.dynamic import split_targets
-from torchslim.quantization.int4 import Int4WeightOnly, calibrated_swap_, check_finite_weights, int4_linear
-from torchslim.quantization.int4_primitives import check_group_size, sqnr_db
-from torchslim.quantization.modules import Int8WeightOnlyLinear
+from torchslim.quantization.common.sqnr import sqnr
+from torchslim.quantization.common.swap import split_targets
+from torchslim.quantization.int4.primitives import check_group_size
+from torchslim.quantization.int4.weight_only import Int4WeightOnly, calibrated_swap_, check_finite_weights, int4_linear
+from torchslim.quantization.int8.modules import Int8WeightOnlyLinear
 
 __all__ = ["MixedPrecision", "choose_precisions", "layer_bytes", "precision_plan"]
 
@@ -185,7 +186,7 @@ def _mixed_precision(model: nn.Module, config: MixedPrecision, select: Select, c
                 w_hat, mod = w.bfloat16().float(), None
             else:
                 w_hat, mod = w, None
-            opts[choice] = (layer_bytes(choice, n, k, config.group_size), sqnr_db(w, w_hat, hessian))
+            opts[choice] = (layer_bytes(choice, n, k, config.group_size), sqnr(w, w_hat, hessian))
             mods[choice] = mod
         options[name], modules[name] = opts, mods
 

@@ -2,7 +2,7 @@
 
 Stored buffers (device-independent, what ``state_dict`` / safetensors hold):
 
-- ``weight`` ``[N, K/2]`` uint8: codes 0..15, column ``2i`` in the high nibble (see :mod:`.int4_primitives`);
+- ``weight`` ``[N, K/2]`` uint8: codes 0..15, column ``2i`` in the high nibble (see :mod:`~torchslim.quantization.int4.primitives`);
 - ``scales``, ``zeros`` ``[N, K/g]`` bf16: ``ŵ = (q − 8) · scale + zero`` per (row, group);
 - ``bias`` ``[N]`` float32 or absent; ``input_scale`` ``[K]`` float32 or absent (AWQ's ``1/s``).
 
@@ -19,7 +19,7 @@ error take the portable path: dequantize, then ``F.linear``.
 
 Example:
     >>> import torch, torch.nn as nn
-    >>> from torchslim.quantization.primitives import sqnr
+    >>> from torchslim.quantization.common.sqnr import sqnr
     >>> lin = nn.Linear(128, 32)
     >>> q = Int4WeightOnlyLinear.from_float(lin, group_size=64)
     >>> x = torch.randn(4, 128)
@@ -36,7 +36,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from torchslim.quantization.int4_primitives import (
+from torchslim.core.modspec import register_spec_module
+from torchslim.quantization.common.primitives import NonFiniteError
+from torchslim.quantization.int4.primitives import (
     Int4Tensors,
     check_group_size,
     dequantize_int4,
@@ -44,17 +46,15 @@ from torchslim.quantization.int4_primitives import (
     pack_int4,
     unpack_int4,
 )
-from torchslim.quantization.int4_rtn import rtn_quantize
-from torchslim.quantization.modules import register_module_class
-from torchslim.quantization.primitives import NonFiniteError
+from torchslim.quantization.int4.rtn import rtn_quantize
 
 __all__ = ["Int4WeightOnlyLinear", "int4_kernel_supported"]
 
 log = logging.getLogger(__name__)
 
-# From this many rows (tokens) on, the matmul is compute-bound: dequantizing the weight to bf16 once
-# (about 4.5 ns per weight here) and running a bf16 GEMM beats the int4 kernel, whose cost per row is
-# about 2.5x a bf16 GEMM's (measured on this CPU at MiniLM and LLaMA shapes; break-even near 150 rows).
+# From this many rows (tokens) on, the matmul is compute-bound: the one-time dequantization of the
+# weight to bf16 is spread over the rows, and a bf16 GEMM, whose per-row cost is below the int4
+# kernel's, wins. Fewer rows are bound by weight traffic, where the packed int4 kernel wins.
 DEQUANT_MIN_ROWS = 256
 
 
@@ -84,7 +84,7 @@ def _cuda_inner_k_tiles(k: int) -> int:
     return next(t for t in (8, 4, 2) if k % (t * 16) == 0)
 
 
-@register_module_class
+@register_spec_module
 class Int4WeightOnlyLinear(nn.Module):
     """Linear with group-wise asymmetric int4 weights (two per byte) and float activations.
 
@@ -152,7 +152,7 @@ class Int4WeightOnlyLinear(nn.Module):
         """A module holding the codes/parameters ``t`` (from any of the int4 algorithms).
 
         Example:
-            >>> from torchslim.quantization.int4_rtn import rtn_quantize
+            >>> from torchslim.quantization.int4.rtn import rtn_quantize
             >>> m = Int4WeightOnlyLinear.from_tensors(rtn_quantize(torch.randn(16, 64), 32), 32)
             >>> m
             Int4WeightOnlyLinear(in_features=64, out_features=16, bias=False, group_size=32)
@@ -190,9 +190,8 @@ class Int4WeightOnlyLinear(nn.Module):
     # ------------------------------------------------------------------ spec (structure replay)
 
     def torchslim_spec(self) -> dict[str, Any]:
-        """JSON spec for :func:`~torchslim.quantization.modules.empty_like_spec` (structure replay)."""
+        """Constructor arguments for :func:`~torchslim.core.modspec.module_from_spec` (structure replay)."""
         return {
-            "class": "Int4WeightOnlyLinear",
             "in_features": self.in_features,
             "out_features": self.out_features,
             "bias": self.bias is not None,

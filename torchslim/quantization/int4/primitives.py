@@ -24,16 +24,17 @@ Example:
     (torch.Size([4, 64]), torch.Size([4, 2]), True)
     >>> torch.equal(unpack_int4(pack_int4(q)), q)
     True
-    >>> bool(sqnr_db(w, dequantize_int4(q, scale, zero, 32)) > 15)
+    >>> bool((w - dequantize_int4(q, scale, zero, 32)).abs().max() <= scale.max() / 2 + 1e-6)
     True
 """
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
+
+from torchslim.quantization.common.primitives import group_view
 
 __all__ = [
     "GROUP_SIZES",
@@ -42,10 +43,8 @@ __all__ = [
     "dequantize_int4",
     "dequantize_packed_int4",
     "minmax_qparams",
-    "output_error",
     "pack_int4",
     "quantize_int4",
-    "sqnr_db",
     "to_storage",
     "unpack_int4",
 ]
@@ -82,12 +81,6 @@ def to_storage(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.bfloat16).float()
 
 
-def _grouped(w: torch.Tensor, group_size: int) -> torch.Tensor:
-    """``[N, K]`` -> ``[N, G, g]`` view (K must be a multiple of g)."""
-    n, k = w.shape
-    return w.reshape(n, k // group_size, group_size)
-
-
 def minmax_qparams(
     w: torch.Tensor, group_size: int, clip: torch.Tensor | float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,7 +94,7 @@ def minmax_qparams(
         >>> round(s.item(), 3), round(z.item(), 3)
         (0.2, 0.602)
     """
-    g = _grouped(w.float(), group_size)
+    g = group_view(w.float(), group_size)
     lo, hi = g.amin(dim=-1), g.amax(dim=-1)
     if not isinstance(clip, float) or clip != 1.0:
         mid = (hi + lo) / 2
@@ -119,7 +112,7 @@ def quantize_int4(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, grou
         >>> quantize_int4(torch.tensor([[0.0, 1.0] * 16]), torch.tensor([[0.5]]), torch.tensor([[0.0]]), 32)[0, :2]
         tensor([ 8, 10], dtype=torch.uint8)
     """
-    g = _grouped(w.float(), group_size)
+    g = group_view(w.float(), group_size)
     q = torch.round((g - zero.float().unsqueeze(-1)) / scale.float().unsqueeze(-1)) + 8
     return q.clamp_(0, 15).reshape(w.shape).to(torch.uint8)
 
@@ -133,7 +126,7 @@ def dequantize_int4(
         >>> dequantize_int4(torch.tensor([[8, 10] * 16], dtype=torch.uint8), torch.tensor([[0.5]]), torch.tensor([[0.0]]), 32)[0, :2]
         tensor([0., 1.])
     """
-    g = _grouped(q.to(torch.float32), group_size).sub_(8)
+    g = group_view(q.to(torch.float32), group_size).sub_(8)
     w = torch.addcmul(zero.float().unsqueeze(-1), g, scale.float().unsqueeze(-1))  # one pass, no temporaries
     return w.reshape(q.shape).to(dtype)
 
@@ -183,37 +176,3 @@ def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
     hi = packed >> 4
     lo = packed & 0x0F
     return torch.stack([hi, lo], dim=-1).reshape(*packed.shape[:-1], packed.shape[-1] * 2)
-
-
-def output_error(delta: torch.Tensor, hessian: torch.Tensor | None = None) -> torch.Tensor:
-    """Layer-output error of a weight change ``ΔW`` ``[N, K]``: ``tr(ΔW H ΔWᵀ)`` (H = 2/T · X Xᵀ).
-
-    With ``H`` from the calibration inputs ``X`` ``[K, T]``, this is twice the mean squared output
-    error over the calibration tokens, without keeping the tokens. Without ``H``: ``‖ΔW‖²``.
-
-    Example:
-        >>> float(output_error(torch.ones(1, 2), 2 * torch.eye(2)))
-        4.0
-    """
-    d = delta.to(torch.float64 if hessian is None else hessian.dtype)
-    if hessian is None:
-        return (d * d).sum()
-    return ((d @ hessian) * d).sum()
-
-
-def sqnr_db(reference: torch.Tensor, approx: torch.Tensor, hessian: torch.Tensor | None = None) -> float:
-    """``10 log10(signal / noise)`` of a weight approximation, in the output space when ``H`` is given.
-
-    Example:
-        >>> round(sqnr_db(torch.ones(1, 2), torch.full((1, 2), 1.5)), 2)
-        6.02
-    """
-    ref = reference.double()
-    h = None if hessian is None else hessian.double()
-    signal = float(output_error(ref, h))
-    noise = float(output_error(ref - approx.double(), h))
-    if noise <= 0.0:
-        return float("inf")
-    if signal <= 0.0:
-        return float("-inf")
-    return 10.0 * math.log10(signal / noise)

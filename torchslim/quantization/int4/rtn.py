@@ -1,6 +1,6 @@
 """Round-to-nearest int4 (the baseline) and a per-group clipping search that any method can reuse.
 
-RTN takes each group's min-max range (see :mod:`.int4_primitives`) and rounds every weight to the
+RTN takes each group's min-max range (see :mod:`~torchslim.quantization.int4.primitives`) and rounds every weight to the
 nearest of its 16 levels. Shrinking the range (clipping the extremes) trades a large error on a few
 outliers for a finer grid on everything else; :func:`clip_search` picks, per (row, group), the ratio
 ``c`` of a grid that minimises the group's error ``Δ_g H_gg Δ_gᵀ`` (the block of the layer-output
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from torchslim.quantization.int4_primitives import Int4Tensors, dequantize_int4, minmax_qparams, quantize_int4
+from torchslim.quantization.int4.primitives import Int4Tensors, dequantize_int4, minmax_qparams, quantize_int4
 
 __all__ = ["CLIP_GRID", "clip_search", "group_errors", "rtn_quantize"]
 

@@ -1,10 +1,10 @@
 """``Int4WeightOnly``: group-wise int4 Linear weights (RTN, GPTQ, AWQ or HQQ), float activations.
 
-Selected ``nn.Linear`` layers become :class:`~torchslim.quantization.int4_modules.Int4WeightOnlyLinear`
+Selected ``nn.Linear`` layers become :class:`~torchslim.quantization.int4.modules.Int4WeightOnlyLinear`
 (packed two codes per byte, bf16 scale and zero per group: 4.5 bits per weight at g = 32,
 4.125 at g = 128). The methods:
 
-- ``rtn``: round to nearest (:mod:`.int4_rtn`), no data;
+- ``rtn``: round to nearest (:mod:`~torchslim.quantization.int4.rtn`), no data;
 - ``hqq``: half-quadratic zero-point optimisation (:mod:`.hqq`), no data;
 - ``gptq``: second-order error compensation (:mod:`.gptq`), needs ``ctx.calibration``;
 - ``awq``: activation-aware per-input-channel scaling (:mod:`.awq`), needs ``ctx.calibration``.
@@ -43,17 +43,15 @@ from torchslim.core.context import Context
 from torchslim.core.progress import progress as progress_task
 from torchslim.core.registry import register_transform
 from torchslim.core.select import Select
-from torchslim.core.structure import record_op
 from torchslim.core.walker import replace_module_
 from torchslim.errors import ConfigError, UnsupportedModelError
-from torchslim.quantization.awq import awq_quantize
-from torchslim.quantization.dynamic import split_targets
-from torchslim.quantization.gptq import gptq_quantize
-from torchslim.quantization.hqq import hqq_quantize
-from torchslim.quantization.int4_modules import Int4WeightOnlyLinear
-from torchslim.quantization.int4_primitives import GROUP_SIZES, check_group_size
-from torchslim.quantization.int4_rtn import rtn_quantize
-from torchslim.quantization.modules import module_spec
+from torchslim.quantization.common.swap import record_swaps, split_targets
+from torchslim.quantization.int4.awq import awq_quantize
+from torchslim.quantization.int4.gptq import gptq_quantize
+from torchslim.quantization.int4.hqq import hqq_quantize
+from torchslim.quantization.int4.modules import Int4WeightOnlyLinear
+from torchslim.quantization.int4.primitives import GROUP_SIZES, check_group_size
+from torchslim.quantization.int4.rtn import rtn_quantize
 
 __all__ = [
     "CALIBRATED_METHODS",
@@ -215,7 +213,7 @@ def calibrated_swap_(
             replace_module_(model, name, old)
         raise
     if done:
-        record_op(model, "int8-modules", {"modules": [[n, module_spec(new)] for n, _, new in done]})
+        record_swaps(model, [(n, new) for n, _, new in done])
     return [n for n, _, _ in done]
 
 

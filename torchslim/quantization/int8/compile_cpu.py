@@ -1,26 +1,25 @@
 """The ``torch.compile`` backend of the compiled int8 models: Inductor with three CPU changes.
 
-All were measured on MiniLM (batch 32 × 128 tokens, 2 threads, ``Int8Dynamic(compile=True,
-compute_dtype="bfloat16")``, ``torchslim bench minilm-stsb``) and belong to this backend only: other
-models compiled in the same process keep Inductor's defaults.
+The changes belong to this backend only (other models compiled in the same process keep Inductor's
+defaults); :func:`compile_model_` compiles a model with it and records that, so ``ts.load`` compiles
+the reloaded model again.
 
-- **bf16 attention as two matmuls.** PyTorch's CPU flash-attention kernel runs head size 32 far
-  below the CPU's bf16 matmul speed (~14 ms per MiniLM layer under the profiler, where the two bf16
-  batched matmuls alone take ~3 ms). For bf16 inputs with short sequences (at most ``MAX_SCORES``
-  query × key positions) the kernel is decomposed into :func:`bf16_attention`: ``Q Kᵀ`` and ``P V``
-  as bf16 batched matmuls (AVX-512 BF16 / AMX dot products), scale, mask and softmax in float32 in
-  one fused Inductor kernel per layer. Only the bf16 ``Q Kᵀ`` and the bf16 probabilities are stored;
-  long sequences keep the flash kernel. Applied only where the CPU has native bf16 dot products.
-- **Realize element-wise chains earlier** (``realize_cpu_opcount_threshold`` 50 → 7). With the default,
-  Inductor inlines the dequantize + bias + GELU chain into both the per-token max reduction and the
-  quantize loop of the next int8 layer, computing ``erf`` twice per element. In two bench runs of the
-  same code but this setting, the int8 row took 218 ms with it and 250 ms without (peers ~245 ms in both).
+- **bf16 attention as two matmuls.** For bf16 inference with short sequences (at most ``MAX_SCORES``
+  query × key positions) and no dropout, causal flag or grouped-query heads, Inductor's CPU
+  flash-attention kernel (Dao et al., 2022, "FlashAttention: Fast and Memory-Efficient Exact Attention
+  with IO-Awareness") is replaced by :func:`bf16_attention`: ``Q Kᵀ`` and ``P V`` as bf16 batched
+  matmuls, the scale, mask and softmax in float32 in one fused kernel per layer. Only the bf16 scores
+  and the bf16 probabilities are stored; longer sequences keep the flash kernel. Applied only where
+  the CPU has native bf16 dot products (AVX-512 BF16 or AMX); small head sizes run far below the
+  CPU's matmul throughput in the flash kernel.
+- **Realize element-wise chains earlier** (``realize_cpu_opcount_threshold`` 50 → ``REALIZE_OPCOUNT``).
+  With the default, Inductor inlines a dequantize + bias + GELU chain into both the per-token max
+  reduction and the quantize loop of the next int8 layer, computing ``erf`` twice per element; the
+  lower threshold stores the chain's output once.
 - **``exp`` as ``exp_u20``** in the vectorised C++ kernels: the 20-ULP exponential (relative error
-  ~1e-6) that PyTorch's own CPU flash-attention softmax uses, in place of Sleef's 1-ULP one. The
-  softmax is compute-bound on ``exp``. MiniLM's int8 forward (medians of 30 interleaved rounds in one
-  process) took 214 ms with neither this nor the one-pass softmax of :func:`bf16_attention`, 205 ms
-  with the softmax alone, 202 ms with both; the bench row went from 2.77× to 2.96–3.05× fp32. Applied while this backend generates code only; graphs it compiles
-  bypass the FX graph cache, whose key does not see this change.
+  about 1e-6, the one PyTorch's own CPU flash-attention softmax uses) in place of Sleef's 1-ULP one,
+  for a softmax bound by ``exp``. Applied only while this backend generates code; its graphs bypass
+  the FX graph cache, whose key does not see the change.
 
 Example:
     >>> import torch, torch.nn.functional as F
@@ -37,8 +36,19 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+import torch.nn as nn
 
-__all__ = ["CONFIG_PATCHES", "MAX_SCORES", "REALIZE_OPCOUNT", "bf16_attention", "exp_u20", "int8_backend"]
+from torchslim.core.structure import record_op, register_replay
+
+__all__ = [
+    "CONFIG_PATCHES",
+    "MAX_SCORES",
+    "REALIZE_OPCOUNT",
+    "bf16_attention",
+    "compile_model_",
+    "exp_u20",
+    "int8_backend",
+]
 
 MAX_SCORES = 512 * 512  # query × key positions up to which the bf16 scores and probabilities are stored
 REALIZE_OPCOUNT = 7
@@ -145,3 +155,25 @@ def int8_backend(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Any:
             decompositions=_decompositions(),
             config_patches=CONFIG_PATCHES,
         )
+
+
+def compile_model_(model: nn.Module, dynamic: bool | None = None) -> nn.Module:
+    """``model.compile()`` in place (Inductor fuses the int8 (de)quantize passes with their neighbours) and record it.
+
+    The backend is :func:`int8_backend` (Inductor with short bf16
+    attention as matmuls and a one-pass softmax, earlier realization of element-wise chains, and the
+    flash kernel's ``exp_u20`` on CPU). The weights and ``state_dict`` are untouched; a reloaded model
+    is compiled again by the replay.
+    """
+    model.compile(dynamic=dynamic, backend=int8_backend)
+    record_op(model, "int8-compile", {"dynamic": dynamic, "backend": "int8"})
+    return model
+
+
+@register_replay("int8-compile")
+def _replay_compile(model: nn.Module, data: dict) -> nn.Module:
+    dynamic = data.get("dynamic")
+    # Artifacts saved before the int8 backend existed compile with Inductor's defaults, as they were measured.
+    backend = int8_backend if data.get("backend") == "int8" else "inductor"
+    model.compile(dynamic=dynamic if dynamic in (True, False) else None, backend=backend)
+    return model

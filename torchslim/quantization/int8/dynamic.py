@@ -1,11 +1,11 @@
 """``Int8Dynamic``: int8 weights and per-token int8 activations chosen at run time (W8A8 dynamic).
 
-Linear layers become :class:`~torchslim.quantization.modules.Int8DynamicLinear` (``torch._int_mm``,
+Linear layers become :class:`~torchslim.quantization.int8.modules.Int8DynamicLinear` (``torch._int_mm``,
 int8 × int8 → int32) and, by default, embeddings become row-wise
-:class:`~torchslim.quantization.modules.Int8Embedding` (MiniLM: 47 of its 91 MB are embeddings).
+:class:`~torchslim.quantization.int8.modules.Int8Embedding` (MiniLM: 47 of its 91 MB are embeddings).
 No calibration is needed; with ``ctx.calibration`` two optional guards use it:
 
-- ``smoothquant=α``: SmoothQuant outlier migration per layer (see :mod:`.calibrate`);
+- ``smoothquant=α``: SmoothQuant outlier migration per layer (see :mod:`~torchslim.quantization.common.smoothquant`);
   ``smoothquant="search"`` picks, per layer, the α in {none, 0.25, 0.5, 0.75} whose int8 output has
   the best SQNR on the calibration inputs (one α rarely suits every layer: MiniLM's FFN outputs want
   0.75, most attention projections 0.5).
@@ -37,26 +37,22 @@ Example:
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
 import torch.nn as nn
 
-from torchslim.calibration.passes import capture_inputs
-from torchslim.core.adapters import adapt_for_
 from torchslim.core.config import Config, check_range, fail, register_config
 from torchslim.core.context import Context
 from torchslim.core.registry import register_transform
 from torchslim.core.select import Select
-from torchslim.core.walker import record_foreign_layers
-from torchslim.quantization._swap import compile_model_, swap_int8_, swappable
-from torchslim.quantization.calibrate import smooth_factors
 from torchslim.quantization.cast import CastDtype
-from torchslim.quantization.modules import Int8DynamicLinear, Int8Embedding, sqnr
+from torchslim.quantization.common.linears import quantize_linears_
+from torchslim.quantization.common.swap import split_targets, swap_int8_
+from torchslim.quantization.int8.compile_cpu import compile_model_
+from torchslim.quantization.int8.modules import Int8DynamicLinear, Int8Embedding
 
-__all__ = ["Int8Dynamic", "quantize_linears_"]
+__all__ = ["Int8Dynamic", "embedding_or_skip"]
 
 
 @register_config("int8-dynamic")
@@ -109,118 +105,6 @@ class Int8Dynamic(Config):
         return Select(types=("Linear", "Embedding"))
 
 
-_SEARCH_ALPHAS = (None, 0.25, 0.5, 0.75)
-
-
-def _outlier_counts(budget: int, channels: int) -> list[int]:
-    """Outlier channel counts to try, doubling from 4 up to ``min(budget, channels)``: ``(32, 1536) -> 4, 8, 16, 32``."""
-    top = min(budget, channels)
-    counts = [4]
-    while counts[-1] < top:
-        counts.append(counts[-1] * 2)
-    return sorted({min(c, top) for c in counts})
-
-
-def quantize_linears_(
-    model: nn.Module,
-    targets: list[tuple[str, nn.Module]],
-    make,
-    kind: str,
-    ctx: Context,
-    *,
-    smoothquant: float | str | None = None,
-    min_sqnr_db: float | None = None,
-    fallback: str = "bfloat16",
-    outliers: int = 0,
-    make_outliers=None,
-) -> list[str]:
-    """Swap Linear ``targets`` for ``make(linear, smooth)``; apply the SmoothQuant / SQNR guards; record.
-
-    ``make(linear, smooth_or_None) -> module``. A layer failing ``min_sqnr_db`` first tries
-    ``make_outliers(linear, smooth, channel_indices)`` with up to ``outliers`` channels, then stays in
-    ``fallback`` precision (both recorded in ``ctx.events``). Returns the names quantized to int8.
-    """
-    inputs = {}
-    if smoothquant is not None or min_sqnr_db is not None:
-        inputs = capture_inputs(model, [n for n, _ in targets], ctx.calibration, kind)
-    keep: list[str] = []
-
-    def smooth_for(absmax: torch.Tensor | None, linear: nn.Module, alpha: float | None):
-        if alpha is None or absmax is None:
-            return None
-        return 1.0 / smooth_factors(absmax, linear.weight, alpha)
-
-    def rescue(name, linear, x, ref, absmax, alpha, best_db) -> nn.Module | None:
-        """The int8 module keeping the fewest largest-activation channels (4, 8, …) in float32 that passes."""
-        order = absmax.argsort(descending=True)
-        smooth = smooth_for(absmax, linear, alpha)
-        for k in _outlier_counts(outliers, order.numel()):
-            q = make_outliers(linear, smooth, order[:k].sort().values)
-            db = sqnr(ref, q(x))
-            if db >= min_sqnr_db:
-                ctx.record(
-                    f"{kind}: {name} keeps {k} outlier input channel(s) in float32 "
-                    f"(int8 output SQNR {best_db:.1f} dB -> {db:.1f} dB)"
-                )
-                return q
-        return None
-
-    def swap(name: str, linear: nn.Module) -> nn.Module | None:
-        alphas = _SEARCH_ALPHAS if smoothquant == "search" else (smoothquant,)
-        x = inputs[name].to(linear.weight.dtype) if inputs else None
-        absmax = inputs[name].abs().amax(dim=0) if inputs else None
-        ref = None if x is None else linear(x)
-        best, best_db, best_alpha = None, float("-inf"), None
-        for alpha in alphas:
-            q = make(linear, smooth_for(absmax, linear, alpha))
-            if x is None or len(alphas) == 1 and min_sqnr_db is None:
-                best = q
-                break
-            db = sqnr(ref, q(x))
-            if db > best_db:
-                best, best_db, best_alpha = q, db, alpha
-        if min_sqnr_db is not None and best_db < min_sqnr_db:
-            if outliers and make_outliers is not None:
-                rescued = rescue(name, linear, x, ref, absmax, best_alpha, best_db)
-                if rescued is not None:
-                    return rescued
-            keep.append(name)
-            ctx.record(f"{kind}: {name} kept in {fallback} (int8 output SQNR {best_db:.1f} dB < {min_sqnr_db} dB)")
-            return None
-        return best
-
-    done = swap_int8_(model, targets, swap, kind, ctx)
-    if keep and fallback == "bfloat16":
-        from torchslim.api import compress_
-
-        select = Select(include=tuple(f"^{re.escape(n)}$" for n in keep))
-        compress_(model, CastDtype("bfloat16"), select=select, ctx=ctx)
-    return done
-
-
-def split_targets(
-    model: nn.Module, select: Select, kinds: tuple[type[nn.Module], ...], kind: str, ctx: Context
-) -> list[tuple[str, nn.Module]]:
-    """Selected modules torchslim can swap; selected Linear/Embedding it cannot are listed in ``ctx.events``.
-
-    First (:func:`~torchslim.core.adapters.adapt_for_`): selected Hugging Face ``Conv1D`` layers become
-    equal Linear layers, and an ``nn.MultiheadAttention`` that would bypass a swapped layer (its
-    ``out_proj``, or the Linear layers of the ``nn.TransformerEncoderLayer`` it serves) is split into
-    separate q/k/v/out Linear layers; those are then targets too.
-    """
-    select = adapt_for_(model, select, kind=kind, ctx=ctx, swaps=True)
-    targets, skipped = [], []
-    for name, module in select.modules(model):
-        if swappable(module, kinds):
-            targets.append((name, module))
-        elif isinstance(module, (nn.Linear, nn.Embedding)):
-            skipped.append(name)
-    if skipped:
-        ctx.record(f"{kind}: skipped {len(skipped)} module(s) it cannot swap: {', '.join(skipped)}")
-    record_foreign_layers(model, kind, ctx)
-    return targets
-
-
 @register_transform(Int8Dynamic, scope="model")
 def _int8_dynamic(model: nn.Module, config: Int8Dynamic, select: Select, ctx: Context) -> nn.Module:
     kinds = (nn.Linear, nn.Embedding) if config.embeddings else (nn.Linear,)
@@ -241,7 +125,7 @@ def _int8_dynamic(model: nn.Module, config: Int8Dynamic, select: Select, ctx: Co
         # partial bf16 cast first would put float32 output hooks on them and promote what follows.
         fallback=config.fallback if config.compute_dtype == "float32" else "float32",
     )
-    swap_int8_(model, embeddings, _embedding_or_skip(ctx, config.kind), config.kind + " embeddings", ctx)
+    swap_int8_(model, embeddings, embedding_or_skip(ctx, config.kind), config.kind + " embeddings", ctx)
     if config.compute_dtype == "bfloat16":
         from torchslim.api import compress_
 
@@ -252,7 +136,9 @@ def _int8_dynamic(model: nn.Module, config: Int8Dynamic, select: Select, ctx: Co
     return model
 
 
-def _embedding_or_skip(ctx: Context, kind: str):
+def embedding_or_skip(ctx: Context, kind: str):
+    """``make(name, embedding)`` for :func:`swap_int8_`: an :class:`Int8Embedding`, or None (skipped, recorded) when it cannot be one."""
+
     def make(name: str, emb: nn.Module) -> nn.Module | None:
         try:
             return Int8Embedding.from_float(emb)

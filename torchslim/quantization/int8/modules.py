@@ -2,13 +2,15 @@
 
 Every module keeps its data in buffers (``state_dict``, safetensors and size measurement just work),
 sets ``torchslim_compressed = True`` (later steps skip it) and is rebuilt empty by
-:func:`empty_like_spec` from the JSON spec :func:`module_spec` gives, which the structure replays use.
+:func:`~torchslim.core.modspec.module_from_spec` from the JSON spec ``torchslim_spec()`` gives (the one
+spec protocol of every swapped module), which the structure replays use.
 
 Shapes: ``weight`` ``[N, K]`` int8 (``N`` = out_features), ``weight_scale`` ``[N]`` float32,
 ``bias`` ``[N]`` float32 or absent; embeddings ``[V, D]`` int8 with ``[V]`` row scales.
 
 Example:
     >>> import torch, torch.nn as nn
+    >>> from torchslim.quantization.common.sqnr import sqnr
     >>> lin = nn.Linear(64, 32)
     >>> q = Int8DynamicLinear.from_float(lin)
     >>> x = torch.randn(4, 64)
@@ -25,7 +27,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from torchslim.quantization.primitives import EPS, PerChannel, choose_qparams, quantize, sqnr
+from torchslim.core.modspec import register_spec_module
+from torchslim.quantization.common.primitives import EPS, PerChannel, choose_qparams, quantize
 
 __all__ = [
     "Int8DynamicLinear",
@@ -33,14 +36,11 @@ __all__ = [
     "Int8WeightOnlyLinear",
     "dtype_from_spec",
     "dtype_spec",
-    "empty_like_spec",
     "float_dtype_of",
     "int8_dynamic_linear",
     "int8_weight_only_linear",
     "int_mm",
-    "module_spec",
     "quantize_weight_per_channel",
-    "sqnr",
 ]
 
 log = logging.getLogger(__name__)
@@ -187,10 +187,15 @@ class _Int8Linear(nn.Module):
         """The float32 weight ``[N, K]`` this module computes with."""
         return self.weight.float() * self.weight_scale[:, None]
 
+    def torchslim_spec(self) -> dict[str, Any]:
+        """Constructor arguments for :func:`~torchslim.core.modspec.module_from_spec` (structure replay)."""
+        return {"in_features": self.in_features, "out_features": self.out_features, "bias": self.bias is not None}
+
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
+@register_spec_module
 class Int8DynamicLinear(_Int8Linear):
     """Linear with int8 per-channel weights and per-token int8 activations quantized at run time (W8A8).
 
@@ -270,6 +275,23 @@ class Int8DynamicLinear(_Int8Linear):
         mod._load_float(linear)
         return mod
 
+    def torchslim_spec(self) -> dict[str, Any]:
+        spec = {**super().torchslim_spec(), "smooth": self.smooth is not None}
+        if self.outlier_idx is not None:
+            spec["outliers"] = self.outlier_idx.numel()
+        return spec
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> Int8DynamicLinear:
+        """An empty module from :meth:`torchslim_spec`'s output (specs without ``smooth`` / ``outliers`` have neither)."""
+        return cls(
+            int(spec["in_features"]),
+            int(spec["out_features"]),
+            bool(spec["bias"]),
+            smooth=bool(spec.get("smooth", False)),
+            outliers=int(spec.get("outliers", 0)),
+        )
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return int8_dynamic_linear(
             x, self.weight, self.weight_scale, self.bias, self.smooth, self.outlier_idx, self.outlier_weight
@@ -295,7 +317,7 @@ def int8_weight_only_linear(
     """``y = x (diag(s) W_q)ᵀ + b`` with int8 weights and float activations.
 
     16-bit activations use ``aten._weight_int8pack_mm`` (dequantizes inside the kernel) on CPU. For
-    float32 activations that kernel is unvectorised (100× slower than fp32 here), so a few tokens go
+    float32 activations that kernel is unvectorised (far slower than a float32 matmul), so a few tokens go
     through it in bf16, and many tokens (compute-bound: the weight's one-time dequantization is then
     negligible) through a dequantized ``F.linear``. The kernel needs ``K`` to be a multiple of 16 (it
     crashes or returns garbage otherwise, torch 2.13), so other shapes always take the dequantized path.
@@ -321,11 +343,13 @@ def int8_weight_only_linear(
     return y.reshape(*shape[:-1], weight.shape[0])
 
 
+@register_spec_module
 class Int8WeightOnlyLinear(_Int8Linear):
     """Linear with int8 per-channel weights and float activations (W8A16 / W8A32): 4× smaller weights.
 
     Example:
         >>> import torch, torch.nn as nn
+        >>> from torchslim.quantization.common.sqnr import sqnr
         >>> lin = nn.Linear(32, 16)
         >>> q = Int8WeightOnlyLinear.from_float(lin)
         >>> sqnr(lin(torch.ones(2, 32)), q(torch.ones(2, 32))) > 30
@@ -339,10 +363,16 @@ class Int8WeightOnlyLinear(_Int8Linear):
         mod._load_float(linear)
         return mod
 
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> Int8WeightOnlyLinear:
+        """An empty module from :meth:`torchslim_spec`'s output."""
+        return cls(int(spec["in_features"]), int(spec["out_features"]), bool(spec["bias"]))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return int8_weight_only_linear(x, self.weight, self.weight_scale, self.bias)
 
 
+@register_spec_module
 class Int8Embedding(nn.Module):
     """Embedding table stored as int8 rows with one float32 scale per row (4× smaller).
 
@@ -353,6 +383,7 @@ class Int8Embedding(nn.Module):
 
     Example:
         >>> import torch, torch.nn as nn
+        >>> from torchslim.quantization.common.sqnr import sqnr
         >>> emb = nn.Embedding(10, 8)
         >>> q = Int8Embedding.from_float(emb)
         >>> ids = torch.tensor([[1, 2, 3]])
@@ -386,6 +417,23 @@ class Int8Embedding(nn.Module):
         mod.output_dtype = float_dtype_of(emb.weight)
         return mod
 
+    def torchslim_spec(self) -> dict[str, Any]:
+        """Constructor arguments for :func:`~torchslim.core.modspec.module_from_spec` (structure replay)."""
+        return {
+            "num_embeddings": self.num_embeddings,
+            "embedding_dim": self.embedding_dim,
+            "padding_idx": self.padding_idx,
+            **dtype_spec(self.output_dtype),
+        }
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> Int8Embedding:
+        """An empty module from :meth:`torchslim_spec`'s output."""
+        padding_idx = spec["padding_idx"]
+        emb = cls(int(spec["num_embeddings"]), int(spec["embedding_dim"]), padding_idx)
+        emb.output_dtype = dtype_from_spec(spec)
+        return emb
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         rows = F.embedding(ids, self.weight)  # [..., D] int8: gathers a quarter of the bytes
         out = rows.float() * self.weight_scale[ids].unsqueeze(-1)
@@ -393,83 +441,3 @@ class Int8Embedding(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, padding_idx={self.padding_idx}"
-
-
-_CLASSES: dict[str, type[nn.Module]] = {
-    "Int8DynamicLinear": Int8DynamicLinear,
-    "Int8WeightOnlyLinear": Int8WeightOnlyLinear,
-    "Int8Embedding": Int8Embedding,
-}
-
-
-def module_spec(module: nn.Module) -> dict[str, Any]:
-    """The JSON spec that :func:`empty_like_spec` turns back into an empty module of the same class and shapes.
-
-    Example:
-        >>> module_spec(Int8WeightOnlyLinear(4, 2, bias=False))
-        {'class': 'Int8WeightOnlyLinear', 'in_features': 4, 'out_features': 2, 'bias': False}
-    """
-    if isinstance(module, Int8Embedding):
-        return {
-            "class": "Int8Embedding",
-            "num_embeddings": module.num_embeddings,
-            "embedding_dim": module.embedding_dim,
-            "padding_idx": module.padding_idx,
-            **dtype_spec(module.output_dtype),
-        }
-    if isinstance(module, _Int8Linear):
-        spec: dict[str, Any] = {
-            "class": type(module).__name__,
-            "in_features": module.in_features,
-            "out_features": module.out_features,
-            "bias": module.bias is not None,
-        }
-        if isinstance(module, Int8DynamicLinear):
-            spec["smooth"] = module.smooth is not None
-            if module.outlier_idx is not None:
-                spec["outliers"] = module.outlier_idx.numel()
-        return spec
-    spec_fn = getattr(module, "torchslim_spec", None)
-    if callable(spec_fn):
-        return spec_fn()
-    raise TypeError(f"no spec for {type(module).__name__}")
-
-
-def register_module_class(cls: type[nn.Module]) -> type[nn.Module]:
-    """Let :func:`empty_like_spec` build ``cls`` (which has ``torchslim_spec()`` and ``from_spec(spec)``)."""
-    _CLASSES[cls.__name__] = cls
-    return cls
-
-
-def empty_like_spec(spec: dict[str, Any]) -> nn.Module:
-    """An empty module (zero int8 weights, unit scales) of the class and shapes in ``spec``.
-
-    Raises:
-        ValueError: an unknown class name or a malformed spec (replays only build allow-listed classes).
-
-    Example:
-        >>> empty_like_spec({"class": "Int8Embedding", "num_embeddings": 5, "embedding_dim": 3, "padding_idx": None})
-        Int8Embedding(5, 3, padding_idx=None)
-    """
-    if not isinstance(spec, dict) or spec.get("class") not in _CLASSES:
-        raise ValueError(f"unknown int8 module spec {str(spec)[:200]}")
-    cls = _CLASSES[spec["class"]]
-    args = {k: v for k, v in spec.items() if k != "class"}
-    try:
-        if cls is Int8Embedding:
-            emb = Int8Embedding(int(args["num_embeddings"]), int(args["embedding_dim"]), args["padding_idx"])
-            emb.output_dtype = dtype_from_spec(args)
-            return emb
-        if cls is Int8DynamicLinear:
-            return Int8DynamicLinear(
-                int(args["in_features"]),
-                int(args["out_features"]),
-                bool(args["bias"]),
-                smooth=bool(args.get("smooth", False)),
-                outliers=int(args.get("outliers", 0)),
-            )
-        if cls is Int8WeightOnlyLinear:
-            return Int8WeightOnlyLinear(int(args["in_features"]), int(args["out_features"]), bool(args["bias"]))
-        return cls.from_spec(args)  # type: ignore[attr-defined]
-    except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"malformed int8 module spec {str(spec)[:200]}: {e}") from None

@@ -2,9 +2,9 @@
 
 During training every selected Conv2d / Linear runs with fake-quantized weights (symmetric, per output
 channel) and fake-quantized inputs: per tensor with ranges tracked by an exponential moving average
-(``scheme="static"``, converted to :class:`~torchslim.quantization.static.Int8StaticConv2d` /
+(``scheme="static"``, converted to :class:`~torchslim.quantization.int8.static.Int8StaticConv2d` /
 ``Int8StaticLinear``) or per token at run time (``scheme="dynamic"``, Linear only, converted to
-:class:`~torchslim.quantization.modules.Int8DynamicLinear`). Rounding passes gradients straight
+:class:`~torchslim.quantization.int8.modules.Int8DynamicLinear`). Rounding passes gradients straight
 through (STE; Bengio et al., 2013), clamping zeroes them outside the range — Jacob et al. (2018),
 "Quantization and Training of Neural Networks for Efficient Integer-Arithmetic-Only Inference":
 
@@ -41,9 +41,7 @@ from torchslim.core.context import Context
 from torchslim.core.registry import register_transform
 from torchslim.core.select import Select
 from torchslim.errors import ConfigError
-from torchslim.quantization._swap import swap_int8_, swappable
-from torchslim.quantization.modules import Int8DynamicLinear
-from torchslim.quantization.primitives import (
+from torchslim.quantization.common.primitives import (
     PerChannel,
     PerToken,
     amin_amax,
@@ -51,7 +49,9 @@ from torchslim.quantization.primitives import (
     fake_quantize,
     qparams_from_minmax,
 )
-from torchslim.quantization.static import convert_static_, find_relu_pairs
+from torchslim.quantization.common.swap import swap_int8_, swappable
+from torchslim.quantization.int8.modules import Int8DynamicLinear
+from torchslim.quantization.int8.static import convert_static_, find_relu_pairs
 
 __all__ = ["FakeQuantConv2d", "FakeQuantLinear", "Int8QAT"]
 

@@ -18,6 +18,8 @@ Example:
     >>> import torch, torch.nn as nn
     >>> from torchslim.api import compress_
     >>> from torchslim.core.context import Context
+    >>> from torchslim.quantization.common.sqnr import sqnr
+from torchslim.core.modspec import register_spec_module
     >>> m = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(144, 3)).eval()
     >>> x = torch.rand(8, 1, 8, 8); ref = m(x)
     >>> _ = compress_(m, Int8Static(), ctx=Context(calibration=[(x,)]))
@@ -42,26 +44,33 @@ from torchslim.calibration.passes import run_calibration
 from torchslim.core.adapters import adapt_for_
 from torchslim.core.config import Config, register_config
 from torchslim.core.context import Context
+from torchslim.core.modspec import register_spec_module
 from torchslim.core.registry import register_transform
 from torchslim.core.select import Select
 from torchslim.core.structure import record_op, register_replay
 from torchslim.core.walker import record_foreign_layers, replace_module_
 from torchslim.errors import ConfigError
-from torchslim.quantization._swap import swap_int8_, swappable
-from torchslim.quantization.modules import (
+from torchslim.quantization.common.observers import Observer, make_observer
+from torchslim.quantization.common.primitives import NonFiniteError
+from torchslim.quantization.common.swap import swap_int8_, swappable
+from torchslim.quantization.int8.modules import (
     dtype_from_spec,
     dtype_spec,
     float_dtype_of,
     int_mm,
     quantize_weight_per_channel,
-    register_module_class,
-    sqnr,
 )
-from torchslim.quantization.observers import Observer, make_observer
-from torchslim.quantization.primitives import NonFiniteError
-from torchslim.quantization.static_paths import Int8MaxPool2d, find_int8_paths, find_relu_pairs
+from torchslim.quantization.int8.static_paths import Int8MaxPool2d, find_int8_paths, find_relu_pairs
 
-__all__ = ["Int8MaxPool2d", "Int8Static", "Int8StaticConv2d", "Int8StaticLinear", "find_int8_paths", "find_relu_pairs"]
+__all__ = [
+    "Int8MaxPool2d",
+    "Int8Static",
+    "Int8StaticConv2d",
+    "Int8StaticLinear",
+    "calibrate_inputs",
+    "find_int8_paths",
+    "find_relu_pairs",
+]
 
 
 @register_config("int8-static")
@@ -180,7 +189,7 @@ class _StaticInt8(nn.Module):
         return self.weight.float() * self.weight_scale.reshape(-1, *([1] * (self.weight.dim() - 1)))
 
 
-@register_module_class
+@register_spec_module
 class Int8StaticConv2d(_StaticInt8):
     """Conv2d with int8 weights and calibrated uint8 activations; optional fused ReLU.
 
@@ -230,7 +239,6 @@ class Int8StaticConv2d(_StaticInt8):
 
     def torchslim_spec(self) -> dict[str, Any]:
         return {
-            "class": "Int8StaticConv2d",
             **{k: getattr(self, k) for k in ("in_channels", "out_channels", "groups", "relu", "output_uint8")},
             **{k: list(getattr(self, k)) for k in ("kernel_size", "stride", "padding", "dilation")},
             **dtype_spec(self.output_dtype),
@@ -283,7 +291,7 @@ class Int8StaticConv2d(_StaticInt8):
         ))  # fmt: skip
 
 
-@register_module_class
+@register_spec_module
 class Int8StaticLinear(_StaticInt8):
     """Linear with int8 weights and calibrated uint8 activations (per tensor); optional fused ReLU."""
 
@@ -301,7 +309,6 @@ class Int8StaticLinear(_StaticInt8):
 
     def torchslim_spec(self) -> dict[str, Any]:
         return {
-            "class": "Int8StaticLinear",
             "in_features": self.in_features,
             "out_features": self.out_features,
             "relu": self.relu,
@@ -361,7 +368,7 @@ def convert_static_(
 ) -> list[str]:
     """Swap each Conv2d / Linear target for its int8 module with input ``qparams[name]``; fuse ReLUs; record.
 
-    Shared by :class:`Int8Static` (qparams from observers) and :class:`~torchslim.quantization.qat.Int8QAT`
+    Shared by :class:`Int8Static` (qparams from observers) and :class:`~torchslim.quantization.int8.qat.Int8QAT`
     (qparams learned during training). Returns the swapped names.
     """
 
@@ -448,6 +455,3 @@ def _fuse_relus(model: nn.Module, names: list[str]) -> None:
 def _replay_fuse_relu(model: nn.Module, data: dict) -> nn.Module:
     _fuse_relus(model, list(data["modules"]))
     return model
-
-
-__all__ += ["calibrate_inputs", "sqnr"]

@@ -16,7 +16,7 @@ import torch
 import torch.fx
 import torch.nn as nn
 
-from torchslim.quantization.modules import register_module_class
+from torchslim.core.modspec import register_spec_module
 
 __all__ = ["Int8MaxPool2d", "find_int8_paths", "find_relu_pairs"]
 
@@ -93,7 +93,7 @@ def _sequential_relu_pairs(model: nn.Module) -> dict[str, str]:
     return pairs
 
 
-@register_module_class
+@register_spec_module
 class Int8MaxPool2d(nn.MaxPool2d):
     """``nn.MaxPool2d`` that also pools the uint8 codes an :class:`Int8StaticConv2d` passes to the next one.
 
@@ -117,7 +117,7 @@ class Int8MaxPool2d(nn.MaxPool2d):
         return cls(**_pool_args(pool))
 
     def torchslim_spec(self) -> dict[str, Any]:
-        return {"class": "Int8MaxPool2d", **_pool_args(self)}
+        return _pool_args(self)
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> Int8MaxPool2d:

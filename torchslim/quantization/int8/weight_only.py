@@ -1,8 +1,8 @@
 """``Int8WeightOnly``: int8 per-channel weights, float activations (W8A16 / W8A32).
 
-Linear layers become :class:`~torchslim.quantization.modules.Int8WeightOnlyLinear`
+Linear layers become :class:`~torchslim.quantization.int8.modules.Int8WeightOnlyLinear`
 (``aten._weight_int8pack_mm`` for 16-bit activations) and embeddings
-:class:`~torchslim.quantization.modules.Int8Embedding`. Activations keep their precision, so quality
+:class:`~torchslim.quantization.int8.modules.Int8Embedding`. Activations keep their precision, so quality
 is the closest to fp32 of the int8 schemes; the win is size (4× smaller weights) and memory traffic
 (small batches, decoding); large compute-bound batches run about as fast as fp32 on CPU.
 
@@ -25,9 +25,10 @@ from torchslim.core.config import Config, check_range, fail, register_config
 from torchslim.core.context import Context
 from torchslim.core.registry import register_transform
 from torchslim.core.select import Select
-from torchslim.quantization._swap import swap_int8_
-from torchslim.quantization.dynamic import _embedding_or_skip, quantize_linears_, split_targets
-from torchslim.quantization.modules import Int8WeightOnlyLinear
+from torchslim.quantization.common.linears import quantize_linears_
+from torchslim.quantization.common.swap import split_targets, swap_int8_
+from torchslim.quantization.int8.dynamic import embedding_or_skip
+from torchslim.quantization.int8.modules import Int8WeightOnlyLinear
 
 __all__ = ["Int8WeightOnly"]
 
@@ -68,5 +69,5 @@ def _int8_weight_only(model: nn.Module, config: Int8WeightOnly, select: Select, 
         min_sqnr_db=config.min_sqnr_db,
     )
     embeddings = [(n, m) for n, m in targets if isinstance(m, nn.Embedding)]
-    swap_int8_(model, embeddings, _embedding_or_skip(ctx, config.kind), config.kind + " embeddings", ctx)
+    swap_int8_(model, embeddings, embedding_or_skip(ctx, config.kind), config.kind + " embeddings", ctx)
     return model
