@@ -1,7 +1,8 @@
 """Write ``constraints.txt``: the exact versions of torchslim's dependencies installed in this venv.
 
-The set is the transitive closure of what ``make setup`` installs (``torchslim[all]``), read from the
-installed packages' own metadata, so packages installed by hand for other purposes stay out. torch's
+The set is the transitive closure of what ``make setup`` installs (``torchslim[all]``): the requirements
+are read from ``pyproject.toml``, their own requirements from the installed packages' metadata, so
+packages installed by hand for other purposes stay out. torch's
 local version label (``+cpu``) is dropped: ``torch==2.13.0`` accepts the CPU build the Makefile
 installs and also resolves where only the plain release exists.
 
@@ -14,13 +15,19 @@ from __future__ import annotations
 
 import sys
 from importlib import metadata
+from pathlib import Path
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-PROJECT = "torchslim"
-EXTRAS = ("all",)
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
+EXTRAS = ("all",)  # what the Makefile installs: -e ".[all]"
 HEADER = """\
 # Versions `make setup` installs (pip install -c constraints.txt), as tested by CI.
 # Regenerate after changing pyproject.toml's dependencies: `make lock` (tools/lock.py).
@@ -37,10 +44,29 @@ def _requires(dist: metadata.Distribution, extras: set[str]) -> list[Requirement
     return out
 
 
-def closure(project: str = PROJECT, extras: tuple[str, ...] = EXTRAS) -> dict[str, str]:
-    """``{name: version}`` of every installed distribution ``project[extras]`` needs, transitively."""
+def project_requirements(pyproject: dict, extras: tuple[str, ...] = EXTRAS) -> list[Requirement]:
+    """The project's base requirements plus those of ``extras`` (self-references like ``pkg[a,b]`` expanded)."""
+    project = pyproject["project"]
+    name = canonicalize_name(project["name"])
+    optional = project.get("optional-dependencies", {})
+    reqs = [Requirement(r) for r in project.get("dependencies", [])]
+    todo, done = list(extras), set()
+    while todo:
+        extra = todo.pop()
+        if extra not in done:
+            done.add(extra)
+            for req in map(Requirement, optional.get(extra, [])):
+                if canonicalize_name(req.name) == name:
+                    todo.extend(req.extras)
+                else:
+                    reqs.append(req)
+    return [r for r in reqs if r.marker is None or r.marker.evaluate({"extra": ""})]
+
+
+def closure(roots: list[Requirement]) -> dict[str, str]:
+    """``{name: version}`` of every installed distribution ``roots`` need, transitively."""
     pins: dict[str, str] = {}
-    todo = [(project, set(extras))]
+    todo = [(r.name, set(r.extras)) for r in roots]
     seen: set[tuple[str, frozenset[str]]] = set()
     while todo:
         name, wanted = todo.pop()
@@ -51,16 +77,15 @@ def closure(project: str = PROJECT, extras: tuple[str, ...] = EXTRAS) -> dict[st
         try:
             dist = metadata.distribution(name)
         except metadata.PackageNotFoundError:
-            sys.exit(f"lock: {name} is required but not installed; run `make setup` first")
-        if canonicalize_name(name) != canonicalize_name(project):
-            pins[canonicalize_name(name)] = Version(dist.version).public
+            sys.exit(f"lock: {name} is required but not installed; run `make lock` (it installs first)")
+        pins[canonicalize_name(name)] = Version(dist.version).public
         for req in _requires(dist, wanted):
             todo.append((req.name, set(req.extras)))
     return pins
 
 
 def main() -> int:
-    pins = closure()
+    pins = closure(project_requirements(tomllib.loads(PYPROJECT.read_text(encoding="utf-8"))))
     sys.stdout.write(HEADER + "".join(f"{name}=={pins[name]}\n" for name in sorted(pins)))
     return 0
 
