@@ -1,0 +1,185 @@
+"""Fuzz what ``torchslim tune`` reads back when it resumes a study: the SQLite ``study.db`` and the attributes
+torchslim stored on the study and its trials (settings, confirmations, sizes, latencies, points).
+
+The reader under test does what a resumed ``tune`` does before it searches or writes its report: open the
+storage, load the study, check its settings, then build the trial rows, sort the feasible ones by the
+objective and take their Pareto front. Inputs: byte mutations of a valid ``study.db`` (a valid page
+layout is kept or not, as the mutation falls), and SQL-level lies (one stored attribute's JSON replaced
+by generated JSON or by bytes that are not JSON; a trial's state or number replaced).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import tempfile
+import warnings
+from pathlib import Path
+
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+optuna = pytest.importorskip("optuna")
+
+from torchslim.errors import ConfigError, UnsafeInputError  # noqa: E402
+from torchslim.tuning.report import objective_key, pareto_front, trial_rows  # noqa: E402
+from torchslim.tuning.study import check_settings, completed_trials, default_storage, open_storage  # noqa: E402
+from torchslim.tuning.tune import STUDY_NAME  # noqa: E402
+
+pytestmark = pytest.mark.fuzz
+_BASE = settings.get_profile("torchslim-fuzz")
+# Opening an Optuna storage costs tens of milliseconds: the CI default is a third of the profile's inputs.
+FUZZ = settings(_BASE, max_examples=_BASE.max_examples if _BASE.max_examples != 60 else 20)
+SETTINGS = {"workload": "digits", "metric": "accuracy", "max_drop": 0.01, "objective": "both", "seed": 0}
+BASELINE = {"size_bytes": 1000, "latency_ms": 1.0}
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**64), 2**64) | st.floats() | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+def _trial_attrs(i: int) -> dict:
+    return {
+        "origin": "anchor", "description": f"point {i}", "point": {"sparsity": 0.1 * i, "bits": 8},
+        "size_bytes": 900 - 100 * i, "latency_ms": 0.5 + 0.1 * i, "quality": 0.9, "drop": 0.001 * i,
+        "drop_se": 0.001, "drop_bound": 0.002 * i, "feasible": i < 3, "constraint": [0.002 * i - 0.01],
+        "seconds": 1.5,
+    }  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def study_db() -> bytes:
+    """A study as ``tune`` leaves it: settings, confirmations, four complete trials and a pruned one."""
+    with tempfile.TemporaryDirectory() as d, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        study = optuna.create_study(
+            storage=open_storage(default_storage(d), 60, 120), study_name=STUDY_NAME, directions=["minimize"] * 2
+        )
+        study.set_user_attr("settings", SETTINGS)
+        study.set_user_attr(
+            "confirmations", {"2": {"confirmed": True, "how": "rebuilt with seed 7", "mean_drop": 0.003}}
+        )
+        dist = {"sparsity": optuna.distributions.FloatDistribution(0.0, 0.9)}
+        for i in range(4):
+            a = _trial_attrs(i)
+            study.add_trial(optuna.trial.create_trial(params={"sparsity": a["point"]["sparsity"]}, distributions=dist,
+                                                      values=[a["size_bytes"], a["latency_ms"]], user_attrs=a))  # fmt: skip
+        study.add_trial(
+            optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, user_attrs={"prune_reason": "cannot beat"})
+        )
+        return (Path(d) / "study.db").read_bytes()
+
+
+def _resume(db: bytes):
+    """What a resumed ``tune`` reads from ``db`` before searching, and the report's ordering of its trials."""
+    with tempfile.TemporaryDirectory() as d, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        (Path(d) / "study.db").write_bytes(db)
+        study = optuna.create_study(
+            storage=open_storage(default_storage(d), 60, 120),
+            study_name=STUDY_NAME,
+            directions=["minimize"] * 2,
+            load_if_exists=True,
+        )
+        check_settings(study, SETTINGS)
+        rows = trial_rows(study)
+        feasible = [r for r in rows if r["state"] == "COMPLETE" and r.get("feasible")]
+        sorted(feasible, key=objective_key("both", BASELINE))
+        pareto_front(feasible)
+        return completed_trials(study.get_trials(deepcopy=False)), rows
+
+
+def _sql(db: bytes, statement: str, *args) -> bytes:
+    """``db`` after one SQL statement (run on a copy with Python's sqlite3); the input is thrown away when
+    the schema itself refuses the change (a NOT NULL column)."""
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "x.db"
+        path.write_bytes(db)
+        con = sqlite3.connect(path)
+        try:
+            con.execute(statement, args)
+            con.commit()
+        except sqlite3.IntegrityError:
+            assume(False)
+        finally:
+            con.close()
+        return path.read_bytes()
+
+
+@FUZZ
+@given(data=st.data())
+def test_resume_mutated_db(data, study_db, mutate, refused_or_ok):
+    refused_or_ok(_resume, mutate(data, study_db))
+
+
+TRIAL_KEYS = sorted(_trial_attrs(0)) + ["duplicate_of", "cut_short", "surplus", "prune_reason"]
+
+
+@FUZZ
+@given(
+    table=st.sampled_from(["trial_user_attributes", "study_user_attributes"]),
+    key=st.sampled_from(TRIAL_KEYS + ["settings", "confirmations"]),
+    value=JSON.map(json.dumps) | st.text(max_size=20) | st.binary(max_size=20),
+)
+def test_resume_attribute_lies(table, key, value, study_db, refused_or_ok):
+    """One stored attribute (or all of that name) replaced: generated JSON, or text and bytes that are not JSON."""
+    if key in ("settings", "confirmations"):
+        table = "study_user_attributes"
+    db = _sql(study_db, f"UPDATE {table} SET value_json = ? WHERE key = ?", value, key)
+    if table == "trial_user_attributes":  # a key no trial holds yet: add it to the first trial
+        db = _sql(db, "INSERT INTO trial_user_attributes (trial_id, key, value_json) SELECT 1, ?, ? "
+                      "WHERE NOT EXISTS (SELECT 1 FROM trial_user_attributes WHERE key = ?)", key, value, key)  # fmt: skip
+    refused_or_ok(_resume, db)
+
+
+@FUZZ
+@given(
+    column=st.sampled_from(["state", "number", "datetime_start", "study_id"]),
+    value=st.integers(-(2**63), 2**63 - 1) | st.text(max_size=12) | st.none() | st.floats(),
+)
+def test_resume_trial_row_lies(column, value, study_db, refused_or_ok):
+    refused_or_ok(_resume, _sql(study_db, f"UPDATE trials SET {column} = ? WHERE trial_id = 2", value))
+
+
+# -- regression tests: fixed inputs ---------------------------------------------------------------------
+
+
+def test_valid_study_resumes(study_db):
+    done, rows = _resume(study_db)
+    assert done == 5 and rows[2]["confirmed"] is True
+
+
+def test_damaged_db_is_refused_at_once(study_db):
+    # Was: SQLAlchemy's DatabaseError after ten retries (about 9 s of sleeping).
+    with pytest.raises(UnsafeInputError, match="not a valid SQLite study database"):
+        _resume(b"SQLite format 3\x00" + bytes(100) + study_db[116:])
+
+
+def test_size_stored_as_text_is_refused(study_db):
+    # Was: TypeError (str / int) when the report sorted the feasible trials.
+    db = _sql(study_db, "UPDATE trial_user_attributes SET value_json = ? WHERE key = 'size_bytes'", '"900"')
+    with pytest.raises(UnsafeInputError, match="size_bytes is '900', not a number"):
+        _resume(db)
+
+
+def test_settings_that_are_not_an_object_are_refused(study_db):
+    # Was: AttributeError ('list' object has no attribute 'get') in check_settings.
+    db = _sql(study_db, "UPDATE study_user_attributes SET value_json = '[1]' WHERE key = 'settings'")
+    with pytest.raises(UnsafeInputError, match="settings are not an object"):
+        _resume(db)
+
+
+def test_attribute_that_is_not_json_is_refused(study_db):
+    # Was: json.JSONDecodeError from Optuna reading the attribute.
+    db = _sql(study_db, "UPDATE trial_user_attributes SET value_json = '{' WHERE key = 'point'")
+    with pytest.raises(UnsafeInputError, match="cannot be read back"):
+        _resume(db)
+
+
+def test_other_settings_are_still_a_config_error(study_db):
+    db = _sql(study_db, "UPDATE study_user_attributes SET value_json = ? WHERE key = 'settings'",
+              json.dumps({**SETTINGS, "seed": 1}))  # fmt: skip
+    with pytest.raises(ConfigError, match="other settings"):
+        _resume(db)
