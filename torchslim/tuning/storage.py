@@ -91,11 +91,12 @@ def _engine_kwargs(url: str) -> dict[str, Any] | None:
 def _one_line(error: BaseException, url: str) -> str:
     """The driver's message on one line, the password masked should a driver ever echo it."""
     from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
 
     text = " ".join(str(getattr(error, "orig", None) or error).split())
     try:
         password = make_url(url).password
-    except Exception:  # noqa: BLE001 - an unparsable URL has no password to mask
+    except (ArgumentError, ValueError):  # an unparsable URL: no password to mask
         password = None
     return text.replace(str(password), "***") if password else text
 
