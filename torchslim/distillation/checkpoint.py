@@ -15,14 +15,13 @@ Example:
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from torchslim.errors import ConfigError, OutputExistsError, UnsafeInputError
+from torchslim.errors import ConfigError, UnsafeInputError
+from torchslim.io.atomic import atomic_file
 
 __all__ = ["CHECKPOINT_NAME", "load_checkpoint", "save_checkpoint"]
 
@@ -30,28 +29,16 @@ CHECKPOINT_NAME = "distill-checkpoint.pt"
 
 
 def save_checkpoint(folder: str | Path, state: dict[str, Any]) -> Path:
-    """Write ``state`` to ``folder/distill-checkpoint.pt`` through a temporary file and a rename.
+    """Write ``state`` to ``folder/distill-checkpoint.pt`` atomically (:func:`torchslim.io.atomic_file`).
 
-    A crash mid-write leaves the previous checkpoint intact.
+    A crash or SIGKILL mid-write leaves the previous checkpoint intact and no visible temporary file.
 
     Raises:
-        OutputExistsError: the folder cannot be written.
+        OutputExistsError: the folder cannot be written (the message names why).
     """
-    folder = Path(folder)
-    path = folder / CHECKPOINT_NAME
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=CHECKPOINT_NAME + ".", suffix=".tmp", dir=folder)
-        os.close(fd)
-        try:
-            torch.save(state, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-    except OSError as e:
-        raise OutputExistsError(f"cannot write checkpoint under {folder}: {e}") from None
+    path = Path(folder) / CHECKPOINT_NAME
+    with atomic_file(path) as tmp:
+        torch.save(state, tmp)
     return path
 
 

@@ -39,9 +39,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
-import os
 import re
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -53,9 +51,10 @@ import torch.nn as nn
 from torch.fx.experimental.symbolic_shapes import is_concrete_int
 from torch.utils import _pytree as pytree
 
-from torchslim.errors import OutputExistsError, UnsupportedModelError
+from torchslim.errors import UnsupportedModelError
 from torchslim.export.inputs import ExampleInputs, is_token_input
 from torchslim.export.int4 import int4_lowered
+from torchslim.io.atomic import atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -65,21 +64,6 @@ log = logging.getLogger(__name__)
 DEFAULT_TOLERANCE = 0.05
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def _replace_into(path: Path, write: Any) -> None:
-    """Write through a temporary file beside ``path`` and rename, so a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise OutputExistsError(f"cannot write {path}: {e}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _eager(model: nn.Module) -> nn.Module:
@@ -194,7 +178,8 @@ def export_onnx(
     Args:
         model: the (compressed) model; it is not changed.
         example_inputs: a tensor, a tuple of positional inputs or a dict of keyword inputs.
-        path: the ``.onnx`` file to write (replaced atomically).
+        path: the ``.onnx`` file to write. It is written and verified under a hidden temporary name, then
+            renamed: a failed check, a crash or a kill leaves the previous file (or none), never a partial one.
         opset: the default-domain ONNX opset.
         dynamic: dynamic batch (and token sequence) dimensions; False keeps the example's shapes.
         tolerance: largest accepted relative error ``‖exported − torch‖ / ‖torch‖`` of each output.
@@ -228,25 +213,27 @@ def export_onnx(
         except Exception as e:  # noqa: BLE001 - the exporter raises many types; all mean "unsupported"
             raise UnsupportedModelError(f"ONNX export failed: {_reason(e)}") from None
     checks = _checks(program.exported_program, example, trace, dynamic)
-    path = Path(path)
-    _replace_into(path, lambda tmp: program.save(tmp))
-    try:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
-        raise UnsupportedModelError(f"ONNX Runtime cannot load the exported graph: {_reason(e)}") from None
-    names = [i.name for i in session.get_inputs()]
+    with atomic_file(path) as tmp:  # renamed onto path only once verified
+        program.save(str(tmp))
+        try:
+            session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
+            raise UnsupportedModelError(f"ONNX Runtime cannot load the exported graph: {_reason(e)}") from None
+        names = [i.name for i in session.get_inputs()]
 
-    def run(inputs: ExampleInputs) -> list[torch.Tensor]:
-        tensors = inputs.tensors()
-        if len(tensors) != len(names):
-            raise UnsupportedModelError(f"the ONNX graph takes inputs {names}, the example has {len(tensors)} tensors")
-        feeds = {n: t.detach().cpu().numpy() for n, t in zip(names, tensors, strict=True)}
-        return [torch.from_numpy(a) for a in session.run(None, feeds)]
+        def run(inputs: ExampleInputs) -> list[torch.Tensor]:
+            tensors = inputs.tensors()
+            if len(tensors) != len(names):
+                raise UnsupportedModelError(
+                    f"the ONNX graph takes inputs {names}, the example has {len(tensors)} tensors"
+                )
+            feeds = {n: t.detach().cpu().numpy() for n, t in zip(names, tensors, strict=True)}
+            return [torch.from_numpy(a) for a in session.run(None, feeds)]
 
-    # Checked against the float32-compute copy that was exported: the graph must compute exactly that.
-    # Against a bf16 model the difference is bf16's own rounding, which on small outputs (an untrained
-    # classifier's logits) can exceed any fixed relative tolerance without the export being wrong.
-    return _verify("ONNX Runtime", run, target, checks, tolerance)
+        # Checked against the float32-compute copy that was exported: the graph must compute exactly that.
+        # Against a bf16 model the difference is bf16's own rounding, which on small outputs (an untrained
+        # classifier's logits) can exceed any fixed relative tolerance without the export being wrong.
+        return _verify("ONNX Runtime", run, target, checks, tolerance)
 
 
 def export_pt2(
@@ -276,15 +263,15 @@ def export_pt2(
         except Exception as e:  # noqa: BLE001 - any export failure means unsupported
             raise UnsupportedModelError(f"torch.export failed: {_reason(e)}") from None
     checks = _checks(program, example, trace, dynamic)
-    path = Path(path)
-    _replace_into(path, lambda tmp: torch.export.save(program, tmp))
-    loaded = torch.export.load(str(path)).module()
+    with atomic_file(path) as tmp:  # renamed onto path only once verified
+        torch.export.save(program, str(tmp))
+        loaded = torch.export.load(str(tmp)).module()
 
-    def run(inputs: ExampleInputs) -> list[torch.Tensor]:
-        with torch.inference_mode():
-            return _output_tensors(loaded(*inputs.args, **inputs.kwargs))
+        def run(inputs: ExampleInputs) -> list[torch.Tensor]:
+            with torch.inference_mode():
+                return _output_tensors(loaded(*inputs.args, **inputs.kwargs))
 
-    return _verify("the reloaded .pt2", run, model, checks, tolerance)
+        return _verify("the reloaded .pt2", run, model, checks, tolerance)
 
 
 # ---------------------------------------------------------------------------------------------- helpers

@@ -1,8 +1,10 @@
-"""Atomic artifact folders: write into a temporary folder beside the target, manifest last, rename.
+"""Atomic artifact folders and files: write into a hidden temporary beside the target, then rename.
 
-A crash or Ctrl-C leaves either the old artifact or nothing; the old artifact is only removed once the
-new one is complete. Stale temporary folders from an earlier crash are cleaned on the next write. Two
-processes writing the same folder at once: one wins, the other gets OutputExistsError (exit 7).
+A crash, SIGKILL or Ctrl-C leaves either the old artifact or nothing; the old artifact is only removed
+once the new one is complete. Stale temporaries (``.torchslim-tmp-<name>-*``) from an earlier crash are
+hidden and cleaned on the next write of the same target. Two processes writing the same folder at
+once: one wins, the other gets OutputExistsError (exit 7). ``atomic_file`` does the same for one file
+(checkpoints, exported graphs).
 
 Example:
     >>> import tempfile, pathlib
@@ -23,6 +25,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +54,7 @@ def check_output_dir(target: Path, force: bool) -> None:
 
 def _clean_stale(parent: Path, name: str) -> None:
     for prefix in (_TMP_PREFIX, _OLD_PREFIX):
-        for stale in parent.glob(f"{prefix}{name}-*"):
+        for stale in parent.glob(f"{glob_escape(prefix + name)}-*"):
             shutil.rmtree(stale, ignore_errors=True)
 
 
@@ -169,13 +172,17 @@ def atomic_dir(target: str | Path, *, force: bool = False, manifest: dict[str, A
 
 @contextmanager
 def atomic_file(target: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``target`` to write; on success rename it onto ``target``.
+    """Yield a hidden temporary path beside ``target`` to write; on success fsync it and rename it onto
+    ``target``, so a crash, SIGKILL or Ctrl-C leaves the old file (or none), never half a file.
 
-    A crash or Ctrl-C leaves the old file (or none), never half a file; on any exception the temporary
-    file is removed. The file follows the user's umask (``mkstemp`` alone would make it 0600).
+    On an exception the temporary file is removed. After a SIGKILL it stays hidden
+    (``.torchslim-tmp-<name>-*``) and the next ``atomic_file`` of the same target removes it; the
+    temporary files of writers still alive are left alone (each holds ``flock`` on its own). Concurrent
+    writers of one target do not wait for each other: the last complete one wins. The file follows the
+    user's umask (``mkstemp`` alone would make it 0600).
 
     Raises:
-        OutputExistsError: an I/O error (the message names it: no space, permission denied, ...).
+        OutputExistsError: an I/O error (the message names it: no space, permission denied, read-only, ...).
 
     Example:
         >>> import tempfile, pathlib
@@ -186,14 +193,19 @@ def atomic_file(target: str | Path) -> Iterator[Path]:
         ('hi', ['a.txt'])
     """
     target = Path(target)
+    parent = target.parent if str(target.parent) else Path(".")
     tmp: Path | None = None
+    fd = -1
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f"{_TMP_PREFIX}{target.name}-", dir=target.parent)
-        os.close(fd)
+        parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f"{_TMP_PREFIX}{target.name}-", suffix=target.suffix, dir=parent)
         tmp = Path(name)
+        _hold(fd)
+        _clean_dead_files(parent, target.name)
         os.chmod(tmp, 0o666 & ~_umask())
         yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())  # the bytes are on disk before the rename makes them the target
         os.replace(tmp, target)
         tmp = None
     except OSError as e:
@@ -201,3 +213,33 @@ def atomic_file(target: str | Path) -> Iterator[Path]:
     finally:
         if tmp is not None:
             tmp.unlink(missing_ok=True)
+        if fd >= 0:
+            os.close(fd)
+
+
+def _hold(fd: int) -> bool:
+    """Take ``flock`` on ``fd`` without waiting; False when another live process holds it (or no ``fcntl``)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _clean_dead_files(parent: Path, name: str) -> None:
+    """Remove the temporary files of :func:`atomic_file` writers of ``parent/name`` that died (SIGKILL):
+    a file nobody holds ``flock`` on. Live writers hold theirs, so their files are kept."""
+    for stale in parent.glob(f"{glob_escape(_TMP_PREFIX + name)}-*"):
+        try:
+            fd = os.open(stale, os.O_RDONLY)
+        except OSError:
+            continue  # gone meanwhile, or a folder of atomic_dir's
+        try:
+            if stale.is_file() and _hold(fd):
+                stale.unlink(missing_ok=True)
+        finally:
+            os.close(fd)

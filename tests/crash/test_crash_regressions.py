@@ -1,0 +1,123 @@
+"""Regression tests of what the kill harness and its review found (RELIABILITY.md, "Kill harness").
+
+Each kill is made deterministic here: a child process is SIGKILLed by itself at the exact moment that
+used to leave something behind.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+from torchslim.distillation.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from torchslim.errors import UnsupportedModelError
+from torchslim.export import formats
+from torchslim.io.atomic import atomic_file
+
+
+def _killed_mid_write(script: str, cwd: Path) -> None:
+    """Run ``script`` in a child that SIGKILLs itself half-way through a write; assert it died so."""
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=cwd, capture_output=True, text=True)
+    assert done.returncode == -9, done.stderr[-2000:]
+
+
+def test_checkpoint_killed_mid_write_leaves_no_visible_file_and_the_next_save_cleans_up(tmp_path):
+    """Was: ``distill-checkpoint.pt.<random>.tmp`` (mkstemp) stayed in the checkpoint folder for good."""
+    save_checkpoint(tmp_path, {"step": 1, "fingerprint": {}})
+    before = (tmp_path / CHECKPOINT_NAME).read_bytes()
+    _killed_mid_write(
+        """
+        import os, signal, torch
+        from torchslim.distillation.checkpoint import save_checkpoint
+
+        def half_then_die(obj, path):
+            with open(path, "wb") as f:
+                f.write(b"PK\\x03\\x04 half a checkpoint")
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        torch.save = half_then_die
+        save_checkpoint(".", {"step": 2, "fingerprint": {}})
+        """,
+        tmp_path,
+    )
+    assert (tmp_path / CHECKPOINT_NAME).read_bytes() == before  # the previous checkpoint, intact
+    assert all(p.name.startswith(".torchslim-") for p in tmp_path.iterdir() if p.name != CHECKPOINT_NAME)
+    assert any(p.name.startswith(".torchslim-tmp-") for p in tmp_path.iterdir())  # the killed one's, hidden
+    save_checkpoint(tmp_path, {"step": 3, "fingerprint": {}})
+    assert [p.name for p in tmp_path.iterdir()] == [CHECKPOINT_NAME]
+    assert load_checkpoint(tmp_path, {})["step"] == 3
+
+
+def test_atomic_file_keeps_a_live_writers_temporary(tmp_path):
+    """A stale temporary is removed only when no process holds its lock (its writer is dead)."""
+    live = tmp_path / ".torchslim-tmp-a.bin-live.bin"
+    live.write_bytes(b"being written")
+    fd = os.open(live, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with atomic_file(tmp_path / "a.bin") as tmp:
+            tmp.write_bytes(b"one")
+        assert live.exists()
+    finally:
+        os.close(fd)
+    with atomic_file(tmp_path / "a.bin") as tmp:
+        tmp.write_bytes(b"two")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin"]
+    assert (tmp_path / "a.bin").read_bytes() == b"two"
+
+
+def test_atomic_file_follows_the_umask(tmp_path):
+    """Was: exported graphs and checkpoints were 0600 whatever the umask (mkstemp's mode)."""
+    old = os.umask(0o022)
+    try:
+        with atomic_file(tmp_path / "x.bin") as tmp:
+            tmp.write_bytes(b"x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "x.bin").stat().st_mode & 0o777 == 0o644
+
+
+def test_export_failing_its_check_keeps_the_previous_file(tmp_path, monkeypatch):
+    """Was: the exported file replaced the previous one before it was verified, so a failed check (or a
+    kill during the check) left an unverified file where the verified one had been."""
+    path = tmp_path / "model.pt2"
+    path.write_bytes(b"the previous, verified export")
+
+    def wrong(*args, **kwargs):
+        raise UnsupportedModelError("the reloaded .pt2 output 0 differs from the model")
+
+    monkeypatch.setattr(formats, "_verify", wrong)
+    with pytest.raises(UnsupportedModelError, match="differs"):
+        formats.export_pt2(nn.Linear(4, 2), (torch.randn(2, 4),), path)
+    assert path.read_bytes() == b"the previous, verified export"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt2"]
+
+
+def test_export_killed_while_verifying_leaves_the_previous_file_and_the_next_export_cleans_up(tmp_path):
+    """A SIGKILL between writing and verifying: before, the unverified file was already in place and a
+    hidden ``.model.pt2-*`` temporary of an earlier kill was never removed."""
+    path = tmp_path / "model.pt2"
+    path.write_bytes(b"previous")
+    _killed_mid_write(
+        """
+        import os, signal, torch, torch.nn as nn
+        from torchslim.export import formats
+
+        formats._verify = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+        formats.export_pt2(nn.Linear(4, 2), (torch.randn(2, 4),), "model.pt2")
+        """,
+        tmp_path,
+    )
+    assert path.read_bytes() == b"previous"
+    assert all(p.name.startswith(".torchslim-") for p in tmp_path.iterdir() if p.name != "model.pt2")
+    formats.export_pt2(nn.Linear(4, 2), (torch.randn(2, 4),), path)
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt2"]
+    torch.export.load(str(path))  # a complete program
