@@ -183,3 +183,52 @@ def test_other_settings_are_still_a_config_error(study_db):
               json.dumps({**SETTINGS, "seed": 1}))  # fmt: skip
     with pytest.raises(ConfigError, match="other settings"):
         _resume(db)
+
+
+# -- tune --peers: a benchmark JSON whose peer rows are drawn on the Pareto chart ------------------------
+
+PEERS = {"rows": [{"variant": "peer-torchao", "size_mb": 1.5, "latency_ms": 2.0, "quality": {"accuracy": 0.9}},
+                  {"variant": "ours", "size_mb": 1.0, "latency_ms": 1.0, "quality": {"accuracy": 0.9}}]}  # fmt: skip
+
+
+def _peers(text: bytes):
+    from torchslim.tuning.report import _peers as read_peers
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "bench.json"
+        path.write_bytes(text)
+        return read_peers(path, "accuracy")
+
+
+@FUZZ
+@given(data=st.data(), mutated=st.booleans())
+def test_peers_json_lies(data, mutated, mutate, refused_or_ok):
+    valid = json.dumps(PEERS).encode()
+    if mutated:
+        text = mutate(data, valid)
+    else:
+        rows = [dict(r) for r in PEERS["rows"]]
+        rows[0][data.draw(st.sampled_from(["variant", "size_mb", "latency_ms", "quality"]))] = data.draw(JSON)
+        text = json.dumps(data.draw(st.sampled_from([{"rows": rows}, {"rows": rows[0]}, rows]))).encode()
+    refused_or_ok(_peers, text)
+
+
+def test_peers_valid_and_deeply_nested():
+    assert [p["name"] for p in _peers(json.dumps(PEERS).encode())] == ["peer-torchao"]
+    # Was: RecursionError from json.loads.
+    with pytest.raises(UnsafeInputError, match="--peers"):
+        _peers(b"[" * 100_000 + b"]" * 100_000)
+
+
+@pytest.mark.parametrize("row", [[1, 2], {"variant": 5}])
+def test_peer_row_of_another_type_is_refused(row):
+    # Was: AttributeError ('list' object has no attribute 'get' / 'int' object has no attribute 'startswith').
+    with pytest.raises(UnsafeInputError, match="--peers"):
+        _peers(json.dumps({"rows": [row]}).encode())
+
+
+@pytest.mark.parametrize("size", ["1e400", "NaN", "Infinity", str(10**400)])
+def test_peer_size_beyond_float_range_is_refused(size):
+    text = json.dumps(PEERS).replace("1.5", size).encode()
+    with pytest.raises(UnsafeInputError, match="not a finite number"):
+        _peers(text)

@@ -109,25 +109,46 @@ def _rerun_on_test(chosen: dict, space: SearchSpace, settings: dict, wl: Any, ba
 
 
 def _peers(path: str | Path | None, metric: str) -> list[dict[str, Any]]:
+    """The ``peer-*`` rows of a benchmark JSON (``tune --peers``) as reference points for the chart.
+
+    Raises:
+        UnsafeInputError: an unreadable file, not JSON (or nested too deeply), no list of ``rows``, a row that
+            is not an object with a ``variant`` name, or a peer whose size, latency or quality is not a finite
+            number.
+    """
     if path is None:
         return []
     from torchslim.errors import UnsafeInputError
 
+    def bad(why: str) -> UnsafeInputError:
+        return UnsafeInputError(f"--peers {path}: not a benchmark JSON with rows ({why[:200]})")
+
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
-        return [
-            {
-                "name": r["variant"],
-                "kind": "peer",
-                "size_bytes": r["size_mb"] * 1e6,
-                "latency_ms": r["latency_ms"],
-                "quality": r["quality"][metric],
-            }
-            for r in data["rows"]
-            if r["variant"].startswith("peer-") and r.get("size_mb") is not None and metric in r.get("quality", {})
-        ]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UnsafeInputError(f"--peers {path}: not a benchmark JSON with rows ({e})") from None
+    except RecursionError:
+        raise bad("nested too deeply") from None
+    except (OSError, ValueError) as e:  # ValueError: JSONDecodeError, UnicodeDecodeError
+        raise bad(str(e)) from None
+    rows = data.get("rows") if isinstance(data, dict) else None
+    if not isinstance(rows, list):
+        raise bad("no list of rows")
+    peers = []
+    for r in rows:
+        if not isinstance(r, dict) or not isinstance(r.get("variant"), str):
+            raise bad(f"a row without a variant name: {str(r)[:80]}")
+        quality = r.get("quality", {})
+        if not isinstance(quality, dict):
+            raise bad(f"{r['variant'][:80]}: quality is not an object")
+        if not r["variant"].startswith("peer-") or r.get("size_mb") is None or metric not in quality:
+            continue
+        values = {"size_mb": r["size_mb"], "latency_ms": r.get("latency_ms"), metric: quality[metric]}
+        for key, v in values.items():
+            # NaN fails the comparison; an integer beyond float range cannot be drawn
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not abs(v) <= 1e300:
+                raise bad(f"{r['variant'][:80]}: {key} is {str(v)[:40]}, not a finite number")
+        peers.append({"name": r["variant"], "kind": "peer", "size_bytes": float(r["size_mb"]) * 1e6,
+                      "latency_ms": float(r["latency_ms"]), "quality": float(quality[metric])})  # fmt: skip
+    return peers
 
 
 def write_outputs(
