@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import tempfile
 import time
 import tracemalloc
@@ -35,7 +36,7 @@ from torchslim.io import hf_example_inputs, load_hf_model  # noqa: E402
 pytestmark = pytest.mark.fuzz
 _BASE = settings.get_profile("torchslim-fuzz")
 # A transformers load costs tens of milliseconds: the CI default is a third of the profile's inputs.
-FUZZ = settings(_BASE, max_examples=_BASE.max_examples if _BASE.max_examples != 60 else 20)
+FUZZ = settings(_BASE, max_examples=_BASE.max_examples if "TORCHSLIM_FUZZ_EXAMPLES" in os.environ else 20)
 SIZE_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads",
              "max_position_embeddings", "type_vocab_size")  # fmt: skip
 BIG = st.integers(-4, 2**64) | st.sampled_from([0, 1, 2**31, 2**40, 10**12, 2**63 - 1, 2**64])

@@ -11,6 +11,7 @@ by generated JSON or by bytes that are not JSON; a trial's state or number repla
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import tempfile
 import warnings
@@ -30,7 +31,7 @@ from torchslim.tuning.tune import STUDY_NAME  # noqa: E402
 pytestmark = pytest.mark.fuzz
 _BASE = settings.get_profile("torchslim-fuzz")
 # Opening an Optuna storage costs tens of milliseconds: the CI default is a third of the profile's inputs.
-FUZZ = settings(_BASE, max_examples=_BASE.max_examples if _BASE.max_examples != 60 else 20)
+FUZZ = settings(_BASE, max_examples=_BASE.max_examples if "TORCHSLIM_FUZZ_EXAMPLES" in os.environ else 20)
 SETTINGS = {"workload": "digits", "metric": "accuracy", "max_drop": 0.01, "objective": "both", "seed": 0}
 BASELINE = {"size_bytes": 1000, "latency_ms": 1.0}
 JSON = st.recursive(
