@@ -36,6 +36,10 @@ def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _number_or_none(v: Any) -> bool:  # a standard error: None where the workload has no per-example scores
+    return v is None or _number(v)
+
+
 def _integer(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -60,6 +64,7 @@ def _numbers(v: Any) -> bool:
 
 _KINDS: dict[Callable[[Any], bool], str] = {
     _number: "a number",
+    _number_or_none: "a number or null",
     _integer: "an integer",
     _flag: "true or false",
     _text: "a string",
@@ -69,9 +74,8 @@ _KINDS: dict[Callable[[Any], bool], str] = {
 
 # The user attributes ``tune`` writes on a trial, and their types.
 TRIAL_ATTRS: dict[str, Callable[[Any], bool]] = {
-    **dict.fromkeys(
-        ("size_bytes", "latency_ms", "quality", "quick_quality", "drop", "drop_se", "drop_bound", "seconds"), _number
-    ),
+    **dict.fromkeys(("size_bytes", "latency_ms", "quality", "quick_quality", "drop", "drop_bound", "seconds"), _number),
+    "drop_se": _number_or_none,
     **dict.fromkeys(("feasible", "cut_short", "surplus"), _flag),
     **dict.fromkeys(("duplicate_of", "yielded_to"), _integer),
     **dict.fromkeys(("description", "origin", "prune_reason", "error", "worker"), _text),
@@ -85,7 +89,8 @@ CONFIRMATION_ATTRS: dict[str, Callable[[Any], bool]] = {
     "confirmed": _flag,
     "how": _text,
     "confirm_seed": _integer,
-    **dict.fromkeys(("confirm_quality", "confirm_drop", "confirm_drop_se", "mean_drop", "mean_bound"), _number),
+    **dict.fromkeys(("confirm_quality", "confirm_drop", "mean_drop", "mean_bound"), _number),
+    "confirm_drop_se": _number_or_none,
 }
 
 
