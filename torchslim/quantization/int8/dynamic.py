@@ -28,6 +28,7 @@ after it, which eager mode runs as separate passes over the activations.
 Example:
     >>> import torch, torch.nn as nn
     >>> from torchslim.api import compress_
+    >>> from torchslim.quantization.common.sqnr import sqnr
     >>> m = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
     >>> x = torch.randn(8, 16); ref = m(x)
     >>> _ = compress_(m, Int8Dynamic())

@@ -19,7 +19,6 @@ Example:
     >>> from torchslim.api import compress_
     >>> from torchslim.core.context import Context
     >>> from torchslim.quantization.common.sqnr import sqnr
-from torchslim.core.modspec import register_spec_module
     >>> m = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(144, 3)).eval()
     >>> x = torch.rand(8, 1, 8, 8); ref = m(x)
     >>> _ = compress_(m, Int8Static(), ctx=Context(calibration=[(x,)]))
