@@ -258,3 +258,29 @@ def test_architectures_of_any_type_are_read(architectures, hf_files):
 def test_deeply_nested_config_is_refused(hf_files):
     with pytest.raises(UnsafeInputError, match="nested"):
         _load_folder({**hf_files, "config.json": b"[" * 100_000 + b"]" * 100_000})
+
+
+def test_corrupt_safetensors_in_hf_folder_is_unsafe_input(hf_files):
+    # Found by the quick fuzz run: one bit flipped in the header (byte 10); SafetensorError escaped.
+    weights = bytearray(hf_files["model.safetensors"])
+    weights[10] ^= 1
+    with pytest.raises(UnsafeInputError, match="not valid safetensors"):
+        _load_folder({**hf_files, "model.safetensors": bytes(weights)})
+
+
+def test_config_value_of_the_wrong_type_is_unsupported(hf_files):
+    # Found by the quick fuzz run: huggingface_hub's StrictDataclassFieldValidationError escaped.
+    with pytest.raises(UnsupportedModelError, match="cannot read this config"):
+        _load_folder(_with_config(hf_files, hidden_dropout_prob=None))
+
+
+def test_example_inputs_of_a_config_that_is_not_utf8(hf_files):
+    # Found by the quick fuzz run: transformers' OSError escaped hf_example_inputs.
+    with pytest.raises(UnsafeInputError, match="not valid JSON"):
+        _example_inputs({**hf_files, "config.json": b"\xfb" + hf_files["config.json"]})
+
+
+@pytest.mark.parametrize("vocab", ["50", 2**64, -3])
+def test_example_inputs_of_a_lying_vocabulary(vocab, hf_files):
+    with pytest.raises((UnsafeInputError, UnsupportedModelError), match="vocab_size"):
+        _example_inputs(_with_config(hf_files, vocab_size=vocab))
