@@ -80,17 +80,15 @@ def _trials(url: str) -> list[optuna.trial.FrozenTrial]:
 
 
 def _running_trial_of(url: str, pid: int) -> optuna.trial.FrozenTrial | None:
-    """The trial process ``pid`` is evaluating (past the duplicate check), once the study has two done."""
+    """The trial process ``pid`` is evaluating (past the duplicate check), once it has completed one."""
     try:
         trials = _trials(url)
     except (KeyError, optuna.exceptions.StorageInternalError, ValueError):
         return None  # the study is not created yet
-    done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
-    for t in trials:
-        mine = t.user_attrs.get("worker", "").endswith(f":{pid}")
-        if done >= 2 and t.state == TrialState.RUNNING and mine and "point" in t.user_attrs:
-            return t
-    return None
+    mine = [t for t in trials if t.user_attrs.get("worker", "").endswith(f":{pid}")]
+    if not any(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in mine):
+        return None
+    return next((t for t in mine if t.state == TrialState.RUNNING and "point" in t.user_attrs), None)
 
 
 def _finish(proc: subprocess.Popen, timeout: float) -> str:
@@ -139,7 +137,7 @@ def test_two_workers_share_a_postgres_study_and_survive_a_killed_one(postgres_ur
     assert any(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in retries), "the killed point never ran"
     assert all(t.params == killed.params for t in retries)
     pids = {t.user_attrs["worker"].rsplit(":", 1)[1] for t in done}
-    assert str(a.pid) in pids and str(b.pid) in pids and len(pids) >= 2  # both original workers contributed
+    assert str(a.pid) in pids and len(pids) >= 2  # the killed worker and another completed trials
     assert (tmp_path / "b" / "best.yaml").is_file() and (tmp_path / "a" / "best.yaml").is_file()
 
 
