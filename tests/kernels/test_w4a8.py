@@ -148,7 +148,7 @@ def test_fake_implementation_traces(compiled: str) -> None:
 
 
 @pytest.mark.slow  # a fresh interpreter imports torchslim: about 10 s
-def test_forced_reference_fallback_gives_the_same_results() -> None:
+def test_forced_reference_fallback_gives_the_same_results(tmp_path: Path) -> None:
     # A fresh interpreter: the backend is chosen once per process, at the first call.
     code = (
         "import torch\n"
@@ -161,15 +161,36 @@ def test_forced_reference_fallback_gives_the_same_results() -> None:
         "torch.testing.assert_close(y, kernels.w4a8_linear(x, p, 33, 64, path='portable'))\n"
         "torch.save(y, __import__('sys').argv[1])\n"
     )
-    out = REPO / ".pytest-ker-fallback.pt"
-    try:
-        env = {**os.environ, "TORCHSLIM_KERNELS": "reference"}
-        subprocess.run([sys.executable, "-c", code, str(out)], check=True, env=env, cwd=REPO, timeout=120)
-        y = torch.load(out)
-    finally:
-        out.unlink(missing_ok=True)
+    out = tmp_path / "y.pt"
+    env = {**os.environ, "TORCHSLIM_KERNELS": "reference"}
+    subprocess.run([sys.executable, "-c", code, str(out)], check=True, env=env, cwd=REPO, timeout=120)
+    y = torch.load(out)
     c = torch.randint(0, 16, (33, 128), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     p = kernels.pack_int4(c, torch.full((33, 2), 0.02).bfloat16(), torch.zeros(33, 2).bfloat16(), 64)
     x = torch.randn(2, 128, generator=torch.Generator().manual_seed(1))
     ref = kernels.w4a8_linear_reference(x, p, 33, 64)
     torch.testing.assert_close(y, ref, rtol=0, atol=0)
+
+
+@pytest.mark.slow  # a fresh interpreter imports torchslim: about 10 s
+@pytest.mark.skipif(sys.platform == "win32", reason="the failing compiler stand-in is a POSIX shell script")
+def test_a_failed_build_falls_back_to_the_reference(tmp_path: Path) -> None:
+    cxx = tmp_path / "failing-c++"
+    cxx.write_text("#!/bin/sh\nexit 1\n")
+    cxx.chmod(0o755)
+    code = (
+        "import torch\n"
+        "from torchslim import kernels\n"
+        "c = torch.randint(0, 16, (16, 128), dtype=torch.uint8)\n"
+        "p = kernels.pack_int4(c, torch.full((16, 1), 0.1).bfloat16(), torch.zeros(16, 1).bfloat16(), 128)\n"
+        "x = torch.randn(3, 128)\n"
+        "torch.testing.assert_close(kernels.w4a8_linear(x, p, 16, 128), kernels.w4a8_linear_reference(x, p, 16, 128))\n"
+        "assert kernels.backend() == 'torch-reference', kernels.backend()\n"
+    )
+    env = {**os.environ, "CXX": str(cxx), "TORCHSLIM_CACHE": str(tmp_path / "cache")}
+    env.pop("TORCHSLIM_KERNELS", None)
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=REPO, timeout=120, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "could not be built" in done.stderr

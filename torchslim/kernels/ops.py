@@ -21,6 +21,7 @@ import ctypes
 import logging
 import os
 import shutil
+import subprocess
 import threading
 from pathlib import Path
 
@@ -120,7 +121,7 @@ def load() -> str:
             else:
                 try:
                     _backend = _build()
-                except (RuntimeError, OSError, ImportError, ValueError, SystemExit) as e:
+                except (RuntimeError, OSError, ImportError, ValueError, subprocess.SubprocessError, SystemExit) as e:
                     # cpp_extension raises RuntimeError for compiler errors and a missing ninja, OSError
                     # when the library cannot be opened, SystemExit from setuptools in some setups.
                     _register_reference(
