@@ -284,3 +284,11 @@ def test_example_inputs_of_a_config_that_is_not_utf8(hf_files):
 def test_example_inputs_of_a_lying_vocabulary(vocab, hf_files):
     with pytest.raises((UnsafeInputError, UnsupportedModelError), match="vocab_size"):
         _example_inputs(_with_config(hf_files, vocab_size=vocab))
+
+
+def test_folder_bound_counts_the_config_dtype(hf_files, monkeypatch):
+    # The tiny BERT holds 6,160 elements: 24,640 bytes in float32, 12,320 in bfloat16 (loaded in its dtype).
+    monkeypatch.setenv("TORCHSLIM_MAX_MODEL_BYTES", "20000")
+    with pytest.raises(UnsupportedModelError, match="at 4 bytes each"):
+        _load_folder(hf_files)
+    assert type(_load_folder(_with_config(hf_files, dtype="bfloat16"))).__name__ == "BertModel"

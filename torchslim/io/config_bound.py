@@ -9,10 +9,11 @@ torchslim artifact's or a Hugging Face folder's config is built for real, two bo
    the number of tensors stored in the folder's safetensors files, since every layer stores at least one
    tensor. Where no safetensors file tells (``.bin`` weights), :data:`MAX_LAYERS_UNKNOWN` is the bound.
 2. **Parameters** (what the real build allocates): the model is first built on PyTorch's ``meta`` device
-   (shapes only, no memory) and its parameters and buffers are counted; their float32 size (transformers
-   initializes in float32 before any cast) may not exceed :func:`model_byte_limit`: the memory available
-   now (``MemAvailable`` on Linux, else the physical memory), or ``TORCHSLIM_MAX_MODEL_BYTES`` when that
-   is set and smaller.
+   (shapes only, no memory) and its parameters and buffers are counted; their size may not exceed
+   :func:`model_byte_limit`: the memory available now (``MemAvailable`` on Linux, else the physical
+   memory), or ``TORCHSLIM_MAX_MODEL_BYTES`` when that is set and smaller. An artifact's model is built in
+   float32 (4 bytes a parameter) before its compression is replayed; an HF folder loads in its config's
+   dtype (:func:`load_bytes_per_param`).
 
 Example:
     >>> claimed_layers({"num_hidden_layers": 12, "text_config": {"num_layers": 40}})
@@ -41,6 +42,7 @@ __all__ = [
     "check_fits",
     "check_layers",
     "claimed_layers",
+    "load_bytes_per_param",
     "meta_size",
     "model_byte_limit",
     "stored_tensor_count",
@@ -138,11 +140,30 @@ def meta_size(build: Callable[[], nn.Module]) -> int:
     return sum(t.numel() for t in tensors.values())
 
 
-def check_fits(numel: int, *, where: str, error: type[TorchslimError]) -> None:
-    """Refuse a model of ``numel`` elements whose float32 size exceeds :func:`model_byte_limit`."""
-    need, limit = 4 * numel, model_byte_limit()
+def load_bytes_per_param(config: Any) -> float:
+    """Bytes per parameter that ``from_pretrained`` (``dtype="auto"``) allocates for a config dict: the size
+    of its ``dtype`` (``torch_dtype``), float32 when it names none; 0.25 when it carries a
+    ``quantization_config`` (2-bit weights, the smallest any quantizer stores).
+
+    Example:
+        >>> load_bytes_per_param({"dtype": "bfloat16"}), load_bytes_per_param({}), load_bytes_per_param({"quantization_config": {}})
+        (2, 4, 0.25)
+    """
+    if not isinstance(config, dict):
+        return 4
+    if config.get("quantization_config") is not None:
+        return 0.25
+    name = config.get("dtype") or config.get("torch_dtype")
+    dtype = getattr(torch, name, None) if isinstance(name, str) and name.isidentifier() else name
+    return dtype.itemsize if isinstance(dtype, torch.dtype) and dtype.is_floating_point else 4
+
+
+def check_fits(numel: int, *, where: str, error: type[TorchslimError], bytes_per_param: float = 4) -> None:
+    """Refuse a model of ``numel`` elements whose size (``bytes_per_param`` each; float32 by default)
+    exceeds :func:`model_byte_limit`."""
+    need, limit = bytes_per_param * numel, model_byte_limit()
     if need > limit:
         raise error(
-            f"{where} describes a model of {numel:,} parameters ({need / 1e9:.3g} GB in float32), over the "
-            f"{limit / 1e9:.3g} GB bound (memory available, or {ENV_LIMIT}); refusing to build it"
+            f"{where} describes a model of {numel:,} parameters ({need / 1e9:.3g} GB at {bytes_per_param:g} "
+            f"bytes each), over the {limit / 1e9:.3g} GB bound (memory available, or {ENV_LIMIT}); refusing to build it"
         )

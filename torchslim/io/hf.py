@@ -37,7 +37,13 @@ import torch.nn as nn
 from safetensors import SafetensorError
 
 from torchslim.errors import TorchslimError, UnsafeInputError, UnsupportedModelError, UsageError
-from torchslim.io.config_bound import check_fits, check_layers, meta_size, stored_tensor_count
+from torchslim.io.config_bound import (
+    check_fits,
+    check_layers,
+    load_bytes_per_param,
+    meta_size,
+    stored_tensor_count,
+)
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +168,7 @@ def load_hf_model(path: str | Path) -> nn.Module:
     check_layers(config.to_dict(), stored_tensor_count(sorted(folder.glob("*.safetensors"))), where=where,
                  error=UnsafeInputError)  # fmt: skip
     build = (lambda: cls(config)) if cls is not transformers.AutoModel else (lambda: cls.from_config(config))
-    _bounded(build, where, too_big=UnsupportedModelError)
+    _bounded(build, where, too_big=UnsupportedModelError, bytes_per_param=load_bytes_per_param(config.to_dict()))
     try:
         model = cls.from_pretrained(str(folder), config=config, local_files_only=True)
     except OSError as e:
@@ -197,13 +203,13 @@ def _read_config(transformers: Any, folder: Path) -> Any:
         raise UnsupportedModelError(f"{folder}: transformers cannot read this config ({_first_line(e)})") from None
 
 
-def _bounded(build: Any, where: str, *, too_big: type[TorchslimError]) -> None:
+def _bounded(build: Any, where: str, *, too_big: type[TorchslimError], bytes_per_param: float = 4) -> None:
     """Size ``build()`` on the meta device and refuse it (``too_big``) over the memory bound (see config_bound)."""
     try:
         numel = meta_size(build)
     except _build_errors() as e:
         raise UnsupportedModelError(f"{where}: transformers cannot build this model ({_first_line(e)})") from None
-    check_fits(numel, where=where, error=too_big)
+    check_fits(numel, where=where, error=too_big, bytes_per_param=bytes_per_param)
 
 
 def _first_line(e: BaseException) -> str:
