@@ -151,7 +151,8 @@ def load_hf_model(path: str | Path) -> nn.Module:
     or ``AutoModel`` for the config's model type. A folder written by ``ts.save`` loads compressed.
 
     Before anything is allocated the config is bounded (:mod:`torchslim.io.config_bound`): no more
-    layers than the safetensors files hold tensors, and a float32 size within the memory available.
+    layers than the safetensors files hold tensors, and a size (in the config's dtype) within the memory
+    available.
 
     Raises:
         UsageError: no such folder, no ``config.json``, no weights, or transformers missing.
@@ -195,8 +196,6 @@ def _read_config(transformers: Any, folder: Path) -> Any:
         raise UnsafeInputError(f"{path} is not valid JSON: {str(e)[:200]}") from None
     if not isinstance(data, dict):
         raise UnsafeInputError(f"{path} is not a JSON object")
-    if "auto_map" in data:
-        raise UnsupportedModelError(f"{path} needs custom code (auto_map); torchslim never runs it")
     try:
         return transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True)
     except (OSError, *_build_errors()) as e:
