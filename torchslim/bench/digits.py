@@ -47,11 +47,7 @@ TABLE = BenchTable(
 
 def bench(data: str | None = None, quick: bool = False) -> BenchResult:
     """Run the digits benchmark (``data`` is unused: scikit-learn ships the data set)."""
-    from torchslim.workloads import get_workload
-
-    wl = get_workload(TABLE.workload)
-    teacher = wl.model()
-    ctx = wl.context()
+    wl, teacher, ctx = TABLE.setup(data)
     x = ctx.example_inputs
 
     def variant(name: str, model: nn.Module, size: int | None = None) -> Variant:

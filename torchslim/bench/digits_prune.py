@@ -62,11 +62,7 @@ def _peer_torch_prune(teacher: nn.Module, amount: float) -> tuple[nn.Module, int
 
 def bench(data: str | None = None, quick: bool = False) -> BenchResult:
     """Run the digits pruning benchmark (scikit-learn ships the data)."""
-    from torchslim.workloads import get_workload
-
-    wl = get_workload(TABLE.workload)
-    teacher = wl.model()
-    ctx = wl.context()
+    wl, teacher, ctx = TABLE.setup(data)
     x = ctx.example_inputs
 
     def variant(name: str, model: nn.Module, size: int | None = None) -> Variant:

@@ -73,11 +73,7 @@ def peer_ln_structured(model: nn.Module, ratio: float) -> nn.Module:
 
 def bench(data: str | None = None, quick: bool = False) -> BenchResult:
     """Run the benchmark (``data`` is unused: scikit-learn ships the digits)."""
-    from torchslim.workloads import get_workload
-
-    wl = get_workload(TABLE.workload)
-    teacher = wl.model()
-    ctx = wl.context()
+    wl, teacher, ctx = TABLE.setup(data)
     x = ctx.example_inputs
     macs2x, macs4x = (
         run_recipe(copy.deepcopy(teacher), load_recipe(TABLE.recipes[name]), ctx, measure_steps=False)[0]

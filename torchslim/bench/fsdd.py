@@ -89,13 +89,10 @@ def saved_bytes(model: nn.Module, factory: Any) -> int:
 
 def bench(data: str | None = None, quick: bool = False) -> BenchResult:
     """Run the benchmark on the FSDD recordings in ``data`` (``quick`` only shortens the latency timing)."""
-    from torchslim.workloads import get_workload
     from torchslim.workloads.fsdd import build_student, build_teacher
 
     recipe = kws_tiny_recipe()  # before any long work: a bad recipe fails fast
-    wl = get_workload(TABLE.workload, data=data)
-    teacher = wl.model()
-    ctx = wl.context()
+    wl, teacher, ctx = TABLE.setup(data)
     x = ctx.example_inputs
 
     with threads(1):  # training: small ops, a second thread only adds synchronisation

@@ -26,10 +26,8 @@ Adding a benchmark (about 20 lines): a module ``torchslim/bench/NAME.py`` with a
     )
 
     def bench(data: str | None = None, quick: bool = False) -> BenchResult:
-        from torchslim.workloads import get_workload
-
-        wl = get_workload(TABLE.workload, data=data)
-        base, x = wl.model(), wl.example_inputs()
+        wl, base, ctx = TABLE.setup(data)          # workload, its fp32 model, a context
+        x = ctx.example_inputs
         ours = compress_(copy.deepcopy(base), recipe_config("bf16"))
         rows = [
             model_variant(name, m, x, lambda m=m: wl.evaluate(m, "test"))
@@ -37,6 +35,8 @@ Adding a benchmark (about 20 lines): a module ``torchslim/bench/NAME.py`` with a
         ]
         return TABLE.run(rows, quick, notes=["latency per batch of 64 images"])
 
+Peers go in :mod:`torchslim.bench.peers` when two benchmarks share them; rows whose builds may fail
+(a missing package) go through :class:`RowBuilder`; a second timing pass is :func:`speedup_column`.
 ``tests/bench/test_tables.py`` pins every table's rows and columns.
 
 Example:
@@ -299,6 +299,14 @@ class BenchTable:
         unknown = set(self.recipes) - set(self.rows)
         if unknown:
             raise ValueError(f"{self.name}: recipe rows {sorted(unknown)} are not declared rows")
+
+    def setup(self, data: str | None = None) -> tuple[Any, Any, Any]:
+        """The table's workload (reading ``data`` where it needs files), its fp32 model and a fresh context."""
+        from torchslim.workloads import get_workload
+
+        wl = get_workload(self.workload, data=data)
+        model = wl.model()
+        return wl, model, wl.context()
 
     def rounds_for(self, quick: bool) -> int:
         return self.rounds[0] if quick else self.rounds[1]

@@ -118,11 +118,7 @@ def distill_student(wl: Any, teacher: nn.Module, student: nn.Module, config: Dis
 
 def bench(data: str | None = None, quick: bool = False) -> BenchResult:
     """Run the benchmark (``quick`` shortens the latency timing only; the training is the same)."""
-    from torchslim.workloads import get_workload
-
-    wl = get_workload(TABLE.workload, data=data)
-    teacher = wl.model()
-    ctx = wl.context()
+    wl, teacher, ctx = TABLE.setup(data)
     x = ctx.example_inputs
     dropped = drop_blocks(teacher, list(KEEP)).eval()
     pruned = prune_heads_ffn(wl, ctx).eval()

@@ -45,11 +45,8 @@ ENCODER_LINEARS = Select(types=("Linear",), include=(r"encoder\.layer\.",))
 def bench(data: str | None = None, quick: bool = False) -> BenchResult:
     """Run the benchmark on the STS benchmark folder ``data`` (default: ``$TORCHSLIM_DATA/stsbenchmark``)."""
     from torchslim.bench.minilm_kd import PRUNED_CONFIG, distill_student
-    from torchslim.workloads import get_workload
 
-    wl = get_workload(TABLE.workload, data=data)
-    base = wl.model()
-    ctx = wl.context()
+    wl, base, ctx = TABLE.setup(data)
     # 32 x 32 STS-train sentences (~14k tokens): the Hessians of 1536-wide layers need more than 8 batches.
     ctx.calibration = wl.calibration(32)
     x = ctx.example_inputs

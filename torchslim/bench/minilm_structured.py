@@ -81,11 +81,7 @@ def peer_torch_pruning_heads_ffn(model: nn.Module, example_inputs: tuple, ratio:
 
 def bench(data: str | None = None, quick: bool = False) -> BenchResult:
     """Run the benchmark; ``data`` is the STS benchmark folder (default: ``$TORCHSLIM_DATA/stsbenchmark``)."""
-    from torchslim.workloads import get_workload
-
-    wl = get_workload(TABLE.workload, data)
-    base = wl.model()
-    ctx = wl.context()
+    wl, base, ctx = TABLE.setup(data)
     x = ctx.example_inputs
     models = {
         "fp32": base,

@@ -10,7 +10,7 @@ every built-in recipe (``torchslim-<name>``) and the tuned recipe (``torchslim-t
 the same teacher and timed interleaved in one process (one thread), see :mod:`torchslim.bench.tune_common`.
 Each row carries ``val_drop`` and ``within_budget``; the notes say whether the tuned recipe is smaller
 and/or faster than every built-in recipe within the same budget. ``int8-dynamic-compiled`` is left out:
-it compiles with ``torch.compile`` (minutes), a path meant for transformers.
+it compiles with ``torch.compile``, a path meant for transformers.
 """
 
 from __future__ import annotations

@@ -3,12 +3,12 @@
 The budget: at most 1 Spearman point (× 100) lost on the STS-B dev split (``--max-drop 1.0``), the
 split the search sees; the test split only fills the table. The search (objective ``size``, 20 trials,
 8 with ``--quick``) runs in the workload's own space (:meth:`MiniLMWorkload.tune_space_overrides`:
-post-training techniques, about a minute a trial), starting from the built-in recipes it expresses
+post-training techniques only), starting from the built-in recipes it expresses
 (``int8-dynamic``, ``int8-weight-only``, ``int4-g128``, ``bf16``, ``wanda-50``). Then fp32, those
 built-ins and the tuned recipe are rebuilt, timed interleaved (batch 32 × 128 tokens) and scored on
 the test split (see :mod:`torchslim.bench.tune_common`). Built-ins that train (fine-tuning,
-distillation, QAT: hours on CPU) and ``int8-dynamic-compiled`` (the same size as ``int8-dynamic``,
-minutes of ``torch.compile``) are left out.
+distillation, QAT: a training run per trial) and ``int8-dynamic-compiled`` (the same size as ``int8-dynamic``,
+plus a ``torch.compile`` per build) are left out.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,40 @@ from torchslim.core.context import Context
 from torchslim.io.atomic import atomic_file
 
 log = logging.getLogger(__name__)
+
+
+class ShuffledBatches:
+    """One seeded pass over ``(x, y)`` in shuffled batches; sized so training loops know the step count.
+
+    ``augment(x_batch, generator)``, when given, transforms each input batch with the same seeded
+    generator that shuffled (so a pass is reproducible from ``seed`` alone).
+
+    Example:
+        >>> b = ShuffledBatches(torch.arange(5.0), torch.arange(5), batch=2, seed=0)
+        >>> len(b), [len(y) for _, y in b]
+        (3, [2, 2, 1])
+    """
+
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        batch: int,
+        seed: int,
+        augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+    ) -> None:
+        self.x, self.y, self.batch, self.seed, self.augment = x, y, batch, seed, augment
+
+    def __len__(self) -> int:
+        return (len(self.y) + self.batch - 1) // self.batch  # ceil: the last batch may be short
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        gen = torch.Generator().manual_seed(self.seed)
+        order = torch.randperm(len(self.y), generator=gen)
+        for start in range(0, len(order), self.batch):
+            ids = order[start : start + self.batch]
+            x = self.x[ids]
+            yield (self.augment(x, gen) if self.augment is not None else x), self.y[ids]
 
 
 def save_atomic(state: dict[str, torch.Tensor], path: Path) -> None:

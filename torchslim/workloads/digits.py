@@ -1,4 +1,4 @@
-"""The ``digits`` workload: a small CNN on scikit-learn's 8x8 handwritten digits, trained here in seconds.
+"""The ``digits`` workload: a small CNN on scikit-learn's 8x8 handwritten digits, trained here on first use.
 
 The data ships with scikit-learn (1797 images, 10 classes), so the workload is fully offline. The
 teacher is trained on first use and cached as safetensors under ``cache_dir()/digits``.
@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import torch
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from torchslim.training import fit_
-from torchslim.workloads.base import Workload, cache_dir, cached_or_trained
+from torchslim.workloads.base import ShuffledBatches, Workload, cache_dir, cached_or_trained
 
 __all__ = [
     "DigitsCNN",
@@ -159,24 +159,6 @@ def _shift(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return padded[torch.arange(b)[:, None, None], 0, rows, cols][:, None]  # [B, 1, H, W]
 
 
-class _Batches:
-    """One seeded pass over ``(x, y)`` in shuffled batches; sized so training loops know the step count."""
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch: int, seed: int, augment: bool) -> None:
-        self.x, self.y, self.batch, self.seed, self.augment = x, y, batch, seed, augment
-
-    def __len__(self) -> int:
-        return (len(self.y) + self.batch - 1) // self.batch  # ceil: the last batch may be short
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        gen = torch.Generator().manual_seed(self.seed)
-        order = torch.randperm(len(self.y), generator=gen)
-        for start in range(0, len(order), self.batch):
-            ids = order[start : start + self.batch]
-            x = self.x[ids]
-            yield (_shift(x, gen) if self.augment else x), self.y[ids]
-
-
 def example_inputs() -> tuple[torch.Tensor]:
     """A fixed batch of 64 real test images ``([64, 1, 8, 8],)`` for tracing, MACs and latency.
 
@@ -240,8 +222,8 @@ class DigitsWorkload(Workload):
         s = load_splits()
         calls = iter(range(seed, seed + 2**62))
 
-        def make() -> _Batches:
-            return _Batches(s["train_x"], s["train_y"], _BATCH, next(calls), augment)
+        def make() -> ShuffledBatches:
+            return ShuffledBatches(s["train_x"], s["train_y"], _BATCH, next(calls), _shift if augment else None)
 
         return make
 
@@ -288,7 +270,7 @@ class DigitsWorkload(Workload):
     def model(self) -> nn.Module:
         """The trained teacher in eval mode; a fresh copy each call, so in-place compression is safe.
 
-        Trains (seconds on a CPU) and caches on first use.
+        Trains and caches on first use.
 
         Example:
             >>> m = DigitsWorkload().model()

@@ -30,7 +30,7 @@ import hashlib
 import logging
 import re
 import wave
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +41,7 @@ from torch import nn
 
 from torchslim.errors import UnsafeInputError, UsageError
 from torchslim.training import fit_
-from torchslim.workloads.base import Workload, cache_dir, cached_or_trained, save_atomic
+from torchslim.workloads.base import ShuffledBatches, Workload, cache_dir, cached_or_trained, save_atomic
 from torchslim.workloads.datadir import data_path
 
 __all__ = [
@@ -361,24 +361,6 @@ def _shift(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.gather(x, 2, src[:, None, :].expand(b, c, t))
 
 
-class _Batches:
-    """One seeded pass over ``(x, y)`` in shuffled batches; sized so training loops know the step count."""
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch: int, seed: int, augment: bool) -> None:
-        self.x, self.y, self.batch, self.seed, self.augment = x, y, batch, seed, augment
-
-    def __len__(self) -> int:
-        return (len(self.y) + self.batch - 1) // self.batch
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        gen = torch.Generator().manual_seed(self.seed)
-        order = torch.randperm(len(self.y), generator=gen)
-        for start in range(0, len(order), self.batch):
-            ids = order[start : start + self.batch]
-            x = self.x[ids]
-            yield (_shift(x, gen) if self.augment else x), self.y[ids]
-
-
 def _seeded(build: Callable[[], nn.Module], seed: int = _TEACHER_SEED) -> nn.Module:
     """``build()`` initialised from ``seed`` in a forked RNG (the caller's global RNG is untouched)."""
     with torch.random.fork_rng(devices=[]):
@@ -464,8 +446,8 @@ class FsddWorkload(Workload):
         s = self.splits()
         calls = iter(range(seed, seed + 2**62))
 
-        def make() -> _Batches:
-            return _Batches(s["train_x"], s["train_y"], _BATCH, next(calls), augment)
+        def make() -> ShuffledBatches:
+            return ShuffledBatches(s["train_x"], s["train_y"], _BATCH, next(calls), _shift if augment else None)
 
         return make
 
@@ -516,7 +498,7 @@ class FsddWorkload(Workload):
     def model(self) -> nn.Module:
         """The trained teacher in eval mode; a fresh copy each call, so in-place compression is safe.
 
-        Trains on first use (about 3 minutes of one CPU core) and caches the weights.
+        Trains on first use and caches the weights.
         """
         if self._teacher_state is None:
             self._teacher_state = self._load_or_train()

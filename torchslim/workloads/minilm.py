@@ -221,7 +221,7 @@ class MiniLMWorkload(Workload):
     def factory(self) -> nn.Module:
         """A :class:`SentenceEncoder` of all-MiniLM-L6-v2's architecture with zero weights (for reloading weights).
 
-        Random initialisation of 22.7M parameters costs seconds and every caller overwrites them, so
+        Random initialisation of 22.7M parameters is wasted work since every caller overwrites them, so
         the parameters are zero-filled instead (deterministic); buffers (position ids) are built as usual.
         """
         from transformers import AutoConfig, AutoModel
@@ -249,11 +249,10 @@ class MiniLMWorkload(Workload):
     def tune_space_overrides(self) -> dict[str, Any]:
         """Post-training techniques only (``torchslim tune``): trials that train would take too long.
 
-        One epoch of distillation or fine-tuning of MiniLM takes minutes on CPU, so recovery, layer
+        A trial that trains runs a whole epoch of distillation or fine-tuning, so recovery, layer
         dropping and channel pruning (both collapse the metric without recovery) are left out: magnitude /
         Wanda pruning, bf16, int8 (dynamic, weight-only), int4 (RTN, HQQ, GPTQ, AWQ; groups of 32 to 128),
-        with fp32 or int8 embedding tables. On one thread a trial builds in 0.2 s (RTN) to 27 s (GPTQ,
-        AWQ) and scores the 1,500 dev pairs in 12-17 s.
+        with fp32 or int8 embedding tables. Each trial builds its model once and scores the 1,500 dev pairs.
         """
         return {"prune_methods": ("none", "magnitude", "wanda"), "recovery": ("none",), "max_drop_layers": 0}
 

@@ -14,7 +14,7 @@ The model (:class:`CharGPT`, about 3.2 M parameters by default) is a pre-LayerNo
 matrices are all ``nn.Linear`` with ``in_features`` a multiple of 128 (``d_model`` and ``4·d_model``),
 so group-wise int4 at g = 128 applies to every one of them; the output head is padded to a multiple of
 64 rows so torch's int4 CPU kernel (``N % 16 == 0``) takes it too. It is trained on first use (AdamW,
-bf16 autocast, minutes on a CPU, progress bar) and cached as safetensors under
+bf16 autocast, progress bar) and cached as safetensors under
 ``cache_dir()/shakespeare-gpt``, keyed by the architecture, the training recipe and the data's sha256.
 
 Example:
@@ -287,7 +287,7 @@ class ShakespeareWorkload(Workload):
     Args:
         data: the text file (or its folder); default ``$TORCHSLIM_DATA/tinyshakespeare/input.txt``.
         arch: model shape (default about 3.2 M parameters).
-        train: training recipe (the default takes minutes on a CPU).
+        train: training recipe.
         eval_tokens: score only the first this many tail characters (None: the whole tail, ~111 k).
 
     Example:
@@ -374,7 +374,7 @@ class ShakespeareWorkload(Workload):
     def model(self) -> nn.Module:
         """The trained model in eval mode; a fresh copy each call, so in-place compression is safe.
 
-        Trains (minutes on a CPU for the default recipe) and caches on first use.
+        Trains and caches on first use.
         """
         if self._state is None:
             self._state = self._load_or_train()
