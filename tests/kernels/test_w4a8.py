@@ -16,7 +16,7 @@ from torchslim import kernels
 REPO = Path(__file__).resolve().parents[2]
 
 # (out_features N, in_features K, group size, rows M): odd N, N not a multiple of 16, one-tile and
-# many-tile weights, every group size, batch 1..16.
+# many-tile weights, group sizes 32/64/128 (and 16, 48), batch 1..16 (the VNNI loop takes rows in passes of 4).
 SHAPES = [
     (1, 32, 32, 1),
     (37, 96, 32, 3),
@@ -26,6 +26,8 @@ SHAPES = [
     (255, 640, 64, 2),
     (48, 1024, 128, 16),
     (301, 192, 32, 5),
+    (23, 96, 16, 4),  # other multiples of 16 work too
+    (40, 192, 48, 9),
 ]
 
 
@@ -82,7 +84,7 @@ def test_kernel_matches_the_reference(compiled: str, n: int, k: int, g: int, m: 
     x = torch.randn(m, k, generator=torch.Generator().manual_seed(m))
     ref = kernels.w4a8_linear_reference(x, packed, n, g)
     tol = 1e-5 * float(ref.abs().max()) + 1e-6  # same integer sums; only the float order of groups differs
-    for path in ("auto", "portable"):
+    for path in kernels.paths():
         y = kernels.w4a8_linear(x, packed, n, g, path=path)
         assert y.shape == (m, n) and y.dtype == torch.float32
         torch.testing.assert_close(y, ref, rtol=0, atol=tol)
@@ -127,11 +129,15 @@ def test_shape_mismatch_is_refused(compiled: str) -> None:
         kernels.w4a8_linear(torch.randn(1, 64), packed, 40, 32)
     with pytest.raises(ValueError, match="path"):
         kernels.w4a8_linear(torch.randn(1, 64), packed, 20, 32, path="fast")
+    with pytest.raises(RuntimeError, match="unknown isa"):
+        torch.ops.torchslim.w4a8_linear_on(torch.randn(1, 64), packed, 20, 32, None, "sse9")
 
 
 def test_fake_implementation_traces(compiled: str) -> None:
     packed, *_ = _random_packed(48, 128, 64, seed=4)
-    torch.library.opcheck(torch.ops.torchslim.w4a8_linear.default, (torch.randn(3, 128), packed, 48, 64, None))
+    x3 = torch.randn(3, 128)
+    torch.library.opcheck(torch.ops.torchslim.w4a8_linear.default, (x3, packed, 48, 64, None))
+    torch.library.opcheck(torch.ops.torchslim.w4a8_linear_on.default, (x3, packed, 48, 64, None, "portable"))
 
     class Tiny(torch.nn.Module):
         def __init__(self) -> None:
@@ -158,7 +164,7 @@ def test_forced_reference_fallback_gives_the_same_results(tmp_path: Path) -> Non
         "x = torch.randn(2, 128, generator=torch.Generator().manual_seed(1))\n"
         "y = kernels.w4a8_linear(x, p, 33, 64)\n"
         "assert kernels.backend() == 'torch-reference' and not kernels.available(), kernels.backend()\n"
-        "torch.testing.assert_close(y, kernels.w4a8_linear(x, p, 33, 64, path='portable'))\n"
+        "torch.testing.assert_close(y, kernels.w4a8_linear(x, p, 33, 64, path='avx2'))\n"
         "torch.save(y, __import__('sys').argv[1])\n"
     )
     out = tmp_path / "y.pt"

@@ -3,14 +3,15 @@
 ``w4a8_linear`` multiplies a few rows of activations (decode: 1..16 tokens) by a grouped int4 weight in
 the packed layout of :mod:`torchslim.kernels.layout`. Activations are quantized to int8 per row
 (symmetric, one scale each), the 4-bit codes are widened to bytes in registers and multiplied with
-AVX-512 VNNI dot products, one int32 accumulator per output row and group, scaled into float32 — the
+AVX-512 VNNI dot products (AVX2 on CPUs without them), one int32 accumulator per output row and
+group, scaled into float32 — the
 scheme of llama.cpp's Q4_0 × Q8_0 dot product, with a zero point per group as in GPTQ
 (Frantar et al., arXiv:2210.17323) and per-token activation scales as in LLM.int8()
 (Dettmers et al., arXiv:2208.07339). Threads split the output rows.
 
-The C++ source is compiled at the first call (:func:`load`); on a CPU without AVX-512 VNNI a portable
-C++ loop computes the same sums, and when the build fails a torch reference does, so results are
-correct everywhere. :func:`available` says whether the fast path runs.
+The C++ source is compiled at the first call (:func:`load`); on a CPU without AVX-512 VNNI or AVX2 a
+portable C++ loop computes the same sums, and when the build fails a torch reference does, so results
+are correct everywhere. :func:`available` says whether a vectorized path runs, :func:`backend` which.
 
 Example:
     >>> import torch
@@ -30,28 +31,46 @@ from __future__ import annotations
 import torch
 
 from torchslim.kernels.layout import pack_int4, packed_shape, unpack_int4
-from torchslim.kernels.ops import backend, load
+from torchslim.kernels.ops import ISAS, backend, load
 from torchslim.kernels.reference import dequantize, quantize_rows, w4a8_linear_reference
 
 __all__ = [
+    "ISAS",
     "available",
     "backend",
     "dequantize",
     "load",
     "pack_int4",
     "packed_shape",
+    "paths",
     "quantize_rows",
     "unpack_int4",
     "w4a8_linear",
     "w4a8_linear_reference",
 ]
 
-_PATHS = ("auto", "portable", "reference")
+_PATHS = ("auto", *ISAS, "reference")
 
 
 def available() -> bool:
-    """Whether the AVX-512 VNNI kernel is compiled and runs on this CPU (builds it at the first call)."""
-    return load() == "avx512-vnni"
+    """Whether a vectorized kernel (AVX-512 VNNI or AVX2) is compiled and runs on this CPU.
+
+    Builds the kernel at the first call; :func:`backend` then names the path.
+    """
+    return load() in ("avx512-vnni", "avx2")
+
+
+def paths() -> tuple[str, ...]:
+    """The values of ``w4a8_linear``'s ``path`` that run on this CPU (builds the kernel at the first call).
+
+    ``"auto"``, each C++ path the CPU has (slower ones included, for comparisons) and ``"reference"``;
+    when the build failed every path runs the reference.
+    """
+    best = load()
+    if best == "torch-reference":
+        return _PATHS
+    start = ISAS.index("portable" if best == "portable-c++" else best)
+    return ("auto", *ISAS[start:], "reference")
 
 
 def w4a8_linear(
@@ -71,19 +90,22 @@ def w4a8_linear(
         out_features: ``N``.
         group_size: the group size the weight was packed with.
         bias: optional ``[N]``.
-        path: ``"auto"`` (the fastest compiled path), ``"portable"`` (the portable C++ loop, or the
-            reference when the build failed) or ``"reference"`` (torch ops, no build).
+        path: ``"auto"`` (the fastest compiled path), one C++ path by name (``"avx512-vnni"``, ``"avx2"``,
+            ``"portable"``; see :func:`paths`; the reference when the build failed) or ``"reference"``
+            (torch ops, no build).
 
     Returns:
         ``[..., N]`` in ``x``'s dtype.
 
     Raises:
         ValueError: an unknown ``path``.
+        RuntimeError: a path this CPU lacks, or shapes that do not match ``packed``.
     """
     if path == "reference":
         return w4a8_linear_reference(x, packed, out_features, group_size, bias)
     if path not in _PATHS:
         raise ValueError(f"path must be one of {', '.join(_PATHS)}, got {path!r}")
     load()
-    op = torch.ops.torchslim.w4a8_linear if path == "auto" else torch.ops.torchslim.w4a8_linear_portable
-    return op(x, packed, out_features, group_size, bias)
+    if path == "auto":
+        return torch.ops.torchslim.w4a8_linear(x, packed, out_features, group_size, bias)
+    return torch.ops.torchslim.w4a8_linear_on(x, packed, out_features, group_size, bias, path)

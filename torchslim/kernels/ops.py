@@ -10,9 +10,10 @@ registered instead and the reason is logged once.
 
 Operators:
 
-- ``torchslim::w4a8_linear(x, packed, out_features, group_size, bias=None)``: AVX-512 VNNI where the CPU
-  has it, else a portable C++ loop computing the same integer sums;
-- ``torchslim::w4a8_linear_portable(...)``: always the portable C++ loop (for tests and comparisons).
+- ``torchslim::w4a8_linear(x, packed, out_features, group_size, bias=None)``: the best path the CPU has:
+  AVX-512 VNNI, else AVX2, else a portable C++ loop, all computing the same integer sums;
+- ``torchslim::w4a8_linear_on(x, packed, out_features, group_size, bias, isa)``: one named path
+  (``"avx512-vnni"``, ``"avx2"`` or ``"portable"``; an error when the CPU lacks it), for tests and comparisons.
 """
 
 from __future__ import annotations
@@ -29,31 +30,43 @@ import torch
 
 from torchslim.kernels.reference import w4a8_linear_reference
 
-__all__ = ["backend", "load"]
+__all__ = ["ISAS", "backend", "load"]
 
 log = logging.getLogger(__name__)
 
 _SOURCE = Path(__file__).resolve().parent / "csrc" / "w4a8.cpp"
 _EXTENSION = "torchslim_w4a8"
-_SCHEMA = "(Tensor x, Tensor packed, int out_features, int group_size, Tensor? bias=None) -> Tensor"
-_OPS = ("w4a8_linear", "w4a8_linear_portable")
+_ARGS = "Tensor x, Tensor packed, int out_features, int group_size, Tensor? bias"
+ISAS = ("avx512-vnni", "avx2", "portable")  # the C++ paths, fastest first
+_BACKENDS = {2: "avx512-vnni", 1: "avx2", 0: "portable-c++"}  # torchslim_w4a8_isa() -> backend name
 
 _LIB = torch.library.Library("torchslim", "FRAGMENT")  # schemas only; the CPU kernels come from C++
-for _name in _OPS:
-    _LIB.define(_name + _SCHEMA)
+_LIB.define(f"w4a8_linear({_ARGS}=None) -> Tensor")
+_LIB.define(f"w4a8_linear_on({_ARGS}, str isa) -> Tensor")
 
 
+@torch.library.register_fake("torchslim::w4a8_linear", lib=_LIB)
 def _fake(
     x: torch.Tensor, packed: torch.Tensor, out_features: int, group_size: int, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
     return x.new_empty((*x.shape[:-1], out_features))
 
 
-for _name in _OPS:
-    torch.library.register_fake(f"torchslim::{_name}", _fake, lib=_LIB)
+@torch.library.register_fake("torchslim::w4a8_linear_on", lib=_LIB)
+def _fake_on(
+    x: torch.Tensor, packed: torch.Tensor, out_features: int, group_size: int, bias: torch.Tensor | None, isa: str
+) -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], out_features))
+
+
+def _reference_on(
+    x: torch.Tensor, packed: torch.Tensor, out_features: int, group_size: int, bias: torch.Tensor | None, isa: str
+) -> torch.Tensor:
+    return w4a8_linear_reference(x, packed, out_features, group_size, bias)
+
 
 _lock = threading.Lock()
-_backend: str | None = None  # "avx512-vnni", "portable-c++" or "torch-reference" once loaded
+_backend: str | None = None  # "avx512-vnni", "avx2", "portable-c++" or "torch-reference" once loaded
 
 
 def _build_directory() -> str | None:
@@ -93,22 +106,22 @@ def _build() -> str:
         verbose=False,
     )
     (path,) = [p for p in torch.ops.loaded_libraries if Path(p).name.startswith(_EXTENSION)]
-    vnni = ctypes.CDLL(path).torchslim_w4a8_vnni
-    vnni.restype = ctypes.c_int
-    return "avx512-vnni" if vnni() else "portable-c++"
+    isa = ctypes.CDLL(path).torchslim_w4a8_isa
+    isa.restype = ctypes.c_int
+    return _BACKENDS[isa()]
 
 
 def _register_reference(reason: str) -> None:
     log.warning("torchslim kernels: %s; w4a8_linear runs the torch reference (slow)", reason)
-    for name in _OPS:
-        _LIB.impl(name, w4a8_linear_reference, "CPU")
+    _LIB.impl("w4a8_linear", w4a8_linear_reference, "CPU")
+    _LIB.impl("w4a8_linear_on", _reference_on, "CPU")
 
 
 def load() -> str:
     """Build (first call only) and register the CPU kernels; return the backend now in use.
 
-    ``"avx512-vnni"`` (the fast path), ``"portable-c++"`` (compiled, CPU without AVX-512 VNNI) or
-    ``"torch-reference"`` (the build failed or ``TORCHSLIM_KERNELS=reference``; the reason is logged once).
+    ``"avx512-vnni"`` (the fast path), ``"avx2"`` (compiled, CPU without AVX-512 VNNI), ``"portable-c++"``
+    (compiled, neither instruction set) or ``"torch-reference"`` (the build failed or ``TORCHSLIM_KERNELS=reference``; the reason is logged once).
     """
     global _backend
     if _backend is not None:

@@ -6,9 +6,10 @@
 // where q are the 4-bit codes 0..15 (weight = (q - 8) * s + z), a the int8 activations, sx their scale and
 // A[m,g] the sum of a[m] over group g. The dot products are exact int32 sums.
 //
-// Two paths: AVX-512 VNNI (vpdpbusd: unsigned weight bytes times signed activation bytes, four products
-// per 32-bit lane, one lane per output row of a 16-row tile) chosen at run time with
-// __builtin_cpu_supports, and a portable C++ loop that computes the same sums.
+// Three paths, the best the CPU has chosen at run time with __builtin_cpu_supports: AVX-512 VNNI
+// (vpdpbusd: unsigned weight bytes times signed activation bytes, four products per 32-bit lane, one lane
+// per output row of a 16-row tile), AVX2 (the same sums with vpmaddubsw + vpmaddwd, eight rows per
+// register) and a portable C++ loop. All three compute the same integer sums.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -19,6 +20,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -189,20 +191,98 @@ TS_VNNI void tile_vnni(const uint8_t* blk, int64_t groups, int64_t g, const Quan
   for (int m = 0; m < MB; ++m) _mm512_storeu_ps(out + m * kTile, _mm512_mul_ps(acc[m], _mm512_set1_ps(q.scale[m0 + m])));
 }
 
-bool cpu_has_vnni() {
-  static const bool ok = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
-  }();
-  return ok;
+#define TS_AVX2 __attribute__((target("avx2,fma")))
+
+TS_AVX2 inline __m256 load_bf16x8(const uint8_t* p) {
+  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
 }
-#else
-bool cpu_has_vnni() { return false; }
+
+// tile_vnni without VNNI: a 256-bit half of each chunk holds 8 rows; vpmaddubsw multiplies weight and
+// activation bytes into 16-bit pair sums (at most 2 * 15 * 127 per nibble half, no saturation), the two
+// nibble halves are added in 16 bits and vpmaddwd with ones widens the four products per row to 32 bits.
+template <int MB>
+TS_AVX2 void tile_avx2(const uint8_t* blk, int64_t groups, int64_t g, const QuantizedRows& q, int64_t m0, int64_t k,
+                       float* out /* [MB, 16] */) {
+  const __m256i mask = _mm256_set1_epi8(0x0F);
+  const __m256i ones = _mm256_set1_epi16(1);
+  const __m256 eight = _mm256_set1_ps(8.f);
+  __m256 acc[MB][2];
+  const int8_t* a[MB];
+  for (int m = 0; m < MB; ++m) {
+    acc[m][0] = acc[m][1] = _mm256_setzero_ps();
+    a[m] = q.codes.data() + (m0 + m) * k;
+  }
+  const int64_t step = kHead + 8 * g;
+  for (int64_t gi = 0; gi < groups; ++gi, blk += step) {
+    const uint8_t* w = blk + kHead;
+    __m256i d[MB][2];
+    for (int m = 0; m < MB; ++m) d[m][0] = d[m][1] = _mm256_setzero_si256();
+    const int64_t base = gi * g;
+    for (int64_t c = 0; c < g / 8; ++c) {
+      const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + c * 64));
+      const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + c * 64 + 32));
+      const __m256i l0 = _mm256_and_si256(w0, mask), h0 = _mm256_and_si256(_mm256_srli_epi16(w0, 4), mask);
+      const __m256i l1 = _mm256_and_si256(w1, mask), h1 = _mm256_and_si256(_mm256_srli_epi16(w1, 4), mask);
+      for (int m = 0; m < MB; ++m) {
+        const int8_t* ap = a[m] + base + c * 8;
+        const __m256i alo = _mm256_set1_epi32(load_i32(ap)), ahi = _mm256_set1_epi32(load_i32(ap + 4));
+        const __m256i p0 = _mm256_add_epi16(_mm256_maddubs_epi16(l0, alo), _mm256_maddubs_epi16(h0, ahi));
+        const __m256i p1 = _mm256_add_epi16(_mm256_maddubs_epi16(l1, alo), _mm256_maddubs_epi16(h1, ahi));
+        d[m][0] = _mm256_add_epi32(d[m][0], _mm256_madd_epi16(p0, ones));
+        d[m][1] = _mm256_add_epi32(d[m][1], _mm256_madd_epi16(p1, ones));
+      }
+    }
+    for (int h = 0; h < 2; ++h) {
+      const __m256 sc = load_bf16x8(blk + 16 * h);
+      const __m256 off = _mm256_fnmadd_ps(eight, sc, load_bf16x8(blk + 32 + 16 * h));  // z - 8 s
+      for (int m = 0; m < MB; ++m) {
+        const __m256 sums = _mm256_set1_ps(q.sums[(m0 + m) * groups + gi]);
+        acc[m][h] = _mm256_fmadd_ps(sc, _mm256_cvtepi32_ps(d[m][h]), _mm256_fmadd_ps(off, sums, acc[m][h]));
+      }
+    }
+  }
+  for (int m = 0; m < MB; ++m) {
+    const __m256 s = _mm256_set1_ps(q.scale[m0 + m]);
+    _mm256_storeu_ps(out + m * kTile, _mm256_mul_ps(acc[m][0], s));
+    _mm256_storeu_ps(out + m * kTile + 8, _mm256_mul_ps(acc[m][1], s));
+  }
+}
 #endif
 
+enum class Isa : int { kPortable = 0, kAvx2 = 1, kAvx512Vnni = 2 };
+
+Isa best_isa() {
+  static const Isa best = [] {
+#ifdef TS_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni"))
+      return Isa::kAvx512Vnni;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::kAvx2;
+#endif
+    return Isa::kPortable;
+  }();
+  return best;
+}
+
+Isa parse_isa(const std::string& name) {
+  Isa isa;
+  if (name == "avx512-vnni") {
+    isa = Isa::kAvx512Vnni;
+  } else if (name == "avx2") {
+    isa = Isa::kAvx2;
+  } else if (name == "portable") {
+    isa = Isa::kPortable;
+  } else {
+    TORCH_CHECK(false, "w4a8_linear_on: unknown isa '", name, "' (avx512-vnni, avx2 or portable)");
+  }
+  TORCH_CHECK(static_cast<int>(isa) <= static_cast<int>(best_isa()), "w4a8_linear_on: this CPU lacks ", name);
+  return isa;
+}
+
 at::Tensor linear_impl(const at::Tensor& x, const at::Tensor& packed, int64_t out_features, int64_t group_size,
-                       const std::optional<at::Tensor>& bias, bool use_vnni) {
+                       const std::optional<at::Tensor>& bias, Isa isa) {
   TORCH_CHECK(packed.scalar_type() == at::kByte && packed.dim() == 3 && packed.is_contiguous(),
               "w4a8_linear: packed must be a contiguous uint8 [tiles, groups, 64 + 8 * group_size] tensor");
   TORCH_CHECK(group_size >= 16 && group_size % 16 == 0, "w4a8_linear: group_size must be a multiple of 16");
@@ -228,7 +308,7 @@ at::Tensor linear_impl(const at::Tensor& x, const at::Tensor& packed, int64_t ou
   q.scale.resize(rows);
   q.sums.resize(rows * groups);
 #ifdef TS_X86
-  if (use_vnni) {
+  if (isa == Isa::kAvx512Vnni) {
     quantize_rows_vnni(xf.data_ptr<float>(), rows, k, group_size, q);
   } else
 #endif
@@ -246,12 +326,19 @@ at::Tensor linear_impl(const at::Tensor& x, const at::Tensor& packed, int64_t ou
       for (int64_t m0 = 0; m0 < rows; m0 += kMaxRowsPerPass) {
         const int64_t mb = std::min(kMaxRowsPerPass, rows - m0);
 #ifdef TS_X86
-        if (use_vnni) {
+        if (isa == Isa::kAvx512Vnni) {
           switch (mb) {
             case 1: tile_vnni<1>(blk, groups, group_size, q, m0, k, buf); break;
             case 2: tile_vnni<2>(blk, groups, group_size, q, m0, k, buf); break;
             case 3: tile_vnni<3>(blk, groups, group_size, q, m0, k, buf); break;
             default: tile_vnni<4>(blk, groups, group_size, q, m0, k, buf); break;
+          }
+        } else if (isa == Isa::kAvx2) {
+          switch (mb) {
+            case 1: tile_avx2<1>(blk, groups, group_size, q, m0, k, buf); break;
+            case 2: tile_avx2<2>(blk, groups, group_size, q, m0, k, buf); break;
+            case 3: tile_avx2<3>(blk, groups, group_size, q, m0, k, buf); break;
+            default: tile_avx2<4>(blk, groups, group_size, q, m0, k, buf); break;
           }
         } else
 #endif
@@ -266,20 +353,20 @@ at::Tensor linear_impl(const at::Tensor& x, const at::Tensor& packed, int64_t ou
 
 at::Tensor w4a8_linear_cpu(const at::Tensor& x, const at::Tensor& packed, int64_t out_features, int64_t group_size,
                            const std::optional<at::Tensor>& bias) {
-  return linear_impl(x, packed, out_features, group_size, bias, cpu_has_vnni());
+  return linear_impl(x, packed, out_features, group_size, bias, best_isa());
 }
 
-at::Tensor w4a8_linear_portable_cpu(const at::Tensor& x, const at::Tensor& packed, int64_t out_features,
-                                    int64_t group_size, const std::optional<at::Tensor>& bias) {
-  return linear_impl(x, packed, out_features, group_size, bias, false);
+at::Tensor w4a8_linear_on_cpu(const at::Tensor& x, const at::Tensor& packed, int64_t out_features, int64_t group_size,
+                              const std::optional<at::Tensor>& bias, c10::string_view isa) {
+  return linear_impl(x, packed, out_features, group_size, bias, parse_isa(std::string(isa)));
 }
 
 }  // namespace
 
-// 1 when the AVX-512 VNNI path runs on this CPU, 0 when the portable loop does (read through ctypes).
-extern "C" int torchslim_w4a8_vnni() { return cpu_has_vnni() ? 1 : 0; }
+// The path w4a8_linear takes on this CPU: 2 AVX-512 VNNI, 1 AVX2, 0 portable (read through ctypes).
+extern "C" int torchslim_w4a8_isa() { return static_cast<int>(best_isa()); }
 
 TORCH_LIBRARY_IMPL(torchslim, CPU, m) {
   m.impl("w4a8_linear", &w4a8_linear_cpu);
-  m.impl("w4a8_linear_portable", &w4a8_linear_portable_cpu);
+  m.impl("w4a8_linear_on", &w4a8_linear_on_cpu);
 }
