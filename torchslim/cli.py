@@ -149,6 +149,10 @@ def cmd_compress(args: argparse.Namespace) -> int:
     from torchslim.io import check_output_dir, save
 
     check_output_dir(Path(args.out), args.force)  # fail before any long work
+    from torchslim.sequential.cli import compress_command, wants_sequential
+
+    if wants_sequential(args):  # --sequential, or an hf:DIR model that would not fit in memory
+        return compress_command(args)
     model, ctx = _resolve_model(args)
     if not args.no_preflight and ctx.device == "cpu":
         _preflight_compress(model, ctx, args)  # refuse (exit 5) a recipe that cannot fit in memory
@@ -287,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--force", action="store_true", help="replace an existing artifact (only once the new one is complete)"
     )
     add_preflight_arg(p)
+    from torchslim.sequential.cli import SEQUENTIAL_HELP
+
+    p.add_argument("--sequential", action="store_true", help=SEQUENTIAL_HELP)
     p.set_defaults(func=cmd_compress)
 
     p = sub.add_parser("export", help="export an artifact to ONNX (verified in ONNX Runtime) or torch.export .pt2")

@@ -380,16 +380,14 @@ class _Runner:
         return out
 
 
-def check_sequential(path: str | Path, recipe: Any) -> Layout:
-    """The model's :class:`Layout` when ``recipe`` can run on the folder ``path`` block by block.
+def check_sequential(model: nn.Module, recipe: Any) -> Layout:
+    """The :class:`Layout` of ``model`` (a skeleton will do) when ``recipe`` can run on it block by block.
 
     Raises:
         UnsupportedModelError: the architecture or a step is not supported (the message says why).
-        UsageError: not a transformers folder with safetensors weights.
     """
-    sk = open_skeleton(path)
-    layout = model_layout(sk.model)
-    _steps_checked(sk.model, layout, recipe)
+    layout = model_layout(model)
+    _steps_checked(model, layout, recipe)
     return layout
 
 

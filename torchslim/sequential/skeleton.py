@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 
 from torchslim.errors import UnsafeInputError, UnsupportedModelError, UsageError
+from torchslim.io.config_bound import check_layers, stored_tensor_count
 from torchslim.io.hf import model_folder
 
 __all__ = ["Skeleton", "empty_parameters", "find_blocks", "open_skeleton"]
@@ -48,7 +49,7 @@ def empty_parameters() -> Iterator[None]:
 
     def register(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
         original(module, name, param)
-        if param is not None:
+        if param is not None and param.device.type != "meta":  # one already on meta is a tied weight: kept as is
             kwargs = {"requires_grad": param.requires_grad}
             module._parameters[name] = type(param)(param.to("meta"), **kwargs)
 
@@ -169,6 +170,10 @@ def open_skeleton(path: str | Path) -> Skeleton:
     folder = model_folder(path)
     where = _shard_index(folder)
     cls, config = _model_class(folder)
+    shards = sorted(set(where.values()))
+    check_layers(
+        config.to_dict(), stored_tensor_count(shards), where=str(folder / "config.json"), error=UnsafeInputError
+    )
     with empty_parameters():
         try:
             model = cls._from_config(config)
