@@ -17,6 +17,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from torchslim.distillation import DistillConfig, train_distill
 from torchslim.distillation.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from torchslim.errors import UnsupportedModelError
 from torchslim.export import formats
@@ -121,3 +122,44 @@ def test_export_killed_while_verifying_leaves_the_previous_file_and_the_next_exp
     formats.export_pt2(nn.Linear(4, 2), (torch.randn(2, 4),), path)
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt2"]
     torch.export.load(str(path))  # a complete program
+
+
+class _Killed(Exception):
+    """Stands for a SIGKILL: nothing is checkpointed on the way out (unlike Ctrl-C)."""
+
+
+def test_distill_resume_is_bit_identical_when_the_data_shuffle_draws_from_the_global_generator(tmp_path):
+    """Was: a ``DataLoader(shuffle=True)`` without its own generator shared torch's global generator with
+    dropout; on resume, the epochs read again before the checkpoint drew from the restored state, so the
+    shuffle (and the final student) differed from the uninterrupted run's."""
+    x = torch.randn(48, 6, generator=torch.Generator().manual_seed(0))
+    y = torch.randint(0, 3, (48,), generator=torch.Generator().manual_seed(1))
+
+    def data(die_at: int | None = None):
+        """The training data: a shuffling DataLoader per epoch (6 batches); ``die_at``: the batch that kills."""
+        read = [0]
+
+        def epoch():
+            loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8, shuffle=True)
+            for batch in loader:
+                if read[0] == die_at:
+                    raise _Killed
+                read[0] += 1
+                yield batch
+
+        return epoch
+
+    def student() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 3))
+
+    teacher, config = nn.Linear(6, 3), DistillConfig(epochs=3, checkpoint_every=4, lr=0.01)
+    whole = train_distill(student(), teacher, data(), config, checkpoint_dir=str(tmp_path / "a"), progress=False)
+    with pytest.raises(_Killed):
+        train_distill(student(), teacher, data(die_at=15), config, checkpoint_dir=str(tmp_path / "b"), progress=False)
+    saved = torch.load(tmp_path / "b" / CHECKPOINT_NAME, weights_only=True)
+    assert saved["step"] == 8  # the last checkpoint before the kill, in epoch 2: 8 batches are read again
+    resumed = train_distill(student(), teacher, data(), config, checkpoint_dir=str(tmp_path / "b"), progress=False)
+    assert resumed.history[0]["step"] == 1 and resumed.steps == whole.steps == 18
+    for (name, a), b in zip(whole.student.state_dict().items(), resumed.student.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name

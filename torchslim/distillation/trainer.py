@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -31,6 +32,7 @@ from torchslim.distillation.data import Data, Epochs, batch_size_of, split_batch
 from torchslim.distillation.distributed import DistInfo, all_mean, broadcast_value, dist_info
 from torchslim.distillation.losses import get_loss
 from torchslim.distillation.objective import StudentOutputs, add_projections, objective, teacher_outputs
+from torchslim.distillation.rng_streams import DataStream
 from torchslim.distillation.taps import FeatureTaps
 from torchslim.errors import ConfigError
 from torchslim.training import warmup_cosine
@@ -84,6 +86,9 @@ class _Loop:
         self.terms = [(i, t, get_loss(t.loss)) for i, t in enumerate(config.resolved_terms()) if t.weight > 0]
         self.uses_teacher = any(spec.reference == "teacher" for _, _, spec in self.terms)
         self.epochs = Epochs(data, config, self.seed, self.info)
+        # The pipeline's own random draws (a shuffle from the global generator), apart from dropout's: read
+        # again on resume, the epochs before the checkpoint give the same batches (rng_streams.py).
+        self.data_stream = DataStream(self.seed)
         self.total = config.epochs * self.epochs.steps_per_epoch
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
         self.s_taps = FeatureTaps(student, [t.student for _, t, _ in self.terms])
@@ -229,7 +234,7 @@ class _Loop:
             return last_eval  # resumed from the checkpoint of a finished run: nothing to replay
         self.student.train()
         for epoch in range(cfg.epochs):
-            batches = self.epochs.epoch(epoch)
+            batches = self.data_stream.iterate(partial(self.epochs.epoch, epoch))
             if self.step >= (epoch + 1) * spe and not self.epochs.stateful:
                 continue  # a Dataset epoch is a pure function of (seed, epoch): nothing to replay
             for b, batch in enumerate(batches):
