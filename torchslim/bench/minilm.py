@@ -112,6 +112,8 @@ class _OrtEncoder(nn.Module):
 
 
 def onnxruntime_int8(model: nn.Module, inputs: tuple[torch.Tensor, ...], workdir: str) -> tuple[nn.Module, int]:
+    """ONNX export into ``workdir``, ``onnxruntime.quantization.quantize_dynamic(per_channel=True)``, and an
+    ONNX Runtime session on torch's thread count; size: the int8 ``.onnx`` file."""
     import onnxruntime as ort
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
