@@ -282,7 +282,7 @@ Isa parse_isa(const std::string& name) {
 }
 
 at::Tensor linear_impl(const at::Tensor& x, const at::Tensor& packed, int64_t out_features, int64_t group_size,
-                       const std::optional<at::Tensor>& bias, Isa isa) {
+                       const std::optional<at::Tensor>& bias, [[maybe_unused]] Isa isa) {  // unused without x86
   TORCH_CHECK(packed.scalar_type() == at::kByte && packed.dim() == 3 && packed.is_contiguous(),
               "w4a8_linear: packed must be a contiguous uint8 [tiles, groups, 64 + 8 * group_size] tensor");
   TORCH_CHECK(group_size >= 16 && group_size % 16 == 0, "w4a8_linear: group_size must be a multiple of 16");
