@@ -86,6 +86,25 @@ def test_atomic_file_follows_the_umask(tmp_path):
     assert (tmp_path / "x.bin").stat().st_mode & 0o777 == 0o644
 
 
+def test_safetensors_written_through_atomic_writes_follow_the_umask(tmp_path):
+    """Was: ``distill --out``'s ``model.safetensors`` was 0600 whatever the umask (safetensors' ``save_file``
+    forces it), unlike the rest of the artifact."""
+    from safetensors.torch import save_file
+
+    from torchslim.io.atomic import atomic_dir
+
+    old = os.umask(0o022)
+    try:
+        with atomic_dir(tmp_path / "out") as tmp:
+            save_file({"w": torch.zeros(2)}, str(tmp / "model.safetensors"))
+        with atomic_file(tmp_path / "cache.safetensors") as tmp:
+            save_file({"w": torch.zeros(2)}, str(tmp))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out" / "model.safetensors").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "cache.safetensors").stat().st_mode & 0o777 == 0o644
+
+
 def test_export_failing_its_check_keeps_the_previous_file(tmp_path, monkeypatch):
     """Was: the exported file replaced the previous one before it was verified, so a failed check (or a
     kill during the check) left an unverified file where the verified one had been."""

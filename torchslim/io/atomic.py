@@ -23,7 +23,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from glob import escape as glob_escape
 from pathlib import Path
@@ -147,6 +147,7 @@ def atomic_dir(target: str | Path, *, force: bool = False, manifest: dict[str, A
             tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{target.name}-", dir=parent))
             os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700
             yield tmp
+            _follow_umask(tmp.iterdir())
             files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
             body = dict(manifest or {})
             body["files"] = files
@@ -204,6 +205,7 @@ def atomic_file(target: str | Path) -> Iterator[Path]:
         _clean_dead_files(parent, target.name)
         os.chmod(tmp, 0o666 & ~_umask())
         yield tmp
+        _follow_umask([tmp])  # again: a writer may have replaced the file (safetensors' save_file makes it 0600)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())  # the bytes are on disk before the rename makes them the target
         os.replace(tmp, target)
@@ -215,6 +217,15 @@ def atomic_file(target: str | Path) -> Iterator[Path]:
             tmp.unlink(missing_ok=True)
         if fd >= 0:
             os.close(fd)
+
+
+def _follow_umask(paths: Iterable[Path]) -> None:
+    """Give the files among ``paths`` the mode the umask asks for: some writers force their own
+    (safetensors' ``save_file`` makes every file 0600)."""
+    mode = 0o666 & ~_umask()
+    for p in paths:
+        if p.is_file():
+            os.chmod(p, mode)
 
 
 def _hold(fd: int) -> bool:
