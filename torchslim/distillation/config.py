@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from torchslim.core.config import Config, check_fraction, check_positive_int, check_range, fail, register_config
+from torchslim.core.search import Choice, searchable
 from torchslim.distillation.losses import get_loss
 from torchslim.distillation.taps import check_tap_path
 from torchslim.errors import ConfigError
@@ -113,8 +114,8 @@ class DistillConfig(Config):
     temperature: float = 4.0
     alpha: float | None = None
     terms: tuple[LossTerm, ...] = ()
-    epochs: int = 3
-    lr: float = 1e-3
+    epochs: int = searchable(3, Choice((30, 20, 8), name="distill_epochs"))
+    lr: float = searchable(1e-3, Choice((0.003, 0.002, 0.001), name="distill_lr"))
     weight_decay: float = 1e-4
     warmup: float = 0.05
     clip_norm: float = 1.0

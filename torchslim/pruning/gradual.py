@@ -20,11 +20,12 @@ import torch.nn as nn
 from torchslim.core.config import check_fraction, check_positive_int, check_range, fail, register_config
 from torchslim.core.context import Context
 from torchslim.core.registry import register_transform
+from torchslim.core.search import searchable
 from torchslim.core.select import Select
 from torchslim.errors import ConfigError
 from torchslim.pruning.masks import cubic_sparsity, global_masks, magnitude_score, topk_mask
 from torchslim.pruning.parametrize import apply_mask_, bake_
-from torchslim.pruning.unstructured import _Pruning, adapted_layers
+from torchslim.pruning.unstructured import SPARSITY, _Pruning, adapted_layers
 
 
 @register_config("gradual-pruning")
@@ -42,7 +43,7 @@ class GradualPruning(_Pruning):
         scope: ``"global"`` or ``"layer"`` ranking.
     """
 
-    final_sparsity: float = 0.9
+    final_sparsity: float = searchable(0.9, SPARSITY)
     initial_sparsity: float = 0.0
     steps: int = 4
     epochs_per_step: int = 2

@@ -29,6 +29,7 @@ from torchslim.core.config import Config, check_fraction, check_positive_int, ch
 from torchslim.core.context import Context
 from torchslim.core.progress import progress
 from torchslim.core.registry import register_transform
+from torchslim.core.search import Grid, searchable
 from torchslim.core.select import Select
 from torchslim.core.walker import record_foreign_layers
 from torchslim.errors import ConfigError
@@ -38,6 +39,8 @@ from torchslim.pruning.sparsegpt import sparsegpt_prune
 
 PRUNABLE = ("Linear", "Conv1d", "Conv2d")
 Scope = Literal["global", "layer"]
+# The fraction of weights removed, as a tuner searches it (magnitude, Wanda and gradual pruning share it).
+SPARSITY = Grid(0.3, 0.95, 0.05, name="sparsity")
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,7 @@ class MagnitudePruning(_Pruning):
         bake: make the masks permanent now (False keeps parametrized masks, e.g. for training).
     """
 
-    sparsity: float | None = None
+    sparsity: float | None = searchable(None, SPARSITY)
     threshold: float | None = None
     scope: Scope = "global"
     keep_first_last: bool = True
@@ -82,7 +85,7 @@ class WandaPruning(_Pruning):
     ``sequential``: calibrate each layer on the outputs of the already-pruned earlier layers.
     """
 
-    sparsity: float = 0.5
+    sparsity: float = searchable(0.5, SPARSITY)
     keep_first_last: bool = True
     bake: bool = True
     sequential: bool = True

@@ -57,6 +57,7 @@ from torchslim.core.batches import call_model
 from torchslim.core.config import Config, check_fraction, check_positive_int, check_range, fail, register_config
 from torchslim.core.context import Context
 from torchslim.core.registry import register_transform
+from torchslim.core.search import Choice, Grid, searchable
 from torchslim.core.select import Select
 from torchslim.core.structure import record_op
 from torchslim.errors import ConfigError, UnsupportedModelError
@@ -95,10 +96,10 @@ class ChannelPruning(Config):
         UnsupportedModelError: the model has modules the dependency graph cannot handle (all listed).
     """
 
-    ratio: float = 0.5
+    ratio: float = searchable(0.5, Grid(0.0625, 0.875, 0.03125, name="channel_ratio"))
     importance: Literal["l1", "l2", "taylor", "activation", "random"] = "l2"
     scope: Literal["layer", "global"] = "layer"
-    round_to: int | None = None
+    round_to: int | None = searchable(None, Choice((1, 8, 32), name="channel_round_to", unset=1))
     iterative_steps: int = 1
     finetune_epochs: int = 0
     finetune_lr: float = 1e-3

@@ -41,6 +41,7 @@ from torchslim.core.batches import call_model
 from torchslim.core.config import Config, check_positive_int, fail, register_config
 from torchslim.core.context import Context
 from torchslim.core.registry import register_transform
+from torchslim.core.search import Count, searchable
 from torchslim.core.select import Select
 from torchslim.core.structure import record_op, register_replay
 from torchslim.core.walker import replace_module_
@@ -68,7 +69,7 @@ class LayerDropping(Config):
 
     every_k: int | None = None
     indices: tuple[int, ...] = ()
-    least_important: int | None = None
+    least_important: int | None = searchable(None, Count(0, name="drop_layers"))
     container: str | None = None
     criterion: Literal["block-influence", "output"] = "block-influence"
 

@@ -42,6 +42,7 @@ from torchslim.core.config import Config, check_positive_int, check_range, fail,
 from torchslim.core.context import Context
 from torchslim.core.progress import progress as progress_task
 from torchslim.core.registry import register_transform
+from torchslim.core.search import Choice, searchable
 from torchslim.core.select import Select
 from torchslim.core.walker import replace_module_
 from torchslim.errors import ConfigError, UnsupportedModelError
@@ -84,8 +85,10 @@ class Int4WeightOnly(Config):
         progress: show a transient progress bar over the layers during calibration (on a terminal).
     """
 
-    group_size: int = 128
-    method: Literal["rtn", "gptq", "awq", "hqq"] = "rtn"
+    group_size: int = searchable(128, Choice((32, 64, 128), name="int4_group_size", always=True))
+    method: Literal["rtn", "gptq", "awq", "hqq"] = searchable(
+        "rtn", Choice(("rtn", "hqq", "gptq", "awq"), name="int4_method")
+    )
     damp: float = 0.01
     blocksize: int = 128
     act_order: bool = True
