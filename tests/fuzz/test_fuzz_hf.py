@@ -292,3 +292,20 @@ def test_folder_bound_counts_the_config_dtype(hf_files, monkeypatch):
     with pytest.raises(UnsupportedModelError, match="at 4 bytes each"):
         _load_folder(hf_files)
     assert type(_load_folder(_with_config(hf_files, dtype="bfloat16"))).__name__ == "BertModel"
+
+
+@pytest.mark.parametrize("pad", [50, -51])
+def test_padding_index_outside_the_vocabulary_is_unsupported(pad, hf_files):
+    # Found by the long run: torch's AssertionError (padding_idx must be within num_embeddings) escaped.
+    with pytest.raises(UnsupportedModelError, match="Padding_idx"):
+        _load_folder(_with_config(hf_files, pad_token_id=pad))
+
+
+@pytest.mark.parametrize("shard", ["lodel-00001-of-00002.safetensors", "../model.safetensors", "/etc/hostname"])
+def test_index_naming_a_missing_shard_is_unsafe_input(shard, sharded_files):
+    # Found by the long run: the bit-flipped shard name "lodel-..." was a UsageError (exit 2).
+    index = json.loads(sharded_files["model.safetensors.index.json"])
+    first = next(iter(index["weight_map"]))
+    index["weight_map"][first] = shard
+    with pytest.raises(UnsafeInputError, match="names the shard"):
+        _load_folder({**sharded_files, "model.safetensors.index.json": json.dumps(index).encode()})

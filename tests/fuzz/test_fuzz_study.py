@@ -233,3 +233,15 @@ def test_peer_size_beyond_float_range_is_refused(size):
     text = json.dumps(PEERS).replace("1.5", size).encode()
     with pytest.raises(UnsafeInputError, match="not a finite number"):
         _peers(text)
+
+
+@pytest.mark.parametrize("occurrence", [0, 1])
+def test_db_text_that_is_not_utf8_is_refused(study_db, occurrence):
+    # Found by the long run: one byte 0x80 over the "I" of "INTEGER" in the schema text passed quick_check,
+    # then raised UnicodeDecodeError in SQLAlchemy, or an OperationalError reported as an I/O error (exit 7).
+    db, at = bytearray(study_db), -1
+    for _ in range(occurrence + 1):
+        at = study_db.index(b"INTEGER", at + 1)
+    db[at] = 0x80
+    with pytest.raises(UnsafeInputError, match="study database"):
+        _resume(bytes(db))

@@ -51,12 +51,14 @@ QUANT_METHOD = "torchslim"
 QUANT_FORMAT_VERSION = 1
 _ST_MODULES = "modules.json"
 _ST_TRANSFORMER = "sentence_transformers.models.Transformer"
+_ST_INDEX = "model.safetensors.index.json"
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model")
 MAX_CONFIG_BYTES = 20_000_000
 # What transformers' config and model code raise on a config whose values it cannot use (wrong types,
-# sizes that do not divide, numbers out of range): all mean "this config cannot be built".
+# sizes that do not divide, numbers out of range): all mean "this config cannot be built". torch checks
+# some module arguments with assert (an embedding's padding_idx).
 _BUILD_ERRORS = (ValueError, TypeError, KeyError, AttributeError, IndexError, RuntimeError, OverflowError,
-                 ZeroDivisionError, NotImplementedError, RecursionError)  # fmt: skip
+                 ZeroDivisionError, NotImplementedError, RecursionError, AssertionError)  # fmt: skip
 
 
 def _build_errors() -> tuple[type[BaseException], ...]:
@@ -166,6 +168,7 @@ def load_hf_model(path: str | Path) -> nn.Module:
     config = _read_config(transformers, folder)
     cls = _architecture_class(transformers, getattr(config, "architectures", None)) or transformers.AutoModel
     where = str(folder / "config.json")
+    _check_index(folder)
     check_layers(config.to_dict(), stored_tensor_count(sorted(folder.glob("*.safetensors"))), where=where,
                  error=UnsafeInputError)  # fmt: skip
     build = (lambda: cls(config)) if cls is not transformers.AutoModel else (lambda: cls.from_config(config))
@@ -185,7 +188,29 @@ def load_hf_model(path: str | Path) -> nn.Module:
 
 def _read_config(transformers: Any, folder: Path) -> Any:
     """The folder's config through ``AutoConfig``, after refusing an oversized or too deeply nested file."""
-    path = folder / "config.json"
+    _read_json_object(folder / "config.json")
+    try:
+        return transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, *_build_errors()) as e:
+        raise UnsupportedModelError(f"{folder}: transformers cannot read this config ({_first_line(e)})") from None
+
+
+def _check_index(folder: Path) -> None:
+    """Refuse a ``model.safetensors.index.json`` whose ``weight_map`` names a shard that is not a file here."""
+    path = folder / _ST_INDEX
+    if not path.is_file():
+        return
+    index = _read_json_object(path)
+    shards = index.get("weight_map")
+    if not isinstance(shards, dict) or not all(isinstance(v, str) for v in shards.values()):
+        raise UnsafeInputError(f"{path}: weight_map is not an object of file names")
+    for name in set(shards.values()):
+        if Path(name).name != name or name in ("", ".", "..") or not (folder / name).is_file():
+            raise UnsafeInputError(f"{path} names the shard {name[:100]!r}, which is not a file in {folder}")
+
+
+def _read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path``, refusing (exit 4) an oversized, malformed or too deeply nested file."""
     if path.stat().st_size > MAX_CONFIG_BYTES:
         raise UnsafeInputError(f"{path} is larger than {MAX_CONFIG_BYTES} bytes")
     try:
@@ -196,10 +221,7 @@ def _read_config(transformers: Any, folder: Path) -> Any:
         raise UnsafeInputError(f"{path} is not valid JSON: {str(e)[:200]}") from None
     if not isinstance(data, dict):
         raise UnsafeInputError(f"{path} is not a JSON object")
-    try:
-        return transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True)
-    except (OSError, *_build_errors()) as e:
-        raise UnsupportedModelError(f"{folder}: transformers cannot read this config ({_first_line(e)})") from None
+    return data
 
 
 def _bounded(build: Any, where: str, *, too_big: type[TorchslimError], bytes_per_param: float = 4) -> None:

@@ -4,7 +4,8 @@
 come from elsewhere (copied, damaged, edited). Before any of it is used:
 
 - :func:`check_sqlite_file`: an existing SQLite file must pass SQLite's own ``PRAGMA quick_check``
-  (read-only), so a damaged file is refused at once instead of failing deep inside Optuna;
+  (read-only) and every row of every table must decode (text is UTF-8), so a damaged file is refused at
+  once instead of failing deep inside Optuna or SQLAlchemy;
 - :func:`check_study`: the study and every trial in it are read once, and the attributes
   torchslim wrote itself (:data:`TRIAL_ATTRS`, :data:`CONFIRMATION_ATTRS`, ``settings``) must have the
   types it wrote, so later code (sorting by size, formatting the report) meets no string where it
@@ -115,7 +116,8 @@ def _check_study_attrs(attrs: Mapping[str, Any], where: str) -> None:
 
 
 def check_sqlite_file(url: str) -> None:
-    """Refuse an existing, non-empty SQLite file behind ``url`` that SQLite's ``quick_check`` finds damaged."""
+    """Refuse an existing, non-empty SQLite file behind ``url`` that ``quick_check`` finds damaged or whose
+    schema or rows hold text that does not decode."""
     if not url.startswith("sqlite:///"):
         return
     path = Path(url[len("sqlite:///") :])
@@ -125,6 +127,13 @@ def check_sqlite_file(url: str) -> None:
         con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
         try:
             rows = con.execute("PRAGMA quick_check").fetchall()
+            if rows == [("ok",)]:  # quick_check reads the pages, not the text in them: decode every row once
+                schema = con.execute("SELECT type, name, sql FROM sqlite_master").fetchall()  # the DDL text too
+                for kind, name, _ in schema:
+                    if kind != "table":
+                        continue
+                    quoted = '"' + str(name).replace('"', '""') + '"'
+                    con.execute(f"SELECT * FROM {quoted}").fetchall()
         finally:
             con.close()
     except sqlite3.OperationalError as e:
