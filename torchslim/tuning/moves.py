@@ -26,7 +26,22 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
+from torchslim.core.search import point_from_config
 from torchslim.errors import TorchslimError
+from torchslim.tuning.groups import group_regex
+from torchslim.tuning.techniques import (
+    INT8,
+    PRUNERS,
+    CastDtype,
+    Distill,
+    FineTune,
+    FoldBatchNorm,
+    GradualPruning,
+    Int4WeightOnly,
+    Int8WeightOnly,
+    LayerDropping,
+    MagnitudePruning,
+)
 
 if TYPE_CHECKING:
     from torchslim.recipes import Recipe, Step
@@ -132,7 +147,7 @@ def _canonical(step: Step) -> tuple[Any, Any]:
     from torchslim.core import Select
 
     config = step.config
-    if hasattr(config, "resolved_terms"):  # distillation: alpha=None means the default kd/ce weights
+    if isinstance(config, Distill):  # alpha=None means the default kd/ce weights
         config = dataclasses.replace(config, alpha=None, terms=config.resolved_terms())
     if getattr(config, "progress", None) is not None:  # a progress bar changes nothing in the model
         config = dataclasses.replace(config, progress=False)
@@ -145,47 +160,49 @@ def same_steps(a: Recipe, b: Recipe) -> bool:
     the space adds it before quantizing whenever the model has BatchNorm)."""
 
     def steps(r: Recipe) -> list:
-        return [_canonical(s) for s in r.steps if s.config.kind != "fold-batchnorm"]
+        return [_canonical(s) for s in r.steps if not isinstance(s.config, FoldBatchNorm)]
 
     return steps(a) == steps(b)
 
 
 def _read_steps(space: SearchSpace, recipe: Recipe) -> dict[str, Any] | None:
-    """Parameter values a recipe suggests (checked afterwards by rebuilding the recipe), or None."""
-    from torchslim.tuning.groups import group_regex
+    """Parameter values a recipe suggests (checked afterwards by rebuilding the recipe), or None.
 
+    Which technique a step is decides the categorical choices (by config class); its numbers are the
+    dimensions its config declares (:func:`~torchslim.core.search.point_from_config`).
+    """
+    prune_of = {cls: name for name, cls in PRUNERS.items()}
     values: dict[str, Any] = {"drop_layers": 0, "prune": "none", "recovery": "none", "recovery_sparse": "none"}
     values |= {"quant": "none", "channel_round_to": 1, "channel_sparsity": 0.0, "embeddings": "fp32"}
     bits: dict[str, int] = {}
     for step in recipe.steps:
-        c, kind = step.config, step.config.kind
+        c = step.config
+        declared = point_from_config(c)
         include = None if step.select is None else step.select.include
-        if kind == "fold-batchnorm":
+        if isinstance(c, FoldBatchNorm):
             continue
-        if kind == "layer-dropping":
-            values["drop_layers"] = c.least_important
-        elif kind == "channel-pruning":
-            values |= {"prune": "channels", "channel_ratio": c.ratio, "channel_round_to": c.round_to or 1}
-        elif values["prune"] == "channels" and kind in ("magnitude-pruning", "gradual-pruning"):
-            values["channel_sparsity"] = c.sparsity if kind == "magnitude-pruning" else c.final_sparsity
-        elif kind in ("magnitude-pruning", "wanda-pruning"):
-            values |= {"prune": kind.removesuffix("-pruning"), "sparsity": c.sparsity}
-        elif kind == "gradual-pruning":
-            values |= {"prune": "magnitude", "sparsity": c.final_sparsity, "recovery_sparse": "finetune"}
-        elif kind == "finetune":
+        if isinstance(c, LayerDropping):
+            values["drop_layers"] = declared.get("drop_layers")  # None (another strategy): not in the space
+        elif values["prune"] == "channels" and isinstance(c, (MagnitudePruning, GradualPruning)):
+            values["channel_sparsity"] = declared.get("sparsity")  # thinning after channel pruning
+        elif isinstance(c, GradualPruning):
+            values |= {"prune": "magnitude", "recovery_sparse": "finetune"} | declared
+        elif type(c) in prune_of:
+            values |= {"prune": prune_of[type(c)]} | declared
+        elif isinstance(c, FineTune):
             values["recovery"] = "finetune"
-        elif kind == "distill":
-            values |= {"recovery": "distill", "distill_epochs": c.epochs, "distill_lr": c.lr}
-        elif kind == "cast-dtype" and c.dtype == "bfloat16":
+        elif isinstance(c, Distill):
+            values |= {"recovery": "distill"} | declared
+        elif isinstance(c, CastDtype) and c.dtype == "bfloat16":
             values["quant"] = "bf16"
-        elif kind == "int8-weight-only" and step.select is not None and step.select.types == ("Embedding",):
+        elif isinstance(c, Int8WeightOnly) and step.select is not None and step.select.types == ("Embedding",):
             values["embeddings"] = "int8"  # the embedding tables alone (beside int4 or selected int8 steps)
-        elif kind in ("int8-static", "int8-dynamic", "int8-weight-only") or kind.startswith("int4"):
-            n = 4 if kind.startswith("int4") else 8
+        elif isinstance(c, (Int4WeightOnly, *INT8.values())):
+            n = 4 if isinstance(c, Int4WeightOnly) else 8
             if n == 4:
-                values |= {"quant": "int4", "int4_group_size": c.group_size, "int4_method": getattr(c, "method", None)}
+                values |= {"quant": "int4"} | declared
             else:
-                values |= {"int8_method": kind} | ({} if values["quant"] == "int4" else {"quant": "int8"})
+                values |= {"int8_method": c.kind} | ({} if values["quant"] == "int4" else {"quant": "int8"})
                 if include is None and getattr(c, "embeddings", False):  # the technique's default takes them
                     values["embeddings"] = "int8"
             for g in space.groups:

@@ -58,9 +58,26 @@ from typing import Any
 
 import torch.nn as nn
 
+from torchslim.core.search import Count, Grid, search_dims
 from torchslim.errors import ConfigError
 from torchslim.recipes import Recipe, recipe_from_dict
 from torchslim.tuning.groups import group_key, group_regex
+from torchslim.tuning.techniques import (
+    INT8,
+    PRUNERS,
+    CastDtype,
+    ChannelPruning,
+    Distill,
+    FineTune,
+    FoldBatchNorm,
+    GradualPruning,
+    Int4WeightOnly,
+    Int8WeightOnly,
+    LayerDropping,
+    MagnitudePruning,
+    build,
+    step_data,
+)
 
 __all__ = ["EMBEDDINGS", "SearchSpace", "describe_model", "group_key", "int4_config_type"]
 
@@ -70,6 +87,21 @@ EMBEDDINGS = ("fp32", "int8")
 # Sparsity on top of channel pruning (Deep Compression's order: structure, then thinning, then int8).
 CHANNEL_SPARSITY = (0.0, 0.3, 0.5, 0.7, 0.8, 0.9)
 _LAYER_TYPES = (nn.Linear, nn.Conv2d)
+# A declared dimension (by its name in a point) -> the SearchSpace field holding its values in this
+# space: a (low, high, step) range for a Grid, the choices for a Choice, the upper bound for a Count.
+SPACE_FIELDS = {
+    "drop_layers": "max_drop_layers",
+    "channel_ratio": "channel_ratio",
+    "channel_round_to": "channel_round_to",
+    "sparsity": "sparsity",
+    "distill_epochs": "distill_epochs",
+    "distill_lr": "distill_lr",
+    "int4_group_size": "int4_group_sizes",
+    "int4_method": "int4_methods",
+}
+_CHANNELS = search_dims(ChannelPruning)
+_DISTILL = search_dims(Distill)
+_INT4 = search_dims(Int4WeightOnly)
 
 
 def int4_config_type() -> type | None:
@@ -118,6 +150,11 @@ def describe_model(model: nn.Module) -> dict[str, Any]:
 class SearchSpace:
     """Dimensions of the search and how a point becomes a recipe.
 
+    The numeric dimensions are those the techniques' configs declare on their fields
+    (:mod:`torchslim.core.search`; the defaults below are theirs); this space holds their values
+    (``SPACE_FIELDS``). A dimension with one choice here is not asked (the point leaves it out) and
+    that choice goes into every recipe.
+
     Args:
         groups: layer groups (see :func:`group_key`) that get their own bit width.
         linear_only_groups: groups made only of Linear layers (int4 applies to those).
@@ -148,20 +185,20 @@ class SearchSpace:
     groups: tuple[str, ...] = ()
     linear_only_groups: tuple[str, ...] = ()
     prune_methods: tuple[str, ...] = PRUNE_METHODS
-    sparsity: tuple[float, float, float] = (0.3, 0.95, 0.05)
-    channel_ratio: tuple[float, float, float] = (0.0625, 0.875, 0.03125)
-    channel_round_to: tuple[int, ...] = (1, 8, 32)
+    sparsity: tuple[float, float, float] = search_dims(MagnitudePruning)["sparsity"].range
+    channel_ratio: tuple[float, float, float] = _CHANNELS["channel_ratio"].range
+    channel_round_to: tuple[int, ...] = _CHANNELS["channel_round_to"].values
     channel_sparsity: tuple[float, ...] = ()
     max_drop_layers: int = 0
     recovery: tuple[str, ...] = RECOVERY
     finetune_epochs: int = 10
     finetune_lr: float = 1e-3
-    distill_epochs: tuple[int, ...] = (30, 20, 8)
-    distill_lr: tuple[float, ...] = (0.003, 0.002, 0.001)
+    distill_epochs: tuple[int, ...] = _DISTILL["distill_epochs"].values
+    distill_lr: tuple[float, ...] = _DISTILL["distill_lr"].values
     quant: tuple[str, ...] = ("none", "bf16", "int8")
     int8_methods: tuple[str, ...] = ("int8-dynamic", "int8-weight-only")
-    int4_group_sizes: tuple[int, ...] = (32, 64, 128)
-    int4_methods: tuple[str, ...] = ("rtn", "hqq", "gptq", "awq")
+    int4_group_sizes: tuple[int, ...] = _INT4["int4_group_size"].values
+    int4_methods: tuple[str, ...] = _INT4["int4_method"].values
     fold_bn: bool = False
     embeddings: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
@@ -181,6 +218,9 @@ class SearchSpace:
         for m in self.recovery:
             if m not in RECOVERY:
                 problems.append(f"recovery: unknown {m!r}; use {', '.join(RECOVERY)}")
+        for m in self.int8_methods:
+            if m not in INT8:
+                problems.append(f"int8_methods: unknown {m!r}; use {', '.join(INT8)}")
         for m in self.quant:
             if m not in ("none", "bf16", "int8", "int4"):
                 problems.append(f"quant: unknown {m!r}; use none, bf16, int8, int4")
@@ -234,22 +274,42 @@ class SearchSpace:
 
     # -- sampling -----------------------------------------------------------------------------
 
-    def suggest(self, trial: Any) -> dict[str, Any]:
-        """Draw one point with an Optuna ``trial`` (define-by-run: conditional parameters only when used)."""
+    def domains(self) -> dict[str, Any]:
+        """The values of every declared dimension in this space, by its name in a point (see ``SPACE_FIELDS``)."""
+        return {name: getattr(self, attr) for name, attr in SPACE_FIELDS.items()}
+
+    def _draw(self, trial: Any, config_type: type) -> dict[str, Any]:
+        """Ask ``trial`` for the dimensions ``config_type`` declares, over this space's values, in field order.
+
+        A Count is asked when the space allows more than its low end; a Choice when the space offers more
+        than one value (or the dimension says ``always``); a Grid always (rounded to 6 decimals).
+        """
         p: dict[str, Any] = {}
-        if self.max_drop_layers > 0:
-            p["drop_layers"] = trial.suggest_int("drop_layers", 0, self.max_drop_layers)
+        for name, dim in search_dims(config_type).items():
+            values = getattr(self, SPACE_FIELDS[name])
+            if isinstance(dim, Count):
+                if values > dim.low:
+                    p[name] = trial.suggest_int(name, dim.low, values)
+            elif isinstance(dim, Grid):
+                lo, hi, step = values
+                p[name] = round(trial.suggest_float(name, lo, hi, step=step), 6)
+            elif len(values) > 1 or dim.always:
+                p[name] = trial.suggest_categorical(name, list(values))
+        return p
+
+    def suggest(self, trial: Any) -> dict[str, Any]:
+        """Draw one point with an Optuna ``trial`` (define-by-run: conditional parameters only when used).
+
+        The numbers come from the dimensions the techniques' configs declare (:meth:`_draw`); the
+        choices between techniques (pruning method, recovery, quantization, bits per layer group,
+        embedding tables) are the space's own.
+        """
+        p: dict[str, Any] = self._draw(trial, LayerDropping)
         p["prune"] = trial.suggest_categorical("prune", list(self.prune_methods))
-        if p["prune"] in ("magnitude", "wanda"):
-            lo, hi, step = self.sparsity
-            p["sparsity"] = round(trial.suggest_float("sparsity", lo, hi, step=step), 6)
-        elif p["prune"] == "channels":
-            lo, hi, step = self.channel_ratio
-            p["channel_ratio"] = round(trial.suggest_float("channel_ratio", lo, hi, step=step), 6)
-            if len(self.channel_round_to) > 1:  # oneDNN int8 convolutions are much faster on multiples of 32
-                p["channel_round_to"] = trial.suggest_categorical("channel_round_to", list(self.channel_round_to))
-            if len(self.channel_sparsity) > 1:
-                p["channel_sparsity"] = trial.suggest_categorical("channel_sparsity", list(self.channel_sparsity))
+        if p["prune"] in PRUNERS:
+            p |= self._draw(trial, PRUNERS[p["prune"]])
+        if p["prune"] == "channels" and len(self.channel_sparsity) > 1:
+            p["channel_sparsity"] = trial.suggest_categorical("channel_sparsity", list(self.channel_sparsity))
         if len(self.recovery) > 1 and p["prune"] in ("magnitude", "wanda"):
             # Training after one-shot pruning regrows the pruned weights: unstructured pruning recovers
             # with a gradual schedule (masks kept while training), so it gets its own choice set.
@@ -258,10 +318,7 @@ class SearchSpace:
         elif len(self.recovery) > 1:
             p["recovery"] = trial.suggest_categorical("recovery", list(self.recovery))
         if p.get("recovery") == "distill":
-            if len(self.distill_epochs) > 1:
-                p["distill_epochs"] = trial.suggest_categorical("distill_epochs", list(self.distill_epochs))
-            if len(self.distill_lr) > 1:
-                p["distill_lr"] = trial.suggest_categorical("distill_lr", list(self.distill_lr))
+            p |= self._draw(trial, Distill)
         p["quant"] = trial.suggest_categorical("quant", list(self.quant))
         if p["quant"] == "int8":
             if len(self.int8_methods) > 1:
@@ -269,9 +326,7 @@ class SearchSpace:
             for g in self.groups:
                 p[f"bits:{g}"] = trial.suggest_categorical(f"bits:{g}", [8, 32])
         elif p["quant"] == "int4":
-            p["int4_group_size"] = trial.suggest_categorical("int4_group_size", list(self.int4_group_sizes))
-            if len(self.int4_methods) > 1:
-                p["int4_method"] = trial.suggest_categorical("int4_method", list(self.int4_methods))
+            p |= self._draw(trial, Int4WeightOnly)
             for g in self.linear_only_groups:  # its own name: a parameter's choices must not change
                 p[f"int4_bits:{g}"] = trial.suggest_categorical(f"int4_bits:{g}", [4, 8, 32])
         if p["quant"] in ("int8", "int4") and len(self.embeddings) > 1:
@@ -376,93 +431,80 @@ class SearchSpace:
 
         ``quick`` is the recipe without training (same structure, size and speed, quality before
         recovery): the cheap estimate a trial evaluates first. ``full`` is the recipe itself, or None
-        when it has no training step (then ``quick`` is the recipe).
+        when it has no training step (then ``quick`` is the recipe). Each step's config is built from
+        the point through its declared dimensions (:func:`torchslim.tuning.techniques.build`).
         """
+        domains = self.domains()
         quick: list[dict] = []
         thin = 0.0  # sparsity on top of channel pruning
         if params.get("drop_layers", 0):
-            quick.append({"kind": "layer-dropping", "least_important": int(params["drop_layers"])})
+            quick.append(step_data(build(LayerDropping, params, domains)))
         full = list(quick)
         prune = params.get("prune", "none")
         recovery = params.get("recovery", params.get("recovery_sparse", "none"))  # either name (see suggest)
         if prune in ("magnitude", "wanda"):
-            s = float(params["sparsity"])
-            quick.append(
-                {"kind": f"{prune}-pruning", "sparsity": s} | ({"scope": "global"} if prune == "magnitude" else {})
-            )
+            fixed = {"scope": "global"} if prune == "magnitude" else {}
+            quick.append(step_data(build(PRUNERS[prune], params, domains, **fixed)))
             if recovery == "finetune":  # Zhu & Gupta schedule: masks stay while fine-tuning
-                full.append(self._gradual(s))
+                full.append(self._gradual(params))
             else:
                 full.append(quick[-1])
         elif prune == "channels":
-            step = {"kind": "channel-pruning", "ratio": float(params["channel_ratio"]), "scope": "layer"}
-            if int(params.get("channel_round_to", 1)) > 1:
-                step["round_to"] = int(params["channel_round_to"])
-            quick.append(step)
+            quick.append(step_data(build(ChannelPruning, params, domains, scope="layer")))
             full.append(quick[-1])
             thin = float(params.get("channel_sparsity", 0.0))
         elif prune != "none":
             raise ConfigError("invalid point", [f"prune: unknown method {prune!r}"])
         if prune != "magnitude" and recovery == "finetune":
-            full.append({"kind": "finetune", "epochs": self.finetune_epochs, "lr": self.finetune_lr})
+            full.append(step_data(FineTune(epochs=self.finetune_epochs, lr=self.finetune_lr)))
         elif recovery == "distill":
-            epochs = int(params.get("distill_epochs", self.distill_epochs[0]))
-            full.append(
-                {"kind": "distill", "epochs": epochs, "lr": float(params.get("distill_lr", self.distill_lr[0]))}
-            )
+            full.append(step_data(build(Distill, params, domains)))
         if thin > 0:  # after the recovery of the channel pruning: thin the weights left, then fine-tune
-            quick.append({"kind": "magnitude-pruning", "sparsity": thin, "scope": "global"})
-            full.append(self._gradual(thin) if recovery != "none" else quick[-1])
-        finish: list[dict] = [{"kind": "fold-batchnorm"}] if self.fold_bn else []
+            thinned = {"sparsity": thin}  # the point's channel_sparsity, as the pruners' sparsity dimension
+            quick.append(step_data(build(MagnitudePruning, thinned, domains, scope="global")))
+            full.append(self._gradual(thinned) if recovery != "none" else quick[-1])
+        finish: list[dict] = [step_data(FoldBatchNorm())] if self.fold_bn else []
         finish += self._quant_steps(params)
         return quick + finish, (full + finish if recovery != "none" else None)
 
-    def _gradual(self, sparsity: float) -> dict[str, Any]:
+    def _gradual(self, params: dict[str, Any]) -> dict[str, Any]:
         e = self.finetune_epochs
-        return {
-            "kind": "gradual-pruning",
-            "final_sparsity": sparsity,
-            "steps": 3,
-            "epochs_per_step": max(1, e // 5),
-            "final_epochs": e,
-            "lr": self.finetune_lr,
-        }
+        config = build(
+            GradualPruning, params, self.domains(), steps=3, epochs_per_step=max(1, e // 5), final_epochs=e,
+            lr=self.finetune_lr,
+        )  # fmt: skip
+        return step_data(config)
 
     def changes(self, params: dict[str, Any]) -> bool:
         """Whether the point's recipe changes the model beyond folding BatchNorm (``fold-bn`` is the baseline)."""
         quick, full = self.plan(params)
-        return full is not None or any(step["kind"] != "fold-batchnorm" for step in quick)
+        return full is not None or any(step["kind"] != FoldBatchNorm.kind for step in quick)
 
     def _quant_steps(self, params: dict[str, Any]) -> list[dict]:
         quant = params.get("quant", "none")
         if quant == "none":
             return []
         if quant == "bf16":
-            return [{"kind": "cast-dtype", "dtype": "bfloat16"}]
+            return [step_data(CastDtype(dtype="bfloat16"))]
         steps: list[dict] = []
         by_bits: dict[int, list[str]] = {}
         prefix = "int4_bits:" if quant == "int4" else "bits:"
         for g in self.groups:
             by_bits.setdefault(int(params.get(prefix + g, 32)), []).append(group_regex(g))
         # One width for every group: no selection, the technique's default (what the built-in recipes run).
-        select = (lambda bits: {}) if len(by_bits) == 1 else (lambda bits: {"select": {"include": by_bits[bits]}})
+        select = (lambda bits: None) if len(by_bits) == 1 else (lambda bits: {"include": by_bits[bits]})
         if by_bits.get(4):
-            step: dict[str, Any] = {
-                "kind": int4_config_type().kind,
-                "group_size": int(params["int4_group_size"]),
-                "progress": False,
-            }
-            if "int4_method" in params:
-                step["method"] = params["int4_method"]
-            steps.append({**step, **select(4)})
+            steps.append(step_data(build(Int4WeightOnly, params, self.domains(), progress=False), select(4)))
         emb = params.get("embeddings", self.embeddings[0] if len(self.embeddings) == 1 else None)
         uniform8 = list(by_bits) == [8]
         if by_bits.get(8):
-            method = params.get("int8_method", self.int8_methods[0] if quant == "int8" else "int8-weight-only")
-            off = {"embeddings": False} if uniform8 and emb == "fp32" and method != "int8-static" else {}
-            steps.append({"kind": method, **select(8), **off})
+            method = params.get("int8_method", self.int8_methods[0] if quant == "int8" else Int8WeightOnly.kind)
+            off = (
+                {"embeddings": False} if uniform8 and emb == "fp32" and INT8[method] is not INT8["int8-static"] else {}
+            )
+            steps.append(step_data(INT8[method](**off), select(8)))
         if emb == "int8" and not uniform8:  # int4 and selected int8 steps leave embeddings alone
-            steps.append({"kind": "int8-weight-only", "select": {"types": ["Embedding"]}})
+            steps.append(step_data(Int8WeightOnly(), {"types": ["Embedding"]}))
         return steps
 
     def recipe(self, params: dict[str, Any], *, name: str = "tuned", description: str = "", seed: int = 0) -> Recipe:
