@@ -13,11 +13,13 @@ import torch
 
 pytest.importorskip("transformers")
 
-# Each child reports the resident set it had after its imports and its peak (both from /proc/self/status,
-# VmRSS and VmHWM), so the comparison is of what compressing added, not of the interpreter and libraries.
+# Each child reports the resident set it had after importing what both paths import (VmRSS) and its
+# peak (VmHWM, both from /proc/self/status): the comparison is of what compressing added, not of the
+# interpreter and the libraries.
 CHILD = """
 import sys
-import torchslim.cli, torchslim.sequential, torchslim.quantization, transformers
+import safetensors.torch, transformers.models.llama.modeling_llama, transformers.quantizers.auto
+import torchslim.cli, torchslim.measure, torchslim.quantization, torchslim.recipes, torchslim.sequential
 
 def status(key):
     for line in open("/proc/self/status"):
@@ -65,9 +67,10 @@ def test_sequential_peak_memory_is_well_below_in_memory(tmp_path: Path) -> None:
     in_memory = _peak_added_kb([*argv, "--out", str(tmp_path / "memory")])
     sequential = _peak_added_kb([*argv, "--out", str(tmp_path / "seq"), "--sequential"])
     assert in_memory > fp32_kb  # the whole model was resident at once
-    # One block of eight (plus the embeddings and the head, a fifth of the model here) and the artifact
-    # being merged: well under half of what the in-memory path added.
-    assert sequential < 0.5 * in_memory, (sequential, in_memory)
+    # One block of eight at a time, plus the embeddings or the head (a few percent of the model here):
+    # under a third of what the in-memory path added (which holds the model, its int4 copy and the
+    # serialised artifact at once).
+    assert sequential < 0.33 * in_memory, (sequential, in_memory)
     same = (tmp_path / "memory" / "model.safetensors").read_bytes() == (
         tmp_path / "seq" / "model.safetensors"
     ).read_bytes()

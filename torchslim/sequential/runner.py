@@ -23,7 +23,7 @@ SparseGPT: masked weights), with every earlier step applied. Here each step keep
 block inputs, produced by the earlier blocks in exactly that state: with the step applied (and its
 int4 layers as the same float stand-ins) when it calibrates ``sequential``ly, before it otherwise.
 The blocks see the same tensors with the same shapes, so every Hessian, mask and code is bit-identical
-(tested on a tiny LLaMA for RTN, GPTQ, Wanda and SparseGPT). Pruning's ``keep_first_last`` is decided
+(tested on a tiny LLaMA for RTN, GPTQ, Wanda, and SparseGPT followed by AWQ). Pruning's ``keep_first_last`` is decided
 once over the whole model's selected layers, as in memory.
 
 Supported steps are the block-local ones: ``int4-weight-only`` (every method), ``wanda-pruning``,
@@ -478,11 +478,10 @@ def _write_artifact(runner: _Runner, out: str | Path, *, force: bool, source: st
         (tmp / "recipe.yaml").write_text(runner.recipe.to_yaml(), encoding="utf-8")
         report = runner.run.to_dict()
         (tmp / "report.json").write_text(json.dumps(report, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-        with safe_open(str(tmp / MODEL_FILE), framework="pt") as written:  # verify, one tensor at a time
-            for part in runner.parts:
-                with safe_open(str(part), framework="pt") as p:
-                    for name in p.keys():  # noqa: SIM118
-                        if not torch.equal(written.get_tensor(name), p.get_tensor(name)):
-                            from torchslim.errors import UnsafeInputError
+        for part in runner.parts:  # verify, one tensor at a time, one part's pages mapped at a time
+            with safe_open(str(tmp / MODEL_FILE), framework="pt") as written, safe_open(str(part), framework="pt") as p:
+                for name in p.keys():  # noqa: SIM118
+                    if not torch.equal(written.get_tensor(name), p.get_tensor(name)):
+                        from torchslim.errors import UnsafeInputError
 
-                            raise UnsafeInputError(f"verification of {out} failed: {name} differs")
+                        raise UnsafeInputError(f"verification of {out} failed: {name} differs")

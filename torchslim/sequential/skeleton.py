@@ -110,6 +110,12 @@ class Skeleton:
         Raises:
             UnsafeInputError: a tensor is missing or has another shape than the config gives it.
         """
+        try:
+            return self._materialise(prefix)
+        finally:  # drop the maps: the shard pages read stay out of this process's resident memory
+            self.close()
+
+    def _materialise(self, prefix: str) -> nn.Module:
         module = self.model.get_submodule(prefix)
         dot = f"{prefix}." if prefix else ""
         with torch.no_grad():
@@ -186,12 +192,18 @@ def _model_class(folder: Path) -> tuple[Any, Any]:
     """``(class, config)``: the transformers class the folder's config names in ``architectures``.
 
     Raises:
-        UnsupportedModelError: custom code, an unreadable config, or no transformers class named.
+        UnsafeInputError: a config.json that is not a JSON object.
+        UnsupportedModelError: custom code, a config transformers cannot read, or no transformers class named.
     """
     import transformers
 
-    text = (folder / "config.json").read_text(encoding="utf-8")
-    if "auto_map" in text and "auto_map" in json.loads(text):
+    try:
+        data = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError
+        raise UnsafeInputError(f"{folder}/config.json is not valid JSON: {str(e)[:200]}") from None
+    if not isinstance(data, dict):
+        raise UnsafeInputError(f"{folder}/config.json is not a JSON object")
+    if "auto_map" in data:
         raise UnsupportedModelError(f"{folder}/config.json needs custom code (auto_map); torchslim never runs it")
     try:
         config = transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True)

@@ -25,6 +25,7 @@ import json
 import struct
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -54,16 +55,16 @@ def write_merged(parts: Sequence[Path], out: Path) -> None:
     Raises:
         UnsafeInputError: a name appears in two parts.
     """
-    readers = [safe_open(str(p), framework="pt") for p in parts]
     owner: dict[str, int] = {}
     specs: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}
-    for i, r in enumerate(readers):
-        for name in r.keys():  # noqa: SIM118 (safe_open has keys(), no __iter__)
-            if name in owner:
-                raise UnsafeInputError(f"tensor {name!r} is written by two blocks")
-            owner[name] = i
-            sl = r.get_slice(name)
-            specs[name] = (_DTYPES[sl.get_dtype()], tuple(sl.get_shape()))
+    for i, path in enumerate(parts):
+        with safe_open(str(path), framework="pt") as r:
+            for name in r.keys():  # noqa: SIM118 (safe_open has keys(), no __iter__)
+                if name in owner:
+                    raise UnsafeInputError(f"tensor {name!r} is written by two blocks")
+                owner[name] = i
+                sl = r.get_slice(name)
+                specs[name] = (_DTYPES[sl.get_dtype()], tuple(sl.get_shape()))
     order, dtype_names = _layout(specs)
     header: dict[str, dict[str, object]] = {}
     offset = 0
@@ -77,8 +78,14 @@ def write_merged(parts: Sequence[Path], out: Path) -> None:
     with open(out, "wb") as f:
         f.write(struct.pack("<Q", len(text)))
         f.write(text)
+        # One part mapped at a time (the header order mostly follows the parts): a map keeps the pages it
+        # has read resident, so holding every part open would hold the whole artifact.
+        current: tuple[int, Any] | None = None
         for name in order:
-            t = readers[owner[name]].get_tensor(name).contiguous().reshape(-1)
+            if current is None or current[0] != owner[name]:
+                current = None
+                current = (owner[name], safe_open(str(parts[owner[name]]), framework="pt"))
+            t = current[1].get_tensor(name).contiguous().reshape(-1)
             raw = t.view(torch.uint8) if t.numel() else torch.empty(0, dtype=torch.uint8)
             for start in range(0, raw.numel(), _CHUNK):
                 f.write(raw[start : start + _CHUNK].numpy().tobytes())
