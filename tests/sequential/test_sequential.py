@@ -102,9 +102,9 @@ def test_activations_on_disk_give_the_same_artifact(llama: Path, tmp_path: Path)
     recipe = recipe_from_dict({"name": "wanda", "steps": STEPS["wanda"]})
     ctx = Context(calibration=_calibration())
     compress_sequential(llama, recipe, tmp_path / "ram", ctx=ctx)
-    run = compress_sequential(llama, recipe, tmp_path / "disk", ctx=ctx, activation_limit_bytes=0)
+    run = compress_sequential(llama, recipe, tmp_path / "new" / "disk", ctx=ctx, activation_limit_bytes=0)
     assert run.activations_on_disk > 0
-    _assert_same_artifact(tmp_path / "ram", tmp_path / "disk")
+    _assert_same_artifact(tmp_path / "ram", tmp_path / "new" / "disk")
 
 
 def _recipe_file(tmp_path: Path, steps: list[dict]) -> str:

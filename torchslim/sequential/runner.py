@@ -53,7 +53,8 @@ from torchslim.core.progress import progress as progress_task
 from torchslim.core.select import Select
 from torchslim.core.structure import structure_ops
 from torchslim.core.walker import replace_module_
-from torchslim.errors import UnsupportedModelError
+from torchslim.errors import OutputExistsError, UnsupportedModelError
+from torchslim.io.atomic import describe_os_error
 from torchslim.pruning import MagnitudePruning, NMPruning, SparseGPTPruning, WandaPruning
 from torchslim.quantization import Int4WeightOnly
 from torchslim.sequential.activations import ActivationStore
@@ -428,9 +429,14 @@ def compress_sequential(
     ctx = ctx if ctx is not None else Context()
     sk = open_skeleton(path)
     start = time.perf_counter()
+    parent = Path(out).resolve().parent  # the parts go beside the artifact, on the disk meant to hold it
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputExistsError(f"cannot write under {parent}: {describe_os_error(e)}") from None
     store = ActivationStore(activation_limit_bytes)
     try:
-        with tempfile.TemporaryDirectory(prefix="torchslim-sequential-", dir=Path(out).resolve().parent) as tmp:
+        with tempfile.TemporaryDirectory(prefix="torchslim-sequential-", dir=parent) as tmp:
             runner = _Runner(sk, recipe, ctx, store, Path(tmp))
             runner.go()
             runner.run.seconds = time.perf_counter() - start
