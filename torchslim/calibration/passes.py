@@ -12,12 +12,13 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 import torch.nn as nn
 
+from torchslim.calibration.distributed import all_gather_objects, current_shard, interleave, shard_of
 from torchslim.core.batches import InputFn, call_model
 from torchslim.core.progress import progress
 from torchslim.errors import ConfigError
@@ -64,29 +65,54 @@ def capture_inputs(
     """
     if not calibration:
         raise ConfigError(f"{kind}: needs calibration data; pass ctx=Context(calibration=[batch, ...])")
-    seen: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    mine = shard_of(calibration)
+    # rows[name][k]: what the layer saw during this rank's k-th batch (a layer may be called 0+ times per batch)
+    rows: dict[str, list[list[torch.Tensor]]] = {n: [[] for _ in mine] for n in names}
+    batch = [0]
 
     def hook(name: str):
         def fn(mod: nn.Module, args: tuple[Any, ...]) -> None:
             x = args[0].detach()
             if not torch.isfinite(x).all():
                 raise ConfigError(f"{kind}: calibration data reaching layer {name!r} contains NaN or Inf values")
-            seen[name].append(x.reshape(-1, x.shape[-1]).float())
+            rows[name][batch[0]].append(x.reshape(-1, x.shape[-1]).float())
 
         return fn
 
+    def numbered():  # tells the hooks which batch is running
+        for k, b in enumerate(mine):
+            batch[0] = k
+            yield b
+
     handles = [model.get_submodule(n).register_forward_pre_hook(hook(n)) for n in names]
     try:
-        run_calibration(model, calibration, input_fn)
+        run_calibration(model, _Sized(numbered(), len(mine)), input_fn)
     finally:
         for h in handles:
             h.remove()
     out = {}
-    for n, rows in seen.items():
-        if not rows:
+    for n in names:
+        per_batch = rows.pop(n)
+        if current_shard() is not None:  # every rank's batches, back in the single-process order
+            per_batch = interleave([[[t.cpu() for t in b] for b in part] for part in all_gather_objects(per_batch)])
+        flat = [t for b in per_batch for t in b]
+        if not flat:
             raise ConfigError(f"{kind}: layer {n!r} was never called by the calibration data")
-        x = torch.cat(rows)
+        x = torch.cat(flat)
         if x.shape[0] > max_rows:  # deterministic subsample: evenly spaced rows
             x = x[torch.linspace(0, x.shape[0] - 1, max_rows).round().long()]
         out[n] = x
     return out
+
+
+class _Sized:
+    """An iterable with a known length (for the progress bar) over a generator."""
+
+    def __init__(self, items: Iterator[Any], n: int) -> None:
+        self.items, self.n = items, n
+
+    def __iter__(self) -> Iterator[Any]:
+        return self.items
+
+    def __len__(self) -> int:
+        return self.n

@@ -14,13 +14,15 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from torchslim.calibration.compensated import CompensatedSum
+from torchslim.calibration.distributed import all_gather_objects, current_shard, merge_sums, reduce_count, shard_of
 from torchslim.calibration.passes import StopForward, run_calibration
 from torchslim.core.batches import InputFn
 from torchslim.errors import ConfigError
@@ -81,7 +83,7 @@ def collect_input_stats(
     """
     if not batches:
         raise ConfigError("this pruning method needs calibration data: give Context(calibration=[...])")
-    stats: dict[str, InputStats] = {}
+    sums: dict[str, _Sums] = {}
     stop_early = len(layers) == 1
 
     def hook(name: str):
@@ -89,16 +91,11 @@ def collect_input_stats(
             x = layer_inputs(mod, args[0].detach()).double()
             if not bool(torch.isfinite(x).all()):
                 raise ConfigError(f"calibration inputs to layer {name!r} contain NaN or Inf")
-            st = stats.get(name)
-            if st is None:
-                st = stats[name] = InputStats(
-                    torch.zeros(x.shape[0], dtype=torch.float64),
-                    torch.zeros(x.shape[0], x.shape[0], dtype=torch.float64) if hessian else None,
-                )
-            st.sq_sum += (x * x).sum(dim=1)
-            if st.xxt is not None:
-                st.xxt += x @ x.T
-            st.count += x.shape[1]
+            acc = sums.setdefault(name, _Sums(hessian))
+            acc.sq_sum.add((x * x).sum(dim=1))
+            if acc.xxt is not None:
+                acc.xxt.add(x @ x.T)
+            acc.count += x.shape[1]
             if stop_early:  # the only hooked layer has seen its input: the rest of the forward is waste
                 raise StopForward
 
@@ -106,8 +103,48 @@ def collect_input_stats(
 
     handles = [module.register_forward_pre_hook(hook(name)) for name, module in layers.items()]
     try:
-        run_calibration(model, batches, input_fn)
+        run_calibration(model, shard_of(batches), input_fn)
     finally:
         for h in handles:
             h.remove()
-    return stats
+    if current_shard() is not None:
+        sums = _reduce(sums, layers, hessian)
+    return {
+        name: InputStats(acc.sq_sum.value(), acc.xxt.value() if acc.xxt is not None else None, acc.count)
+        for name, acc in sums.items()
+    }
+
+
+@dataclass
+class _Sums:
+    """One layer's running sums while the batches go through (compensated, so order does not matter)."""
+
+    hessian: bool
+    sq_sum: CompensatedSum = field(default_factory=CompensatedSum)
+    xxt: CompensatedSum | None = None
+    count: int = 0
+
+    def __post_init__(self) -> None:
+        if self.hessian and self.xxt is None:
+            self.xxt = CompensatedSum()
+
+
+def _reduce(sums: dict[str, _Sums], layers: dict[str, nn.Module], hessian: bool) -> dict[str, _Sums]:
+    """The sums over every rank, for each layer some rank saw (in ``layers`` order on every rank)."""
+    features: dict[str, int] = {}
+    for part in all_gather_objects({n: acc.sq_sum.hi.shape[0] for n, acc in sums.items() if acc.sq_sum.hi is not None}):
+        features.update(part)
+    out = {}
+    for name, module in layers.items():
+        if name not in features:  # no rank's batches called it
+            continue
+        f = features[name]
+        device = next(module.parameters()).device
+        local = sums.get(name) or _Sums(hessian)
+        total = _Sums(hessian)
+        total.sq_sum = merge_sums(local.sq_sum, (f,), device)
+        if local.xxt is not None:
+            total.xxt = merge_sums(local.xxt, (f, f), device)
+        total.count = reduce_count(local.count)
+        out[name] = total
+    return out

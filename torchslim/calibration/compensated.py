@@ -1,0 +1,82 @@
+"""Compensated (double-double) summation: running sums whose result does not depend on the order.
+
+A float64 sum of many terms depends on the order they are added in, in its last bits; a calibration
+split over processes adds the same per-batch terms in another order than one process does. Carrying
+the sum as an unevaluated pair ``hi + lo`` with Knuth's error-free TwoSum (Knuth, TAOCP vol. 2,
+§4.2.2; the cascaded ``Sum2`` of Ogita, Rump & Oishi, 2005, "Accurate Sum and Dot Product") keeps
+the rounding error of every addition in ``lo``; the pair then holds the exact sum to about
+``n · 2⁻¹⁰⁶`` relative to the sum of magnitudes, and :meth:`CompensatedSum.value` rounds it to the
+nearest float64. Two orders give the same float64 unless the exact sum lies within that margin of
+a rounding midpoint between two float64 values (the only way the results can differ).
+
+Hand-written: the few element-wise lines below are the whole algorithm, and torch has no exact or
+order-independent tensor summation.
+
+Example:
+    >>> import torch
+    >>> terms = [torch.tensor([v], dtype=torch.float64) for v in (1e16, 1.0, -1e16)]
+    >>> float(sum(terms))  # plain float64: the 1.0 is lost
+    0.0
+    >>> acc = CompensatedSum()
+    >>> for t in terms:
+    ...     acc.add(t)
+    >>> float(acc.value())
+    1.0
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["CompensatedSum", "two_sum"]
+
+
+def two_sum(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(s, e)`` with ``s = fl(a + b)`` and ``a + b = s + e`` exactly (element-wise, Knuth's TwoSum).
+
+    Example:
+        >>> s, e = two_sum(torch.tensor([1e16], dtype=torch.float64), torch.tensor([1.0], dtype=torch.float64))
+        >>> float(s), float(e)
+        (1e+16, 1.0)
+    """
+    s = a + b
+    bb = s - a
+    e = (a - (s - bb)) + (b - bb)
+    return s, e
+
+
+class CompensatedSum:
+    """A float64 running sum kept as ``hi + lo``; :meth:`add` terms, :meth:`merge` other sums, read :meth:`value`."""
+
+    def __init__(self, hi: torch.Tensor | None = None, lo: torch.Tensor | None = None) -> None:
+        self.hi = hi
+        self.lo = lo if lo is not None or hi is None else torch.zeros_like(hi)
+
+    def add(self, x: torch.Tensor) -> None:
+        """Add a term (any shape broadcasting to the sum's; converted to float64)."""
+        x = x.to(torch.float64)
+        if self.hi is None:
+            self.hi, self.lo = x.clone(), torch.zeros_like(x)
+            return
+        self.hi, e = two_sum(self.hi, x)
+        self.lo += e
+
+    def merge(self, other: CompensatedSum) -> None:
+        """Add another compensated sum (its ``hi`` exactly, its ``lo`` as a correction)."""
+        if other.hi is None:
+            return
+        if self.hi is None:
+            self.hi, self.lo = other.hi.clone(), other.lo.clone()
+            return
+        self.hi, e = two_sum(self.hi, other.hi)
+        self.lo += e + other.lo
+
+    def value(self) -> torch.Tensor:
+        """The sum rounded to float64 (``hi + lo``).
+
+        Raises:
+            ValueError: nothing was added.
+        """
+        if self.hi is None:
+            raise ValueError("empty sum")
+        return self.hi + self.lo
