@@ -7,6 +7,7 @@ Exit codes (DESIGN.md): 0 ok, 2 usage, 3 bad config, 4 unsafe input, 5 unsupport
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -127,11 +128,12 @@ def cmd_measure(args: argparse.Namespace) -> int:
     return 0
 
 
-def _compress(model: Any, ctx: Any, recipe_source: str, latency_runs: int) -> tuple[Any, Any]:
+def _compress(model: Any, ctx: Any, recipe_source: str, latency_runs: int, main: bool = True) -> tuple[Any, Any]:
+    """Run the recipe; ``main=False`` (a torchrun rank other than 0): no measurements, no progress."""
     from torchslim.recipes import load_recipe, run_recipe
 
     recipe = load_recipe(recipe_source)
-    return run_recipe(model, recipe, ctx, latency_runs=latency_runs)
+    return run_recipe(model, recipe, ctx, latency_runs=latency_runs, measure_steps=main, progress=main)
 
 
 def _preflight_compress(model: Any, ctx: Any, args: argparse.Namespace) -> None:
@@ -149,22 +151,29 @@ def cmd_compress(args: argparse.Namespace) -> int:
     from torchslim.io import check_output_dir, save
 
     check_output_dir(Path(args.out), args.force)  # fail before any long work
+    from torchslim.calibration.distributed import torchrun_calibration
+    from torchslim.errors import UsageError
     from torchslim.sequential.cli import compress_command, wants_sequential
 
     if wants_sequential(args):  # --sequential, or an hf:DIR model that would not fit in memory
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise UsageError("compress --sequential runs in one process, not under torchrun")
         return compress_command(args)
-    model, ctx = _resolve_model(args)
-    if not args.no_preflight and ctx.device == "cpu":
-        _preflight_compress(model, ctx, args)  # refuse (exit 5) a recipe that cannot fit in memory
-    try:
-        model, run = _compress(model, ctx, args.recipe, args.latency_runs)
-    except ConfigError as e:
-        if args.model and "data" in str(e):  # calibration / training data: --model has none to give
-            raise ConfigError(
-                f"{e}; --model brings no data: give --workload pkg.mod:NAME, a Workload with your data "
-                "(README: Your own model)"
-            ) from None
-        raise
+    with torchrun_calibration() as shard:  # torchrun: each rank calibrates on its share (README: torchrun)
+        model, ctx = _resolve_model(args)
+        if not args.no_preflight and ctx.device == "cpu":
+            _preflight_compress(model, ctx, args)  # refuse (exit 5) a recipe that cannot fit in memory
+        try:
+            model, run = _compress(model, ctx, args.recipe, args.latency_runs, main=shard.is_main)
+        except ConfigError as e:
+            if args.model and "data" in str(e):  # calibration / training data: --model has none to give
+                raise ConfigError(
+                    f"{e}; --model brings no data: give --workload pkg.mod:NAME, a Workload with your data "
+                    "(README: Your own model)"
+                ) from None
+            raise
+    if not shard.is_main:
+        return 0  # rank 0 prints and writes
     run.print(console=_console())
     save(
         model,

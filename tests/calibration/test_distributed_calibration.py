@@ -87,3 +87,84 @@ def test_two_ranks_give_the_single_process_artifact(tmp_path):
     # compensated sums merged in rank order; SmoothQuant sees the same rows in the same order.
     different = [k for k in single if not torch.equal(split[k], single[k])]
     assert not different, different
+
+
+WORKLOAD_SRC = """
+import torch
+import torch.nn as nn
+
+from torchslim.workloads import Workload
+
+
+def build():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(64, 128), nn.GELU(), nn.Linear(128, 64), nn.GELU(), nn.Linear(64, 8))
+
+
+class Mlp(Workload):
+    name, metric = "mlp", "agreement"
+
+    def __init__(self, data=None):
+        gen = torch.Generator().manual_seed(0)
+        self.x = torch.randn(80, 64, generator=gen) @ torch.randn(64, 64, generator=gen)
+
+    def factory(self):
+        return build()
+
+    def model(self):
+        return build().eval()
+
+    def example_inputs(self):
+        return (self.x[:4],)
+
+    def calibration(self, n_batches=8):
+        return [self.x[i : i + 16] for i in range(0, 80, 16)][:n_batches]
+
+    @torch.no_grad()
+    def evaluate(self, model, split="test"):
+        ref = build().eval()(self.x).argmax(1)
+        return {"agreement": (model.eval()(self.x).argmax(1) == ref).float().mean().item()}
+
+
+MLP = Mlp()
+"""
+
+RECIPE = """name: wanda-gptq
+seed: 0
+steps:
+  - kind: wanda-pruning
+    sparsity: 0.5
+    keep_first_last: false
+  - kind: int4-weight-only
+    group_size: 32
+    method: gptq
+"""
+
+
+@pytest.mark.slow  # two interpreters and a torchrun launch: ~30 s
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo")
+def test_torchrun_compress_writes_the_single_process_artifact_from_rank_0(tmp_path):
+    from safetensors.torch import load_file
+
+    (tmp_path / "mlp_workload.py").write_text(WORKLOAD_SRC, encoding="utf-8")
+    (tmp_path / "recipe.yaml").write_text(RECIPE, encoding="utf-8")
+    env = dict(
+        os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", TORCHSLIM_PROGRESS="off"
+    )
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
+    args = ["-m", "torchslim", "compress", "--workload", "mlp_workload:MLP", "--recipe", "recipe.yaml"]
+    args += ["--latency-runs", "2"]
+    one = subprocess.run(
+        [sys.executable, *args, "--out", "one"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert one.returncode == 0, one.stderr[-3000:]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2"]
+    launcher += ["--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
+    two = subprocess.run(
+        [*launcher, *args, "--out", "two"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("wrote two") == 1  # rank 0 alone prints and writes
+    a, b = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
