@@ -81,9 +81,9 @@ SPEC_KEYS = {
     "Int8StaticConv2d": (
         {"class", "in_channels", "out_channels", "groups", "relu", "output_uint8"}
         | {"kernel_size", "stride", "padding", "dilation"},
-        {"output_dtype"},
+        {"output_dtype", "activation"},
     ),
-    "Int8StaticLinear": ({"class", "in_features", "out_features", "relu"}, {"output_dtype"}),
+    "Int8StaticLinear": ({"class", "in_features", "out_features", "relu"}, {"output_dtype", "activation"}),
     "Int8MaxPool2d": ({"class", "kernel_size", "stride", "padding", "dilation", "return_indices", "ceil_mode"}, set()),
     "Int4WeightOnlyLinear": (
         {"class", "in_features", "out_features", "bias", "group_size", "input_scale", "kernel"},
