@@ -57,7 +57,7 @@ from torchslim.quantization import (
 )
 from torchslim.recipes import Recipe, RunReport, Step, load_recipe, recipe_from_dict, run_recipe
 from torchslim.structured import ChannelPruning, FoldBatchNorm, LayerDropping, LowRank, PruningPlan
-from torchslim.tuning import SearchSpace, sensitivity, tune
+from torchslim.tuning import SearchSpace, TuneOptions, sensitivity, tune
 from torchslim.version import __version__
 
 _install_integrations()  # lazy: transformers' from_pretrained learns quant_method "torchslim" when it loads
@@ -94,6 +94,7 @@ __all__ = [
     "PruningPlan",
     "SearchSpace",
     "sensitivity",
+    "TuneOptions",
     "tune",
     "distill",
     "Config",

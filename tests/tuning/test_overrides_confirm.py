@@ -11,7 +11,7 @@ import torch.nn as nn
 
 from torchslim.core import Context
 from torchslim.recipes import builtin_recipes, run_recipe
-from torchslim.tuning import SearchSpace, tune
+from torchslim.tuning import SearchSpace, TuneOptions, tune
 from torchslim.tuning.space import int4_config_type
 from torchslim.workloads.digits import DigitsWorkload
 from torchslim.workloads.minilm import MiniLMWorkload
@@ -67,7 +67,8 @@ class _NarrowDigits(DigitsWorkload):
 
 
 def test_tune_merges_the_workload_overrides_into_the_default_space(tmp_path: Path) -> None:
-    result = tune(_NarrowDigits(), max_drop=1.0, trials=1, out=tmp_path, latency_runs=1, builtins=(), progress=False)
+    options = TuneOptions(max_drop=1.0, trials=1, out=tmp_path, latency_runs=1, builtins=(), progress=False)
+    result = tune(_NarrowDigits(), options)
     space = result.study.user_attrs["settings"]["space"]
     assert space["quant"] == ["none", "bf16"] and space["recovery"] == ["none"] and space["prune_methods"] == ["none"]
     assert result.chosen["point"] == {"prune": "none", "quant": "bf16"}  # the bf16 built-in, the only anchor
@@ -105,8 +106,10 @@ def test_confirmation_drops_a_trial_whose_rerun_misses_the_budget(
     )
     points = [{"prune": "channels", "channel_ratio": r, "recovery": "finetune", "quant": "none"} for r in (0.125, 0.25)]
     monkeypatch.setattr(SearchSpace, "named_anchors", lambda self, recipes=None: [("test", p) for p in points])
-    result = tune("digits", max_drop=1.0, trials=2, out=tmp_path, space=space, latency_runs=1, builtins=(),
-                  progress=False)  # fmt: skip
+    options = TuneOptions(
+        max_drop=1.0, trials=2, out=tmp_path, space=space, latency_runs=1, builtins=(), progress=False
+    )
+    result = tune("digits", options)
     trials = {t.params["channel_ratio"]: t.number for t in result.study.get_trials() if t.state.name == "COMPLETE"}
     assert calls == [trials[0.25], trials[0.125]]  # the smaller first, then the next one
     confirmations = result.study.user_attrs["confirmations"]

@@ -15,7 +15,7 @@ import yaml
 from torchslim.cli import main
 from torchslim.errors import ConfigError
 from torchslim.recipes import builtin_recipes, load_recipe, recipe_from_dict, run_recipe
-from torchslim.tuning import SearchSpace, sensitivity, tune
+from torchslim.tuning import SearchSpace, TuneOptions, sensitivity, tune
 from torchslim.tuning.moves import same_steps
 from torchslim.tuning.space import describe_point
 from torchslim.workloads import get_workload
@@ -41,8 +41,7 @@ def _space() -> SearchSpace:
 
 
 def _run(out: Path, trials: int, worker: int = 0) -> tune_module.TuneResult:
-    return tune(
-        "digits",
+    options = TuneOptions(
         max_drop=MAX_DROP,
         trials=trials,
         out=out,
@@ -54,6 +53,7 @@ def _run(out: Path, trials: int, worker: int = 0) -> tune_module.TuneResult:
         grace_period=30,  # no worker is killed here: a late heartbeat under load must not fail a trial
         heartbeat_interval=1,
     )
+    return tune("digits", options)
 
 
 def _trials(out: Path) -> list[tuple[int, str]]:
@@ -157,7 +157,7 @@ def test_sensitivity_has_one_row_per_layer_and_a_png(tmp_path: Path) -> None:
 def test_cli_errors_use_the_exit_codes(tmp_path: Path) -> None:
     base = ["tune", "--workload", "digits", "--out", str(tmp_path), "--trials", "1"]
     assert main([*base, "--max-drop", "-1"]) == 3
-    assert main([*base, "--max-drop", "0.01", "--confirm", "-1"]) == 2
+    assert main([*base, "--max-drop", "0.01", "--confirm", "-1"]) == 3  # TuneOptions: an invalid option
     assert main(["tune", "--workload", "nope", "--out", str(tmp_path), "--max-drop", "0.01"]) == 2
     with pytest.raises(SystemExit) as e:
         main([*base, "--max-drop", "0.01", "--objective", "speed"])
@@ -228,8 +228,10 @@ def _tune_channels(out: Path, trials: int, ratio: float, monkeypatch: pytest.Mon
     assert space.anchors() == []  # no built-in recipe is only channel pruning at a fixed ratio
     point = {"prune": "channels", "channel_ratio": ratio}
     monkeypatch.setattr(tune_module, "make_sampler", lambda objective, seed, trials: _SameProposal(point))
-    return tune("digits", max_drop=1.0, trials=trials, out=out, space=space, latency_runs=3, builtins=(),
-                progress=False)  # fmt: skip
+    options = TuneOptions(
+        max_drop=1.0, trials=trials, out=out, space=space, latency_runs=3, builtins=(), progress=False
+    )
+    return tune("digits", options)
 
 
 def test_a_new_best_is_refined_one_grid_step_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from torchslim.tuning import tune
+from torchslim.tuning import TuneOptions, tune
 from torchslim.workloads import Workload
 
 
@@ -98,13 +98,15 @@ class LoaderWorkload(Workload):
 def test_tune_runs_on_dataloader_workloads(tmp_path: Path, kind: str) -> None:
     result = tune(
         LoaderWorkload(kind),
-        max_drop=0.05,
-        trials=3,
-        out=tmp_path / "t",
-        latency_runs=2,
-        builtins=(),
-        confirm=0,
-        progress=False,
+        TuneOptions(
+            max_drop=0.05,
+            trials=3,
+            out=tmp_path / "t",
+            latency_runs=2,
+            builtins=(),
+            confirm=0,
+            progress=False,
+        ),
     )
     assert result.completed == 3
     states = [t.state.name for t in result.study.get_trials()]

@@ -72,12 +72,12 @@ def tune_flags(**kwargs: Any) -> list[str]:
 
 
 def tune_in_tempdir(wl: Any, **kwargs: Any) -> tuple[Any, Recipe | None]:
-    """``tune(wl, out=<temporary folder>, builtins=(), progress=False, **kwargs)``: the result and the tuned
-    recipe (None when no trial met the budget); the folder is removed."""
-    from torchslim.tuning import tune
+    """``tune(wl, TuneOptions(out=<temporary folder>, builtins=(), progress=False, **kwargs))``: the result
+    and the tuned recipe (None when no trial met the budget); the folder is removed."""
+    from torchslim.tuning import TuneOptions, tune
 
     with tempfile.TemporaryDirectory() as out:
-        result = tune(wl, out=out, progress=False, **{"builtins": (), **kwargs})
+        result = tune(wl, TuneOptions(out=out, progress=False, **{"builtins": (), **kwargs}))
         tuned = load_recipe(result.paths["best"]) if result.chosen is not None else None
     return result, tuned
 

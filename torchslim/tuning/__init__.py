@@ -6,8 +6,9 @@ Example:
     ('size', 'latency', 'both')
 """
 
+from torchslim.tuning.options import OBJECTIVES, TuneOptions
 from torchslim.tuning.sensitivity import SensitivityResult, sensitivity
 from torchslim.tuning.space import SearchSpace
-from torchslim.tuning.tune import OBJECTIVES, TuneResult, tune
+from torchslim.tuning.tune import TuneResult, tune
 
-__all__ = ["OBJECTIVES", "SearchSpace", "SensitivityResult", "TuneResult", "sensitivity", "tune"]
+__all__ = ["OBJECTIVES", "SearchSpace", "SensitivityResult", "TuneOptions", "TuneResult", "sensitivity", "tune"]

@@ -29,7 +29,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import math
 from typing import Any
 
 __all__ = ["add_tuning_parsers", "cmd_sensitivity", "cmd_tune"]
@@ -39,7 +38,7 @@ def add_tuning_parsers(sub: Any) -> None:
     """Add the ``tune`` and ``sensitivity`` subcommands to the CLI's subparsers."""
     from torchslim.cliargs import add_device_arg, add_workload_arg
     from torchslim.measure.memory import add_preflight_arg
-    from torchslim.tuning.tune import OBJECTIVES
+    from torchslim.tuning.options import OBJECTIVES
 
     p = sub.add_parser("tune", help="accuracy-aware search: the smallest/fastest recipe within a quality budget")
     add_workload_arg(p)
@@ -145,24 +144,12 @@ def _preflight_tune(wl: Any) -> None:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     """Run ``torchslim tune``; exit 6 when no trial meets the budget."""
-    from torchslim.errors import QualityGateError, UsageError
+    from torchslim.errors import QualityGateError
     from torchslim.io.jsonfile import write_json
     from torchslim.tuning.report import compare_builtins
-    from torchslim.tuning.tune import tune
+    from torchslim.tuning.tune import TuneOptions, tune
 
-    if args.trials < 1:
-        raise UsageError("--trials must be at least 1")
-    if args.confirm < 0:
-        raise UsageError("--confirm must be at least 0")
-    if not (args.margin >= 0 and math.isfinite(args.margin)):
-        raise UsageError("--margin must be a finite number >= 0")
-    if not 1 <= args.heartbeat < args.grace_period:
-        raise UsageError("--heartbeat must be at least 1 and less than --grace-period")
-    wl = _workload(args, "tune")
-    if not args.no_preflight and args.device == "cpu":
-        _preflight_tune(wl)  # refuse (exit 5) a search whose trials cannot fit in memory
-    result = tune(
-        wl,
+    options = TuneOptions(
         max_drop=args.max_drop,
         objective=args.objective,
         trials=args.trials,
@@ -181,7 +168,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         confirm=args.confirm,
         margin=args.margin,
-    )
+    )  # checked before the workload loads: a bad flag fails fast (exit 3; unknown objective: exit 2)
+    wl = _workload(args, "tune")
+    if not args.no_preflight and args.device == "cpu":
+        _preflight_tune(wl)  # refuse (exit 5) a search whose trials cannot fit in memory
+    result = tune(wl, options)
     for name, path in result.paths.items():
         print(f"wrote {path} ({name})")
     c = result.chosen

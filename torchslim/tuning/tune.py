@@ -56,7 +56,8 @@ Example (two trials in a tiny space on the digits workload, a few seconds):
     >>> import tempfile
     >>> out = tempfile.mkdtemp()
     >>> space = SearchSpace(prune_methods=("none", "magnitude"), recovery=("none",), quant=("none", "bf16"))
-    >>> result = tune("digits", max_drop=0.02, trials=2, out=out, space=space, progress=False, builtins=())
+    >>> options = TuneOptions(max_drop=0.02, trials=2, out=out, space=space, progress=False, builtins=())
+    >>> result = tune("digits", options)
     >>> result.completed
     2
     >>> sorted(p.name for p in result.paths.values())
@@ -67,7 +68,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -77,9 +77,10 @@ from typing import Any
 import torch
 
 from torchslim.core.progress import progress as progress_task
-from torchslim.errors import ConfigError, TorchslimError, UsageError
+from torchslim.errors import TorchslimError, UsageError
 from torchslim.tuning.budget import Budget
 from torchslim.tuning.moves import MOVES, point_key
+from torchslim.tuning.options import OBJECTIVES, TuneOptions
 from torchslim.tuning.space import SearchSpace, describe_point
 from torchslim.tuning.study import (
     TuneResult,
@@ -94,9 +95,8 @@ from torchslim.tuning.study import (
 )
 from torchslim.tuning.workers import Skip, Stop, duplicate_of, optimize, record_worker, wait_turn, yield_to_retry
 
-__all__ = ["OBJECTIVES", "TuneResult", "default_storage", "tune"]
+__all__ = ["OBJECTIVES", "TuneOptions", "TuneResult", "default_storage", "tune"]
 
-OBJECTIVES = ("size", "latency", "both")
 STUDY_NAME = "torchslim-tune"
 # A latency within this fraction of the best is not "worse": one-thread timings on a shared machine jitter.
 LATENCY_SLACK = 0.05
@@ -336,95 +336,37 @@ def _evaluate_builtins(wl: Any, base: torch.nn.Module, ctx: Any, names: Sequence
     return rows
 
 
-def tune(
-    workload: str | Any,
-    *,
-    max_drop: float,
-    objective: str = "size",
-    trials: int = 20,
-    out: str | Path,
-    storage: str | None = None,
-    seed: int = 0,
-    worker: int = 0,
-    data: str | None = None,
-    space: SearchSpace | None = None,
-    latency_runs: int = 20,
-    recover_limit: float | None = None,
-    builtins: Sequence[str] | None = None,
-    peers: str | Path | None = None,
-    threads: int = 1,
-    progress: bool = True,
-    heartbeat_interval: int = 5,
-    grace_period: int = 20,
-    anchors: bool = True,
-    confirm: int = 3,
-    margin: float = 1.0,
-) -> TuneResult:
-    """Search recipes for ``workload`` that keep its metric within ``max_drop`` and minimise ``objective``.
+def tune(workload: str | Any, options: TuneOptions) -> TuneResult:
+    """Search recipes for ``workload`` that keep its metric within ``options.max_drop`` and minimise
+    ``options.objective`` (see the module docstring and :class:`TuneOptions`).
 
     Args:
         workload: a built-in workload name or a :class:`~torchslim.workloads.Workload`.
-        max_drop: largest allowed drop of the workload's metric on the validation split, in the metric's
-            own units (digits accuracy is a fraction: one point is 0.01; MiniLM's Spearman × 100: 1.0).
-        objective: ``size`` (artifact bytes), ``latency`` (median ms of the example batch) or ``both``.
-        trials: complete + pruned trials the study should reach in total (over restarts and workers).
-        out: output folder (``best.yaml``, ``pareto.png``, ``report.md``, ``trials.json``, the study).
-        storage: Optuna storage URL; default ``sqlite:///OUT/study.db``.
-        seed: recipe seed and sampler seed. worker: offsets the sampler seed (give each parallel worker
-            its own, else they propose the same points and the duplicates are discarded).
-        data: the workload's data path.
-        space: the search space (default: :meth:`SearchSpace.for_model` with the workload's
-            ``tune_space_overrides()``).
-        latency_runs: timed runs per latency measurement.
-        recover_limit: prune a trial with a training step when its quality drop before training exceeds this.
-        builtins: built-in recipes to evaluate for comparison (None: all but those that ``torch.compile``;
-            ``()``: none).
-        peers: a ``torchslim bench --json`` file whose rows are added to the plot (their test-split quality).
-        threads: torch intra-op threads during the search (restored afterwards).
-        progress: report progress on stderr (:mod:`torchslim.core.progress`): trials done with the time
-            left (a bar on a terminal, a plain line at a fixed interval elsewhere) and a line per stage.
-        anchors: start a new study with :meth:`SearchSpace.named_anchors` (the built-in recipes the space
-            expresses, then known-good points) before sampling.
-        confirm: rebuild up to this many of the best feasible trials that train with another seed and
-            choose the best one whose judged drop averaged over both runs is within ``max_drop`` (0: off;
-            see the module docstring).
-        margin: standard errors of the paired per-example drop added to the measured drop before it is
-            compared with ``max_drop`` (0: the measured drop alone; ignored for a workload without
-            ``example_scores``; see :mod:`torchslim.tuning.budget`).
-        heartbeat_interval / grace_period: seconds; a trial whose heartbeat is older than ``grace_period`` is
-            marked FAIL (its process was killed).
+        options: what to search for and how, validated when built.
 
     Returns:
-        A :class:`TuneResult`; the outputs are written to ``out``.
+        A :class:`TuneResult`; the outputs are written to ``options.out``.
 
     Raises:
-        UsageError: unknown workload, objective or built-in recipe. ConfigError: invalid budget or trial
-        count, or a stored study created with other settings. OutputExistsError: ``out`` cannot be written.
+        UsageError: unknown workload or built-in recipe. ConfigError: a stored study created with other
+        settings. OutputExistsError: ``out`` cannot be written.
     """
     import optuna
 
     from torchslim.tuning.report import write_outputs
     from torchslim.workloads import get_workload
 
-    if objective not in OBJECTIVES:
-        raise UsageError(f"unknown objective {objective!r}; use one of {', '.join(OBJECTIVES)}")
-    problems = []
-    if not (isinstance(max_drop, (int, float)) and math.isfinite(max_drop) and max_drop >= 0):
-        problems.append(f"max_drop: must be a finite number >= 0, got {max_drop!r}")
-    if not (isinstance(trials, int) and trials >= 1):
-        problems.append(f"trials: must be an integer >= 1, got {trials!r}")
-    if not (isinstance(confirm, int) and confirm >= 0):
-        problems.append(f"confirm: must be an integer >= 0, got {confirm!r}")
-    if not (isinstance(margin, (int, float)) and math.isfinite(margin) and margin >= 0):
-        problems.append(f"margin: must be a finite number >= 0, got {margin!r}")
-    if problems:
-        raise ConfigError("invalid tuning options", problems)
-    out = Path(out)
+    if not isinstance(options, TuneOptions):
+        raise UsageError(f"tune(workload, options): options must be a TuneOptions, got {type(options).__name__}")
+    o = options
+    max_drop, objective, trials, seed, worker, space = o.max_drop, o.objective, o.trials, o.seed, o.worker, o.space
+    latency_runs, builtins, confirm, margin = o.latency_runs, o.builtins, o.confirm, o.margin
+    out = Path(o.out)
     _mkdir(out)
-    wl = get_workload(workload, data=data) if isinstance(workload, str) else workload
+    wl = get_workload(workload, data=o.data) if isinstance(workload, str) else workload
     old_threads = torch.get_num_threads()
     old_verbosity = optuna.logging.get_verbosity()
-    torch.set_num_threads(threads)
+    torch.set_num_threads(o.threads)
     # Discarded duplicates and surplus trials are FAIL records by design; optuna would warn for each.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
@@ -436,7 +378,7 @@ def tune(
         settings = study_settings(wl.name, wl.metric, float(max_drop), objective, space, seed) | {
             "margin": float(margin)
         }
-        with progress_task(trials, f"tune {wl.name}", unit="trials", enabled=progress) as bar:
+        with progress_task(trials, f"tune {wl.name}", unit="trials", enabled=o.progress) as bar:
 
             def phase(text: str) -> None:  # a stage of the run: on the bar, and a line in logs
                 bar.update(status=text)
@@ -445,13 +387,13 @@ def tune(
             phase("measuring the baseline")
             budget = Budget(wl, base, max_drop=float(max_drop), margin=float(margin))
             baseline = _baseline(wl, base, ctx, latency_runs, budget)
-            url = storage or default_storage(out)
+            url = o.storage or default_storage(out)
             directions = ["minimize"] * (2 if objective == "both" else 1)
             with warnings.catch_warnings():  # heartbeats and grouped TPE are "experimental" in Optuna
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 # On PostgreSQL this block holds the workers' start-up lock: one at a time creates or loads
                 # the study, checks its settings and queues the anchors.
-                with shared_storage(url, heartbeat_interval, grace_period) as storage:
+                with shared_storage(url, o.heartbeat_interval, o.grace_period) as storage:
                     study = optuna.create_study(
                         storage=storage,
                         study_name=STUDY_NAME,
@@ -460,13 +402,13 @@ def tune(
                         sampler=make_sampler(objective, seed + 1000 * worker, trials),
                     )
                     check_settings(study, settings)
-                    if not study.trials and anchors:
+                    if not study.trials and o.anchors:
                         for origin, point in space.named_anchors()[:trials]:
                             study.enqueue_trial(point, skip_if_exists=True, user_attrs={"origin": origin})
                     if len(study.trials):  # a resumed study: new suggestions, not the first run's again
                         study.sampler = make_sampler(objective, seed + 1000 * worker + 7919 * len(study.trials), trials)
             fn = _Objective(wl=wl, base=base, ctx=ctx, space=space, settings=settings, budget=budget, baseline=baseline,
-                            trials=trials, seed=seed, latency_runs=latency_runs, recover_limit=recover_limit)  # fmt: skip
+                            trials=trials, seed=seed, latency_runs=latency_runs, recover_limit=o.recover_limit)  # fmt: skip
             done = completed_trials(study.get_trials(deepcopy=False))  # a resumed study may have enough
             bar.update(completed=min(done, trials))
             if done < trials:
@@ -477,7 +419,7 @@ def tune(
             rows = _evaluate_builtins(wl, base, ctx, builtins, latency_runs, budget, phase)
             phase("writing outputs")
             result = write_outputs(study, wl=wl, base=base, ctx=ctx, space=space, settings=settings,
-                                   baseline=baseline, builtins=rows, out=out, peers=peers)  # fmt: skip
+                                   baseline=baseline, builtins=rows, out=out, peers=o.peers)  # fmt: skip
     finally:
         torch.set_num_threads(old_threads)
         optuna.logging.set_verbosity(old_verbosity)
