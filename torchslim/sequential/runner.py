@@ -55,6 +55,7 @@ from torchslim.core.structure import structure_ops
 from torchslim.core.walker import replace_module_
 from torchslim.errors import OutputExistsError, UnsupportedModelError
 from torchslim.io.atomic import describe_os_error
+from torchslim.io.config_bound import model_byte_limit
 from torchslim.pruning import MagnitudePruning, NMPruning, SparseGPTPruning, WandaPruning
 from torchslim.quantization import Int4WeightOnly
 from torchslim.sequential.activations import ActivationStore
@@ -412,7 +413,7 @@ def compress_sequential(
         force: replace an existing artifact once the new one is complete.
         source: recorded in the manifest, as ``ts.save`` does (``"hf:DIR"``).
         activation_limit_bytes: calibration activations beyond this many bytes go to memory-mapped
-            files (None: all in memory).
+            files (default: half the memory available when the run starts).
 
     Returns:
         The run's events per step, block count and duration. The artifact holds the tensors, structure
@@ -434,6 +435,8 @@ def compress_sequential(
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise OutputExistsError(f"cannot write under {parent}: {describe_os_error(e)}") from None
+    if activation_limit_bytes is None:
+        activation_limit_bytes = model_byte_limit() // 2
     store = ActivationStore(activation_limit_bytes)
     try:
         with tempfile.TemporaryDirectory(prefix="torchslim-sequential-", dir=parent) as tmp:
