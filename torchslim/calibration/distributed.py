@@ -104,9 +104,10 @@ def distributed_calibration(group: Any = None) -> Iterator[Shard]:
 def torchrun_calibration() -> Iterator[Shard]:
     """:func:`init_from_env` and :func:`distributed_calibration` for one command; leaves the group after.
 
-    On a clean exit every rank waits for the others (rank 0 may still be writing) before the group
-    is destroyed: a rank tearing gloo down while another is inside a collective makes that one abort.
-    A group that existed before is kept.
+    On a clean exit every rank waits for the others to finish before the group is destroyed: a rank
+    tearing gloo down while another is inside a collective makes that one abort. After an error the
+    group is destroyed at once (torchrun then stops the other ranks). A group that existed before is
+    kept.
     """
     existed = dist.is_available() and dist.is_initialized()
     init_from_env()
