@@ -53,6 +53,7 @@ from torchslim.quantization.int4.hqq import hqq_quantize
 from torchslim.quantization.int4.modules import Int4WeightOnlyLinear
 from torchslim.quantization.int4.primitives import GROUP_SIZES, check_group_size
 from torchslim.quantization.int4.rtn import rtn_quantize
+from torchslim.quantization.int4.w4a8 import Int4W4A8Linear
 
 __all__ = [
     "CALIBRATED_METHODS",
@@ -82,6 +83,11 @@ class Int4WeightOnly(Config):
         on_bad_group: ``"skip"`` leaves layers whose in_features the group size does not divide in
             float and lists them; ``"error"`` raises ConfigError instead.
         kernel: run torch's int4 kernels where they apply (False: dequantize + matmul everywhere).
+        activations: ``"bf16"`` (W4A16: :class:`~torchslim.quantization.int4.modules.Int4WeightOnlyLinear`
+            on torch's int4 kernel) or ``"int8"`` (W4A8:
+            :class:`~torchslim.quantization.int4.w4a8.Int4W4A8Linear`, the weight in the W4A8 kernel's
+            layout; up to 16 tokens per call run torchslim's VNNI kernel with activations quantized to int8
+            per token, more tokens a bf16 GEMM). ``kernel`` does not apply to ``"int8"``.
         progress: show a transient progress bar over the layers during calibration (on a terminal).
     """
 
@@ -95,6 +101,7 @@ class Int4WeightOnly(Config):
     sequential: bool = True
     on_bad_group: Literal["skip", "error"] = "skip"
     kernel: bool = True
+    activations: Literal["bf16", "int8"] = "bf16"
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -106,6 +113,8 @@ class Int4WeightOnly(Config):
         check_positive_int(self, "blocksize")
         if self.on_bad_group not in ("skip", "error"):
             fail(self, "on_bad_group", f"must be 'skip' or 'error', got {self.on_bad_group!r}")
+        if self.activations not in ("bf16", "int8"):
+            fail(self, "activations", f"must be 'bf16' or 'int8', got {self.activations!r}")
         for f in ("act_order", "sequential", "kernel", "progress"):
             if not isinstance(getattr(self, f), bool):
                 fail(self, f, f"must be true or false, got {getattr(self, f)!r}")
@@ -119,8 +128,10 @@ def int4_linear(
     config: Int4WeightOnly,
     hessian: torch.Tensor | None = None,
     notes: list[str] | None = None,
-) -> Int4WeightOnlyLinear:
+) -> Int4WeightOnlyLinear | Int4W4A8Linear:
     """Quantize one Linear with ``config.method`` (``hessian`` ``[K, K]`` for GPTQ / AWQ; None: RTN for them).
+
+    The module is an ``Int4W4A8Linear`` when ``config.activations == "int8"``, else an ``Int4WeightOnlyLinear``.
 
     ``notes`` receives a line when a calibrated method had to fall back to RTN.
 
@@ -148,6 +159,8 @@ def int4_linear(
             t, input_scale = rtn_quantize(w, g), None
     else:
         t = rtn_quantize(w, g)
+    if config.activations == "int8":
+        return Int4W4A8Linear.from_tensors(t, g, linear.bias, input_scale)
     return Int4WeightOnlyLinear.from_tensors(t, g, linear.bias, input_scale, kernel=config.kernel)
 
 
@@ -271,7 +284,8 @@ def int4_targets(
 
 @register_transform(Int4WeightOnly, scope="model")
 def _int4_weight_only(model: nn.Module, config: Int4WeightOnly, select: Select, ctx: Context) -> nn.Module:
-    label = f"{config.kind} ({config.method}, g{config.group_size})"
+    w4a8 = ", w4a8" if config.activations == "int8" else ""
+    label = f"{config.kind} ({config.method}, g{config.group_size}{w4a8})"
     targets = int4_targets(model, select, config.group_size, label, ctx, config.on_bad_group)
     calibrated = config.method in CALIBRATED_METHODS
 

@@ -1,0 +1,231 @@
+"""``Int4W4A8Linear``: grouped int4 weights in the W4A8 kernel's packed layout, int8 activations for decode.
+
+The weight is stored once, in the tile layout of :mod:`torchslim.kernels.layout` (``packed`` uint8
+``[ceil(N/16), K/g, 64 + 8·g]``: per tile of 16 output rows and group, the rows' bf16 scales and zeros
+then their 4-bit codes), with ``ŵ = (q − 8) · scale + zero`` per (row, group), the convention of
+:class:`~torchslim.quantization.int4.modules.Int4WeightOnlyLinear`. That layout is what ``state_dict``
+and ``ts.save`` hold, so a load is bit-identical and needs no conversion. Buffers: ``packed``,
+``bias`` ``[N]`` float32 or absent, ``input_scale`` ``[K]`` float32 or absent (AWQ's ``1/s``).
+
+Forward, by the number of rows (tokens) ``M``:
+
+- ``M ≤ KERNEL_MAX_ROWS`` (decode): :func:`torchslim.kernels.w4a8_linear`: activations quantized to int8
+  per row inside the kernel (symmetric, one scale per token, as LLM.int8(), Dettmers et al.,
+  arXiv:2208.07339), int4 codes widened in registers and multiplied with VNNI dot products: the scheme
+  of llama.cpp's Q4_0 × Q8_0. On a CPU without AVX-512 VNNI the kernel runs its AVX2 or portable C++
+  path, and when it cannot be built the torch reference: the same sums everywhere.
+- more rows (prefill): compute-bound, so the weight is dequantized to bf16 once per call and multiplied
+  by a bf16 GEMM (the path ``Int4WeightOnlyLinear`` takes from 256 rows), activations unquantized.
+
+Input values that are NaN are not guaranteed to reach the output on the kernel path: the kernel's
+per-row ``max |x|`` may drop a NaN, so the row is quantized from its finite entries (an Inf gives a
+NaN scale, which does propagate). Guarding every call would cost a reduction per layer per token;
+check inputs upstream when they can hold NaN.
+
+Example:
+    >>> import torch, torch.nn as nn
+    >>> from torchslim.quantization.common.sqnr import sqnr
+    >>> lin = nn.Linear(128, 40)
+    >>> q = Int4W4A8Linear.from_float(lin, group_size=64)
+    >>> x = torch.randn(3, 128)
+    >>> q.packed.shape, bool(sqnr(lin(x), q(x)) > 15)
+    (torch.Size([3, 2, 576]), True)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from torchslim import kernels
+from torchslim.core.modspec import register_spec_module
+from torchslim.quantization.common.primitives import NonFiniteError
+from torchslim.quantization.int4.primitives import Int4Tensors, check_group_size
+from torchslim.quantization.int4.rtn import rtn_quantize
+
+__all__ = ["KERNEL_MAX_ROWS", "Int4W4A8Linear", "dequantize_tiles"]
+
+# Up to this many rows the product is bound by reading the weight and the W4A8 kernel runs; above it the
+# work per weight byte grows with the rows and a bf16 GEMM on the dequantized weight is faster.
+KERNEL_MAX_ROWS = 16
+
+_TILE = 16  # output rows per tile of the packed layout
+_HEAD = 64  # bytes per (tile, group) head: 16 bf16 scales then 16 bf16 zeros
+
+
+def dequantize_tiles(
+    packed: torch.Tensor, out_features: int, group_size: int, dtype: torch.dtype = torch.bfloat16
+) -> torch.Tensor:
+    """The weight ``[N, K]`` of a packed tensor, in ``dtype``, with one output buffer (for prefill).
+
+    Computes ``(q − 8) · scale + zero`` in float32 and rounds once to ``dtype``, so the result equals
+    :func:`torchslim.kernels.dequantize` cast to ``dtype``.
+
+    Example:
+        >>> codes = torch.randint(0, 16, (20, 64), dtype=torch.uint8)
+        >>> s, z = torch.rand(20, 2).bfloat16(), torch.randn(20, 2).bfloat16()
+        >>> p = kernels.pack_int4(codes, s, z, 32)
+        >>> torch.equal(dequantize_tiles(p, 20, 32, torch.float32), kernels.dequantize(p, 20, 32))
+        True
+    """
+    tiles, groups, _ = packed.shape
+    chunks = group_size // 8
+    head = packed[:, :, :_HEAD].contiguous().view(torch.bfloat16).view(tiles, groups, 2, _TILE).float()
+    scale = head[:, :, 0].permute(0, 2, 1).reshape(tiles, _TILE, groups, 1, 1, 1)
+    zero = head[:, :, 1].permute(0, 2, 1).reshape(tiles, _TILE, groups, 1, 1, 1)
+    # body byte (tile, group, chunk c, row r, i): column 8c + i in the low nibble, 8c + 4 + i in the high one.
+    # The codes are written straight into the output's row-major order [tile, row, group, chunk, half, i].
+    body = packed[:, :, _HEAD:].view(tiles, groups, chunks, _TILE, 4).permute(0, 3, 1, 2, 4)
+    q = torch.empty(tiles, _TILE, groups, chunks, 2, 4, dtype=torch.float32, device=packed.device)
+    torch.bitwise_and(body, 0x0F, out=q[:, :, :, :, 0])
+    torch.bitwise_right_shift(body, 4, out=q[:, :, :, :, 1])
+    w = torch.empty_like(q)
+    torch.addcmul(zero, q.sub_(8), scale, out=w)  # one pass; out= keeps the row-major order
+    w = w.view(tiles * _TILE, groups * group_size).to(dtype)
+    return w[:out_features]
+
+
+@register_spec_module
+class Int4W4A8Linear(nn.Module):
+    """Linear with grouped int4 weights in the W4A8 kernel layout; int8 activations for ≤ 16 rows.
+
+    Args:
+        in_features, out_features, bias: as ``nn.Linear``.
+        group_size: input columns per (scale, zero) group: 32, 64, 128 or 256, dividing ``in_features``.
+        input_scale: keep a ``[K]`` buffer that multiplies the input (AWQ).
+
+    Raises:
+        ValueError: a group size that is not allowed or does not divide ``in_features``.
+    """
+
+    torchslim_compressed = True
+    packed: torch.Tensor
+    bias: torch.Tensor | None
+    input_scale: torch.Tensor | None
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        group_size: int = 128,
+        input_scale: bool = False,
+        device: Any = None,
+    ) -> None:
+        super().__init__()
+        problem = check_group_size(in_features, group_size)
+        if problem:
+            raise ValueError(problem)
+        self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
+        shape = kernels.packed_shape(out_features, in_features, group_size)
+        self.register_buffer("packed", torch.zeros(shape, dtype=torch.uint8, device=device))
+        self.register_buffer("bias", torch.zeros(out_features, device=device) if bias else None)
+        self.register_buffer("input_scale", torch.ones(in_features, device=device) if input_scale else None)
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_tensors(
+        cls,
+        t: Int4Tensors,
+        group_size: int,
+        bias: torch.Tensor | None = None,
+        input_scale: torch.Tensor | None = None,
+    ) -> Int4W4A8Linear:
+        """A module holding the codes/parameters ``t`` (from any of the int4 algorithms: RTN, GPTQ, AWQ, HQQ).
+
+        Example:
+            >>> m = Int4W4A8Linear.from_tensors(rtn_quantize(torch.randn(16, 64), 32), 32)
+            >>> m
+            Int4W4A8Linear(in_features=64, out_features=16, bias=False, group_size=32)
+        """
+        n, k = t.q.shape
+        mod = cls(k, n, bias is not None, group_size=group_size, input_scale=input_scale is not None, device=t.q.device)
+        mod.packed.copy_(kernels.pack_int4(t.q.cpu(), t.scale.cpu(), t.zero.cpu(), group_size))
+        if bias is not None and mod.bias is not None:
+            mod.bias.copy_(bias.detach().float())
+        if input_scale is not None and mod.input_scale is not None:
+            mod.input_scale.copy_(input_scale.detach().float())
+        return mod
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, group_size: int = 128) -> Int4W4A8Linear:
+        """Round-to-nearest int4 of ``linear`` (the ``Int4WeightOnly(activations="int8")`` config runs GPTQ etc.).
+
+        Raises:
+            NonFiniteError: the weight holds NaN or Inf.
+            ValueError: bad group size for ``linear.in_features``.
+        """
+        w = linear.weight.detach()
+        if not bool(torch.isfinite(w).all()):
+            raise NonFiniteError("weight contains NaN or Inf")
+        problem = check_group_size(linear.in_features, group_size)
+        if problem:
+            raise ValueError(problem)
+        return cls.from_tensors(rtn_quantize(w.float(), group_size), group_size, linear.bias)
+
+    # ------------------------------------------------------------------ spec (structure replay)
+
+    def torchslim_spec(self) -> dict[str, Any]:
+        """Constructor arguments for :func:`~torchslim.core.modspec.module_from_spec` (structure replay)."""
+        return {
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+            "bias": self.bias is not None,
+            "group_size": self.group_size,
+            "input_scale": self.input_scale is not None,
+        }
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> Int4W4A8Linear:
+        """An empty module from :meth:`torchslim_spec`'s output (values are validated, never executed)."""
+        return cls(
+            int(spec["in_features"]),
+            int(spec["out_features"]),
+            bool(spec["bias"]),
+            group_size=int(spec["group_size"]),
+            input_scale=bool(spec.get("input_scale", False)),
+        )
+
+    # ------------------------------------------------------------------ compute
+
+    def codes(self) -> torch.Tensor:
+        """The codes ``[N, K]`` uint8 (0..15)."""
+        return kernels.unpack_int4(self.packed, self.out_features, self.group_size)[0]
+
+    def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The weight ``[N, K]`` the prefill path multiplies by (``input_scale`` folded in)."""
+        w = dequantize_tiles(self.packed, self.out_features, self.group_size, torch.float32)
+        if self.input_scale is not None:
+            w = w * self.input_scale.float()
+        return w.to(dtype)
+
+    def logical_params(self) -> int:
+        """Weight elements this module stands for (``N·K`` codes + bias), for parameter counts."""
+        return self.out_features * self.in_features + (self.out_features if self.bias is not None else 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        b = self._buffers  # direct reads: nn.Module.__getattr__ costs ~1 µs, and decode calls this per layer per token
+        if b["input_scale"] is not None:
+            x2 = x2 * b["input_scale"].to(x.dtype)
+        if x2.shape[0] <= KERNEL_MAX_ROWS and x.device.type == "cpu":
+            y = kernels.w4a8_linear(x2, b["packed"], self.out_features, self.group_size, b["bias"])
+        else:
+            dtype = torch.bfloat16 if x.dtype in (torch.float32, torch.bfloat16) else x.dtype
+            w = dequantize_tiles(b["packed"], self.out_features, self.group_size, dtype)
+            bias = b["bias"].to(dtype) if b["bias"] is not None else None
+            y = F.linear(x2.to(dtype), w, bias).to(x.dtype)
+        return y.reshape(*shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        extra = ", input_scale=True" if self.input_scale is not None else ""
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+            f"group_size={self.group_size}{extra}"
+        )
