@@ -4,6 +4,7 @@ from torchslim.quantization.cast import CastDtype
 from torchslim.quantization.common.primitives import PerChannel, PerTensor
 from torchslim.quantization.int4.mixed import MixedPrecision
 from torchslim.quantization.int4.modules import Int4WeightOnlyLinear
+from torchslim.quantization.int4.w4a8 import Int4W4A8Linear
 from torchslim.quantization.int4.weight_only import Int4WeightOnly
 from torchslim.quantization.int8.dynamic import Int8Dynamic
 from torchslim.quantization.int8.modules import Int8DynamicLinear, Int8Embedding, Int8WeightOnlyLinear
@@ -13,6 +14,7 @@ from torchslim.quantization.int8.weight_only import Int8WeightOnly
 
 __all__ = [
     "CastDtype",
+    "Int4W4A8Linear",
     "Int4WeightOnly",
     "Int4WeightOnlyLinear",
     "Int8Dynamic",
