@@ -168,3 +168,18 @@ def test_torchrun_compress_writes_the_single_process_artifact_from_rank_0(tmp_pa
     a, b = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo")
+def test_a_rank_without_batches_still_gets_the_single_process_statistics():
+    worker = WORKER.with_name("few_batches_worker.py")
+    env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1", TORCHSLIM_PROGRESS="off")
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "3",
+        "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(worker),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert sorted(line for line in proc.stdout.splitlines() if "equal=" in line) == [
+        f"rank {r} of 3: equal=True" for r in range(3)
+    ]
