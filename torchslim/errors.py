@@ -1,4 +1,4 @@
-"""The exception family of torchslim; each carries the CLI exit code of DESIGN.md.
+"""The exception family of torchslim; each carries its CLI exit code (README "Command line").
 
 Example:
     >>> from torchslim.errors import ConfigError
