@@ -1,6 +1,6 @@
 """The ``torchslim`` command line: demo, measure, compress, recipes, bench.
 
-Exit codes (DESIGN.md): 0 ok, 2 usage, 3 bad config, 4 unsafe input, 5 unsupported model,
+Exit codes (README "Command line"): 0 ok, 2 usage, 3 bad config, 4 unsafe input, 5 unsupported model,
 6 quality gate failed, 7 output exists or I/O error, 130 interrupted.
 """
 

@@ -29,7 +29,7 @@ __all__ = ["FAR_BELOW", "SCRATCH_EPOCHS", "SCRATCH_LR", "add_distill_parser", "c
 # A student built by a factory starts from random weights: DistillConfig's defaults (3 epochs at 1e-3,
 # meant for a recipe step that distils an already-trained compressed copy) leave it near chance
 # (`torchslim distill --workload digits --epochs 3 --lr 0.001`); these bring the digits student within
-# FAR_BELOW of its teacher (tests/distillation/test_user_B.py).
+# FAR_BELOW of its teacher (tests/distillation/test_distill_defaults.py).
 SCRATCH_EPOCHS = 30
 SCRATCH_LR = 1e-2
 # The student is "far below" its teacher when it loses more than this fraction of the teacher's metric.
