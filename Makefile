@@ -49,4 +49,6 @@ lock:
 	$(PY) tools/lock.py > constraints.txt.tmp && mv constraints.txt.tmp constraints.txt
 
 bench: setup
+	# llama-decode's llama.cpp peer rows (llama-cpp-python compiles llama.cpp here; not part of setup).
+	$(PY) -m pip install -q -e ".[llamacpp]" -c constraints.txt
 	$(VENV)/bin/torchslim bench digits --json bench-out/digits.json
