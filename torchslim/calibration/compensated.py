@@ -30,6 +30,8 @@ import torch
 
 __all__ = ["CompensatedSum", "two_sum"]
 
+_CHUNK = 1 << 18  # elements per TwoSum step (2 MiB of float64 per temporary)
+
 
 def two_sum(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(s, e)`` with ``s = fl(a + b)`` and ``a + b = s + e`` exactly (element-wise, Knuth's TwoSum).
@@ -49,17 +51,16 @@ class CompensatedSum:
     """A float64 running sum kept as ``hi + lo``; :meth:`add` terms, :meth:`merge` other sums, read :meth:`value`."""
 
     def __init__(self, hi: torch.Tensor | None = None, lo: torch.Tensor | None = None) -> None:
-        self.hi = hi
-        self.lo = lo if lo is not None or hi is None else torch.zeros_like(hi)
+        self.hi = hi.contiguous() if hi is not None else None
+        self.lo = lo.contiguous() if lo is not None else (torch.zeros_like(self.hi) if hi is not None else None)
 
     def add(self, x: torch.Tensor) -> None:
-        """Add a term (any shape broadcasting to the sum's; converted to float64)."""
+        """Add a term of the sum's shape (converted to float64)."""
         x = x.to(torch.float64)
         if self.hi is None:
             self.hi, self.lo = x.clone(), torch.zeros_like(x)
             return
-        self.hi, e = two_sum(self.hi, x)
-        self.lo += e
+        self._add_pair(x, None)
 
     def merge(self, other: CompensatedSum) -> None:
         """Add another compensated sum (its ``hi`` exactly, its ``lo`` as a correction)."""
@@ -68,8 +69,18 @@ class CompensatedSum:
         if self.hi is None:
             self.hi, self.lo = other.hi.clone(), other.lo.clone()
             return
-        self.hi, e = two_sum(self.hi, other.hi)
-        self.lo += e + other.lo
+        self._add_pair(other.hi, other.lo)
+
+    def _add_pair(self, hi: torch.Tensor, lo: torch.Tensor | None) -> None:
+        """In place, a chunk at a time: TwoSum's temporaries stay small next to a Hessian-sized sum."""
+        mine_hi, mine_lo = self.hi.view(-1), self.lo.view(-1)
+        hi = hi.reshape(-1)
+        lo = lo.reshape(-1) if lo is not None else None
+        for start in range(0, mine_hi.numel(), _CHUNK):
+            part = slice(start, start + _CHUNK)
+            s, e = two_sum(mine_hi[part], hi[part])
+            mine_hi[part] = s
+            mine_lo[part] += e if lo is None else e + lo[part]
 
     def value(self) -> torch.Tensor:
         """The sum rounded to float64 (``hi + lo``).

@@ -109,10 +109,11 @@ def collect_input_stats(
             h.remove()
     if current_shard() is not None:
         sums = _reduce(sums, layers, hessian)
-    return {
-        name: InputStats(acc.sq_sum.value(), acc.xxt.value() if acc.xxt is not None else None, acc.count)
-        for name, acc in sums.items()
-    }
+    out = {}
+    for name in list(sums):  # each layer's pair of sums freed as soon as it is rounded
+        acc = sums.pop(name)
+        out[name] = InputStats(acc.sq_sum.value(), acc.xxt.value() if acc.xxt is not None else None, acc.count)
+    return out
 
 
 @dataclass
