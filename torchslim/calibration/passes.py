@@ -60,6 +60,9 @@ def capture_inputs(
 ) -> dict[str, torch.Tensor]:
     """The input rows ``[M, K]`` (float32, at most ``max_rows``, evenly spaced) that each named Linear sees.
 
+    Inside :func:`~torchslim.calibration.distributed.distributed_calibration` each rank runs its share
+    of the batches and the rows are gathered back in batch order: every rank gets the one-process rows.
+
     Raises:
         ConfigError: no calibration data, or NaN/Inf reaching a layer (the message names the layer).
     """

@@ -76,7 +76,10 @@ def collect_input_stats(
 ) -> dict[str, InputStats]:
     """Run ``batches`` through ``model`` and accumulate each layer's input statistics.
 
-    A batch is any layout :func:`torchslim.core.batches.call_model` reads (targets are left out).
+    A batch is any layout :func:`torchslim.core.batches.call_model` reads (targets are left out). The
+    sums are compensated (:class:`~torchslim.calibration.compensated.CompensatedSum`); inside
+    :func:`~torchslim.calibration.distributed.distributed_calibration` each rank runs its share of the
+    batches and the sums of all ranks are merged, so every rank gets the one-process statistics.
 
     Raises:
         ConfigError: no calibration batches, or non-finite calibration data (naming the layer).
