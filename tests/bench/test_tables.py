@@ -67,8 +67,9 @@ def test_declared_rows_and_columns_are_the_recorded_ones(name: str) -> None:
     declared.check(BenchResult(name, json.loads((ROOT / "bench" / f"{name}.json").read_text())["rows"]))
     if name in TUNE:  # rows follow the built-in recipes (which may grow); val_drop_se only where defined
         assert set(columns) <= set(declared.columns)
-    else:
-        assert (list(declared.rows), list(declared.columns)) == (rows, columns)
+    else:  # an optional row a run left out (llama-sequential's in-memory 3 B peer without room) may be absent
+        expected = [r for r in declared.rows if r in rows or r not in declared.optional]
+        assert (expected, list(declared.columns)) == (rows, columns)
 
 
 @pytest.mark.parametrize("name", TUNE)

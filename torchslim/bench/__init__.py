@@ -33,6 +33,7 @@ BENCHMARKS: dict[str, str] = {
     "digits-tune": "torchslim.bench.tune_digits:bench",
     "minilm-tune": "torchslim.bench.tune_minilm:bench",
     "llama-decode": "torchslim.bench.llama:bench",
+    "llama-sequential": "torchslim.bench.llama_sequential:bench",
     "shakespeare-gpt": "torchslim.bench.shakespeare:bench",
 }
 

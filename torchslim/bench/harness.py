@@ -195,7 +195,8 @@ class BenchResult:
             q = [f"{r['quality'][m]:.4f}" if m in r["quality"] else "-" for m in metrics]
             e = [str(r.get(k, "-")) for k in extras]
             size = "-" if r["size_mb"] is None else f"{r['size_mb']:.4f}"
-            body.append([r["variant"], f"{r['latency_ms']:.3f}", f"{r['speedup']:.2f}x", size, *q, *e])
+            speedup = "-" if r["speedup"] is None else f"{r['speedup']:.2f}x"  # no baseline timed for this row
+            body.append([r["variant"], f"{r['latency_ms']:.3f}", speedup, size, *q, *e])
         return header, body
 
     def print(self, console: Any = None) -> None:

@@ -111,7 +111,8 @@ def render_table(name: str, data: dict[str, Any], data_root: str) -> str:
         q = [f"{r['quality'][m]:.4f}" if m in r.get("quality", {}) else "-" for m in metrics]
         e = [_cell(r.get(k)) for k in extras]
         size = "-" if r.get("size_mb") is None else f"{r['size_mb']:.4f}"
-        cells = [r["variant"], f"{r['latency_ms']:.3f}", f"{r['speedup']:.2f}x", size, *q, *e]
+        speedup = "-" if r.get("speedup") is None else f"{r['speedup']:.2f}x"  # no baseline timed for this row
+        cells = [r["variant"], f"{r['latency_ms']:.3f}", speedup, size, *q, *e]
         lines.append("| " + " | ".join([*cells, _code(lambda r=r: row_command(name, r["variant"], data_root))]) + " |")
     return "\n".join(lines)
 
