@@ -77,7 +77,7 @@ def test_kills_long(tmp_path):
         running = [pool.submit(lambda r=r, s=s: [_guarded(job, campaigns[r]) for job in s]) for r, s in work.items()]
         for future in running:
             future.result()
-    tally = merged(list(campaigns.values()))
+    tally = merged([campaign.tally for campaign in campaigns.values()])
     tally.seconds = time.perf_counter() - start
     counts = tally.as_dict()
     print("\nkill run:", json.dumps({"seed": seed, "commands": sorted(commands), **counts}, indent=2))
