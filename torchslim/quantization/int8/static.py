@@ -1,15 +1,16 @@
-"""``Int8Static``: calibrated int8 activations and weights for CNNs (Conv2d / Linear, BN folded, ReLU fused).
+"""``Int8Static``: calibrated int8 activations and weights for CNNs (Conv2d / Linear, BN folded, activations fused).
 
 Steps: fold BatchNorm into the convolutions (:class:`~torchslim.structured.FoldBatchNorm`); find each
-Conv2d / Linear followed by a ReLU that nothing else reads (fused into the int8 kernel, the ReLU becomes
-``Identity``); run ``ctx.calibration`` through the model with an observer on every target's input
+Conv2d / Linear followed by a ReLU, Hardswish or SiLU that nothing else reads (fused into the int8 kernel as
+oneDNN post-ops, as PT2E's x86 lowering does; the activation module becomes ``Identity``); run ``ctx.calibration`` through the model with an observer on every target's input
 (asymmetric uint8 per tensor; zero point 0 after a ReLU); swap in :class:`Int8StaticConv2d` /
 :class:`Int8StaticLinear`, which quantize their input with the calibrated ``(scale, zero_point)`` and
 call oneDNN's int8 convolution (``torch.ops.onednn.qconv2d_pointwise``: uint8 × int8 → int32 with the
-dequantize, bias and ReLU fused, the x86 kernel ``torch.compile`` uses for PT2E static quantization) or
+dequantize, bias and activation fused, the x86 kernel ``torch.compile`` uses for PT2E static quantization) or
 ``torch._int_mm`` for Linear. Consecutive convolutions separated only by max-pooling / fused ReLUs
 pass uint8 activations (each conv requantizes its output with the next one's input qparams), so
-activations are quantized once. Weights are symmetric per output channel.
+activations are quantized once: in MobileNet / EfficientNet blocks the expansion conv + Hardswish / SiLU
+hands uint8 codes to the depthwise conv. Weights are symmetric per output channel.
 
 Modules hold plain int8 / float32 buffers; the oneDNN prepacked weight is a cache rebuilt from them.
 Where oneDNN is unavailable (other devices) they compute the same quantized arithmetic in float.
@@ -59,7 +60,14 @@ from torchslim.quantization.int8.modules import (
     int_mm,
     quantize_weight_per_channel,
 )
-from torchslim.quantization.int8.static_paths import Int8MaxPool2d, find_int8_paths, find_relu_pairs
+from torchslim.quantization.int8.static_paths import (
+    FUSED_ACTIVATIONS,
+    Int8MaxPool2d,
+    find_activation_pairs,
+    find_int8_paths,
+    find_pool_ends,
+    find_relu_pairs,
+)
 
 __all__ = [
     "Int8MaxPool2d",
@@ -67,6 +75,7 @@ __all__ = [
     "Int8StaticConv2d",
     "Int8StaticLinear",
     "calibrate_inputs",
+    "find_activation_pairs",
     "find_int8_paths",
     "find_relu_pairs",
 ]
@@ -81,7 +90,8 @@ class Int8Static(Config):
         observer: how activation ranges are chosen from ``ctx.calibration``: ``"minmax"``,
             ``"moving-average"``, ``"percentile"`` or ``"mse"``.
         fold_bn: fold BatchNorm into the preceding conv / linear first.
-        fuse_relu: fuse a ReLU that directly follows a conv / linear into its kernel.
+        fuse_relu: fuse a ReLU, Hardswish or SiLU that directly follows a conv / linear into its kernel
+            (the name predates Hardswish / SiLU fusion).
     """
 
     observer: Literal["minmax", "moving-average", "percentile", "mse"] = "minmax"
@@ -141,7 +151,10 @@ class _StaticInt8(nn.Module):
         """uint8 codes with the calibrated scale and (uint8) zero point; out-of-range values clamp."""
         if x.dtype == torch.uint8:  # already quantized by the producing int8 layer with our qparams
             return x
-        return torch.clamp(torch.round(x.float() * (1.0 / x_scale)) + x_zp, 0, 255).to(torch.uint8)
+        # The same arithmetic as clamp(round(x / s) + zp): one new tensor, then in place (each new activation-
+        # sized float tensor costs page faults at batch 32).
+        q = x.float() * (1.0 / x_scale)
+        return q.round_().add_(x_zp).clamp_(0, 255).to(torch.uint8)
 
     def _fake_input(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.uint8:
@@ -190,7 +203,10 @@ class _StaticInt8(nn.Module):
 
 @register_spec_module
 class Int8StaticConv2d(_StaticInt8):
-    """Conv2d with int8 weights and calibrated uint8 activations; optional fused ReLU.
+    """Conv2d with int8 weights and calibrated uint8 activations; optional fused activation.
+
+    ``activation``: ``"none"``, ``"relu"``, ``"hardswish"`` or ``"swish"`` (SiLU), applied by oneDNN before
+    the output is requantized (``relu=True`` is ``activation="relu"``).
 
     ``forward(x [B, C, H, W] float) -> [B, O, H', W']`` float32 (channels-last on the oneDNN path).
     """
@@ -207,9 +223,12 @@ class Int8StaticConv2d(_StaticInt8):
         relu: bool = False,
         output_uint8: bool = False,
         device: Any = None,
+        activation: str | None = None,
     ) -> None:
         super().__init__()
-        self.in_channels, self.out_channels, self.groups, self.relu = in_channels, out_channels, groups, relu
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.activation = _activation(activation, relu)
+        self.relu = self.activation == "relu"
         self.output_uint8 = output_uint8
         self.kernel_size, self.stride = tuple(kernel_size), tuple(stride)
         self.padding, self.dilation = tuple(padding), tuple(dilation)
@@ -218,7 +237,14 @@ class Int8StaticConv2d(_StaticInt8):
         self._init_buffers((out_channels, in_channels // groups, *self.kernel_size), device)
 
     @classmethod
-    def from_float(cls, conv: nn.Conv2d, scale: torch.Tensor, zero_point: torch.Tensor, relu: bool = False):
+    def from_float(
+        cls,
+        conv: nn.Conv2d,
+        scale: torch.Tensor,
+        zero_point: torch.Tensor,
+        relu: bool = False,
+        activation: str | None = None,
+    ):
         """Quantize ``conv`` with the calibrated input ``(scale, zero_point)`` (int8 range, asymmetric)."""
         if not _convertible(conv):
             raise ValueError(f"padding {conv.padding!r} / mode {conv.padding_mode!r} not supported")
@@ -232,6 +258,7 @@ class Int8StaticConv2d(_StaticInt8):
             conv.groups,
             relu,
             device=conv.weight.device,
+            activation=activation,
         )
         mod._load(conv, scale, zero_point)
         return mod
@@ -239,6 +266,7 @@ class Int8StaticConv2d(_StaticInt8):
     def torchslim_spec(self) -> dict[str, Any]:
         return {
             **{k: getattr(self, k) for k in ("in_channels", "out_channels", "groups", "relu", "output_uint8")},
+            **_activation_spec(self.activation),
             **{k: list(getattr(self, k)) for k in ("kernel_size", "stride", "padding", "dilation")},
             **dtype_spec(self.output_dtype),
         }
@@ -255,6 +283,7 @@ class Int8StaticConv2d(_StaticInt8):
             int(spec["groups"]),
             bool(spec["relu"]),
             bool(spec.get("output_uint8", False)),
+            activation=spec.get("activation"),
         )
         mod.output_dtype = dtype_from_spec(spec)
         return mod
@@ -270,7 +299,7 @@ class Int8StaticConv2d(_StaticInt8):
                 self.dilation,
                 self.groups,
             )
-            return self._to_output_dtype(F.relu(y) if self.relu else y)
+            return self._to_output_dtype(_ACTIVATION_FNS[self.activation](y))
         packed, x_scale, x_zp, out_scale, out_zp, w_zp = self._cache(
             lambda x_scale, x_zp: torch.ops.onednn.qconv_prepack(
                 self.weight,
@@ -286,23 +315,40 @@ class Int8StaticConv2d(_StaticInt8):
         return self._to_output_dtype(torch.ops.onednn.qconv2d_pointwise(
             qx, x_scale, x_zp, packed, self.weight_scale, w_zp,
             self.bias, *self._args, self.groups,
-            out_scale, out_zp, torch.uint8 if self.output_uint8 else torch.float32, "relu" if self.relu else "none", [], "",
+            out_scale, out_zp, torch.uint8 if self.output_uint8 else torch.float32, self.activation, [], "",
         ))  # fmt: skip
 
 
 @register_spec_module
 class Int8StaticLinear(_StaticInt8):
-    """Linear with int8 weights and calibrated uint8 activations (per tensor); optional fused ReLU."""
+    """Linear with int8 weights and calibrated uint8 activations (per tensor); optional fused activation
+    (``"relu"``, ``"hardswish"``, ``"swish"``: applied to the float result)."""
 
-    def __init__(self, in_features: int, out_features: int, relu: bool = False, device: Any = None) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        relu: bool = False,
+        device: Any = None,
+        activation: str | None = None,
+    ) -> None:
         super().__init__()
-        self.in_features, self.out_features, self.relu = in_features, out_features, relu
+        self.in_features, self.out_features = in_features, out_features
+        self.activation = _activation(activation, relu)
+        self.relu = self.activation == "relu"
         self.output_uint8 = False  # a Linear's output always goes back to float here
         self._init_buffers((out_features, in_features), device)
 
     @classmethod
-    def from_float(cls, linear: nn.Linear, scale: torch.Tensor, zero_point: torch.Tensor, relu: bool = False):
-        mod = cls(linear.in_features, linear.out_features, relu, device=linear.weight.device)
+    def from_float(
+        cls,
+        linear: nn.Linear,
+        scale: torch.Tensor,
+        zero_point: torch.Tensor,
+        relu: bool = False,
+        activation: str | None = None,
+    ):
+        mod = cls(linear.in_features, linear.out_features, relu, device=linear.weight.device, activation=activation)
         mod._load(linear, scale, zero_point)
         return mod
 
@@ -311,19 +357,22 @@ class Int8StaticLinear(_StaticInt8):
             "in_features": self.in_features,
             "out_features": self.out_features,
             "relu": self.relu,
+            **_activation_spec(self.activation),
             **dtype_spec(self.output_dtype),
         }
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> Int8StaticLinear:
-        mod = cls(int(spec["in_features"]), int(spec["out_features"]), bool(spec["relu"]))
+        mod = cls(
+            int(spec["in_features"]), int(spec["out_features"]), bool(spec["relu"]), activation=spec.get("activation")
+        )
         mod.output_dtype = dtype_from_spec(spec)
         return mod
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._onednn_ok(x):
             y = F.linear(self._fake_input(x), self._dequantized_weight(), self.bias)
-            return self._to_output_dtype(F.relu(y) if self.relu else y)
+            return self._to_output_dtype(_ACTIVATION_FNS[self.activation](y))
         shape = x.shape
         # int8 x int8 -> int32 with torch._int_mm (oneDNN's qlinear was 30x slower at these small shapes):
         # y = s_x * s_w[n] * (sum_k q_x[k] q_w[n, k] - z_x * sum_k q_w[n, k]) + b[n]
@@ -335,6 +384,8 @@ class Int8StaticLinear(_StaticInt8):
         y = torch.addcmul(self.bias, acc.float(), self.weight_scale, value=x_scale)
         if self.relu:
             y = torch.relu_(y)
+        elif self.activation != "none":
+            y = _ACTIVATION_FNS[self.activation](y)
         return self._to_output_dtype(y.reshape(*shape[:-1], self.out_features))
 
 
@@ -350,10 +401,14 @@ def _int8_static(model: nn.Module, config: Int8Static, select: Select, ctx: Cont
     select = adapt_for_(model, select, kind=config.kind, ctx=ctx, swaps=True)  # see adapt_for_
     record_foreign_layers(model, config.kind, ctx)
     targets = [(n, m) for n, m in select.modules(model) if swappable(m, (nn.Conv2d, nn.Linear))]
-    relus = find_relu_pairs(model) if config.fuse_relu else {}
-    observers = calibrate_inputs(model, targets, ctx.calibration, kind=config.kind, observer=config.observer)
+    relus = find_activation_pairs(model) if config.fuse_relu else {}
+    # Max-pools that may pool uint8 codes and dequantize for float readers: observe what they pool.
+    ends = find_pool_ends(model, {n for n, m in targets if _convertible(m)}, set(relus.values()))
+    pools = [(t[-1], model.get_submodule(t[-1])) for t in ends.values()]
+    observers = calibrate_inputs(model, [*targets, *pools], ctx.calibration, kind=config.kind, observer=config.observer)
     qparams = {n: obs.qparams(symmetric=False) for n, obs in observers.items()}
-    convert_static_(model, targets, qparams, relus, ctx, config.kind)
+    pool_qparams = {n: qparams.pop(n) for n, _ in pools}
+    convert_static_(model, targets, qparams, relus, ctx, config.kind, pool_qparams)
     return model
 
 
@@ -364,23 +419,29 @@ def convert_static_(
     relus: dict[str, str],
     ctx: Context,
     kind: str,
+    pool_qparams: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> list[str]:
-    """Swap each Conv2d / Linear target for its int8 module with input ``qparams[name]``; fuse ReLUs; record.
+    """Swap each Conv2d / Linear target for its int8 module with input ``qparams[name]``; fuse the activations
+    ``relus`` names (``{layer: activation module}``: ReLU, Hardswish or SiLU); record.
 
     Shared by :class:`Int8Static` (qparams from observers) and :class:`~torchslim.quantization.int8.qat.Int8QAT`
-    (qparams learned during training). Returns the swapped names.
+    (qparams learned during training). ``pool_qparams``: calibrated input qparams of max-pools
+    (:func:`find_pool_ends`) that pool their producer's uint8 codes and dequantize them for float readers.
+    Returns the swapped names.
     """
 
     def make(name: str, module: nn.Module) -> nn.Module | None:
         scale, zp = qparams[name]
-        relu = name in relus
+        act = FUSED_ACTIVATIONS[type(model.get_submodule(relus[name]))] if name in relus else "none"
         try:
             if isinstance(module, nn.Conv2d):
-                mod = Int8StaticConv2d.from_float(module, scale, zp, relu)
+                mod = Int8StaticConv2d.from_float(module, scale, zp, activation=act)
                 if name in chains:
                     mod.set_output_qparams(*qparams[chains[name]])
+                elif name in ends:
+                    mod.set_output_qparams(*pool_qparams[ends[name][-1]])
                 return mod
-            return Int8StaticLinear.from_float(module, scale, zp, relu)
+            return Int8StaticLinear.from_float(module, scale, zp, activation=act)
         except NonFiniteError:
             raise
         except ValueError as e:  # unsupported padding mode and the like: skip and list
@@ -394,11 +455,22 @@ def convert_static_(
     # count); the max-pools on it learn to pool uint8.
     paths = find_int8_paths(model, converted, set(relus.values()))
     chains = {a: b for a, (b, _) in paths.items()}
-    pools = sorted({n for a in chains for n in paths[a][1] if type(model.get_submodule(n)) is nn.MaxPool2d})
+    pool_qparams = pool_qparams or {}
+    ends = find_pool_ends(model, converted, set(relus.values())) if pool_qparams else {}
+    ends = {a: t for a, t in ends.items() if t[-1] in pool_qparams and a not in chains}
+    through = [n for a in chains for n in paths[a][1]] + [n for t in ends.values() for n in t]
+    pools = sorted({n for n in through if type(model.get_submodule(n)) is nn.MaxPool2d})
     pool_targets = [(n, model.get_submodule(n)) for n in pools]
+    dequantize = {t[-1] for t in ends.values()}
+
+    def make_pool(name: str, module: nn.Module) -> nn.Module:
+        pool = Int8MaxPool2d.from_float(module)
+        if name in dequantize:
+            pool.set_dequantize(*pool_qparams[name])
+        return pool
 
     def make_any(name: str, module: nn.Module) -> nn.Module | None:
-        return Int8MaxPool2d.from_float(module) if name in pools else make(name, module)
+        return make_pool(name, module) if name in pools else make(name, module)
 
     # One recorded swap for layers and pools (the replay rebuilds both); the count names the layers.
     done = [n for n in swap_int8_(model, [*targets, *pool_targets], make_any, kind, None) if n not in pools]
@@ -408,6 +480,21 @@ def convert_static_(
         _fuse_relus(model, fused)
         record_op(model, "int8-fuse-relu", {"modules": fused})
     return done
+
+
+_ACTIVATION_FNS = {"none": lambda y: y, "relu": F.relu, "hardswish": F.hardswish, "swish": F.silu}
+
+
+def _activation(activation: str | None, relu: bool) -> str:
+    name = activation if activation is not None else ("relu" if relu else "none")
+    if name not in _ACTIVATION_FNS:
+        raise ValueError(f"fused activation {name!r} not supported; choose from {', '.join(_ACTIVATION_FNS)}")
+    return name
+
+
+def _activation_spec(activation: str) -> dict[str, str]:
+    # Saved only where ``relu`` does not say it, so artifacts from before Hardswish / SiLU fusion load unchanged.
+    return {} if activation in ("none", "relu") else {"activation": activation}
 
 
 def _convertible(module: nn.Module) -> bool:
