@@ -35,6 +35,7 @@ BENCHMARKS: dict[str, str] = {
     "llama-decode": "torchslim.bench.llama:bench",
     "llama-sequential": "torchslim.bench.llama_sequential:bench",
     "shakespeare-gpt": "torchslim.bench.shakespeare:bench",
+    "vision-speed": "torchslim.bench.vision_speed:bench",
 }
 
 
