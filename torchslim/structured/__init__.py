@@ -5,6 +5,7 @@
   :class:`PruningPlan` that replays on a fresh model;
 - :class:`LowRank`: truncated-SVD factorization of Linear and Conv2d layers;
 - :class:`LayerDropping`: remove whole transformer blocks;
+- :class:`FactorizeEmbedding`: an embedding table as a thin table times a projection (truncated SVD);
 - :class:`FoldBatchNorm`: fold BatchNorm into the preceding conv / linear layer;
 - :func:`preflight` / :func:`unsupported_modules`: what structural pruning cannot handle, before any change.
 
@@ -15,6 +16,7 @@ structure from JSON and the weights from safetensors.
 from torchslim.structured.attention import PrunedMultiheadAttention
 from torchslim.structured.bn_fold import FoldBatchNorm
 from torchslim.structured.channels import ChannelPruning
+from torchslim.structured.factorized_embedding import FactorizedEmbedding, FactorizeEmbedding
 from torchslim.structured.layer_drop import LayerDropping
 from torchslim.structured.lowrank import LowRank, LowRankConv2d, LowRankLinear
 from torchslim.structured.plan import PruningPlan
@@ -22,6 +24,8 @@ from torchslim.structured.preflight import preflight, unsupported_modules
 
 __all__ = [
     "ChannelPruning",
+    "FactorizeEmbedding",
+    "FactorizedEmbedding",
     "FoldBatchNorm",
     "LayerDropping",
     "LowRank",
