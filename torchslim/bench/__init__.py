@@ -29,6 +29,7 @@ BENCHMARKS: dict[str, str] = {
     "minilm-kd": "torchslim.bench.minilm_kd:bench",
     "digits-prune": "torchslim.bench.digits_prune:bench",
     "minilm-prune": "torchslim.bench.minilm_prune:bench",
+    "minilm-edge": "torchslim.bench.minilm_edge:bench",
     "fsdd-kws": "torchslim.bench.fsdd:bench",
     "digits-tune": "torchslim.bench.tune_digits:bench",
     "minilm-tune": "torchslim.bench.tune_minilm:bench",
