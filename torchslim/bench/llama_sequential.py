@@ -139,6 +139,7 @@ def _run(plan: _Plan) -> BenchResult:
         f"{plan.tokens} seeded random token ids; decode: {plan.prompt}-token prompt + {plan.new_tokens} greedy "
         f"tokens at batch 1, median of {plan.runs} calls after a warm-up; {torch.get_num_threads()} threads",
     ]
+    start_load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     fp32 = plan.decode(plan.folder(small), fp32=True)
     rows = [_row("fp32", fp32, fp32, 4 * fp32["params"] / 1e6, fp32["latency_ms"])]
     artifacts = {}
@@ -164,6 +165,8 @@ def _run(plan: _Plan) -> BenchResult:
         f"{SEQUENTIAL}: peak {rows[3]['peak_rss_mb'] / 1e3:.2f} GB = {rows[3]['peak_rss_mb'] / 1e3 / fp32_gb:.3f}x "
         f"the model's float32 size ({fp32_gb:.1f} GB); peak_rss_mb of each compressing child process"
     )
+    if hasattr(os, "getloadavg"):  # other processes share the cores: every figure above is measured beside them
+        notes.append(f"load average {start_load:.1f} when the run started, {os.getloadavg()[0]:.1f} when it ended")
     return BenchResult(TABLE.name, rows, notes=notes)
 
 
