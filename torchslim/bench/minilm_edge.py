@@ -102,7 +102,8 @@ def build_edge(wl: Any, teacher: nn.Module) -> nn.Module:
 
 def build_distill3(wl: Any, teacher: nn.Module) -> nn.Module:
     """Blocks :data:`KEEP` of the teacher, embeddings distilled (best weights by dev Spearman)."""
-    return distill_student(wl, teacher, drop_blocks(teacher, list(KEEP))).student
+    student = drop_blocks(teacher, list(KEEP)).requires_grad_(True)  # the copy of a frozen teacher is frozen too
+    return distill_student(wl, teacher, student).student
 
 
 class Bf16Encoder(nn.Module):
