@@ -35,6 +35,12 @@ def test_shape_params_count_the_transformers_model(shape: LlamaShape) -> None:
     assert shape.params() == sum(p.numel() for p in model.parameters())
 
 
+@pytest.mark.parametrize("shape", [FULL, SMALL, QUICK_SMALL])
+def test_every_linear_width_splits_into_int4_groups_of_128(shape: LlamaShape) -> None:
+    # a Linear whose input width is not a multiple of the group is left unquantized by int4-g128
+    assert shape.hidden % 128 == 0 and shape.intermediate % 128 == 0
+
+
 def test_full_shape_is_a_3b_model_and_the_in_memory_preflight_counts_bf16_twice() -> None:
     assert FULL.params() >= 3_000_000_000 and 450e6 < SMALL.params() < 600e6
     assert in_memory_need_bytes(FULL) == 4 * FULL.params()

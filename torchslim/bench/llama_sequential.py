@@ -1,13 +1,14 @@
 """``torchslim bench llama-sequential``: int4 GPTQ of a 3 B LLaMA block by block, in bounded memory.
 
 The models are seeded random LLaMA-shaped bf16 Hugging Face folders written once into the torchslim
-cache (:mod:`torchslim.bench.llama_sequential_model`): OpenLLaMA-3B's shape (3.43 B parameters, 13.7 GB
-in float32) and a 542 M one small enough for the in-memory path. Every compression and every decode runs
-in a child process of its own (:mod:`torchslim.bench.llama_sequential_child`), so each row's
+cache (:mod:`torchslim.bench.llama_sequential_model`): OpenLLaMA-3B's shape with a 128-multiple MLP
+(3.44 B parameters, 13.8 GB in float32) and a 542 M one small enough for the in-memory path. Every
+compression and every decode runs in a child process of its own (:mod:`torchslim.bench.llama_sequential_child`), so each row's
 ``peak_rss_mb`` is that process's peak resident set alone (imports included). The recipe is the built-in
 ``int4-g128`` (int4 weight-only, groups of 128, GPTQ); the calibration set is 2 batches of 128 seeded
-random token ids (64 and 2 batches of 16 with ``--quick``): small, so the 3 B run stays within minutes
-on a few cores.
+random token ids (2 batches of 16 with ``--quick``). The calibration size barely matters to the time:
+GPTQ's float64 solve of each layer grows with its outputs × inputs², so the 3 B run takes CPU-hours
+on a few cores where the 542 M one takes CPU-minutes.
 
 Rows (``params`` tells the two models apart):
 

@@ -8,8 +8,9 @@ from its own seeded generator, so writing a 3 B model holds one block in memory,
 folder is built beside its final name and renamed into place when complete: a folder under the final
 name is a whole one. No tokenizer is written: the benchmark feeds token ids.
 
-Shapes: :data:`FULL` is OpenLLaMA-3B's (hidden 3200, MLP 8640, 26 blocks, 32 heads, vocab 32000:
-3.43 B parameters, 6.9 GB in bf16); :data:`SMALL` (hidden 2048, MLP 5632, 8 blocks: 542 M) is small
+Shapes: :data:`FULL` is OpenLLaMA-3B's with the MLP rounded up to a multiple of 128 (8640 -> 8704, so
+every Linear splits into int4 groups of 128; a width that does not is left unquantized): hidden 3200,
+MLP 8704, 26 blocks, 32 heads, vocab 32000, 3.44 B parameters, 6.9 GB in bf16; :data:`SMALL` (hidden 2048, MLP 5632, 8 blocks: 542 M) is small
 enough for the in-memory path too; :data:`QUICK_FULL` and :data:`QUICK_SMALL` are tiny stand-ins.
 
 Example:
@@ -61,7 +62,7 @@ class LlamaShape:
         )
 
 
-FULL = LlamaShape(hidden=3200, intermediate=8640, layers=26, heads=32, kv_heads=32, vocab=32000)
+FULL = LlamaShape(hidden=3200, intermediate=8704, layers=26, heads=32, kv_heads=32, vocab=32000)
 SMALL = LlamaShape(hidden=2048, intermediate=5632, layers=8, heads=16, kv_heads=16, vocab=32000)
 QUICK_FULL = LlamaShape(hidden=256, intermediate=512, layers=4, heads=4, kv_heads=2, vocab=512, max_positions=128)
 QUICK_SMALL = LlamaShape(hidden=128, intermediate=256, layers=2, heads=4, kv_heads=2, vocab=256, max_positions=128)
