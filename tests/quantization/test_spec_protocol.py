@@ -84,7 +84,10 @@ SPEC_KEYS = {
         {"output_dtype", "activation"},
     ),
     "Int8StaticLinear": ({"class", "in_features", "out_features", "relu"}, {"output_dtype", "activation"}),
-    "Int8MaxPool2d": ({"class", "kernel_size", "stride", "padding", "dilation", "return_indices", "ceil_mode"}, set()),
+    "Int8MaxPool2d": (
+        {"class", "kernel_size", "stride", "padding", "dilation", "return_indices", "ceil_mode"},
+        {"dequantize"},
+    ),
     "Int4WeightOnlyLinear": (
         {"class", "in_features", "out_features", "bias", "group_size", "input_scale", "kernel"},
         set(),
