@@ -24,7 +24,7 @@ from torchslim.recipes import builtin_recipes
 MAX_DROP = 0.01
 TRIALS = 40  # 20 with --quick
 MARGIN = 1.0  # standard errors of the per-image drop (see torchslim.tuning.budget)
-SKIP = ("int8-dynamic-compiled",)
+SKIP = ("int8-dynamic-compiled", "minilm-edge")
 TABLE = tune_table(
     "digits-tune",
     "digits",
