@@ -37,7 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from torchslim.core.modspec import register_spec_module
-from torchslim.quantization.common.primitives import NonFiniteError
+from torchslim.quantization.int4.linear_base import Int4LinearBase, rtn_of_linear
 from torchslim.quantization.int4.primitives import (
     Int4Tensors,
     check_group_size,
@@ -46,7 +46,6 @@ from torchslim.quantization.int4.primitives import (
     pack_int4,
     unpack_int4,
 )
-from torchslim.quantization.int4.rtn import rtn_quantize
 
 __all__ = ["Int4WeightOnlyLinear", "int4_kernel_supported"]
 
@@ -85,7 +84,7 @@ def _cuda_inner_k_tiles(k: int) -> int:
 
 
 @register_spec_module
-class Int4WeightOnlyLinear(nn.Module):
+class Int4WeightOnlyLinear(Int4LinearBase):
     """Linear with group-wise asymmetric int4 weights (two per byte) and float activations.
 
     Args:
@@ -98,12 +97,9 @@ class Int4WeightOnlyLinear(nn.Module):
         ValueError: a group size that is not allowed or does not divide ``in_features``.
     """
 
-    torchslim_compressed = True
     weight: torch.Tensor
     scales: torch.Tensor
     zeros: torch.Tensor
-    bias: torch.Tensor | None
-    input_scale: torch.Tensor | None
 
     def __init__(
         self,
@@ -116,24 +112,15 @@ class Int4WeightOnlyLinear(nn.Module):
         kernel: bool = True,
         device: Any = None,
     ) -> None:
-        super().__init__()
-        problem = check_group_size(in_features, group_size)
-        if problem:
-            raise ValueError(problem)
-        self.in_features, self.out_features, self.group_size, self.kernel = (
-            in_features,
-            out_features,
-            group_size,
-            kernel,
-        )
+        super().__init__(in_features, out_features, group_size)
+        self.kernel = kernel
         n_groups = in_features // group_size
         self.register_buffer(
             "weight", torch.full((out_features, in_features // 2), 0x88, dtype=torch.uint8, device=device)
         )
         self.register_buffer("scales", torch.ones(out_features, n_groups, dtype=torch.bfloat16, device=device))
         self.register_buffer("zeros", torch.zeros(out_features, n_groups, dtype=torch.bfloat16, device=device))
-        self.register_buffer("bias", torch.zeros(out_features, device=device) if bias else None)
-        self.register_buffer("input_scale", torch.ones(in_features, device=device) if input_scale else None)
+        self._register_extras(bias, input_scale, device)
         self._packed_cache: tuple[tuple[Any, ...], torch.Tensor, torch.Tensor] | None = None
         self._kernel_shape_ok: dict[str, bool] = {}  # device type -> whether torch's kernel takes this shape
 
@@ -165,10 +152,7 @@ class Int4WeightOnlyLinear(nn.Module):
         mod.weight.copy_(pack_int4(t.q))
         mod.scales.copy_(t.scale.to(torch.bfloat16))
         mod.zeros.copy_(t.zero.to(torch.bfloat16))
-        if bias is not None and mod.bias is not None:
-            mod.bias.copy_(bias.detach().float())
-        if input_scale is not None and mod.input_scale is not None:
-            mod.input_scale.copy_(input_scale.detach().float())
+        mod._copy_extras(bias, input_scale)
         return mod
 
     @classmethod
@@ -179,38 +163,17 @@ class Int4WeightOnlyLinear(nn.Module):
             NonFiniteError: the weight holds NaN or Inf.
             ValueError: bad group size for ``linear.in_features``.
         """
-        w = linear.weight.detach()
-        if not bool(torch.isfinite(w).all()):
-            raise NonFiniteError("weight contains NaN or Inf")
-        problem = check_group_size(linear.in_features, group_size)
-        if problem:
-            raise ValueError(problem)
-        return cls.from_tensors(rtn_quantize(w.float(), group_size), group_size, linear.bias, kernel=kernel)
+        return cls.from_tensors(rtn_of_linear(linear, group_size), group_size, linear.bias, kernel=kernel)
 
     # ------------------------------------------------------------------ spec (structure replay)
 
     def torchslim_spec(self) -> dict[str, Any]:
         """Constructor arguments for :func:`~torchslim.core.modspec.module_from_spec` (structure replay)."""
-        return {
-            "in_features": self.in_features,
-            "out_features": self.out_features,
-            "bias": self.bias is not None,
-            "group_size": self.group_size,
-            "input_scale": self.input_scale is not None,
-            "kernel": self.kernel,
-        }
+        return {**super().torchslim_spec(), "kernel": self.kernel}
 
     @classmethod
-    def from_spec(cls, spec: dict[str, Any]) -> Int4WeightOnlyLinear:
-        """An empty module from :meth:`torchslim_spec`'s output (values are validated, never executed)."""
-        return cls(
-            int(spec["in_features"]),
-            int(spec["out_features"]),
-            bool(spec["bias"]),
-            group_size=int(spec["group_size"]),
-            input_scale=bool(spec.get("input_scale", False)),
-            kernel=bool(spec.get("kernel", True)),
-        )
+    def _spec_options(cls, spec: dict[str, Any]) -> dict[str, Any]:
+        return {"kernel": bool(spec.get("kernel", True))}
 
     # ------------------------------------------------------------------ compute
 
@@ -218,16 +181,8 @@ class Int4WeightOnlyLinear(nn.Module):
         """The unpacked codes ``[N, K]`` uint8 (0..15)."""
         return unpack_int4(self.weight)
 
-    def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """The weight ``[N, K]`` this module computes with (``input_scale`` folded in)."""
-        w = dequantize_int4(self.codes(), self.scales, self.zeros, self.group_size)
-        if self.input_scale is not None:
-            w = w * self.input_scale.float()
-        return w.to(dtype)
-
-    def logical_params(self) -> int:
-        """Weight elements this module stands for (``N·K`` codes + bias), for parameter counts."""
-        return self.out_features * self.in_features + (self.out_features if self.bias is not None else 0)
+    def _dequantized_codes(self) -> torch.Tensor:
+        return dequantize_int4(self.codes(), self.scales, self.zeros, self.group_size)
 
     def _kernel_tensors(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         # Keyed on the buffers' identity and version: load_state_dict / .to() / copy_ invalidate it.
@@ -249,10 +204,8 @@ class Int4WeightOnlyLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        x2 = x.reshape(-1, shape[-1])
+        x2 = self._scaled_rows(x)
         b = self._buffers  # direct reads: this runs once per layer per decoded token (see _kernel_tensors)
-        if b["input_scale"] is not None:
-            x2 = x2 * b["input_scale"].to(x.dtype)
         y = None
         # Under torch.export: the dequantize path (the kernel's layout cache reads data pointers, which
         # fake tensors lack); torchslim's own exports trace the kernel through torchslim/export/int4.py.
@@ -285,10 +238,3 @@ class Int4WeightOnlyLinear(nn.Module):
                 device_type, self.in_features, self.out_features, self.group_size
             )
         return ok
-
-    def extra_repr(self) -> str:
-        extra = ", input_scale=True" if self.input_scale is not None else ""
-        return (
-            f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-            f"group_size={self.group_size}{extra}"
-        )

@@ -42,9 +42,8 @@ import torch.nn.functional as F
 
 from torchslim import kernels
 from torchslim.core.modspec import register_spec_module
-from torchslim.quantization.common.primitives import NonFiniteError
-from torchslim.quantization.int4.primitives import Int4Tensors, check_group_size
-from torchslim.quantization.int4.rtn import rtn_quantize
+from torchslim.quantization.int4.linear_base import Int4LinearBase, rtn_of_linear
+from torchslim.quantization.int4.primitives import Int4Tensors
 
 __all__ = ["KERNEL_MAX_ROWS", "Int4W4A8Linear", "dequantize_tiles"]
 
@@ -89,7 +88,7 @@ def dequantize_tiles(
 
 
 @register_spec_module
-class Int4W4A8Linear(nn.Module):
+class Int4W4A8Linear(Int4LinearBase):
     """Linear with grouped int4 weights in the W4A8 kernel layout; int8 activations for ≤ 16 rows.
 
     Args:
@@ -101,10 +100,7 @@ class Int4W4A8Linear(nn.Module):
         ValueError: a group size that is not allowed or does not divide ``in_features``.
     """
 
-    torchslim_compressed = True
     packed: torch.Tensor
-    bias: torch.Tensor | None
-    input_scale: torch.Tensor | None
 
     def __init__(
         self,
@@ -116,15 +112,10 @@ class Int4W4A8Linear(nn.Module):
         input_scale: bool = False,
         device: Any = None,
     ) -> None:
-        super().__init__()
-        problem = check_group_size(in_features, group_size)
-        if problem:
-            raise ValueError(problem)
-        self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
+        super().__init__(in_features, out_features, group_size)
         shape = kernels.packed_shape(out_features, in_features, group_size)
         self.register_buffer("packed", torch.zeros(shape, dtype=torch.uint8, device=device))
-        self.register_buffer("bias", torch.zeros(out_features, device=device) if bias else None)
-        self.register_buffer("input_scale", torch.ones(in_features, device=device) if input_scale else None)
+        self._register_extras(bias, input_scale, device)
 
     # ------------------------------------------------------------------ construction
 
@@ -139,6 +130,7 @@ class Int4W4A8Linear(nn.Module):
         """A module holding the codes/parameters ``t`` (from any of the int4 algorithms: RTN, GPTQ, AWQ, HQQ).
 
         Example:
+            >>> from torchslim.quantization.int4.rtn import rtn_quantize
             >>> m = Int4W4A8Linear.from_tensors(rtn_quantize(torch.randn(16, 64), 32), 32)
             >>> m
             Int4W4A8Linear(in_features=64, out_features=16, bias=False, group_size=32)
@@ -146,10 +138,7 @@ class Int4W4A8Linear(nn.Module):
         n, k = t.q.shape
         mod = cls(k, n, bias is not None, group_size=group_size, input_scale=input_scale is not None, device=t.q.device)
         mod.packed.copy_(kernels.pack_int4(t.q.cpu(), t.scale.cpu(), t.zero.cpu(), group_size))
-        if bias is not None and mod.bias is not None:
-            mod.bias.copy_(bias.detach().float())
-        if input_scale is not None and mod.input_scale is not None:
-            mod.input_scale.copy_(input_scale.detach().float())
+        mod._copy_extras(bias, input_scale)
         return mod
 
     @classmethod
@@ -160,36 +149,7 @@ class Int4W4A8Linear(nn.Module):
             NonFiniteError: the weight holds NaN or Inf.
             ValueError: bad group size for ``linear.in_features``.
         """
-        w = linear.weight.detach()
-        if not bool(torch.isfinite(w).all()):
-            raise NonFiniteError("weight contains NaN or Inf")
-        problem = check_group_size(linear.in_features, group_size)
-        if problem:
-            raise ValueError(problem)
-        return cls.from_tensors(rtn_quantize(w.float(), group_size), group_size, linear.bias)
-
-    # ------------------------------------------------------------------ spec (structure replay)
-
-    def torchslim_spec(self) -> dict[str, Any]:
-        """Constructor arguments for :func:`~torchslim.core.modspec.module_from_spec` (structure replay)."""
-        return {
-            "in_features": self.in_features,
-            "out_features": self.out_features,
-            "bias": self.bias is not None,
-            "group_size": self.group_size,
-            "input_scale": self.input_scale is not None,
-        }
-
-    @classmethod
-    def from_spec(cls, spec: dict[str, Any]) -> Int4W4A8Linear:
-        """An empty module from :meth:`torchslim_spec`'s output (values are validated, never executed)."""
-        return cls(
-            int(spec["in_features"]),
-            int(spec["out_features"]),
-            bool(spec["bias"]),
-            group_size=int(spec["group_size"]),
-            input_scale=bool(spec.get("input_scale", False)),
-        )
+        return cls.from_tensors(rtn_of_linear(linear, group_size), group_size, linear.bias)
 
     # ------------------------------------------------------------------ compute
 
@@ -197,23 +157,13 @@ class Int4W4A8Linear(nn.Module):
         """The codes ``[N, K]`` uint8 (0..15)."""
         return kernels.unpack_int4(self.packed, self.out_features, self.group_size)[0]
 
-    def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """The weight ``[N, K]`` the prefill path multiplies by (``input_scale`` folded in)."""
-        w = dequantize_tiles(self.packed, self.out_features, self.group_size, torch.float32)
-        if self.input_scale is not None:
-            w = w * self.input_scale.float()
-        return w.to(dtype)
-
-    def logical_params(self) -> int:
-        """Weight elements this module stands for (``N·K`` codes + bias), for parameter counts."""
-        return self.out_features * self.in_features + (self.out_features if self.bias is not None else 0)
+    def _dequantized_codes(self) -> torch.Tensor:
+        return dequantize_tiles(self.packed, self.out_features, self.group_size, torch.float32)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        x2 = x.reshape(-1, shape[-1])
+        x2 = self._scaled_rows(x)
         b = self._buffers  # direct reads: nn.Module.__getattr__ costs ~1 µs, and decode calls this per layer per token
-        if b["input_scale"] is not None:
-            x2 = x2 * b["input_scale"].to(x.dtype)
         if x2.shape[0] <= KERNEL_MAX_ROWS and x.device.type == "cpu":
             y = kernels.w4a8_linear(x2, b["packed"], self.out_features, self.group_size, b["bias"])
         else:
@@ -222,10 +172,3 @@ class Int4W4A8Linear(nn.Module):
             bias = b["bias"].to(dtype) if b["bias"] is not None else None
             y = F.linear(x2.to(dtype), w, bias).to(x.dtype)
         return y.reshape(*shape[:-1], self.out_features)
-
-    def extra_repr(self) -> str:
-        extra = ", input_scale=True" if self.input_scale is not None else ""
-        return (
-            f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-            f"group_size={self.group_size}{extra}"
-        )
