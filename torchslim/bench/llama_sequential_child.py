@@ -15,12 +15,14 @@ child, :func:`child_main` runs the task and reports its peak resident set (``VmH
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import resource
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -136,13 +138,32 @@ def child_main() -> None:
 
 
 def run_child(task: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
-    """Run ``task`` in a fresh Python process; its result. RuntimeError (with its stderr) when it fails."""
+    """Run ``task`` in a fresh Python process and return its result; its progress lines (one per block of a
+    sequential run) are passed on to this process's stderr as they come. RuntimeError (with the end of its
+    stderr) when it fails or runs past ``timeout`` seconds."""
     code = "from torchslim.bench.llama_sequential_child import child_main; child_main()"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TORCHSLIM_PROGRESS": "off"}
-    proc = subprocess.run(
-        [sys.executable, "-c", code, json.dumps(task)], capture_output=True, text=True, env=env, timeout=timeout
-    )
-    line = next((ln for ln in reversed(proc.stdout.splitlines()) if ln.startswith(_MARK)), None)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TORCHSLIM_PROGRESS": "plain"}
+    tail: collections.deque[str] = collections.deque(maxlen=40)
+    with subprocess.Popen(
+        [sys.executable, "-c", code, json.dumps(task)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    ) as proc:
+        out: list[str] = []
+        reader = threading.Thread(target=lambda: out.extend(proc.stdout or ()), daemon=True)
+        reader.start()
+        for line in proc.stderr or ():
+            tail.append(line)
+            sys.stderr.write(line)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise RuntimeError(f"{task['task']} child ran past {timeout} s") from None
+        reader.join()
+    line = next((ln for ln in reversed(out) if ln.startswith(_MARK)), None)
     if proc.returncode != 0 or line is None:
-        raise RuntimeError(f"{task['task']} child exited {proc.returncode}: {proc.stderr.strip()[-1500:]}")
+        raise RuntimeError(f"{task['task']} child exited {proc.returncode}: {''.join(tail).strip()[-1500:]}")
     return json.loads(line[len(_MARK) :])
