@@ -5,7 +5,7 @@ from torchslim.quantization.common.primitives import PerChannel, PerTensor
 from torchslim.quantization.int4.mixed import MixedPrecision
 from torchslim.quantization.int4.modules import Int4WeightOnlyLinear
 from torchslim.quantization.int4.w4a8 import Int4W4A8Linear
-from torchslim.quantization.int4.weight_only import Int4WeightOnly
+from torchslim.quantization.int4.weight_only import Int4WeightOnly, float_standin
 from torchslim.quantization.int8.dynamic import Int8Dynamic
 from torchslim.quantization.int8.modules import Int8DynamicLinear, Int8Embedding, Int8WeightOnlyLinear
 from torchslim.quantization.int8.qat import Int8QAT
@@ -29,4 +29,5 @@ __all__ = [
     "MixedPrecision",
     "PerChannel",
     "PerTensor",
+    "float_standin",
 ]

@@ -57,7 +57,7 @@ from torchslim.errors import OutputExistsError, UnsupportedModelError
 from torchslim.io.atomic import describe_os_error
 from torchslim.io.config_bound import model_byte_limit
 from torchslim.pruning import MagnitudePruning, NMPruning, SparseGPTPruning, WandaPruning
-from torchslim.quantization import Int4WeightOnly
+from torchslim.quantization import Int4WeightOnly, float_standin
 from torchslim.sequential.activations import ActivationStore
 from torchslim.sequential.skeleton import Skeleton, find_blocks, open_skeleton
 
@@ -237,16 +237,11 @@ def _float_standins(stage: nn.Module, before: dict[str, nn.Module]) -> list[tupl
     out = []
     for name, new in stage.named_modules():
         old = before.get(name)
-        deq = getattr(new, "dequantized_weight", None)
-        if old is None or old is new or not callable(deq) or not isinstance(old, nn.Linear):
+        if old is None or old is new:
             continue
-        w = old.weight
-        lin = nn.Linear(old.in_features, old.out_features, old.bias is not None, device=w.device, dtype=w.dtype)
-        with torch.no_grad():
-            lin.weight.copy_(deq().to(w))
-            if old.bias is not None:
-                lin.bias.copy_(new.bias.to(w) if getattr(new, "bias", None) is not None else old.bias)
-        out.append((name, new, lin))
+        lin = float_standin(new, old)
+        if lin is not new:
+            out.append((name, new, lin))
     return out
 
 

@@ -60,6 +60,7 @@ __all__ = [
     "Int4WeightOnly",
     "calibrated_swap_",
     "check_finite_weights",
+    "float_standin",
     "int4_linear",
     "int4_targets",
 ]
@@ -220,7 +221,7 @@ def calibrated_swap_(
                 # Later layers calibrate on this layer's quantized output. Until the loop ends it runs as
                 # a float Linear holding the dequantized weight: the same function, without
                 # dequantizing again on each of the (layers × batches) calibration forwards.
-                replace_module_(model, name, _standin(new, module) if hessians and sequential else new)
+                replace_module_(model, name, float_standin(new, module) if hessians and sequential else new)
                 done.append((name, module, new))
         for name, _, new in done:
             replace_module_(model, name, new)
@@ -233,8 +234,18 @@ def calibrated_swap_(
     return [n for n, _, _ in done]
 
 
-def _standin(new: nn.Module, old: nn.Module) -> nn.Module:
-    """A float ``nn.Linear`` computing what the quantized ``new`` computes (for calibration forwards)."""
+def float_standin(new: nn.Module, old: nn.Module) -> nn.Module:
+    """A float ``nn.Linear`` computing what the quantized ``new`` computes (for calibration forwards), in
+    ``old``'s dtype and device; ``new`` itself when it holds no ``dequantized_weight`` or ``old`` is no Linear.
+
+    Example:
+        >>> from torchslim.quantization import Int4WeightOnlyLinear
+        >>> old = nn.Linear(64, 16)
+        >>> new = Int4WeightOnlyLinear.from_float(old, group_size=32)
+        >>> lin = float_standin(new, old)
+        >>> type(lin).__name__, torch.equal(lin.weight, new.dequantized_weight())
+        ('Linear', True)
+    """
     deq = getattr(new, "dequantized_weight", None)
     if not (callable(deq) and isinstance(old, nn.Linear)):
         return new
