@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import random
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
+from multiproc import load_worker, needs_gloo, torchrun, torchrun_env
 
 from torchslim.calibration.compensated import CompensatedSum
 from torchslim.calibration.distributed import distributed_calibration, interleave, shard_of
@@ -21,16 +19,7 @@ WORKER = Path(__file__).with_name("distributed_worker.py")
 
 
 def _worker():
-    spec = importlib.util.spec_from_file_location("distributed_calibration_worker", WORKER)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return load_worker(WORKER, "distributed_calibration_worker")
 
 
 def test_compensated_sum_does_not_depend_on_order_or_split():
@@ -64,19 +53,14 @@ def test_shard_and_interleave_are_inverse_and_inactive_without_a_group():
     assert interleave(parts) == batches
 
 
-@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo")
+@needs_gloo
 def test_two_ranks_give_the_single_process_artifact(tmp_path):
     from safetensors.torch import load_file
 
     worker = _worker()
     single = worker.run()
     out = tmp_path / "ranks.safetensors"
-    env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1")
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-        "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(WORKER), str(out),
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    proc = torchrun([str(WORKER), str(out)], 2)
     assert proc.returncode == 0, proc.stderr[-3000:]
     split = load_file(out)
     assert set(split) == set(single)
@@ -142,15 +126,13 @@ steps:
 
 
 @pytest.mark.slow  # two interpreters and a torchrun launch: ~30 s
-@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo")
+@needs_gloo
 def test_torchrun_compress_writes_the_single_process_artifact_from_rank_0(tmp_path):
     from safetensors.torch import load_file
 
     (tmp_path / "mlp_workload.py").write_text(WORKLOAD_SRC, encoding="utf-8")
     (tmp_path / "recipe.yaml").write_text(RECIPE, encoding="utf-8")
-    env = dict(
-        os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", TORCHSLIM_PROGRESS="off"
-    )
+    env = torchrun_env(TORCHSLIM_PROGRESS="off")
     env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
     args = ["-m", "torchslim", "compress", "--workload", "mlp_workload:MLP", "--recipe", "recipe.yaml"]
     args += ["--latency-runs", "2"]
@@ -158,11 +140,7 @@ def test_torchrun_compress_writes_the_single_process_artifact_from_rank_0(tmp_pa
         [sys.executable, *args, "--out", "one"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
     )
     assert one.returncode == 0, one.stderr[-3000:]
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2"]
-    launcher += ["--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
-    two = subprocess.run(
-        [*launcher, *args, "--out", "two"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180
-    )
+    two = torchrun([*args, "--out", "two"], 2, timeout=180, cwd=tmp_path, env=env)
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("wrote two") == 1  # rank 0 alone prints and writes
     a, b = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
@@ -170,15 +148,10 @@ def test_torchrun_compress_writes_the_single_process_artifact_from_rank_0(tmp_pa
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo")
+@needs_gloo
 def test_a_rank_without_batches_still_gets_the_single_process_statistics():
     worker = WORKER.with_name("few_batches_worker.py")
-    env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1", TORCHSLIM_PROGRESS="off")
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "3",
-        "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(worker),
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    proc = torchrun([str(worker)], 3, env=torchrun_env(TORCHSLIM_PROGRESS="off"))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert sorted(line for line in proc.stdout.splitlines() if "equal=" in line) == [
         f"rank {r} of 3: equal=True" for r in range(3)
