@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from json_lies import JSON, replace_one_value
 
 import torchslim as ts
 from torchslim.errors import UnsafeInputError
@@ -65,28 +66,6 @@ def _load(files: dict[str, bytes], *, rehash: bool = True):
         return ts.load(root, factory=build)
 
 
-JSON = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**64), 2**64) | st.floats() | st.text(max_size=12),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-    max_leaves=12,
-)
-
-
-def _paths(obj, prefix=()):
-    """Every path (tuple of keys/indices) inside a JSON value, the root included."""
-    yield prefix
-    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
-    for key, value in items:
-        yield from _paths(value, (*prefix, key))
-
-
-def _replace(obj, path, value):
-    if not path:
-        return value
-    obj[path[0]] = _replace(obj[path[0]], path[1:], value)
-    return obj
-
-
 @FUZZ
 @given(data=st.data(), name=st.sampled_from(FILES))
 def test_load_mutated_file(data, name, valid_files, mutate, refused_or_ok):
@@ -101,9 +80,7 @@ def test_load_mutated_file(data, name, valid_files, mutate, refused_or_ok):
 def test_load_json_lies(data, name, valid_files, refused_or_ok):
     """Replace one value anywhere in the JSON (a shape, a dtype, a length, a format, an op) by another."""
     obj = json.loads(valid_files[name])
-    paths = list(_paths(obj))
-    path = paths[data.draw(st.integers(0, len(paths) - 1), label="path")]
-    obj = _replace(obj, path, data.draw(JSON, label="value"))
+    obj = replace_one_value(data, obj)
     files = {**valid_files, name: json.dumps(obj).encode()}
     refused_or_ok(_load, files, rehash=name != "manifest.json")
 

@@ -24,6 +24,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from json_lies import replace_one_value
 
 pytest.importorskip("transformers")
 
@@ -40,11 +41,6 @@ FUZZ = settings(_BASE, max_examples=_BASE.max_examples if "TORCHSLIM_FUZZ_EXAMPL
 SIZE_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads",
              "max_position_embeddings", "type_vocab_size")  # fmt: skip
 BIG = st.integers(-4, 2**64) | st.sampled_from([0, 1, 2**31, 2**40, 10**12, 2**63 - 1, 2**64])
-JSON = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**64), 2**64) | st.floats() | st.text(max_size=12),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-    max_leaves=12,
-)
 BOUND_BYTES = str(256 << 20)  # the fuzz tests' model bound (TORCHSLIM_MAX_MODEL_BYTES), under conftest's memory bound
 
 
@@ -138,29 +134,13 @@ def _load_artifact(files: dict[str, bytes]):
         return ts.load(root)
 
 
-def _paths(obj, prefix=()):
-    """Every path (tuple of keys/indices) inside a JSON value, the root included."""
-    yield prefix
-    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
-    for key, value in items:
-        yield from _paths(value, (*prefix, key))
-
-
-def _replace(obj, path, value):
-    if not path:
-        return value
-    obj[path[0]] = _replace(obj[path[0]], path[1:], value)
-    return obj
-
-
 def _lie(data, valid: bytes) -> bytes:
     """``valid`` JSON with one value anywhere replaced by generated JSON, or a size field by a generated integer."""
     obj = json.loads(valid)
     if isinstance(obj, dict) and data.draw(st.booleans(), label="size field"):
         obj[data.draw(st.sampled_from(SIZE_KEYS), label="key")] = data.draw(BIG, label="size")
     else:
-        paths = list(_paths(obj))
-        obj = _replace(obj, paths[data.draw(st.integers(0, len(paths) - 1), label="path")], data.draw(JSON))
+        obj = replace_one_value(data, obj)
     return json.dumps(obj).encode()
 
 
