@@ -53,7 +53,7 @@ from torchslim.quantization.common.swap import split_targets, swap_int8_
 from torchslim.quantization.int8.compile_cpu import compile_model_
 from torchslim.quantization.int8.modules import Int8DynamicLinear, Int8Embedding
 
-__all__ = ["Int8Dynamic", "embedding_or_skip"]
+__all__ = ["Int8Dynamic", "embedding_or_skip", "int8_targets", "swap_int8_embeddings_"]
 
 
 @register_config("int8-dynamic")
@@ -108,10 +108,7 @@ class Int8Dynamic(Config):
 
 @register_transform(Int8Dynamic, scope="model")
 def _int8_dynamic(model: nn.Module, config: Int8Dynamic, select: Select, ctx: Context) -> nn.Module:
-    kinds = (nn.Linear, nn.Embedding) if config.embeddings else (nn.Linear,)
-    targets = split_targets(model, select, kinds, config.kind, ctx)
-    linears = [(n, m) for n, m in targets if isinstance(m, nn.Linear)]
-    embeddings = [(n, m) for n, m in targets if isinstance(m, nn.Embedding)]
+    linears, embeddings = int8_targets(model, select, config.embeddings, config.kind, ctx)
     quantize_linears_(
         model,
         linears,
@@ -126,7 +123,7 @@ def _int8_dynamic(model: nn.Module, config: Int8Dynamic, select: Select, ctx: Co
         # partial bf16 cast first would put float32 output hooks on them and promote what follows.
         fallback=config.fallback if config.compute_dtype == "float32" else "float32",
     )
-    swap_int8_(model, embeddings, embedding_or_skip(ctx, config.kind), config.kind + " embeddings", ctx)
+    swap_int8_embeddings_(model, embeddings, config.kind, ctx)
     if config.compute_dtype == "bfloat16":
         from torchslim.api import compress_
 
@@ -135,6 +132,24 @@ def _int8_dynamic(model: nn.Module, config: Int8Dynamic, select: Select, ctx: Co
     if config.compile:
         compile_model_(model)
     return model
+
+
+def int8_targets(
+    model: nn.Module, select: Select, embeddings: bool, kind: str, ctx: Context
+) -> tuple[list[tuple[str, nn.Module]], list[tuple[str, nn.Module]]]:
+    """The selected ``(name, nn.Linear)`` and, when ``embeddings``, ``(name, nn.Embedding)`` pairs of an
+    int8 step (through :func:`split_targets`: compressed or unselected modules are left out)."""
+    kinds = (nn.Linear, nn.Embedding) if embeddings else (nn.Linear,)
+    targets = split_targets(model, select, kinds, kind, ctx)
+    return (
+        [(n, m) for n, m in targets if isinstance(m, nn.Linear)],
+        [(n, m) for n, m in targets if isinstance(m, nn.Embedding)],
+    )
+
+
+def swap_int8_embeddings_(model: nn.Module, embeddings: list[tuple[str, nn.Module]], kind: str, ctx: Context) -> None:
+    """Swap each ``(name, nn.Embedding)`` for an :class:`Int8Embedding`; one that cannot be is skipped and recorded."""
+    swap_int8_(model, embeddings, embedding_or_skip(ctx, kind), kind + " embeddings", ctx)
 
 
 def embedding_or_skip(ctx: Context, kind: str):

@@ -26,8 +26,7 @@ from torchslim.core.context import Context
 from torchslim.core.registry import register_transform
 from torchslim.core.select import Select
 from torchslim.quantization.common.linears import quantize_linears_
-from torchslim.quantization.common.swap import split_targets, swap_int8_
-from torchslim.quantization.int8.dynamic import embedding_or_skip
+from torchslim.quantization.int8.dynamic import int8_targets, swap_int8_embeddings_
 from torchslim.quantization.int8.modules import Int8WeightOnlyLinear
 
 __all__ = ["Int8WeightOnly"]
@@ -58,16 +57,14 @@ class Int8WeightOnly(Config):
 
 @register_transform(Int8WeightOnly, scope="model")
 def _int8_weight_only(model: nn.Module, config: Int8WeightOnly, select: Select, ctx: Context) -> nn.Module:
-    kinds = (nn.Linear, nn.Embedding) if config.embeddings else (nn.Linear,)
-    targets = split_targets(model, select, kinds, config.kind, ctx)
+    linears, embeddings = int8_targets(model, select, config.embeddings, config.kind, ctx)
     quantize_linears_(
         model,
-        [(n, m) for n, m in targets if isinstance(m, nn.Linear)],
+        linears,
         lambda linear, smooth: Int8WeightOnlyLinear.from_float(linear),
         config.kind,
         ctx,
         min_sqnr_db=config.min_sqnr_db,
     )
-    embeddings = [(n, m) for n, m in targets if isinstance(m, nn.Embedding)]
-    swap_int8_(model, embeddings, embedding_or_skip(ctx, config.kind), config.kind + " embeddings", ctx)
+    swap_int8_embeddings_(model, embeddings, config.kind, ctx)
     return model
