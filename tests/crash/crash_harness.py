@@ -155,6 +155,21 @@ class Campaign:
         if not ok:
             self.tally.findings.append(message)
 
+    def _kill(self, command: str, argv: list[str], work: Path, *folders: Path) -> bool:
+        """Run ``argv`` in ``work`` and kill it at a moment drawn by :meth:`_moment` (armed on ``folders``);
+        tally the kill, or the run that finished before it. True when it was killed."""
+        killed = run_killed(argv, work, *self._moment(command, *folders))
+        self.tally.kills[command] += killed
+        self.tally.finished[command] += not killed
+        return killed
+
+    def _outcome(self, command: str, now: dict[str, bytes] | None, previous: dict[str, bytes] | None) -> str:
+        """What a kill left at the output (``now``) against the snapshot before it, tallied:
+        ``absent``, ``previous`` (byte for byte) or ``new complete`` (the caller checks that it is)."""
+        outcome = "absent" if now is None else "previous" if now == previous else "new complete"
+        self.tally.outcomes[command, outcome] += 1
+        return outcome
+
     def _after_kill(self, command: str, folder: Path, expected: set[str]) -> None:
         extra = visible_leftovers(folder, expected)
         self._check(not extra, f"{command}: visible leftovers after a kill: {extra}")
@@ -182,23 +197,15 @@ class Campaign:
         for i in range(kills):
             recipe = recipes[i % 2]
             argv = torchslim("compress", *WORKLOAD, "--recipe", recipe, "--out", "out", "--force")
-            killed = run_killed(argv, work, *self._moment("compress", work))
-            self.tally.kills["compress"] += killed
-            self.tally.finished["compress"] += not killed
+            self._kill("compress", argv, work, work)
             now = snapshot(work / "out")
-            if now is None:
-                outcome = "absent"
-            elif now == previous:
-                outcome = "previous"
-            else:
-                outcome = "new complete"
+            if self._outcome("compress", now, previous) == "new complete":
                 problem = _artifact_problem(work / "out", recipe)
                 self._check(problem is None, f"compress kill {i}: partial or wrong artifact: {problem}")
                 got = now.get("model.safetensors")
                 self._check(
                     weights.setdefault(recipe, got) == got, f"compress kill {i}: {recipe} weights differ from before"
                 )
-            self.tally.outcomes["compress", outcome] += 1
             self._after_kill("compress", work, {"ref", "out"})
             previous = now
         run(torchslim("compress", *WORKLOAD, "--recipe", "int8-dynamic", "--out", "out", "--force"), work)
@@ -220,19 +227,11 @@ class Campaign:
         (work / "model.pt2").unlink()
         previous = None
         for i in range(kills):
-            killed = run_killed(argv, work, *self._moment("export", work))
-            self.tally.kills["export"] += killed
-            self.tally.finished["export"] += not killed
+            self._kill("export", argv, work, work)
             now = snapshot(work / "model.pt2")
-            if now is None:
-                outcome = "absent"
-            elif now == previous:
-                outcome = "previous"
-            else:
-                outcome = "new complete"
+            if self._outcome("export", now, previous) == "new complete":
                 problem = _pt2_problem(work / "model.pt2", art)
                 self._check(problem is None, f"export kill {i}: partial or wrong .pt2: {problem}")
-            self.tally.outcomes["export", outcome] += 1
             self._after_kill("export", work, {"art", "model.pt2"})
             previous = now
         run(argv, work)
@@ -261,21 +260,13 @@ class Campaign:
             resumed_from = 0
             previous = None
             for k in range(kills_per_chain):
-                killed = run_killed(argv, work, *self._moment("distill", work, work / ckpt))
-                self.tally.kills["distill"] += killed
-                self.tally.finished["distill"] += not killed
+                killed = self._kill("distill", argv, work, work, work / ckpt)
                 now = snapshot(work / out)
-                if now is None:
-                    outcome = "absent"
-                elif now == previous:
-                    outcome = "previous"
-                else:
-                    outcome = "new complete"
+                if self._outcome("distill", now, previous) == "new complete":
                     self._check(
                         now["model.safetensors"] == reference["model.safetensors"],
                         f"distill chain {c} kill {k}: a complete student differs from the uninterrupted run's",
                     )
-                self.tally.outcomes["distill", outcome] += 1
                 self._after_kill("distill", work, {"ref", "ref-ckpt", *(f"out{j}" for j in range(c + 1)),
                                                     *(f"ckpt{j}" for j in range(c + 1))})  # fmt: skip
                 if (work / ckpt).is_dir():
@@ -312,9 +303,7 @@ class Campaign:
             trials_before = 0
             for _ in range(kills_per_chain):
                 # tune writes its study all along: the armed kills come within 50 ms of an output file's write
-                killed = run_killed(self._tune_argv(out), work, *self._moment("tune", work / out))
-                self.tally.kills["tune"] += killed
-                self.tally.finished["tune"] += not killed
+                killed = self._kill("tune", self._tune_argv(out), work, work / out)
                 if (work / out).is_dir():
                     self._after_kill("tune", work / out, _TUNE_FILES)
                 if killed:
