@@ -158,28 +158,22 @@ def test_hf_folder_config_lies(data, hf_files, hf_refused_or_ok):
     hf_refused_or_ok(_load_folder, {**hf_files, "config.json": _lie(data, hf_files["config.json"])})
 
 
+# name -> (reader, fixture with the valid files, the JSON file that lies)
+LYING_JSON = {
+    "folder index": (_load_folder, "sharded_files", "model.safetensors.index.json"),
+    "example inputs config": (_example_inputs, "hf_files", "config.json"),
+    "artifact config": (_load_artifact, "artifact_files", "config.json"),
+}
+
+
+@pytest.mark.parametrize("target", list(LYING_JSON))
 @FUZZ
 @given(data=st.data(), mutated=st.booleans())
-def test_hf_folder_index_lies(data, mutated, sharded_files, mutate, hf_refused_or_ok):
-    valid = sharded_files["model.safetensors.index.json"]
-    index = mutate(data, valid) if mutated else _lie(data, valid)
-    hf_refused_or_ok(_load_folder, {**sharded_files, "model.safetensors.index.json": index})
-
-
-@FUZZ
-@given(data=st.data(), mutated=st.booleans())
-def test_hf_example_inputs_config_lies(data, mutated, hf_files, mutate, hf_refused_or_ok):
-    valid = hf_files["config.json"]
-    config = mutate(data, valid) if mutated else _lie(data, valid)
-    hf_refused_or_ok(_example_inputs, {**hf_files, "config.json": config})
-
-
-@FUZZ
-@given(data=st.data(), mutated=st.booleans())
-def test_artifact_config_lies(data, mutated, artifact_files, mutate, hf_refused_or_ok):
-    valid = artifact_files["config.json"]
-    config = mutate(data, valid) if mutated else _lie(data, valid)
-    hf_refused_or_ok(_load_artifact, {**artifact_files, "config.json": config})
+def test_json_lies_or_mutations(target, data, mutated, request, mutate, hf_refused_or_ok):
+    reader, fixture, name = LYING_JSON[target]
+    files = request.getfixturevalue(fixture)  # module-scoped: built once, not per example
+    valid = files[name]
+    hf_refused_or_ok(reader, {**files, name: mutate(data, valid) if mutated else _lie(data, valid)})
 
 
 # -- regression tests: fixed inputs ---------------------------------------------------------------------

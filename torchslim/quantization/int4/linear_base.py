@@ -63,6 +63,23 @@ class Int4LinearBase(nn.Module):
         self.register_buffer("bias", torch.zeros(self.out_features, device=device) if bias else None)
         self.register_buffer("input_scale", torch.ones(self.in_features, device=device) if input_scale else None)
 
+    @classmethod
+    def _empty_for(
+        cls,
+        t: Int4Tensors,
+        group_size: int,
+        bias: torch.Tensor | None,
+        input_scale: torch.Tensor | None,
+        **options: Any,
+    ) -> Any:
+        """An empty module shaped for the codes ``t``, on their device, with ``bias`` / ``input_scale``
+        buffers where those tensors are given (``options``: the subclass's own constructor arguments)."""
+        n, k = t.q.shape
+        return cls(
+            k, n, bias is not None, group_size=group_size, input_scale=input_scale is not None, device=t.q.device,
+            **options,
+        )  # fmt: skip
+
     def _copy_extras(self, bias: torch.Tensor | None, input_scale: torch.Tensor | None) -> None:
         """Fill ``bias`` / ``input_scale`` from tensors (as float32) where both sides have them."""
         if bias is not None and self.bias is not None:

@@ -144,11 +144,7 @@ class Int4WeightOnlyLinear(Int4LinearBase):
             >>> m
             Int4WeightOnlyLinear(in_features=64, out_features=16, bias=False, group_size=32)
         """
-        n, k = t.q.shape
-        mod = cls(
-            k, n, bias is not None, group_size=group_size, input_scale=input_scale is not None, kernel=kernel,
-            device=t.q.device,
-        )  # fmt: skip
+        mod = cls._empty_for(t, group_size, bias, input_scale, kernel=kernel)
         mod.weight.copy_(pack_int4(t.q))
         mod.scales.copy_(t.scale.to(torch.bfloat16))
         mod.zeros.copy_(t.zero.to(torch.bfloat16))

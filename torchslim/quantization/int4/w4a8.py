@@ -135,8 +135,7 @@ class Int4W4A8Linear(Int4LinearBase):
             >>> m
             Int4W4A8Linear(in_features=64, out_features=16, bias=False, group_size=32)
         """
-        n, k = t.q.shape
-        mod = cls(k, n, bias is not None, group_size=group_size, input_scale=input_scale is not None, device=t.q.device)
+        mod = cls._empty_for(t, group_size, bias, input_scale)
         mod.packed.copy_(kernels.pack_int4(t.q.cpu(), t.scale.cpu(), t.zero.cpu(), group_size))
         mod._copy_extras(bias, input_scale)
         return mod
