@@ -269,9 +269,12 @@ def test_real_sigint_during_compress_is_exit_130_and_leaves_nothing(workdir):
     ready = workdir / "ready"
     code = textwrap.dedent(
         f"""
-        import pathlib, sys, time
+        import pathlib, signal, sys, time
         import torchslim.io.artifact as artifact
         from torchslim.cli import main
+
+        # As in a terminal: Python leaves SIGINT ignored when its parent ignored it (a test runner may).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
         def stalled(path):  # the files are written, the verification has not run yet
             pathlib.Path({str(ready)!r}).touch()
