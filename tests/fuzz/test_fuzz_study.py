@@ -245,3 +245,11 @@ def test_db_text_that_is_not_utf8_is_refused(study_db, occurrence):
     db[at] = 0x80
     with pytest.raises(UnsafeInputError, match="study database"):
         _resume(bytes(db))
+
+
+def test_quick_check_report_that_is_not_utf8_is_refused(study_db, refused_or_ok):
+    """Long-run finding: one byte 0x80 written near the end of the file (the study's last page) made
+    ``PRAGMA quick_check`` quote text that is not UTF-8; the check raised UnicodeDecodeError, not exit 4."""
+    db = bytearray(study_db)
+    db[96764] = 0x80
+    refused_or_ok(_resume, bytes(db))

@@ -126,7 +126,9 @@ def check_sqlite_file(url: str) -> None:
     try:
         con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
         try:
-            rows = con.execute("PRAGMA quick_check").fetchall()
+            con.text_factory = bytes  # quick_check quotes damaged text in its report, which need not decode
+            rows = [tuple(v.decode("utf-8", "replace") for v in r) for r in con.execute("PRAGMA quick_check")]
+            con.text_factory = str
             if rows == [("ok",)]:  # quick_check reads the pages, not the text in them: decode every row once
                 schema = con.execute("SELECT type, name, sql FROM sqlite_master").fetchall()  # the DDL text too
                 for kind, name, _ in schema:
@@ -142,6 +144,8 @@ def check_sqlite_file(url: str) -> None:
         raise UnsafeInputError(f"{path}: not a readable SQLite study database ({e})") from None
     except sqlite3.DatabaseError as e:  # "file is not a database", "database disk image is malformed"
         raise UnsafeInputError(f"{path}: not a valid SQLite study database ({e})") from None
+    except UnicodeDecodeError as e:  # a row whose text is not UTF-8 (Optuna would fail on it later)
+        raise UnsafeInputError(f"{path}: the SQLite study database holds text that is not UTF-8 ({e.reason})") from None
     if rows != [("ok",)]:
         raise UnsafeInputError(f"{path}: the SQLite study database is damaged ({str(rows[0][0])[:200]})")
 
