@@ -117,3 +117,14 @@ def test_inflate_refuses_corrupt_and_oversized_streams():
     with pytest.raises(UnsafeInputError, match="malformed"):
         inflate_tensor(packed, {"dtype": "complex64", "numel": 5})
     assert deflate_tensor(torch.arange(10, dtype=torch.uint8)) is None  # too small to gain
+
+
+def test_dense_tensor_is_left_dense_without_building_its_positions(monkeypatch):
+    # The positions of every element (int64, 8 bytes each) cost ~4 GB of peak memory on a 542 M-parameter
+    # model's embedding table for nothing: a dense tensor is decided from its non-zero count alone.
+    def no_positions(*_a, **_k):
+        raise AssertionError("torch.nonzero called on a dense tensor")
+
+    monkeypatch.setattr(torch, "nonzero", no_positions)
+    assert encode_sparse(torch.randn(300, 300)) is None
+    assert encode_sparse(torch.randint(1, 127, (300, 300), dtype=torch.int8)) is None

@@ -92,6 +92,10 @@ def _layout(t: torch.Tensor) -> SparseEncoding | None:
     dense = t.numel() * item
     bitmask_bytes = nnz * item + (t.numel() + 7) // 8
     indices_bytes = nnz * (item + 4)
+    # The delta stream holds at least one step per non-zero, so no layout can beat min(bitmask, nnz·(item+1)):
+    # a dense tensor returns here, before the int64 positions of every element (8 bytes each) are built.
+    if min(bitmask_bytes, nnz * (item + 1)) > dense * (1 - MIN_SAVING):
+        return None
     idx_np = torch.nonzero(nz).reshape(-1).cpu().numpy()
     deltas, ends = _byte_deltas(idx_np)
     deltas_bytes = deltas.size * (item + 1)
