@@ -2,6 +2,8 @@
 
 - ``TORCHSLIM_DATA`` defaults to the repository's sibling ``shared/data`` folder (the Makefile sets
   the same), so the built-in workloads find their data sets; a value already set wins.
+- Every test gets back torch's thread count as it found it (results of float sums depend on it: a test
+  that leaves one thread changes later tests' numbers).
 - Doctests that train, tune or benchmark are marked ``slow`` (a doctest cannot carry a marker itself),
   so ``make quick`` (``-m "not slow and not fuzz"``) leaves them out.
 """
@@ -29,6 +31,16 @@ SLOW_DOCTEST_MODULES = (
     "torchslim/training.py",
     "torchslim/workloads/",
 )
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

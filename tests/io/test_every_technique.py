@@ -113,6 +113,7 @@ def test_every_technique_reloads_bit_identical_in_a_fresh_process(tmp_path, digi
     script = textwrap.dedent(
         f"""
         import sys, torch
+        torch.set_num_threads({torch.get_num_threads()})  # the references' thread count: sums split alike
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         import torchslim as ts
         import test_every_technique as t
