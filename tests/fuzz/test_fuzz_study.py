@@ -25,7 +25,13 @@ optuna = pytest.importorskip("optuna")
 
 from torchslim.errors import ConfigError, UnsafeInputError  # noqa: E402
 from torchslim.tuning.report import objective_key, pareto_front, trial_rows  # noqa: E402
-from torchslim.tuning.study import check_settings, completed_trials, default_storage, open_storage  # noqa: E402
+from torchslim.tuning.study import (  # noqa: E402
+    check_settings,
+    completed_trials,
+    default_storage,
+    load_study,
+    open_storage,
+)
 from torchslim.tuning.tune import STUDY_NAME  # noqa: E402
 
 pytestmark = pytest.mark.fuzz
@@ -78,12 +84,7 @@ def _resume(db: bytes):
     with tempfile.TemporaryDirectory() as d, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         (Path(d) / "study.db").write_bytes(db)
-        study = optuna.create_study(
-            storage=open_storage(default_storage(d), 60, 120),
-            study_name=STUDY_NAME,
-            directions=["minimize"] * 2,
-            load_if_exists=True,
-        )
+        study = load_study(open_storage(default_storage(d), 60, 120), STUDY_NAME, ["minimize"] * 2)
         check_settings(study, SETTINGS)
         rows = trial_rows(study)
         feasible = [r for r in rows if r["state"] == "COMPLETE" and r.get("feasible")]
@@ -253,3 +254,13 @@ def test_quick_check_report_that_is_not_utf8_is_refused(study_db, refused_or_ok)
     db = bytearray(study_db)
     db[96764] = 0x80
     refused_or_ok(_resume, bytes(db))
+
+
+@pytest.mark.parametrize("offset", [8174, 8177])
+def test_study_row_its_index_contradicts_is_refused(study_db, offset):
+    """Full-length run finding: one bit flipped in the stored study name (the unique index still finds the
+    old name, the table no longer holds it) made Optuna's create_study raise KeyError('Record does not exist.')."""
+    db = bytearray(study_db)
+    db[offset] ^= 1
+    with pytest.raises(UnsafeInputError, match="study database is damaged: KeyError"):
+        _resume(bytes(db))

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from torchslim.errors import ConfigError
+from torchslim.errors import ConfigError, UnsafeInputError
 from torchslim.tuning.space import SearchSpace
 from torchslim.tuning.storage import open_storage, shared_storage
 
@@ -24,6 +24,7 @@ __all__ = [
     "completed_trials",
     "default_storage",
     "fresh_context",
+    "load_study",
     "make_sampler",
     "open_storage",
     "reseeded_context",
@@ -143,3 +144,25 @@ def completed_trials(trials: Sequence[Any]) -> int:
     from optuna.trial import TrialState
 
     return sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+
+
+def load_study(storage: Any, name: str, directions: Sequence[str], sampler: Any = None) -> Any:
+    """``optuna.create_study(..., load_if_exists=True)`` on ``storage``: the study ``name``, created or loaded.
+
+    A database whose rows contradict each other (a study name that its unique index finds but its table
+    does not hold, a row Optuna cannot commit back) makes Optuna raise ``KeyError`` or
+    ``StorageInternalError``: that is a damaged study file, exit 4 naming the problem.
+
+    Example:
+        >>> load_study(None, "demo", ["minimize"]).study_name
+        'demo'
+    """
+    import optuna
+    from sqlalchemy.exc import DatabaseError
+
+    try:
+        return optuna.create_study(
+            storage=storage, study_name=name, directions=list(directions), load_if_exists=True, sampler=sampler
+        )
+    except (KeyError, optuna.exceptions.StorageInternalError, DatabaseError) as e:
+        raise UnsafeInputError(f"the tune study database is damaged: {type(e).__name__}: {str(e)[:200]}") from None

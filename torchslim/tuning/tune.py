@@ -88,6 +88,7 @@ from torchslim.tuning.study import (
     completed_trials,
     default_storage,
     fresh_context,
+    load_study,
     make_sampler,
     reseeded_context,
     shared_storage,
@@ -394,12 +395,8 @@ def tune(workload: str | Any, options: TuneOptions) -> TuneResult:
                 # On PostgreSQL this block holds the workers' start-up lock: one at a time creates or loads
                 # the study, checks its settings and queues the anchors.
                 with shared_storage(url, o.heartbeat_interval, o.grace_period) as storage:
-                    study = optuna.create_study(
-                        storage=storage,
-                        study_name=STUDY_NAME,
-                        directions=directions,
-                        load_if_exists=True,
-                        sampler=make_sampler(objective, seed + 1000 * worker, trials),
+                    study = load_study(
+                        storage, STUDY_NAME, directions, make_sampler(objective, seed + 1000 * worker, trials)
                     )
                     check_settings(study, settings)
                     if not study.trials and o.anchors:
