@@ -35,5 +35,6 @@ if __name__ == "__main__":
     with torchrun_calibration() as shard:
         split = statistics()
     equal = single.keys() == split.keys() and all(torch.equal(single[k], split[k]) for k in single)
-    print(f"rank {shard.rank} of {shard.world_size}: equal={equal}", flush=True)
+    # One write(2) of a short line: atomic on a pipe, so the ranks' lines never interleave.
+    os.write(1, f"rank {shard.rank} of {shard.world_size}: equal={equal}\n".encode())
     os._exit(0 if equal else 1)  # no C++ teardown after the group is gone (see distributed_worker.py)
