@@ -21,22 +21,32 @@ from torchslim.bench.llama_sequential import (  # noqa: E402
     same_artifact,
 )
 from torchslim.bench.llama_sequential_child import artifact_factory, calibration, peak_rss_mb  # noqa: E402
-from torchslim.bench.llama_sequential_model import FULL, QUICK_SMALL, SMALL, LlamaShape, llama_folder  # noqa: E402
+from torchslim.bench.llama_sequential_model import FULL, QUICK_FULL, QUICK_SMALL, SMALL, llama_folder  # noqa: E402
+from torchslim.workloads.llama import LlamaSpec  # noqa: E402
 
 
 @pytest.mark.parametrize("shape", [FULL, SMALL, QUICK_SMALL])
-def test_shape_params_count_the_transformers_model(shape: LlamaShape) -> None:
+def test_shape_params_count_the_transformers_model(shape: LlamaSpec) -> None:
     from transformers import LlamaForCausalLM
 
-    from torchslim.bench.llama_sequential_model import _config
-
     with torch.device("meta"):
-        model = LlamaForCausalLM(_config(shape))
+        model = LlamaForCausalLM(shape.config())
     assert shape.params() == sum(p.numel() for p in model.parameters())
 
 
+def test_cache_folder_labels_are_unchanged() -> None:
+    # the folder names of models already written under the cache (a 3 B folder takes long to rewrite)
+    labels = [s.label() for s in (FULL, SMALL, QUICK_FULL, QUICK_SMALL)]
+    assert labels == [
+        "h3200-i8704-l26-a32-kv32-v32000",
+        "h2048-i5632-l8-a16-kv16-v32000",
+        "h256-i512-l4-a4-kv2-v512",
+        "h128-i256-l2-a4-kv2-v256",
+    ]
+
+
 @pytest.mark.parametrize("shape", [FULL, SMALL, QUICK_SMALL])
-def test_every_linear_width_splits_into_int4_groups_of_128(shape: LlamaShape) -> None:
+def test_every_linear_width_splits_into_int4_groups_of_128(shape: LlamaSpec) -> None:
     # a Linear whose input width is not a multiple of the group is left unquantized by int4-g128
     assert shape.hidden % 128 == 0 and shape.intermediate % 128 == 0
 

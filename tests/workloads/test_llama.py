@@ -65,6 +65,20 @@ def test_decode_gives_the_requested_tokens_and_matches_generate():
     assert wl.evaluate(model, runs=2)["tokens_per_s"] > 0
 
 
+def test_kv_heads_default_to_heads_and_grouped_query_shapes_count_and_build():
+    assert TINY.kv_heads == TINY.heads and TINY == LlamaSpec(128, 256, 2, 4, 512, 128, kv_heads=4)
+    gqa = LlamaSpec(hidden=128, intermediate=256, layers=2, heads=4, vocab=512, max_positions=128, kv_heads=2)
+    assert gqa.params() < TINY.params()
+    model = build_llama(gqa)
+    assert sum(p.numel() for p in model.parameters()) == gqa.params()
+    assert model.model.layers[0].self_attn.k_proj.out_features == 2 * 128 // 4  # kv_heads x head_dim
+    assert gqa.label() == "h128-i256-l2-a4-kv2-v512" and TINY.label() == "h128-i256-l2-a4-kv4-v512"
+    with pytest.raises(ValueError, match="kv_heads"):
+        LlamaSpec(hidden=128, heads=4, kv_heads=3)
+    with pytest.raises(ValueError, match="kv_heads"):
+        LlamaSpec(hidden=128, heads=4, kv_heads=0)
+
+
 def test_bad_lengths_are_rejected():
     with pytest.raises(ValueError, match="prompt_tokens"):
         LlamaDecodeWorkload(TINY, new_tokens=200)

@@ -43,7 +43,8 @@ import torch
 
 from torchslim.bench.harness import BenchResult, BenchTable
 from torchslim.bench.llama_sequential_child import run_child
-from torchslim.bench.llama_sequential_model import FULL, QUICK_FULL, QUICK_SMALL, SMALL, LlamaShape, llama_folder
+from torchslim.bench.llama_sequential_model import FULL, QUICK_FULL, QUICK_SMALL, SMALL, llama_folder
+from torchslim.workloads.llama import LlamaSpec
 
 __all__ = ["RECIPE", "TABLE", "bench", "in_memory_need_bytes", "same_artifact"]
 
@@ -80,7 +81,7 @@ def same_artifact(a: Path, b: Path) -> bool:
     return True
 
 
-def in_memory_need_bytes(shape: LlamaShape) -> int:
+def in_memory_need_bytes(shape: LlamaSpec) -> int:
     """What the in-memory path needs at least: the model in bf16 (its load dtype) and its compressed copy,
     taken as a second bf16 model (the int4 copy is smaller, but saving serialises it once more)."""
     return 2 * 2 * shape.params()
@@ -99,10 +100,10 @@ class _Plan:
         self.batches, self.tokens = (2, 16) if quick else (2, 128)
         self.prompt, self.new_tokens, self.runs = (8, 4, 1) if quick else (8, 8, 2)
 
-    def folder(self, shape: LlamaShape) -> Path:
+    def folder(self, shape: LlamaSpec) -> Path:
         return llama_folder(shape, root=self.root)
 
-    def compress(self, task: str, shape: LlamaShape, name: str) -> tuple[dict[str, Any], Path]:
+    def compress(self, task: str, shape: LlamaSpec, name: str) -> tuple[dict[str, Any], Path]:
         out = self.out / name
         spec = {"task": task, "path": str(self.folder(shape)), "out": str(out), "recipe": RECIPE}
         spec |= {"vocab": shape.vocab, "batches": self.batches, "tokens": self.tokens}

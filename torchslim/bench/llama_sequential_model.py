@@ -8,7 +8,7 @@ from its own seeded generator, so writing a 3 B model holds one block in memory,
 folder is built beside its final name and renamed into place when complete: a folder under the final
 name is a whole one. No tokenizer is written: the benchmark feeds token ids.
 
-Shapes: :data:`FULL` is OpenLLaMA-3B's with the MLP rounded up to a multiple of 128 (8640 -> 8704, so
+Shapes (each a :class:`~torchslim.workloads.llama.LlamaSpec`): :data:`FULL` is OpenLLaMA-3B's with the MLP rounded up to a multiple of 128 (8640 -> 8704, so
 every Linear splits into int4 groups of 128; a width that does not is left unquantized): hidden 3200,
 MLP 8704, 26 blocks, 32 heads, vocab 32000, 3.44 B parameters, 6.9 GB in bf16; :data:`SMALL` (hidden 2048, MLP 5632, 8 blocks: 542 M) is small
 enough for the in-memory path too; :data:`QUICK_FULL` and :data:`QUICK_SMALL` are tiny stand-ins.
@@ -23,66 +23,22 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-__all__ = ["FULL", "QUICK_FULL", "QUICK_SMALL", "SMALL", "LlamaShape", "llama_folder"]
+from torchslim.workloads.llama import LlamaSpec
+
+__all__ = ["FULL", "QUICK_FULL", "QUICK_SMALL", "SMALL", "llama_folder"]
 
 INIT_STD = 0.02  # transformers' LLaMA initializer_range: the weights a freshly built model would have
 
 
-@dataclass(frozen=True)
-class LlamaShape:
-    """A LLaMA decoder's shape (multi-head attention unless ``kv_heads`` is smaller than ``heads``)."""
-
-    hidden: int
-    intermediate: int
-    layers: int
-    heads: int
-    kv_heads: int
-    vocab: int
-    max_positions: int = 2048
-
-    def params(self) -> int:
-        """Parameters of the untied ``LlamaForCausalLM`` of this shape (embeddings and head included)."""
-        head_dim = self.hidden // self.heads
-        attn = 2 * self.hidden * self.hidden + 2 * self.hidden * self.kv_heads * head_dim
-        block = attn + 3 * self.hidden * self.intermediate + 2 * self.hidden
-        return 2 * self.vocab * self.hidden + self.layers * block + self.hidden
-
-    def label(self) -> str:
-        return f"h{self.hidden}-i{self.intermediate}-l{self.layers}-a{self.heads}-kv{self.kv_heads}-v{self.vocab}"
-
-    def describe(self) -> str:
-        return (
-            f"hidden {self.hidden}, MLP {self.intermediate}, {self.layers} blocks, {self.heads} heads, "
-            f"vocab {self.vocab} ({self.params() / 1e6:,.1f} M parameters)"
-        )
-
-
-FULL = LlamaShape(hidden=3200, intermediate=8704, layers=26, heads=32, kv_heads=32, vocab=32000)
-SMALL = LlamaShape(hidden=2048, intermediate=5632, layers=8, heads=16, kv_heads=16, vocab=32000)
-QUICK_FULL = LlamaShape(hidden=256, intermediate=512, layers=4, heads=4, kv_heads=2, vocab=512, max_positions=128)
-QUICK_SMALL = LlamaShape(hidden=128, intermediate=256, layers=2, heads=4, kv_heads=2, vocab=256, max_positions=128)
-
-
-def _config(shape: LlamaShape):  # noqa: ANN202 - transformers is an optional dependency
-    from transformers import LlamaConfig
-
-    return LlamaConfig(
-        vocab_size=shape.vocab,
-        hidden_size=shape.hidden,
-        intermediate_size=shape.intermediate,
-        num_hidden_layers=shape.layers,
-        num_attention_heads=shape.heads,
-        num_key_value_heads=shape.kv_heads,
-        max_position_embeddings=shape.max_positions,
-        tie_word_embeddings=False,
-        dtype="bfloat16",
-        architectures=["LlamaForCausalLM"],
-    )
+FULL = LlamaSpec(hidden=3200, intermediate=8704, layers=26, heads=32, kv_heads=32, vocab=32000)
+SMALL = LlamaSpec(hidden=2048, intermediate=5632, layers=8, heads=16, kv_heads=16, vocab=32000)
+QUICK_FULL = LlamaSpec(hidden=256, intermediate=512, layers=4, heads=4, kv_heads=2, vocab=512, max_positions=128)
+QUICK_SMALL = LlamaSpec(hidden=128, intermediate=256, layers=2, heads=4, kv_heads=2, vocab=256, max_positions=128)
 
 
 def _shards(names: list[str], layers: int) -> list[list[str]]:
@@ -107,11 +63,11 @@ def _tensor(name: str, shape: torch.Size, seed: int, index: int) -> torch.Tensor
     return (torch.randn(shape, generator=g) * INIT_STD).to(torch.bfloat16)
 
 
-def _write(shape: LlamaShape, folder: Path, seed: int) -> None:
+def _write(shape: LlamaSpec, folder: Path, seed: int) -> None:
     from safetensors.torch import save_file
     from transformers import LlamaForCausalLM
 
-    config = _config(shape)
+    config = shape.config(dtype="bfloat16", architectures=["LlamaForCausalLM"])
     with torch.device("meta"):
         meta = LlamaForCausalLM(config)
     shapes = {k: v.shape for k, v in meta.state_dict().items()}
@@ -132,7 +88,7 @@ def _write(shape: LlamaShape, folder: Path, seed: int) -> None:
     (folder / "bench-shape.json").write_text(json.dumps({**asdict(shape), "seed": seed}) + "\n", encoding="utf-8")
 
 
-def llama_folder(shape: LlamaShape, seed: int = 0, root: Path | None = None) -> Path:
+def llama_folder(shape: LlamaSpec, seed: int = 0, root: Path | None = None) -> Path:
     """The seeded bf16 Hugging Face folder of ``shape`` under ``root`` (default: the torchslim cache),
     written on the first call (one shard in memory at a time) and reused afterwards."""
     if root is None:

@@ -48,11 +48,17 @@ __all__ = [
 
 @dataclass(frozen=True)
 class LlamaSpec:
-    """The shape of the LLaMA model (multi-head attention, untied input and output embeddings).
+    """The shape of a LLaMA model (untied input and output embeddings).
+
+    ``kv_heads`` is the number of key/value heads: ``None`` (the default) means one per query head
+    (multi-head attention); fewer, dividing ``heads``, is grouped-query attention (Ainslie et al. 2023,
+    "GQA: Training Generalized Multi-Query Transformer Models from Multi-Head Checkpoints").
 
     Example:
         >>> SIZES["full"].params() // 10**6
         542
+        >>> LlamaSpec(hidden=256, intermediate=512, layers=4, heads=4, kv_heads=2, vocab=512).label()
+        'h256-i512-l4-a4-kv2-v512'
     """
 
     hidden: int = 2048
@@ -61,23 +67,42 @@ class LlamaSpec:
     heads: int = 32
     vocab: int = 32000
     max_positions: int = 2048
+    kv_heads: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("hidden", "intermediate", "layers", "heads", "vocab", "max_positions"):
+        if self.kv_heads is None:
+            object.__setattr__(self, "kv_heads", self.heads)  # frozen: set once, here
+        for name in ("hidden", "intermediate", "layers", "heads", "vocab", "max_positions", "kv_heads"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"LlamaSpec.{name} must be a positive integer, got {value!r}")
         if self.hidden % self.heads:
             raise ValueError(f"LlamaSpec: hidden {self.hidden} is not divisible by heads {self.heads}")
+        if self.heads % self.kv_heads:
+            raise ValueError(f"LlamaSpec: heads {self.heads} is not divisible by kv_heads {self.kv_heads}")
 
     def params(self) -> int:
-        """Parameter count: embeddings, head, and per layer 4·h² attention + 3·h·i MLP + 2 norms."""
+        """Parameter count: embeddings, head, and per layer the attention (query and output ``h²`` each, key
+        and value ``h·kv_heads·head_dim`` each), 3·h·i MLP and 2 norms."""
         h = self.hidden
-        per_layer = 4 * h * h + 3 * h * self.intermediate + 2 * h
+        kv_width = self.kv_heads * (h // self.heads)
+        per_layer = 2 * h * h + 2 * h * kv_width + 3 * h * self.intermediate + 2 * h
         return 2 * self.vocab * h + self.layers * per_layer + h
 
-    def config(self) -> Any:
-        """The transformers ``LlamaConfig`` (SDPA attention, untied embeddings)."""
+    def label(self) -> str:
+        """A short name of the shape (``max_positions`` aside), e.g. for a cache folder."""
+        return f"h{self.hidden}-i{self.intermediate}-l{self.layers}-a{self.heads}-kv{self.kv_heads}-v{self.vocab}"
+
+    def describe(self) -> str:
+        """The shape in words, with its parameter count."""
+        return (
+            f"hidden {self.hidden}, MLP {self.intermediate}, {self.layers} blocks, {self.heads} heads, "
+            f"vocab {self.vocab} ({self.params() / 1e6:,.1f} M parameters)"
+        )
+
+    def config(self, **overrides: Any) -> Any:
+        """The transformers ``LlamaConfig`` (SDPA attention, untied embeddings); ``overrides`` are further
+        ``LlamaConfig`` arguments (e.g. ``dtype``)."""
         from transformers import LlamaConfig
 
         return LlamaConfig(
@@ -86,10 +111,11 @@ class LlamaSpec:
             intermediate_size=self.intermediate,
             num_hidden_layers=self.layers,
             num_attention_heads=self.heads,
-            num_key_value_heads=self.heads,
+            num_key_value_heads=self.kv_heads,
             max_position_embeddings=self.max_positions,
             tie_word_embeddings=False,
             attn_implementation="sdpa",
+            **overrides,
         )
 
 
