@@ -14,15 +14,13 @@ FFN neurons of every layer removed structurally, as in ``bench minilm-structured
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterator, Sequence
 from typing import Any
 
-import torch
 import torch.nn as nn
 
 from torchslim.bench.harness import BenchResult, BenchTable, model_variant, threads
 from torchslim.distillation import DistillConfig, LossTerm, drop_blocks, train_distill
+from torchslim.workloads.minilm import train_sentences
 
 # No row is a built-in recipe.
 TABLE = BenchTable(
@@ -57,42 +55,6 @@ PRUNED_CONFIG = CONFIG.replace(
         ),
     ),
 )
-BATCH = 32
-
-
-class SentenceBatches:
-    """One seeded, shuffled pass over sentences as tokenised 1-tuples ``({"input_ids", "attention_mask"},)``.
-
-    Sized (so the trainer knows the step count) and tokenised lazily per batch, padded to the batch's
-    longest sentence. Batches are drawn from length buckets (shuffle, sort each window of 50 batches by
-    length, shuffle the batches): padding, hence compute, roughly halves. No labels: the teacher's
-    embeddings are the targets.
-    """
-
-    def __init__(self, wl: Any, sentences: Sequence[str], lengths: Sequence[int], batch: int, seed: int) -> None:
-        self.wl, self.sentences, self.lengths, self.batch, self.seed = wl, list(sentences), lengths, batch, seed
-
-    def __len__(self) -> int:
-        return (len(self.sentences) + self.batch - 1) // self.batch
-
-    def __iter__(self) -> Iterator[tuple[dict[str, torch.Tensor]]]:
-        gen = torch.Generator().manual_seed(self.seed)
-        order = torch.randperm(len(self.sentences), generator=gen).tolist()
-        window = 50 * self.batch
-        order = [
-            j for w in range(0, len(order), window) for j in sorted(order[w : w + window], key=self.lengths.__getitem__)
-        ]
-        batches = [order[i : i + self.batch] for i in range(0, len(order), self.batch)]
-        for b in torch.randperm(len(batches), generator=gen).tolist():
-            yield (self.wl.tokenize([self.sentences[j] for j in batches[b]]),)
-
-
-def train_sentences(wl: Any, seed: int = 0, batch: int = BATCH) -> Any:
-    """A callable giving one pass over the STS train split's unique sentences per call (seed, seed + 1, ...)."""
-    sentences = sorted({s for _, a, b in wl.rows("train") for s in (a, b)})
-    lengths = [int(n) for n in wl.tokenize(sentences)["attention_mask"].sum(1)]
-    calls = itertools.count(seed)
-    return lambda: SentenceBatches(wl, sentences, lengths, batch, next(calls))
 
 
 def prune_heads_ffn(wl: Any, ctx: Any) -> nn.Module:

@@ -7,7 +7,8 @@ for this model). Quality is the Spearman rank correlation × 100 between the cos
 sentence pair and its gold score (0–5); fp32 scores 82.03 on the test split.
 
 The STS benchmark folder (``sts-train.csv``, ``sts-dev.csv``, ``sts-test.csv``) is given by path and
-only read. Tokenisation and the fp32 reference embeddings (for :func:`cos_min`) are cached.
+only read. :meth:`MiniLMWorkload.train_data` gives the train split's sentences, without their scores, as
+unlabeled batches for distillation (the teacher's embeddings are the targets). Tokenisation and the fp32 reference embeddings (for :func:`cos_min`) are cached.
 
 Example:
     >>> wl = MiniLMWorkload("stsbenchmark")  # doctest: +SKIP
@@ -22,8 +23,9 @@ from __future__ import annotations
 import csv
 import functools
 import hashlib
+import itertools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +39,14 @@ from torchslim.workloads.datadir import data_path
 
 __all__ = [
     "MiniLMWorkload",
+    "SentenceBatches",
     "SentenceEncoder",
     "cos_min",
     "mean_pool",
     "model_dir",
     "read_sts",
     "spearman",
+    "train_sentences",
 ]
 
 log = logging.getLogger(__name__)
@@ -52,6 +56,8 @@ SPLITS = {"train": "sts-train.csv", "dev": "sts-dev.csv", "val": "sts-dev.csv", 
 # sentence-transformers' max_seq_length for this model; STS sentences are far shorter.
 MAX_LEN = 256
 _EVAL_BATCH = 64
+# Sentences per distillation batch of ``train_data`` (the built-in minilm-edge recipe's batch_size).
+TRAIN_BATCH = 32
 # Bump when the embedding pipeline changes (invalidates the cached fp32 reference embeddings).
 _CACHE_VERSION = 1
 
@@ -165,6 +171,63 @@ class SentenceEncoder(nn.Module):
         return mean_pool(hidden, attention_mask)
 
 
+class SentenceBatches:
+    """One seeded, shuffled pass over sentences as tokenised 1-tuples ``({"input_ids", "attention_mask"},)``.
+
+    Sized (so the trainer knows the step count) and tokenised lazily per batch, padded to the batch's
+    longest sentence. Batches are drawn from length buckets (shuffle, sort each window of 50 batches by
+    length, shuffle the batches): padding, hence compute, roughly halves. No labels: a teacher's
+    embeddings are the targets (embedding distillation, Reimers & Gurevych 2020).
+
+    Args:
+        wl: anything with ``tokenize(sentences) -> {"input_ids", "attention_mask"}``.
+        sentences: the sentences; ``lengths``: their token counts (for the buckets).
+        batch: sentences per batch; ``seed``: the shuffle's seed.
+    """
+
+    def __init__(self, wl: Any, sentences: Sequence[str], lengths: Sequence[int], batch: int, seed: int) -> None:
+        self.wl, self.sentences, self.lengths, self.batch, self.seed = wl, list(sentences), lengths, batch, seed
+
+    def __len__(self) -> int:
+        return (len(self.sentences) + self.batch - 1) // self.batch
+
+    def __iter__(self) -> Iterator[tuple[dict[str, torch.Tensor]]]:
+        gen = torch.Generator().manual_seed(self.seed)
+        order = torch.randperm(len(self.sentences), generator=gen).tolist()
+        window = 50 * self.batch
+        order = [
+            j for w in range(0, len(order), window) for j in sorted(order[w : w + window], key=self.lengths.__getitem__)
+        ]
+        batches = [order[i : i + self.batch] for i in range(0, len(order), self.batch)]
+        for b in torch.randperm(len(batches), generator=gen).tolist():
+            yield (self.wl.tokenize([self.sentences[j] for j in batches[b]]),)
+
+
+def train_sentences(wl: Any, seed: int = 0, batch: int = TRAIN_BATCH) -> Callable[[], SentenceBatches]:
+    """A callable giving one pass over the STS *train* split's unique sentences per call (seeds seed, seed + 1, ...).
+
+    Only the sentences are read, never the gold similarity scores: a model distilled on them stays a
+    general sentence encoder. The sentences are read and tokenised (for their lengths) on the first call,
+    so building the callable costs nothing.
+
+    Args:
+        wl: anything with ``rows("train")`` (``(gold, s1, s2)`` rows) and ``tokenize`` (a :class:`MiniLMWorkload`).
+        seed: the first pass's shuffle seed.
+        batch: sentences per batch.
+    """
+    calls = itertools.count(seed)
+    pool: list[tuple[list[str], list[int]]] = []
+
+    def one_pass() -> SentenceBatches:
+        if not pool:
+            sentences = sorted({s for _, a, b in wl.rows("train") for s in (a, b)})
+            pool.append((sentences, [int(n) for n in wl.tokenize(sentences)["attention_mask"].sum(1)]))
+        sentences, lengths = pool[0]
+        return SentenceBatches(wl, sentences, lengths, batch, next(calls))
+
+    return one_pass
+
+
 def _sha_file(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
@@ -246,6 +309,15 @@ class MiniLMWorkload(Workload):
             raise RuntimeError(f"all-MiniLM-L6-v2 checkpoint lacks {result.missing_keys}")
         return model.eval()
 
+    def train_data(self, seed: int = 0) -> Callable[[], SentenceBatches]:
+        """Unlabeled training batches for distillation: the STS train split's sentences (see :func:`train_sentences`).
+
+        Each call of the returned callable is one pass in a new seeded order, in batches of
+        :data:`TRAIN_BATCH` sentences (a distill step's ``batch_size`` does not apply to a callable).
+        There are no targets: a distill step's teacher (the recipe's input model) gives them.
+        """
+        return train_sentences(self, seed=seed)
+
     def tune_space_overrides(self) -> dict[str, Any]:
         """Post-training techniques only (``torchslim tune``): trials that train would take too long.
 
@@ -253,8 +325,14 @@ class MiniLMWorkload(Workload):
         dropping and channel pruning (both collapse the metric without recovery) are left out: magnitude /
         Wanda pruning, bf16, int8 (dynamic, weight-only), int4 (RTN, HQQ, GPTQ, AWQ; groups of 32 to 128),
         with fp32 or int8 embedding tables. Each trial builds its model once and scores the 1,500 dev pairs.
+        ``torchslim tune --space composed`` searches the trained pipeline instead (:mod:`torchslim.tuning.composed`).
         """
-        return {"prune_methods": ("none", "magnitude", "wanda"), "recovery": ("none",), "max_drop_layers": 0}
+        return {
+            "prune_methods": ("none", "magnitude", "wanda"),
+            "recovery": ("none",),
+            "max_drop_layers": 0,
+            "channel_sparsity": (),  # as without training data: studies stored before train_data existed resume
+        }
 
     # -- data -------------------------------------------------------------------------------------
 
