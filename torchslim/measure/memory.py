@@ -54,7 +54,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from torchslim.core.batches import call_model
+from torchslim.core.batches import batch_size_of, call_model
 from torchslim.errors import MemoryPreflightError
 from torchslim.measure.memlimit import ENV_LIMIT, Available, available_memory, format_bytes
 
@@ -159,19 +159,6 @@ def hessian_bytes(widths: Sequence[tuple[int, int]], sequential: bool = True, to
     return in_flight + 8 * sum(kk * kk for kk, _ in widths) - 8 * k * k
 
 
-def _rows(batch: Any) -> int:
-    if isinstance(batch, torch.Tensor):
-        return int(batch.shape[0]) if batch.dim() else 1
-    if isinstance(batch, Mapping):
-        batch = list(batch.values())
-    if isinstance(batch, (list, tuple)):
-        for item in batch:
-            rows = _rows(item)
-            if rows:
-                return rows
-    return 0
-
-
 @torch.no_grad()
 def activation_profile(model: nn.Module, batch: Any = None, example_inputs: Any = None) -> ActivationProfile:
     """Run ``model`` once, without gradients, on ``batch`` (a calibration/training batch of any layout
@@ -205,14 +192,14 @@ def activation_profile(model: nn.Module, batch: Any = None, example_inputs: Any 
     try:
         if batch is not None:
             call_model(model, batch)
-            rows = _rows(batch)
+            rows = batch_size_of(batch)
         elif isinstance(example_inputs, Mapping):
             model(**example_inputs)
-            rows = _rows(example_inputs)
+            rows = batch_size_of(example_inputs)
         else:
             inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
             model(*inputs)
-            rows = _rows(inputs)
+            rows = batch_size_of(inputs)
     finally:
         for h in handles:
             h.remove()
