@@ -62,15 +62,21 @@ def test_decode_rows_equal_the_torch_reference_and_keep_batch_dims_and_bf16() ->
     torch.testing.assert_close(yb.float(), ref, rtol=0.02, atol=0.05)
 
 
-def test_prefill_rows_run_a_bf16_gemm_on_the_dequantized_weight() -> None:
+@pytest.mark.parametrize("m", [17, 64, 300])
+def test_prefill_rows_take_the_int8_kernel_like_decode_rows(m: int) -> None:
+    # Prefill (many rows) runs the same W4A8 product as decode: int8 activations per token, no bf16 GEMM.
     lin = _linear(48, 128, seed=5)
     mod = Int4W4A8Linear.from_float(lin, group_size=32)
-    x = torch.randn(40, 128)  # more rows than the kernel takes
+    x = torch.randn(m, 128, generator=torch.Generator().manual_seed(m))
     with torch.no_grad():
         y = mod(x)
-    w = kernels.dequantize(mod.packed, 48, 32).bfloat16()
-    want = torch.nn.functional.linear(x.bfloat16(), w, lin.bias.detach().bfloat16()).float()
-    assert torch.equal(y, want)
+    ref = kernels.w4a8_linear_reference(x, mod.packed, 48, 32, mod.bias)
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+    bf16_gemm = torch.nn.functional.linear(x.bfloat16(), kernels.dequantize(mod.packed, 48, 32).bfloat16()).float()
+    assert not torch.equal(y, bf16_gemm + lin.bias.detach())
+    # each row equals that row computed alone (the decode path)
+    with torch.no_grad():
+        torch.testing.assert_close(mod(x[m // 2 : m // 2 + 1]), y[m // 2 : m // 2 + 1], rtol=1e-6, atol=1e-6)
 
 
 def test_same_codes_as_the_w4a16_module_and_layout_round_trip() -> None:

@@ -105,7 +105,7 @@ def _build() -> str:
         is_python_module=False,
         verbose=False,
     )
-    (path,) = [p for p in torch.ops.loaded_libraries if Path(p).name.startswith(_EXTENSION)]
+    (path,) = [p for p in torch.ops.loaded_libraries if Path(p).name.split(".")[0] == _EXTENSION]
     isa = ctypes.CDLL(path).torchslim_w4a8_isa
     isa.restype = ctypes.c_int
     return _BACKENDS[isa()]

@@ -1,5 +1,5 @@
 // W4A8 linear for CPUs: int4 weights (grouped, scale + zero per group) times activations quantized to int8
-// per row, for a few rows (decode). The layout and the math are described in torchslim/kernels/layout.py;
+// per row, for one token (decode) to hundreds (prefill). The layout and the math are described in torchslim/kernels/layout.py;
 // the schemas are defined in torchslim/kernels/ops.py, this file registers their CPU implementations.
 //
 // Per output row n and input row m:  y[m, n] = sx[m] * sum_g ( s[n,g] * dot_g(q[n], a[m]) + (z[n,g] - 8 s[n,g]) * A[m,g] )
@@ -10,6 +10,11 @@
 // (vpdpbusd: unsigned weight bytes times signed activation bytes, four products per 32-bit lane, one lane
 // per output row of a 16-row tile), AVX2 (the same sums with vpmaddubsw + vpmaddwd, eight rows per
 // register) and a portable C++ loop. All three compute the same integer sums.
+//
+// Many rows (prefill) reuse each unpacked weight chunk across a pass of up to 8 activation rows (the
+// nibble masking is paid once per pass, not once per row), and each thread walks its tiles once per
+// block of kRowBlock rows so that the block's int8 activations stay in the core's L2 cache while the
+// thread's weight range streams through it (weights re-read rows / kRowBlock times, activations once).
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -32,7 +37,9 @@ namespace {
 
 constexpr int64_t kTile = 16;   // output rows per tile: one 32-bit lane of a 512-bit register each
 constexpr int64_t kHead = 64;   // bytes of (16 bf16 scales, 16 bf16 zeros) before each group's codes
-constexpr int64_t kMaxRowsPerPass = 4;  // activation rows sharing one pass over a tile's weights
+constexpr int64_t kMaxRowsPerPass = 8;  // activation rows sharing one pass over a tile's weights (VNNI)
+constexpr int64_t kNarrowRowsPerPass = 4;  // AVX2 and portable: AVX2 has 16 vector registers, not 32
+constexpr int64_t kRowBlock = 64;  // activation rows kept hot in L2 while a thread walks its tiles
 
 // Activations quantized once per call: int8 codes, per-row scale and per-(row, group) sums.
 struct QuantizedRows {
@@ -49,9 +56,9 @@ inline float bf16_to_float(uint16_t bits) {
 }
 
 // Round half to even, as torch.round and _mm512_cvtps_epi32 under the default rounding mode.
-void quantize_rows_portable(const float* x, int64_t m_rows, int64_t k, int64_t g, QuantizedRows& q) {
+void quantize_rows_portable(const float* x, int64_t m_begin, int64_t m_end, int64_t k, int64_t g, QuantizedRows& q) {
   const int64_t groups = k / g;
-  for (int64_t m = 0; m < m_rows; ++m) {
+  for (int64_t m = m_begin; m < m_end; ++m) {
     const float* row = x + m * k;
     float amax = 0.f;
     for (int64_t i = 0; i < k; ++i) amax = std::max(amax, std::fabs(row[i]));
@@ -109,9 +116,9 @@ void tile_portable(const uint8_t* blk, int64_t groups, int64_t g, const Quantize
 #ifdef TS_X86
 #define TS_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
 
-TS_VNNI void quantize_rows_vnni(const float* x, int64_t m_rows, int64_t k, int64_t g, QuantizedRows& q) {
+TS_VNNI void quantize_rows_vnni(const float* x, int64_t m_begin, int64_t m_end, int64_t k, int64_t g, QuantizedRows& q) {
   const int64_t groups = k / g;  // g is a multiple of 16 (32, 64, 128, ...)
-  for (int64_t m = 0; m < m_rows; ++m) {
+  for (int64_t m = m_begin; m < m_end; ++m) {
     const float* row = x + m * k;
     __m512 vmax = _mm512_setzero_ps();
     for (int64_t i = 0; i < k; i += 16) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_loadu_ps(row + i)));
@@ -146,8 +153,10 @@ inline int32_t load_i32(const int8_t* p) {
 }
 
 // One 16-row tile against MB activation rows. Each 64-byte chunk holds 16 rows x 8 columns: low nibbles
-// columns 0..3, high nibbles columns 4..7 of the chunk, byte 4r+i for row r. Two chunks per step give four
-// independent accumulator chains per row (vpdpbusd's latency would otherwise bound one chain). No software
+// columns 0..3, high nibbles columns 4..7 of the chunk, byte 4r+i for row r. Two chunks per step make four
+// vpdpbusd per row, spread over kChains accumulators per row so that MB * kChains independent chains
+// hide vpdpbusd's latency (four for one row, one each from six rows on: 32 registers hold 8 rows). The
+// int32 sums are exact, so how they are split over chains does not change the result. No software
 // prefetch: each thread reads one contiguous range, which the hardware prefetcher follows (an explicit
 // prefetch 1 KiB ahead measured slower).
 template <int MB>
@@ -155,6 +164,7 @@ TS_VNNI void tile_vnni(const uint8_t* blk, int64_t groups, int64_t g, const Quan
                        float* out /* [MB, 16] */) {
   const __m512i mask = _mm512_set1_epi8(0x0F);
   const __m512 eight = _mm512_set1_ps(8.f);
+  constexpr int kChains = MB >= 6 ? 1 : (MB >= 3 ? 2 : 4);
   __m512 acc[MB];
   const int8_t* a[MB];
   for (int m = 0; m < MB; ++m) {
@@ -164,28 +174,29 @@ TS_VNNI void tile_vnni(const uint8_t* blk, int64_t groups, int64_t g, const Quan
   const int64_t step = kHead + 8 * g;
   for (int64_t gi = 0; gi < groups; ++gi, blk += step) {
     const uint8_t* w = blk + kHead;
-    __m512i d0[MB], d1[MB], d2[MB], d3[MB];
-    for (int m = 0; m < MB; ++m) d0[m] = d1[m] = d2[m] = d3[m] = _mm512_setzero_si512();
+    __m512i d[MB][kChains];
+    for (int m = 0; m < MB; ++m)
+      for (int j = 0; j < kChains; ++j) d[m][j] = _mm512_setzero_si512();
     const int64_t base = gi * g;
     for (int64_t c = 0; c < g / 8; c += 2) {
       const __m512i w0 = _mm512_loadu_si512(w + c * 64);
       const __m512i w1 = _mm512_loadu_si512(w + c * 64 + 64);
-      const __m512i l0 = _mm512_and_si512(w0, mask), h0 = _mm512_and_si512(_mm512_srli_epi16(w0, 4), mask);
-      const __m512i l1 = _mm512_and_si512(w1, mask), h1 = _mm512_and_si512(_mm512_srli_epi16(w1, 4), mask);
-      for (int m = 0; m < MB; ++m) {
-        const int8_t* ap = a[m] + base + c * 8;
-        d0[m] = _mm512_dpbusd_epi32(d0[m], l0, _mm512_set1_epi32(load_i32(ap)));
-        d1[m] = _mm512_dpbusd_epi32(d1[m], h0, _mm512_set1_epi32(load_i32(ap + 4)));
-        d2[m] = _mm512_dpbusd_epi32(d2[m], l1, _mm512_set1_epi32(load_i32(ap + 8)));
-        d3[m] = _mm512_dpbusd_epi32(d3[m], h1, _mm512_set1_epi32(load_i32(ap + 12)));
-      }
+      const __m512i nib[4] = {_mm512_and_si512(w0, mask), _mm512_and_si512(_mm512_srli_epi16(w0, 4), mask),
+                              _mm512_and_si512(w1, mask), _mm512_and_si512(_mm512_srli_epi16(w1, 4), mask)};
+      // Columns 8c..8c+15: nib[j] pairs with activation bytes 4j..4j+3. Rows innermost, so that
+      // consecutive vpdpbusd write different accumulators.
+      for (int j = 0; j < 4; ++j)
+        for (int m = 0; m < MB; ++m)
+          d[m][j % kChains] =
+              _mm512_dpbusd_epi32(d[m][j % kChains], nib[j], _mm512_set1_epi32(load_i32(a[m] + base + c * 8 + 4 * j)));
     }
     const __m512 sc = load_bf16x16(blk);
     const __m512 off = _mm512_fnmadd_ps(eight, sc, load_bf16x16(blk + 32));  // z - 8 s
     for (int m = 0; m < MB; ++m) {
-      const __m512i d = _mm512_add_epi32(_mm512_add_epi32(d0[m], d1[m]), _mm512_add_epi32(d2[m], d3[m]));
+      __m512i dm = d[m][0];
+      for (int j = 1; j < kChains; ++j) dm = _mm512_add_epi32(dm, d[m][j]);
       const __m512 sums = _mm512_set1_ps(q.sums[(m0 + m) * groups + gi]);
-      acc[m] = _mm512_fmadd_ps(sc, _mm512_cvtepi32_ps(d), _mm512_fmadd_ps(off, sums, acc[m]));
+      acc[m] = _mm512_fmadd_ps(sc, _mm512_cvtepi32_ps(dm), _mm512_fmadd_ps(off, sums, acc[m]));
     }
   }
   for (int m = 0; m < MB; ++m) _mm512_storeu_ps(out + m * kTile, _mm512_mul_ps(acc[m], _mm512_set1_ps(q.scale[m0 + m])));
@@ -281,6 +292,34 @@ Isa parse_isa(const std::string& name) {
   return isa;
 }
 
+// One tile against rows [m0, m0 + mb) (mb at most the path's pass size) on the chosen path.
+void run_tile(Isa isa, const uint8_t* blk, int64_t groups, int64_t g, const QuantizedRows& q, int64_t m0, int64_t mb,
+              int64_t k, float* out) {
+#ifdef TS_X86
+  if (isa == Isa::kAvx512Vnni) {
+    switch (mb) {
+      case 1: return tile_vnni<1>(blk, groups, g, q, m0, k, out);
+      case 2: return tile_vnni<2>(blk, groups, g, q, m0, k, out);
+      case 3: return tile_vnni<3>(blk, groups, g, q, m0, k, out);
+      case 4: return tile_vnni<4>(blk, groups, g, q, m0, k, out);
+      case 5: return tile_vnni<5>(blk, groups, g, q, m0, k, out);
+      case 6: return tile_vnni<6>(blk, groups, g, q, m0, k, out);
+      case 7: return tile_vnni<7>(blk, groups, g, q, m0, k, out);
+      default: return tile_vnni<8>(blk, groups, g, q, m0, k, out);
+    }
+  }
+  if (isa == Isa::kAvx2) {
+    switch (mb) {
+      case 1: return tile_avx2<1>(blk, groups, g, q, m0, k, out);
+      case 2: return tile_avx2<2>(blk, groups, g, q, m0, k, out);
+      case 3: return tile_avx2<3>(blk, groups, g, q, m0, k, out);
+      default: return tile_avx2<4>(blk, groups, g, q, m0, k, out);
+    }
+  }
+#endif
+  tile_portable(blk, groups, g, q, m0, mb, k, out);
+}
+
 at::Tensor linear_impl(const at::Tensor& x, const at::Tensor& packed, int64_t out_features, int64_t group_size,
                        const std::optional<at::Tensor>& bias, [[maybe_unused]] Isa isa) {  // unused without x86
   TORCH_CHECK(packed.scalar_type() == at::kByte && packed.dim() == 3 && packed.is_contiguous(),
@@ -307,43 +346,36 @@ at::Tensor linear_impl(const at::Tensor& x, const at::Tensor& packed, int64_t ou
   q.codes.resize(rows * k);
   q.scale.resize(rows);
   q.sums.resize(rows * groups);
+  const float* xp = xf.data_ptr<float>();
+  // Rows are quantized independently; a grain of 16 rows keeps decode (1..16 rows) on the calling thread.
+  at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
 #ifdef TS_X86
-  if (isa == Isa::kAvx512Vnni) {
-    quantize_rows_vnni(xf.data_ptr<float>(), rows, k, group_size, q);
-  } else
+    if (isa == Isa::kAvx512Vnni) {
+      quantize_rows_vnni(xp, r0, r1, k, group_size, q);
+      return;
+    }
 #endif
-    quantize_rows_portable(xf.data_ptr<float>(), rows, k, group_size, q);
+    quantize_rows_portable(xp, r0, r1, k, group_size, q);
+  });
 
   at::Tensor y = at::empty({rows, out_features}, xf.options());
   float* yp = y.data_ptr<float>();
   const uint8_t* wp = packed.data_ptr<uint8_t>();
   const int64_t tile_bytes = groups * (kHead + 8 * group_size);
+  const int64_t pass = isa == Isa::kAvx512Vnni ? kMaxRowsPerPass : kNarrowRowsPerPass;
   at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
     float buf[kMaxRowsPerPass * kTile];
-    for (int64_t t = t0; t < t1; ++t) {
-      const uint8_t* blk = wp + t * tile_bytes;
-      const int64_t n0 = t * kTile, valid = std::min(kTile, out_features - n0);
-      for (int64_t m0 = 0; m0 < rows; m0 += kMaxRowsPerPass) {
-        const int64_t mb = std::min(kMaxRowsPerPass, rows - m0);
-#ifdef TS_X86
-        if (isa == Isa::kAvx512Vnni) {
-          switch (mb) {
-            case 1: tile_vnni<1>(blk, groups, group_size, q, m0, k, buf); break;
-            case 2: tile_vnni<2>(blk, groups, group_size, q, m0, k, buf); break;
-            case 3: tile_vnni<3>(blk, groups, group_size, q, m0, k, buf); break;
-            default: tile_vnni<4>(blk, groups, group_size, q, m0, k, buf); break;
-          }
-        } else if (isa == Isa::kAvx2) {
-          switch (mb) {
-            case 1: tile_avx2<1>(blk, groups, group_size, q, m0, k, buf); break;
-            case 2: tile_avx2<2>(blk, groups, group_size, q, m0, k, buf); break;
-            case 3: tile_avx2<3>(blk, groups, group_size, q, m0, k, buf); break;
-            default: tile_avx2<4>(blk, groups, group_size, q, m0, k, buf); break;
-          }
-        } else
-#endif
-          tile_portable(blk, groups, group_size, q, m0, mb, k, buf);
-        for (int64_t m = 0; m < mb; ++m) std::memcpy(yp + (m0 + m) * out_features + n0, buf + m * kTile, valid * sizeof(float));
+    for (int64_t b0 = 0; b0 < rows; b0 += kRowBlock) {
+      const int64_t b1 = std::min(rows, b0 + kRowBlock);
+      for (int64_t t = t0; t < t1; ++t) {
+        const uint8_t* blk = wp + t * tile_bytes;
+        const int64_t n0 = t * kTile, valid = std::min(kTile, out_features - n0);
+        for (int64_t m0 = b0; m0 < b1; m0 += pass) {
+          const int64_t mb = std::min(pass, b1 - m0);
+          run_tile(isa, blk, groups, group_size, q, m0, mb, k, buf);
+          for (int64_t m = 0; m < mb; ++m)
+            std::memcpy(yp + (m0 + m) * out_features + n0, buf + m * kTile, valid * sizeof(float));
+        }
       }
     }
   });

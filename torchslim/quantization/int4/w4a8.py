@@ -1,4 +1,4 @@
-"""``Int4W4A8Linear``: grouped int4 weights in the W4A8 kernel's packed layout, int8 activations for decode.
+"""``Int4W4A8Linear``: grouped int4 weights in the W4A8 kernel's packed layout, int8 activations.
 
 The weight is stored once, in the tile layout of :mod:`torchslim.kernels.layout` (``packed`` uint8
 ``[ceil(N/16), K/g, 64 + 8·g]``: per tile of 16 output rows and group, the rows' bf16 scales and zeros
@@ -7,15 +7,15 @@ then their 4-bit codes), with ``ŵ = (q − 8) · scale + zero`` per (row, group
 and ``ts.save`` hold, so a load is bit-identical and needs no conversion. Buffers: ``packed``,
 ``bias`` ``[N]`` float32 or absent, ``input_scale`` ``[K]`` float32 or absent (AWQ's ``1/s``).
 
-Forward, by the number of rows (tokens) ``M``:
-
-- ``M ≤ KERNEL_MAX_ROWS`` (decode): :func:`torchslim.kernels.w4a8_linear`: activations quantized to int8
-  per row inside the kernel (symmetric, one scale per token, as LLM.int8(), Dettmers et al.,
-  arXiv:2208.07339), int4 codes widened in registers and multiplied with VNNI dot products: the scheme
-  of llama.cpp's Q4_0 × Q8_0. On a CPU without AVX-512 VNNI the kernel runs its AVX2 or portable C++
-  path, and when it cannot be built the torch reference: the same sums everywhere.
-- more rows (prefill): compute-bound, so the weight is dequantized to bf16 once per call and multiplied
-  by a bf16 GEMM (the path ``Int4WeightOnlyLinear`` takes from 256 rows), activations unquantized.
+Forward on the CPU, for any number of rows (tokens) ``M``, decode and prefill alike:
+:func:`torchslim.kernels.w4a8_linear`: activations quantized to int8 per row inside the kernel
+(symmetric, one scale per token, as LLM.int8(), Dettmers et al., arXiv:2208.07339), int4 codes widened
+in registers and multiplied with VNNI dot products: the scheme of llama.cpp's Q4_0 × Q8_0. For many rows
+the kernel reuses each unpacked weight chunk across passes of 8 rows, an int8 GEMM that outruns the
+dequantize + bf16 GEMM path (no bf16 copy of the weight is built). On a CPU without AVX-512 VNNI the
+kernel runs its AVX2 or portable C++ path, and when it cannot be built the torch reference: the same
+sums everywhere. On other devices the weight is dequantized per call (:func:`dequantize_tiles`) and
+multiplied in the input's dtype (bf16 for float32 inputs), activations unquantized.
 
 Input values that are NaN are not guaranteed to reach the output on the kernel path: the kernel's
 per-row ``max |x|`` may drop a NaN, so the row is quantized from its finite entries (an Inf gives a
@@ -45,11 +45,7 @@ from torchslim.core.modspec import register_spec_module
 from torchslim.quantization.int4.linear_base import Int4LinearBase, rtn_of_linear
 from torchslim.quantization.int4.primitives import Int4Tensors
 
-__all__ = ["KERNEL_MAX_ROWS", "Int4W4A8Linear", "dequantize_tiles"]
-
-# Up to this many rows the product is bound by reading the weight and the W4A8 kernel runs; above it the
-# work per weight byte grows with the rows and a bf16 GEMM on the dequantized weight is faster.
-KERNEL_MAX_ROWS = 16
+__all__ = ["Int4W4A8Linear", "dequantize_tiles"]
 
 _TILE = 16  # output rows per tile of the packed layout
 _HEAD = 64  # bytes per (tile, group) head: 16 bf16 scales then 16 bf16 zeros
@@ -58,7 +54,7 @@ _HEAD = 64  # bytes per (tile, group) head: 16 bf16 scales then 16 bf16 zeros
 def dequantize_tiles(
     packed: torch.Tensor, out_features: int, group_size: int, dtype: torch.dtype = torch.bfloat16
 ) -> torch.Tensor:
-    """The weight ``[N, K]`` of a packed tensor, in ``dtype``, with one output buffer (for prefill).
+    """The weight ``[N, K]`` of a packed tensor, in ``dtype`` (the forward off the CPU, and ``codes``).
 
     Computes ``(q − 8) · scale + zero`` in float32 and rounds once to ``dtype``, so the result equals
     :func:`torchslim.kernels.dequantize` cast to ``dtype``.
@@ -89,7 +85,7 @@ def dequantize_tiles(
 
 @register_spec_module
 class Int4W4A8Linear(Int4LinearBase):
-    """Linear with grouped int4 weights in the W4A8 kernel layout; int8 activations for ≤ 16 rows.
+    """Linear with grouped int4 weights in the W4A8 kernel layout; int8 activations per token on the CPU.
 
     Args:
         in_features, out_features, bias: as ``nn.Linear``.
@@ -163,7 +159,7 @@ class Int4W4A8Linear(Int4LinearBase):
         shape = x.shape
         x2 = self._scaled_rows(x)
         b = self._buffers  # direct reads: nn.Module.__getattr__ costs ~1 µs, and decode calls this per layer per token
-        if x2.shape[0] <= KERNEL_MAX_ROWS and x.device.type == "cpu":
+        if x.device.type == "cpu":
             y = kernels.w4a8_linear(x2, b["packed"], self.out_features, self.group_size, b["bias"])
         else:
             dtype = torch.bfloat16 if x.dtype in (torch.float32, torch.bfloat16) else x.dtype
