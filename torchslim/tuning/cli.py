@@ -91,6 +91,21 @@ def add_tuning_parsers(sub: Any) -> None:
         help="standard errors of the per-example drop added to the measured drop before the budget check, where "
         "the workload scores examples one by one (digits); guards against validation luck (1.0; 0: off)",
     )
+    p.add_argument(
+        "--space",
+        choices=("default", "composed"),
+        default="default",
+        help="default: the workload's space (minilm-stsb: post-training techniques); composed: blocks kept, "
+        "head/FFN ratios, distillation epochs and lr, int8/int4 per layer group, embedding format, chained with "
+        "distillation (trials train: tens of minutes each on MiniLM)",
+    )
+    p.add_argument(
+        "--start",
+        action="append",
+        default=[],
+        metavar="RECIPE",
+        help="with --space composed: a built-in recipe name or YAML file whose point is queued first (repeatable)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_preflight_arg(p)
     p.set_defaults(func=cmd_tune)
@@ -186,6 +201,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         confirm=args.confirm,
         margin=args.margin,
+        composed=args.space == "composed",
+        start=tuple(args.start),
     )  # checked before the workload loads: a bad flag fails fast (exit 3; unknown objective: exit 2)
     wl = _workload(args, "tune")
     if not args.no_preflight and args.device == "cpu":

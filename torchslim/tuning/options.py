@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from torchslim.errors import ConfigError, UsageError
 
 if TYPE_CHECKING:
+    from torchslim.tuning.composed import ComposedSpace
     from torchslim.tuning.space import SearchSpace
 
 __all__ = ["OBJECTIVES", "TuneOptions"]
@@ -69,6 +70,11 @@ class TuneOptions:
             (0: off; see :mod:`torchslim.tuning.tune`).
         margin: standard errors of the paired per-example drop added to the measured drop before it is
             compared with ``max_drop`` (0: the measured drop alone; see :mod:`torchslim.tuning.budget`).
+        composed: search :class:`~torchslim.tuning.composed.ComposedSpace` (depth, width, embedding format,
+            distillation, int8/int4 per group; every trial trains) instead of the default space; needs a
+            workload with training data. ``space`` (when given) wins.
+        start: recipes (built-in names or YAML files) whose points are queued first, after the built-in
+            recipes the space expresses; each must be a point of the space (composed space only).
 
     Raises:
         UsageError: unknown objective. ConfigError: every other invalid option, all listed.
@@ -82,7 +88,7 @@ class TuneOptions:
     seed: int = 0
     worker: int = 0
     data: str | None = None
-    space: SearchSpace | None = None
+    space: SearchSpace | ComposedSpace | None = None
     latency_runs: int = 20
     recover_limit: float | None = None
     builtins: Sequence[str] | None = None
@@ -94,6 +100,8 @@ class TuneOptions:
     anchors: bool = True
     confirm: int = 3
     margin: float = 1.0
+    composed: bool = False
+    start: Sequence[str] = ()
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -118,6 +126,12 @@ class TuneOptions:
         hb, grace = self.heartbeat_interval, self.grace_period
         if not (_number(hb, integer=True) and _number(grace, integer=True) and 1 <= hb < grace):
             problems.append(f"heartbeat_interval: must be an integer >= 1 and < grace_period, got {hb!r} / {grace!r}")
+        if not isinstance(self.composed, bool):
+            problems.append(f"composed: must be true or false, got {self.composed!r}")
+        if isinstance(self.start, str) or not all(isinstance(r, str) for r in self.start):
+            problems.append(f"start: a list of recipe names or files, got {self.start!r}")
+        elif self.start and not self.composed:
+            problems.append("start: queues points of the composed space; give composed=True (--space composed)")
         if isinstance(self.builtins, str):
             problems.append(f"builtins: a list of recipe names, not the string {self.builtins!r}")
         if problems:

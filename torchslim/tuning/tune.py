@@ -79,6 +79,7 @@ import torch
 from torchslim.core.progress import progress as progress_task
 from torchslim.errors import TorchslimError, UsageError
 from torchslim.tuning.budget import Budget
+from torchslim.tuning.composed import ComposedSpace, DistillMonitor, run_monitored
 from torchslim.tuning.moves import MOVES, point_key
 from torchslim.tuning.options import OBJECTIVES, TuneOptions
 from torchslim.tuning.space import SearchSpace, describe_point
@@ -225,13 +226,17 @@ class _Objective:
 
     # -- one trial --------------------------------------------------------------------------------
 
-    def _run(self, steps: list[dict], number: int, ctx: Any = None, *, quality: bool = True) -> tuple[torch.nn.Module, dict[str, float]]:  # fmt: skip
+    def _run(self, steps: list[dict], number: int, ctx: Any = None, *, quality: bool = True,
+             monitor: DistillMonitor | None = None) -> tuple[torch.nn.Module, dict[str, float]]:  # fmt: skip
         from torchslim.measure import artifact_bytes, measure_latency
         from torchslim.recipes import recipe_from_dict, run_recipe
 
         recipe = recipe_from_dict({"name": f"trial-{number}", "seed": self.seed, "steps": steps})
         ctx = ctx if ctx is not None else fresh_context(self.wl, self.ctx)
-        model, _ = run_recipe(copy.deepcopy(self.base), recipe, ctx, measure_steps=False)
+        if monitor is not None:  # the same model as run_recipe; may raise TrialPruned during distillation
+            model = run_monitored(copy.deepcopy(self.base), recipe, ctx, monitor)
+        else:
+            model, _ = run_recipe(copy.deepcopy(self.base), recipe, ctx, measure_steps=False)
         model.eval()
         lat = measure_latency(model, self.ctx.example_inputs, warmup=3, runs=self.latency_runs).median_ms
         m = {"size_bytes": artifact_bytes(model), "latency_ms": lat}
@@ -255,9 +260,12 @@ class _Objective:
                 random = self._random_point(trial.number)
                 self._enqueue_new(trial.study, [random], f"random, {origin}", 1)
             raise Skip(f"duplicate of trial {dup}")
-        trial.set_user_attr("description", describe_point(params))
+        trial.set_user_attr("description", getattr(self.space, "describe", describe_point)(params))
         trial.set_user_attr("point", params)  # the recipe's inputs (``trial.params`` names some differently)
         quick, full = self.space.plan(params)
+        # The composed space's quick model has dropped blocks without distillation: its quality says nothing
+        # about the trial; its distill steps are watched instead (DistillMonitor).
+        monitored = getattr(self.space, "monitors_training", False)
         start = time.perf_counter()
         try:
             model, m = self._run(quick, trial.number, quality=False)
@@ -268,7 +276,7 @@ class _Objective:
             del model
             if reason is None and full is not None:
                 drop = m["drop"]
-                if self.recover_limit is not None and drop > self.recover_limit:
+                if self.recover_limit is not None and drop > self.recover_limit and not monitored:
                     reason = f"quality drop {drop:.4g} before recovery exceeds recover_limit {self.recover_limit:g}"
                 if len(self._values(0, 0.0)) == 1:
                     trial.report(drop, 0)  # intermediate value: quality drop before recovery
@@ -287,7 +295,13 @@ class _Objective:
                     return self._values(m["size_bytes"], m["latency_ms"])
                 raise optuna.TrialPruned(reason)
             if full is not None:
-                _, m = self._run(full, trial.number)
+                monitor = DistillMonitor(trial, self.budget, self.recover_limit) if monitored else None
+                try:
+                    _, m = self._run(full, trial.number, monitor=monitor)
+                except optuna.TrialPruned:  # by the monitor: size and latency are the quick model's
+                    trial.set_user_attr("size_bytes", m["size_bytes"])
+                    trial.set_user_attr("latency_ms", m["latency_ms"])
+                    raise
         except (TorchslimError, RuntimeError, ValueError) as e:
             trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:500])
             raise Skip(str(e)) from e
@@ -373,6 +387,8 @@ def tune(workload: str | Any, options: TuneOptions) -> TuneResult:
     try:
         base = wl.model().eval()
         ctx = dataclasses.replace(wl.context(seed=seed), eval_fn=None)
+        if space is None and o.composed:
+            space = _composed_space(wl, base, ctx)
         if space is None:  # the workload may shape its default space (e.g. post-training only)
             overrides = dict(getattr(wl, "tune_space_overrides", dict)())
             space = SearchSpace.for_model(base, has_train_data=ctx.train_data is not None, **overrides)
@@ -406,6 +422,8 @@ def tune(workload: str | Any, options: TuneOptions) -> TuneResult:
                         study.sampler = make_sampler(objective, seed + 1000 * worker + 7919 * len(study.trials), trials)
             fn = _Objective(wl=wl, base=base, ctx=ctx, space=space, settings=settings, budget=budget, baseline=baseline,
                             trials=trials, seed=seed, latency_runs=latency_runs, recover_limit=o.recover_limit)  # fmt: skip
+            for name, point in _start_points(space, o.start):  # after the anchors; never a point tried before
+                fn._enqueue_new(study, [point], f"start:{name}", 1)
             done = completed_trials(study.get_trials(deepcopy=False))  # a resumed study may have enough
             bar.update(completed=min(done, trials))
             if done < trials:
@@ -421,6 +439,30 @@ def tune(workload: str | Any, options: TuneOptions) -> TuneResult:
         torch.set_num_threads(old_threads)
         optuna.logging.set_verbosity(old_verbosity)
     return result
+
+
+def _composed_space(wl: Any, base: torch.nn.Module, ctx: Any) -> ComposedSpace:
+    """The composed space of ``base``, holding the built-in recipes' points; refused without training data."""
+    from torchslim.errors import ConfigError
+    from torchslim.recipes import builtin_recipes
+
+    if ctx.train_data is None:
+        raise ConfigError(f"the composed space distils: workload {wl.name!r} gives no training data (train_data)")
+    return ComposedSpace.for_model(base, recipes=builtin_recipes().values())
+
+
+def _start_points(space: Any, names: Sequence[str]) -> list[tuple[str, dict[str, Any]]]:
+    """``(name, point)`` of each ``--start`` recipe; a recipe the space does not hold is a ConfigError (exit 3)."""
+    from torchslim.errors import ConfigError
+    from torchslim.recipes import load_recipe
+
+    out = []
+    for name in names:
+        point = space.point_of(load_recipe(name))
+        if point is None:
+            raise ConfigError(f"--start {name}: the recipe is not a point of the composed search space")
+        out.append((name, point))
+    return out
 
 
 def _mkdir(out: Path) -> None:

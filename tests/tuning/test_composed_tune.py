@@ -1,0 +1,132 @@
+"""``tune --space composed`` (issue #21): the composed space on a tiny 6-block BERT workload with the
+minilm-stsb interface (a handful of sentences, one distillation batch per epoch)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from torchslim.errors import ConfigError
+from torchslim.recipes import builtin_recipes, load_recipe
+from torchslim.tuning.composed import EDGE_INT8, ComposedSpace, DistillMonitor
+from torchslim.tuning.moves import point_key
+from torchslim.tuning.options import TuneOptions
+from torchslim.tuning.tune import STUDY_NAME, tune
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "edge"))
+from tiny_sts import TinyStsWorkload, tiny_bert_encoder, write_sts  # noqa: E402
+
+# Four points, every one trains (blocks dropped, then distilled): 2 sets of blocks kept x 2 learning rates.
+SMALL = {
+    "keep_blocks": ("0,2,5", "0,5"),
+    "head_ratio": (0.0,),
+    "ffn_ratio": (0.0,),
+    "depth_epochs": (1,),
+    "embeddings": ("int8",),
+    "distill_lr": (0.0003, 0.001),
+    "groups": (),
+    "int8": {"compute_dtype": "bfloat16"},  # not compiled: seconds, not minutes
+}
+
+
+def _space() -> ComposedSpace:
+    return ComposedSpace.for_model(tiny_bert_encoder(), **SMALL)
+
+
+def _tune(tmp_path: Path, trials: int, **kw) -> object:
+    wl = TinyStsWorkload(write_sts(tmp_path / "sts"))
+    kw = {"max_drop": 100.0, "space": _space(), "composed": True, "builtins": (), "confirm": 0, "latency_runs": 1,
+          "progress": False} | kw  # fmt: skip
+    return tune(wl, TuneOptions(out=tmp_path / "out", trials=trials, **kw))
+
+
+def _study(tmp_path: Path) -> optuna.Study:
+    return optuna.load_study(study_name=STUDY_NAME, storage=f"sqlite:///{tmp_path / 'out' / 'study.db'}")
+
+
+def test_builtin_minilm_edge_is_the_first_anchor_and_its_recipe_comes_back_exactly():
+    space = ComposedSpace.for_model(tiny_bert_encoder(), recipes=builtin_recipes().values())
+    (origin, point), *rest = space.named_anchors()
+    assert origin == "builtin:minilm-edge"
+    edge = builtin_recipes()["minilm-edge"]
+    assert [s.to_dict() for s in space.recipe(point).steps] == [s.to_dict() for s in edge.steps]
+    assert point["keep_blocks"] == "0,3,5" and point["embeddings"] == "factorized-128"
+    assert (point["depth_epochs"], point["width_epochs"], point["embed_epochs"]) == (1, 2, 2)
+    assert [o for o, _ in rest] == ["builtin:int8-dynamic-compiled"]
+    mixed = point | {"bits:bert.encoder.layer.*.intermediate.dense": 4}
+    steps = space.plan(mixed)[1]
+    assert [s["kind"] for s in steps][-2:] == ["int4-weight-only", "int8-dynamic"]
+    assert space.point_of(space.recipe(mixed)) == mixed
+    assert all(point_key(n) != point_key(point) for m in space.neighbours(point).values() for n in m)
+
+
+def test_monitor_prunes_at_the_end_of_a_distill_step_over_the_budget_and_keeps_the_last_weights():
+    reports = []
+    trial = SimpleNamespace(report=lambda v, s: reports.append((s, v)), set_user_attr=lambda k, v: None)
+    wl = SimpleNamespace(metric="q", evaluate=lambda model, split: {"q": model})
+    budget = SimpleNamespace(wl=wl, split="val", max_drop=1.0, drop=lambda q: 10.0 - q)
+    monitor = DistillMonitor(trial, budget)
+    assert [monitor.evaluate(q)["evaluation"] for q in (5.0, 9.5)] == [1.0, 2.0]  # increasing: the last is "best"
+    monitor.end_of_step(1)  # drop 0.5 <= 1.0: goes on
+    monitor.evaluate(8.0)
+    with pytest.raises(optuna.TrialPruned, match="after distill step 4 exceeds the budget"):
+        monitor.end_of_step(3)
+    assert reports == [(1, 5.0), (2, 0.5), (3, 2.0)]
+    with pytest.raises(optuna.TrialPruned, match="recover_limit"):
+        DistillMonitor(trial, budget, recover_limit=3.0).evaluate(5.0)
+
+
+@pytest.mark.slow  # a few tiny tune runs (each trial distils and quantizes a 6-block BERT)
+def test_composed_tune_starts_from_the_given_recipe_never_repeats_a_point_and_resumes(tmp_path):
+    space = _space()
+    start = space.recipe({"keep_blocks": "0,5", "head_ratio": 0.0, "ffn_ratio": 0.0, "embeddings": "int8",
+                          "distill_lr": 0.001, "depth_epochs": 1}, name="mine")  # fmt: skip
+    (tmp_path / "mine.yaml").write_text(start.to_yaml())
+    result = _tune(tmp_path, 3, start=(str(tmp_path / "mine.yaml"),))
+    assert result.completed == 3
+    best = load_recipe(tmp_path / "out" / "best.yaml")  # the chosen point, runnable by `compress --recipe`
+    assert space.point_of(best) in [t.params for t in _study(tmp_path).get_trials()]
+    trials = _study(tmp_path).get_trials()
+    first = trials[0]
+    assert first.user_attrs["origin"].startswith("start:") and first.params == space.point_of(
+        load_recipe(tmp_path / "mine.yaml")
+    )
+    evaluated = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len({point_key(t.params) for t in evaluated}) == len(evaluated) == 3
+    assert all("evaluation" not in t.user_attrs.get("prune_reason", "") for t in evaluated)
+    # Resumed with the same count: nothing runs again; one more trial: exactly one new point.
+    _tune(tmp_path, 3, start=(str(tmp_path / "mine.yaml"),))
+    assert len(_study(tmp_path).get_trials()) == len(trials)
+    _tune(tmp_path, 4)
+    again = [t for t in _study(tmp_path).get_trials() if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(again) == 4 and len({point_key(t.params) for t in again}) == 4
+    assert [t.params for t in again[:3]] == [t.params for t in evaluated]
+
+
+def test_composed_tune_prunes_a_trial_whose_distillation_is_hopeless(tmp_path):
+    _tune(tmp_path, 1, recover_limit=-1e9)  # any drop is "hopeless": pruned at the first evaluation
+    (trial,) = [t for t in _study(tmp_path).get_trials() if t.state != TrialState.FAIL]
+    assert trial.state == TrialState.PRUNED
+    assert "during distillation exceeds recover_limit" in trial.user_attrs["prune_reason"]
+    assert trial.intermediate_values  # the drop was reported to Optuna before pruning
+
+
+class _NoTrainData(TinyStsWorkload):
+    def train_data(self, seed: int = 0):
+        return None
+
+
+def test_composed_space_needs_training_data_and_start_points_in_the_space(tmp_path):
+    with pytest.raises(ConfigError, match="composed"):
+        TuneOptions(max_drop=1.0, out=tmp_path, start=("minilm-edge",))
+    wl = _NoTrainData(write_sts(tmp_path / "sts"))
+    with pytest.raises(ConfigError, match="gives no training data"):
+        tune(wl, TuneOptions(max_drop=1.0, out=tmp_path / "out", composed=True, progress=False))
+    space = _space()
+    assert space.point_of(builtin_recipes()["minilm-edge"]) is None  # keeps 3 blocks: not a choice here
+    assert SMALL["int8"] != EDGE_INT8
