@@ -60,3 +60,18 @@ def test_bf16_prefill_and_leading_dims(compiled: str) -> None:
     ref = kernels.w4a8_linear_reference(x.bfloat16(), packed, 48, 64)
     assert y.shape == (3, 50, 48) and y.dtype == torch.bfloat16
     torch.testing.assert_close(y.float(), ref.float(), rtol=0.01, atol=0.02)
+
+
+@pytest.mark.parametrize("m", [1, 300])
+def test_bf16_input_is_read_and_written_in_place_of_float_copies(compiled: str, m: int) -> None:
+    # bf16 in -> bf16 out computed without float32 copies: equal to the float32 call rounded once to bf16.
+    packed = _random_packed(37, 96, 32, seed=11)
+    gen = torch.Generator().manual_seed(m)
+    x = torch.randn(m, 96, generator=gen).bfloat16()
+    bias = torch.randn(37, generator=gen)
+    for path in kernels.paths():
+        if path == "reference":
+            continue
+        y = kernels.w4a8_linear(x, packed, 37, 32, bias, path=path)
+        want = kernels.w4a8_linear(x.float(), packed, 37, 32, bias, path=path).bfloat16()
+        assert y.dtype == torch.bfloat16 and torch.equal(y, want), f"path {path}"

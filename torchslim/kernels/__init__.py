@@ -31,7 +31,7 @@ from __future__ import annotations
 import torch
 
 from torchslim.kernels.layout import pack_int4, packed_shape, unpack_int4
-from torchslim.kernels.ops import ISAS, backend, load
+from torchslim.kernels.ops import ISAS, W4A8_LINEAR, W4A8_LINEAR_ON, backend, load
 from torchslim.kernels.reference import dequantize, quantize_rows, w4a8_linear_reference
 
 __all__ = [
@@ -107,5 +107,5 @@ def w4a8_linear(
         raise ValueError(f"path must be one of {', '.join(_PATHS)}, got {path!r}")
     load()
     if path == "auto":
-        return torch.ops.torchslim.w4a8_linear(x, packed, out_features, group_size, bias)
-    return torch.ops.torchslim.w4a8_linear_on(x, packed, out_features, group_size, bias, path)
+        return W4A8_LINEAR(x, packed, out_features, group_size, bias)
+    return W4A8_LINEAR_ON(x, packed, out_features, group_size, bias, path)

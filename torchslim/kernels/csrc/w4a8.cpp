@@ -55,20 +55,26 @@ inline float bf16_to_float(uint16_t bits) {
   return f;
 }
 
+// The activations are read in their own dtype (float32 or bfloat16): a bf16 value widens to float32
+// exactly, so quantizing bf16 rows here equals quantizing them after a .float(), without that copy.
+inline float to_float(float v) { return v; }
+inline float to_float(c10::BFloat16 v) { return static_cast<float>(v); }
+
 // Round half to even, as torch.round and _mm512_cvtps_epi32 under the default rounding mode.
-void quantize_rows_portable(const float* x, int64_t m_begin, int64_t m_end, int64_t k, int64_t g, QuantizedRows& q) {
+template <typename T>
+void quantize_rows_portable(const T* x, int64_t m_begin, int64_t m_end, int64_t k, int64_t g, QuantizedRows& q) {
   const int64_t groups = k / g;
   for (int64_t m = m_begin; m < m_end; ++m) {
-    const float* row = x + m * k;
+    const T* row = x + m * k;
     float amax = 0.f;
-    for (int64_t i = 0; i < k; ++i) amax = std::max(amax, std::fabs(row[i]));
+    for (int64_t i = 0; i < k; ++i) amax = std::max(amax, std::fabs(to_float(row[i])));
     const float inv = amax > 0.f ? 127.f / amax : 0.f;
     q.scale[m] = amax / 127.f;
     int8_t* out = q.codes.data() + m * k;
     for (int64_t gi = 0; gi < groups; ++gi) {
       int32_t sum = 0;
       for (int64_t i = gi * g; i < (gi + 1) * g; ++i) {
-        float v = std::nearbyint(row[i] * inv);
+        float v = std::nearbyint(to_float(row[i]) * inv);
         v = std::min(127.f, std::max(-127.f, v));
         out[i] = static_cast<int8_t>(v);
         sum += out[i];
@@ -116,12 +122,19 @@ void tile_portable(const uint8_t* blk, int64_t groups, int64_t g, const Quantize
 #ifdef TS_X86
 #define TS_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
 
-TS_VNNI void quantize_rows_vnni(const float* x, int64_t m_begin, int64_t m_end, int64_t k, int64_t g, QuantizedRows& q) {
+TS_VNNI inline __m512 load_f32x16(const float* p) { return _mm512_loadu_ps(p); }
+TS_VNNI inline __m512 load_f32x16(const c10::BFloat16* p) {
+  const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+}
+
+template <typename T>
+TS_VNNI void quantize_rows_vnni(const T* x, int64_t m_begin, int64_t m_end, int64_t k, int64_t g, QuantizedRows& q) {
   const int64_t groups = k / g;  // g is a multiple of 16 (32, 64, 128, ...)
   for (int64_t m = m_begin; m < m_end; ++m) {
-    const float* row = x + m * k;
+    const T* row = x + m * k;
     __m512 vmax = _mm512_setzero_ps();
-    for (int64_t i = 0; i < k; i += 16) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_loadu_ps(row + i)));
+    for (int64_t i = 0; i < k; i += 16) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(load_f32x16(row + i)));
     const float amax = _mm512_reduce_max_ps(vmax);
     const float inv = amax > 0.f ? 127.f / amax : 0.f;
     q.scale[m] = amax / 127.f;
@@ -131,7 +144,7 @@ TS_VNNI void quantize_rows_vnni(const float* x, int64_t m_begin, int64_t m_end, 
     for (int64_t gi = 0; gi < groups; ++gi) {
       __m512i vsum = _mm512_setzero_si512();
       for (int64_t i = gi * g; i < (gi + 1) * g; i += 16) {
-        __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(row + i), vinv));
+        __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(load_f32x16(row + i), vinv));
         v = _mm512_min_epi32(_mm512_max_epi32(v, lo), hi);
         vsum = _mm512_add_epi32(vsum, v);
         _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), _mm512_cvtepi32_epi8(v));
@@ -141,10 +154,7 @@ TS_VNNI void quantize_rows_vnni(const float* x, int64_t m_begin, int64_t m_end, 
   }
 }
 
-TS_VNNI inline __m512 load_bf16x16(const uint8_t* p) {
-  const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
-}
+TS_VNNI inline __m512 load_bf16x16(const uint8_t* p) { return load_f32x16(reinterpret_cast<const c10::BFloat16*>(p)); }
 
 inline int32_t load_i32(const int8_t* p) {
   int32_t v;
@@ -320,6 +330,20 @@ void run_tile(Isa isa, const uint8_t* blk, int64_t groups, int64_t g, const Quan
   tile_portable(blk, groups, g, q, m0, mb, k, out);
 }
 
+template <typename T>
+void quantize_rows([[maybe_unused]] Isa isa, const T* x, int64_t r0, int64_t r1, int64_t k, int64_t g, QuantizedRows& q) {
+#ifdef TS_X86
+  if (isa == Isa::kAvx512Vnni) return quantize_rows_vnni(x, r0, r1, k, g, q);
+#endif
+  quantize_rows_portable(x, r0, r1, k, g, q);
+}
+
+// One output row of a tile: plus the bias in float32, then rounded once (to nearest even) to T.
+template <typename T>
+void store_row(const float* src, const float* bias, int64_t valid, T* dst) {
+  for (int64_t r = 0; r < valid; ++r) dst[r] = static_cast<T>(bias ? src[r] + bias[r] : src[r]);
+}
+
 at::Tensor linear_impl(const at::Tensor& x, const at::Tensor& packed, int64_t out_features, int64_t group_size,
                        const std::optional<at::Tensor>& bias, [[maybe_unused]] Isa isa) {  // unused without x86
   TORCH_CHECK(packed.scalar_type() == at::kByte && packed.dim() == 3 && packed.is_contiguous(),
@@ -333,8 +357,12 @@ at::Tensor linear_impl(const at::Tensor& x, const at::Tensor& packed, int64_t ou
   TORCH_CHECK(x.size(-1) == k, "w4a8_linear: input has ", x.size(-1), " features, the weight ", k);
   TORCH_CHECK(x.is_floating_point(), "w4a8_linear: input must be floating point");
 
-  const at::Tensor xf = x.reshape({-1, k}).to(at::kFloat).contiguous();
-  const int64_t rows = xf.size(0);
+  // float32 and bfloat16 inputs are read and written in place of a float32 copy (decode calls this once per
+  // layer per token, where two extra copies cost as much as a small layer); other dtypes go through float32.
+  const bool native = x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16;
+  const at::Tensor xc = native ? x.reshape({-1, k}).contiguous() : x.reshape({-1, k}).to(at::kFloat).contiguous();
+  const bool bf16 = xc.scalar_type() == at::kBFloat16;
+  const int64_t rows = xc.size(0);
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
   shape.back() = out_features;
   if (rows == 0) return at::zeros(shape, x.options());
@@ -346,20 +374,21 @@ at::Tensor linear_impl(const at::Tensor& x, const at::Tensor& packed, int64_t ou
   q.codes.resize(rows * k);
   q.scale.resize(rows);
   q.sums.resize(rows * groups);
-  const float* xp = xf.data_ptr<float>();
   // Rows are quantized independently; a grain of 16 rows keeps decode (1..16 rows) on the calling thread.
   at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
-#ifdef TS_X86
-    if (isa == Isa::kAvx512Vnni) {
-      quantize_rows_vnni(xp, r0, r1, k, group_size, q);
-      return;
+    if (bf16) {
+      quantize_rows(isa, xc.data_ptr<c10::BFloat16>(), r0, r1, k, group_size, q);
+    } else {
+      quantize_rows(isa, xc.data_ptr<float>(), r0, r1, k, group_size, q);
     }
-#endif
-    quantize_rows_portable(xp, r0, r1, k, group_size, q);
   });
 
-  at::Tensor y = at::empty({rows, out_features}, xf.options());
-  float* yp = y.data_ptr<float>();
+  // The bias is added in float32 before the one rounding to the output dtype, as y.add_(bias).to(dtype).
+  const at::Tensor bias_f =
+      bias.has_value() && bias->defined() ? bias->to(at::kFloat).contiguous() : at::Tensor();
+  const float* bp = bias_f.defined() ? bias_f.data_ptr<float>() : nullptr;
+  at::Tensor y = at::empty({rows, out_features}, xc.options());
+  void* yp = y.data_ptr();
   const uint8_t* wp = packed.data_ptr<uint8_t>();
   const int64_t tile_bytes = groups * (kHead + 8 * group_size);
   const int64_t pass = isa == Isa::kAvx512Vnni ? kMaxRowsPerPass : kNarrowRowsPerPass;
@@ -373,14 +402,20 @@ at::Tensor linear_impl(const at::Tensor& x, const at::Tensor& packed, int64_t ou
         for (int64_t m0 = b0; m0 < b1; m0 += pass) {
           const int64_t mb = std::min(pass, b1 - m0);
           run_tile(isa, blk, groups, group_size, q, m0, mb, k, buf);
-          for (int64_t m = 0; m < mb; ++m)
-            std::memcpy(yp + (m0 + m) * out_features + n0, buf + m * kTile, valid * sizeof(float));
+          for (int64_t m = 0; m < mb; ++m) {
+            const float* src = buf + m * kTile;
+            const int64_t at = (m0 + m) * out_features + n0;
+            if (bf16) {
+              store_row(src, bp ? bp + n0 : nullptr, valid, static_cast<c10::BFloat16*>(yp) + at);
+            } else {
+              store_row(src, bp ? bp + n0 : nullptr, valid, static_cast<float*>(yp) + at);
+            }
+          }
         }
       }
     }
   });
-  if (bias.has_value() && bias->defined()) y.add_(bias->to(at::kFloat));
-  return y.to(x.scalar_type()).reshape(shape);
+  return native ? y.reshape(shape) : y.to(x.scalar_type()).reshape(shape);
 }
 
 at::Tensor w4a8_linear_cpu(const at::Tensor& x, const at::Tensor& packed, int64_t out_features, int64_t group_size,
