@@ -33,7 +33,7 @@ def write_sts(folder: Path, rows_per_split: int = 6) -> Path:
     return folder
 
 
-def tiny_bert_encoder(seed: int = 0) -> SentenceEncoder:
+def tiny_bert_encoder(seed: int = 0, dropout: float = 0.0) -> SentenceEncoder:
     """A seeded 6-block BERT (hidden 32, 4 heads, FFN 64, vocabulary 300) with mean pooling, eval mode."""
     torch.manual_seed(seed)
     cfg = BertConfig(
@@ -44,8 +44,8 @@ def tiny_bert_encoder(seed: int = 0) -> SentenceEncoder:
         intermediate_size=FFN,
         max_position_embeddings=MAX_LEN,
         initializer_range=0.2,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
         attn_implementation="sdpa",
     )
     return SentenceEncoder(BertModel(cfg, add_pooling_layer=False)).eval()

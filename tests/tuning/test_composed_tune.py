@@ -65,6 +65,34 @@ def test_builtin_minilm_edge_is_the_first_anchor_and_its_recipe_comes_back_exact
     assert all(point_key(n) != point_key(point) for m in space.neighbours(point).values() for n in m)
 
 
+class _Dropout(TinyStsWorkload):
+    def model(self):
+        return tiny_bert_encoder(dropout=0.1)  # dropout draws random numbers while training
+
+
+@pytest.mark.slow  # two distillation runs and four validation passes (about ten seconds under load)
+def test_watched_distillation_trains_the_same_weights_as_the_plain_recipe(tmp_path):
+    import torch
+
+    from torchslim.recipes import run_recipe
+    from torchslim.tuning.budget import Budget
+    from torchslim.tuning.composed import run_monitored
+
+    wl = _Dropout(write_sts(tmp_path / "sts", rows_per_split=20))  # 40 train sentences: 2 batches an epoch
+    space = ComposedSpace.for_model(wl.model(), **(SMALL | {"depth_epochs": (2,)}))
+    recipe = space.recipe({"keep_blocks": "0,2,5", "head_ratio": 0.0, "ffn_ratio": 0.0, "embeddings": "int8",
+                           "distill_lr": 0.001, "depth_epochs": 2})  # fmt: skip
+    recipe = type(recipe)(recipe.name, recipe.steps[:2])  # layer-dropping, distill (float weights)
+    reports = []
+    trial = SimpleNamespace(report=lambda v, s: reports.append(s), set_user_attr=lambda k, v: None)
+    monitor = DistillMonitor(trial, Budget(wl, wl.model(), max_drop=100.0, margin=0.0))
+    watched = run_monitored(wl.model().train(), recipe, wl.context(), monitor)
+    plain, _ = run_recipe(wl.model().train(), recipe, wl.context(), measure_steps=False, progress=False)
+    assert reports == [1, 2]  # the end of each epoch
+    for (name, a), b in zip(watched.state_dict().items(), plain.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
 def test_monitor_prunes_at_the_end_of_a_distill_step_over_the_budget_and_keeps_the_last_weights():
     reports = []
     trial = SimpleNamespace(report=lambda v, s: reports.append((s, v)), set_user_attr=lambda k, v: None)

@@ -25,9 +25,10 @@ Trials that train run for many minutes on a real encoder, so the search makes th
   before the step, not beyond it), or when any evaluation's drop exceeds ``recover_limit``;
 * no point runs twice (the study's duplicate check on the trial parameters applies to this space too).
 
-Evaluating during distillation does not change the trained weights: the monitor's first metric is the
-evaluation count, so the trainer's "best" weights are always the last ones, exactly the weights a plain
-``run_recipe`` of the same recipe (``compress --recipe best.yaml``) ends with.
+Evaluating during distillation does not change the trained weights: each evaluation runs in a forked
+random state, and the monitor's first metric is the evaluation count, so the trainer's "best" weights are
+always the last ones, exactly the weights a plain ``run_recipe`` of the same recipe
+(``compress --recipe best.yaml``) ends with.
 
 Example:
     >>> space = ComposedSpace(blocks=6, keep_blocks=("0,3,5", "0,2,5"), groups=("bert.encoder.layer.*.output.dense",),
@@ -444,7 +445,10 @@ class DistillMonitor:
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         """The trainer's ``eval_fn``: report the drop; return the evaluation count first (keeps the last weights)."""
         step = next(self.steps)
-        quality = float(self.budget.wl.evaluate(model, self.budget.split)[self.budget.wl.metric])
+        # An evaluation must not move the training's random streams (dropout, data order): forked here.
+        cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+        with torch.random.fork_rng(devices=cuda):
+            quality = float(self.budget.wl.evaluate(model, self.budget.split)[self.budget.wl.metric])
         drop = self.budget.drop(quality)
         self.last_drop = drop
         self.evaluations.append({"step": step, "quality": quality, "drop": drop})
