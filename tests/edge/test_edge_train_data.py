@@ -47,6 +47,7 @@ def _tiny_edge_recipe() -> dict:
     return recipe
 
 
+@pytest.mark.slow  # seven steps, three of them training (over ten seconds under load)
 def test_workload_context_runs_every_step_of_the_edge_recipe(tmp_path):
     wl = TinyStsWorkload(write_sts(tmp_path / "sts"))
     recipe = recipe_from_dict(_tiny_edge_recipe())

@@ -158,3 +158,12 @@ def test_composed_space_needs_training_data_and_start_points_in_the_space(tmp_pa
     space = _space()
     assert space.point_of(builtin_recipes()["minilm-edge"]) is None  # keeps 3 blocks: not a choice here
     assert SMALL["int8"] != EDGE_INT8
+
+
+def test_cli_start_without_the_composed_space_is_a_config_error(tmp_path, capsys):
+    from torchslim.cli import main
+
+    argv = ["tune", "--workload", "tiny_sts:TinyStsWorkload", "--data", str(write_sts(tmp_path / "sts"))]
+    argv += ["--max-drop", "1", "--out", str(tmp_path / "out"), "--start", "minilm-edge"]
+    assert main(argv) == 3
+    assert "--space composed" in capsys.readouterr().err
