@@ -60,6 +60,7 @@ from torchslim.quantization.int8.modules import (
     int_mm,
     quantize_weight_per_channel,
 )
+from torchslim.quantization.int8.static_add import conv_accumulate
 from torchslim.quantization.int8.static_paths import (
     FUSED_ACTIVATIONS,
     Int8MaxPool2d,
@@ -68,6 +69,7 @@ from torchslim.quantization.int8.static_paths import (
     find_pool_ends,
     find_relu_pairs,
 )
+from torchslim.quantization.int8.static_residual import int8_residuals_
 
 __all__ = [
     "Int8MaxPool2d",
@@ -288,7 +290,19 @@ class Int8StaticConv2d(_StaticInt8):
         mod.output_dtype = dtype_from_spec(spec)
         return mod
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    # Set by the residual-add rewrite (:func:`~torchslim.quantization.int8.static_add.conv_accumulate`):
+    # None, or whether a ReLU follows the fused residual add.
+    accumulate_relu: bool | None = None
+
+    def set_accumulate(self, scale: float, zero_point: int, relu: bool) -> None:
+        """Add a second operand's uint8 codes (qparams ``scale``, uint8-range ``zero_point``) to the output."""
+        self.accumulate_relu = relu
+        self.register_buffer("accum_scale", torch.tensor(float(scale)))
+        self.register_buffer("accum_zero_point", torch.tensor(int(zero_point), dtype=torch.int32))
+
+    def forward(self, x: torch.Tensor, accum: torch.Tensor | None = None) -> torch.Tensor:
+        if accum is not None:
+            return conv_accumulate(self, x, accum)
         if not self._onednn_ok(x):
             y = F.conv2d(
                 self._fake_input(x),
@@ -409,6 +423,7 @@ def _int8_static(model: nn.Module, config: Int8Static, select: Select, ctx: Cont
     qparams = {n: obs.qparams(symmetric=False) for n, obs in observers.items()}
     pool_qparams = {n: qparams.pop(n) for n, _ in pools}
     convert_static_(model, targets, qparams, relus, ctx, config.kind, pool_qparams)
+    int8_residuals_(model, ctx, config.kind, config.observer, Int8StaticConv2d)  # residual adds, head pool on codes
     return model
 
 

@@ -1,0 +1,227 @@
+"""uint8-code residual adds and global average pools for :class:`~torchslim.quantization.int8.static.Int8Static`.
+
+Between two int8 convolutions a residual add (ResNet's ``relu(F(x) + x)``, the inverted residual's
+``x + F(x)``) would otherwise dequantize both operands, add in float and let the next convolution quantize
+again. :class:`Int8Add` adds the uint8 codes with torch's quantized kernel (``quantized::add`` /
+``quantized::add_relu``: each operand rescaled to the output scale, the sum requantized, a ReLU fused), as
+torch.ao's and ONNX Runtime's static graphs do (Jacob et al. 2018, "Quantization and Training of Neural
+Networks for Efficient Integer-Arithmetic-Only Inference", arXiv:1712.05877, section 2.4). The global
+average pool at a classifier's head reads the codes and dequantizes the pooled means
+(:class:`Int8GlobalAvgPool2d`). Qparams are per tensor, zero points in the uint8 range here.
+
+Example:
+    >>> import torch
+    >>> add = Int8Add(relu=True)
+    >>> add.set_qparams((0.1, 10), (0.1, 10), (0.2, 0))
+    >>> a = torch.full((1, 2, 2, 2), 30, dtype=torch.uint8); b = torch.full((1, 2, 2, 2), 20, dtype=torch.uint8)
+    >>> add(a, b).unique().tolist()  # (30 - 10) * 0.1 + (20 - 10) * 0.1 = 3.0 -> code 15 at scale 0.2
+    [15]
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from torchslim.core.modspec import register_spec_module
+
+__all__ = [
+    "Int8Add",
+    "Int8GlobalAvgPool2d",
+    "as_quint8",
+    "conv_accumulate",
+    "codes_of",
+    "dequantize_codes",
+    "quantize_codes",
+]
+
+QParams = tuple[float, int]
+
+
+def quantize_codes(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
+    """uint8 codes ``clamp(round(x / scale) + zero_point, 0, 255)``."""
+    return x.float().mul(1.0 / scale).round_().add_(zero_point).clamp_(0, 255).to(torch.uint8)
+
+
+def dequantize_codes(q: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
+    """float32 ``(q - zero_point) · scale``."""
+    return q.float().sub_(zero_point).mul_(scale)
+
+
+class _QParamBuffers(nn.Module):
+    """Per-tensor qparams held as float32 / int32 buffers (saved with the model), read back as Python numbers."""
+
+    torchslim_compressed = True
+
+    def _qparam_buffer(self, name: str) -> None:
+        self.register_buffer(f"{name}_scale", torch.ones(()))
+        self.register_buffer(f"{name}_zero_point", torch.zeros((), dtype=torch.int32))
+
+    def _write(self, name: str, qparams: QParams) -> None:
+        getattr(self, f"{name}_scale").fill_(float(qparams[0]))
+        getattr(self, f"{name}_zero_point").fill_(int(qparams[1]))
+
+    def _numbers(self, names: tuple[str, ...]) -> tuple[QParams, ...]:
+        # Python numbers cached against the buffers' versions: no ``.item()`` per call, never stale after a load.
+        bufs = [getattr(self, f"{n}_{k}") for n in names for k in ("scale", "zero_point")]
+        key = tuple((t.data_ptr(), t._version) for t in bufs)
+        cached = self.__dict__.get("_cached")
+        if cached is None or cached[0] != key:
+            values = tuple((float(bufs[2 * i]), int(bufs[2 * i + 1])) for i in range(len(names)))
+            cached = self.__dict__["_cached"] = (key, values)
+        return cached[1]
+
+
+def as_quint8(codes: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
+    """A ``torch.quint8`` view of uint8 ``codes`` (same storage, sizes and strides: no copy), so torch's
+    quantized CPU kernels can read them.
+
+    Example:
+        >>> q = as_quint8(torch.tensor([3, 5], dtype=torch.uint8), 0.5, 3)
+        >>> q.dequantize().tolist(), torch.equal(codes_of(q), q.int_repr())
+        ([0.0, 1.0], True)
+    """
+    # torch 2.13 flags quantized tensors as deprecated; their CPU kernels remain the fast path here.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        q = torch._empty_affine_quantized([0], scale=scale, zero_point=zero_point, dtype=torch.quint8)
+    return q.set_(codes.untyped_storage(), codes.storage_offset(), codes.size(), codes.stride())
+
+
+def codes_of(q: torch.Tensor) -> torch.Tensor:
+    """The uint8 codes of a ``torch.quint8`` tensor as a view (``int_repr`` copies them)."""
+    return torch.empty(0, dtype=torch.uint8).set_(q.untyped_storage(), q.storage_offset(), q.size(), q.stride())
+
+
+def _quantized(x: torch.Tensor, qparams: QParams) -> torch.Tensor:
+    """A quint8 tensor over ``x``'s codes (uint8 input) or over ``x`` quantized (float input)."""
+    return as_quint8(x if x.dtype == torch.uint8 else quantize_codes(x, *qparams), *qparams)
+
+
+@register_spec_module
+class Int8Add(_QParamBuffers):
+    """``a + b`` (then ReLU when ``relu``) on uint8 codes, requantized to the output qparams.
+
+    Each operand is uint8 codes in its own qparams (``a_*``, ``b_*`` buffers) or float (quantized with them
+    first). With ``output_uint8`` the result is uint8 codes for int8 readers, otherwise it is dequantized to
+    float32. On CPU the sum is ``torch.ops.quantized.add`` / ``add_relu``; elsewhere (and under export) the
+    same arithmetic runs in float.
+    """
+
+    def __init__(self, relu: bool = False, output_uint8: bool = True) -> None:
+        super().__init__()
+        self.relu, self.output_uint8 = relu, output_uint8
+        for name in ("a", "b", "out"):
+            self._qparam_buffer(name)
+
+    def set_qparams(self, a: QParams, b: QParams, out: QParams) -> None:
+        """``(scale, zero_point)`` of each operand and of the result; zero points in the uint8 range."""
+        for name, qp in (("a", a), ("b", b), ("out", out)):
+            self._write(name, qp)
+
+    def torchslim_spec(self) -> dict[str, Any]:
+        return {"relu": self.relu, "output_uint8": self.output_uint8}
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> Int8Add:
+        return cls(bool(spec["relu"]), bool(spec["output_uint8"]))
+
+    def _onednn_ok(self, x: torch.Tensor) -> bool:
+        # The quantized CPU kernels; the float path elsewhere and under export / scripting (named as the
+        # int8 convolutions' switch).
+        return x.device.type == "cpu" and not torch.compiler.is_exporting() and not torch.jit.is_scripting()
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        qa, qb, out = self._numbers(("a", "b", "out"))
+        if not self._onednn_ok(a):
+            y = _as_float(a, qa) + _as_float(b, qb)
+            y = torch.relu(y) if self.relu else y
+            return quantize_codes(y, *out) if self.output_uint8 else dequantize_codes(quantize_codes(y, *out), *out)
+        if a.dtype == torch.uint8 and b.dtype == torch.uint8 and a.stride() != b.stride():
+            b = b.contiguous(memory_format=_format_of(a))  # the quantized kernel wants one memory format
+        op = torch.ops.quantized.add_relu if self.relu else torch.ops.quantized.add
+        y = op(_quantized(a, qa), _quantized(b, qb), out[0], out[1])
+        return codes_of(y) if self.output_uint8 else y.dequantize()
+
+
+def _as_float(x: torch.Tensor, qparams: QParams) -> torch.Tensor:
+    """Float values of uint8 codes; a float input as the quantized add would see it (quantized, dequantized)."""
+    return dequantize_codes(x if x.dtype == torch.uint8 else quantize_codes(x, *qparams), *qparams)
+
+
+def _format_of(x: torch.Tensor) -> torch.memory_format:
+    return (
+        torch.channels_last
+        if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+        else torch.contiguous_format
+    )
+
+
+@register_spec_module
+class Int8GlobalAvgPool2d(_QParamBuffers):
+    """``nn.AdaptiveAvgPool2d(1)`` that also pools uint8 codes: the mean code per channel, dequantized to float32.
+
+    Averaging the codes in float32 keeps the pooled value unrounded (torch's quantized pool would round it to
+    a code); the input is read once, as uint8. Float inputs are pooled as before.
+
+    Example:
+        >>> pool = Int8GlobalAvgPool2d(); pool.set_qparams((0.5, 4))
+        >>> pool(torch.tensor([[[[4, 6], [8, 10]]]], dtype=torch.uint8)).flatten().tolist()
+        [1.5]
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._qparam_buffer("input")
+
+    def set_qparams(self, qparams: QParams) -> None:
+        self._write("input", qparams)
+
+    def torchslim_spec(self) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> Int8GlobalAvgPool2d:
+        return cls()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.uint8:
+            return nn.functional.adaptive_avg_pool2d(x, 1)
+        ((scale, zp),) = self._numbers(("input",))
+        return x.mean(dim=(-2, -1), keepdim=True, dtype=torch.float32).sub_(zp).mul_(scale)
+
+
+def conv_accumulate(conv: Any, x: torch.Tensor, accum: torch.Tensor) -> torch.Tensor:
+    """``conv(x) + accum`` (then ReLU) for an ``Int8StaticConv2d`` given ``set_accumulate``: the residual add
+    fused into the int8 convolution as oneDNN's ``sum`` post-op (``qconv2d_pointwise.binary``, the fusion
+    Inductor's x86 int8 lowering makes), requantized to the conv's output qparams (uint8 codes).
+
+    oneDNN accumulates into ``accum``'s buffer, so the rewrite only fuses an operand no later node reads; a
+    float operand is quantized first (a fresh buffer). Off oneDNN the same arithmetic runs in float.
+    """
+    acc_scale, acc_zp = float(conv.accum_scale), int(conv.accum_zero_point)
+    out_scale, out_zp = float(conv.output_scale), int(conv.output_zero_point) + 128
+    relu = bool(conv.accumulate_relu)
+    if accum.dtype != torch.uint8:
+        accum = quantize_codes(accum, acc_scale, acc_zp)
+    if not conv._onednn_ok(x):
+        keep, conv.output_uint8 = conv.output_uint8, False
+        try:
+            y = conv(x) + dequantize_codes(accum, acc_scale, acc_zp)
+        finally:
+            conv.output_uint8 = keep
+        return quantize_codes(torch.relu(y) if relu else y, out_scale, out_zp)
+    packed, x_scale, x_zp, _, _, w_zp = conv._cache(
+        lambda x_scale, x_zp: torch.ops.onednn.qconv_prepack(
+            conv.weight, conv.weight_scale, x_scale, x_zp, *conv._args, conv.groups, None
+        )
+    )
+    qx = conv._quantize_input(x, x_scale, x_zp).contiguous(memory_format=torch.channels_last)
+    accum = accum.contiguous(memory_format=torch.channels_last)
+    return torch.ops.onednn.qconv2d_pointwise.binary(
+        qx, x_scale, x_zp, packed, conv.weight_scale, w_zp, accum, conv.bias, *conv._args, conv.groups,
+        out_scale, out_zp, torch.uint8, acc_scale, acc_zp, "sum", 1.0, "relu" if relu else "none", [], "",
+    )  # fmt: skip
