@@ -10,7 +10,7 @@ call prefills an 8-token prompt and generates 16 tokens greedily with a KV cache
   every Linear (the LM head too) on torch's int4 CPU kernel; the embedding table stays bf16;
 - ``torchslim-int4-w4a8-g128``: the same, with ``activations="int8"`` (the ``int4-w4a8-g128`` recipe's
   path on RTN weights): decode on torchslim's W4A8 kernel (int8 activations per token, VNNI dot
-  products), prefill on a bf16 GEMM of the dequantized weights;
+  products), prefill on the same kernel (passes of 8 tokens per unpacked weight chunk);
 - ``peer-torchao-int4-prototype``: the model in bf16, then torchao
   ``quantize_(model, PrototypeInt4WeightOnlyConfig(group_size=128))`` (torchao's stable
   ``Int4WeightOnlyConfig`` has no CPU path);

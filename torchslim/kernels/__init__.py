@@ -1,13 +1,16 @@
 """CPU kernels built for torchslim's compressed layers: W4A8 linear (int4 weights, int8 activations).
 
-``w4a8_linear`` multiplies a few rows of activations (decode: 1..16 tokens) by a grouped int4 weight in
-the packed layout of :mod:`torchslim.kernels.layout`. Activations are quantized to int8 per row
+``w4a8_linear`` multiplies rows of activations (decode: one token; prefill: hundreds) by a grouped int4
+weight in the packed layout of :mod:`torchslim.kernels.layout`. Activations are quantized to int8 per row
 (symmetric, one scale each), the 4-bit codes are widened to bytes in registers and multiplied with
 AVX-512 VNNI dot products (AVX2 on CPUs without them), one int32 accumulator per output row and
 group, scaled into float32 — the
 scheme of llama.cpp's Q4_0 × Q8_0 dot product, with a zero point per group as in GPTQ
 (Frantar et al., arXiv:2210.17323) and per-token activation scales as in LLM.int8()
-(Dettmers et al., arXiv:2208.07339). Threads split the output rows.
+(Dettmers et al., arXiv:2208.07339). Threads split the output rows. Many rows make it an int8 GEMM:
+each unpacked weight chunk serves a pass of up to 8 rows, and each thread walks its weight range once
+per block of 64 rows so that the block's int8 activations stay in cache. float32 and bfloat16 inputs
+are read as they are and the output is written in the input's dtype (bias added in float32 first).
 
 The C++ source is compiled at the first call (:func:`load`); on a CPU without AVX-512 VNNI or AVX2 a
 portable C++ loop computes the same sums, and when the build fails a torch reference does, so results

@@ -87,8 +87,8 @@ class Int4WeightOnly(Config):
         activations: ``"bf16"`` (W4A16: :class:`~torchslim.quantization.int4.modules.Int4WeightOnlyLinear`
             on torch's int4 kernel) or ``"int8"`` (W4A8:
             :class:`~torchslim.quantization.int4.w4a8.Int4W4A8Linear`, the weight in the W4A8 kernel's
-            layout; up to 16 tokens per call run torchslim's VNNI kernel with activations quantized to int8
-            per token, more tokens a bf16 GEMM). ``kernel`` does not apply to ``"int8"``.
+            layout; torchslim's VNNI kernel with activations quantized to int8 per token, for decode
+            and prefill alike). ``kernel`` does not apply to ``"int8"``.
         progress: show a transient progress bar over the layers during calibration (on a terminal).
     """
 
