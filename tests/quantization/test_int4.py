@@ -276,7 +276,7 @@ def test_rank_deficient_calibration_is_damped_recorded_and_finite(method, batch)
 def test_cholesky_failure_falls_back_to_rtn_and_is_recorded(monkeypatch):
     import torchslim.quantization.int4.gptq as gptq_mod
 
-    def broken(h, damp):
+    def broken(h, damp, **_):
         raise torch.linalg.LinAlgError("Hessian is not positive definite even with 1000x damping")
 
     monkeypatch.setattr(gptq_mod, "inverse_cholesky", broken)

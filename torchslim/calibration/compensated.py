@@ -62,6 +62,19 @@ class CompensatedSum:
             return
         self._add_pair(x, None)
 
+    def add_rows(self, start: int, x: torch.Tensor, shape: tuple[int, ...]) -> None:
+        """Add ``x`` to rows ``start : start + len(x)`` of a sum of ``shape`` (zeros where nothing was added).
+
+        Adding a ``K × K`` term a band of rows at a time keeps the term's temporary to one band; the
+        sum equals adding the whole term at once (TwoSum with a zero ``hi`` is exact).
+        """
+        if self.hi is None:
+            self.hi = torch.zeros(shape, dtype=torch.float64, device=x.device)
+            self.lo = torch.zeros_like(self.hi)
+        rows = slice(start, start + x.shape[0])
+        band = CompensatedSum(self.hi[rows], self.lo[rows])  # views: TwoSum writes through to this sum
+        band._add_pair(x.to(torch.float64), None)
+
     def merge(self, other: CompensatedSum) -> None:
         """Add another compensated sum (its ``hi`` exactly, its ``lo`` as a correction)."""
         if other.hi is None:
@@ -91,3 +104,15 @@ class CompensatedSum:
         if self.hi is None:
             raise ValueError("empty sum")
         return self.hi + self.lo
+
+    def take(self) -> torch.Tensor:
+        """:meth:`value` computed in ``hi``'s memory; the sum is emptied (no third sum-sized tensor).
+
+        Raises:
+            ValueError: nothing was added.
+        """
+        if self.hi is None:
+            raise ValueError("empty sum")
+        out = self.hi.add_(self.lo)
+        self.hi = self.lo = None
+        return out

@@ -28,17 +28,47 @@ def hessian_from_inputs(x: torch.Tensor) -> torch.Tensor:
     return 2.0 * (x @ x.T) / max(1, x.shape[1])
 
 
-def inverse_cholesky(h: torch.Tensor, damp: float) -> torch.Tensor:
-    """Upper Cholesky factor of (H + λI)⁻¹ with λ = damp · mean(diag H); raises damping until it works."""
-    h = h.clone()
-    dead = torch.diag(h) == 0
-    h[dead, dead] = 1.0  # inputs that never fire: any weight there can go, keep H invertible
-    mean = torch.mean(torch.diag(h)).item() or 1.0
+def inverse_cholesky(h: torch.Tensor, damp: float, *, overwrite: bool = False) -> torch.Tensor:
+    """Upper Cholesky factor ``U`` of (H + λI)⁻¹ (``Uᵀ U = (H + λI)⁻¹``) with λ = damp · mean(diag H);
+    raises damping ×10 up to ×1000 until H + λI factors.
+
+    With ``J`` the order reversal, ``J H J = L Lᵀ`` gives ``H⁻¹ = (J L⁻¹ J)ᵀ (J L⁻¹ J)`` with
+    ``J L⁻¹ J`` upper triangular: one Cholesky factorisation and one triangular solve, instead of the
+    three factorisations of ``cholesky(cholesky_inverse(cholesky(H)), upper=True)`` (same factor,
+    unique; a quarter of the time). Works in ``h``'s dtype in one ``K × K`` buffer besides ``h``; with
+    ``overwrite`` ``h``'s memory is the second buffer (its contents are lost), otherwise ``h`` is left
+    unchanged and a third one is used.
+    """
+    k = h.shape[0]
+    diag = torch.diagonal(h)
+    dead = diag == 0  # inputs that never fire: any weight there can go, keep H invertible
+    mean = torch.mean(torch.where(dead, torch.ones_like(diag), diag)).item() or 1.0
+    rev = torch.arange(k - 1, -1, -1)
+    work = torch.empty_like(h)
+    status = torch.empty((), dtype=torch.int32)
     for factor in (1.0, 10.0, 100.0, 1000.0):
-        try:
-            hd = h + (damp * factor * mean) * torch.eye(h.shape[0], dtype=h.dtype)
-            hinv = torch.cholesky_inverse(torch.linalg.cholesky(hd))
-            return torch.linalg.cholesky(hinv, upper=True)
-        except RuntimeError:
-            continue
-    raise torch.linalg.LinAlgError("Hessian is not positive definite even with 1000x damping")
+        _reversed_into(work, h, rev)
+        d = torch.diagonal(work)
+        d[dead.flip(0)] = 1.0
+        d += damp * factor * mean
+        torch.linalg.cholesky_ex(work, out=(work, status))  # J H J = L Lᵀ, L in place
+        if int(status) == 0:
+            break
+    else:
+        raise torch.linalg.LinAlgError("Hessian is not positive definite even with 1000x damping")
+    inv = h if overwrite else torch.empty_like(h)
+    inv.zero_()
+    torch.diagonal(inv).fill_(1.0)
+    torch.linalg.solve_triangular(work, inv, upper=False, out=inv)  # L⁻¹, in place of the identity
+    _reversed_into(work, inv, rev)  # U = J L⁻¹ J
+    if not bool(torch.isfinite(torch.diagonal(work)).all()):
+        raise torch.linalg.LinAlgError("Hessian inverse is not finite")
+    return work
+
+
+def _reversed_into(dst: torch.Tensor, src: torch.Tensor, rev: torch.Tensor) -> None:
+    """``dst = J src J`` (rows and columns in reverse order), a band of rows at a time (small temporaries)."""
+    k = src.shape[0]
+    rows = max(1, (1 << 22) // max(1, k))
+    for start in range(0, k, rows):
+        dst[start : start + rows] = src.index_select(0, rev[start : start + rows]).flip(1)

@@ -30,11 +30,16 @@ from torchslim.errors import ConfigError
 
 @dataclass
 class InputStats:
-    """Running sums for one layer: per-input squared sums (→ L2 norms) and optionally X Xᵀ."""
+    """Running sums for one layer: per-input squared sums (→ L2 norms) and optionally X Xᵀ.
+
+    ``xxt`` holds X Xᵀ until :attr:`hessian` is first read, which scales it in place into the Hessian
+    (a ``K × K`` float64 matrix is 600 MB at K = 8704: the Hessian is not a second copy).
+    """
 
     sq_sum: torch.Tensor
     xxt: torch.Tensor | None
     count: int = 0
+    _scaled: bool = field(default=False, repr=False)
 
     @property
     def norm(self) -> torch.Tensor:
@@ -42,9 +47,16 @@ class InputStats:
 
     @property
     def hessian(self) -> torch.Tensor:
+        """``2/T · X Xᵀ`` (float64; the same bits as ``2.0 * xxt / T``)."""
         if self.xxt is None:
             raise ValueError("Hessian was not collected")
-        return 2.0 * self.xxt / max(1, self.count)
+        if not self._scaled:
+            self.xxt.mul_(2.0).div_(max(1, self.count))
+            self._scaled = True
+        return self.xxt
+
+
+_BAND = 1 << 22  # elements of X Xᵀ computed per band of rows (32 MiB of float64)
 
 
 def layer_inputs(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -96,8 +108,10 @@ def collect_input_stats(
                 raise ConfigError(f"calibration inputs to layer {name!r} contain NaN or Inf")
             acc = sums.setdefault(name, _Sums(hessian))
             acc.sq_sum.add((x * x).sum(dim=1))
-            if acc.xxt is not None:
-                acc.xxt.add(x @ x.T)
+            if acc.xxt is not None:  # a band of rows at a time: no K × K temporary
+                rows = max(1, _BAND // x.shape[0])
+                for start in range(0, x.shape[0], rows):
+                    acc.xxt.add_rows(start, x[start : start + rows] @ x.T, (x.shape[0], x.shape[0]))
             acc.count += x.shape[1]
             if stop_early:  # the only hooked layer has seen its input: the rest of the forward is waste
                 raise StopForward
@@ -115,7 +129,7 @@ def collect_input_stats(
     out = {}
     for name in list(sums):  # each layer's pair of sums freed as soon as it is rounded
         acc = sums.pop(name)
-        out[name] = InputStats(acc.sq_sum.value(), acc.xxt.value() if acc.xxt is not None else None, acc.count)
+        out[name] = InputStats(acc.sq_sum.take(), acc.xxt.take() if acc.xxt is not None else None, acc.count)
     return out
 
 

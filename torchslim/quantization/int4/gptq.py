@@ -36,6 +36,9 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 
 from torchslim.calibration.hessian import inverse_cholesky
@@ -55,9 +58,15 @@ def gptq_quantize(
 ) -> Int4Tensors:
     """Quantize ``w`` ``[N, K]`` to int4 groups with GPTQ, given the input Hessian ``[K, K]``.
 
+    The solve runs in float32, as the paper's implementation does: the Hessian (accumulated in float64
+    by the calibration pass, so every process that sums the same batches gets the same one) is rounded
+    once, and the codes are a deterministic function of it. The weight is worked on transposed
+    (``[K, N]``: each column a contiguous row) and updated in place, one rank-1 update per column
+    inside a block and one matrix product per block for the columns after it.
+
     Args:
         w: float weight ``[N, K]``.
-        hessian: ``2/T · X Xᵀ`` of the layer's calibration inputs (float64 preferred).
+        hessian: ``2/T · X Xᵀ`` of the layer's calibration inputs (float64 or float32).
         group_size: columns per group (must divide K).
         blocksize: columns per lazy-update block.
         damp: dampening λ as a fraction of mean diag H.
@@ -71,51 +80,87 @@ def gptq_quantize(
         ValueError: the Hessian has NaN/Inf entries.
     """
     n, k = w.shape
-    h = hessian.detach().double()
+    h = hessian.detach()
     if not bool(torch.isfinite(h).all()):
         raise ValueError("GPTQ Hessian contains NaN or Inf")
-    wd = w.detach().double().clone()
     perm = torch.argsort(torch.diag(h), descending=True, stable=True) if act_order else torch.arange(k)
     inv = torch.argsort(perm)
-    wd, h = wd[:, perm], h[perm][:, perm]
-    u = inverse_cholesky(h, damp)  # [K, K] upper, in the permuted order
+    hp = _permuted(h, perm)
+    u = inverse_cholesky(hp, damp, overwrite=True)  # [K, K] upper, in the permuted order; hp is spent
+    del hp
+    wt = w.detach().to(torch.float32).t()[perm].contiguous()  # [K, N]: row j is permuted column j
     n_groups = k // group_size
     scale = torch.zeros(n, n_groups)
     zero = torch.zeros(n, n_groups)
-    have = torch.zeros(n_groups, dtype=torch.bool)
-    group_of = perm // group_size  # [K]: original group of each permuted position
-    q = torch.zeros(n, k, dtype=torch.uint8)
+    have = [False] * n_groups
+    group_of = (perm // group_size).tolist()  # original group of each permuted position
+    qt = torch.empty(k, n, dtype=torch.uint8)  # codes, transposed and permuted like wt
 
     for start in range(0, k, blocksize):
         end = min(start + blocksize, k)
-        wb = wd[:, start:end].clone()  # [N, B] working copy with in-block updates
-        errs = torch.zeros_like(wb)
-        for j in range(end - start):
-            gi = int(group_of[start + j])
-            if not have[gi]:
-                # Permuted positions of this group's columns; none is quantized yet. Take in-block ones
-                # from the working copy (up to date), the others from wd (missing only this block's
-                # pending lazy update).
-                pos = inv[gi * group_size : (gi + 1) * group_size]
-                cols = wd[:, pos].clone()
-                inblock = (pos >= start) & (pos < end)
-                cols[:, inblock] = wb[:, pos[inblock] - start]
-                s, z = minmax_qparams(cols.float(), group_size)
-                scale[:, gi], zero[:, gi] = s[:, 0], z[:, 0]
-                have[gi] = True
-            col = wb[:, j]
-            s, z = scale[:, gi : gi + 1], zero[:, gi : gi + 1]
-            qc = _quantize_column(col, s, z)
-            deq = ((qc.double() - 8) * s[:, 0].double()) + z[:, 0].double()
-            err = (col - deq) / u[start + j, start + j]
-            wb[:, j:] -= err.reshape(-1, 1) * u[start + j, start + j : end].reshape(1, -1)
-            q[:, start + j] = qc
-            errs[:, j] = err
-        wd[:, end:] -= errs @ u[start:end, end:]
-    return Int4Tensors(q[:, inv].contiguous(), scale, zero)
+        block = wt[start:end]  # a view: the in-block updates land in wt
+        ub = u[start:end, start:end]
+        errs = torch.empty(end - start, n)
+        with _one_thread():
+            _quantize_block(wt, block, ub, errs, qt, start, scale, zero, have, group_of, inv, group_size)
+        if end < k:
+            wt[end:].addmm_(u[start:end, end:].t(), errs, alpha=-1.0)
+    return Int4Tensors(qt[inv].t().contiguous(), scale, zero)
 
 
-def _quantize_column(col: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
-    """Nearest codes ``[N]`` uint8 of one column ``[N]`` for its group's ``scale``/``zero`` ``[N, 1]``."""
-    q = torch.round((col.float() - zero[:, 0]) / scale[:, 0]) + 8
-    return q.clamp_(0, 15).to(torch.uint8)
+def _quantize_block(
+    wt: torch.Tensor,
+    block: torch.Tensor,
+    ub: torch.Tensor,
+    errs: torch.Tensor,
+    qt: torch.Tensor,
+    start: int,
+    scale: torch.Tensor,
+    zero: torch.Tensor,
+    have: list[bool],
+    group_of: list[int],
+    inv: torch.Tensor,
+    group_size: int,
+) -> None:
+    """The columns of one block (rows of ``block``, a view of ``wt``), in order: codes into ``qt``, the
+    scaled errors into ``errs``, each column's error spread over the block's later columns."""
+    for j in range(block.shape[0]):
+        gi = group_of[start + j]
+        if not have[gi]:
+            # This group's columns (permuted positions), none quantized yet: in-block ones are up to
+            # date, the others miss only this block's pending lazy update (as in the paper's code).
+            pos = inv[gi * group_size : (gi + 1) * group_size]
+            s, z = minmax_qparams(wt[pos].t(), group_size)
+            scale[:, gi], zero[:, gi] = s[:, 0], z[:, 0]
+            have[gi] = True
+        row = block[j]
+        s, z = scale[:, gi], zero[:, gi]
+        qc = torch.round((row - z) / s).add_(8).clamp_(0, 15)
+        err = errs[j]
+        torch.sub(row, (qc - 8).mul_(s).add_(z), out=err)
+        err.div_(ub[j, j])
+        block[j:].addr_(ub[j, j:], err, alpha=-1.0)
+        qt[start + j] = qc.to(torch.uint8)
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """torch on one thread inside: the column loop's vector operations (a few thousand elements each)
+    lose more to waking and joining worker threads than they gain, most of all on shared cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _permuted(h: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    """``H[perm][:, perm]`` in float32, gathered a band of rows at a time (no second ``K × K`` temporary)."""
+    k = h.shape[0]
+    out = torch.empty(k, k, dtype=torch.float32)
+    rows = max(1, (1 << 22) // max(1, k))
+    for start in range(0, k, rows):
+        idx = perm[start : start + rows]
+        out[start : start + rows] = h.index_select(0, idx).index_select(1, perm)
+    return out
