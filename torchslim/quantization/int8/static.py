@@ -60,7 +60,7 @@ from torchslim.quantization.int8.modules import (
     int_mm,
     quantize_weight_per_channel,
 )
-from torchslim.quantization.int8.static_add import conv_accumulate
+from torchslim.quantization.int8.static_add import conv_accumulate, quantize_codes
 from torchslim.quantization.int8.static_paths import (
     FUSED_ACTIVATIONS,
     Int8MaxPool2d,
@@ -153,10 +153,7 @@ class _StaticInt8(nn.Module):
         """uint8 codes with the calibrated scale and (uint8) zero point; out-of-range values clamp."""
         if x.dtype == torch.uint8:  # already quantized by the producing int8 layer with our qparams
             return x
-        # The same arithmetic as clamp(round(x / s) + zp): one new tensor, then in place (each new activation-
-        # sized float tensor costs page faults at batch 32).
-        q = x.float() * (1.0 / x_scale)
-        return q.round_().add_(x_zp).clamp_(0, 255).to(torch.uint8)
+        return quantize_codes(x, x_scale, x_zp)  # clamp(round(x / s) + zp, 0, 255) in one pass on CPU
 
     def _fake_input(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.uint8:

@@ -42,7 +42,16 @@ QParams = tuple[float, int]
 
 
 def quantize_codes(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
-    """uint8 codes ``clamp(round(x / scale) + zero_point, 0, 255)``."""
+    """uint8 codes ``clamp(round(x / scale) + zero_point, 0, 255)``, in ``x``'s memory format.
+
+    On CPU one pass of torch's vectorized ``quantize_per_tensor`` (its codes viewed without a copy); elsewhere
+    and under export the same arithmetic in float ops (a code may differ by one at exact ties, where ``x / s``
+    and ``x · (1 / s)`` round apart).
+    """
+    if x.device.type == "cpu" and not torch.compiler.is_exporting() and not torch.jit.is_scripting():
+        with warnings.catch_warnings():  # see as_quint8
+            warnings.simplefilter("ignore", UserWarning)
+            return codes_of(torch.quantize_per_tensor(x.float(), scale, zero_point, torch.quint8))
     return x.float().mul(1.0 / scale).round_().add_(zero_point).clamp_(0, 255).to(torch.uint8)
 
 
