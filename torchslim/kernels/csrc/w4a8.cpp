@@ -303,7 +303,7 @@ Isa parse_isa(const std::string& name) {
 }
 
 // One tile against rows [m0, m0 + mb) (mb at most the path's pass size) on the chosen path.
-void run_tile(Isa isa, const uint8_t* blk, int64_t groups, int64_t g, const QuantizedRows& q, int64_t m0, int64_t mb,
+void run_tile([[maybe_unused]] Isa isa, const uint8_t* blk, int64_t groups, int64_t g, const QuantizedRows& q, int64_t m0, int64_t mb,
               int64_t k, float* out) {
 #ifdef TS_X86
   if (isa == Isa::kAvx512Vnni) {
