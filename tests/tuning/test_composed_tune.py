@@ -142,6 +142,7 @@ def test_composed_tune_prunes_a_trial_whose_distillation_is_hopeless(tmp_path):
     assert trial.state == TrialState.PRUNED
     assert "during distillation exceeds recover_limit" in trial.user_attrs["prune_reason"]
     assert trial.intermediate_values  # the drop was reported to Optuna before pruning
+    assert trial.user_attrs["evaluations"][0]["drop"] == trial.intermediate_values[1]
 
 
 class _NoTrainData(TinyStsWorkload):

@@ -302,7 +302,8 @@ class ComposedSpace:
             parts.append(f"heads -{p['head_ratio']:g} ffn -{p['ffn_ratio']:g} ({p['width_epochs']} ep)")
         emb = p.get("embeddings", "int8")
         parts.append(f"{emb} ({p['embed_epochs']} ep)" if "embed_epochs" in p else f"{emb} rows")
-        parts.append(f"lr {p['distill_lr']:g}")
+        if any(name in p for name in ("depth_epochs", "width_epochs", "embed_epochs")):
+            parts.append(f"lr {p['distill_lr']:g}")
         int4 = [
             k.rsplit(".", 2)[-2] + "." + k.rsplit(".", 1)[-1] for k, v in p.items() if k.startswith("bits:") and v == 4
         ]
@@ -439,7 +440,6 @@ class DistillMonitor:
         import optuna
 
         self.trial.set_user_attr("prune_reason", reason)
-        self.trial.set_user_attr("evaluations", self.evaluations)
         raise optuna.TrialPruned(reason)
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
@@ -452,6 +452,7 @@ class DistillMonitor:
         drop = self.budget.drop(quality)
         self.last_drop = drop
         self.evaluations.append({"step": step, "quality": quality, "drop": drop})
+        self.trial.set_user_attr("evaluations", self.evaluations)  # the trial's learning curve, in trials.json
         self.trial.report(drop, step)
         if self.recover_limit is not None and drop > self.recover_limit:
             self._prune(f"validation drop {drop:.4g} during distillation exceeds recover_limit {self.recover_limit:g}")
