@@ -340,7 +340,7 @@ def _apply(model: nn.Module, data: dict[str, Any]) -> None:
                     conv.set_accumulate(1.0, 0, bool(spec["relu"]))
             node.replace_all_uses_with(new)
             gm.graph.erase_node(node)
-            _erase_dead(gm, node_args_of(new))
+            _erase_chain(new, gm)
             if spec["relu"]:  # the add's only reader, maybe behind Identity modules (folded BatchNorms)
                 relu = next(iter(new.users))
                 while type(gm.get_submodule(relu.target)) is nn.Identity:
@@ -361,23 +361,20 @@ def _apply(model: nn.Module, data: dict[str, Any]) -> None:
 
 
 def _fuse_into_conv(gm: torch.fx.GraphModule, add: torch.fx.Node, index: int) -> torch.fx.Node:
-    """A call ``conv(conv_input, other_operand)`` placed at the add (after both operands are computed)."""
-    conv = add.args[index]
-    while type(gm.get_submodule(conv.target)) is nn.Identity:
-        conv = conv.args[0]
+    """A call ``conv(conv_input, other_operand)`` placed at the add (after both operands are computed); the
+    old conv call and the Identity calls between it and the add are erased once the add is."""
+    chain = [add.args[index]]
+    while type(gm.get_submodule(chain[-1].target)) is nn.Identity:
+        chain.append(chain[-1].args[0])
     with gm.graph.inserting_after(add):
-        return gm.graph.call_module(conv.target, (conv.args[0], add.args[1 - index]))
+        new = gm.graph.call_module(chain[-1].target, (chain[-1].args[0], add.args[1 - index]))
+    new.meta["erase_after_add"] = chain
+    return new
 
 
-def node_args_of(node: torch.fx.Node) -> list[torch.fx.Node]:
-    return [a for a in node.args if isinstance(a, torch.fx.Node)]
-
-
-def _erase_dead(gm: torch.fx.GraphModule, keep: list[torch.fx.Node]) -> None:
-    """Drop module calls nothing reads any more (the conv and Identity calls a fused add replaced)."""
-    for n in reversed(list(gm.graph.nodes)):
-        if n.op == "call_module" and not n.users and n not in keep:
-            gm.graph.erase_node(n)
+def _erase_chain(new: torch.fx.Node, gm: torch.fx.GraphModule) -> None:
+    for n in new.meta.pop("erase_after_add", []):  # reader first, so each has no users when erased
+        gm.graph.erase_node(n)
 
 
 @register_replay("int8-residual")
