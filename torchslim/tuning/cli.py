@@ -72,7 +72,10 @@ def add_tuning_parsers(sub: Any) -> None:
     p.add_argument("--worker", type=int, default=0, help="worker index when several share the study (0)")
     p.add_argument("--latency-runs", type=int, default=20, help="timed runs per latency measurement (20)")
     p.add_argument(
-        "--recover-limit", type=float, help="prune trials whose drop before fine-tuning/distillation exceeds this"
+        "--recover-limit",
+        type=float,
+        help="prune trials whose drop before fine-tuning/distillation exceeds this (--space composed: whose drop "
+        "at any distillation evaluation does)",
     )
     p.add_argument("--builtins", help="comma-separated built-in recipes to compare (default all; 'none')")
     p.add_argument("--peers", help="a `torchslim bench --json` file whose peer rows are added to the plot")

@@ -57,7 +57,8 @@ class TuneOptions:
         space: the search space (default: :meth:`SearchSpace.for_model` with the workload's
             ``tune_space_overrides()``).
         latency_runs: timed runs per latency measurement.
-        recover_limit: prune a trial with a training step when its quality drop before training exceeds this.
+        recover_limit: prune a trial with a training step when its quality drop before training exceeds this
+            (composed space: when its drop at any evaluation of a distill step does).
         builtins: built-in recipes to evaluate for comparison (None: all but those that ``torch.compile``;
             ``()``: none).
         peers: a ``torchslim bench --json`` file whose rows are added to the plot (their test-split quality).
