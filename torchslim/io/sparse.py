@@ -86,8 +86,7 @@ def _layout(t: torch.Tensor) -> SparseEncoding | None:
     if t.numel() < MIN_NUMEL or dtype not in DTYPES:
         return None
     flat = t.detach().reshape(-1)
-    nz = flat != 0
-    nnz = int(nz.sum())
+    nnz = int(torch.count_nonzero(flat))  # no mask (and no int64 sum of it) for a tensor that stays dense
     item = t.element_size()
     dense = t.numel() * item
     bitmask_bytes = nnz * item + (t.numel() + 7) // 8
@@ -96,6 +95,7 @@ def _layout(t: torch.Tensor) -> SparseEncoding | None:
     # a dense tensor returns here, before the int64 positions of every element (8 bytes each) are built.
     if min(bitmask_bytes, nnz * (item + 1)) > dense * (1 - MIN_SAVING):
         return None
+    nz = flat != 0
     idx_np = torch.nonzero(nz).reshape(-1).cpu().numpy()
     deltas, ends = _byte_deltas(idx_np)
     deltas_bytes = deltas.size * (item + 1)
