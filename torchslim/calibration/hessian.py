@@ -69,6 +69,6 @@ def inverse_cholesky(h: torch.Tensor, damp: float, *, overwrite: bool = False) -
 def _reversed_into(dst: torch.Tensor, src: torch.Tensor, rev: torch.Tensor) -> None:
     """``dst = J src J`` (rows and columns in reverse order), a band of rows at a time (small temporaries)."""
     k = src.shape[0]
-    rows = max(1, (1 << 22) // max(1, k))
+    rows = max(1, (1 << 20) // max(1, k))
     for start in range(0, k, rows):
         dst[start : start + rows] = src.index_select(0, rev[start : start + rows]).flip(1)

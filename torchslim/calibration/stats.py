@@ -56,7 +56,7 @@ class InputStats:
         return self.xxt
 
 
-_BAND = 1 << 22  # elements of X Xᵀ computed per band of rows (32 MiB of float64)
+_BAND = 1 << 20  # elements of X Xᵀ computed per band of rows (8 MiB of float64)
 
 
 def layer_inputs(module: nn.Module, x: torch.Tensor) -> torch.Tensor:

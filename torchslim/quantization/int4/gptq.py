@@ -159,7 +159,7 @@ def _permuted(h: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
     """``H[perm][:, perm]`` in float32, gathered a band of rows at a time (no second ``K × K`` temporary)."""
     k = h.shape[0]
     out = torch.empty(k, k, dtype=torch.float32)
-    rows = max(1, (1 << 22) // max(1, k))
+    rows = max(1, (1 << 20) // max(1, k))
     for start in range(0, k, rows):
         idx = perm[start : start + rows]
         out[start : start + rows] = h.index_select(0, idx).index_select(1, perm)
