@@ -205,3 +205,14 @@ def test_uint8_max_pool_is_exact(kernel, stride, padding, ceil) -> None:
     x = torch.randint(0, 256, (2, 4, 17, 15), dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
     want = F.max_pool2d(x.float(), kernel, stride, padding, ceil_mode=ceil).to(torch.uint8)
     assert torch.equal(pool(x), want)
+
+
+@pytest.mark.slow  # ONNX export: ~10 s per network
+@pytest.mark.parametrize("build", [resnet_like, mobile_like])
+def test_exports_through_the_float_reference_path(build, tmp_path) -> None:
+    from torchslim.export import export_onnx
+
+    m = build()
+    x = torch.randn(8, 3, 16, 16)
+    # Exported: the reference path (float adds of fake-quantized activations) vs uint8 codes in eager.
+    assert export_onnx(_calibrated(m, x), (x,), tmp_path / "m.onnx") < 0.05

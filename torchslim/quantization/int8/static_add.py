@@ -117,7 +117,7 @@ class Int8Add(_QParamBuffers):
     Each operand is uint8 codes in its own qparams (``a_*``, ``b_*`` buffers) or float (quantized with them
     first). With ``output_uint8`` the result is uint8 codes for int8 readers, otherwise it is dequantized to
     float32. On CPU the sum is ``torch.ops.quantized.add`` / ``add_relu``; elsewhere (and under export) the
-    same arithmetic runs in float.
+    operands are the float activations of the reference path and are added in float.
     """
 
     def __init__(self, relu: bool = False, output_uint8: bool = True) -> None:
@@ -144,11 +144,10 @@ class Int8Add(_QParamBuffers):
         return x.device.type == "cpu" and not torch.compiler.is_exporting() and not torch.jit.is_scripting()
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if not self._onednn_ok(a):  # the float reference path: float activations, as the int8 convs hand on there
+            y = _buffer_float(a, self.a_scale, self.a_zero_point) + _buffer_float(b, self.b_scale, self.b_zero_point)
+            return torch.relu(y) if self.relu else y
         qa, qb, out = self._numbers(("a", "b", "out"))
-        if not self._onednn_ok(a):
-            y = _as_float(a, qa) + _as_float(b, qb)
-            y = torch.relu(y) if self.relu else y
-            return quantize_codes(y, *out) if self.output_uint8 else dequantize_codes(quantize_codes(y, *out), *out)
         if a.dtype == torch.uint8 and b.dtype == torch.uint8 and a.stride() != b.stride():
             b = b.contiguous(memory_format=_format_of(a))  # the quantized kernel wants one memory format
         op = torch.ops.quantized.add_relu if self.relu else torch.ops.quantized.add
@@ -156,9 +155,9 @@ class Int8Add(_QParamBuffers):
         return codes_of(y) if self.output_uint8 else y.dequantize()
 
 
-def _as_float(x: torch.Tensor, qparams: QParams) -> torch.Tensor:
-    """Float values of uint8 codes; a float input as the quantized add would see it (quantized, dequantized)."""
-    return dequantize_codes(x if x.dtype == torch.uint8 else quantize_codes(x, *qparams), *qparams)
+def _buffer_float(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> torch.Tensor:
+    """``x`` as float; uint8 codes dequantized with tensor qparams (no Python number: traceable by export)."""
+    return x.float() if x.dtype != torch.uint8 else (x.float() - zero_point.float()) * scale
 
 
 def _format_of(x: torch.Tensor) -> torch.memory_format:
@@ -209,20 +208,17 @@ def conv_accumulate(conv: Any, x: torch.Tensor, accum: torch.Tensor) -> torch.Te
     Inductor's x86 int8 lowering makes), requantized to the conv's output qparams (uint8 codes).
 
     oneDNN accumulates into ``accum``'s buffer, so the rewrite only fuses an operand no later node reads; a
-    float operand is quantized first (a fresh buffer). Off oneDNN the same arithmetic runs in float.
+    float operand is quantized first (a fresh buffer). Off oneDNN (other devices, export) the add runs in float
+    on the reference path's float activations.
     """
+    relu = bool(conv.accumulate_relu)
+    if not conv._onednn_ok(x):  # the float reference path (the conv hands floats on there)
+        y = conv(x).float() + _buffer_float(accum, conv.accum_scale, conv.accum_zero_point)
+        return torch.relu(y) if relu else y
     acc_scale, acc_zp = float(conv.accum_scale), int(conv.accum_zero_point)
     out_scale, out_zp = float(conv.output_scale), int(conv.output_zero_point) + 128
-    relu = bool(conv.accumulate_relu)
     if accum.dtype != torch.uint8:
         accum = quantize_codes(accum, acc_scale, acc_zp)
-    if not conv._onednn_ok(x):
-        keep, conv.output_uint8 = conv.output_uint8, False
-        try:
-            y = conv(x) + dequantize_codes(accum, acc_scale, acc_zp)
-        finally:
-            conv.output_uint8 = keep
-        return quantize_codes(torch.relu(y) if relu else y, out_scale, out_zp)
     packed, x_scale, x_zp, _, _, w_zp = conv._cache(
         lambda x_scale, x_zp: torch.ops.onednn.qconv_prepack(
             conv.weight, conv.weight_scale, x_scale, x_zp, *conv._args, conv.groups, None
