@@ -1,6 +1,7 @@
-"""A calibrated layer's Hessian costs about two K × K float64 sums while it accumulates and one K × K
-float64 Hessian plus two or three float32 buffers while GPTQ solves: no whole-matrix temporaries (at K = 8704, an
-MLP down projection of a 3 B model, each float64 copy is 600 MB; the sequential path's peak is set there).
+"""A calibrated layer's Hessian costs two packed (upper-triangle) float64 sums while it accumulates, about one
+K × K float64 matrix in all; GPTQ solves from the packed Hessian with two or three float32 buffers and releases
+the packed one first: no whole-matrix temporaries (at K = 8704, an MLP down projection of a 3 B model, each
+float64 copy is 600 MB; the sequential path's peak is set there).
 
 Peaks are read from VmHWM after resetting it through ``/proc/self/clear_refs`` (Linux)."""
 
@@ -41,22 +42,51 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def test_hessian_accumulation_holds_two_sums_and_no_product_copy() -> None:
+def _collect(lin: nn.Linear, batches: list[torch.Tensor]):  # noqa: ANN202 - the layer's InputStats
+    return collect_input_stats(nn.Sequential(lin), {"0": lin}, batches, hessian=True)["0"]
+
+
+def _expected(batches: list[torch.Tensor]) -> torch.Tensor:
+    x = torch.cat([b.reshape(-1, K) for b in batches]).double()
+    return 2.0 * (x.T @ x) / x.shape[0]
+
+
+def test_hessian_accumulation_holds_two_packed_sums_and_no_product_copy() -> None:
     torch.manual_seed(0)
     lin = nn.Linear(K, 8, bias=False)
     batches = [torch.randn(1, 64, K) for _ in range(2)]
+    packed, added = _peak_added(lambda: _collect(lin, batches).packed_hessian())
+    # hi + lo of the compensated sum, each a packed upper triangle (half a copy), bands of X Xᵀ (2 MiB)
+    # and the library's working memory (about 1.25 copies measured); the full-matrix sums held 2.6 copies.
+    assert added < 1.6 * F64, added / F64
+    assert packed.data.numel() == K * (K + 1) // 2
+    assert torch.allclose(packed.full(), _expected(batches), rtol=1e-12, atol=1e-12)
 
-    def collect() -> torch.Tensor:
-        stats = collect_input_stats(nn.Sequential(lin), {"0": lin}, batches, hessian=True)["0"]
-        return stats.hessian
 
-    h, added = _peak_added(collect)
-    # hi + lo of the compensated sum, bands of X Xᵀ (8 MiB) and the library's working memory (about 2.6
-    # copies in all); the former code also held the whole X Xᵀ product, then the rounded sum beside both
-    # halves, then 2·XXᵀ/T beside it (3.1 copies measured at K = 8704).
-    assert added < 2.8 * F64, added / F64
-    x = torch.cat([b.reshape(-1, K) for b in batches]).double()
-    assert torch.allclose(h, 2.0 * (x.T @ x) / x.shape[0], rtol=1e-12, atol=1e-12)
+def test_full_hessian_is_unpacked_in_place_of_the_packed_one() -> None:
+    torch.manual_seed(0)
+    lin = nn.Linear(K, 8, bias=False)
+    batches = [torch.randn(1, 64, K) for _ in range(2)]
+    stats = _collect(lin, batches)
+    h, added = _peak_added(lambda: stats.hessian)
+    assert stats.xxt is None  # the packed sum is gone: only the full matrix stays
+    assert added < 1.5 * F64, added / F64  # the full matrix beside the packed one while it is built
+    assert torch.equal(h, h.T)  # one stored entry per pair: exactly symmetric
+    assert torch.allclose(h, _expected(batches), rtol=1e-12, atol=1e-12)
+
+
+def test_gptq_solve_from_packed_hessian_releases_it_before_factorising() -> None:
+    torch.manual_seed(0)
+    lin = nn.Linear(K, 8, bias=False)
+    packed = _collect(lin, [torch.randn(4, 128, K)]).packed_hessian()
+    w = torch.randn(16, K)
+    t, added = _peak_added(lambda: gptq_quantize(w, packed, 128))
+    # The packed Hessian (counted in the start) is released once its permuted float32 copy exists; then
+    # one factor buffer and LAPACK's working copy (about 1.05 copies above the start measured; a full
+    # float64 Hessian held beside the same buffers made it 1.7 above a full copy).
+    assert added < 1.4 * F64, added / F64
+    assert packed.data is None
+    assert t.q.shape == (16, K) and int(t.q.max()) <= 15
 
 
 def test_gptq_solve_adds_two_float32_buffers_beside_the_hessian() -> None:

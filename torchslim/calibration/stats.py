@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from torchslim.calibration.compensated import CompensatedSum
 from torchslim.calibration.distributed import all_gather_objects, current_shard, merge_sums, reduce_count, shard_of
+from torchslim.calibration.packed import SymmetricPacked, packed_size, row_offsets
 from torchslim.calibration.passes import StopForward, run_calibration
 from torchslim.core.batches import InputFn
 from torchslim.errors import ConfigError
@@ -32,31 +33,53 @@ from torchslim.errors import ConfigError
 class InputStats:
     """Running sums for one layer: per-input squared sums (→ L2 norms) and optionally X Xᵀ.
 
-    ``xxt`` holds X Xᵀ until :attr:`hessian` is first read, which scales it in place into the Hessian
-    (a ``K × K`` float64 matrix is 600 MB at K = 8704: the Hessian is not a second copy).
+    ``xxt`` holds the upper triangle of X Xᵀ, packed (:class:`~torchslim.calibration.packed.SymmetricPacked`:
+    half of a ``K × K`` float64 matrix, which is 600 MB at K = 8704). :attr:`hessian` scales it in
+    place into the Hessian and unpacks it into the full matrix (kept instead of the packed one);
+    :meth:`packed_hessian` scales it and hands it over packed.
     """
 
     sq_sum: torch.Tensor
     xxt: torch.Tensor | None
     count: int = 0
     _scaled: bool = field(default=False, repr=False)
+    _full: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def norm(self) -> torch.Tensor:
         return self.sq_sum.sqrt()
 
-    @property
-    def hessian(self) -> torch.Tensor:
-        """``2/T · X Xᵀ`` (float64; the same bits as ``2.0 * xxt / T``)."""
+    def _scaled_xxt(self) -> torch.Tensor:
         if self.xxt is None:
-            raise ValueError("Hessian was not collected")
+            raise ValueError("Hessian was not collected, or was handed over by packed_hessian()")
         if not self._scaled:
             self.xxt.mul_(2.0).div_(max(1, self.count))
             self._scaled = True
         return self.xxt
 
+    def packed_hessian(self) -> SymmetricPacked:
+        """``2/T · X Xᵀ`` (float64) as its packed upper triangle, entry for entry the bits of :attr:`hessian`.
 
-_BAND = 1 << 20  # elements of X Xᵀ computed per band of rows (8 MiB of float64)
+        The stats hand the packed sums over (they no longer hold them: a consumer that releases them
+        frees their memory); a full Hessian read earlier is packed again.
+        """
+        if self._full is not None:
+            return SymmetricPacked.from_full(self._full)
+        packed = SymmetricPacked(self._scaled_xxt(), self.sq_sum.shape[0])
+        self.xxt = None
+        return packed
+
+    @property
+    def hessian(self) -> torch.Tensor:
+        """``2/T · X Xᵀ`` (float64, ``K × K``; the same bits as ``2.0 * xxt / T``)."""
+        if self._full is None:
+            packed = SymmetricPacked(self._scaled_xxt(), self.sq_sum.shape[0])
+            self.xxt = None
+            self._full = packed.full()
+        return self._full
+
+
+_BAND = 1 << 18  # elements of X Xᵀ computed per band of rows (2 MiB of float64)
 
 
 def layer_inputs(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -108,10 +131,8 @@ def collect_input_stats(
                 raise ConfigError(f"calibration inputs to layer {name!r} contain NaN or Inf")
             acc = sums.setdefault(name, _Sums(hessian))
             acc.sq_sum.add((x * x).sum(dim=1))
-            if acc.xxt is not None:  # a band of rows at a time: no K × K temporary
-                rows = max(1, _BAND // x.shape[0])
-                for start in range(0, x.shape[0], rows):
-                    acc.xxt.add_rows(start, x[start : start + rows] @ x.T, (x.shape[0], x.shape[0]))
+            if acc.xxt is not None:
+                _add_upper_triangle(acc.xxt, x)
             acc.count += x.shape[1]
             if stop_early:  # the only hooked layer has seen its input: the rest of the forward is waste
                 raise StopForward
@@ -131,6 +152,23 @@ def collect_input_stats(
         acc = sums.pop(name)
         out[name] = InputStats(acc.sq_sum.take(), acc.xxt.take() if acc.xxt is not None else None, acc.count)
     return out
+
+
+def _add_upper_triangle(acc: CompensatedSum, x: torch.Tensor) -> None:
+    """Add the packed upper triangle of ``x xᵀ`` (``x``: ``[K, T]`` float64) to ``acc``, a band of rows at a time.
+
+    Band ``[s, e)`` is ``x[s:e] @ x[s:]ᵀ`` (only the columns from ``s`` on: half the products of the
+    whole matrix); its entries on and above the diagonal are, row by row, the packed entries
+    ``row_offsets(s) … row_offsets(e)``. No ``K × K`` temporary, and no lower triangle stored.
+    """
+    k = x.shape[0]
+    rows = max(1, _BAND // k)
+    for start in range(0, k, rows):
+        end = min(start + rows, k)
+        band = x[start:end] @ x[start:].T
+        upper = torch.ones(band.shape, dtype=torch.bool).triu_()
+        offset = int(row_offsets(torch.tensor(start), k))
+        acc.add_rows(offset, band.masked_select(upper), (packed_size(k),))
 
 
 @dataclass
@@ -162,7 +200,7 @@ def _reduce(sums: dict[str, _Sums], layers: dict[str, nn.Module], hessian: bool)
         total = _Sums(hessian)
         total.sq_sum = merge_sums(local.sq_sum, (f,), device)
         if local.xxt is not None:
-            total.xxt = merge_sums(local.xxt, (f, f), device)
+            total.xxt = merge_sums(local.xxt, (packed_size(f),), device)
         total.count = reduce_count(local.count)
         out[name] = total
     return out

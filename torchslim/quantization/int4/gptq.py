@@ -42,6 +42,7 @@ from collections.abc import Iterator
 import torch
 
 from torchslim.calibration.hessian import inverse_cholesky
+from torchslim.calibration.packed import SymmetricPacked
 from torchslim.quantization.int4.primitives import Int4Tensors, minmax_qparams
 
 __all__ = ["gptq_quantize"]
@@ -49,7 +50,7 @@ __all__ = ["gptq_quantize"]
 
 def gptq_quantize(
     w: torch.Tensor,
-    hessian: torch.Tensor,
+    hessian: torch.Tensor | SymmetricPacked,
     group_size: int,
     *,
     blocksize: int = 128,
@@ -64,9 +65,13 @@ def gptq_quantize(
     (``[K, N]``: each column a contiguous row) and updated in place, one rank-1 update per column
     inside a block and one matrix product per block for the columns after it.
 
+    A packed Hessian (:class:`~torchslim.calibration.packed.SymmetricPacked`, what the calibration pass
+    accumulates: half the memory) gives the same codes as the full matrix, and is released as soon as
+    its permuted float32 copy is made, so the solve holds two float32 ``K × K`` buffers and no float64 one.
+
     Args:
-        w: float weight ``[N, K]``.
-        hessian: ``2/T · X Xᵀ`` of the layer's calibration inputs (float64 or float32).
+        w: float weight ``[N, K]`` (any float dtype: converted to float32 a band of rows at a time).
+        hessian: ``2/T · X Xᵀ`` of the layer's calibration inputs (float64 or float32), full or packed.
         group_size: columns per group (must divide K).
         blocksize: columns per lazy-update block.
         damp: dampening λ as a fraction of mean diag H.
@@ -80,15 +85,21 @@ def gptq_quantize(
         ValueError: the Hessian has NaN/Inf entries.
     """
     n, k = w.shape
-    h = hessian.detach()
-    if not bool(torch.isfinite(h).all()):
-        raise ValueError("GPTQ Hessian contains NaN or Inf")
-    perm = torch.argsort(torch.diag(h), descending=True, stable=True) if act_order else torch.arange(k)
+    h = hessian.data if isinstance(hessian, SymmetricPacked) else hessian.detach()
+    if h is None or not bool(torch.isfinite(h).all()):
+        raise ValueError("GPTQ Hessian contains NaN or Inf" if h is not None else "GPTQ Hessian was released")
+    diag = hessian.diagonal() if isinstance(hessian, SymmetricPacked) else torch.diag(h)
+    perm = torch.argsort(diag, descending=True, stable=True) if act_order else torch.arange(k)
     inv = torch.argsort(perm)
-    hp = _permuted(h, perm)
+    if isinstance(hessian, SymmetricPacked):
+        hp = hessian.permuted(perm, torch.float32)
+        del h
+        hessian.release()  # read once: its memory goes before the factorisation's buffer is made
+    else:
+        hp = _permuted(h, perm)
     u = inverse_cholesky(hp, damp, overwrite=True)  # [K, K] upper, in the permuted order; hp is spent
     del hp
-    wt = w.detach().to(torch.float32).t()[perm].contiguous()  # [K, N]: row j is permuted column j
+    wt = _rows_float32(w.detach().t(), perm)  # [K, N]: row j is permuted column j
     n_groups = k // group_size
     scale = torch.zeros(n, n_groups)
     zero = torch.zeros(n, n_groups)
@@ -153,6 +164,15 @@ def _one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def _rows_float32(m: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``m[idx]`` in float32, gathered a band of rows at a time (no float32 copy of ``m`` in its own order)."""
+    out = torch.empty(len(idx), m.shape[1], dtype=torch.float32)
+    rows = max(1, (1 << 20) // max(1, m.shape[1]))
+    for start in range(0, len(idx), rows):
+        out[start : start + rows] = m.index_select(0, idx[start : start + rows])
+    return out
 
 
 def _permuted(h: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:

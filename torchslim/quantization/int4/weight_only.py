@@ -37,6 +37,7 @@ from typing import Any, Literal
 import torch
 import torch.nn as nn
 
+from torchslim.calibration.packed import SymmetricPacked
 from torchslim.calibration.stats import collect_input_stats
 from torchslim.core.config import Config, check_positive_int, check_range, fail, register_config
 from torchslim.core.context import Context
@@ -127,10 +128,12 @@ class Int4WeightOnly(Config):
 def int4_linear(
     linear: nn.Linear,
     config: Int4WeightOnly,
-    hessian: torch.Tensor | None = None,
+    hessian: torch.Tensor | SymmetricPacked | None = None,
     notes: list[str] | None = None,
 ) -> Int4WeightOnlyLinear | Int4W4A8Linear:
     """Quantize one Linear with ``config.method`` (``hessian`` ``[K, K]`` for GPTQ / AWQ; None: RTN for them).
+
+    A packed Hessian (:class:`~torchslim.calibration.packed.SymmetricPacked`) is released by GPTQ once read.
 
     The module is an ``Int4W4A8Linear`` when ``config.activations == "int8"``, else an ``Int4WeightOnlyLinear``.
 
@@ -141,25 +144,26 @@ def int4_linear(
         >>> int4_linear(lin, Int4WeightOnly(group_size=32, method="hqq")).group_size
         32
     """
-    w = linear.weight.detach().float()
+    weight = linear.weight.detach()  # GPTQ converts it a band at a time: no float32 copy of the whole
     g, method = config.group_size, config.method
     input_scale = None
     if method == "hqq":
-        t = hqq_quantize(w, g)
+        t = hqq_quantize(weight.float(), g)
     elif method in CALIBRATED_METHODS and hessian is not None:
         try:
             if method == "gptq":
                 t = gptq_quantize(
-                    w, hessian, g, blocksize=config.blocksize, damp=config.damp, act_order=config.act_order
+                    weight, hessian, g, blocksize=config.blocksize, damp=config.damp, act_order=config.act_order
                 )
             else:
-                input_scale, t = awq_quantize(w, hessian, g)
+                full = hessian.full() if isinstance(hessian, SymmetricPacked) else hessian
+                input_scale, t = awq_quantize(weight.float(), full, g)
         except (torch.linalg.LinAlgError, ValueError) as e:
             if notes is not None:
                 notes.append(f"{method} failed ({str(e).splitlines()[0]}); fell back to RTN")
-            t, input_scale = rtn_quantize(w, g), None
+            t, input_scale = rtn_quantize(weight.float(), g), None
     else:
-        t = rtn_quantize(w, g)
+        t = rtn_quantize(weight.float(), g)
     if config.activations == "int8":
         return Int4W4A8Linear.from_tensors(t, g, linear.bias, input_scale)
     return Int4WeightOnlyLinear.from_tensors(t, g, linear.bias, input_scale, kernel=config.kernel)
@@ -175,13 +179,16 @@ def calibrated_swap_(
     hessians: bool,
     sequential: bool = True,
     progress: bool = True,
+    packed: bool = False,
 ) -> list[str]:
     """Swap each ``(name, linear)`` for ``make(name, linear, hessian_or_None)`` (None: keep) in order.
 
     With ``hessians`` each layer's input Hessian ``2/T · X Xᵀ`` is taken from ``ctx.calibration`` by
     :func:`~torchslim.calibration.stats.collect_input_stats`: per layer on the partly swapped model
     (``sequential``) or in one pass before any swap. The swaps are recorded as one ``int8-modules``
-    structure op (the generic quantized-module replay); if anything raises, every swapped layer is put
+    structure op (the generic quantized-module replay). With ``packed`` ``make`` gets the Hessian as a
+    :class:`~torchslim.calibration.packed.SymmetricPacked` (half the memory; the stats hand it over, so
+    a ``make`` that releases it, as GPTQ does, frees it). If anything raises, every swapped layer is put
     back first, so the model is never left half-quantized.
 
     Raises:
@@ -208,7 +215,7 @@ def calibrated_swap_(
                             f"{kind}: {name} was never called by the calibration data; no Hessian (RTN / weight error)"
                         )
                     else:
-                        h = stats.hessian
+                        h = stats.packed_hessian() if packed else stats.hessian
                         if stats.count < h.shape[0]:
                             ctx.record(
                                 f"{kind}: {name}: Hessian from {stats.count} token(s) < {h.shape[0]} inputs "
@@ -300,7 +307,7 @@ def _int4_weight_only(model: nn.Module, config: Int4WeightOnly, select: Select, 
     targets = int4_targets(model, select, config.group_size, label, ctx, config.on_bad_group)
     calibrated = config.method in CALIBRATED_METHODS
 
-    def make(name: str, linear: nn.Module, hessian: torch.Tensor | None) -> nn.Module:
+    def make(name: str, linear: nn.Module, hessian: torch.Tensor | SymmetricPacked | None) -> nn.Module:
         notes: list[str] = []
         new = int4_linear(linear, config, hessian, notes)
         for note in notes:
@@ -308,7 +315,15 @@ def _int4_weight_only(model: nn.Module, config: Int4WeightOnly, select: Select, 
         return new
 
     done = calibrated_swap_(
-        model, targets, make, label, ctx, hessians=calibrated, sequential=config.sequential, progress=config.progress
+        model,
+        targets,
+        make,
+        label,
+        ctx,
+        hessians=calibrated,
+        sequential=config.sequential,
+        progress=config.progress,
+        packed=config.method == "gptq",
     )
     ctx.record(f"{label}: quantized {len(done)} Linear layer(s)")
     return model
