@@ -485,8 +485,10 @@ def run_monitored(model: nn.Module, recipe: Recipe, ctx: Any, monitor: DistillMo
             if ctx.train_data is None:
                 raise ConfigError("distill needs training data: the workload gives none (Workload.train_data)")
             config = step.config
+            # A distill step of a real encoder trains for many minutes: its progress is shown, nested in tune's.
             run = train_distill(model, ctx.teacher, ctx.train_data, config, seed=config.seed + ctx.seed,
-                                device=ctx.device, eval_fn=monitor.evaluate, progress=False)  # fmt: skip
+                                device=ctx.device, eval_fn=monitor.evaluate,
+                                desc=f"{recipe.name} step {i + 1}/{len(recipe.steps)} distill")  # fmt: skip
             model = run.student
             monitor.end_of_step(i)
         else:
