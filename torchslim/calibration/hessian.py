@@ -35,7 +35,8 @@ def inverse_cholesky(h: torch.Tensor, damp: float, *, overwrite: bool = False) -
     With ``J`` the order reversal, ``J H J = L Lᵀ`` gives ``H⁻¹ = (J L⁻¹ J)ᵀ (J L⁻¹ J)`` with
     ``J L⁻¹ J`` upper triangular: one Cholesky factorisation and one triangular solve, instead of the
     three factorisations of ``cholesky(cholesky_inverse(cholesky(H)), upper=True)`` (same factor,
-    unique; a quarter of the time). Works in ``h``'s dtype in one ``K × K`` buffer besides ``h``; with
+    unique; a quarter of the time). The factorisation reads H's upper triangle (H is symmetric) and
+    works in place. Works in ``h``'s dtype in one ``K × K`` buffer besides ``h``; with
     ``overwrite`` ``h``'s memory is the second buffer (its contents are lost), otherwise ``h`` is left
     unchanged and a third one is used.
     """
@@ -51,7 +52,10 @@ def inverse_cholesky(h: torch.Tensor, damp: float, *, overwrite: bool = False) -
         d = torch.diagonal(work)
         d[dead.flip(0)] = 1.0
         d += damp * factor * mean
-        torch.linalg.cholesky_ex(work, out=(work, status))  # J H J = L Lᵀ, L in place
+        # J H J = L Lᵀ, L in place. LAPACK works on column-major storage: a row-major matrix is first
+        # copied (one K × K buffer more), so the factorisation reads ``work``'s storage column-major,
+        # through its transpose view; for a symmetric H that is the same matrix (its upper triangle is read).
+        torch.linalg.cholesky_ex(work.mT, out=(work.mT, status))
         if int(status) == 0:
             break
     else:
@@ -59,7 +63,7 @@ def inverse_cholesky(h: torch.Tensor, damp: float, *, overwrite: bool = False) -
     inv = h if overwrite else torch.empty_like(h)
     inv.zero_()
     torch.diagonal(inv).fill_(1.0)
-    torch.linalg.solve_triangular(work, inv, upper=False, out=inv)  # L⁻¹, in place of the identity
+    torch.linalg.solve_triangular(work.mT, inv, upper=False, out=inv)  # L⁻¹, in place of the identity
     _reversed_into(work, inv, rev)  # U = J L⁻¹ J
     if not bool(torch.isfinite(torch.diagonal(work)).all()):
         raise torch.linalg.LinAlgError("Hessian inverse is not finite")
