@@ -59,6 +59,7 @@ from torchslim.io.config_bound import model_byte_limit
 from torchslim.pruning import MagnitudePruning, NMPruning, SparseGPTPruning, WandaPruning
 from torchslim.quantization import Int4WeightOnly, float_standin
 from torchslim.sequential.activations import ActivationStore
+from torchslim.sequential.heap import release_free_heap
 from torchslim.sequential.skeleton import Skeleton, find_blocks, open_skeleton
 
 __all__ = ["Layout", "SequentialRun", "check_sequential", "compress_sequential", "model_layout"]
@@ -344,6 +345,8 @@ class _Runner:
                 self._apply(stage, streams, tail=False)
                 self._write(stage)
                 sk.release(prefix)
+                del stage
+                release_free_heap()  # the block's freed temporaries, so the next block starts from the same memory
                 bar.note(
                     f"sequential {self.recipe.name}: block {i + 1}/{n} done in {format_duration(time.perf_counter() - start)}"
                 )
