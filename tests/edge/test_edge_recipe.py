@@ -59,3 +59,23 @@ def test_factorized_spec_round_trips_and_bad_replays_are_refused():
             replay_ops(nn.Sequential(nn.Embedding(100, 16)), [{"op": "factorize-embedding", "data": data}])
     replay_ops(model, [{"op": "factorize-embedding", "data": {"layers": {"0": 4}}}])
     assert isinstance(model[0], FactorizedEmbedding) and model[0].rank == 4
+
+
+def test_batch1_column_times_one_call_per_sentence_without_inputs():
+    import torch
+    import torch.nn as nn
+
+    from torchslim.bench.minilm_edge import NO_ARGS, OneByOne
+    from torchslim.measure import interleaved_latency
+
+    calls = []
+
+    class Encoder(nn.Module):
+        def forward(self, ids, mask):
+            calls.append(ids.shape[1])
+            return ids.float().mean(1, keepdim=True)
+
+    sentences = [(torch.ones(1, n, dtype=torch.long), torch.ones(1, n, dtype=torch.long)) for n in (3, 7)]
+    lat = interleaved_latency({"a": OneByOne(Encoder(), sentences)}, NO_ARGS, warmup=1, rounds=2)
+    assert lat["a"].median_ms > 0
+    assert calls == [3, 7] * 3  # warmup + 2 rounds, each sentence at its own length

@@ -37,6 +37,7 @@ from torchslim.api import compress_
 from torchslim.bench.harness import BenchResult, BenchTable, RowBuilder, recipe_config, torch_save_bytes
 from torchslim.bench.minilm import onnxruntime_int8, torchao_int8_compiled
 from torchslim.bench.minilm_kd import KEEP, distill_student, train_sentences
+from torchslim.core.batches import ModelInputs
 from torchslim.core.context import Context
 from torchslim.distillation import drop_blocks
 from torchslim.io import load, save
@@ -63,6 +64,7 @@ TABLE = BenchTable(
     warmup=(2, 5),
 )
 B1_SENTENCES = 64  # STS test sentences timed one per call in the batch-1 column
+NO_ARGS = ModelInputs((), {})  # a OneByOne callable takes no inputs (an empty tuple reads as an empty batch)
 
 
 def recipe_path(name: str) -> Any:
@@ -186,7 +188,7 @@ def bench(data: str | None = None, quick: bool = False) -> BenchResult:
             v.extra["dev_spearman"] = round(wl.evaluate(v.model, "dev", with_cos=False)["stsb_spearman"], 2)
         lat = interleaved_latency(
             {v.name: OneByOne(v.model, b1) for v in variants},
-            (),
+            NO_ARGS,
             warmup=1,
             rounds=TABLE.rounds_for(quick) // 2 + 1,
         )
