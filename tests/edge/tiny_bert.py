@@ -10,22 +10,30 @@ from torchslim.workloads.minilm import SentenceEncoder
 VOCAB, HIDDEN, LAYERS, HEADS, FFN = 500, 64, 4, 4, 128
 
 
-def tiny_encoder() -> SentenceEncoder:
-    """A seeded 4-block BERT (hidden 64, 4 heads, FFN 128, vocabulary 500) with mean pooling, eval mode."""
-    torch.manual_seed(0)
+def bert_encoder(
+    vocab: int, hidden: int, layers: int, heads: int, ffn: int, *, max_len: int = 256, seed: int = 0,
+    dropout: float = 0.0, pooler: bool = True,
+) -> SentenceEncoder:  # fmt: skip
+    """A seeded BERT of the given shape with mean pooling, in eval mode (the edge tests' tiny encoders)."""
+    torch.manual_seed(seed)
     cfg = BertConfig(
-        vocab_size=VOCAB,
-        hidden_size=HIDDEN,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS,
-        intermediate_size=FFN,
-        max_position_embeddings=256,
+        vocab_size=vocab,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=ffn,
+        max_position_embeddings=max_len,
         initializer_range=0.2,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
         attn_implementation="sdpa",
     )
-    return SentenceEncoder(BertModel(cfg)).eval()
+    return SentenceEncoder(BertModel(cfg, add_pooling_layer=pooler)).eval()
+
+
+def tiny_encoder() -> SentenceEncoder:
+    """A seeded 4-block BERT (hidden 64, 4 heads, FFN 128, vocabulary 500) with mean pooling, eval mode."""
+    return bert_encoder(VOCAB, HIDDEN, LAYERS, HEADS, FFN)
 
 
 def batch(n: int = 8, length: int = 16, seed: int = 0) -> dict[str, torch.Tensor]:

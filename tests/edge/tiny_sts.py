@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from transformers import BertConfig, BertModel
+from tiny_bert import bert_encoder
 
 from torchslim.workloads.minilm import MAX_LEN, MiniLMWorkload, SentenceEncoder
 
@@ -35,20 +35,7 @@ def write_sts(folder: Path, rows_per_split: int = 6) -> Path:
 
 def tiny_bert_encoder(seed: int = 0, dropout: float = 0.0) -> SentenceEncoder:
     """A seeded 6-block BERT (hidden 32, 4 heads, FFN 64, vocabulary 300) with mean pooling, eval mode."""
-    torch.manual_seed(seed)
-    cfg = BertConfig(
-        vocab_size=VOCAB,
-        hidden_size=HIDDEN,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS,
-        intermediate_size=FFN,
-        max_position_embeddings=MAX_LEN,
-        initializer_range=0.2,
-        hidden_dropout_prob=dropout,
-        attention_probs_dropout_prob=dropout,
-        attn_implementation="sdpa",
-    )
-    return SentenceEncoder(BertModel(cfg, add_pooling_layer=False)).eval()
+    return bert_encoder(VOCAB, HIDDEN, LAYERS, HEADS, FFN, max_len=MAX_LEN, seed=seed, dropout=dropout, pooler=False)
 
 
 class TinyStsWorkload(MiniLMWorkload):
