@@ -14,8 +14,10 @@ width ``k`` (``in·kh·kw`` for a convolution) and output width ``n``:
 * per step, the largest of (steps run one after another):
 
   - Hessian methods (GPTQ, AWQ, SparseGPT; Frantar et al. 2022, 2023; Lin et al. 2023):
-    ``hessians = 8·(3·k² + 3·n·k)`` float64 bytes for the widest layer (the ``X Xᵀ`` sum, the scaled
-    Hessian and its inverse Cholesky factor; three working copies of the weight), summed over all
+    ``hessians = 8·(2·k² + 3·n·k)`` float64 bytes for the widest layer (the ``X Xᵀ`` sums kept as packed
+    triangles with their compensation terms, then the full Hessian or GPTQ's float32 reordered copy with
+    its in-place Cholesky factor: bounded by two float64 ``k × k`` matrices; three working copies of the
+    weight), summed over all
     layers' ``8·k²`` instead when the step is not ``sequential`` (one pass keeps every layer's Hessian),
     plus ``8·T·k`` for the float64 copy of one batch's layer input (``T`` tokens of the batch).
   - captured layer inputs (int8 with SmoothQuant or an SQNR guard): ``2·c·L`` where ``c`` is the
@@ -145,15 +147,15 @@ def hessian_bytes(widths: Sequence[tuple[int, int]], sequential: bool = True, to
     """Float64 bytes of the Hessian methods for layers of ``(k, n)`` widths (module docstring formula).
 
     Example:
-        >>> hessian_bytes([(4, 2), (8, 2)])  # widest layer: 8 * (3*64 + 3*16)
-        1920
+        >>> hessian_bytes([(4, 2), (8, 2)])  # widest layer: 8 * (2*64 + 3*16)
+        1408
         >>> hessian_bytes([(4, 2), (8, 2)], sequential=False)  # + every other layer's X Xᵀ
-        2048
+        1536
     """
     if not widths:
         return 0
     k, n = max(widths, key=lambda w: w[0] * (w[0] + w[1]))
-    in_flight = 8 * (3 * k * k + 3 * n * k) + 8 * tokens * k
+    in_flight = 8 * (2 * k * k + 3 * n * k) + 8 * tokens * k
     if sequential:
         return in_flight
     return in_flight + 8 * sum(kk * kk for kk, _ in widths) - 8 * k * k
