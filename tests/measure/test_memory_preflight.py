@@ -123,13 +123,19 @@ class Int4Gptq:
         self.sequential = sequential
 
 
+class Wanda:
+    kind = "wanda-pruning"
+
+
 def test_estimate_names_the_step_that_dominates_and_its_hint():
     model = mlp(128, 2)
     est = estimate_compress(model, [Int4Gptq()], example_inputs=(torch.ones(2, 128),), hf=True)
     assert "--sequential" in est.hint
     est = estimate_compress(model, [Int4Gptq()], example_inputs=(torch.ones(2, 128),))
     assert "sequential: true" in est.hint and "--sequential" not in est.hint
-    assert est.parts["serialise"] == 6 * fp32_bytes(model) and est.parts["copy"] == fp32_bytes(model)
+    assert est.parts["serialise"] == 4 * fp32_bytes(model) and est.parts["copy"] == fp32_bytes(model)
+    sparse = estimate_compress(model, [Int4Gptq(), Wanda()], example_inputs=(torch.ones(2, 128),))
+    assert sparse.parts["serialise"] == 6 * fp32_bytes(model)  # the sparse encoder's working copies
     d = estimate_distill(mlp(64, 4), mlp(64, 1), (torch.ones(2, 64),), batch_size=1024)
     assert d.parts["activations"] > d.parts["training"] and "--batch-size" in d.hint
 

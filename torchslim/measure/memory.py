@@ -6,9 +6,10 @@ element), ``A`` the bytes of every leaf module's output for one batch (measured 
 with hooks, without gradients), ``r`` that batch's rows, and for each Linear/Conv layer its input
 width ``k`` (``in·kh·kw`` for a convolution) and output width ``n``:
 
-* ``serialise = 6·F``: measuring a model (after the baseline and every step) and saving it build the
+* ``serialise = 4·F``: measuring a model (after the baseline and every step) and saving it build the
   artifact in memory: the cloned state, safetensors' per-tensor byte strings, its output buffer and the
-  returned bytes, and the sparse encoder's working copies; six copies of the weights bound them.
+  returned bytes. ``6·F`` when a step leaves unstructured or N:M sparsity: the sparse encoder's two
+  working copies come on top.
 * ``copy = F``: the replacement weights a step builds next to the old ones.
 * ``activations = A``: one forward pass (calibration, evaluation, latency).
 * per step, the largest of (steps run one after another):
@@ -42,8 +43,8 @@ the available memory (:mod:`torchslim.measure.memlimit`).
 Example:
     >>> import torch.nn as nn
     >>> est = estimate_compress(nn.Linear(64, 32), [])
-    >>> est.parts["copy"], est.total  # 2080 float32 elements: copy F, serialise 6·F
-    (8320, 58240)
+    >>> est.parts["copy"], est.total  # 2080 float32 elements: copy F, serialise 4·F
+    (8320, 41600)
 """
 
 from __future__ import annotations
@@ -233,6 +234,11 @@ def _step_part(model: nn.Module, step: Any, profile: ActivationProfile, n_calibr
     return "", 0
 
 
+def _leaves_sparsity(kind: str) -> bool:
+    """A step whose result is stored by the sparse encoder (every pruning kind but structural channels)."""
+    return kind.endswith("-pruning") and kind != "channel-pruning"
+
+
 def _hint(part: str, hf: bool) -> str:
     if part == "hessians":
         sequential = "--sequential (block by block)" if hf else "sequential: true in the recipe step"
@@ -266,7 +272,8 @@ def estimate_compress(
     calibration = list(calibration or [])
     profile = activation_profile(model, calibration[0] if calibration else None, example_inputs)
     f = fp32_bytes(model)
-    parts = {"serialise": 6 * f, "copy": f, "activations": profile.outputs}
+    sparse = any(_leaves_sparsity(getattr(step, "kind", "")) for step in steps)
+    parts = {"serialise": (6 if sparse else 4) * f, "copy": f, "activations": profile.outputs}
     biggest, size = "", 0
     for step in steps:
         name, n = _step_part(model, step, profile, len(calibration))
