@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from torchslim.calibration.distributed import all_gather_objects, current_shard, interleave, shard_of
+from torchslim.calibration.hooks import forward_hooks
 from torchslim.core.batches import InputFn, call_model
 from torchslim.core.progress import progress
 from torchslim.errors import ConfigError
@@ -87,12 +88,8 @@ def capture_inputs(
             batch[0] = k
             yield b
 
-    handles = [model.get_submodule(n).register_forward_pre_hook(hook(n)) for n in names]
-    try:
+    with forward_hooks(((model.get_submodule(n), hook(n)) for n in names), pre=True):
         run_calibration(model, _Sized(numbered(), len(mine)), input_fn)
-    finally:
-        for h in handles:
-            h.remove()
     out = {}
     for n in names:
         per_batch = rows.pop(n)

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from torchslim.calibration.compensated import CompensatedSum
 from torchslim.calibration.distributed import all_gather_objects, current_shard, merge_sums, reduce_count, shard_of
+from torchslim.calibration.hooks import forward_hooks
 from torchslim.calibration.packed import SymmetricPacked, packed_size, row_offsets
 from torchslim.calibration.passes import StopForward, run_calibration
 from torchslim.core.batches import InputFn
@@ -139,12 +140,8 @@ def collect_input_stats(
 
         return fn
 
-    handles = [module.register_forward_pre_hook(hook(name)) for name, module in layers.items()]
-    try:
+    with forward_hooks(((module, hook(name)) for name, module in layers.items()), pre=True):
         run_calibration(model, shard_of(batches), input_fn)
-    finally:
-        for h in handles:
-            h.remove()
     if current_shard() is not None:
         sums = _reduce(sums, layers, hessian)
     out = {}

@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from contextlib import ExitStack
 from typing import Any
 
 import torch
 import torch.nn as nn
+
+from torchslim.calibration.hooks import forward_hooks
 
 __all__ = ["FeatureTaps", "check_tap_path", "select_output", "split_tap_path"]
 
@@ -138,12 +141,12 @@ class FeatureTaps:
         if problems:
             raise ValueError("bad tap paths:\n  " + "\n  ".join(problems))
         self._outputs: dict[str, Any] = {}
-        self._handles: list[Any] = []
+        self._hooks = ExitStack()
 
     def __enter__(self) -> FeatureTaps:
         modules = dict(self.model.named_modules())
-        for name in sorted({m for m, _ in self.paths.values()}):
-            self._handles.append(modules[name].register_forward_hook(self._hook(name)))
+        names = sorted({m for m, _ in self.paths.values()})
+        self._hooks.enter_context(forward_hooks((modules[name], self._hook(name)) for name in names))
         return self
 
     def _hook(self, name: str) -> Any:
@@ -153,9 +156,7 @@ class FeatureTaps:
         return record
 
     def __exit__(self, *exc: Any) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        self._hooks.close()
         self._outputs.clear()
 
     def clear(self) -> None:

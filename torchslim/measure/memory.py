@@ -57,6 +57,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from torchslim.calibration.hooks import forward_hooks
 from torchslim.core.batches import batch_size_of, call_model
 from torchslim.errors import MemoryPreflightError
 from torchslim.measure.memlimit import ENV_LIMIT, Available, available_memory, format_bytes
@@ -189,23 +190,21 @@ def activation_profile(model: nn.Module, batch: Any = None, example_inputs: Any 
             totals["tokens"] = max(totals["tokens"], x.numel() // max(x.shape[-1], 1))
 
     leaves = [m for m in model.modules() if not any(True for _ in m.children())]
-    handles = [m.register_forward_hook(on_output) for m in leaves]
     was_training = model.training
     model.eval()
     try:
-        if batch is not None:
-            call_model(model, batch)
-            rows = batch_size_of(batch)
-        elif isinstance(example_inputs, Mapping):
-            model(**example_inputs)
-            rows = batch_size_of(example_inputs)
-        else:
-            inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
-            model(*inputs)
-            rows = batch_size_of(inputs)
+        with forward_hooks((m, on_output) for m in leaves):
+            if batch is not None:
+                call_model(model, batch)
+                rows = batch_size_of(batch)
+            elif isinstance(example_inputs, Mapping):
+                model(**example_inputs)
+                rows = batch_size_of(example_inputs)
+            else:
+                inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+                model(*inputs)
+                rows = batch_size_of(inputs)
     finally:
-        for h in handles:
-            h.remove()
         model.train(was_training)
     return ActivationProfile(rows=rows or 1, **totals)
 

@@ -46,6 +46,7 @@ import torch
 import torch.nn as nn
 
 from torchslim.api import compress_, config_default_select
+from torchslim.calibration.hooks import forward_hooks
 from torchslim.core.batches import ModelInputs, call_model
 from torchslim.core.context import Context
 from torchslim.core.progress import format_duration
@@ -219,16 +220,12 @@ def _capture(model: nn.Module, block: nn.Module, batches: Sequence[Any], store: 
         seen.append(ModelInputs((store.keep(hidden),) + tuple(args[1:]), kept))
         raise _Captured
 
-    handle = block.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                try:
-                    call_model(model, batch)
-                except _Captured:
-                    pass
-    finally:
-        handle.remove()
+    with forward_hooks([(block, hook)], pre=True, with_kwargs=True), torch.no_grad():
+        for batch in batches:
+            try:
+                call_model(model, batch)
+            except _Captured:
+                pass
     return seen
 
 

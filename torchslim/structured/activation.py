@@ -26,6 +26,7 @@ import torch.nn as nn
 from torch_pruning.pruner import function
 from torch_pruning.pruner.importance import GroupMagnitudeImportance
 
+from torchslim.calibration.hooks import forward_hooks
 from torchslim.calibration.passes import run_calibration
 
 
@@ -50,12 +51,8 @@ class ActivationNormImportance(GroupMagnitudeImportance):
         layers = [
             m for m in model.modules() if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.groups == 1)
         ]
-        handles = [m.register_forward_pre_hook(hook) for m in layers]
-        try:
+        with forward_hooks(((m, hook) for m in layers), pre=True):
             run_calibration(model, batches)
-        finally:
-            for h in handles:
-                h.remove()
         self.stats = {m: s.sqrt() for m, s in sums.items()}
 
     @torch.no_grad()

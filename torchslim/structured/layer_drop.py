@@ -36,6 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from torchslim.calibration.hooks import forward_hooks
 from torchslim.calibration.passes import run_calibration
 from torchslim.core.batches import call_model
 from torchslim.core.config import Config, check_positive_int, fail, register_config
@@ -152,12 +153,8 @@ def block_influence(model: nn.Module, blocks: nn.ModuleList, batches: list[Any])
 
         return fn
 
-    handles = [b.register_forward_hook(hook(i), with_kwargs=True) for i, b in enumerate(blocks)]
-    try:
+    with forward_hooks(((b, hook(i)) for i, b in enumerate(blocks)), with_kwargs=True):
         run_calibration(model, batches)
-    finally:
-        for h in handles:
-            h.remove()
     if not all(counts):
         raise UnsupportedModelError("layer-dropping: could not read the hidden states entering and leaving every block")
     return [s / c for s, c in zip(sums, counts, strict=True)]
@@ -209,29 +206,28 @@ def greedy_output_drop(model: nn.Module, blocks: nn.ModuleList, batches: list[An
 
     was_training = model.training
     model.eval()
-    handles = [b.register_forward_hook(skip_hook(i), with_kwargs=True) for i, b in enumerate(blocks)]
     try:
-        reference = _outputs(model, batches)
-        chosen: list[int] = []
-        for _ in range(n):
-            best: tuple[float, int] | None = None
-            for i in range(len(blocks)):
-                if i in skipped:
-                    continue
-                skipped.add(i)
-                outs = _outputs(model, batches)
-                skipped.discard(i)
-                dist = sum(
-                    float((1 - F.cosine_similarity(a, b, dim=-1)).mean()) for a, b in zip(outs, reference, strict=True)
-                )
-                if best is None or dist < best[0]:
-                    best = (dist, i)
-            assert best is not None
-            skipped.add(best[1])
-            chosen.append(best[1])
+        with forward_hooks(((b, skip_hook(i)) for i, b in enumerate(blocks)), with_kwargs=True):
+            reference = _outputs(model, batches)
+            chosen: list[int] = []
+            for _ in range(n):
+                best: tuple[float, int] | None = None
+                for i in range(len(blocks)):
+                    if i in skipped:
+                        continue
+                    skipped.add(i)
+                    outs = _outputs(model, batches)
+                    skipped.discard(i)
+                    dist = sum(
+                        float((1 - F.cosine_similarity(a, b, dim=-1)).mean())
+                        for a, b in zip(outs, reference, strict=True)
+                    )
+                    if best is None or dist < best[0]:
+                        best = (dist, i)
+                assert best is not None
+                skipped.add(best[1])
+                chosen.append(best[1])
     finally:
-        for h in handles:
-            h.remove()
         model.train(was_training)
     return chosen
 

@@ -34,6 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from torchslim.calibration.hooks import forward_hooks
 from torchslim.calibration.passes import run_calibration
 from torchslim.core.adapters import adapt_for_
 from torchslim.core.config import Config, check_positive_int, check_range, register_config
@@ -205,9 +206,5 @@ def _calibrate(model: nn.Module, calibration, targets: list[tuple[str, nn.Module
 
         return fn
 
-    handles = [m.register_forward_pre_hook(hook(n, m.act)) for n, m in targets]
-    try:
+    with forward_hooks(((m, hook(n, m.act)) for n, m in targets), pre=True):
         run_calibration(model, calibration)
-    finally:
-        for h in handles:
-            h.remove()

@@ -40,6 +40,7 @@ import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from torchslim.calibration.hooks import forward_hooks
 from torchslim.calibration.passes import run_calibration
 from torchslim.core.adapters import adapt_for_
 from torchslim.core.config import Config, register_config
@@ -532,12 +533,8 @@ def calibrate_inputs(
 
         return fn
 
-    handles = [m.register_forward_pre_hook(hook(n)) for n, m in targets]
-    try:
+    with forward_hooks(((m, hook(n)) for n, m in targets), pre=True):
         run_calibration(model, calibration)
-    finally:
-        for h in handles:
-            h.remove()
     for n, obs in observers.items():
         if obs.batches == 0:
             raise ConfigError(f"{kind}: layer {n!r} was never called by the calibration data")

@@ -23,6 +23,7 @@ import torch
 import torch.fx
 import torch.nn as nn
 
+from torchslim.calibration.hooks import forward_hooks
 from torchslim.calibration.passes import run_calibration
 from torchslim.core.context import Context
 from torchslim.core.structure import record_op, register_replay
@@ -212,19 +213,16 @@ def _value_qparams(node: Any, plan: _Plan, modules: dict[str, nn.Module], conv_t
 def _calibrate(model: nn.Module, plan: _Plan, calibration: Any, observer: str) -> None:
     """Observe the values whose qparams no int8 reader gives: conv outputs (forward hooks) and pool inputs."""
     observers = {v: make_observer(observer) for v in plan.observe}
-    handles = []
+    inputs, outputs = [], []  # pool inputs (pre-hooks), conv outputs (forward hooks)
     for value, module in plan.observe.items():
         mod = model.get_submodule(module)
         obs = observers[value]
         if _is_global_pool_module(mod):
-            handles.append(mod.register_forward_pre_hook(lambda m, args, obs=obs: obs.update(args[0])))
+            inputs.append((mod, lambda m, args, obs=obs: obs.update(args[0])))
         else:
-            handles.append(mod.register_forward_hook(lambda m, args, out, obs=obs: obs.update(out)))
-    try:
+            outputs.append((mod, lambda m, args, out, obs=obs: obs.update(out)))
+    with forward_hooks(inputs, pre=True), forward_hooks(outputs):
         run_calibration(model, calibration)
-    finally:
-        for h in handles:
-            h.remove()
     for value, obs in observers.items():
         scale, zp = obs.qparams(symmetric=False)
         plan.qparams[value] = (float(scale), int(zp) + 128)
