@@ -43,7 +43,7 @@ def test_cli_passes_its_flags_as_tune_options(tmp_path: Path, monkeypatch: pytes
 
     seen: list[TuneOptions] = []
 
-    def fake_tune(wl, options):  # stops before any work: the options are what is checked
+    def fake_tune(wl, options, *, model=None):  # stops before any work: the options are what is checked
         seen.append(options)
         raise UsageError("stop")
 

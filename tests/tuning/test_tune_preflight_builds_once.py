@@ -56,8 +56,8 @@ def counted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("TORCHSLIM_MEMORY_LIMIT", "64G")  # the estimate fits
     seen: dict[str, object] = {}
 
-    def fake_tune(wl, options):  # takes its baseline as tune does, then stops before any search
-        seen["name"], seen["baseline"] = wl.name, wl.model()
+    def fake_tune(wl, options, *, model=None):  # takes its baseline as tune does, then stops before any search
+        seen["name"], seen["baseline"] = wl.name, wl.model() if model is None else model
         seen["later"] = wl.model()
         raise UsageError("stop")
 

@@ -150,32 +150,14 @@ def _workload(args: argparse.Namespace, command: str) -> Any:
     return wl
 
 
-class _Prebuilt:
-    """``workload`` whose next ``model()`` returns ``model``, already built (for the memory estimate): ``tune``
-    takes it as its baseline instead of building the workload's model a second time. Later ``model()``
-    calls, and every other attribute, are the workload's own."""
-
-    def __init__(self, workload: Any, model: Any) -> None:
-        self._inner, self._model = workload, model
-
-    def __getattr__(self, attr: str) -> Any:
-        if attr in ("_inner", "_model"):  # not set yet (a copy or unpickling in progress): no endless recursion
-            raise AttributeError(attr)
-        return getattr(self._inner, attr)
-
-    def model(self) -> Any:
-        model, self._model = self._model, None  # handed over once: the wrapper keeps no reference
-        return model if model is not None else self._inner.model()
-
-
 def _preflight_tune(wl: Any) -> Any:
-    """The memory check of ``tune`` on the workload's model (refused: exit 5); returns the workload with that
-    model kept for ``tune``'s baseline, so the model is built once."""
+    """The memory check of ``tune`` on the workload's model (refused: exit 5); returns that model, for ``tune``
+    to take as its baseline, so the model is built once."""
     from torchslim.measure.memory import estimate_tune, preflight
 
     model = wl.model()
     preflight(estimate_tune(model, wl.example_inputs(), wl.calibration()), "tune")
-    return _Prebuilt(wl, model)
+    return model
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
@@ -208,9 +190,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
         start=tuple(args.start),
     )  # checked before the workload loads: a bad flag fails fast (exit 3; unknown objective: exit 2)
     wl = _workload(args, "tune")
+    model = None  # tune builds the baseline itself
     if not args.no_preflight and args.device == "cpu":
-        wl = _preflight_tune(wl)  # refuse (exit 5) a search whose trials cannot fit in memory
-    result = tune(wl, options)
+        model = _preflight_tune(wl)  # refuse (exit 5) a search whose trials cannot fit in memory
+    result = tune(wl, options, model=model)
     for name, path in result.paths.items():
         print(f"wrote {path} ({name})")
     c = result.chosen

@@ -351,13 +351,15 @@ def _evaluate_builtins(wl: Any, base: torch.nn.Module, ctx: Any, names: Sequence
     return rows
 
 
-def tune(workload: str | Any, options: TuneOptions) -> TuneResult:
+def tune(workload: str | Any, options: TuneOptions, *, model: torch.nn.Module | None = None) -> TuneResult:
     """Search recipes for ``workload`` that keep its metric within ``options.max_drop`` and minimise
     ``options.objective`` (see the module docstring and :class:`TuneOptions`).
 
     Args:
         workload: a built-in workload name or a :class:`~torchslim.workloads.Workload`.
         options: what to search for and how, validated when built.
+        model: the baseline model (put in eval mode), e.g. one already built for the memory preflight;
+            ``None``: ``workload.model()`` builds it.
 
     Returns:
         A :class:`TuneResult`; the outputs are written to ``options.out``.
@@ -385,7 +387,7 @@ def tune(workload: str | Any, options: TuneOptions) -> TuneResult:
     # Discarded duplicates and surplus trials are FAIL records by design; optuna would warn for each.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
-        base = wl.model().eval()
+        base = (wl.model() if model is None else model).eval()
         ctx = dataclasses.replace(wl.context(seed=seed), eval_fn=None)
         if space is None and o.composed:
             space = _composed_space(wl, base, ctx)
