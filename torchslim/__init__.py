@@ -40,6 +40,7 @@ from torchslim.pruning import (
 )
 from torchslim.quantization import (
     CastDtype,
+    Int4Embedding,
     Int4WeightOnly,
     Int4WeightOnlyLinear,
     Int8Dynamic,
@@ -74,6 +75,7 @@ __all__ = [
     "ChannelPruning",
     "Distill",
     "DistillConfig",
+    "Int4Embedding",
     "Int4WeightOnly",
     "Int4WeightOnlyLinear",
     "Int8Dynamic",

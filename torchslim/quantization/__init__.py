@@ -2,6 +2,7 @@
 
 from torchslim.quantization.cast import CastDtype
 from torchslim.quantization.common.primitives import PerChannel, PerTensor
+from torchslim.quantization.int4.embedding import Int4Embedding
 from torchslim.quantization.int4.mixed import MixedPrecision
 from torchslim.quantization.int4.modules import Int4WeightOnlyLinear
 from torchslim.quantization.int4.w4a8 import Int4W4A8Linear
@@ -14,6 +15,7 @@ from torchslim.quantization.int8.weight_only import Int8WeightOnly
 
 __all__ = [
     "CastDtype",
+    "Int4Embedding",
     "Int4W4A8Linear",
     "Int4WeightOnly",
     "Int4WeightOnlyLinear",
