@@ -9,10 +9,13 @@ from types import SimpleNamespace
 
 import optuna
 import pytest
+import torch
 from optuna.trial import TrialState
 
+from torchslim.api import compress_
+from torchslim.core.context import Context
 from torchslim.errors import ConfigError
-from torchslim.recipes import builtin_recipes, load_recipe
+from torchslim.recipes import builtin_recipes, load_recipe, recipe_from_dict
 from torchslim.tuning.composed import EDGE_INT8, ComposedSpace, DistillMonitor
 from torchslim.tuning.moves import point_key
 from torchslim.tuning.options import TuneOptions
@@ -168,3 +171,37 @@ def test_cli_start_without_the_composed_space_is_a_config_error(tmp_path, capsys
     argv += ["--max-drop", "1", "--out", str(tmp_path / "out"), "--start", "minilm-edge"]
     assert main(argv) == 3
     assert "--space composed" in capsys.readouterr().err
+
+
+def test_int4_embedding_formats_plan_their_steps_and_come_back_from_their_recipes():
+    space = ComposedSpace.for_model(tiny_bert_encoder())
+    assert "int4" in space.embeddings and any(e.endswith("-int4") for e in space.embeddings)
+    base = {"keep_blocks": "0,2,5", "depth_epochs": 1, "head_ratio": 0.0, "ffn_ratio": 0.0, "distill_lr": 0.0003}
+    base |= {f"bits:{g}": 8 for g in space.groups}
+    for fmt, factorized in (("factorized-16-int4", True), ("int4", False), ("factorized-16", True)):
+        point = base | {"embeddings": fmt} | ({"embed_epochs": 2} if factorized else {})
+        steps = space.recipe(point).steps
+        kinds = [s.config.kind for s in steps]
+        assert ("factorize-embedding" in kinds) is factorized
+        assert steps[-1].config.embeddings == ("int4" if fmt.endswith("int4") else True)
+        assert space.point_of(space.recipe(point)) == point
+    # the quick plan (no training) runs on the tiny encoder: the factorized table's rows become int4
+    point = base | {"embeddings": "factorized-16-int4", "embed_epochs": 2}
+    model = tiny_bert_encoder()
+    ids = torch.randint(1, 50, (2, 8), generator=torch.Generator().manual_seed(0))
+    batch = (ids, torch.ones_like(ids))
+    ctx = Context(example_inputs=batch, calibration=[batch])
+    quick = recipe_from_dict({"name": "q", "steps": space.plan(point)[0]})
+    for step in quick.steps:
+        model = compress_(model, step.config, select=step.select, ctx=ctx)
+    assert type(model.bert.embeddings.word_embeddings.table).__name__ == "Int4Embedding"
+    with pytest.raises(ConfigError, match="int2"):
+        ComposedSpace(blocks=6, keep_blocks=("0,5",), embeddings=("int2",))
+
+
+def test_embedding_moves_order_formats_by_bytes_per_row():
+    space = ComposedSpace(blocks=6, keep_blocks=("0,5",), hidden=384,
+                          embeddings=("int8", "int4", "factorized-256", "factorized-256-int4"))  # fmt: skip
+    assert space._kind("embeddings", "factorized-256", "int4") == "compress"  # 384 x 4 bits < 256 x 8 bits
+    assert space._kind("embeddings", "int4", "factorized-256-int4") == "compress"
+    assert space._kind("embeddings", "factorized-256-int4", "int8") == "relax"

@@ -5,8 +5,9 @@ A point chains, in this order (a step is left out when the point does not change
 
     layer-dropping (keep_blocks) -> distill (depth_epochs)
     -> channel-pruning (head_ratio, ffn_ratio; activation-aware) -> distill (width_epochs, hidden-state terms)
-    -> factorize-embedding (embeddings: factorized-R) -> distill (embed_epochs, + embedding-layer term)
-    -> int4-weight-only on the layer groups at 4 bits (bits:GROUP) -> int8-dynamic (int8 rows, int8 Linears)
+    -> factorize-embedding (embeddings: factorized-R[-int4]) -> distill (embed_epochs, + embedding-layer term)
+    -> int4-weight-only on the layer groups at 4 bits (bits:GROUP)
+    -> int8-dynamic (int8 Linears; the table's rows int8, or int4 for the ``int4`` formats)
 
 every distill step at ``distill_lr``, with the embedding loss on the sentence embeddings and, after the
 width and embedding steps, hidden-state terms matching kept block *i* to the teacher's block
@@ -46,6 +47,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -90,12 +92,15 @@ class ComposedSpace:
         head_ratio / ffn_ratio: choices of the fraction of attention heads / FFN neurons removed in every block.
         depth_epochs / width_epochs / embed_epochs: epochs of the distill step after each structural step.
         distill_lr: choices of the learning rate of every distill step.
-        embeddings: ``"int8"`` (int8 rows of the full table) or ``"factorized-R"`` (a rank-R table times a
-            projection, distilled, then int8 rows).
+        embeddings: the word-embedding table's format: ``"int8"`` / ``"int4"`` (int8 or group-wise int4 rows
+            of the full table), ``"factorized-R"`` / ``"factorized-R-int4"`` (a rank-R table times a projection,
+            distilled, then int8 or int4 rows).
         groups: Linear layer groups (see :func:`torchslim.tuning.groups.group_key`), each int8 or int4.
         block_path / embedding_path: the block list and the embedding module (hidden-state taps).
         batch_size / hidden_weight: the distill steps' batch size and hidden-state term weight.
         int8: the int8-dynamic step's settings; ``int4_group_size``: the int4 steps' group size.
+        hidden: the table's width (orders the embedding formats by bytes per row; 0: unknown, the full
+            table counted wider than any factorized one).
     """
 
     blocks: int
@@ -114,6 +119,7 @@ class ComposedSpace:
     hidden_weight: float = 0.001
     int8: dict[str, Any] = field(default_factory=lambda: dict(EDGE_INT8))
     int4_group_size: int = 32
+    hidden: int = 0
     kind: str = "composed"
 
     # run a trial's distill steps through DistillMonitor (tune reads this)
@@ -138,8 +144,10 @@ class ComposedSpace:
         if not all(isinstance(v, float | int) and 0 < v <= 1 for v in self.distill_lr):
             problems.append(f"distill_lr: numbers in (0, 1], got {self.distill_lr!r}")
         for e in self.embeddings:
-            if e != "int8" and not (e.startswith("factorized-") and e[11:].isdigit() and int(e[11:]) > 0):
-                problems.append(f"embeddings: {e!r} is neither 'int8' nor 'factorized-RANK'")
+            if _embedding_format(e) is None:
+                problems.append(
+                    f"embeddings: {e!r} is none of 'int8', 'int4', 'factorized-RANK', 'factorized-RANK-int4'"
+                )
         for name in ("keep_blocks", "head_ratio", "ffn_ratio", "depth_epochs", "width_epochs", "embed_epochs",
                      "distill_lr", "embeddings"):  # fmt: skip
             if not getattr(self, name):
@@ -152,8 +160,9 @@ class ComposedSpace:
         """The composed space of a BERT-style encoder ``model``, holding the points of ``recipes`` where it can.
 
         Blocks kept: each recipe's kept set, then half, two thirds and one third of the blocks spread
-        evenly (first and last kept). Factorization ranks: the recipes', then a sixth, a third and half of
-        the hidden size (multiples of 8).
+        evenly (first and last kept). Embedding formats: the recipes', then factorized tables of a sixth, a
+        third and half of the hidden size (multiples of 8) with int8 rows, one of two thirds with int4 rows,
+        int4 rows of the full table, int8 rows of the full table.
 
         Raises:
             ConfigError: the model has no stack of repeated blocks or no Linear layers in them.
@@ -177,6 +186,8 @@ class ComposedSpace:
                     keeps.append(",".join(str(i) for i in range(n) if i not in step.config.indices))
                 if step.config.kind == "factorize-embedding":
                     ranks.append(f"factorized-{step.config.rank}")
+                if step.config.kind == "int8-dynamic" and step.config.embeddings == "int4" and ranks:
+                    ranks[-1] += "-int4"
         for k in (n // 2, (2 * n) // 3, n // 3):
             if k >= 2:
                 keeps.append(",".join(str(round(i * (n - 1) / (k - 1))) for i in range(k)))
@@ -185,11 +196,15 @@ class ComposedSpace:
             r = max(8, hidden // frac // 8 * 8)
             if r < hidden:
                 ranks.append(f"factorized-{r}")
+        r = max(8, 2 * hidden // 3 // 8 * 8)
+        if r < hidden:
+            ranks.append(f"factorized-{r}-int4")
         kw: dict[str, Any] = {
             "blocks": n,
             "keep_blocks": tuple(dict.fromkeys(keeps)),
             "groups": groups,
-            "embeddings": (*dict.fromkeys(ranks), "int8"),
+            "embeddings": (*dict.fromkeys(ranks), "int4", "int8"),
+            "hidden": hidden,
         }
         return cls(**(kw | overrides))
 
@@ -224,7 +239,7 @@ class ComposedSpace:
         return [
             ("depth_epochs", len(_keep(p["keep_blocks"])) < self.blocks),
             ("width_epochs", p["head_ratio"] > 0 or p["ffn_ratio"] > 0),
-            ("embed_epochs", p["embeddings"] != "int8"),
+            ("embed_epochs", _embedding_format(p["embeddings"])[0] is not None),
         ]
 
     # -- recipe -------------------------------------------------------------------------------
@@ -263,15 +278,16 @@ class ComposedSpace:
             config = ChannelPruning(ratio=p["ffn_ratio"], head_ratio=p["head_ratio"], importance="activation")
             full.append(step_data(config))
             full.append(self._distill(p, "width_epochs", kept, hidden=True, emb=False))
+        rank, bits = _embedding_format(p["embeddings"])
         if stages["embed_epochs"]:
-            rank = int(p["embeddings"].removeprefix("factorized-"))
             full.append({"kind": "factorize-embedding", "rank": rank, "select": {"include": ["word_embeddings$"]}})
             full.append(self._distill(p, "embed_epochs", kept, hidden=True, emb=True))
         int4 = [group_regex(g) for g in self.groups if int(p.get(f"bits:{g}", 8)) == 4]
         if int4:  # int8-dynamic after it quantizes the nn.Linear layers left (and the embedding tables)
             config = Int4WeightOnly(group_size=self.int4_group_size, progress=False)
             full.append(step_data(config, {"include": int4}))
-        full.append({"kind": "int8-dynamic", **self.int8})
+        int8 = self.int8 | ({"embeddings": "int4", "embedding_group_size": self._int4_group(rank)} if bits == 4 else {})
+        full.append({"kind": "int8-dynamic", **int8})
         quick = [s for s in full if s["kind"] != Distill.kind]
         return quick, (full if len(quick) < len(full) else None)
 
@@ -330,6 +346,8 @@ class ComposedSpace:
                 p["embeddings"], stage = f"factorized-{c.rank}", "embed"
             elif isinstance(c, Distill) and stage is not None:
                 p[f"{stage}_epochs"], p["distill_lr"] = c.epochs, c.lr
+            elif c.kind == "int8-dynamic" and c.embeddings == "int4":
+                p["embeddings"] = "int4" if p["embeddings"] == "int8" else p["embeddings"] + "-int4"
             elif isinstance(c, Int4WeightOnly) and step.select is not None:
                 for g in self.groups:
                     if group_regex(g) in step.select.include:
@@ -395,19 +413,43 @@ class ComposedSpace:
                 out[name] = old.get(name, getattr(self, name)[0])
         return out
 
+    def _int4_group(self, rank: int | None) -> int:
+        """The int4 rows' group: the largest power of two up to 128 dividing every table's width (the
+        factorized table's rank and the other tables' hidden width)."""
+        width = math.gcd(rank or 0, self.hidden) or 128
+        return next(g for g in (128, 64, 32, 16, 8, 4, 2) if width % g == 0 or g == 2)
+
+    def _row_bits(self, fmt: str) -> int:
+        rank, bits = _embedding_format(fmt) or (None, 8)
+        return (rank if rank is not None else self.hidden or 1 << 20) * bits
+
     def _kind(self, name: str, old: Any, new: Any) -> str:
         if name == "distill_lr":
             return "recover"
         if name == "keep_blocks":
             a, b = len(_keep(old)), len(_keep(new))
             return "compress" if b < a else "relax" if b > a else "other"
-        if name == "embeddings":
-            size = {e: (0 if e == "int8" else 1) for e in self.embeddings}  # factorized below int8 rows
-            rank = {e: int(e[11:]) if e != "int8" else 1 << 30 for e in self.embeddings}
-            return "compress" if (size[new], -rank[new]) > (size[old], -rank[old]) else "relax"
+        if name == "embeddings":  # bytes per row: rank (or the full width) times bits
+            return "compress" if self._row_bits(new) < self._row_bits(old) else "relax"
         if name.startswith("bits:"):
             return "compress" if new < old else "relax"
         return "compress" if new > old else "relax"
+
+
+def _embedding_format(text: str) -> tuple[int | None, int] | None:
+    """``(rank or None for the full table, bits of a row's values)`` of an embedding format, None if invalid.
+
+    Example:
+        >>> _embedding_format("factorized-256-int4"), _embedding_format("int8"), _embedding_format("int2")
+        ((256, 4), (None, 8), None)
+    """
+    if text in ("int8", "int4"):
+        return None, int(text[3:])
+    body, bits = (text[:-5], 4) if text.endswith("-int4") else (text, 8)
+    rank = body.removeprefix("factorized-")
+    if body.startswith("factorized-") and rank.isdigit() and int(rank) > 0:
+        return int(rank), bits
+    return None
 
 
 def _hidden_size(model: nn.Module) -> int:
