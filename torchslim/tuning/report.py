@@ -58,6 +58,17 @@ def _q(v: float | None) -> str:
     return "-" if v is None else f"{v:.4f}"
 
 
+def _speedup(r: dict[str, Any]) -> str:
+    """The measured speedup over the baseline (``2.31x``), ``-`` for a row measured without it.
+
+    Example:
+        >>> _speedup({"speedup": 2.3127}), _speedup({})
+        ('2.31x', '-')
+    """
+    v = r.get("speedup")
+    return "-" if v is None else f"{v:.2f}x"
+
+
 def objective_key(objective: str, baseline: dict[str, Any]) -> Any:
     """Sort key of feasible rows, best first: size then latency, latency then size, or (``both``) the sum of
     size and latency relative to the baseline (the point of the front handed out as ``best.yaml``).
@@ -242,6 +253,10 @@ def to_markdown(result: Any, settings: dict[str, Any], rows: list[dict], recipe:
         f"(baseline {b['quality']:.4f}; test {b['test_quality']:.4f}; {_kb(b['size_bytes'])} KB; "
         f"{b['latency_ms']:.3f} ms).",
         "",
+        "Latency: the baseline's, measured at the start, divided by the model's speedup; speedup: the "
+        "baseline's median time over the model's, both timed round-robin in one run, so a change of the "
+        "machine's load does not move either (the raw medians are in `trials.json`).",
+        "",
         f"Trials: {', '.join(f'{v} {k}' for k, v in sorted(states.items()))}.",
         "",
         "![pareto](pareto.png)",
@@ -255,7 +270,8 @@ def to_markdown(result: Any, settings: dict[str, Any], rows: list[dict], recipe:
             f"## Best: trial {c['number']} — {c.get('description', '')}",
             "",
             f"{_kb(c['size_bytes'])} KB ({b['size_bytes'] / c['size_bytes']:.1f}x smaller), {c['latency_ms']:.3f} ms "
-            f"({b['latency_ms'] / c['latency_ms']:.2f}x faster), {s['metric']} {c['quality']:.4f} validation "
+            f"({c.get('speedup', b['latency_ms'] / c['latency_ms']):.2f}x faster), "
+            f"{s['metric']} {c['quality']:.4f} validation "
             f"(drop {_drop_cell(c)}), {c['test_quality']:.4f} test (drop {b['test_quality'] - c['test_quality']:.4f}).",
             "",
             compare_builtins(c, result.builtins, s["objective"]),
@@ -278,15 +294,16 @@ def to_markdown(result: Any, settings: dict[str, Any], rows: list[dict], recipe:
     if result.builtins:
         lines += ["", "## Built-in recipes, same budget", ""]
         lines += [
-            "| recipe | size KB | latency ms | val | test | drop | within budget |",
-            "|---|---|---|---|---|---|---|",
+            "| recipe | size KB | latency ms | speedup | val | test | drop | within budget |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for r in result.builtins:
             if "error" in r:
-                lines.append(f"| {r['name']} | - | - | - | - | - | error: {r['error'][:80]} |")
+                lines.append(f"| {r['name']} | - | - | - | - | - | - | error: {r['error'][:80]} |")
                 continue
             lines.append(
-                f"| {r['name']} | {_kb(r['size_bytes'])} | {r['latency_ms']:.3f} | {_q(r['quality'])} | "
+                f"| {r['name']} | {_kb(r['size_bytes'])} | {r['latency_ms']:.3f} | {_speedup(r)} | "
+                f"{_q(r['quality'])} | "
                 f"{_q(r['test_quality'])} | {_drop_cell(r)} | {'yes' if r['feasible'] else 'no'} |"
             )
     examined = [r for r in rows if "confirmed" in r and r.get("how") != "no training step"]
@@ -337,11 +354,14 @@ def _drop_cell(r: dict[str, Any]) -> str:
 
 
 def _table(rows: Sequence[dict], with_test: bool) -> list[str]:
-    out = ["| trial | recipe | size KB | latency ms | val | drop | within budget |", "|---|---|---|---|---|---|---|"]
+    out = [
+        "| trial | recipe | size KB | latency ms | speedup | val | drop | within budget |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         out.append(
             f"| {r['number']} | {r.get('description', '')} | {_kb(r.get('size_bytes'))} | "
-            f"{r.get('latency_ms', float('nan')):.3f} | {_q(r.get('quality'))} | {_drop_cell(r)} | "
+            f"{r.get('latency_ms', float('nan')):.3f} | {_speedup(r)} | {_q(r.get('quality'))} | {_drop_cell(r)} | "
             f"{'yes' if r.get('feasible') else 'no'} |"
         )
     return out

@@ -19,6 +19,13 @@ A trial, cheapest work first:
    the quick quality drop exceeds ``recover_limit``. Either way the training is skipped;
 3. otherwise the full recipe, evaluated on the validation split.
 
+**Latency under a changing load.** The baseline's latency is measured once, at the start; a trial's model
+is timed later, when the machine's load may differ. So each trial's (and each built-in recipe's) model is
+timed round-robin with the baseline model in one call (:func:`torchslim.measure.interleaved_latency`):
+``speedup`` = the baseline's median / the model's median in that same run, and ``latency_ms`` (what the
+``latency`` objective minimises and what "cannot beat" compares) = the baseline's start latency / ``speedup``,
+a figure the load does not move. The raw medians are kept as ``raw_latency_ms`` and ``baseline_raw_ms``.
+
 Where trials come from (user attribute ``origin``): a new study is queued its anchors first
 (:meth:`SearchSpace.named_anchors`: every built-in recipe the space expresses exactly, then the usual
 recipe of each family), so the best trial is never worse than those built-ins. Then a local refinement
@@ -28,6 +35,11 @@ recipe of each family), so the best trial is never worse than those built-ins. T
   more channels removed, one group at fewer bits, ...), up to ``REFINE_MOVES``;
 * a near miss (infeasible, drop at most ``2 * max_drop``, but smaller/faster than every feasible trial):
   its ``recover`` neighbours (more distillation epochs, another learning rate, a recovery step added).
+
+No more points are queued than the trial count can still run (``trials`` less the trials done, running
+and queued), so a finished run leaves no queued (WAITING) trials behind. Queued points run before the
+sampler's proposals, also in a resumed run; a point already tried or queued is never queued again. A
+resumed run given more trials, with nothing queued, first queues the refinement of its best feasible trial.
 
 The sampler's proposals fill the rest. A proposal equal to a point already evaluated or running is
 not run again: it is recorded FAIL (``duplicate_of``, not counted) and replaced in the queue by
@@ -97,7 +109,7 @@ from torchslim.tuning.study import (
 )
 from torchslim.tuning.workers import Skip, Stop, duplicate_of, optimize, record_worker, wait_turn, yield_to_retry
 
-__all__ = ["OBJECTIVES", "TuneOptions", "TuneResult", "default_storage", "tune"]
+__all__ = ["OBJECTIVES", "TuneOptions", "TuneResult", "default_storage", "relative_latency", "tune"]
 
 STUDY_NAME = "torchslim-tune"
 # A latency within this fraction of the best is not "worse": one-thread timings on a shared machine jitter.
@@ -107,6 +119,8 @@ REFINE_MOVES = 4
 # The confirmation run's seed is the study seed plus this: far from seed + 1, whose epoch shuffles
 # (seed + k for the k-th pass) would mostly repeat the original run's.
 CONFIRM_SEED_OFFSET = 10_007
+# The latency figures of a measured model (:func:`relative_latency`), stored with each trial and built-in row.
+SPEED_KEYS = ("latency_ms", "speedup", "raw_latency_ms", "baseline_raw_ms")
 
 
 class _Objective:
@@ -122,6 +136,16 @@ class _Objective:
 
     # -- bookkeeping ------------------------------------------------------------------------------
 
+    def room(self, study: Any, *, current: int = 0) -> int:
+        """How many more points the trial count can still run: ``trials`` less the trials complete or pruned,
+        running (less ``current``: running trials that will not count, e.g. a duplicate) and queued."""
+        from optuna.trial import TrialState
+
+        trials = study.get_trials(deepcopy=False)
+        running = sum(t.state == TrialState.RUNNING for t in trials) - current
+        waiting = sum(t.state == TrialState.WAITING for t in trials)
+        return max(0, self.trials - completed_trials(trials) - running - waiting)
+
     def _enqueue_new(self, study: Any, points: Sequence[dict[str, Any]], origin: str, limit: int) -> int:
         """Queue up to ``limit`` of ``points`` that no trial has (evaluated, running, queued or failed)."""
         tried = {point_key(t.system_attrs.get("fixed_params") or t.params) for t in study.get_trials(deepcopy=False)}
@@ -135,14 +159,39 @@ class _Objective:
                 queued += 1
         return queued
 
-    def _refine(self, trial: Any, *, feasible: bool, drop: float) -> None:  # drop: the judged bound
-        """Queue the neighbours worth a trial after a trial that was not cut short (see the module docstring)."""
+    def _refine(self, study: Any, number: int, params: dict[str, Any], *, feasible: bool, drop: float) -> None:
+        """Queue the neighbours worth a trial after trial ``number`` (not cut short; see the module docstring),
+        no more than the trial count can still run (:meth:`room`): a finished run leaves no queued points.
+        ``drop``: the judged bound."""
+        limit = min(REFINE_MOVES, self.room(study))
+        if limit <= 0:
+            return
         if feasible:
-            moves = self.space.neighbours(trial.params)["compress"]
-            self._enqueue_new(trial.study, moves, f"compress: trial {trial.number}", REFINE_MOVES)
+            moves = self.space.neighbours(params)["compress"]
+            self._enqueue_new(study, moves, f"compress: trial {number}", limit)
         elif drop <= 2 * self.max_drop:
-            moves = self.space.neighbours(trial.params)["recover"]
-            self._enqueue_new(trial.study, moves, f"recover: trial {trial.number}", REFINE_MOVES)
+            moves = self.space.neighbours(params)["recover"]
+            self._enqueue_new(study, moves, f"recover: trial {number}", limit)
+
+    def resume_refinement(self, study: Any) -> None:
+        """On a resumed study with room and nothing queued, queue the refinement of its best feasible trial.
+
+        The refinement is capped to the trial count (:meth:`_refine`), so a run that was given more trials
+        continues the local search where the last run had to stop; a point already tried or queued is never
+        queued again.
+        """
+        from optuna.trial import TrialState
+
+        from torchslim.tuning.report import objective_key
+
+        trials = study.get_trials(deepcopy=False)
+        if any(t.state == TrialState.WAITING for t in trials):
+            return  # the queued points run first
+        done = [t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("feasible")]
+        rows = [t.user_attrs | {"number": t.number, "params": t.params} for t in done if "quality" in t.user_attrs]
+        if rows:
+            best = min(rows, key=objective_key(self.objective, self.baseline))
+            self._refine(study, best["number"], best["params"], feasible=True, drop=best.get("drop_bound", 0.0))
 
     def _random_point(self, salt: int) -> dict[str, Any]:
         """A point drawn uniformly from the space (the parameters as Optuna names them)."""
@@ -228,7 +277,7 @@ class _Objective:
 
     def _run(self, steps: list[dict], number: int, ctx: Any = None, *, quality: bool = True,
              monitor: DistillMonitor | None = None) -> tuple[torch.nn.Module, dict[str, float]]:  # fmt: skip
-        from torchslim.measure import artifact_bytes, measure_latency
+        from torchslim.measure import artifact_bytes
         from torchslim.recipes import recipe_from_dict, run_recipe
 
         recipe = recipe_from_dict({"name": f"trial-{number}", "seed": self.seed, "steps": steps})
@@ -238,8 +287,10 @@ class _Objective:
         else:
             model, _ = run_recipe(copy.deepcopy(self.base), recipe, ctx, measure_steps=False)
         model.eval()
-        lat = measure_latency(model, self.ctx.example_inputs, warmup=3, runs=self.latency_runs).median_ms
-        m = {"size_bytes": artifact_bytes(model), "latency_ms": lat}
+        lat = relative_latency(
+            model, self.base, self.ctx.example_inputs, self.baseline["latency_ms"], self.latency_runs
+        )
+        m = {"size_bytes": artifact_bytes(model)} | lat
         return model, m | (self.budget.judge(model).attrs() if quality else {})
 
     def __call__(self, trial: Any) -> tuple[float, ...]:
@@ -254,9 +305,12 @@ class _Objective:
             trial.set_user_attr("duplicate_of", dup)
             # TPE keeps proposing its favourite point once it has converged: queue a point next to it
             # (or a random one), so the trial this one gives up is spent exploring instead of failing again.
+            # Only while the count has room for it (this trial does not count): no queued point is left over.
             moves = self.space.neighbours(trial.params)
             origin = f"instead of duplicate trial {trial.number}"
-            if not self._enqueue_new(trial.study, [p for m in MOVES for p in moves[m]], origin, 1):
+            if self.room(trial.study, current=1) > 0 and not self._enqueue_new(
+                trial.study, [p for m in MOVES for p in moves[m]], origin, 1
+            ):
                 random = self._random_point(trial.number)
                 self._enqueue_new(trial.study, [random], f"random, {origin}", 1)
             raise Skip(f"duplicate of trial {dup}")
@@ -282,8 +336,7 @@ class _Objective:
                     trial.report(drop, 0)  # intermediate value: quality drop before recovery
             if reason is not None:
                 trial.set_user_attr("prune_reason", reason)
-                trial.set_user_attr("size_bytes", m["size_bytes"])
-                trial.set_user_attr("latency_ms", m["latency_ms"])
+                _set_speed(trial, m)
                 if reason.startswith(("cannot beat", "dominated")):
                     # Cut short, but its objective is known exactly (training changes neither size nor
                     # speed): told to the sampler as a complete trial, so it learns where the small/fast
@@ -299,8 +352,7 @@ class _Objective:
                 try:
                     _, m = self._run(full, trial.number, monitor=monitor)
                 except optuna.TrialPruned:  # by the monitor: size and latency are the quick model's
-                    trial.set_user_attr("size_bytes", m["size_bytes"])
-                    trial.set_user_attr("latency_ms", m["latency_ms"])
+                    _set_speed(trial, m)
                     raise
         except (TorchslimError, RuntimeError, ValueError) as e:
             trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:500])
@@ -313,13 +365,53 @@ class _Objective:
         if hasattr(trial, "set_constraint"):
             trial.set_constraint("quality_drop", excess)
         # Not cut short: smaller/faster than every feasible trial so far (training changes neither).
-        self._refine(trial, feasible=m["feasible"], drop=m["drop_bound"])
+        self._refine(trial.study, trial.number, trial.params, feasible=m["feasible"], drop=m["drop_bound"])
         return self._values(m["size_bytes"], m["latency_ms"])
 
 
+def _set_speed(trial: Any, m: dict[str, Any]) -> None:
+    """Store a trial's size and latency figures (those of :func:`relative_latency`) as user attributes."""
+    for key in ("size_bytes", *SPEED_KEYS):
+        if key in m:
+            trial.set_user_attr(key, m[key])
+
+
+def relative_latency(model: torch.nn.Module, base: torch.nn.Module, example_inputs: Any, baseline_ms: float,
+                     runs: int, *, warmup: int = 3) -> dict[str, float]:  # fmt: skip
+    """Time ``model`` round-robin with the baseline model ``base`` in one call; its load-independent latency.
+
+    Both are timed in the same rounds (:func:`torchslim.measure.interleaved_latency`), so a change of the
+    machine's load during or before the call slows both alike and cancels in their ratio.
+
+    Returns:
+        ``speedup``: the baseline's median / ``model``'s median in this call; ``latency_ms``: ``baseline_ms``
+        (the baseline's latency measured at the start of the run) / ``speedup``, comparable across trials
+        timed under different loads; ``raw_latency_ms`` and ``baseline_raw_ms``: the two medians as measured.
+
+    Example:
+        >>> import torch.nn as nn
+        >>> r = relative_latency(nn.Linear(8, 8), nn.Linear(8, 8), (torch.zeros(1, 8),), 1.0, runs=3, warmup=1)
+        >>> sorted(r)
+        ['baseline_raw_ms', 'latency_ms', 'raw_latency_ms', 'speedup']
+        >>> abs(r["latency_ms"] - r["raw_latency_ms"] / r["baseline_raw_ms"]) < 1e-9
+        True
+    """
+    from torchslim.measure.latency import interleaved_latency
+
+    lat = interleaved_latency({"model": model, "baseline": base}, example_inputs, warmup=warmup, rounds=runs)
+    raw, ref = lat["model"].median_ms, lat["baseline"].median_ms
+    # A model faster than the clock resolves (median 0) is reported as the clock's limit, not as infinitely fast.
+    tiny = 1e-9
+    speedup = max(ref, tiny) / max(raw, tiny)
+    return {"latency_ms": baseline_ms / speedup, "speedup": speedup, "raw_latency_ms": raw, "baseline_raw_ms": ref}
+
+
 def _evaluate_builtins(wl: Any, base: torch.nn.Module, ctx: Any, names: Sequence[str] | None, latency_runs: int,
-                       budget: Budget, progress: Callable[[str], None]) -> list[dict]:  # fmt: skip
-    """Rows for the built-in recipes (val + test quality, size, latency); those that fail are noted."""
+                       budget: Budget, progress: Callable[[str], None],
+                       baseline_ms: float | None = None) -> list[dict]:  # fmt: skip
+    """Rows for the built-in recipes (val + test quality, size, latency relative to the baseline, as trials
+    are: :func:`relative_latency`; ``baseline_ms`` None: the baseline is measured first); those that fail
+    are noted."""
     from torchslim.measure import artifact_bytes, measure_latency
     from torchslim.recipes import builtin_recipes, run_recipe
 
@@ -329,6 +421,8 @@ def _evaluate_builtins(wl: Any, base: torch.nn.Module, ctx: Any, names: Sequence
     rows = []
     if names is None:  # all but the torch.compile ones: minutes of compiling for a comparison point
         names = [n for n, r in recipes.items() if not any(getattr(st.config, "compile", False) for st in r.steps)]
+    if baseline_ms is None:
+        baseline_ms = measure_latency(base, ctx.example_inputs, warmup=3, runs=latency_runs).median_ms
     for name in names:
         if name not in recipes:
             raise UsageError(f"no built-in recipe {name!r}; built-ins: {', '.join(recipes)}")
@@ -343,7 +437,7 @@ def _evaluate_builtins(wl: Any, base: torch.nn.Module, ctx: Any, names: Sequence
             {
                 "name": name,
                 "size_bytes": artifact_bytes(model),
-                "latency_ms": measure_latency(model, ctx.example_inputs, warmup=3, runs=latency_runs).median_ms,
+                **relative_latency(model, base, ctx.example_inputs, baseline_ms, latency_runs),
                 **budget.judge(model).attrs(),
                 "test_quality": float(wl.evaluate(model, "test")[wl.metric]),
             }
@@ -429,11 +523,12 @@ def tune(workload: str | Any, options: TuneOptions, *, model: torch.nn.Module | 
             done = completed_trials(study.get_trials(deepcopy=False))  # a resumed study may have enough
             bar.update(completed=min(done, trials))
             if done < trials:
+                fn.resume_refinement(study)
                 phase("searching")
                 optimize(study, fn, Stop(trials, bar), bar)
             if confirm:
                 fn.confirm(study, confirm, phase)
-            rows = _evaluate_builtins(wl, base, ctx, builtins, latency_runs, budget, phase)
+            rows = _evaluate_builtins(wl, base, ctx, builtins, latency_runs, budget, phase, baseline["latency_ms"])
             phase("writing outputs")
             result = write_outputs(study, wl=wl, base=base, ctx=ctx, space=space, settings=settings,
                                    baseline=baseline, builtins=rows, out=out, peers=o.peers)  # fmt: skip
