@@ -25,10 +25,12 @@ def test_minilm_edge_recipe_chains_depth_width_embedding_then_int8():
         "distill",
         "int8-dynamic",
     ]
-    assert steps[-1].config.compile and steps[-1].config.embeddings
-    assert steps[4].select is not None and steps[4].config.rank == 128
-    # 30522 x 128 int8 rows + the 128 x 384 projection: the table no longer dominates an 8 MB budget.
-    assert 30522 * 128 + 128 * 384 < 4.0e6
+    assert steps[-1].config.compile and steps[-1].config.embeddings == "int4"
+    assert steps[4].select is not None and steps[4].config.rank == 256
+    # 30522 x 256 int4 codes, a float16 scale and minimum per 64 codes, the 256 x 384 int8 projection:
+    # the table no longer dominates an 8 MB budget.
+    group = steps[-1].config.embedding_group_size
+    assert 30522 * 256 // 2 + 30522 * (256 // group) * 4 + 256 * 384 < 4.5e6
 
 
 def test_minilm_edge_table_declares_the_issue_rows():

@@ -41,9 +41,10 @@ def _tiny_edge_recipe() -> dict:
     recipe = builtin_recipes()["minilm-edge"].to_dict()
     for step in recipe["steps"]:
         if step["kind"] == "factorize-embedding":
-            step["rank"] = 8  # the tiny table (300 x 32) shrinks at rank 8, not at the real model's 128
+            step["rank"] = 8  # the tiny table (300 x 32) shrinks at rank 8, not at the real model's 256
         if step["kind"] == "int8-dynamic":
             step["compile"] = False  # the compiled path is covered by the slow tests of test_edge_blocks
+            step["embedding_group_size"] = 8  # int4 rows: a group must divide the rank-8 table
     return recipe
 
 

@@ -22,6 +22,7 @@ from torchslim.tuning.options import TuneOptions
 from torchslim.tuning.tune import STUDY_NAME, tune
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "edge"))
+from tiny_bert import bert_encoder  # noqa: E402
 from tiny_sts import TinyStsWorkload, tiny_bert_encoder, write_sts  # noqa: E402
 
 # Four points, every one trains (blocks dropped, then distilled): 2 sets of blocks kept x 2 learning rates.
@@ -53,12 +54,14 @@ def _study(tmp_path: Path) -> optuna.Study:
 
 
 def test_builtin_minilm_edge_is_the_first_anchor_and_its_recipe_comes_back_exactly():
-    space = ComposedSpace.for_model(tiny_bert_encoder(), recipes=builtin_recipes().values())
+    # hidden 64: the recipe's int4 rows in groups of 64 fit every table of this encoder
+    wide = bert_encoder(300, 64, 6, 4, 128, max_len=64, pooler=False)
+    space = ComposedSpace.for_model(wide, recipes=builtin_recipes().values())
     (origin, point), *rest = space.named_anchors()
     assert origin == "builtin:minilm-edge"
     edge = builtin_recipes()["minilm-edge"]
     assert [s.to_dict() for s in space.recipe(point).steps] == [s.to_dict() for s in edge.steps]
-    assert point["keep_blocks"] == "0,3,5" and point["embeddings"] == "factorized-128"
+    assert point["keep_blocks"] == "0,3,5" and point["embeddings"] == "factorized-256-int4"
     assert (point["depth_epochs"], point["width_epochs"], point["embed_epochs"]) == (1, 2, 2)
     assert [o for o, _ in rest] == ["builtin:int8-dynamic-compiled"]
     mixed = point | {"bits:bert.encoder.layer.*.intermediate.dense": 4}

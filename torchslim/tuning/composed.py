@@ -99,6 +99,7 @@ class ComposedSpace:
         block_path / embedding_path: the block list and the embedding module (hidden-state taps).
         batch_size / hidden_weight: the distill steps' batch size and hidden-state term weight.
         int8: the int8-dynamic step's settings; ``int4_group_size``: the int4 steps' group size.
+        embedding_group_size: the int4 embedding rows' group (halved until it divides every table's width).
         hidden: the table's width (orders the embedding formats by bytes per row; 0: unknown, the full
             table counted wider than any factorized one).
     """
@@ -119,6 +120,7 @@ class ComposedSpace:
     hidden_weight: float = 0.001
     int8: dict[str, Any] = field(default_factory=lambda: dict(EDGE_INT8))
     int4_group_size: int = 32
+    embedding_group_size: int = 64
     hidden: int = 0
     kind: str = "composed"
 
@@ -186,8 +188,10 @@ class ComposedSpace:
                     keeps.append(",".join(str(i) for i in range(n) if i not in step.config.indices))
                 if step.config.kind == "factorize-embedding":
                     ranks.append(f"factorized-{step.config.rank}")
-                if step.config.kind == "int8-dynamic" and step.config.embeddings == "int4" and ranks:
-                    ranks[-1] += "-int4"
+                if step.config.kind == "int8-dynamic" and step.config.embeddings == "int4":
+                    overrides.setdefault("embedding_group_size", step.config.embedding_group_size)
+                    if ranks:
+                        ranks[-1] += "-int4"
         for k in (n // 2, (2 * n) // 3, n // 3):
             if k >= 2:
                 keeps.append(",".join(str(round(i * (n - 1) / (k - 1))) for i in range(k)))
@@ -414,10 +418,12 @@ class ComposedSpace:
         return out
 
     def _int4_group(self, rank: int | None) -> int:
-        """The int4 rows' group: the largest power of two up to 128 dividing every table's width (the
-        factorized table's rank and the other tables' hidden width)."""
-        width = math.gcd(rank or 0, self.hidden) or 128
-        return next(g for g in (128, 64, 32, 16, 8, 4, 2) if width % g == 0 or g == 2)
+        """The int4 rows' group: ``embedding_group_size``, halved until it divides every table's width (the
+        factorized table's rank and the other tables' hidden width; 2 at least)."""
+        width, g = math.gcd(rank or 0, self.hidden), self.embedding_group_size
+        while width and g > 2 and width % g:
+            g //= 2
+        return g
 
     def _row_bits(self, fmt: str) -> int:
         rank, bits = _embedding_format(fmt) or (None, 8)
