@@ -217,18 +217,22 @@ def cmd_export(args: argparse.Namespace) -> int:
     from torchslim.errors import UsageError
     from torchslim.export import export_onnx, export_pt2
     from torchslim.io import load
+    from torchslim.io.atomic import writer_lock
 
-    factory, example_inputs = _resolve_factory(args)
-    if factory is not None and example_inputs is None:
-        raise UsageError(f"{args.model} has no example_inputs(); define it in the factory's module to export")
-    model = load(args.artifact, factory=factory)  # without a factory: rebuilt from the source it records
-    if example_inputs is None:
-        example_inputs = _example_for_artifact(model)
-    if example_inputs is None:
-        raise UsageError(f"{args.artifact}: no example inputs; give --model pkg.mod:factory whose module defines them")
     out = Path(args.out) if args.out else Path(str(Path(args.artifact)) + f".{args.format}")
-    fn = export_onnx if args.format == "onnx" else export_pt2
-    err = fn(model, example_inputs, out)
+    with writer_lock(out):  # one export of a file at a time: a second one meanwhile exits 7
+        factory, example_inputs = _resolve_factory(args)
+        if factory is not None and example_inputs is None:
+            raise UsageError(f"{args.model} has no example_inputs(); define it in the factory's module to export")
+        model = load(args.artifact, factory=factory)  # without a factory: rebuilt from the source it records
+        if example_inputs is None:
+            example_inputs = _example_for_artifact(model)
+        if example_inputs is None:
+            raise UsageError(
+                f"{args.artifact}: no example inputs; give --model pkg.mod:factory whose module defines them"
+            )
+        fn = export_onnx if args.format == "onnx" else export_pt2
+        err = fn(model, example_inputs, out)
     print(f"wrote {out} (max abs difference to torch outputs: {err:.3g})")
     write_json(args.json, {"path": str(out), "format": args.format, "max_abs_error": err})
     return 0

@@ -1,5 +1,10 @@
 """Fuzz ``ts.load`` on artifact folders: ``model.safetensors``, ``structure.json``, ``manifest.json``,
-the sparse streams and their DEFLATE coding.
+the sparse streams and their DEFLATE coding, and the replay of the structure ops.
+
+Two seed artifacts are mutated: ``int8-sparse`` (a pruned MLP stored as sparse DEFLATE deltas, then
+int8: the ``int8-modules`` op) and ``structure-ops`` (a tiny embedding + residual MLP + conv net through
+``fold-batchnorm``, ``layer-dropping``, ``prune-channels``, ``low-rank``, ``factorize-embedding`` and
+``cast-dtype``).
 
 A mutated file gets a fresh manifest checksum (anyone can compute a sha256), so the parsers behind the
 integrity check are reached, not only the checksum comparison.
@@ -36,6 +41,45 @@ def build() -> nn.Module:
     return nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 4))
 
 
+class _Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.up, self.down = nn.Linear(16, 48), nn.Linear(48, 16)
+
+    def forward(self, x):
+        return x + self.down(torch.relu(self.up(x)))
+
+
+class _Net(nn.Module):
+    """Token ids -> embedding -> four residual blocks -> 1x1 conv + batch norm -> linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(40, 16)
+        self.blocks = nn.ModuleList([_Block() for _ in range(4)])
+        self.conv, self.bn = nn.Conv1d(16, 16, 1), nn.BatchNorm1d(16)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, ids):
+        x = self.emb(ids)
+        for b in self.blocks:
+            x = b(x)
+        return self.head(self.bn(self.conv(x.transpose(1, 2))).mean(-1))
+
+
+def build_structured() -> nn.Module:
+    torch.manual_seed(0)
+    return _Net().eval()
+
+
+IDS = torch.arange(10).reshape(2, 5)
+# seed name -> (factory, fixture with its valid files, an input of the model)
+SEEDS = {
+    "int8-sparse": (build, "valid_files", torch.zeros(1, 64)),
+    "structure-ops": (build_structured, "structured_files", IDS),
+}
+
+
 @pytest.fixture(scope="module")
 def valid_files() -> dict[str, bytes]:
     """The files of a pruned (90%, sparse deltas with DEFLATE) and int8 artifact (a structure op)."""
@@ -49,7 +93,34 @@ def valid_files() -> dict[str, bytes]:
     return files
 
 
-def _load(files: dict[str, bytes], *, rehash: bool = True):
+@pytest.fixture(scope="module")
+def structured_files() -> dict[str, bytes]:
+    """The files of the tiny net after six structure ops (each one recorded in ``structure.json``)."""
+    from torchslim.structured import FactorizeEmbedding
+
+    m, ctx = build_structured(), ts.Context(example_inputs=(IDS,))
+    ts.compress_(m, ts.FoldBatchNorm(), ctx=ctx)
+    ts.compress_(m, ts.LayerDropping(every_k=2), ctx=ctx)
+    ts.compress_(m, ts.ChannelPruning(ratio=0.5), select=ts.Select(include=(r"blocks",)), ctx=ctx)
+    ts.compress_(m, ts.LowRank(rank_ratio=0.25), select=ts.Select(include=(r"\.up$",)), ctx=ctx)
+    ts.compress_(m, FactorizeEmbedding(rank=4), ctx=ctx)
+    ts.compress_(m, ts.CastDtype(), select=ts.Select(include=(r"head",)), ctx=ctx)
+    with tempfile.TemporaryDirectory() as d:
+        ts.save(m, Path(d) / "a")
+        files = {name: (Path(d) / "a" / name).read_bytes() for name in FILES}
+    ops = [op["op"] for op in json.loads(files["structure.json"])["ops"]]
+    assert ops == [
+        "fold-batchnorm",
+        "layer-dropping",
+        "prune-channels",
+        "low-rank",
+        "factorize-embedding",
+        "cast-dtype",
+    ]
+    return files
+
+
+def _load(files: dict[str, bytes], *, rehash: bool = True, factory=build):
     """``ts.load`` of a folder holding ``files``; with ``rehash`` the manifest lists their true checksums."""
     with tempfile.TemporaryDirectory() as d:
         root = Path(d) / "a"
@@ -63,26 +134,34 @@ def _load(files: dict[str, bytes], *, rehash: bool = True):
                 pass  # a mutated manifest is loaded as it is
         for name, data in files.items():
             (root / name).write_bytes(data)
-        return ts.load(root, factory=build)
+        return ts.load(root, factory=factory)
 
 
+@pytest.mark.parametrize("seed", list(SEEDS))
 @FUZZ
 @given(data=st.data(), name=st.sampled_from(FILES))
-def test_load_mutated_file(data, name, valid_files, mutate, refused_or_ok):
+def test_load_mutated_file(seed, data, name, request, mutate, refused_or_ok):
+    factory, fixture, x = SEEDS[seed]
+    valid_files = request.getfixturevalue(fixture)  # module-scoped: built once, not per example
     files = {**valid_files, name: mutate(data, valid_files[name])}
-    out = refused_or_ok(_load, files, rehash=name != "manifest.json")
+    out = refused_or_ok(_load, files, rehash=name != "manifest.json", factory=factory)
     if isinstance(out, nn.Module):
-        out(torch.zeros(1, 64))
+        out(x)
 
 
+@pytest.mark.parametrize("seed", list(SEEDS))
 @FUZZ
 @given(data=st.data(), name=st.sampled_from(["structure.json", "manifest.json"]))
-def test_load_json_lies(data, name, valid_files, refused_or_ok):
+def test_load_json_lies(seed, data, name, request, refused_or_ok):
     """Replace one value anywhere in the JSON (a shape, a dtype, a length, a format, an op) by another."""
+    factory, fixture, x = SEEDS[seed]
+    valid_files = request.getfixturevalue(fixture)
     obj = json.loads(valid_files[name])
     obj = replace_one_value(data, obj)
     files = {**valid_files, name: json.dumps(obj).encode()}
-    refused_or_ok(_load, files, rehash=name != "manifest.json")
+    out = refused_or_ok(_load, files, rehash=name != "manifest.json", factory=factory)
+    if isinstance(out, nn.Module):
+        out(x)
 
 
 @pytest.mark.parametrize("name", ["structure.json", "manifest.json"])

@@ -86,20 +86,20 @@ def _model_bound(monkeypatch):
 
 
 @pytest.fixture
-def hf_refused_or_ok():
-    """Call ``fn``: success, exit 3/4 (malformed input) or exit 5 (cannot build / does not fit) with a message."""
+def hf_refused_or_ok(input_guard):
+    """Call ``fn``: success, exit 3/4 (malformed input) or exit 5 (cannot build / does not fit) with a message;
+    an input running past ``hang_seconds`` (5 s) is interrupted and fails as a hang (conftest's ``guard_input``)."""
 
-    def _check(fn, *args):
-        started = time.monotonic()
+    def _check(fn, *args, hang_seconds: float = 5.0):
+        what = f"{fn.__name__} of files " + ", ".join(f"{n} ({len(b)} bytes)" for a in args for n, b in dict(a).items())
         try:
-            return fn(*args)
+            with input_guard(hang_seconds, what):
+                return fn(*args)
         except (UnsafeInputError, ConfigError, UnsupportedModelError) as e:
             assert str(e).strip(), "the error must name the problem"
             return e
         except TorchslimError as e:
             raise AssertionError(f"{type(e).__name__} (exit {e.exit_code}) for malformed input: {e}") from e
-        finally:
-            assert time.monotonic() - started < 5, "one input took more than 5 s"
 
     return _check
 
@@ -283,3 +283,16 @@ def test_index_naming_a_missing_shard_is_unsafe_input(shard, sharded_files):
     index["weight_map"][first] = shard
     with pytest.raises(UnsafeInputError, match="names the shard"):
         _load_folder({**sharded_files, "model.safetensors.index.json": json.dumps(index).encode()})
+
+
+def test_a_hanging_hf_reader_is_reported_as_a_hang(hf_files, hf_refused_or_ok):
+    def stuck_reader(files):
+        try:
+            time.sleep(30)
+        except Exception as e:  # as load_hf_model turns transformers' errors into exit 5
+            raise UnsupportedModelError(f"cannot build: {e}") from e
+
+    started = time.monotonic()
+    with pytest.raises(AssertionError, match=r"more than 0.2 s \(a hang\): stuck_reader of files .*config.json"):
+        hf_refused_or_ok(stuck_reader, hf_files, hang_seconds=0.2)
+    assert time.monotonic() - started < 3

@@ -26,7 +26,7 @@ import torch.nn as nn
 import torchslim as ts
 from torchslim.cli import main
 from torchslim.errors import OutputExistsError
-from torchslim.io.atomic import atomic_dir, describe_os_error
+from torchslim.io.atomic import atomic_dir, atomic_file, describe_os_error, writer_lock
 
 MODULE = """
 import torch, torch.nn as nn
@@ -332,3 +332,126 @@ def test_artifact_follows_the_umask(tmp_path, umask, folder, file):
     assert {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "out").iterdir()} == dict.fromkeys(
         ["manifest.json", "model.safetensors", "structure.json"], file
     )
+
+
+# -- one output file: `torchslim export --out FILE` and atomic_file ------------------------------------
+
+
+def export(art: Path, out: Path) -> int:
+    return main(["export", str(art), "--model", "hostilemod:build", "--format", "pt2", "--out", str(out)])
+
+
+def test_export_while_another_writer_holds_the_file_exits_7(workdir, capsys, monkeypatch):
+    """A held writer lock on ``model.pt2`` (the one ``atomic_dir`` takes): export exits 7 at once, before
+    loading anything, and the previous file is left as it was."""
+    ts.save(model(), workdir / "art")
+    out = workdir / "model.pt2"
+    out.write_bytes(b"previous")
+    import torchslim.io as tio
+
+    monkeypatch.setattr(tio, "load", lambda *a, **k: pytest.fail("export loaded the artifact without the lock"))
+    with writer_lock(out):
+        assert export(workdir / "art", out) == 7
+        assert "another process is writing it" in one_line_error(capsys)
+    assert out.read_bytes() == b"previous"
+    assert leftovers(workdir) == []
+
+
+@pytest.mark.slow  # a real export (seconds) and a second Python process
+def test_two_exports_of_one_file_one_wins_the_other_exits_7(workdir, capsys):
+    """Process A exports to ``model.pt2`` and holds it; a second ``torchslim export`` meanwhile exits 7; A's
+    file is complete and alone."""
+    ts.save(model(), workdir / "art")
+    out, ready, go = workdir / "model.pt2", workdir / "ready", workdir / "go"
+    code = textwrap.dedent(
+        f"""
+        import pathlib, sys, time
+        import torchslim.export.formats as formats
+        from torchslim.cli import main
+        real = formats.export_pt2
+        def slow(*args, **kwargs):  # hold the file until told to finish, then export for real
+            pathlib.Path({str(ready)!r}).touch()
+            while not pathlib.Path({str(go)!r}).exists():
+                time.sleep(0.05)
+            return real(*args, **kwargs)
+        import torchslim.export
+        torchslim.export.export_pt2 = slow
+        sys.exit(main(["export", "art", "--model", "hostilemod:build", "--format", "pt2", "--out", "model.pt2"]))
+        """
+    )
+    a = subprocess.Popen([sys.executable, "-c", code], cwd=workdir)
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            assert a.poll() is None and time.monotonic() < deadline, "export A did not start"
+            time.sleep(0.05)
+        assert export(workdir / "art", out) == 7
+        assert "another process is writing it" in one_line_error(capsys)
+        assert not out.exists()
+    finally:
+        go.touch()
+        assert a.wait(timeout=300) == 0
+    loaded = torch.export.load(str(out)).module()
+    x = torch.randn(2, 16)
+    assert torch.allclose(loaded(x), model()(x), atol=1e-6)
+    assert leftovers(workdir) == []
+
+
+def test_export_holds_the_lock_for_its_run_only(workdir, monkeypatch):
+    # While the export runs its file is locked; afterwards the next export of the same file works.
+    ts.save(model(), workdir / "art")
+    out = workdir / "sub" / "model.pt2"
+    import torchslim.export as texport
+
+    def fake_export(m, example, path):  # the write path itself: tests/io/test_export.py and tests/crash
+        with pytest.raises(OutputExistsError, match="another process is writing it"):
+            with writer_lock(path):
+                pass
+        Path(path).write_bytes(b"graph")
+        return 0.0
+
+    monkeypatch.setattr(texport, "export_pt2", fake_export)
+    assert export(workdir / "art", out) == 0
+    assert export(workdir / "art", out) == 0
+    with writer_lock(out):
+        pass
+    assert sorted(p.name for p in out.parent.iterdir()) == ["model.pt2"]
+
+
+def test_full_disk_in_atomic_file_is_exit_7_and_keeps_the_previous_file(tmp_path, monkeypatch):
+    """A write that fails with ENOSPC half-way: OutputExistsError (exit 7) naming it, the previous file
+    byte for byte, no temporary left."""
+    target = tmp_path / "model.onnx"
+    target.write_bytes(b"previous complete file")
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with pytest.raises(OutputExistsError, match="no space left on the device") as info:
+        with atomic_file(target) as tmp:
+            with open(tmp, "wb") as f:
+                f.write(b"half of the new ")
+                f.flush()
+                monkeypatch.setattr(os, "write", full)
+                os.write(f.fileno(), b"file")
+    monkeypatch.undo()
+    assert info.value.exit_code == 7
+    assert target.read_bytes() == b"previous complete file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+
+
+def test_full_disk_at_fsync_in_atomic_file_is_exit_7(tmp_path, monkeypatch):
+    # The bytes reach the disk at fsync (delayed allocation): ENOSPC there is the same refusal.
+    target = tmp_path / "model.pt2"
+    target.write_bytes(b"previous")
+    import torchslim.io.atomic as atomic
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(atomic.os, "fsync", full)
+    with pytest.raises(OutputExistsError, match="writing .*model.pt2 failed: no space left on the device"):
+        with atomic_file(target) as tmp:
+            tmp.write_bytes(b"new")
+    assert target.read_bytes() == b"previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt2"]

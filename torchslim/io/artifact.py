@@ -32,6 +32,7 @@ Example:
 from __future__ import annotations
 
 import json
+import os
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -193,8 +194,34 @@ def parse_safetensors(data: bytes, source: str = "safetensors") -> dict[str, tor
         raise UnsafeInputError(f"{source}: not a valid safetensors file ({e})") from None
 
 
+def read_safetensors_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; its declared header length is checked against
+    :data:`MAX_HEADER_BYTES` and the file's size from its first 8 bytes, before the file is read whole.
+
+    Raises:
+        UnsafeInputError: a header larger than the limit or the file, or a malformed file.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "t.safetensors"
+        >>> _ = path.write_bytes(st_save({"w": torch.ones(2)}))
+        >>> read_safetensors_file(path)["w"]
+        tensor([1., 1.])
+    """
+    path = Path(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) == 8:
+            (header_len,) = struct.unpack("<Q", head)
+            size = os.fstat(f.fileno()).st_size
+            if header_len > MAX_HEADER_BYTES or header_len > size - 8:
+                raise UnsafeInputError(f"{path}: header length {header_len} is larger than the file or the limit")
+        data = head + f.read()
+    return parse_safetensors(data, str(path))
+
+
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    return parse_safetensors(path.read_bytes(), str(path))
+    return read_safetensors_file(path)
 
 
 def _check_manifest(root: Path) -> dict[str, Any]:

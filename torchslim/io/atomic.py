@@ -4,7 +4,9 @@ A crash, SIGKILL or Ctrl-C leaves either the old artifact or nothing; the old ar
 once the new one is complete. Stale temporaries (``.torchslim-tmp-<name>-*``) from an earlier crash are
 hidden and cleaned on the next write of the same target. Two processes writing the same folder at
 once: one wins, the other gets OutputExistsError (exit 7). ``atomic_file`` does the same for one file
-(checkpoints, exported graphs).
+(checkpoints, exported graphs); a command that owns one output file for its whole run (``torchslim export
+--out FILE``) also holds :func:`writer_lock` on it, the lock ``atomic_dir`` takes, so a second writer of
+the same file meanwhile exits 7.
 
 Example:
     >>> import tempfile, pathlib
@@ -120,6 +122,43 @@ def _writer_lock(parent: Path, name: str) -> Iterator[None]:
 
 
 @contextmanager
+def writer_lock(target: str | Path) -> Iterator[None]:
+    """Hold the one-writer lock of ``target`` (the ``flock`` on ``.torchslim-lock-<name>`` beside it that
+    :func:`atomic_dir` takes) until the block ends; its parent folder is created when missing.
+
+    For a command that owns an output for its whole run (``torchslim export --out FILE``): a second process
+    writing the same target meanwhile (through ``writer_lock`` or ``atomic_dir``) gets OutputExistsError
+    (exit 7) and changes nothing. The lock is per open file: the same process cannot take it twice.
+
+    Raises:
+        OutputExistsError: another process holds the lock, or the lock file cannot be created (the
+            message names the reason: no space, permission denied, read-only, ...).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "model.onnx"
+        >>> with writer_lock(path):
+        ...     try:
+        ...         with writer_lock(path):
+        ...             pass
+        ...     except OutputExistsError as e:
+        ...         print(e.exit_code, "another process is writing it" in str(e))
+        7 True
+        >>> sorted(p.name for p in path.parent.iterdir())  # the lock file is removed on release
+        []
+    """
+    target = Path(target)
+    parent = target.parent if str(target.parent) else Path(".")
+    with ExitStack() as held:
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            held.enter_context(_writer_lock(parent, target.name))
+        except OSError as e:
+            raise OutputExistsError(f"cannot write under {parent}: {describe_os_error(e)}") from None
+        yield
+
+
+@contextmanager
 def atomic_dir(target: str | Path, *, force: bool = False, manifest: dict[str, Any] | None = None) -> Iterator[Path]:
     """Yield a temporary folder to fill; on success write ``manifest.json`` (sha256 of each file) and
     move it into place at ``target``. On any exception (Ctrl-C included) the temporary folder is removed.
@@ -179,8 +218,9 @@ def atomic_file(target: str | Path) -> Iterator[Path]:
     On an exception the temporary file is removed. After a SIGKILL it stays hidden
     (``.torchslim-tmp-<name>-*``) and the next ``atomic_file`` of the same target removes it; the
     temporary files of writers still alive are left alone (each holds ``flock`` on its own). Concurrent
-    writers of one target do not wait for each other: the last complete one wins. The file follows the
-    user's umask (``mkstemp`` alone would make it 0600).
+    writers of one target do not wait for each other: the last complete one wins, unless they hold
+    :func:`writer_lock` on it (as ``torchslim export`` does), which refuses the second one. The file
+    follows the user's umask (``mkstemp`` alone would make it 0600).
 
     Raises:
         OutputExistsError: an I/O error (the message names it: no space, permission denied, read-only, ...).
