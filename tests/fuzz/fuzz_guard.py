@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 from torchslim.errors import ConfigError, TorchslimError, UnsafeInputError
 
 HANG_SECONDS = 5.0
+WALL_FACTOR = 6  # the wall-time cap of one input, in multiples of its CPU-time limit
 
 
 class FuzzHang(AssertionError):
@@ -27,27 +29,35 @@ def _describe(args: tuple, kwargs: dict) -> str:
 
 @contextmanager
 def guard_input(seconds: float, what: str) -> Iterator[None]:
-    """Interrupt the body with :class:`FuzzHang` (naming ``what``) once it has run ``seconds`` of wall time.
+    """Interrupt the body with :class:`FuzzHang` (naming ``what``) once it has run ``seconds`` of wall time
+    while getting that much CPU time, or ``WALL_FACTOR`` times ``seconds`` of wall time in any case.
 
-        A real timer (``setitimer(ITIMER_REAL)`` and SIGALRM), so a reader stuck in a loop fails the test
-        instead of stalling it; the previous handler and timer are restored afterwards. A reader that catches
-    the interruption (``except Exception``) and answers with its own error, or returns, still fails with
-    :class:`FuzzHang`. Only in the main
-        thread of a POSIX process (elsewhere the body runs unguarded). A reader blocked inside C code that
-        does not return to the interpreter is interrupted when it next does.
+    A real timer (``setitimer(ITIMER_REAL)`` and SIGALRM), so a reader stuck in a loop fails the test
+    instead of stalling it; the previous handler and timer are restored afterwards. When the timer fires
+    and the process had less than ``seconds`` of CPU time since the input started (a loaded machine, or
+    a reader blocked without spinning), the timer is re-armed for the CPU time still allowed, up to the
+    wall cap: a slow input on a busy machine is not a hang, a loop is. A reader that catches the
+    interruption (``except Exception``) and answers with its own error, or returns, still fails with
+    :class:`FuzzHang`. Only in the main thread of a POSIX process (elsewhere the body runs unguarded). A
+    reader blocked inside C code that does not return to the interpreter is interrupted when it next does.
 
-        Example:
-            >>> with guard_input(1.0, "quick input"):
-            ...     sum(range(10))
-            45
+    Example:
+        >>> with guard_input(1.0, "quick input"):
+        ...     sum(range(10))
+        45
     """
     if not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
         yield
         return
-    message = f"one input took more than {seconds:g} s (a hang): {what}"
+    message = f"one input took more than {seconds:g} s of CPU time or {WALL_FACTOR * seconds:g} s of wall time (a hang): {what}"
     fired = []
+    cpu0, wall0 = time.process_time(), time.monotonic()
 
     def _fire(signum, frame):
+        used, waited = time.process_time() - cpu0, time.monotonic() - wall0
+        if used < seconds and waited < WALL_FACTOR * seconds:  # starved or blocked so far: wait on
+            signal.setitimer(signal.ITIMER_REAL, max(min(seconds - used, WALL_FACTOR * seconds - waited), 0.01))
+            return
         fired.append(True)
         raise FuzzHang(message)
 

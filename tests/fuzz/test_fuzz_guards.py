@@ -35,9 +35,17 @@ def swallowing_reader(data: bytes) -> None:
 @pytest.mark.parametrize("reader", [sleeping_reader, looping_reader, swallowing_reader])
 def test_a_hanging_reader_is_reported_as_a_hang(reader, refused_or_ok):
     started = time.monotonic()
-    with pytest.raises(FuzzHang, match=rf"more than 0.2 s \(a hang\): {reader.__name__}\(b'input 7'\)"):
+    with pytest.raises(
+        FuzzHang, match=rf"more than 0.2 s of CPU time or 1.2 s of wall time \(a hang\): {reader.__name__}"
+    ):
         refused_or_ok(reader, b"input 7", hang_seconds=0.2)
     assert time.monotonic() - started < 3
+
+
+def test_a_slow_input_without_the_cpu_for_it_is_not_a_hang():
+    """Waiting (as on a loaded machine) past the CPU-time limit but within the wall cap is allowed."""
+    with guard_input(0.2, "starved"):
+        time.sleep(0.5)
 
 
 def test_a_reader_that_returns_after_the_interruption_is_still_a_hang():
