@@ -21,6 +21,7 @@ from torchslim.errors import UnsafeInputError
 from torchslim.io import artifact, hf
 from torchslim.io.artifact import read_safetensors_file
 from torchslim.io.atomic import sha256_file
+from torchslim.io.weights import load_state_dict_file
 from torchslim.recipes import recipe as recipe_module
 from torchslim.recipes.recipe import load_recipe
 
@@ -93,6 +94,8 @@ def test_safetensors_header_over_max_header_bytes_is_refused_from_its_first_byte
     e = refused_without_reading(load_with_factory, art)
     assert "header length 1001" in str(e)
     e = refused_without_reading(read_safetensors_file, art / "model.safetensors")
+    assert "header length 1001" in str(e)
+    e = refused_without_reading(load_state_dict_file, art / "model.safetensors")  # --weights FILE
     assert "header length 1001" in str(e)
 
 

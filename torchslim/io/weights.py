@@ -48,9 +48,9 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise UsageError(f"weights file {path} does not exist")
     if path.suffix == ".safetensors":
-        from torchslim.io.artifact import parse_safetensors
+        from torchslim.io.artifact import read_safetensors_file
 
-        tensors = parse_safetensors(path.read_bytes(), str(path))
+        tensors = read_safetensors_file(path)  # the header length is checked before the file is read whole
     else:
         if _is_torchscript(path):
             raise UnsafeInputError(
