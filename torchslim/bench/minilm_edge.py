@@ -5,8 +5,9 @@ Rows, timed round-robin in one process:
 - ``fp32``: the pretrained encoder;
 - ``torchslim-int8-dynamic``: the built-in ``int8-dynamic-compiled`` recipe (the best single technique);
 - ``torchslim-distill-3-layers``: blocks 0, 3, 5 kept and the embeddings distilled (as ``bench minilm-kd``);
-- ``torchslim-edge``: the built-in ``minilm-edge`` recipe (drop 3 blocks → distil → half the heads and
-  FFN neurons → distil → rank-128 factorized word-embedding table → distil → int8 compiled);
+- ``torchslim-edge``: the built-in ``minilm-edge`` recipe (drop 3 blocks → distil → a quarter of the heads
+  and half the FFN neurons → distil → rank-256 factorized word-embedding table → distil → int8 compiled,
+  int4 embedding rows);
 - peers: ``peer-onnxruntime-int8`` (ONNX Runtime dynamic int8), ``peer-torchao-int8-dynamic-compiled``
   and ``peer-torch-compile-bf16`` (``torch.compile`` of the bf16 model, float32 embeddings out).
 
