@@ -9,6 +9,14 @@ The model is the ``shakespeare-gpt`` workload's :class:`~torchslim.workloads.sha
   ``Int4WeightOnly(group_size, method)``; GPTQ and AWQ calibrate on 8 batches of 8 random *training*
   windows (the held-out tail is only scored); ``torchslim-int4-gptq-g128`` is read from the built-in
   ``int4-g128`` recipe (``TABLE.recipes``), the same config;
+- ``torchslim-int4-w4a8-gptq-g128`` (right after ``torchslim-int4-gptq-g128``, its W4A16 twin): the built-in
+  ``int4-w4a8-g128`` recipe, ``Int4WeightOnly(group_size=128, method="gptq", activations="int8")``: the same
+  GPTQ calibration, the weights in torchslim's W4A8 kernel layout
+  (:class:`~torchslim.quantization.int4.w4a8.Int4W4A8Linear`) and every Linear's input quantized to int8
+  per token (LLM.int8()'s per-token scales, Dettmers et al., arXiv:2208.07339). Its ``val_ppl`` against
+  ``torchslim-int4-gptq-g128``'s is what int8 activations cost; the row is left out with a note where
+  the W4A8 kernel cannot be built (:func:`torchslim.kernels.load` falls back to the torch reference, whose
+  sums are the same but whose latency is not the kernel's);
 - ``torchslim-int4-mixed``: ``MixedPrecision(budget_ratio=0.2, method="gptq", group_size=128)``, int4 /
   int8 / bf16 per layer by output SQNR under 20 % of the Linear weights' fp32 bytes (the choice per layer
   is in the notes).
@@ -31,7 +39,10 @@ from torchslim.measure import artifact_bytes
 METHODS = ("rtn", "gptq", "awq", "hqq")
 GROUPS = (128, 32)
 MIXED_BUDGET = 0.2
-INT4_ROWS = (*(f"torchslim-int4-{m}-g{g}" for g in GROUPS for m in METHODS), "torchslim-int4-mixed")
+W4A8_ROW = "torchslim-int4-w4a8-gptq-g128"  # GPTQ g128 with int8 activations, next to its W4A16 twin
+_METHOD_ROWS = tuple(f"torchslim-int4-{m}-g{g}" for g in GROUPS for m in METHODS)
+_AFTER = _METHOD_ROWS.index("torchslim-int4-gptq-g128") + 1
+INT4_ROWS = (*_METHOD_ROWS[:_AFTER], W4A8_ROW, *_METHOD_ROWS[_AFTER:], "torchslim-int4-mixed")
 
 TABLE = BenchTable(
     name="shakespeare-gpt",
@@ -39,15 +50,15 @@ TABLE = BenchTable(
     rows=("fp32", *INT4_ROWS),
     metrics=("val_ppl", "val_loss"),
     columns=("build_s", "ppl_vs_fp32"),
-    recipes={"torchslim-int4-gptq-g128": "int4-g128"},
-    optional=INT4_ROWS,  # left out when the int4 core is not importable
+    recipes={"torchslim-int4-gptq-g128": "int4-g128", W4A8_ROW: "int4-w4a8-g128"},
+    optional=INT4_ROWS,  # left out when the int4 core is not importable (W4A8: when its kernel is not built)
     rounds=(3, 10),
     warmup=(1, 2),
 )
 
 
 def _int4_configs() -> dict[str, Any]:
-    """Row name -> config; empty when the int4 core is not importable (the fp32 row still runs)."""
+    """Row name -> config, in table order; empty when the int4 core is not importable (the fp32 row still runs)."""
     try:
         from torchslim.quantization import Int4WeightOnly, MixedPrecision
     except ImportError:
@@ -57,7 +68,16 @@ def _int4_configs() -> dict[str, Any]:
     }
     configs.update({name: recipe_config(recipe) for name, recipe in TABLE.recipes.items()})  # the same, from its file
     configs["torchslim-int4-mixed"] = MixedPrecision(budget_ratio=MIXED_BUDGET, method="gptq", group_size=128)
-    return configs
+    return {name: configs[name] for name in INT4_ROWS}
+
+
+def _w4a8_missing() -> str:
+    """Why the W4A8 row is left out here: "" when the W4A8 kernel is built (builds it at the first call)."""
+    from torchslim import kernels
+
+    if kernels.load() == "torch-reference":
+        return "torchslim.kernels runs its torch reference here (the C++ build failed or TORCHSLIM_KERNELS=reference)"
+    return ""
 
 
 def bench(data: str | None = None, quick: bool = False) -> BenchResult:
@@ -87,7 +107,11 @@ def run_on(wl: Any, quick: bool = False) -> BenchResult:
         rows.notes.extend(f"{name}: {e}" for e in ctx.events)
         return model, artifact_bytes(model)
 
+    w4a8_missing = _w4a8_missing() if W4A8_ROW in configs else ""  # the kernel builds here, outside build_s
     for name, config in configs.items():
+        if name == W4A8_ROW and w4a8_missing:
+            rows.add(name, lambda: None, missing=w4a8_missing)  # left out with a note
+            continue
         rows.add(name, lambda name=name, config=config: ours(name, config))
     variants = rows.variants(x, quality=lambda model: lambda: wl.evaluate(model, "val"))
     result = TABLE.run(variants, quick)
