@@ -49,6 +49,10 @@ class Context:
         events: notes transforms record (skipped modules, fallbacks); run_recipe puts them in the report.
         input_fn: ``input_fn(batch) -> (args, kwargs)`` or ``(args, kwargs, target)`` for batches of any
             other layout; applied once to each calibration and training batch as it is read.
+        distill_eval: the ``eval_fn`` of a distill step's training (see
+            :func:`~torchslim.distillation.train_distill`): called at its evaluations (``eval_every``; by
+            default the end of every epoch), its first metric drives early stopping and the best weights;
+            None: no evaluation during distillation. ``run_recipe(distill_eval=...)`` sets it.
 
     Raises:
         ConfigError: a device that is not available, a one-shot iterator as ``train_data``, a
@@ -64,6 +68,7 @@ class Context:
     seed: int = 0
     events: list[str] = field(default_factory=list)
     input_fn: InputFn | None = None
+    distill_eval: EvalFn | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.example_inputs, torch.Tensor):

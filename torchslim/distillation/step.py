@@ -26,7 +26,10 @@ __all__: list[str] = []
 
 @register_transform(DistillConfig, scope="model")
 def _distill_step(model: nn.Module, config: DistillConfig, select: Select, ctx: Context) -> nn.Module:
-    """Distil ``ctx.teacher`` into ``model`` (whole model; ``select`` must be left empty)."""
+    """Distil ``ctx.teacher`` into ``model`` (whole model; ``select`` must be left empty).
+
+    ``ctx.distill_eval``, when given, is the training's ``eval_fn`` (evaluations, early stopping, best weights).
+    """
     if select != Select():
         raise ConfigError("distill trains the whole model; remove the step's select")
     if ctx.teacher is None:
@@ -36,7 +39,15 @@ def _distill_step(model: nn.Module, config: DistillConfig, select: Select, ctx: 
         )
     if ctx.train_data is None:
         raise ConfigError("distill needs training data: give Context(train_data=...) or use a workload")
-    run = train_distill(model, ctx.teacher, ctx.train_data, config, seed=config.seed + ctx.seed, device=ctx.device)
+    run = train_distill(
+        model,
+        ctx.teacher,
+        ctx.train_data,
+        config,
+        eval_fn=ctx.distill_eval,
+        seed=config.seed + ctx.seed,
+        device=ctx.device,
+    )
     if run.stopped_early:
         ctx.record(f"distill: stopped early after {run.steps} steps")
     return run.student

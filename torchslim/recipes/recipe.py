@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -25,7 +26,7 @@ import torch.nn as nn
 import yaml
 
 from torchslim.core.config import Config, build_config, convert_value
-from torchslim.core.context import Context
+from torchslim.core.context import Context, EvalFn
 from torchslim.core.progress import format_duration
 from torchslim.core.progress import progress as progress_task
 from torchslim.core.select import Select
@@ -258,6 +259,8 @@ def run_recipe(
     latency_runs: int = 30,
     baseline: Report | None = None,
     progress: bool = True,
+    distill_eval: EvalFn | None = None,
+    on_step_end: Callable[[int, nn.Module], None] | None = None,
 ) -> tuple[nn.Module, RunReport]:
     """Apply every step of ``recipe`` in order, measuring the model after each.
 
@@ -275,9 +278,27 @@ def run_recipe(
         latency_runs: timed runs per measurement.
         baseline: a baseline already measured (skips measuring it again).
         progress: report progress (False: silent, including the steps' own progress).
+        distill_eval: ``model -> {metric: value}``, the distill steps' ``eval_fn`` (as
+            ``Context.distill_eval``): called at each evaluation of their training (``eval_every``; by
+            default the end of every epoch). Its first metric drives early stopping and the best weights, so
+            a hook that only watches returns an increasing first metric (the evaluation count) to keep the
+            last weights; it must not draw from the global random state (fork it), or the training changes.
+        on_step_end: ``on_step_end(i, model)`` after step ``i`` (0-based), before its measurement (its time
+            counts in the step's); it may raise to stop the run (tune prunes a trial so).
+
+    The hooks change nothing else: a hook that changes neither the model nor the global random state (and a
+    ``distill_eval`` whose first metric increases) gives the model a run without hooks gives.
 
     Returns:
         ``(model, run_report)``.
+
+    Example:
+        >>> recipe = recipe_from_dict({"name": "half", "steps": [{"kind": "cast-dtype", "dtype": "bfloat16"}]})
+        >>> seen = []
+        >>> model, run = run_recipe(nn.Linear(2, 2), recipe, measure_steps=False, progress=False,
+        ...                         on_step_end=lambda i, m: seen.append((i, m.weight.dtype)))
+        >>> seen
+        [(0, torch.bfloat16)]
     """
     from torchslim.api import compress_
 
@@ -287,6 +308,8 @@ def run_recipe(
         # Context (sharing ``events``) so the caller's is not changed.
         teacher = copy.deepcopy(model).eval().requires_grad_(False)
         ctx = dataclasses.replace(ctx, teacher=teacher)
+    if distill_eval is not None:
+        ctx = dataclasses.replace(ctx, distill_eval=distill_eval)
     n = len(recipe.steps)
     with progress_task(n, f"recipe {recipe.name}", unit="steps", enabled=progress) as bar:
         if measure_steps and baseline is None:
@@ -304,6 +327,8 @@ def run_recipe(
             n_events = len(ctx.events)
             start = time.perf_counter()
             model = compress_(model, step.config, select=step.select, ctx=ctx)
+            if on_step_end is not None:
+                on_step_end(i, model)
             seconds = time.perf_counter() - start
             report = measure(model, ctx, latency_runs=latency_runs) if measure_steps else None
             measured = f" (+{format_duration(time.perf_counter() - start - seconds)} measuring)" if report else ""

@@ -44,7 +44,6 @@ Example:
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import itertools
 import math
@@ -56,7 +55,7 @@ import torch
 import torch.nn as nn
 
 from torchslim.errors import ConfigError
-from torchslim.recipes import Recipe, recipe_from_dict
+from torchslim.recipes import Recipe, recipe_from_dict, run_recipe
 from torchslim.tuning.groups import group_regex
 from torchslim.tuning.space import describe_model
 from torchslim.tuning.techniques import ChannelPruning, Distill, Int4WeightOnly, LayerDropping, step_data
@@ -518,27 +517,14 @@ class DistillMonitor:
 def run_monitored(model: nn.Module, recipe: Recipe, ctx: Any, monitor: DistillMonitor) -> nn.Module:
     """``run_recipe(model, recipe, ctx, measure_steps=False)`` with ``monitor`` watching every distill step.
 
-    The same seeds, teacher and order as :func:`torchslim.recipes.run_recipe` (its per-step rules are
-    repeated here because it has no hook inside a distill step), so the model is the one a plain run of
-    ``recipe`` builds, unless the monitor prunes the trial (``optuna.TrialPruned``).
+    ``monitor.evaluate`` is the distill steps' ``distill_eval`` and ``monitor.end_of_step`` runs after each
+    distill step, so the model is the one a plain run of ``recipe`` builds, unless the monitor prunes the
+    trial (``optuna.TrialPruned``).
     """
-    from torchslim.api import compress_
-    from torchslim.distillation import train_distill
 
-    if ctx.teacher is None:
-        ctx = dataclasses.replace(ctx, teacher=copy.deepcopy(model).eval().requires_grad_(False))
-    for i, step in enumerate(recipe.steps):
-        torch.manual_seed(recipe.seed + ctx.seed + i)
-        if isinstance(step.config, Distill):
-            if ctx.train_data is None:
-                raise ConfigError("distill needs training data: the workload gives none (Workload.train_data)")
-            config = step.config
-            # A distill step of a real encoder trains for many minutes: its progress is shown, nested in tune's.
-            run = train_distill(model, ctx.teacher, ctx.train_data, config, seed=config.seed + ctx.seed,
-                                device=ctx.device, eval_fn=monitor.evaluate,
-                                desc=f"{recipe.name} step {i + 1}/{len(recipe.steps)} distill")  # fmt: skip
-            model = run.student
+    def after(i: int, _model: nn.Module) -> None:
+        if isinstance(recipe.steps[i].config, Distill):
             monitor.end_of_step(i)
-        else:
-            model = compress_(model, step.config, select=step.select, ctx=ctx)
+
+    model, _ = run_recipe(model, recipe, ctx=ctx, measure_steps=False, distill_eval=monitor.evaluate, on_step_end=after)
     return model
