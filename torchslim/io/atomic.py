@@ -173,12 +173,7 @@ def atomic_dir(target: str | Path, *, force: bool = False, manifest: dict[str, A
     target = Path(target)
     check_output_dir(target, force)
     parent = target.parent if str(target.parent) else Path(".")
-    with ExitStack() as held:
-        try:
-            parent.mkdir(parents=True, exist_ok=True)
-            held.enter_context(_writer_lock(parent, target.name))
-        except OSError as e:
-            raise OutputExistsError(f"cannot write under {parent}: {describe_os_error(e)}") from None
+    with writer_lock(target):
         tmp: Path | None = None
         try:
             check_output_dir(target, force)  # again, under the lock: another writer may have finished meanwhile
