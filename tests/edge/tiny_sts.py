@@ -69,3 +69,17 @@ class TinyStsWorkload(MiniLMWorkload):
     def reference(self, split: str = "test") -> torch.Tensor:
         """The fp32 embeddings, computed each time (not cached on disk under the real model's key)."""
         return self.embed(self.model(), split)[1]
+
+
+# A composed search space of four points on the tiny encoder, every one trains (blocks dropped, then
+# distilled): 2 sets of blocks kept ("0,5" is the compress move of "0,2,5") x 2 learning rates.
+SMALL_COMPOSED = {
+    "keep_blocks": ("0,2,5", "0,5"),
+    "head_ratio": (0.0,),
+    "ffn_ratio": (0.0,),
+    "depth_epochs": (1,),
+    "embeddings": ("int8",),
+    "distill_lr": (0.0003, 0.001),
+    "groups": (),
+    "int8": {"compute_dtype": "bfloat16"},  # not compiled: seconds, not minutes
+}

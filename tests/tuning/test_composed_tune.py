@@ -23,19 +23,8 @@ from torchslim.tuning.tune import STUDY_NAME, tune
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "edge"))
 from tiny_bert import bert_encoder  # noqa: E402
+from tiny_sts import SMALL_COMPOSED as SMALL  # noqa: E402
 from tiny_sts import TinyStsWorkload, tiny_bert_encoder, write_sts  # noqa: E402
-
-# Four points, every one trains (blocks dropped, then distilled): 2 sets of blocks kept x 2 learning rates.
-SMALL = {
-    "keep_blocks": ("0,2,5", "0,5"),
-    "head_ratio": (0.0,),
-    "ffn_ratio": (0.0,),
-    "depth_epochs": (1,),
-    "embeddings": ("int8",),
-    "distill_lr": (0.0003, 0.001),
-    "groups": (),
-    "int8": {"compute_dtype": "bfloat16"},  # not compiled: seconds, not minutes
-}
 
 
 def _space() -> ComposedSpace:
