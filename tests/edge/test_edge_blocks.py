@@ -130,7 +130,14 @@ RECIPE = {
         {"kind": "distill", "terms": [{"loss": "embedding"}], "epochs": 2, "lr": 1e-3, "batch_size": 8},
         {"kind": "factorize-embedding", "rank": 16, "select": {"include": ["word_embeddings$"]}},
         {"kind": "distill", "terms": [{"loss": "embedding"}], "epochs": 2, "lr": 1e-3, "batch_size": 8},
-        {"kind": "int8-dynamic", "smoothquant": 0.5, "compute_dtype": "bfloat16", "compile": True},
+        {
+            "kind": "int8-dynamic",
+            "smoothquant": 0.5,
+            "compute_dtype": "bfloat16",
+            "compile": True,
+            "embeddings": "int4",
+            "embedding_group_size": 16,
+        },  # int4 rows, as the minilm-edge recipe
     ],
 }
 
@@ -155,6 +162,7 @@ def test_chained_recipe_reloads_bit_identically_in_fresh_process(tmp_path):
     model, _ = run_recipe(tiny_encoder(), recipe, ctx=_ctx(train_data=train_data()))
     assert len(model.bert.encoder.layer) == 2
     assert isinstance(model.bert.embeddings.word_embeddings, FactorizedEmbedding)
+    assert type(model.bert.embeddings.word_embeddings.table).__name__ == "Int4Embedding"
     # One thread on both sides: kernels split reductions by thread count, which moves the last bits.
     before = torch.get_num_threads()
     torch.set_num_threads(1)
