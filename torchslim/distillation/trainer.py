@@ -281,6 +281,8 @@ def train_distill(
     ``torchrun`` process group the student (with its projections) is wrapped in
     ``DistributedDataParallel``; rank 0 shows progress, evaluates and writes checkpoints. The run is
     seeded in a forked RNG, so the caller's global RNG is left as it was.
+    The student is returned in eval mode with no ``.grad`` left on its parameters (``requires_grad``
+    as it came in), so it compiles and runs as the same weights reloaded from disk do.
 
     Args:
         student: the model to train (updated in place).
@@ -363,6 +365,12 @@ def train_distill(
     run.steps, run.best = loop.step, loop.best
     if loop.best_state is not None:
         student.load_state_dict(loop.best_state)
+    # The last step's gradients would stay on the parameters. A later bf16 cast keeps them float32, and
+    # Dynamo breaks the graph at every parameter whose .grad dtype differs from its own (running those
+    # layers eagerly, so the compiled model's outputs differ in the last bits from the same weights
+    # reloaded); they also hold as much memory as the weights. The student leaves as a reloaded one.
+    for p in student.parameters():
+        p.grad = None
     student.eval()
     return run
 
@@ -386,13 +394,13 @@ def distill(
         **kwargs: ``eval_fn``, ``checkpoint_dir``, ``resume``, ``device``, ``progress``, ... of :func:`train_distill`.
 
     Returns:
-        The trained student, in eval mode.
+        The trained student, in eval mode, with no ``.grad`` on its parameters.
 
     Example:
         >>> import torch, torch.nn as nn
         >>> x, y = torch.randn(32, 4), torch.randint(0, 2, (32,))
         >>> s = distill(nn.Linear(4, 2), nn.Linear(4, 2), lambda: [(x, y)], DistillConfig(epochs=1), progress=False)
-        >>> s.training
-        False
+        >>> s.training, all(p.grad is None for p in s.parameters())
+        (False, True)
     """
     return train_distill(student, teacher, data, config, **kwargs).student
