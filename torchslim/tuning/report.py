@@ -222,10 +222,14 @@ def compare_builtins(chosen: dict | None, builtins: Sequence[dict], objective: s
         >>> compare_builtins({"size_bytes": 10, "latency_ms": 1.0},
         ...                  [{"name": "a", "size_bytes": 40, "latency_ms": 2.0, "feasible": True}], "size")
         'tuned: 4.0x smaller and 2.0x faster than the smallest built-in within budget (a).'
+        >>> compare_builtins({"size_bytes": 10, "latency_ms": 1.0}, [], "size")
+        'no built-in recipe was compared (--builtins none).'
     """
     ok = [b for b in builtins if b.get("feasible")]
     if chosen is None:
         return "no trial met the budget."
+    if not builtins:
+        return "no built-in recipe was compared (--builtins none)."
     if not ok:
         return "no built-in recipe meets the budget."
     key = "latency_ms" if objective == "latency" else "size_bytes"
