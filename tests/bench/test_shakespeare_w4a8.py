@@ -33,12 +33,7 @@ ARCH = GPTArch(n_layer=2, d_model=128, n_head=2, block_size=32)
 VOCAB = 65
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _quiet(config: Int4WeightOnly) -> Int4WeightOnly:

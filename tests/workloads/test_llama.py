@@ -23,13 +23,7 @@ from torchslim.workloads.llama import (  # noqa: E402 - after the importorskip
 TINY = LlamaSpec(hidden=128, intermediate=256, layers=2, heads=4, vocab=512, max_positions=128)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models: one thread avoids OpenMP spin-waits on a shared machine (10× faster under load here).
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_registered_and_sizes():

@@ -19,13 +19,7 @@ TINY_ARCH = GPTArch(n_layer=1, d_model=128, n_head=2, block_size=32)
 TINY_TRAIN = GPTTrain(steps=40, batch=8, lr=5e-3)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models: one thread avoids OpenMP spin-waits on a shared machine (10× faster under load here).
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
