@@ -15,10 +15,10 @@ import torch
 import torch.nn as nn
 from optuna.trial import TrialState
 
-from torchslim.measure import measure_latency
+from torchslim.measure import measure_latency, relative_latency
 from torchslim.tuning.options import TuneOptions
 from torchslim.tuning.space import SearchSpace
-from torchslim.tuning.tune import relative_latency, tune
+from torchslim.tuning.tune import tune
 
 latency_module = importlib.import_module("torchslim.measure.latency")
 

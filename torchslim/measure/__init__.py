@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch.nn as nn
 
 from torchslim.core.context import Context
-from torchslim.measure.latency import Latency, interleaved_latency, measure_latency
+from torchslim.measure.latency import Latency, interleaved_latency, measure_latency, relative_latency
 from torchslim.measure.macs import count_macs
 from torchslim.measure.report import Report, print_table, to_markdown
 from torchslim.measure.size import artifact_bytes, count_nonzero, count_params, state_dict_bytes
@@ -68,6 +68,7 @@ __all__ = [
     "measure",
     "measure_latency",
     "print_table",
+    "relative_latency",
     "state_dict_bytes",
     "to_markdown",
 ]

@@ -117,3 +117,32 @@ def interleaved_latency(
                 samples[name].append(t / calls_per_round)
     threads = torch.get_num_threads()
     return {name: Latency(statistics.median(s), _p90(s), len(s), threads, devices[name]) for name, s in samples.items()}
+
+
+def relative_latency(model: nn.Module, base: nn.Module, example_inputs: Any, baseline_ms: float,
+                     runs: int, *, warmup: int = 3) -> dict[str, float]:  # fmt: skip
+    """Time ``model`` round-robin with the baseline model ``base`` in one call; its load-independent latency.
+
+    Both are timed in the same rounds (:func:`interleaved_latency`), so a change of the machine's load
+    during or before the call slows both alike and cancels in their ratio. ``torchslim tune`` times every
+    trial this way.
+
+    Returns:
+        ``speedup``: the baseline's median / ``model``'s median in this call; ``latency_ms``: ``baseline_ms``
+        (the baseline's latency measured at the start of the run) / ``speedup``, comparable across trials
+        timed under different loads; ``raw_latency_ms`` and ``baseline_raw_ms``: the two medians as measured.
+
+    Example:
+        >>> import torch.nn as nn
+        >>> r = relative_latency(nn.Linear(8, 8), nn.Linear(8, 8), (torch.zeros(1, 8),), 1.0, runs=3, warmup=1)
+        >>> sorted(r)
+        ['baseline_raw_ms', 'latency_ms', 'raw_latency_ms', 'speedup']
+        >>> abs(r["latency_ms"] - r["raw_latency_ms"] / r["baseline_raw_ms"]) < 1e-9
+        True
+    """
+    lat = interleaved_latency({"model": model, "baseline": base}, example_inputs, warmup=warmup, rounds=runs)
+    raw, ref = lat["model"].median_ms, lat["baseline"].median_ms
+    # A model faster than the clock resolves (median 0) is reported as the clock's limit, not as infinitely fast.
+    tiny = 1e-9
+    speedup = max(ref, tiny) / max(raw, tiny)
+    return {"latency_ms": baseline_ms / speedup, "speedup": speedup, "raw_latency_ms": raw, "baseline_raw_ms": ref}

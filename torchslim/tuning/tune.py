@@ -109,7 +109,7 @@ from torchslim.tuning.study import (
 )
 from torchslim.tuning.workers import Skip, Stop, duplicate_of, optimize, record_worker, wait_turn, yield_to_retry
 
-__all__ = ["OBJECTIVES", "TuneOptions", "TuneResult", "default_storage", "relative_latency", "tune"]
+__all__ = ["OBJECTIVES", "TuneOptions", "TuneResult", "default_storage", "tune"]
 
 STUDY_NAME = "torchslim-tune"
 # A latency within this fraction of the best is not "worse": one-thread timings on a shared machine jitter.
@@ -119,7 +119,8 @@ REFINE_MOVES = 4
 # The confirmation run's seed is the study seed plus this: far from seed + 1, whose epoch shuffles
 # (seed + k for the k-th pass) would mostly repeat the original run's.
 CONFIRM_SEED_OFFSET = 10_007
-# The latency figures of a measured model (:func:`relative_latency`), stored with each trial and built-in row.
+# The latency figures of a measured model (:func:`torchslim.measure.relative_latency`), stored with each
+# trial and built-in row.
 SPEED_KEYS = ("latency_ms", "speedup", "raw_latency_ms", "baseline_raw_ms")
 
 
@@ -277,7 +278,7 @@ class _Objective:
 
     def _run(self, steps: list[dict], number: int, ctx: Any = None, *, quality: bool = True,
              monitor: DistillMonitor | None = None) -> tuple[torch.nn.Module, dict[str, float]]:  # fmt: skip
-        from torchslim.measure import artifact_bytes
+        from torchslim.measure import artifact_bytes, relative_latency
         from torchslim.recipes import recipe_from_dict, run_recipe
 
         recipe = recipe_from_dict({"name": f"trial-{number}", "seed": self.seed, "steps": steps})
@@ -370,49 +371,19 @@ class _Objective:
 
 
 def _set_speed(trial: Any, m: dict[str, Any]) -> None:
-    """Store a trial's size and latency figures (those of :func:`relative_latency`) as user attributes."""
+    """Store a trial's size and latency figures (those of :func:`~torchslim.measure.relative_latency`) as user
+    attributes."""
     for key in ("size_bytes", *SPEED_KEYS):
         if key in m:
             trial.set_user_attr(key, m[key])
 
 
-def relative_latency(model: torch.nn.Module, base: torch.nn.Module, example_inputs: Any, baseline_ms: float,
-                     runs: int, *, warmup: int = 3) -> dict[str, float]:  # fmt: skip
-    """Time ``model`` round-robin with the baseline model ``base`` in one call; its load-independent latency.
-
-    Both are timed in the same rounds (:func:`torchslim.measure.interleaved_latency`), so a change of the
-    machine's load during or before the call slows both alike and cancels in their ratio.
-
-    Returns:
-        ``speedup``: the baseline's median / ``model``'s median in this call; ``latency_ms``: ``baseline_ms``
-        (the baseline's latency measured at the start of the run) / ``speedup``, comparable across trials
-        timed under different loads; ``raw_latency_ms`` and ``baseline_raw_ms``: the two medians as measured.
-
-    Example:
-        >>> import torch.nn as nn
-        >>> r = relative_latency(nn.Linear(8, 8), nn.Linear(8, 8), (torch.zeros(1, 8),), 1.0, runs=3, warmup=1)
-        >>> sorted(r)
-        ['baseline_raw_ms', 'latency_ms', 'raw_latency_ms', 'speedup']
-        >>> abs(r["latency_ms"] - r["raw_latency_ms"] / r["baseline_raw_ms"]) < 1e-9
-        True
-    """
-    from torchslim.measure.latency import interleaved_latency
-
-    lat = interleaved_latency({"model": model, "baseline": base}, example_inputs, warmup=warmup, rounds=runs)
-    raw, ref = lat["model"].median_ms, lat["baseline"].median_ms
-    # A model faster than the clock resolves (median 0) is reported as the clock's limit, not as infinitely fast.
-    tiny = 1e-9
-    speedup = max(ref, tiny) / max(raw, tiny)
-    return {"latency_ms": baseline_ms / speedup, "speedup": speedup, "raw_latency_ms": raw, "baseline_raw_ms": ref}
-
-
 def _evaluate_builtins(wl: Any, base: torch.nn.Module, ctx: Any, names: Sequence[str] | None, latency_runs: int,
-                       budget: Budget, progress: Callable[[str], None],
-                       baseline_ms: float | None = None) -> list[dict]:  # fmt: skip
-    """Rows for the built-in recipes (val + test quality, size, latency relative to the baseline, as trials
-    are: :func:`relative_latency`; ``baseline_ms`` None: the baseline is measured first); those that fail
+                       budget: Budget, progress: Callable[[str], None], baseline_ms: float) -> list[dict]:  # fmt: skip
+    """Rows for the built-in recipes (val + test quality, size, latency relative to the baseline whose start
+    latency is ``baseline_ms``, as trials are: :func:`~torchslim.measure.relative_latency`); those that fail
     are noted."""
-    from torchslim.measure import artifact_bytes, measure_latency
+    from torchslim.measure import artifact_bytes, relative_latency
     from torchslim.recipes import builtin_recipes, run_recipe
 
     if names is not None and not names:
@@ -421,8 +392,6 @@ def _evaluate_builtins(wl: Any, base: torch.nn.Module, ctx: Any, names: Sequence
     rows = []
     if names is None:  # all but the torch.compile ones: minutes of compiling for a comparison point
         names = [n for n, r in recipes.items() if not any(getattr(st.config, "compile", False) for st in r.steps)]
-    if baseline_ms is None:
-        baseline_ms = measure_latency(base, ctx.example_inputs, warmup=3, runs=latency_runs).median_ms
     for name in names:
         if name not in recipes:
             raise UsageError(f"no built-in recipe {name!r}; built-ins: {', '.join(recipes)}")
