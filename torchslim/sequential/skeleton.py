@@ -31,6 +31,7 @@ import torch.nn as nn
 from torchslim.errors import UnsafeInputError, UnsupportedModelError, UsageError
 from torchslim.io.config_bound import check_layers, stored_tensor_count
 from torchslim.io.hf import model_folder
+from torchslim.structured.layer_drop import longest_block_list
 
 __all__ = ["Skeleton", "empty_parameters", "find_blocks", "open_skeleton"]
 
@@ -66,11 +67,7 @@ def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
     Raises:
         UnsupportedModelError: no such list (the model is not block-structured).
     """
-    best: tuple[str, nn.ModuleList] | None = None
-    for name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) >= 2 and len({type(b) for b in module}) == 1:
-            if best is None or len(module) > len(best[1]):
-                best = (name, module)
+    best = longest_block_list(model)
     if best is None:
         raise UnsupportedModelError(
             f"{type(model).__name__} has no list of identical blocks; --sequential needs a block-structured model"

@@ -105,15 +105,31 @@ def find_blocks(model: nn.Module, container: str | None = None) -> tuple[str, nn
         if not isinstance(found, nn.ModuleList):
             raise UnsupportedModelError(f"layer-dropping: {container!r} is not an nn.ModuleList in this model")
         return container, found
+    best = longest_block_list(model)
+    if best is None:
+        raise UnsupportedModelError(
+            "layer-dropping: no nn.ModuleList of identical blocks found; name it with container"
+        )
+    return best
+
+
+def longest_block_list(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
+    """``(path, list)`` of the longest ``nn.ModuleList`` (at least 2 entries) whose entries share one class
+    (the first such list on a tie), or ``None``: the generic finder of a model's transformer blocks.
+
+    Example:
+        >>> import torch.nn as nn
+        >>> m = nn.Module()
+        >>> m.body = nn.ModuleList([nn.Linear(2, 2) for _ in range(3)])
+        >>> m.heads = nn.ModuleList([nn.Linear(2, 2), nn.ReLU()])
+        >>> longest_block_list(m)[0], longest_block_list(nn.Linear(2, 2))
+        ('body', None)
+    """
     best: tuple[str, nn.ModuleList] | None = None
     for name, module in model.named_modules():
         if isinstance(module, nn.ModuleList) and len(module) >= 2 and len({type(b) for b in module}) == 1:
             if best is None or len(module) > len(best[1]):
                 best = (name, module)
-    if best is None:
-        raise UnsupportedModelError(
-            "layer-dropping: no nn.ModuleList of identical blocks found; name it with container"
-        )
     return best
 
 
