@@ -80,6 +80,23 @@ def describe_os_error(e: OSError) -> str:
     return _REASONS.get(e.errno) or (e.strerror or str(e) or type(e).__name__).lower()
 
 
+@contextmanager
+def write_errors(target: Path) -> Iterator[None]:
+    """Inside: an ``OSError`` becomes :class:`OutputExistsError` ``writing TARGET failed: REASON`` (the
+    writers' one message for no space, permission denied, read-only, ...).
+
+    Example:
+        >>> with write_errors(Path("out")):
+        ...     raise PermissionError(13, "Permission denied")
+        Traceback (most recent call last):
+        torchslim.errors.OutputExistsError: writing out failed: permission denied
+    """
+    try:
+        yield
+    except OSError as e:
+        raise OutputExistsError(f"writing {target} failed: {describe_os_error(e)}") from None
+
+
 def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
@@ -176,30 +193,29 @@ def atomic_dir(target: str | Path, *, force: bool = False, manifest: dict[str, A
     with writer_lock(target):
         tmp: Path | None = None
         try:
-            check_output_dir(target, force)  # again, under the lock: another writer may have finished meanwhile
-            _clean_stale(parent, target.name)
-            tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{target.name}-", dir=parent))
-            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700
-            yield tmp
-            _follow_umask(tmp.iterdir())
-            files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-            body = dict(manifest or {})
-            body["files"] = files
-            with open(tmp / "manifest.json", "w", encoding="utf-8") as f:
-                json.dump(body, f, indent=2, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            if target.exists():
-                old = Path(tempfile.mkdtemp(prefix=f"{_OLD_PREFIX}{target.name}-", dir=parent))
-                os.rmdir(old)
-                os.replace(target, old)  # the new artifact is complete: only now move the old one aside
-                os.replace(tmp, target)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, target)
-            tmp = None
-        except OSError as e:
-            raise OutputExistsError(f"writing {target} failed: {describe_os_error(e)}") from None
+            with write_errors(target):
+                check_output_dir(target, force)  # again, under the lock: another writer may have finished meanwhile
+                _clean_stale(parent, target.name)
+                tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{target.name}-", dir=parent))
+                os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700
+                yield tmp
+                _follow_umask(tmp.iterdir())
+                files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+                body = dict(manifest or {})
+                body["files"] = files
+                with open(tmp / "manifest.json", "w", encoding="utf-8") as f:
+                    json.dump(body, f, indent=2, sort_keys=True)
+                    f.flush()
+                    os.fsync(f.fileno())
+                if target.exists():
+                    old = Path(tempfile.mkdtemp(prefix=f"{_OLD_PREFIX}{target.name}-", dir=parent))
+                    os.rmdir(old)
+                    os.replace(target, old)  # the new artifact is complete: only now move the old one aside
+                    os.replace(tmp, target)
+                    shutil.rmtree(old, ignore_errors=True)
+                else:
+                    os.replace(tmp, target)
+                tmp = None
         finally:
             if tmp is not None:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -233,20 +249,19 @@ def atomic_file(target: str | Path) -> Iterator[Path]:
     tmp: Path | None = None
     fd = -1
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f"{_TMP_PREFIX}{target.name}-", suffix=target.suffix, dir=parent)
-        tmp = Path(name)
-        _hold(fd)
-        _clean_dead_files(parent, target.name)
-        os.chmod(tmp, 0o666 & ~_umask())
-        yield tmp
-        _follow_umask([tmp])  # again: a writer may have replaced the file (safetensors' save_file makes it 0600)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())  # the bytes are on disk before the rename makes them the target
-        os.replace(tmp, target)
-        tmp = None
-    except OSError as e:
-        raise OutputExistsError(f"writing {target} failed: {describe_os_error(e)}") from None
+        with write_errors(target):
+            parent.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=f"{_TMP_PREFIX}{target.name}-", suffix=target.suffix, dir=parent)
+            tmp = Path(name)
+            _hold(fd)
+            _clean_dead_files(parent, target.name)
+            os.chmod(tmp, 0o666 & ~_umask())
+            yield tmp
+            _follow_umask([tmp])  # again: a writer may have replaced the file (safetensors' save_file makes it 0600)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())  # the bytes are on disk before the rename makes them the target
+            os.replace(tmp, target)
+            tmp = None
     finally:
         if tmp is not None:
             tmp.unlink(missing_ok=True)
