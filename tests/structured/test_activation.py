@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
+from tiny_hf import tiny_bert
 
 import torchslim as ts
 from torchslim.structured import ChannelPruning
@@ -25,13 +26,7 @@ def test_activation_importance_removes_dead_neurons_that_l2_keeps() -> None:
 
 
 def test_activation_importance_on_bert_heads() -> None:
-    transformers = pytest.importorskip("transformers")
-    cfg = transformers.BertConfig(
-        vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-        max_position_embeddings=16,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    m = transformers.BertModel(cfg).eval()
+    m = tiny_bert()
     ids = torch.randint(0, 50, (4, 8))
     ctx = ts.Context(example_inputs=(ids,), calibration=[(ids,)])
     ts.compress_(m, ChannelPruning(ratio=0.5, head_ratio=0.5, importance="activation"), ctx=ctx)
@@ -41,13 +36,7 @@ def test_activation_importance_on_bert_heads() -> None:
 
 @pytest.mark.parametrize("steps", [1, 2, 3])
 def test_iterative_head_pruning_reaches_the_ratio_not_more(steps: int) -> None:
-    transformers = pytest.importorskip("transformers")
-    cfg = transformers.BertConfig(
-        vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-        max_position_embeddings=16,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    m = transformers.BertModel(cfg).eval()
+    m = tiny_bert()
     ids = torch.randint(0, 50, (4, 8))
     ts.compress_(
         m, ChannelPruning(ratio=0.5, head_ratio=0.5, iterative_steps=steps), ctx=ts.Context(example_inputs=(ids,))

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 from safetensors.torch import load, save
+from tiny_hf import tiny_bert
 
 import torchslim as ts
 from torchslim.core.structure import replay_ops, structure_ops
@@ -103,15 +104,6 @@ class ViTish(nn.Module):
         t = self.patch(x).flatten(2).transpose(1, 2)  # [B, 4, 16]
         t = torch.cat([self.cls.expand(x.shape[0], -1, -1), t], dim=1) + self.pos
         return self.head(self.enc(t)[:, 0])
-
-
-def tiny_bert() -> nn.Module:
-    transformers = pytest.importorskip("transformers")
-    cfg = transformers.BertConfig(
-        vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-        max_position_embeddings=16,
-    )  # fmt: skip
-    return transformers.BertModel(cfg)
 
 
 IMG = (torch.randn(2, 3, 8, 8),)

@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
+from tiny_hf import tiny_bert
 
 import torchslim as ts
 from torchslim.core.structure import replay_ops, structure_ops
@@ -10,14 +11,8 @@ from torchslim.errors import ConfigError, UnsafeInputError, UnsupportedModelErro
 from torchslim.structured.layer_drop import LayerDropping
 
 
-def tiny_bert() -> nn.Module:
-    transformers = pytest.importorskip("transformers")
-    cfg = transformers.BertConfig(
-        vocab_size=50, hidden_size=16, num_hidden_layers=6, num_attention_heads=2, intermediate_size=32,
-        max_position_embeddings=16,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    return transformers.BertModel(cfg).eval()
+def six_block_bert() -> nn.Module:
+    return tiny_bert(hidden=16, layers=6, heads=2, ffn=32)
 
 
 class Scaled(nn.Module):
@@ -43,11 +38,11 @@ class Stack(nn.Module):
 
 
 def test_every_k_on_bert_replays_and_updates_depth() -> None:
-    m = tiny_bert()
+    m = six_block_bert()
     ids = torch.randint(0, 50, (2, 8))
     ts.compress_(m, LayerDropping(every_k=2))
     assert len(m.encoder.layer) == 3 and m.config.num_hidden_layers == 3
-    fresh = replay_ops(tiny_bert(), structure_ops(m))
+    fresh = replay_ops(six_block_bert(), structure_ops(m))
     fresh.load_state_dict(m.state_dict())
     assert torch.equal(fresh(ids).last_hidden_state, m(ids).last_hidden_state)
 
