@@ -15,7 +15,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn as nn
@@ -25,6 +25,8 @@ from torchslim.quantization.int4.primitives import Int4Tensors, check_group_size
 from torchslim.quantization.int4.rtn import rtn_quantize
 
 __all__ = ["Int4LinearBase", "rtn_of_linear"]
+
+_M = TypeVar("_M", bound="Int4LinearBase")
 
 
 def rtn_of_linear(linear: nn.Linear, group_size: int) -> Int4Tensors:
@@ -45,23 +47,50 @@ def rtn_of_linear(linear: nn.Linear, group_size: int) -> Int4Tensors:
 
 class Int4LinearBase(nn.Module):
     """Base of the int4 linear modules: ``ŵ = (q − 8) · scale + zero`` per (row, group), optional bias and
-    AWQ input scale. Subclasses register their weight buffers, then call :meth:`_register_extras`."""
+    AWQ input scale. Subclasses implement :meth:`_register_weights` and :meth:`_store_codes` (their own
+    weight buffers), :meth:`_dequantized_codes` and ``forward``.
+
+    Args:
+        in_features, out_features, bias: as ``nn.Linear``.
+        group_size: input columns per (scale, zero) group: 32, 64, 128 or 256, dividing ``in_features``.
+        input_scale: keep a ``[K]`` buffer that multiplies the input (AWQ).
+        device: where the buffers are made.
+
+    Raises:
+        ValueError: a group size that is not allowed or does not divide ``in_features``.
+    """
 
     torchslim_compressed = True
     bias: torch.Tensor | None
     input_scale: torch.Tensor | None
 
-    def __init__(self, in_features: int, out_features: int, group_size: int) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        group_size: int = 128,
+        input_scale: bool = False,
+        device: Any = None,
+    ) -> None:
         super().__init__()
         problem = check_group_size(in_features, group_size)
         if problem:
             raise ValueError(problem)
         self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
+        self._register_weights(device)  # first: the state_dict order is weights, bias, input_scale
+        # The ``bias`` ``[N]`` and ``input_scale`` ``[K]`` float32 buffers (``None`` when off).
+        self.register_buffer("bias", torch.zeros(out_features, device=device) if bias else None)
+        self.register_buffer("input_scale", torch.ones(in_features, device=device) if input_scale else None)
 
-    def _register_extras(self, bias: bool, input_scale: bool, device: Any) -> None:
-        """The ``bias`` ``[N]`` and ``input_scale`` ``[K]`` float32 buffers (``None`` when off)."""
-        self.register_buffer("bias", torch.zeros(self.out_features, device=device) if bias else None)
-        self.register_buffer("input_scale", torch.ones(self.in_features, device=device) if input_scale else None)
+    def _register_weights(self, device: Any) -> None:
+        """Register the subclass's (empty) weight buffers on ``device``."""
+        raise NotImplementedError
+
+    def _store_codes(self, t: Int4Tensors) -> None:
+        """Fill the weight buffers from the codes/parameters ``t`` (shaped as this module)."""
+        raise NotImplementedError
 
     @classmethod
     def _empty_for(
@@ -86,6 +115,43 @@ class Int4LinearBase(nn.Module):
             self.bias.copy_(bias.detach().float())
         if input_scale is not None and self.input_scale is not None:
             self.input_scale.copy_(input_scale.detach().float())
+
+    @classmethod
+    def from_tensors(
+        cls: type[_M],
+        t: Int4Tensors,
+        group_size: int,
+        bias: torch.Tensor | None = None,
+        input_scale: torch.Tensor | None = None,
+        **options: Any,
+    ) -> _M:
+        """A module holding the codes/parameters ``t`` (from any of the int4 algorithms: RTN, GPTQ, AWQ, HQQ);
+        ``options``: the subclass's own constructor arguments (``kernel`` of ``Int4WeightOnlyLinear``).
+
+        Example:
+            >>> from torchslim.quantization.int4.modules import Int4WeightOnlyLinear
+            >>> from torchslim.quantization.int4.w4a8 import Int4W4A8Linear
+            >>> t = rtn_quantize(torch.randn(16, 64), 32)
+            >>> Int4W4A8Linear.from_tensors(t, 32)
+            Int4W4A8Linear(in_features=64, out_features=16, bias=False, group_size=32)
+            >>> Int4WeightOnlyLinear.from_tensors(t, 32, kernel=False).kernel
+            False
+        """
+        mod = cls._empty_for(t, group_size, bias, input_scale, **options)
+        mod._store_codes(t)
+        mod._copy_extras(bias, input_scale)
+        return mod
+
+    @classmethod
+    def from_float(cls: type[_M], linear: nn.Linear, group_size: int = 128, **options: Any) -> _M:
+        """Round-to-nearest int4 of ``linear`` (the ``Int4WeightOnly`` config runs GPTQ / AWQ / HQQ);
+        ``options``: as :meth:`from_tensors`.
+
+        Raises:
+            NonFiniteError: the weight holds NaN or Inf.
+            ValueError: bad group size for ``linear.in_features``.
+        """
+        return cls.from_tensors(rtn_of_linear(linear, group_size), group_size, linear.bias, **options)
 
     # ------------------------------------------------------------------ spec (structure replay)
 

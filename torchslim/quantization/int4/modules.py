@@ -33,11 +33,10 @@ import logging
 from typing import Any
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from torchslim.core.modspec import register_spec_module
-from torchslim.quantization.int4.linear_base import Int4LinearBase, rtn_of_linear
+from torchslim.quantization.int4.linear_base import Int4LinearBase
 from torchslim.quantization.int4.primitives import (
     Int4Tensors,
     check_group_size,
@@ -88,13 +87,12 @@ class Int4WeightOnlyLinear(Int4LinearBase):
     """Linear with group-wise asymmetric int4 weights (two per byte) and float activations.
 
     Args:
-        in_features, out_features, bias: as ``nn.Linear``.
-        group_size: input columns per (scale, zero) group: 32, 64, 128 or 256, dividing ``in_features``.
-        input_scale: keep a ``[K]`` buffer that multiplies the input (AWQ).
+        in_features, out_features, bias, group_size, input_scale, device: as
+            :class:`~torchslim.quantization.int4.linear_base.Int4LinearBase`.
         kernel: use torch's int4 kernels where they apply; False: always dequantize (portable reference).
 
     Raises:
-        ValueError: a group size that is not allowed or does not divide ``in_features``.
+        ValueError: as :class:`~torchslim.quantization.int4.linear_base.Int4LinearBase`.
     """
 
     weight: torch.Tensor
@@ -102,64 +100,26 @@ class Int4WeightOnlyLinear(Int4LinearBase):
     zeros: torch.Tensor
 
     def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        bias: bool = True,
-        *,
-        group_size: int = 128,
-        input_scale: bool = False,
-        kernel: bool = True,
-        device: Any = None,
+        self, in_features: int, out_features: int, bias: bool = True, *, kernel: bool = True, **options: Any
     ) -> None:
-        super().__init__(in_features, out_features, group_size)
+        super().__init__(in_features, out_features, bias, **options)  # group_size, input_scale, device
         self.kernel = kernel
-        n_groups = in_features // group_size
-        self.register_buffer(
-            "weight", torch.full((out_features, in_features // 2), 0x88, dtype=torch.uint8, device=device)
-        )
-        self.register_buffer("scales", torch.ones(out_features, n_groups, dtype=torch.bfloat16, device=device))
-        self.register_buffer("zeros", torch.zeros(out_features, n_groups, dtype=torch.bfloat16, device=device))
-        self._register_extras(bias, input_scale, device)
         self._packed_cache: tuple[tuple[Any, ...], torch.Tensor, torch.Tensor] | None = None
         self._kernel_shape_ok: dict[str, bool] = {}  # device type -> whether torch's kernel takes this shape
 
     # ------------------------------------------------------------------ construction
+    # (from_tensors / from_float: Int4LinearBase's, with ``kernel=`` passed through)
 
-    @classmethod
-    def from_tensors(
-        cls,
-        t: Int4Tensors,
-        group_size: int,
-        bias: torch.Tensor | None = None,
-        input_scale: torch.Tensor | None = None,
-        *,
-        kernel: bool = True,
-    ) -> Int4WeightOnlyLinear:
-        """A module holding the codes/parameters ``t`` (from any of the int4 algorithms).
+    def _register_weights(self, device: Any) -> None:
+        n, k, n_groups = self.out_features, self.in_features, self.in_features // self.group_size
+        self.register_buffer("weight", torch.full((n, k // 2), 0x88, dtype=torch.uint8, device=device))
+        self.register_buffer("scales", torch.ones(n, n_groups, dtype=torch.bfloat16, device=device))
+        self.register_buffer("zeros", torch.zeros(n, n_groups, dtype=torch.bfloat16, device=device))
 
-        Example:
-            >>> from torchslim.quantization.int4.rtn import rtn_quantize
-            >>> m = Int4WeightOnlyLinear.from_tensors(rtn_quantize(torch.randn(16, 64), 32), 32)
-            >>> m
-            Int4WeightOnlyLinear(in_features=64, out_features=16, bias=False, group_size=32)
-        """
-        mod = cls._empty_for(t, group_size, bias, input_scale, kernel=kernel)
-        mod.weight.copy_(pack_int4(t.q))
-        mod.scales.copy_(t.scale.to(torch.bfloat16))
-        mod.zeros.copy_(t.zero.to(torch.bfloat16))
-        mod._copy_extras(bias, input_scale)
-        return mod
-
-    @classmethod
-    def from_float(cls, linear: nn.Linear, group_size: int = 128, *, kernel: bool = True) -> Int4WeightOnlyLinear:
-        """Round-to-nearest int4 of ``linear`` (use the ``Int4WeightOnly`` config for GPTQ / AWQ / HQQ).
-
-        Raises:
-            NonFiniteError: the weight holds NaN or Inf.
-            ValueError: bad group size for ``linear.in_features``.
-        """
-        return cls.from_tensors(rtn_of_linear(linear, group_size), group_size, linear.bias, kernel=kernel)
+    def _store_codes(self, t: Int4Tensors) -> None:
+        self.weight.copy_(pack_int4(t.q))
+        self.scales.copy_(t.scale.to(torch.bfloat16))
+        self.zeros.copy_(t.zero.to(torch.bfloat16))
 
     # ------------------------------------------------------------------ spec (structure replay)
 

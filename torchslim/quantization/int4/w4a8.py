@@ -37,12 +37,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from torchslim import kernels
 from torchslim.core.modspec import register_spec_module
-from torchslim.quantization.int4.linear_base import Int4LinearBase, rtn_of_linear
+from torchslim.quantization.int4.linear_base import Int4LinearBase
 from torchslim.quantization.int4.primitives import Int4Tensors
 
 __all__ = ["Int4W4A8Linear", "dequantize_tiles"]
@@ -87,64 +86,21 @@ def dequantize_tiles(
 class Int4W4A8Linear(Int4LinearBase):
     """Linear with grouped int4 weights in the W4A8 kernel layout; int8 activations per token on the CPU.
 
-    Args:
-        in_features, out_features, bias: as ``nn.Linear``.
-        group_size: input columns per (scale, zero) group: 32, 64, 128 or 256, dividing ``in_features``.
-        input_scale: keep a ``[K]`` buffer that multiplies the input (AWQ).
-
-    Raises:
-        ValueError: a group size that is not allowed or does not divide ``in_features``.
+    Args and Raises: as :class:`~torchslim.quantization.int4.linear_base.Int4LinearBase`.
     """
 
     packed: torch.Tensor
 
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        bias: bool = True,
-        *,
-        group_size: int = 128,
-        input_scale: bool = False,
-        device: Any = None,
-    ) -> None:
-        super().__init__(in_features, out_features, group_size)
-        shape = kernels.packed_shape(out_features, in_features, group_size)
-        self.register_buffer("packed", torch.zeros(shape, dtype=torch.uint8, device=device))
-        self._register_extras(bias, input_scale, device)
-
     # ------------------------------------------------------------------ construction
+    # (the constructor, from_tensors and from_float: Int4LinearBase's; the
+    # ``Int4WeightOnly(activations="int8")`` config runs GPTQ etc.)
 
-    @classmethod
-    def from_tensors(
-        cls,
-        t: Int4Tensors,
-        group_size: int,
-        bias: torch.Tensor | None = None,
-        input_scale: torch.Tensor | None = None,
-    ) -> Int4W4A8Linear:
-        """A module holding the codes/parameters ``t`` (from any of the int4 algorithms: RTN, GPTQ, AWQ, HQQ).
+    def _register_weights(self, device: Any) -> None:
+        shape = kernels.packed_shape(self.out_features, self.in_features, self.group_size)
+        self.register_buffer("packed", torch.zeros(shape, dtype=torch.uint8, device=device))
 
-        Example:
-            >>> from torchslim.quantization.int4.rtn import rtn_quantize
-            >>> m = Int4W4A8Linear.from_tensors(rtn_quantize(torch.randn(16, 64), 32), 32)
-            >>> m
-            Int4W4A8Linear(in_features=64, out_features=16, bias=False, group_size=32)
-        """
-        mod = cls._empty_for(t, group_size, bias, input_scale)
-        mod.packed.copy_(kernels.pack_int4(t.q.cpu(), t.scale.cpu(), t.zero.cpu(), group_size))
-        mod._copy_extras(bias, input_scale)
-        return mod
-
-    @classmethod
-    def from_float(cls, linear: nn.Linear, group_size: int = 128) -> Int4W4A8Linear:
-        """Round-to-nearest int4 of ``linear`` (the ``Int4WeightOnly(activations="int8")`` config runs GPTQ etc.).
-
-        Raises:
-            NonFiniteError: the weight holds NaN or Inf.
-            ValueError: bad group size for ``linear.in_features``.
-        """
-        return cls.from_tensors(rtn_of_linear(linear, group_size), group_size, linear.bias)
+    def _store_codes(self, t: Int4Tensors) -> None:
+        self.packed.copy_(kernels.pack_int4(t.q.cpu(), t.scale.cpu(), t.zero.cpu(), self.group_size))
 
     # ------------------------------------------------------------------ compute
 
