@@ -25,7 +25,9 @@ class Branchy(nn.Module):
         return self.bn3(self.fc(z.mean((2, 3))))
 
 
-def _randomize_bn(m: nn.Module) -> None:
+def _randomized_then_folded(m: nn.Module, *shape: int) -> tuple[torch.Tensor, torch.Tensor, ts.Context]:
+    """Randomize ``m``'s BatchNorm statistics and affine parameters (seed 1), draw an input ``x`` of ``shape``,
+    then fold ``m`` in place; returns ``x``, ``m(x)`` before the fold and the context."""
     torch.manual_seed(1)
     for mod in m.modules():
         if isinstance(mod, nn.modules.batchnorm._BatchNorm):
@@ -33,16 +35,17 @@ def _randomize_bn(m: nn.Module) -> None:
             mod.running_var.uniform_(0.5, 2)
             mod.weight.data.normal_()
             mod.bias.data.normal_()
+    x = torch.randn(*shape)
+    ref = m(x)
+    ctx = ts.Context()
+    ts.compress_(m, ts.FoldBatchNorm(), ctx=ctx)
+    return x, ref, ctx
 
 
 def test_fold_keeps_outputs_and_skips_shared_outputs():
     torch.manual_seed(0)
     m = Branchy().eval()
-    _randomize_bn(m)
-    x = torch.randn(4, 2, 6, 6)
-    ref = m(x)
-    ctx = ts.Context()
-    ts.compress_(m, ts.FoldBatchNorm(), ctx=ctx)
+    x, ref, ctx = _randomized_then_folded(m, 4, 2, 6, 6)
     assert isinstance(m.bn, nn.BatchNorm2d)  # conv output also used by the skip
     assert isinstance(m.bn2, nn.Identity) and isinstance(m.bn3, nn.Identity)
     assert torch.allclose(m(x), ref, atol=1e-5)
@@ -62,11 +65,7 @@ class Untraceable(nn.Module):
 
 def test_fallback_for_untraceable_models():
     m = Untraceable().eval()
-    _randomize_bn(m)
-    x = torch.randn(2, 1, 5, 5)
-    ref = m(x)
-    ctx = ts.Context()
-    ts.compress_(m, ts.FoldBatchNorm(), ctx=ctx)
+    x, ref, ctx = _randomized_then_folded(m, 2, 1, 5, 5)
     assert isinstance(m.body[1], nn.Identity)
     assert torch.allclose(m(x), ref, atol=1e-5)
     assert "could not trace" in ctx.events[0]
