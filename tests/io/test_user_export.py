@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn as nn
 from onnx import numpy_helper
+from tiny_hf import tiny_bert
 
 import torchslim as ts
 from torchslim.errors import UnsupportedModelError
@@ -112,18 +113,7 @@ def test_int4_pt2_traces_the_kernel_without_falling_back(tmp_path, caplog) -> No
 
 
 def _tiny_bert() -> nn.Module:
-    from transformers import BertConfig, BertModel
-
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=100,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=32,
-    )
-    return BertModel(config).eval()
+    return tiny_bert(hidden=32, layers=1, heads=2, ffn=64, vocab=100, max_len=32)
 
 
 def _tokens(batch: int, seq: int) -> dict[str, torch.Tensor]:

@@ -10,6 +10,8 @@ import torch
 
 pytest.importorskip("transformers")
 
+from tiny_hf import tiny_llama  # noqa: E402
+
 import torchslim as ts  # noqa: E402
 from torchslim.cli import main  # noqa: E402
 from torchslim.core.context import Context  # noqa: E402
@@ -34,20 +36,8 @@ SAME_FILES = ("model.safetensors", "structure.json", "config.json", "recipe.yaml
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random LLaMA (4 blocks, hidden 64) saved as several safetensors shards."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
     folder = tmp_path_factory.mktemp("llama") / "hf"
-    LlamaForCausalLM(config).save_pretrained(folder, max_shard_size="100KB")
+    tiny_llama(64, 128, 4, 4, kv_heads=2, vocab=VOCAB, max_len=64).save_pretrained(folder, max_shard_size="100KB")
     assert len(list(folder.glob("*.safetensors"))) > 2
     return folder
 

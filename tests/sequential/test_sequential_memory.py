@@ -9,9 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 pytest.importorskip("transformers")
+
+from tiny_hf import tiny_llama  # noqa: E402
 
 # Each child reports the resident set it had after importing what both paths import (VmRSS) and its
 # peak (VmHWM, both from /proc/self/status): the comparison is of what compressing added, not of the
@@ -45,18 +46,7 @@ def _peak_added_kb(argv: list[str]) -> int:
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads VmRSS/VmHWM from /proc (Linux)")
 def test_sequential_peak_memory_is_well_below_in_memory(tmp_path: Path) -> None:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=2048,
-        hidden_size=512,
-        intermediate_size=1536,
-        num_hidden_layers=8,
-        num_attention_heads=8,
-        max_position_embeddings=128,
-    )
-    model = LlamaForCausalLM(config)
+    model = tiny_llama(512, 1536, 8, 8, vocab=2048, max_len=128)
     fp32_kb = sum(p.numel() for p in model.parameters()) * 4 // 1024  # about 115 MB
     model.save_pretrained(tmp_path / "hf", max_shard_size="20MB")
     del model
