@@ -40,6 +40,7 @@ constexpr int64_t kHead = 64;   // bytes of (16 bf16 scales, 16 bf16 zeros) befo
 constexpr int64_t kMaxRowsPerPass = 8;  // activation rows sharing one pass over a tile's weights (VNNI)
 constexpr int64_t kNarrowRowsPerPass = 4;  // AVX2 and portable: AVX2 has 16 vector registers, not 32
 constexpr int64_t kRowBlock = 64;  // activation rows kept hot in L2 while a thread walks its tiles
+constexpr int64_t kAvx2Chunks16 = 4;  // AVX2: chunks summed in 16 bits before widening (see tile_avx2)
 constexpr int64_t kAvx2Prefetch = 1024;  // bytes ahead of the chunk being read that the AVX2 loop prefetches
 
 // Activations quantized once per call: int8 codes, per-row scale and per-(row, group) sums.
@@ -222,7 +223,11 @@ TS_AVX2 inline __m256 load_bf16x8(const uint8_t* p) {
 
 // tile_vnni without VNNI: a 256-bit half of each chunk holds 8 rows; vpmaddubsw multiplies weight and
 // activation bytes into 16-bit pair sums (at most 2 * 15 * 127 per nibble half, no saturation), the two
-// nibble halves are added in 16 bits and vpmaddwd with ones widens the four products per row to 32 bits.
+// nibble halves are added in 16 bits. Those 16-bit sums (at most 2 * 2 * 15 * 127 = 7620 per lane and
+// chunk) are accumulated over up to kAvx2Chunks16 chunks (at most 30480, no overflow) before one vpmaddwd
+// with ones widens them to 32 bits: one vpmaddwd per row and half per kAvx2Chunks16 chunks instead of per
+// chunk, which leaves the multiply port to vpmaddubsw when several rows share a pass (prefill). The int32
+// sums are the same.
 // Unlike the VNNI loop, this one prefetches kAvx2Prefetch bytes ahead (one 128-column group's chunks):
 // on the AVX2 CPU it was measured on (AMD Zen 2), the hardware prefetcher alone left a decode-shaped call
 // (one row, weights streamed from DRAM) well short of the read bandwidth, and the prefetch closed most
@@ -244,20 +249,27 @@ TS_AVX2 void tile_avx2(const uint8_t* blk, int64_t groups, int64_t g, const Quan
     const uint8_t* w = blk + kHead;
     __m256i d[MB][2];
     for (int m = 0; m < MB; ++m) d[m][0] = d[m][1] = _mm256_setzero_si256();
-    const int64_t base = gi * g;
-    for (int64_t c = 0; c < g / 8; ++c) {
-      _mm_prefetch(reinterpret_cast<const char*>(w + c * 64 + kAvx2Prefetch), _MM_HINT_T0);
-      const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + c * 64));
-      const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + c * 64 + 32));
-      const __m256i l0 = _mm256_and_si256(w0, mask), h0 = _mm256_and_si256(_mm256_srli_epi16(w0, 4), mask);
-      const __m256i l1 = _mm256_and_si256(w1, mask), h1 = _mm256_and_si256(_mm256_srli_epi16(w1, 4), mask);
+    const int64_t base = gi * g, chunks = g / 8;
+    for (int64_t c0 = 0; c0 < chunks; c0 += kAvx2Chunks16) {
+      const int64_t c1 = std::min(chunks, c0 + kAvx2Chunks16);
+      __m256i p[MB][2];  // 16-bit sums over chunks c0..c1
+      for (int m = 0; m < MB; ++m) p[m][0] = p[m][1] = _mm256_setzero_si256();
+      for (int64_t c = c0; c < c1; ++c) {
+        _mm_prefetch(reinterpret_cast<const char*>(w + c * 64 + kAvx2Prefetch), _MM_HINT_T0);
+        const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + c * 64));
+        const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + c * 64 + 32));
+        const __m256i l0 = _mm256_and_si256(w0, mask), h0 = _mm256_and_si256(_mm256_srli_epi16(w0, 4), mask);
+        const __m256i l1 = _mm256_and_si256(w1, mask), h1 = _mm256_and_si256(_mm256_srli_epi16(w1, 4), mask);
+        for (int m = 0; m < MB; ++m) {
+          const int8_t* ap = a[m] + base + c * 8;
+          const __m256i alo = _mm256_set1_epi32(load_i32(ap)), ahi = _mm256_set1_epi32(load_i32(ap + 4));
+          p[m][0] = _mm256_add_epi16(p[m][0], _mm256_add_epi16(_mm256_maddubs_epi16(l0, alo), _mm256_maddubs_epi16(h0, ahi)));
+          p[m][1] = _mm256_add_epi16(p[m][1], _mm256_add_epi16(_mm256_maddubs_epi16(l1, alo), _mm256_maddubs_epi16(h1, ahi)));
+        }
+      }
       for (int m = 0; m < MB; ++m) {
-        const int8_t* ap = a[m] + base + c * 8;
-        const __m256i alo = _mm256_set1_epi32(load_i32(ap)), ahi = _mm256_set1_epi32(load_i32(ap + 4));
-        const __m256i p0 = _mm256_add_epi16(_mm256_maddubs_epi16(l0, alo), _mm256_maddubs_epi16(h0, ahi));
-        const __m256i p1 = _mm256_add_epi16(_mm256_maddubs_epi16(l1, alo), _mm256_maddubs_epi16(h1, ahi));
-        d[m][0] = _mm256_add_epi32(d[m][0], _mm256_madd_epi16(p0, ones));
-        d[m][1] = _mm256_add_epi32(d[m][1], _mm256_madd_epi16(p1, ones));
+        d[m][0] = _mm256_add_epi32(d[m][0], _mm256_madd_epi16(p[m][0], ones));
+        d[m][1] = _mm256_add_epi32(d[m][1], _mm256_madd_epi16(p[m][1], ones));
       }
     }
     for (int h = 0; h < 2; ++h) {
