@@ -90,6 +90,22 @@ def test_kernel_matches_the_reference(compiled: str, n: int, k: int, g: int, m: 
         torch.testing.assert_close(y, ref, rtol=0, atol=tol)
 
 
+@pytest.mark.parametrize("g", [32, 48, 128])
+def test_largest_integer_sums_are_exact_on_every_path(compiled: str, g: int) -> None:
+    # Every code 15 against activations all +127 or all -127: the largest partial sums any path holds
+    # (the AVX2 loop keeps several chunks in 16 bits before widening). w = (15 - 8) * 1 + 0 = 7 everywhere.
+    n, k = 40, 8 * g
+    packed = kernels.pack_int4(
+        torch.full((n, k), 15, dtype=torch.uint8), torch.ones(n, k // g), torch.zeros(n, k // g), g
+    )
+    for rows in (1, 3, 8):
+        x = torch.ones(rows, k)
+        x[1::2] = -1
+        expected = 7.0 * k * x[:, :1].expand(rows, n)
+        for path in kernels.paths():
+            assert torch.equal(kernels.w4a8_linear(x, packed, n, g, path=path), expected), path
+
+
 def test_kernel_is_close_to_the_float_matmul(compiled: str) -> None:
     gen = torch.Generator().manual_seed(0)
     n, k, g = 200, 1024, 64
