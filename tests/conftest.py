@@ -21,3 +21,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+@pytest.fixture
+def int8_kernels(monkeypatch):
+    """Run the static int8 modules on the quantized CPU kernels even where ``exact_int8_kernels()`` sends
+    them to the float reference path (x86 without VNNI, whose kernels may saturate): for tests of the
+    uint8 dataflow between layers, not of exact sums."""
+    from torchslim.quantization.int8 import static, static_add
+
+    monkeypatch.setattr(static_add, "exact_int8_kernels", lambda: True)
+    monkeypatch.setattr(static, "exact_int8_kernels", lambda: True)

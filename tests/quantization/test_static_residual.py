@@ -104,6 +104,7 @@ def _dtypes(model: nn.Module, x: torch.Tensor) -> dict[str, torch.dtype]:
     return seen
 
 
+@pytest.mark.usefixtures("int8_kernels")
 def test_resnet_blocks_stay_uint8_between_the_int8_layers() -> None:
     m = resnet_like()
     x = torch.randn(32, 3, 24, 24)
@@ -123,6 +124,7 @@ def test_resnet_blocks_stay_uint8_between_the_int8_layers() -> None:
     assert _cosine(ref, out) > 0.99  # tolerance: 8-bit activations through 6 convs of a random net
 
 
+@pytest.mark.usefixtures("int8_kernels")
 def test_mobile_blocks_add_on_codes_and_keep_se_in_float() -> None:
     m = mobile_like()
     x = torch.randn(32, 3, 16, 16)
@@ -162,6 +164,7 @@ def test_save_load_round_trip(build, tmp_path) -> None:
         assert torch.equal(back(x), q(x))
 
 
+@pytest.mark.usefixtures("int8_kernels")
 def test_int8_add_matches_float_add_of_the_codes() -> None:
     g = torch.Generator().manual_seed(0)
     a = torch.randint(0, 256, (2, 8, 5, 5), dtype=torch.uint8, generator=g).contiguous(

@@ -61,7 +61,7 @@ from torchslim.quantization.int8.modules import (
     int_mm,
     quantize_weight_per_channel,
 )
-from torchslim.quantization.int8.static_add import conv_accumulate, quantize_codes
+from torchslim.quantization.int8.static_add import conv_accumulate, exact_int8_kernels, quantize_codes
 from torchslim.quantization.int8.static_paths import (
     FUSED_ACTIVATIONS,
     Int8MaxPool2d,
@@ -166,9 +166,11 @@ class _StaticInt8(nn.Module):
     def _onednn_ok(self, x: torch.Tensor) -> bool:
         # Under torch.export / ONNX export the prepacked oneDNN weight cannot be traced: the reference path
         # (int8 weights dequantized in the graph, activations fake-quantized) is exported instead.
+        # On CPUs whose int8 kernels saturate (x86 without VNNI: see exact_int8_kernels), the reference path too.
         return (
             x.device.type == "cpu"
             and torch.backends.mkldnn.is_available()
+            and exact_int8_kernels()
             and not torch.jit.is_scripting()
             and not torch.compiler.is_exporting()
         )

@@ -20,6 +20,8 @@ Example:
 
 from __future__ import annotations
 
+import functools
+import platform
 import warnings
 from typing import Any
 
@@ -110,6 +112,27 @@ def _quantized(x: torch.Tensor, qparams: QParams) -> torch.Tensor:
     return as_quint8(x if x.dtype == torch.uint8 else quantize_codes(x, *qparams), *qparams)
 
 
+@functools.cache
+def exact_int8_kernels() -> bool:
+    """Whether this CPU's quantized kernels (oneDNN's int8 convolution and linear, used by the static int8
+    modules) compute their integer sums exactly.
+
+    On x86 they do with VNNI (``vpdpbusd`` sums uint8 × int8 products in 32 bits). Without it they use
+    ``vpmaddubsw``, which adds two uint8 × int8 products into a saturating int16: activation codes near 255
+    times weights near ±127 overflow it, and a few outputs come out wrong (the reason for the x86 backend's
+    ``reduce_range``). There the static int8 modules take their float reference path, which computes the
+    same quantized arithmetic exactly, only slower. Other architectures keep the quantized kernels.
+
+    Example:
+        >>> exact_int8_kernels() in (True, False)
+        True
+    """
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return True
+    probe = getattr(torch.cpu, "_is_vnni_supported", None)  # torch's cpuinfo check (AVX512-VNNI)
+    return bool(probe()) if probe is not None else False
+
+
 @register_spec_module
 class Int8Add(_QParamBuffers):
     """``a + b`` (then ReLU when ``relu``) on uint8 codes, requantized to the output qparams.
@@ -140,8 +163,12 @@ class Int8Add(_QParamBuffers):
 
     def _onednn_ok(self, x: torch.Tensor) -> bool:
         # The quantized CPU kernels; the float path elsewhere and under export / scripting (named as the
-        # int8 convolutions' switch).
-        return x.device.type == "cpu" and not torch.compiler.is_exporting() and not torch.jit.is_scripting()
+        # int8 convolutions' switch). Float inputs on a CPU whose int8 convolutions are not exact come from
+        # their float reference path, so they stay on it here; codes are added on the kernel (it is exact).
+        on_kernels = x.dtype == torch.uint8 or exact_int8_kernels()
+        return (
+            x.device.type == "cpu" and on_kernels and not torch.compiler.is_exporting() and not torch.jit.is_scripting()
+        )
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         if not self._onednn_ok(a):  # the float reference path: float activations, as the int8 convs hand on there
