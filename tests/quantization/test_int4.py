@@ -322,3 +322,19 @@ def test_builtin_recipe_exists_and_is_valid():
     recipe = builtin_recipes()["int4-g128"]
     cfg = recipe.steps[0].config
     assert isinstance(cfg, Int4WeightOnly) and cfg.group_size == 128
+
+
+def test_calibrated_swap_makes_no_float_standin_for_the_last_layer(monkeypatch):
+    # Later layers calibrate on a float stand-in of each quantized one; nothing comes after the last (an
+    # LLM's head, its largest matrix), so it gets none.
+    import torchslim.quantization.int4.weight_only as weight_only
+
+    made = []
+    real = weight_only.float_standin
+    monkeypatch.setattr(weight_only, "float_standin", lambda new, old: made.append(old) or real(new, old))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 32))
+    ctx = Context(calibration=[torch.randn(16, 64) for _ in range(2)])
+    ts.compress_(model, Int4WeightOnly(group_size=32, method="gptq"), ctx=ctx)
+    assert [id(m) for m in made] != [] and len(made) == 2
+    assert all(type(m).__name__ == "Int4WeightOnlyLinear" for m in (model[0], model[2], model[4]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -114,6 +115,8 @@ def test_cli_sequential_equals_cli_in_memory_and_prints_a_line_per_block(
     assert main([*common, "--out", str(tmp_path / "seq"), "--sequential"]) == 0
     err = capsys.readouterr().err
     assert [f"block {i}/4 done" in err for i in range(1, 5)] == [True] * 4
+    peaks = [float(m) for m in re.findall(r"peak memory ([0-9.]+) GB", err)]
+    assert len(peaks) == 5 and peaks == sorted(peaks) and peaks[0] > 0  # each block and the head; never falls
     _assert_same_artifact(tmp_path / "memory", tmp_path / "seq")
 
 

@@ -102,3 +102,18 @@ def test_gptq_solve_adds_two_float32_buffers_beside_the_hessian() -> None:
     # copy of the factor's buffer (1.7).
     assert added < 1.6 * F64, added / F64
     assert t.q.shape == (16, K) and int(t.q.max()) <= 15
+
+
+def test_float_standin_adds_one_copy_of_the_weight() -> None:
+    from torchslim.quantization import Int4WeightOnlyLinear, float_standin
+
+    torch.manual_seed(0)
+    old = nn.Linear(K, 1024)  # 12 MiB float32 weight
+    new = Int4WeightOnlyLinear.from_float(old, group_size=128)
+    lin, added = _peak_added(lambda: float_standin(new, old))
+    weight = old.weight.numel() * 4
+    # The dequantized weight becomes the stand-in's own: one float copy; copying it into a freshly
+    # initialised Linear held two.
+    assert added < 1.5 * weight, added / weight
+    assert torch.equal(lin.weight, new.dequantized_weight()) and torch.equal(lin.bias, old.bias)
+    assert lin.weight.device.type == "cpu" and lin.weight.requires_grad == old.weight.requires_grad

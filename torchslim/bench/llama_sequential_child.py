@@ -18,7 +18,6 @@ from __future__ import annotations
 import collections
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,8 @@ from typing import Any
 
 import torch
 
+from torchslim.sequential.heap import peak_resident_bytes
+
 __all__ = ["artifact_factory", "calibration", "child_main", "peak_rss_mb", "run_child"]
 
 _MARK = "LLAMA-SEQUENTIAL-RESULT "
@@ -36,13 +37,7 @@ _MARK = "LLAMA-SEQUENTIAL-RESULT "
 
 def peak_rss_mb() -> float:
     """This process's peak resident set in MB (10^6 bytes)."""
-    status = Path("/proc/self/status")
-    if status.is_file():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024 / 1e6
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux, bytes on macOS
-    return peak / 1e6 if sys.platform == "darwin" else peak * 1024 / 1e6
+    return peak_resident_bytes() / 1e6
 
 
 def calibration(vocab: int, batches: int, tokens: int, seed: int = 0) -> list[dict[str, torch.Tensor]]:

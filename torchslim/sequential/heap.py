@@ -1,4 +1,4 @@
-"""Returning the C heap's free pages to the system between decoder blocks.
+"""Returning the C heap's free pages to the system between decoder blocks, and reading the peak memory.
 
 A block's calibration and quantization allocate and free many mid-sized tensors (Hessian bands, GPTQ
 temporaries). glibc serves those under its mmap threshold from the heap, and that threshold rises to
@@ -9,8 +9,13 @@ free pages anywhere in it, not only at the top).
 
 Hand-written: neither torch nor the standard library exposes ``malloc_trim``; it is one ctypes call.
 
+:func:`peak_resident_bytes` is what each progress line of a sequential run reports: the process's
+peak resident set so far (``VmHWM``; ``ru_maxrss`` where there is no ``/proc``).
+
 Example:
     >>> release_free_heap() in (True, False)
+    True
+    >>> peak_resident_bytes() > 0
     True
 """
 
@@ -19,9 +24,11 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import resource
 import sys
+from pathlib import Path
 
-__all__ = ["release_free_heap"]
+__all__ = ["peak_resident_bytes", "release_free_heap"]
 
 
 @functools.cache
@@ -43,3 +50,14 @@ def release_free_heap() -> bool:
     """
     libc = _libc()
     return bool(libc.malloc_trim(0)) if libc is not None else False
+
+
+def peak_resident_bytes() -> int:
+    """This process's peak resident set in bytes (``VmHWM`` of ``/proc/self/status``, else ``ru_maxrss``)."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux, bytes on macOS
+    return peak if sys.platform == "darwin" else peak * 1024

@@ -60,7 +60,7 @@ from torchslim.io.config_bound import model_byte_limit
 from torchslim.pruning import MagnitudePruning, NMPruning, SparseGPTPruning, WandaPruning
 from torchslim.quantization import Int4WeightOnly, float_standin
 from torchslim.sequential.activations import ActivationStore
-from torchslim.sequential.heap import release_free_heap
+from torchslim.sequential.heap import peak_resident_bytes, release_free_heap
 from torchslim.sequential.skeleton import Skeleton, find_blocks, open_skeleton
 
 __all__ = ["Layout", "SequentialRun", "check_sequential", "compress_sequential", "model_layout"]
@@ -345,7 +345,8 @@ class _Runner:
                 del stage
                 release_free_heap()  # the block's freed temporaries, so the next block starts from the same memory
                 bar.note(
-                    f"sequential {self.recipe.name}: block {i + 1}/{n} done in {format_duration(time.perf_counter() - start)}"
+                    f"sequential {self.recipe.name}: block {i + 1}/{n} done in "
+                    f"{format_duration(time.perf_counter() - start)}, peak memory {peak_resident_bytes() / 1e9:.2f} GB"
                 )
                 bar.advance()
             sk.materialise(layout.norm)
@@ -359,6 +360,7 @@ class _Runner:
             self._write(tail)
             sk.release(layout.norm)
             sk.release(layout.head)
+            bar.note(f"sequential {self.recipe.name}: head done, peak memory {peak_resident_bytes() / 1e9:.2f} GB")
             bar.advance()
         self.run.activations_on_disk = self.store.on_disk
 

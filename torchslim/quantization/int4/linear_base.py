@@ -190,9 +190,9 @@ class Int4LinearBase(nn.Module):
 
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The weight ``[N, K]`` this module computes with (``input_scale`` folded in)."""
-        w = self._dequantized_codes()
+        w = self._dequantized_codes()  # a fresh tensor: scaled in place, no second weight-sized copy
         if self.input_scale is not None:
-            w = w * self.input_scale.float()
+            w.mul_(self.input_scale.float())
         return w.to(dtype)
 
     def _scaled_rows(self, x: torch.Tensor) -> torch.Tensor:

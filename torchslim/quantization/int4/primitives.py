@@ -126,9 +126,12 @@ def dequantize_int4(
         >>> dequantize_int4(torch.tensor([[8, 10] * 16], dtype=torch.uint8), torch.tensor([[0.5]]), torch.tensor([[0.0]]), 32)[0, :2]
         tensor([0., 1.])
     """
-    g = group_view(q.to(torch.float32), group_size).sub_(8)
-    w = torch.addcmul(zero.float().unsqueeze(-1), g, scale.float().unsqueeze(-1))  # one pass, no temporaries
-    return w.reshape(q.shape).to(dtype)
+    w = q.to(torch.float32, copy=True)  # never the caller's tensor, which is updated in place below
+    g = group_view(w, group_size).sub_(8)
+    # One pass into the codes' own float buffer: the result is the only weight-sized float tensor made
+    # (a float stand-in of an LLM head dequantizes a 400 MB matrix).
+    torch.addcmul(zero.float().unsqueeze(-1), g, scale.float().unsqueeze(-1), out=g)
+    return w.to(dtype)
 
 
 def dequantize_packed_int4(

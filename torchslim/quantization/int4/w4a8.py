@@ -76,9 +76,8 @@ def dequantize_tiles(
     q = torch.empty(tiles, _TILE, groups, chunks, 2, 4, dtype=torch.float32, device=packed.device)
     torch.bitwise_and(body, 0x0F, out=q[:, :, :, :, 0])
     torch.bitwise_right_shift(body, 4, out=q[:, :, :, :, 1])
-    w = torch.empty_like(q)
-    torch.addcmul(zero, q.sub_(8), scale, out=w)  # one pass; out= keeps the row-major order
-    w = w.view(tiles * _TILE, groups * group_size).to(dtype)
+    torch.addcmul(zero, q.sub_(8), scale, out=q)  # one pass, in place: one weight-sized float buffer
+    w = q.view(tiles * _TILE, groups * group_size).to(dtype)
     return w[:out_features]
 
 

@@ -203,7 +203,7 @@ def calibrated_swap_(
     done: list[tuple[str, nn.Module, nn.Module]] = []
     try:
         with progress_task(len(targets), kind, unit="layers", enabled=progress) as bar:
-            for name, module in targets:
+            for i, (name, module) in enumerate(targets):
                 bar.update(status=name)
                 h = None
                 if hessians:
@@ -227,8 +227,10 @@ def calibrated_swap_(
                     continue
                 # Later layers calibrate on this layer's quantized output. Until the loop ends it runs as
                 # a float Linear holding the dequantized weight: the same function, without
-                # dequantizing again on each of the (layers × batches) calibration forwards.
-                replace_module_(model, name, float_standin(new, module) if hessians and sequential else new)
+                # dequantizing again on each of the (layers × batches) calibration forwards. The last
+                # layer has no later one: no stand-in (for an LLM's head, a float copy of its largest matrix).
+                later = hessians and sequential and i + 1 < len(targets)
+                replace_module_(model, name, float_standin(new, module) if later else new)
                 done.append((name, module, new))
         for name, _, new in done:
             replace_module_(model, name, new)
@@ -257,11 +259,14 @@ def float_standin(new: nn.Module, old: nn.Module) -> nn.Module:
     if not (callable(deq) and isinstance(old, nn.Linear)):
         return new
     w = old.weight
-    lin = nn.Linear(old.in_features, old.out_features, old.bias is not None, device=w.device, dtype=w.dtype)
+    # Built on the meta device, then given the dequantized weight itself: one float copy of the weight
+    # at a time (no initialised weight to copy into) and no random initialisation to pay for.
+    lin = nn.Linear(old.in_features, old.out_features, old.bias is not None, device="meta", dtype=w.dtype)
     with torch.no_grad():
-        lin.weight.copy_(deq().to(w))
+        lin.weight = nn.Parameter(deq().to(w), requires_grad=w.requires_grad)
         if old.bias is not None:
-            lin.bias.copy_(new.bias.to(w) if getattr(new, "bias", None) is not None else old.bias)
+            bias = new.bias if getattr(new, "bias", None) is not None else old.bias
+            lin.bias = nn.Parameter(bias.detach().to(w).clone(), requires_grad=old.bias.requires_grad)
     return lin
 
 
