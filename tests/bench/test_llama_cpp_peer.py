@@ -71,3 +71,18 @@ def test_missing_names_absent_modules(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "llama_cpp", None)  # import raises ImportError
     note = llama_cpp.missing()
     assert note is not None and "llama_cpp" in note and "torchslim[llamacpp]" in note
+
+
+def test_decoder_falls_back_to_no_extra_buffers_where_they_crash(f32_gguf, monkeypatch) -> None:
+    # llama.cpp's AMX / repacking buffers segfault on some hosts (llama.cpp #20824): probed in a child process.
+    _, path = f32_gguf
+    assert llama_cpp.extra_buffers_work(path, threads=1) is True  # float32 weights take no extra buffer
+    plain = llama_cpp.LlamaCppDecoder(path, new_tokens=4, threads=1, context=64)
+    monkeypatch.setattr(llama_cpp, "extra_buffers_work", lambda *a, **k: False)
+    fallback = llama_cpp.LlamaCppDecoder(path, new_tokens=4, threads=1, context=64, extra_buffers=None)
+    try:
+        assert plain.note is None and "#20824" in fallback.note
+        assert torch.equal(fallback(PROMPT), plain(PROMPT))
+    finally:
+        plain.close()
+        fallback.close()

@@ -135,7 +135,7 @@ def _llama_cpp_peer(
     if not source.is_file():  # written once, within the first peer's build time
         llama_cpp.write_gguf(fp32, wl.spec, source)
     out = llama_cpp.quantize_gguf(source, folder / f"{ftype}.gguf", ftype, threads=n_threads)
-    decoder = llama_cpp.LlamaCppDecoder(out, wl.new_tokens, threads=n_threads, context=context)
+    decoder = llama_cpp.LlamaCppDecoder(out, wl.new_tokens, threads=n_threads, context=context, extra_buffers=None)
     return decoder, out.stat().st_size
 
 
@@ -228,6 +228,8 @@ def _run(wl: LlamaDecodeWorkload, quick: bool, prefill_tokens: int, folder: Path
         row["prefill_tokens_per_s"] = round(prefill[row["variant"]], 1)
     for _, model, _, _ in rows.built:
         if is_peer_decoder(model):
+            if model.note:
+                result.notes.append(model.note)
             model.close()
     spec = wl.spec
     result.notes.append(

@@ -11,6 +11,12 @@ interleaved one, as llama.cpp's own converter does, so both compute the same fun
 :class:`LlamaCppDecoder` decodes greedily at batch 1 (prefill the prompt, then one token at a time,
 ``argmax`` of the logits), the same work as :class:`~torchslim.workloads.llama.GreedyDecoder`.
 
+llama.cpp's extra buffer types (its weight repacking for the CPU's vector kernels, and the AMX path
+on CPUs with AMX) crash some machines in the first forward (llama.cpp issue #20824, a segfault in
+``ggml_backend_amx_mul_mat`` on Sapphire Rapids hosts). A segfault cannot be caught in-process, so
+:func:`extra_buffers_work` decodes a few tokens in a child process first; where it crashes, the decoder
+loads the model without extra buffer types (llama.cpp's plain quantized kernels) and says so in ``note``.
+
 The peer needs the optional extra ``torchslim[llamacpp]`` (``llama-cpp-python``, built from source, and
 ``gguf``); :func:`missing` says what is absent so the benchmark can leave the row out with that note.
 
@@ -32,7 +38,11 @@ Example (skipped when the extra is absent):
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +51,15 @@ import torch.nn as nn
 
 from torchslim.workloads.llama import LlamaSpec
 
-__all__ = ["FTYPES", "LlamaCppDecoder", "gguf_read_bytes", "missing", "quantize_gguf", "write_gguf"]
+__all__ = [
+    "FTYPES",
+    "LlamaCppDecoder",
+    "extra_buffers_work",
+    "gguf_read_bytes",
+    "missing",
+    "quantize_gguf",
+    "write_gguf",
+]
 
 FTYPES = {"q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}
 _BYTE_TOKENS = 256
@@ -173,6 +191,44 @@ def gguf_read_bytes(path: str | Path) -> int:
     return total
 
 
+_PROBE = """
+import sys
+from llama_cpp import Llama
+llm = Llama(model_path=sys.argv[1], n_ctx=64, n_batch=64, n_threads=int(sys.argv[2]), n_threads_batch=int(sys.argv[2]), verbose=False)
+llm.eval([1, 2, 3, 4])
+llm.eval([5])
+"""
+
+
+def extra_buffers_work(path: str | Path, threads: int = 2, timeout: float = 600) -> bool:
+    """Whether llama.cpp runs ``path`` with its extra buffer types (weight repacking, AMX) without crashing:
+    a 4-token prompt and one more token, decoded in a child process (a crash there cannot take this one)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _PROBE, str(path), str(threads)], capture_output=True, text=True, timeout=timeout
+    )
+    return proc.returncode == 0
+
+
+@contextlib.contextmanager
+def _without_extra_buffers() -> Iterator[None]:
+    """Models loaded inside get ``llama_model_params.use_extra_bufts = False``. Hand-written: llama-cpp-python's
+    ``Llama`` takes no argument for that field, so the default-parameters function it calls is wrapped."""
+    import llama_cpp.llama as binding
+
+    default = binding.llama_cpp.llama_model_default_params
+
+    def params() -> Any:
+        p = default()
+        p.use_extra_bufts = False
+        return p
+
+    binding.llama_cpp.llama_model_default_params = params
+    try:
+        yield
+    finally:
+        binding.llama_cpp.llama_model_default_params = default
+
+
 class LlamaCppDecoder:
     """Greedy batch-1 decoding through llama-cpp-python: ``decoder(prompt [1, P]) -> [1, new_tokens]``.
 
@@ -181,21 +237,38 @@ class LlamaCppDecoder:
         new_tokens: tokens generated per call.
         threads: llama.cpp threads, for decode and for batches (prefill).
         context: the context length to allocate (prompt + new tokens must fit; prefill tests need more).
+        extra_buffers: load with llama.cpp's extra buffer types (its default); None: where
+            :func:`extra_buffers_work` finds that they crash this machine, without them, with ``note`` saying so.
     """
 
-    def __init__(self, path: str | Path, new_tokens: int, threads: int = 2, context: int = 1024) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        new_tokens: int,
+        threads: int = 2,
+        context: int = 1024,
+        extra_buffers: bool | None = True,
+    ) -> None:
         from llama_cpp import Llama
 
-        self.path, self.new_tokens = Path(path), new_tokens
-        self.llm: Any = Llama(
-            model_path=str(path),
-            n_ctx=context,
-            n_batch=min(context, 512),
-            n_threads=threads,
-            n_threads_batch=threads,
-            logits_all=False,
-            verbose=False,
-        )
+        self.path, self.new_tokens, self.note = Path(path), new_tokens, None
+        if extra_buffers is None:
+            extra_buffers = extra_buffers_work(path, threads)
+            if not extra_buffers:
+                self.note = (
+                    f"{self.path.name}: llama.cpp crashed in a child process with its extra buffer types (weight "
+                    "repacking, AMX; llama.cpp issue #20824), so it runs without them here"
+                )
+        with contextlib.nullcontext() if extra_buffers else _without_extra_buffers():
+            self.llm: Any = Llama(
+                model_path=str(path),
+                n_ctx=context,
+                n_batch=min(context, 512),
+                n_threads=threads,
+                n_threads_batch=threads,
+                logits_all=False,
+                verbose=False,
+            )
 
     def _last_logits(self) -> Any:
         # With logits_all=False llama.cpp outputs only the last position of each batch (row 0 of its buffer);
