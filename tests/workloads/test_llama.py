@@ -108,3 +108,30 @@ def test_benchmark_rows_on_a_tiny_model():
         assert r["tokens_per_s"] > 0 and r["bound_ms"] > 0 and r["x_bound"] > 0
     assert rows["torchslim-int4-g128"]["read_mb"] < 0.2 * rows["fp32"]["read_mb"]
     assert any("copy bandwidth" in n for n in res.notes)
+
+
+def test_compiled_rows_are_declared_and_left_out_with_quick():
+    from torchslim.bench.llama import TABLE, _compiled
+
+    assert TABLE.rows.index("torchslim-int4-w4a8-g128") + 1 == TABLE.rows.index("torchslim-int4-w4a8-g128-compiled")
+    assert "peer-torchao-int4-prototype-compiled" in TABLE.rows
+    wl = LlamaDecodeWorkload(TINY, new_tokens=2, prompt_tokens=4)
+    assert _compiled((nn.Linear(2, 2), 1), wl, 1, quick=True) is None
+    assert _compiled(None, wl, 1, quick=False) is None
+
+
+@pytest.mark.slow
+def test_compiled_w4a8_row_computes_the_eager_logits():
+    pytest.importorskip("torchslim.quantization.int4.weight_only")
+    from torchslim.bench.llama import _compiled, _ours_int4
+
+    wl = LlamaDecodeWorkload(TINY, new_tokens=2, prompt_tokens=4)
+    model, size = _ours_int4(wl.model(), "int8")
+    compiled, same_size = _compiled((model, size), wl, 2, quick=False)
+    assert same_size == size and compiled._orig_mod is model  # wraps the eager row's model, no copy
+    (x,) = wl.example_inputs()
+    with torch.inference_mode():
+        want = model(input_ids=x).logits.float()
+        got = compiled(input_ids=x).logits.float()
+    # Inductor fuses the bf16 elementwise operations and rounds once: close, not bit-equal.
+    assert float((got - want).abs().max()) < 0.05 * float(want.abs().max())

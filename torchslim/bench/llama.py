@@ -11,9 +11,13 @@ call prefills an 8-token prompt and generates 16 tokens greedily with a KV cache
 - ``torchslim-int4-w4a8-g128``: the same, with ``activations="int8"`` (the ``int4-w4a8-g128`` recipe's
   path on RTN weights): decode on torchslim's W4A8 kernel (int8 activations per token, VNNI dot
   products), prefill on the same kernel (passes of 8 tokens per unpacked weight chunk);
+- ``torchslim-int4-w4a8-g128-compiled``: that model under ``torch.compile(model, dynamic=True)``: Inductor
+  fuses the eager model's small operations (norms, rotary embedding, residual adds; at batch 1 their
+  per-operation overhead is a quarter of a decode step) around the W4A8 custom op, which it calls as is;
 - ``peer-torchao-int4-prototype``: the model in bf16, then torchao
   ``quantize_(model, PrototypeInt4WeightOnlyConfig(group_size=128))`` (torchao's stable
-  ``Int4WeightOnlyConfig`` has no CPU path);
+  ``Int4WeightOnlyConfig`` has no CPU path); ``peer-torchao-int4-prototype-compiled``: the same under
+  ``torch.compile(model, dynamic=True)``, the usage torchao recommends;
 - ``peer-torch.ao-int8-dynamic``: ``torch.ao.quantization.quantize_dynamic`` on the Linears (deprecated);
 - ``peer-llama.cpp-q4_0``, ``peer-llama.cpp-q4_k_m``: the same seeded weights written to a GGUF file,
   quantized by llama.cpp and decoded through llama-cpp-python on the same thread count
@@ -26,7 +30,9 @@ size, ``read_mb`` (bytes one decode step reads: everything but the embedding tab
 ``prefill_tokens_per_s`` is one forward over a 512-token prompt (shorter when the model's context is),
 best of a few calls after the decode timing.
 
-Variants are built with one thread and timed with torch's current thread count. A peer that cannot be
+Variants are built with one thread and timed with torch's current thread count; the compiled rows are
+compiled in their build (one decode call on the timing thread count: Inductor's generated loops keep the
+thread count they were compiled for) and left out with ``--quick`` (compiling takes minutes). A peer that cannot be
 built here is left out with a note, never faked.
 """
 
@@ -67,7 +73,9 @@ TABLE = BenchTable(
         "torchslim-int8-weight-only",
         "torchslim-int4-g128",
         "torchslim-int4-w4a8-g128",
+        "torchslim-int4-w4a8-g128-compiled",
         "peer-torchao-int4-prototype",
+        "peer-torchao-int4-prototype-compiled",
         "peer-torch.ao-int8-dynamic",
         "peer-llama.cpp-q4_0",
         "peer-llama.cpp-q4_k_m",
@@ -83,7 +91,7 @@ TABLE = BenchTable(
         "prefill_tokens_per_s",
     ),
     recipes={"torchslim-bf16": "bf16", "torchslim-int8-weight-only": "int8-weight-only"},
-    optional=("torchslim-int4-g128", "torchslim-int4-w4a8-g128"),
+    optional=("torchslim-int4-g128", "torchslim-int4-w4a8-g128", "torchslim-int4-w4a8-g128-compiled"),
     rounds=(3, 8),
     warmup=(1, 1),
 )
@@ -121,6 +129,21 @@ def _ours_int4(fp32: nn.Module, activations: str = "bf16") -> tuple[nn.Module, i
         return None
     config = Int4WeightOnly(group_size=128, method="rtn", activations=activations, progress=False)
     return _ours(fp32, CastDtype("bfloat16"), config)
+
+
+def _compiled(
+    built: tuple[nn.Module, int] | None, wl: LlamaDecodeWorkload, n_threads: int, quick: bool
+) -> tuple[nn.Module, int] | None:
+    """``torch.compile(model, dynamic=True)`` of a built row, compiled by one decode call on ``n_threads``
+    threads (None: no model, or ``quick``)."""
+    if built is None or quick:
+        return None
+    model, size = built
+    compiled = torch.compile(model, dynamic=True)
+    x = wl.example_inputs()
+    with threads(n_threads), torch.inference_mode():
+        wl.decoder(compiled)(*x)
+    return compiled, size
 
 
 def _llama_cpp_peer(
@@ -192,15 +215,28 @@ def _run(wl: LlamaDecodeWorkload, quick: bool, prefill_tokens: int, folder: Path
         lambda: _ours_int4(fp32),
         missing="the int4 core (torchslim.quantization.Int4WeightOnly) is not importable",
     )
+    n_threads = torch.get_num_threads()  # the timing's thread count (rows are built on one)
+    # A compiled row wraps the eager row's model (no second copy); its build_s is the compilation alone.
+    eager: dict[str, tuple[nn.Module, int] | None] = {}
+    compiled_missing = "compiled rows are not built with --quick (compiling takes minutes)"
     rows.add(
         "torchslim-int4-w4a8-g128",
-        lambda: _ours_int4(fp32, "int8"),
+        lambda: eager.setdefault("w4a8", _ours_int4(fp32, "int8")),
         missing="the int4 core (torchslim.quantization.Int4WeightOnly) is not importable",
     )
-    rows.add("peer-torchao-int4-prototype", lambda: _torchao_int4(bf16))
+    rows.add(
+        "torchslim-int4-w4a8-g128-compiled",
+        lambda: _compiled(eager.get("w4a8"), wl, n_threads, quick),
+        missing=compiled_missing,
+    )
+    rows.add("peer-torchao-int4-prototype", lambda: eager.setdefault("torchao", _torchao_int4(bf16)))
+    rows.add(
+        "peer-torchao-int4-prototype-compiled",
+        lambda: _compiled(eager.get("torchao"), wl, n_threads, quick),
+        missing=compiled_missing,
+    )
     rows.add("peer-torch.ao-int8-dynamic", lambda: torch_ao_dynamic(fp32))
     context = max(prefill_tokens, wl.prompt_tokens + wl.new_tokens)
-    n_threads = torch.get_num_threads()  # the timing's thread count (rows are built on one)
     for ftype in ("q4_0", "q4_k_m"):
         rows.add(f"peer-llama.cpp-{ftype}", lambda f=ftype: _llama_cpp_peer(fp32, wl, folder, f, context, n_threads))
 
