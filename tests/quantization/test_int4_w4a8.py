@@ -158,3 +158,31 @@ def test_saved_kernel_layout_loads_bit_identically_in_a_fresh_process(tmp_path, 
         torch.testing.assert_close(got["y"], y, rtol=1e-5, atol=1e-5)  # same sums, other summation order
     else:
         assert torch.equal(got["y"], y)
+
+
+_COMPILE_CHILD = textwrap.dedent(
+    """
+    import torch, torch.nn as nn
+    import torchslim as ts
+    from torchslim import kernels
+    from torchslim.quantization import Int4WeightOnly
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(128, 64), nn.GELU(), nn.Linear(64, 32)).eval()
+    ts.compress_(model, Int4WeightOnly(group_size=32, method="rtn", activations="int8", progress=False))
+    assert kernels.backend() is None  # nothing has run the kernel in this process yet
+    x = torch.randn(2, 128)
+    with torch.no_grad():
+        explained = torch._dynamo.explain(model)(x)
+        compiled = torch.compile(model)(x)
+        eager = model(x)
+    print(explained.graph_break_count, kernels.backend() is not None, float((compiled - eager).abs().max()))
+    """
+)
+
+
+def test_compiling_before_the_first_kernel_call_traces_one_graph() -> None:
+    # The kernels load on first use; tracing a model before then must not break the graph at each layer.
+    out = subprocess.run([sys.executable, "-c", _COMPILE_CHILD], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    breaks, loaded, diff = out.stdout.split()[-3:]
+    assert breaks == "0" and loaded == "True" and float(diff) < 1e-4

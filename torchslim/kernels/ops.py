@@ -121,6 +121,10 @@ def _register_reference(reason: str) -> None:
     _LIB.impl("w4a8_linear_on", _reference_on, "CPU")
 
 
+# Under torch.compile the call runs as plain Python while the model is traced and its result is a constant:
+# otherwise the lock below breaks the graph at every W4A8 layer traced before the first load, and each
+# break splits the model into frames that recompile until torch's recompile limit sends them back to eager.
+@torch.compiler.assume_constant_result
 def load() -> str:
     """Build (first call only) and register the CPU kernels; return the backend now in use.
 
