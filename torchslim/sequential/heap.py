@@ -24,7 +24,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
-import resource
 import sys
 from pathlib import Path
 
@@ -59,5 +58,7 @@ def peak_resident_bytes() -> int:
         for line in status.read_text().splitlines():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
+    import resource  # POSIX only: imported here so that the module imports everywhere
+
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux, bytes on macOS
     return peak if sys.platform == "darwin" else peak * 1024
