@@ -336,5 +336,5 @@ def test_calibrated_swap_makes_no_float_standin_for_the_last_layer(monkeypatch):
     model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 32))
     ctx = Context(calibration=[torch.randn(16, 64) for _ in range(2)])
     ts.compress_(model, Int4WeightOnly(group_size=32, method="gptq"), ctx=ctx)
-    assert [id(m) for m in made] != [] and len(made) == 2
+    assert len(made) == 2  # the first two layers, not the last
     assert all(type(m).__name__ == "Int4WeightOnlyLinear" for m in (model[0], model[2], model[4]))

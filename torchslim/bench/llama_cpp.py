@@ -237,8 +237,8 @@ class LlamaCppDecoder:
         new_tokens: tokens generated per call.
         threads: llama.cpp threads, for decode and for batches (prefill).
         context: the context length to allocate (prompt + new tokens must fit; prefill tests need more).
-        extra_buffers: load with llama.cpp's extra buffer types (its default); None: where
-            :func:`extra_buffers_work` finds that they crash this machine, without them, with ``note`` saying so.
+        extra_buffers: load with llama.cpp's extra buffer types (its default); None: probe them first with
+            :func:`extra_buffers_work` and, where the probe crashes, load without them and say so in ``note``.
     """
 
     def __init__(
