@@ -18,7 +18,9 @@ def test_distill_writes_json_and_artifact(tmp_path) -> None:
     record = json.loads(js.read_text())
     # The flag overrides the file; the file's other fields stay.
     assert record["config"]["epochs"] == 1 and record["config"]["temperature"] == 2.0
-    assert record["processes"] == 1 and record["steps"] == 17 == len(record["history"])  # 1077 images / 64
+    assert (
+        record["processes"] == 1 and record["parallel"] == "none" and record["steps"] == 17 == len(record["history"])
+    )  # 1077 images / 64
     assert [e["step"] for e in record["evals"]] == [17] and 0.0 <= record["student"]["accuracy"] <= 1.0
     state = load_file(out / "model.safetensors")
     assert "classifier.weight" in state and (out / "manifest.json").is_file()
@@ -32,3 +34,6 @@ def test_distill_rejects_a_bad_config_with_exit_code_3(tmp_path, capsys) -> None
     bad.write_text("epochs: 1\nbogus: 2\n")
     assert main(["distill", "--workload", "digits", "--config", str(bad)]) == 3
     assert main(["distill", "--workload", "digits", "--student", "torchslim.workloads.digits:nope"]) == 2
+    capsys.readouterr()
+    assert main(["distill", "--workload", "digits", "--parallel", "fsdp"]) == 3  # no process group to shard over
+    assert "torchrun --nproc-per-node N" in capsys.readouterr().err

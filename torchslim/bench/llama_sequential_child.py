@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from torchslim.sequential.heap import peak_resident_bytes
+from torchslim.measure.heap import peak_resident_bytes
 
 __all__ = ["artifact_factory", "calibration", "child_main", "peak_rss_mb", "run_child"]
 

@@ -28,15 +28,15 @@ __all__ = ["CHECKPOINT_NAME", "load_checkpoint", "save_checkpoint"]
 CHECKPOINT_NAME = "distill-checkpoint.pt"
 
 
-def save_checkpoint(folder: str | Path, state: dict[str, Any]) -> Path:
-    """Write ``state`` to ``folder/distill-checkpoint.pt`` atomically (:func:`torchslim.io.atomic_file`).
+def save_checkpoint(folder: str | Path, state: dict[str, Any], name: str = CHECKPOINT_NAME) -> Path:
+    """Write ``state`` to ``folder/name`` atomically (:func:`torchslim.io.atomic_file`).
 
     A crash or SIGKILL mid-write leaves the previous checkpoint intact and no visible temporary file.
 
     Raises:
         OutputExistsError: the folder cannot be written (the message names why).
     """
-    path = Path(folder) / CHECKPOINT_NAME
+    path = Path(folder) / name
     with atomic_file(path) as tmp:
         torch.save(state, tmp)
     return path
@@ -59,12 +59,15 @@ def _differences(saved: Any, current: Any, path: str = "") -> list[str]:
     return [] if saved == current else [f"{path}: {saved!r} -> {current!r}"]
 
 
-def load_checkpoint(folder: str | Path, fingerprint: dict[str, Any]) -> dict[str, Any] | None:
-    """The checkpoint in ``folder`` if there is one, after checking it belongs to this run.
+def load_checkpoint(
+    folder: str | Path, fingerprint: dict[str, Any], name: str = CHECKPOINT_NAME
+) -> dict[str, Any] | None:
+    """The checkpoint ``folder/name`` if there is one, after checking it belongs to this run.
 
     Args:
         folder: the checkpoint folder.
         fingerprint: this run's settings; must equal the saved ones.
+        name: the file in ``folder`` (one per rank for a sharded run).
 
     Returns:
         The saved state, or None when the folder holds no checkpoint.
@@ -73,7 +76,7 @@ def load_checkpoint(folder: str | Path, fingerprint: dict[str, Any]) -> dict[str
         ConfigError: the checkpoint was written by a run with other settings (every difference listed).
         UnsafeInputError: the file is not a loadable weights-only checkpoint.
     """
-    path = Path(folder) / CHECKPOINT_NAME
+    path = Path(folder) / name
     if not path.is_file():
         return None
     try:

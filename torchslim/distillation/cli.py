@@ -12,7 +12,9 @@ Data-parallel on N processes (gloo on CPU, NCCL on GPU; several machines through
 
 ``--batch-size`` is the global batch: N processes each take ``batch_size / N`` samples per step, so
 the steps, schedule and loss are those of one process. Rank 0 shows progress, evaluates on the
-validation split, checkpoints and writes ``--out`` and ``--json``.
+validation split, checkpoints and writes ``--out`` and ``--json``. ``--parallel fsdp`` (or ``auto``,
+the default, when DDP's training state would not fit one rank) shards the student over the processes
+with FSDP2 (:mod:`torchslim.distillation.sharding`); rank 0 still writes the whole student.
 """
 
 from __future__ import annotations
@@ -70,6 +72,13 @@ def add_distill_parser(sub: Any) -> None:
     p.add_argument("--out", help="write the student here (safetensors, config, report; atomic)")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
     p.add_argument("--no-eval", action="store_true", help="no validation passes (keeps the last weights)")
+    p.add_argument(
+        "--parallel",
+        choices=("auto", "ddp", "fsdp"),
+        default="auto",
+        help="under torchrun: DDP (a whole student per rank) or FSDP2 (the student sharded over the ranks); "
+        "auto: FSDP when DDP's training state would not fit one rank's memory (default)",
+    )
     add_preflight_arg(p)
     p.set_defaults(func=cmd_distill)
 
@@ -157,6 +166,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
     from torchslim.cliargs import check_device
     from torchslim.distillation.distributed import init_from_env
+    from torchslim.distillation.sharding import resolve_parallel
     from torchslim.distillation.trainer import train_distill
     from torchslim.io import atomic_dir, check_output_dir
     from torchslim.io.jsonfile import write_json
@@ -176,11 +186,15 @@ def cmd_distill(args: argparse.Namespace) -> int:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)  # the same initial student on every process
             student = factory().to(device)
+        parallel, why = resolve_parallel(args.parallel, student, teacher, info)
+        if why and info.is_main:
+            print(why, file=sys.stderr, flush=True)
         if not args.no_preflight and device == "cpu":  # refuse (exit 5) a run that cannot fit in memory
             from torchslim.measure.memory import estimate_distill, preflight
 
             per_process = max(1, config.batch_size // info.world_size)
-            preflight(estimate_distill(teacher, student, wl.example_inputs(), per_process), "distill")
+            shards = info.world_size if parallel == "fsdp" else 1
+            preflight(estimate_distill(teacher, student, wl.example_inputs(), per_process, shards), "distill")
         split = getattr(wl, "selection_split", "val")
         eval_fn = None if args.no_eval else (lambda m: wl.evaluate(m, split))
         run = train_distill(
@@ -193,6 +207,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
             checkpoint_dir=args.checkpoint_dir,
             desc=f"distill {wl.name}",
             device=device,
+            parallel=parallel if parallel != "none" else "auto",
         )
         if not info.is_main:
             finished = True
@@ -201,6 +216,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
             "workload": wl.name,
             "config": config.to_dict(),
             "processes": info.world_size,
+            "parallel": run.parallel,
             "threads_per_process": torch.get_num_threads(),
             "steps": run.steps,
             "seconds": run.seconds,

@@ -3,7 +3,9 @@
 The loop is ``fit_``'s (AdamW, linear warm-up then cosine decay via :func:`~torchslim.training.warmup_cosine`,
 gradient clipping, progress on stderr through :mod:`torchslim.core.progress`), extended with what long distillation runs need: the
 frozen teacher, feature taps and learned projections, optional bf16 autocast, evaluation every N steps
-with early stopping, checkpoint/resume, and PyTorch DDP (teacher outside DDP, rank 0 logs and writes).
+with early stopping, checkpoint/resume, and data parallelism under ``torchrun``: PyTorch DDP (teacher
+outside DDP, rank 0 logs and writes), or FSDP2 when the student's training state does not fit one rank
+(:mod:`torchslim.distillation.sharding`).
 
 Example:
     >>> import torch, torch.nn as nn
@@ -16,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,7 +29,8 @@ import torch
 import torch.nn as nn
 
 from torchslim.core.progress import progress as progress_task
-from torchslim.distillation.checkpoint import load_checkpoint, save_checkpoint
+from torchslim.distillation import sharding
+from torchslim.distillation.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from torchslim.distillation.config import DistillConfig
 from torchslim.distillation.data import Data, Epochs, batch_size_of, split_batch, to_device
 from torchslim.distillation.distributed import DistInfo, all_mean, broadcast_value, dist_info
@@ -54,6 +58,7 @@ class DistillRun:
         best: the best value of the first metric, or None without evaluations.
         stopped_early: whether patience ran out before the last step.
         steps: optimizer steps done in total (including those before a resume).
+        parallel: how the processes trained: ``"none"`` (one process), ``"ddp"`` or ``"fsdp"``.
         seconds: wall time of the steps run in this call.
         samples: training samples (all processes) seen in this call.
     """
@@ -66,6 +71,7 @@ class DistillRun:
     steps: int = 0
     seconds: float = 0.0
     samples: int = 0
+    parallel: str = "none"
 
     @property
     def samples_per_second(self) -> float:
@@ -83,6 +89,15 @@ class _Loop:
         self.seed: int = opts["seed"]
         self.info: DistInfo = dist_info()
         self.device = next(student.parameters()).device
+        self.parallel, why = sharding.resolve_parallel(opts["parallel"], student, teacher, self.info)
+        if why and self.info.is_main and opts["progress"]:
+            print(why, file=sys.stderr, flush=True)
+        self.fsdp = self.parallel == "fsdp"
+        # FSDP shards a copy of the student's module tree over the same tensors; the caller's student keeps
+        # its class and hooks and gets the trained weights back in finish().
+        self.original = student
+        if self.fsdp:
+            self.student = student = sharding.shell_copy(student)
         self.terms = [(i, t, get_loss(t.loss)) for i, t in enumerate(config.resolved_terms()) if t.weight > 0]
         self.uses_teacher = any(spec.reference == "teacher" for _, _, spec in self.terms)
         self.epochs = Epochs(data, config, self.seed, self.info)
@@ -93,7 +108,7 @@ class _Loop:
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
         self.s_taps = FeatureTaps(student, [t.student for _, t, _ in self.terms])
         self.t_taps = FeatureTaps(teacher, [t.teacher for _, t, s in self.terms if s.reference == "teacher"])
-        self.run = DistillRun(student)
+        self.run = DistillRun(self.original, parallel=self.parallel)
         self.step, self.best, self.bad_evals = 0, None, 0
         self.best_state: dict[str, torch.Tensor] | None = None
         self.on_metric: Callable[[float], None] = lambda value: None
@@ -105,7 +120,7 @@ class _Loop:
             return teacher_outputs(self.teacher, self.t_taps, inputs, self.terms)
 
     def build(self) -> None:
-        """Projections (sized on one batch in eval mode), optimizer, schedule, DDP wrapper, fingerprint."""
+        """Projections (sized on one batch in eval mode), DDP wrapper or FSDP shards, optimizer, schedule, fingerprint."""
         config = self.config
         self.outputs = StudentOutputs(self.student, self.terms, self.s_taps)
         inputs, target = split_batch(to_device(self.epochs.peek(), self.device))
@@ -115,14 +130,12 @@ class _Loop:
             s_feats = self.outputs(inputs)
             t_feats = self._teacher_feats(inputs)
         add_projections(self.outputs, s_feats, t_feats)
-        self.params = [p for p in self.outputs.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
-        warmup = max(1, round(config.warmup * self.total))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: warmup_cosine(s, self.total, warmup)
-        )
         self.model: nn.Module = self.outputs
-        if self.info.distributed:
+        if self.fsdp:
+            sharding.shard_(self.outputs, self.student)
+            sharding.release(self.original.parameters())  # their data now lives in the shards
+        self.params = [p for p in self.outputs.parameters() if p.requires_grad]
+        if self.parallel == "ddp":
             from torch.nn.parallel import DistributedDataParallel
 
             # DDP must be told when a parameter gets no gradient (e.g. a pooler no loss reaches); asking
@@ -132,6 +145,11 @@ class _Loop:
             unused = any(g is None for g in torch.autograd.grad(loss, self.params, allow_unused=True))
             # The teacher stays outside: it is frozen, there is nothing of it to synchronise.
             self.model = DistributedDataParallel(self.outputs, find_unused_parameters=unused)
+        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
+        warmup = max(1, round(config.warmup * self.total))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: warmup_cosine(s, self.total, warmup)
+        )
         self.fingerprint = {
             "config": config.to_dict(),
             "seed": self.seed,
@@ -139,11 +157,29 @@ class _Loop:
             "world_size": self.info.world_size,
             "student_params": sum(p.numel() for p in self.outputs.parameters()),
         }
+        if self.fsdp:  # its checkpoints hold one rank's shards
+            self.fingerprint["parallel"] = "fsdp"
+
+    @property
+    def checkpoint_name(self) -> str:
+        """The checkpoint file: one for the run, or one per rank under FSDP (each holds its shards)."""
+        if self.fsdp:
+            return f"distill-checkpoint-rank{self.info.rank}-of-{self.info.world_size}.pt"
+        return CHECKPOINT_NAME
 
     def restore(self, resume: bool) -> None:
-        saved = load_checkpoint(self.checkpoint_dir, self.fingerprint) if (self.checkpoint_dir and resume) else None
+        saved = None
+        if self.checkpoint_dir and resume:
+            saved = load_checkpoint(self.checkpoint_dir, self.fingerprint, name=self.checkpoint_name)
+        if self.fsdp:
+            self._check_rank_checkpoints(saved)
         if saved is None:
             return
+        if self.fsdp:
+            saved["outputs"] = sharding.as_dtensors_like(saved["outputs"], self.outputs.state_dict())
+            saved["optimizer"] = sharding.optimizer_from_local(saved["optimizer"], self.params)
+            if saved["best_state"] is not None:
+                saved["best_state"] = sharding.as_dtensors_like(saved["best_state"], self.student.state_dict())
         self.outputs.load_state_dict(saved["outputs"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
@@ -152,28 +188,48 @@ class _Loop:
         self.best_state = saved["best_state"]
         self.run.history, self.run.evals = list(saved["history"]), list(saved["evals"])
 
+    def _check_rank_checkpoints(self, saved: dict[str, Any] | None) -> None:
+        """Refuse FSDP checkpoints whose ranks stopped at different steps (a kill between their writes)."""
+        import torch.distributed as dist
+
+        steps: list[Any] = [None] * self.info.world_size
+        dist.all_gather_object(steps, None if saved is None else saved["step"])
+        if len(set(steps)) > 1:
+            found = ", ".join(f"rank {r}: {'none' if s is None else f'step {s}'}" for r, s in enumerate(steps))
+            raise ConfigError(
+                f"the per-rank checkpoints in {self.checkpoint_dir} are not from one step ({found}); "
+                "delete them to start over"
+            )
+
     def checkpoint(self) -> None:
-        if not (self.checkpoint_dir and self.info.is_main):
+        # Under FSDP every rank writes its own shards (no collective: a Ctrl-C stops the ranks at
+        # different points of a step); otherwise rank 0 writes the one replicated state.
+        if not (self.checkpoint_dir and (self.info.is_main or self.fsdp)):
             return
+        outputs, optimizer, best = self.outputs.state_dict(), self.optimizer.state_dict(), self.best_state
+        if self.fsdp:
+            outputs, optimizer = sharding.local_tensors(outputs), sharding.optimizer_local(optimizer)
+            best = sharding.local_tensors(best)
         state = {
             "fingerprint": self.fingerprint,
             "step": self.step,
-            "outputs": self.outputs.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "outputs": outputs,
+            "optimizer": optimizer,
             "scheduler": self.scheduler.state_dict(),
             "rng": torch.get_rng_state(),
             "best": self.best,
             "bad_evals": self.bad_evals,
-            "best_state": self.best_state,
+            "best_state": best,
             "history": self.run.history,
             "evals": self.run.evals,
         }
-        save_checkpoint(self.checkpoint_dir, state)
+        save_checkpoint(self.checkpoint_dir, state, name=self.checkpoint_name)
 
     def evaluate(self) -> bool:
-        """Evaluate (rank 0, shared with all), keep the best weights; True when patience has run out."""
+        """Evaluate (rank 0, or every rank under FSDP, whose sharded forward needs them all; rank 0's figures
+        are shared with all), keep the best weights; True when patience has run out."""
         metrics: dict[str, float] = {}
-        if self.info.is_main:
+        if self.info.is_main or self.fsdp:
             self.student.eval()
             try:
                 metrics = {k: float(v) for k, v in self.eval_fn(self.student).items()}  # type: ignore[misc]
@@ -226,6 +282,14 @@ class _Loop:
         if self.eval_fn is not None and last_eval != self.step and not self.run.stopped_early:
             self.evaluate()
 
+    def finish(self) -> None:
+        """Load the best evaluated weights; under FSDP, write the full trained weights into the caller's
+        student on every rank."""
+        if self.best_state is not None:
+            self.student.load_state_dict(self.best_state)
+        if self.fsdp:
+            sharding.gather_into(self.original, self.student)
+
     def _epochs(self, on_step: Callable[[dict[str, float]], None]) -> int:
         """The epoch loop; returns the step of the last evaluation."""
         cfg, spe = self.config, self.epochs.steps_per_epoch
@@ -273,13 +337,18 @@ def train_distill(
     device: str | torch.device | None = None,
     progress: bool = True,
     desc: str = "distilling",
+    parallel: str = "auto",
 ) -> DistillRun:
     """Train ``student`` in place to imitate ``teacher`` and return the run's record.
 
     The teacher is put in eval mode with ``requires_grad`` off for the run (both restored afterwards),
     runs under ``torch.no_grad``, is never wrapped by DDP and never enters the optimizer. In a
     ``torchrun`` process group the student (with its projections) is wrapped in
-    ``DistributedDataParallel``; rank 0 shows progress, evaluates and writes checkpoints. The run is
+    ``DistributedDataParallel``; rank 0 shows progress, evaluates and writes checkpoints. When its
+    training state does not fit one rank (or ``parallel="fsdp"``), it is sharded over the ranks with
+    FSDP2 instead (:mod:`torchslim.distillation.sharding`): every rank evaluates (``eval_fn`` runs on
+    each, rank 0's figures count) and writes its own shards as its checkpoint, and at the end every rank's
+    ``student`` holds the full trained weights. The run is
     seeded in a forked RNG, so the caller's global RNG is left as it was.
     The student is returned in eval mode with no ``.grad`` left on its parameters (``requires_grad``
     as it came in), so it compiles and runs as the same weights reloaded from disk do.
@@ -301,13 +370,17 @@ def train_distill(
         progress: report progress with epoch, loss and metric on stderr (rank 0): a bar with the time
             left on a terminal, a plain line at a fixed interval elsewhere (:mod:`torchslim.core.progress`).
         desc: label of the progress bar.
+        parallel: ``"auto"`` (FSDP when DDP's per-rank state would not fit, else DDP), ``"ddp"`` or
+            ``"fsdp"``; only used under ``torchrun`` (``"fsdp"`` outside a process group is refused).
+            If an FSDP run fails, the student's parameters are left empty (their data lived in the
+            shards): rerun it with ``checkpoint_dir`` to resume.
 
     Returns:
         A :class:`DistillRun` with the student, per-step history and evaluations.
 
     Raises:
         ConfigError: shared parameters, a label loss without labels, a changed config on resume,
-            widths a loss cannot bridge, no batches.
+            widths a loss cannot bridge, no batches, an unknown ``parallel``.
     """
     config = config if config is not None else DistillConfig()
     if not isinstance(config, DistillConfig):
@@ -329,6 +402,8 @@ def train_distill(
         higher_is_better=higher_is_better,
         checkpoint_dir=checkpoint_dir,
         seed=seed,
+        parallel=parallel,
+        progress=progress,
     )
     teacher_mode = (teacher.training, [p.requires_grad for p in teacher.parameters()])
     teacher.eval().requires_grad_(False)
@@ -357,14 +432,13 @@ def train_distill(
             start = time.perf_counter()
             loop.train(on_step)
             loop.run.seconds = time.perf_counter() - start
+            loop.finish()
     finally:
         teacher.train(teacher_mode[0])
         for p, flag in zip(teacher.parameters(), teacher_mode[1], strict=True):
             p.requires_grad_(flag)
     run = loop.run
     run.steps, run.best = loop.step, loop.best
-    if loop.best_state is not None:
-        student.load_state_dict(loop.best_state)
     # The last step's gradients would stay on the parameters. A later bf16 cast keeps them float32, and
     # Dynamo breaks the graph at every parameter whose .grad dtype differs from its own (running those
     # layers eagerly, so the compiled model's outputs differ in the last bits from the same weights

@@ -283,12 +283,18 @@ def estimate_compress(
     return MemoryEstimate(parts, _hint(biggest, hf))
 
 
-def estimate_distill(teacher: nn.Module, student: nn.Module, example_inputs: Any, batch_size: int) -> MemoryEstimate:
-    """Extra memory for ``torchslim distill``: the student's training plus the teacher's forward passes."""
+def estimate_distill(
+    teacher: nn.Module, student: nn.Module, example_inputs: Any, batch_size: int, shards: int = 1
+) -> MemoryEstimate:
+    """Extra memory for ``torchslim distill``: the student's training plus the teacher's forward passes.
+
+    ``shards``: the ranks FSDP splits the training state over (gradients, moments, best weights: each
+    rank holds ``1/shards`` of them).
+    """
     s = activation_profile(student, example_inputs=example_inputs)
     t = activation_profile(teacher, example_inputs=example_inputs)
     parts = {
-        "training": 3 * _trainable_bytes(student) + fp32_bytes(student),
+        "training": -(-(3 * _trainable_bytes(student) + fp32_bytes(student)) // max(1, shards)),
         "copy": fp32_bytes(student),
         "activations": 2 * s.scaled(batch_size) + t.scaled(batch_size),
     }

@@ -57,10 +57,10 @@ from torchslim.core.walker import replace_module_
 from torchslim.errors import OutputExistsError, UnsupportedModelError
 from torchslim.io.atomic import describe_os_error
 from torchslim.io.config_bound import model_byte_limit
+from torchslim.measure.heap import peak_resident_bytes, release_free_heap
 from torchslim.pruning import MagnitudePruning, NMPruning, SparseGPTPruning, WandaPruning
 from torchslim.quantization import Int4WeightOnly, float_standin
 from torchslim.sequential.activations import ActivationStore
-from torchslim.sequential.heap import peak_resident_bytes, release_free_heap
 from torchslim.sequential.skeleton import Skeleton, find_blocks, open_skeleton
 
 __all__ = ["Layout", "SequentialRun", "check_sequential", "compress_sequential", "model_layout"]

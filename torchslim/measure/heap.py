@@ -1,4 +1,4 @@
-"""Returning the C heap's free pages to the system between decoder blocks, and reading the peak memory.
+"""Returning the C heap's free pages to the system, keeping large blocks out of it, and reading the peak memory.
 
 A block's calibration and quantization allocate and free many mid-sized tensors (Hessian bands, GPTQ
 temporaries). glibc serves those under its mmap threshold from the heap, and that threshold rises to
@@ -7,7 +7,13 @@ middle of the heap stays resident, and the sequential run's memory between block
 block to block. ``malloc_trim(0)`` gives every free page of the heap back (glibc ≥ 2.8 releases whole
 free pages anywhere in it, not only at the top).
 
-Hand-written: neither torch nor the standard library exposes ``malloc_trim``; it is one ctypes call.
+FSDP training allocates and frees the same large tensors every step (each block's all-gathered
+parameters and unsharded gradients): under the rising threshold they too come from the heap, which then
+holds several steps' worth of them; :func:`cap_mmap_threshold` fixes the threshold so that each is
+mapped and unmapped on its own (``mallopt(M_MMAP_THRESHOLD)``, which also ends the rising).
+
+Hand-written: neither torch nor the standard library exposes ``malloc_trim`` or ``mallopt``; each is
+one ctypes call.
 
 :func:`peak_resident_bytes` is what each progress line of a sequential run reports: the process's
 peak resident set so far (``VmHWM``; ``ru_maxrss`` where there is no ``/proc``).
@@ -24,10 +30,15 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import os
 import sys
 from pathlib import Path
 
-__all__ = ["peak_resident_bytes", "release_free_heap"]
+__all__ = ["MMAP_THRESHOLD_ENV", "cap_mmap_threshold", "peak_resident_bytes", "release_free_heap"]
+
+# glibc's own variable for the threshold: when the user sets it, their choice stands.
+MMAP_THRESHOLD_ENV = "MALLOC_MMAP_THRESHOLD_"
+_M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
 
 
 @functools.cache
@@ -49,6 +60,19 @@ def release_free_heap() -> bool:
     """
     libc = _libc()
     return bool(libc.malloc_trim(0)) if libc is not None else False
+
+
+def cap_mmap_threshold(size: int = 4 << 20) -> bool:
+    """Serve every allocation of ``size`` bytes or more by its own ``mmap`` for the rest of the process
+    (glibc's ``mallopt(M_MMAP_THRESHOLD, size)``): freed, it leaves memory at once.
+
+    Costs a page-fault pass over each such allocation. Returns whether the threshold was set; False
+    without glibc, or when ``MALLOC_MMAP_THRESHOLD_`` is set in the environment (the user's setting).
+    """
+    libc = _libc()
+    if libc is None or os.environ.get(MMAP_THRESHOLD_ENV):
+        return False
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, int(size)))
 
 
 def peak_resident_bytes() -> int:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from torchslim.sequential.heap import _libc, release_free_heap
+from torchslim.measure.heap import MMAP_THRESHOLD_ENV, _libc, cap_mmap_threshold, release_free_heap
 
 
 def _rss() -> int:
@@ -35,3 +35,13 @@ def test_freed_heap_pages_below_a_live_block_are_returned() -> None:
     after = _rss()
     libc.free(pin)
     assert before - after > 32 * 1024 * 1024, (before - after) / 2**20
+
+
+@pytest.mark.skipif(_libc() is None, reason="glibc's mallopt")
+def test_cap_mmap_threshold_defers_to_the_users_setting(monkeypatch) -> None:
+    calls = []
+    monkeypatch.setattr(_libc(), "mallopt", lambda param, value: calls.append((param, value)) or 1)
+    monkeypatch.setenv(MMAP_THRESHOLD_ENV, "65536")
+    assert not cap_mmap_threshold() and calls == []
+    monkeypatch.delenv(MMAP_THRESHOLD_ENV)
+    assert cap_mmap_threshold(1 << 20) and calls == [(-3, 1 << 20)]
