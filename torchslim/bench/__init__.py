@@ -35,6 +35,7 @@ BENCHMARKS: dict[str, str] = {
     "minilm-tune": "torchslim.bench.tune_minilm:bench",
     "llama-decode": "torchslim.bench.llama:bench",
     "llama-sequential": "torchslim.bench.llama_sequential:bench",
+    "distill-fsdp": "torchslim.bench.distill_fsdp:bench",
     "shakespeare-gpt": "torchslim.bench.shakespeare:bench",
     "vision-speed": "torchslim.bench.vision_speed:bench",
 }

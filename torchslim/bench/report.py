@@ -68,7 +68,8 @@ def bench_command(name: str, data_root: str, quick: bool = False, json_out: bool
 def row_command(bench: str, variant: str, data_root: str) -> str:
     """The command reproducing one row of benchmark ``bench``.
 
-    ``fp32``: ``torchslim measure`` of the bench's workload; a row the bench builds from a built-in recipe
+    ``fp32``: ``torchslim measure`` of the bench's workload (the benchmark itself when its module sets
+    ``FP32_FROM_BENCH``: a reference run rather than a model); a row the bench builds from a built-in recipe
     (its table's ``recipes``): ``torchslim compress`` with that recipe; ``torchslim-tuned``: ``torchslim
     tune`` with the bench's own settings; any other row: the benchmark itself.
 
@@ -82,11 +83,11 @@ def row_command(bench: str, variant: str, data_root: str) -> str:
     workload = declared.workload
     data = "".join(f" {a}" for a in _data_arg(workload, data_root))
     recipe = declared.recipes.get(variant)
-    if variant == "fp32":
-        return f"torchslim measure --workload {workload}{data}"
     from torchslim.bench import bench_module
 
     module = bench_module(bench)
+    if variant == "fp32" and not getattr(module, "FP32_FROM_BENCH", False):
+        return f"torchslim measure --workload {workload}{data}"
     if variant == "torchslim-tuned" and hasattr(module, "tune_settings"):
         from torchslim.bench.tune_common import tune_flags
 
