@@ -42,6 +42,10 @@ constexpr int64_t kNarrowRowsPerPass = 4;  // AVX2 and portable: AVX2 has 16 vec
 constexpr int64_t kRowBlock = 64;  // activation rows kept hot in L2 while a thread walks its tiles
 constexpr int64_t kAvx2Chunks16 = 4;  // AVX2: chunks summed in 16 bits before widening (see tile_avx2)
 constexpr int64_t kAvx2Prefetch = 1024;  // bytes ahead of the chunk being read that the AVX2 loop prefetches
+#ifndef TS_VNNI_PREFETCH
+#define TS_VNNI_PREFETCH 1024  // the same for the VNNI loop (0: none; -D for measurements)
+#endif
+constexpr int64_t kVnniPrefetch = TS_VNNI_PREFETCH;
 
 // Activations quantized once per call: int8 codes, per-row scale and per-(row, group) sums.
 struct QuantizedRows {
@@ -168,9 +172,11 @@ inline int32_t load_i32(const int8_t* p) {
 // columns 0..3, high nibbles columns 4..7 of the chunk, byte 4r+i for row r. Two chunks per step make four
 // vpdpbusd per row, spread over kChains accumulators per row so that MB * kChains independent chains
 // hide vpdpbusd's latency (four for one row, one each from six rows on: 32 registers hold 8 rows). The
-// int32 sums are exact, so how they are split over chains does not change the result. No software
-// prefetch: each thread reads one contiguous range, which the hardware prefetcher follows (an explicit
-// prefetch 1 KiB ahead measured slower).
+// int32 sums are exact, so how they are split over chains does not change the result. Each thread reads
+// one contiguous range; a software prefetch kVnniPrefetch bytes ahead keeps more cache-line fills in
+// flight than the hardware prefetcher alone, which matters when the weights lie in huge pages
+// (torchslim/kernels/hugepages.py: the stream then runs at the core's fill rate, not the page walks').
+// Measured on an AVX-512 Xeon, one row from DRAM: see BENCHMARKS.md (llama-decode) for the figures.
 template <int MB>
 TS_VNNI void tile_vnni(const uint8_t* blk, int64_t groups, int64_t g, const QuantizedRows& q, int64_t m0, int64_t k,
                        float* out /* [MB, 16] */) {
@@ -191,6 +197,10 @@ TS_VNNI void tile_vnni(const uint8_t* blk, int64_t groups, int64_t g, const Quan
       for (int j = 0; j < kChains; ++j) d[m][j] = _mm512_setzero_si512();
     const int64_t base = gi * g;
     for (int64_t c = 0; c < g / 8; c += 2) {
+      if constexpr (kVnniPrefetch > 0) {
+        _mm_prefetch(reinterpret_cast<const char*>(w + c * 64 + kVnniPrefetch), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(w + c * 64 + 64 + kVnniPrefetch), _MM_HINT_T0);
+      }
       const __m512i w0 = _mm512_loadu_si512(w + c * 64);
       const __m512i w1 = _mm512_loadu_si512(w + c * 64 + 64);
       const __m512i nib[4] = {_mm512_and_si512(w0, mask), _mm512_and_si512(_mm512_srli_epi16(w0, 4), mask),

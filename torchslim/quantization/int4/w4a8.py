@@ -41,6 +41,7 @@ import torch.nn.functional as F
 
 from torchslim import kernels
 from torchslim.core.modspec import register_spec_module
+from torchslim.kernels import hugepages
 from torchslim.quantization.int4.linear_base import Int4LinearBase
 from torchslim.quantization.int4.primitives import Int4Tensors
 
@@ -96,7 +97,13 @@ class Int4W4A8Linear(Int4LinearBase):
 
     def _register_weights(self, device: Any) -> None:
         shape = kernels.packed_shape(self.out_features, self.in_features, self.group_size)
-        self.register_buffer("packed", torch.zeros(shape, dtype=torch.uint8, device=device))
+        if device is None or torch.device(device).type == "cpu":
+            # Decode streams every packed weight once per token: in huge pages a core reads it faster
+            # (torchslim.kernels.hugepages). Packing and loading copy into this buffer, so they keep it there.
+            packed = hugepages.zeros(shape, torch.uint8)
+        else:
+            packed = torch.zeros(shape, dtype=torch.uint8, device=device)
+        self.register_buffer("packed", packed)
 
     def _store_codes(self, t: Int4Tensors) -> None:
         self.packed.copy_(kernels.pack_int4(t.q.cpu(), t.scale.cpu(), t.zero.cpu(), self.group_size))
