@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -25,15 +26,16 @@ CONFIG = DistillConfig(
 )
 
 
-def build() -> tuple[nn.Module, nn.Module, TensorDataset]:
-    """Seeded student, teacher and data (no BatchNorm or dropout: per-process statistics would differ)."""
+def build(student_class: Callable[[], nn.Module] | None = None) -> tuple[nn.Module, nn.Module, TensorDataset]:
+    """Seeded student (``student_class()`` if given), teacher and data (no BatchNorm or dropout: per-process
+    statistics would differ)."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(256, 16, generator=gen)
     y = (x[:, :4].sum(1) > 0).long()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         teacher = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 2))
-        student = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 2))
+        student = student_class() if student_class else nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 2))
     return student, teacher, TensorDataset(x, y)
 
 

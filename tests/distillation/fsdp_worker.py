@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import runpy
 import sys
 from pathlib import Path
 
@@ -18,6 +19,9 @@ from torch.utils.data import TensorDataset
 from torchslim.distillation import DistillConfig, LossTerm, train_distill
 from torchslim.distillation.distributed import init_from_env
 from torchslim.errors import ConfigError
+
+# The DDP test's worker, read by path (this script runs under torchrun and in-process alike).
+ddp_build = runpy.run_path(str(Path(__file__).with_name("ddp_worker.py")))["build"]
 
 # kd + ce + a hidden-feature term from a sharded block (width 8 vs the teacher's 32: a projection in
 # the root unit); evaluations every 4 steps keep the best weights.
@@ -47,14 +51,8 @@ class Student(nn.Module):
 
 
 def build() -> tuple[nn.Module, nn.Module, TensorDataset]:
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(256, 16, generator=gen)
-    y = (x[:, :4].sum(1) > 0).long()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        teacher = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 2))
-        student = Student()
-    return student, teacher, TensorDataset(x, y)
+    """The DDP test's seeded teacher and data with this block-structured student."""
+    return ddp_build(Student)
 
 
 class Batches:

@@ -198,6 +198,7 @@ def run_on(wl: LlamaDecodeWorkload, quick: bool = False, prefill_tokens: int = P
 
 def _run(wl: LlamaDecodeWorkload, quick: bool, prefill_tokens: int, folder: Path) -> BenchResult:
     from torchslim.bench.llama_cpp import gguf_read_bytes
+    from torchslim.kernels import hugepages
     from torchslim.workloads.llama import copy_bandwidth, decode_bytes
 
     x = wl.example_inputs()
@@ -275,8 +276,10 @@ def _run(wl: LlamaDecodeWorkload, quick: bool, prefill_tokens: int, folder: Path
         f"prefill_tokens_per_s: one forward over {prefill_tokens} tokens"
     )
     result.notes.append(
-        f"copy bandwidth {bw / 1e9:.1f} GB/s (median of 256 MiB copies, read + write, best of "
-        f"{', '.join(f'{b / 1e9:.1f}' for b in bandwidths)}); bound_ms = read_mb / bandwidth"
+        f"copy bandwidth {bw / 1e9:.1f} GB/s (median of 256 MiB copies, read + write, the larger of ordinary "
+        f"and huge-page buffers{'' if hugepages.available() else ' (huge pages unavailable here)'}; best of "
+        f"{', '.join(f'{b / 1e9:.1f}' for b in bandwidths)}); bound_ms = read_mb / bandwidth; the W4A8 rows' "
+        f"weights lie in huge pages{'' if hugepages.available() else ' where available'}"
     )
     result.notes.extend(rows.notes)
     return result
