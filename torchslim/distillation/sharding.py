@@ -53,6 +53,8 @@ __all__ = [
     "ddp_training_bytes",
     "gather_into",
     "local_tensors",
+    "optimizer_from_local",
+    "optimizer_local",
     "release",
     "resolve_parallel",
     "shard_",
