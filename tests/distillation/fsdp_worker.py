@@ -35,16 +35,17 @@ CONFIG = DistillConfig(
 
 
 class Student(nn.Module):
-    """An input layer, a ModuleList of blocks (FSDP's units) and a head."""
+    """An input layer, a ModuleList of blocks (FSDP's units), a head and a bool buffer (broadcast and gathered like the others)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.inp = nn.Linear(16, 8)
         self.blocks = nn.ModuleList([nn.Linear(8, 8), nn.Linear(8, 8)])
         self.head = nn.Linear(8, 2)
+        self.register_buffer("keep", torch.ones(8, dtype=torch.bool))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.inp(x))
+        x = torch.relu(self.inp(x)) * self.keep
         for block in self.blocks:
             x = torch.relu(block(x))
         return self.head(x)
