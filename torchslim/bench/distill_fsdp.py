@@ -58,19 +58,6 @@ _SHAPES = {  # student, teacher
 _BATCH = {False: (8, 128, 6), True: (4, 16, 3)}  # sequences, tokens, steps
 
 
-def _peak_mb() -> float:
-    from torchslim.measure.heap import peak_resident_bytes
-
-    return peak_resident_bytes() / 2**20
-
-
-def _rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return _peak_mb()
-
-
 def child_main() -> None:
     """One run (a process, or each rank under torchrun; ``argv``: OUT PARALLEL quick|full): distil, then rank
     0 writes the figures as JSON to OUT."""
@@ -78,6 +65,7 @@ def child_main() -> None:
 
     from torchslim.distillation import DistillConfig, train_distill
     from torchslim.distillation.distributed import init_from_env
+    from torchslim.measure.heap import peak_resident_bytes, resident_bytes
     from torchslim.workloads.llama import build_llama
 
     out, parallel, quick = sys.argv[1], sys.argv[2], sys.argv[3] == "quick"
@@ -89,10 +77,10 @@ def child_main() -> None:
     ids = torch.randint(0, student_spec.vocab, (steps * rows, tokens), generator=gen)
     batches = [(ids[i * rows : (i + 1) * rows],) for i in range(steps)]
     config = DistillConfig(epochs=1, batch_size=rows, alpha=1.0, lr=1e-4, warmup=0.0)
-    before = _rss_mb()
+    before = resident_bytes() / 2**20
     mode = "auto" if parallel == "none" else parallel
     run = train_distill(student, teacher, lambda: batches, config, progress=False, parallel=mode)
-    mine = {"before_mb": before, "peak_mb": _peak_mb()}
+    mine = {"before_mb": before, "peak_mb": peak_resident_bytes() / 2**20}
     ranks = [mine]
     if info.distributed:
         ranks = [None] * info.world_size

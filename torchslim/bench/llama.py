@@ -275,11 +275,12 @@ def _run(wl: LlamaDecodeWorkload, quick: bool, prefill_tokens: int, folder: Path
         f"prompt + {wl.new_tokens} greedy tokens at batch 1; {torch.get_num_threads()} threads; "
         f"prefill_tokens_per_s: one forward over {prefill_tokens} tokens"
     )
+    huge = hugepages.available()
     result.notes.append(
         f"copy bandwidth {bw / 1e9:.1f} GB/s (median of 256 MiB copies, read + write, the larger of ordinary "
-        f"and huge-page buffers{'' if hugepages.available() else ' (huge pages unavailable here)'}; best of "
+        f"and huge-page buffers{'' if huge else ' (huge pages unavailable here)'}; best of "
         f"{', '.join(f'{b / 1e9:.1f}' for b in bandwidths)}); bound_ms = read_mb / bandwidth; the W4A8 rows' "
-        f"weights lie in huge pages{'' if hugepages.available() else ' where available'}"
+        f"weights lie in huge pages{'' if huge else ' where available'}"
     )
     result.notes.extend(rows.notes)
     return result

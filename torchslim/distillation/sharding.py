@@ -46,6 +46,7 @@ from torchslim.distillation.distributed import DistInfo, broadcast_value, dist_i
 from torchslim.errors import ConfigError
 from torchslim.measure.heap import cap_mmap_threshold
 from torchslim.measure.memlimit import available_memory, format_bytes
+from torchslim.measure.memory import fp32_bytes, trainable_bytes
 
 __all__ = [
     "PARALLEL_MODES",
@@ -54,7 +55,6 @@ __all__ = [
     "gather_into",
     "local_tensors",
     "optimizer_from_local",
-    "optimizer_local",
     "release",
     "resolve_parallel",
     "shard_",
@@ -69,18 +69,10 @@ _FIT_SHARE = 0.5
 
 
 def ddp_training_bytes(student: nn.Module) -> int:
-    """Bytes a DDP rank adds for training ``student``: gradients, two AdamW moments and DDP's gradient
-    buckets (``4·P`` for ``P`` trainable parameter bytes) plus the best weights kept (all tensors once)."""
-    seen: set[int] = set()
-    trainable = total = 0
-    for t in [*student.parameters(), *student.buffers()]:
-        if id(t) in seen:
-            continue
-        seen.add(id(t))
-        size = t.numel() * t.element_size()
-        total += size
-        trainable += size if t.requires_grad else 0
-    return 4 * trainable + total
+    """Bytes a DDP rank adds for training ``student``: the memory preflight's training part
+    (:mod:`torchslim.measure.memory`: gradients and two AdamW moments, ``3·P`` for ``P`` trainable
+    parameter bytes, plus the best weights kept, ``F``) and DDP's gradient buckets (another ``P``)."""
+    return 4 * trainable_bytes(student) + fp32_bytes(student)
 
 
 def _rank_memory(info: DistInfo, device: torch.device) -> tuple[int, str] | None:
@@ -216,13 +208,8 @@ def as_dtensors_like(saved: dict[str, Any], like: dict[str, Any]) -> dict[str, A
     return out
 
 
-def optimizer_local(state: dict[str, Any]) -> dict[str, Any]:
-    """An optimizer's ``state_dict()`` with its DTensor moments as local shards (see :func:`local_tensors`)."""
-    return {"state": local_tensors(state["state"]), "param_groups": state["param_groups"]}
-
-
 def optimizer_from_local(saved: dict[str, Any], params: list[torch.Tensor]) -> dict[str, Any]:
-    """A saved :func:`optimizer_local` state ready for ``load_state_dict``: each parameter's tensors of
+    """A saved optimizer state (its moments as local shards, :func:`local_tensors`) ready for ``load_state_dict``: each parameter's tensors of
     its shape (the moments; not the scalar step count) made DTensors laid out as that parameter."""
     state = {}
     for i, entry in saved["state"].items():

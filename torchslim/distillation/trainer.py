@@ -208,7 +208,7 @@ class _Loop:
             return
         outputs, optimizer, best = self.outputs.state_dict(), self.optimizer.state_dict(), self.best_state
         if self.fsdp:
-            outputs, optimizer = sharding.local_tensors(outputs), sharding.optimizer_local(optimizer)
+            outputs, optimizer = sharding.local_tensors(outputs), sharding.local_tensors(optimizer)
             best = sharding.local_tensors(best)
         state = {
             "fingerprint": self.fingerprint,

@@ -2,8 +2,8 @@
 
 A batch-1 decode step reads every weight once, so its speed is the rate at which a core streams memory.
 With 4 KiB pages that stream pays a TLB miss every 4 KiB and the L2 hardware prefetcher stops at each
-page boundary; with 2 MiB pages neither happens, and a core reads measurably faster (the W4A8 kernel's
-figures are in BENCHMARKS.md, llama-decode). Linux gives an anonymous mapping huge pages when
+page boundary; with 2 MiB pages neither happens, and a core reads faster (the llama-decode rows of
+BENCHMARKS.md run the W4A8 kernel on weights placed here). Linux gives an anonymous mapping huge pages when
 ``/sys/kernel/mm/transparent_hugepage/enabled`` is ``always``, or ``madvise`` and the range was
 ``madvise(MADV_HUGEPAGE)``-d before its first touch (the common default); torch's CPU allocator does
 neither by default (its ``THP_MEM_ALLOC_ENABLE`` variable is read once at start-up).
@@ -24,14 +24,15 @@ Example:
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
+import math
 import mmap
 import os
-import sys
 from collections.abc import Sequence
 
 import torch
+
+from torchslim.core.libc import libc
 
 __all__ = ["ENV", "HUGE_PAGE", "available", "zeros"]
 
@@ -42,25 +43,18 @@ _MADV_HUGEPAGE = 14  # linux/mman.h
 
 @functools.cache
 def _madvise():  # noqa: ANN202 - a ctypes function or None
-    if not sys.platform.startswith("linux"):
+    lib = libc()
+    if lib is None or not hasattr(lib, "madvise"):
         return None
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name, use_errno=True) if name else None
-    except OSError:
-        return None
-    if libc is None or not hasattr(libc, "madvise"):
-        return None
-    fn = libc.madvise
+    fn = lib.madvise
     fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     fn.restype = ctypes.c_int
     return fn
 
 
-def available() -> bool:
-    """Whether :func:`zeros` can ask for huge pages here (Linux, THP not ``never``, not turned off)."""
-    if os.environ.get(ENV, "") == "0" or _madvise() is None:
-        return False
+@functools.cache
+def _thp_enabled() -> bool:
+    """Whether the kernel's THP setting is ``always`` or ``madvise`` (read once)."""
     try:
         with open("/sys/kernel/mm/transparent_hugepage/enabled", encoding="ascii") as f:
             return "[never]" not in f.read()
@@ -68,13 +62,15 @@ def available() -> bool:
         return False
 
 
+def available() -> bool:
+    """Whether :func:`zeros` can ask for huge pages here (Linux, THP not ``never``, not turned off)."""
+    return os.environ.get(ENV, "") != "0" and _madvise() is not None and _thp_enabled()
+
+
 def zeros(shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
     """A zero CPU tensor of ``shape`` and ``dtype``, in huge pages where :func:`available` (see the module
     docstring); ``torch.zeros(shape, dtype=dtype)`` otherwise."""
-    numel = 1
-    for s in shape:
-        numel *= int(s)
-    nbytes = numel * torch.empty((), dtype=dtype).element_size()
+    nbytes = math.prod(int(s) for s in shape) * torch.empty((), dtype=dtype).element_size()
     if nbytes < HUGE_PAGE or not available():
         return torch.zeros(tuple(shape), dtype=dtype)
     # Private: a shared anonymous mapping is shmem, whose huge pages follow another setting (usually never).

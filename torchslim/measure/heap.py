@@ -28,13 +28,14 @@ Example:
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 import os
 import sys
 from pathlib import Path
 
-__all__ = ["MMAP_THRESHOLD_ENV", "cap_mmap_threshold", "peak_resident_bytes", "release_free_heap"]
+from torchslim.core.libc import libc
+
+__all__ = ["MMAP_THRESHOLD_ENV", "cap_mmap_threshold", "peak_resident_bytes", "release_free_heap", "resident_bytes"]
 
 # glibc's own variable for the threshold: when the user sets it, their choice stands.
 MMAP_THRESHOLD_ENV = "MALLOC_MMAP_THRESHOLD_"
@@ -43,14 +44,8 @@ _M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
 
 @functools.cache
 def _libc() -> ctypes.CDLL | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-    except OSError:
-        return None
-    return libc if libc is not None and hasattr(libc, "malloc_trim") else None  # musl has none
+    lib = libc()
+    return lib if lib is not None and hasattr(lib, "malloc_trim") else None  # musl has none
 
 
 def release_free_heap() -> bool:
@@ -75,13 +70,27 @@ def cap_mmap_threshold(size: int = 4 << 20) -> bool:
     return bool(libc.mallopt(_M_MMAP_THRESHOLD, int(size)))
 
 
-def peak_resident_bytes() -> int:
-    """This process's peak resident set in bytes (``VmHWM`` of ``/proc/self/status``, else ``ru_maxrss``)."""
+def _status_bytes(field: str) -> int | None:
+    """A ``kB`` field of ``/proc/self/status`` in bytes (None without ``/proc``)."""
     status = Path("/proc/self/status")
     if status.is_file():
         for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
+    return None
+
+
+def resident_bytes() -> int:
+    """This process's resident set in bytes now (``VmRSS``; the peak where there is no ``/proc``)."""
+    now = _status_bytes("VmRSS")
+    return now if now is not None else peak_resident_bytes()
+
+
+def peak_resident_bytes() -> int:
+    """This process's peak resident set in bytes (``VmHWM`` of ``/proc/self/status``, else ``ru_maxrss``)."""
+    peak = _status_bytes("VmHWM")
+    if peak is not None:
+        return peak
     import resource  # POSIX only: imported here so that the module imports everywhere
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux, bytes on macOS

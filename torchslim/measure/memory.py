@@ -75,6 +75,7 @@ __all__ = [
     "hessian_bytes",
     "preflight",
     "preflight_skipped",
+    "trainable_bytes",
 ]
 
 ENV_SKIP = "TORCHSLIM_NO_PREFLIGHT"
@@ -121,7 +122,8 @@ def fp32_bytes(model: nn.Module) -> int:
     return 4 * sum(t.numel() for t in _unique_tensors(model))
 
 
-def _trainable_bytes(model: nn.Module) -> int:
+def trainable_bytes(model: nn.Module) -> int:
+    """``P``: the trainable parameters' bytes (shared ones once), at least float32 (AdamW's states are)."""
     seen: set[int] = set()
     total = 0
     for p in model.parameters():
@@ -212,7 +214,7 @@ def activation_profile(model: nn.Module, batch: Any = None, example_inputs: Any 
 def _training_part(student: nn.Module, profile: ActivationProfile, batch_size: int, teacher_copy: bool) -> int:
     """``3·P`` (gradients, AdamW moments) ``+ F`` (best weights) ``[+ F teacher] + 2·A·b/r``."""
     f = fp32_bytes(student)
-    return 3 * _trainable_bytes(student) + f + (f if teacher_copy else 0) + 2 * profile.scaled(batch_size)
+    return 3 * trainable_bytes(student) + f + (f if teacher_copy else 0) + 2 * profile.scaled(batch_size)
 
 
 def _step_part(model: nn.Module, step: Any, profile: ActivationProfile, n_calibration: int) -> tuple[str, int]:
@@ -294,7 +296,7 @@ def estimate_distill(
     s = activation_profile(student, example_inputs=example_inputs)
     t = activation_profile(teacher, example_inputs=example_inputs)
     parts = {
-        "training": -(-(3 * _trainable_bytes(student) + fp32_bytes(student)) // max(1, shards)),
+        "training": -(-(3 * trainable_bytes(student) + fp32_bytes(student)) // max(1, shards)),
         "copy": fp32_bytes(student),
         "activations": 2 * s.scaled(batch_size) + t.scaled(batch_size),
     }

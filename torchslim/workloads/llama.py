@@ -197,8 +197,8 @@ def copy_bandwidth(nbytes: int = 256 * 2**20, repeats: int = 9) -> float:
             (hugepages.zeros((nbytes // 4,), torch.float32).fill_(1), hugepages.zeros((nbytes // 4,), torch.float32))
         )
     times: list[list[float]] = [[] for _ in pairs]
-    for dst_src in pairs:
-        dst_src[1].copy_(dst_src[0])  # first touch: page faults are not bandwidth
+    for src, dst in pairs:
+        dst.copy_(src)  # first touch: page faults are not bandwidth
     for _ in range(repeats):
         for i, (src, dst) in enumerate(pairs):
             start = time.perf_counter()

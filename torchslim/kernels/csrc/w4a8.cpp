@@ -176,7 +176,7 @@ inline int32_t load_i32(const int8_t* p) {
 // one contiguous range; a software prefetch kVnniPrefetch bytes ahead keeps more cache-line fills in
 // flight than the hardware prefetcher alone, which matters when the weights lie in huge pages
 // (torchslim/kernels/hugepages.py: the stream then runs at the core's fill rate, not the page walks').
-// Measured on an AVX-512 Xeon, one row from DRAM: see BENCHMARKS.md (llama-decode) for the figures.
+// The llama-decode rows of BENCHMARKS.md run with it.
 template <int MB>
 TS_VNNI void tile_vnni(const uint8_t* blk, int64_t groups, int64_t g, const QuantizedRows& q, int64_t m0, int64_t k,
                        float* out /* [MB, 16] */) {
