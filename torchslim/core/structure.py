@@ -17,7 +17,7 @@ Example:
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch.nn as nn
@@ -60,6 +60,33 @@ def register_replay(op: str) -> Callable[[ReplayFn], ReplayFn]:
         return fn
 
     return deco
+
+
+def op_layers(model: nn.Module, op: str, data: Any) -> Iterator[tuple[str, nn.Module, Any]]:
+    """``(path, module, value)`` for each entry of an op's ``{"layers": {path: value}}`` data, in order.
+
+    For replay functions: malformed data or a path not in ``model`` raises
+    :class:`~torchslim.errors.UnsafeInputError` naming ``op``; ``value`` is the caller's to check. Each
+    path is looked up when its turn comes, after the entries before it have been replayed.
+
+    Example:
+        >>> m = nn.Sequential(nn.Linear(2, 2))
+        >>> [(path, type(mod).__name__, rank) for path, mod, rank in op_layers(m, "low-rank", {"layers": {"0": 1}})]
+        [('0', 'Linear', 1)]
+        >>> list(op_layers(m, "low-rank", {"layers": {"9": 1}}))
+        Traceback (most recent call last):
+        ...
+        torchslim.errors.UnsafeInputError: low-rank op names '9', not in this model
+    """
+    layers = data.get("layers") if isinstance(data, dict) else None
+    if not isinstance(layers, dict):
+        raise UnsafeInputError(f"malformed {op} structure op")
+    for path, value in layers.items():
+        try:
+            module = model.get_submodule(path)
+        except AttributeError:
+            raise UnsafeInputError(f"{op} op names {path!r}, not in this model") from None
+        yield path, module, value
 
 
 def replay_ops(model: nn.Module, ops: list[dict[str, Any]]) -> nn.Module:

@@ -34,7 +34,7 @@ from torchslim.core.context import Context
 from torchslim.core.modspec import module_from_spec, register_spec_module
 from torchslim.core.registry import register_transform
 from torchslim.core.select import Select
-from torchslim.core.structure import record_op, register_replay
+from torchslim.core.structure import op_layers, record_op, register_replay
 from torchslim.core.walker import replace_module_
 from torchslim.errors import UnsafeInputError
 
@@ -161,14 +161,7 @@ def _factorize(model: nn.Module, config: FactorizeEmbedding, select: Select, ctx
 
 @register_replay("factorize-embedding")
 def _replay(model: nn.Module, data: dict[str, Any]) -> nn.Module:
-    layers = data.get("layers") if isinstance(data, dict) else None
-    if not isinstance(layers, dict):
-        raise UnsafeInputError("malformed factorize-embedding structure op")
-    for name, rank in layers.items():
-        try:
-            emb = model.get_submodule(name)
-        except AttributeError:
-            raise UnsafeInputError(f"factorize-embedding op names {name!r}, not in this model") from None
+    for name, emb, rank in op_layers(model, "factorize-embedding", data):
         if not _fits(emb, rank):
             raise UnsafeInputError(f"factorize-embedding op does not fit {name!r} (rank {rank!r})")
         spec = {

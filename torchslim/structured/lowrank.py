@@ -43,7 +43,7 @@ from torchslim.core.context import Context
 from torchslim.core.modspec import module_from_spec, register_spec_module
 from torchslim.core.registry import register_transform
 from torchslim.core.select import Select
-from torchslim.core.structure import record_op, register_replay
+from torchslim.core.structure import op_layers, record_op, register_replay
 from torchslim.core.walker import record_foreign_layers, replace_module_
 from torchslim.errors import UnsafeInputError, UnsupportedModelError
 
@@ -326,14 +326,7 @@ def _low_rank(model: nn.Module, config: LowRank, select: Select, ctx: Context) -
 
 @register_replay("low-rank")
 def _replay_low_rank(model: nn.Module, data: dict[str, Any]) -> nn.Module:
-    layers = data.get("layers") if isinstance(data, dict) else None
-    if not isinstance(layers, dict):
-        raise UnsafeInputError("malformed low-rank structure op")
-    for name, rank in layers.items():
-        try:
-            layer = model.get_submodule(name)
-        except AttributeError:
-            raise UnsafeInputError(f"low-rank op names {name!r}, not in this model") from None
+    for name, layer, rank in op_layers(model, "low-rank", data):
         # The op stores only path -> rank; the fresh model's layer type says Linear or Conv2d.
         if not (_factorable(layer) and isinstance(rank, int) and 0 < rank <= min(_matrix(layer).shape)):
             raise UnsafeInputError(f"low-rank op does not fit {name!r} (rank {rank!r})")
