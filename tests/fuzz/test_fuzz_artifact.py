@@ -25,6 +25,7 @@ import torch.nn as nn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from json_lies import JSON, replace_one_value
+from tiny_nets import ResidualBlock
 
 import torchslim as ts
 from torchslim.errors import UnsafeInputError
@@ -41,22 +42,13 @@ def build() -> nn.Module:
     return nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 4))
 
 
-class _Block(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.up, self.down = nn.Linear(16, 48), nn.Linear(48, 16)
-
-    def forward(self, x):
-        return x + self.down(torch.relu(self.up(x)))
-
-
 class _Net(nn.Module):
     """Token ids -> embedding -> four residual blocks -> 1x1 conv + batch norm -> linear head."""
 
     def __init__(self) -> None:
         super().__init__()
         self.emb = nn.Embedding(40, 16)
-        self.blocks = nn.ModuleList([_Block() for _ in range(4)])
+        self.blocks = nn.ModuleList([ResidualBlock() for _ in range(4)])
         self.conv, self.bn = nn.Conv1d(16, 16, 1), nn.BatchNorm1d(16)
         self.head = nn.Linear(16, 3)
 

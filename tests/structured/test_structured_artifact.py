@@ -4,25 +4,17 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+from tiny_nets import ResidualBlock
 
 import torchslim as ts
 from torchslim.io import load, save
 from torchslim.structured import ChannelPruning, LayerDropping, LowRank, PruningPlan
 
 
-class Block(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.up, self.down = nn.Linear(16, 48), nn.Linear(48, 16)
-
-    def forward(self, x):
-        return x + self.down(torch.relu(self.up(x)))
-
-
 class Net(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.blocks = nn.ModuleList([Block() for _ in range(4)])
+        self.blocks = nn.ModuleList([ResidualBlock() for _ in range(4)])
         self.head = nn.Linear(16, 3)
 
     def forward(self, x):
