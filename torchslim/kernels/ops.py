@@ -1,8 +1,8 @@
-"""The ``torchslim::w4a8_linear`` operator: schema, fake (meta) implementation, C++ build and fallback.
+"""torchslim's C++ operators (W4A8 linear, int8 1×1 convolution): schemas, fake (meta) implementations, build.
 
 The schemas are defined here, in Python, so that the operator exists (and ``torch.compile`` /
 ``torch.export`` can trace it through its fake implementation) whether or not the C++ kernel builds.
-:func:`load` compiles ``csrc/w4a8.cpp`` once with ``torch.utils.cpp_extension.load`` (cached under
+:func:`load` compiles ``csrc/w4a8.cpp`` and ``csrc/qconv.cpp`` once with ``torch.utils.cpp_extension.load`` (cached under
 ``$TORCHSLIM_CACHE/kernels`` when that is set, else in torch's extensions folder) and the library
 registers the CPU implementations. When the build fails (no compiler, no ninja) or
 ``TORCHSLIM_KERNELS=reference`` is set, the torch reference of :mod:`torchslim.kernels.reference` is
@@ -13,7 +13,9 @@ Operators:
 - ``torchslim::w4a8_linear(x, packed, out_features, group_size, bias=None)``: the best path the CPU has:
   AVX-512 VNNI, else AVX2, else a portable C++ loop, all computing the same integer sums;
 - ``torchslim::w4a8_linear_on(x, packed, out_features, group_size, bias, isa)``: one named path
-  (``"avx512-vnni"``, ``"avx2"`` or ``"portable"``; an error when the CPU lacks it), for tests and comparisons.
+  (``"avx512-vnni"``, ``"avx2"`` or ``"portable"``; an error when the CPU lacks it), for tests and comparisons;
+- ``torchslim::qconv1x1(...)``: the static int8 1×1 convolution of :mod:`torchslim.kernels.qconv` (AVX-512
+  VNNI or a portable loop). It has no torch fallback: without the build its callers keep oneDNN's kernels.
 """
 
 from __future__ import annotations
@@ -30,11 +32,11 @@ import torch
 
 from torchslim.kernels.reference import w4a8_linear_reference
 
-__all__ = ["ISAS", "W4A8_LINEAR", "W4A8_LINEAR_ON", "backend", "load"]
+__all__ = ["ISAS", "QCONV1X1", "W4A8_LINEAR", "W4A8_LINEAR_ON", "backend", "load"]
 
 log = logging.getLogger(__name__)
 
-_SOURCE = Path(__file__).resolve().parent / "csrc" / "w4a8.cpp"
+_SOURCES = [Path(__file__).resolve().parent / "csrc" / name for name in ("w4a8.cpp", "qconv.cpp")]
 _EXTENSION = "torchslim_w4a8"
 _ARGS = "Tensor x, Tensor packed, int out_features, int group_size, Tensor? bias"
 ISAS = ("avx512-vnni", "avx2", "portable")  # the C++ paths, fastest first
@@ -47,6 +49,19 @@ _LIB.define(f"w4a8_linear_on({_ARGS}, str isa) -> Tensor")
 # once per layer per decoded token). They dispatch to whichever CPU implementation load() registered.
 W4A8_LINEAR = torch.ops.torchslim.w4a8_linear.default
 W4A8_LINEAR_ON = torch.ops.torchslim.w4a8_linear_on.default
+# Static int8 convolutions on channels-last uint8 codes (csrc/qconv.cpp; layouts in torchslim.kernels.qconv).
+_LIB.define(
+    "qconv1x1(Tensor x, Tensor packed, Tensor wsum, Tensor scale, Tensor bias, int out_channels, int x_zp, "
+    "str act, float out_scale, int out_zp, bool out_u8, Tensor? accum, float accum_scale, int accum_zp, str isa) "
+    "-> Tensor"
+)
+QCONV1X1 = torch.ops.torchslim.qconv1x1.default
+
+
+@torch.library.register_fake("torchslim::qconv1x1", lib=_LIB)
+def _fake_1x1(x, packed, wsum, scale, bias, out_channels, x_zp, act, out_scale, out_zp, out_u8, *rest):
+    shape, dtype = (x.shape[0], out_channels, *x.shape[2:]), torch.uint8 if out_u8 else torch.float32
+    return x.new_empty(shape, dtype=dtype).contiguous(memory_format=torch.channels_last)
 
 
 @torch.library.register_fake("torchslim::w4a8_linear", lib=_LIB)
@@ -102,7 +117,7 @@ def _build() -> str:
     _ensure_ninja_on_path()
     cpp_extension.load(
         name=_EXTENSION,
-        sources=[str(_SOURCE)],
+        sources=[str(p) for p in _SOURCES],
         extra_cflags=["-O3", "-fopenmp"],
         extra_ldflags=["-fopenmp"],
         build_directory=_build_directory(),
@@ -119,6 +134,7 @@ def _register_reference(reason: str) -> None:
     log.warning("torchslim kernels: %s; w4a8_linear runs the torch reference (slow)", reason)
     _LIB.impl("w4a8_linear", w4a8_linear_reference, "CPU")
     _LIB.impl("w4a8_linear_on", _reference_on, "CPU")
+    # No torch fallback for the int8 convolutions: their callers keep oneDNN's when the kernels are not built.
 
 
 # Under torch.compile the call runs as plain Python while the model is traced and its result is a constant:

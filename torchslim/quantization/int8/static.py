@@ -54,6 +54,7 @@ from torchslim.errors import ConfigError
 from torchslim.quantization.common.observers import Observer, make_observer
 from torchslim.quantization.common.primitives import NonFiniteError
 from torchslim.quantization.common.swap import swap_int8_, swappable
+from torchslim.quantization.int8 import static_small
 from torchslim.quantization.int8.modules import (
     dtype_from_spec,
     dtype_spec,
@@ -326,6 +327,9 @@ class Int8StaticConv2d(_StaticInt8):
             )
         )
         qx = self._quantize_input(x, x_scale, x_zp).contiguous(memory_format=torch.channels_last)
+        if static_small.eligible(self, qx):  # small 1×1 layers: torchslim's C++ loop, without oneDNN's call setup
+            out = (out_scale, out_zp, torch.uint8 if self.output_uint8 else torch.float32)
+            return self._to_output_dtype(static_small.small_conv1x1(self, qx, x_zp, self.activation, out))
         return self._to_output_dtype(torch.ops.onednn.qconv2d_pointwise(
             qx, x_scale, x_zp, packed, self.weight_scale, w_zp,
             self.bias, *self._args, self.groups,

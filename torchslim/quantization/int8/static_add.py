@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 
 from torchslim.core.modspec import register_spec_module
+from torchslim.quantization.int8 import static_small
 
 __all__ = [
     "Int8Add",
@@ -253,6 +254,9 @@ def conv_accumulate(conv: Any, x: torch.Tensor, accum: torch.Tensor) -> torch.Te
     )
     qx = conv._quantize_input(x, x_scale, x_zp).contiguous(memory_format=torch.channels_last)
     accum = accum.contiguous(memory_format=torch.channels_last)
+    if static_small.eligible(conv, qx):
+        out = (out_scale, out_zp, torch.uint8)
+        return static_small.small_conv1x1(conv, qx, x_zp, "relu" if relu else "none", out, (accum, acc_scale, acc_zp))
     return torch.ops.onednn.qconv2d_pointwise.binary(
         qx, x_scale, x_zp, packed, conv.weight_scale, w_zp, accum, conv.bias, *conv._args, conv.groups,
         out_scale, out_zp, torch.uint8, acc_scale, acc_zp, "sum", 1.0, "relu" if relu else "none", [], "",

@@ -1,0 +1,127 @@
+"""The int8 1×1 convolution kernel (torchslim.kernels.qconv) against its exact torch reference, its layout,
+its errors; and the static int8 modules' small-layer path against their oneDNN path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from torchslim.kernels import qconv
+from torchslim.quantization.int8 import static_small
+
+# (batch, in K, out N, H, W): K not a multiple of 4, N not a multiple of 16, one pixel (squeeze-and-excite),
+# pixel counts that leave 1..3 rows after the 4-row tiles, and work large enough to split over threads.
+SHAPES = [
+    (1, 16, 64, 1, 1),
+    (1, 6, 10, 1, 1),
+    (2, 40, 72, 7, 5),
+    (1, 960, 240, 1, 1),
+    (3, 13, 33, 3, 3),
+    (1, 96, 24, 56, 56),
+]
+
+
+def _case(b, k, n, h, w, seed):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (b, k, h, w), generator=gen, dtype=torch.uint8).contiguous(
+        memory_format=torch.channels_last
+    )
+    weight = torch.randint(-127, 128, (n, k, 1, 1), generator=gen, dtype=torch.int8)
+    scale = torch.rand(n, generator=gen) * 1e-3 + 1e-5
+    bias = torch.randn(n, generator=gen)
+    accum = torch.randint(0, 256, (b, n, h, w), generator=gen, dtype=torch.uint8)
+    return x, weight, scale, bias, accum
+
+
+def _paths(compiled: str) -> list[str]:
+    return ["auto", "portable"] + (["avx512-vnni"] if compiled == "avx512-vnni" else [])
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("act", qconv.ACTIVATIONS)
+def test_matches_reference(compiled, shape, act):
+    x, weight, scale, bias, codes = _case(*shape, seed=sum(shape))
+    packed, wsum = qconv.pack_conv1x1(weight)
+    for isa in _paths(compiled):
+        for accum in (None, (codes, 0.02, 120)):
+            kw = dict(act=act, out_scale=0.05, out_zp=100, accum=accum)
+            y = qconv.conv1x1(x, packed, wsum, scale, bias, 117, out_u8=False, isa=isa, **kw)
+            ref = qconv.conv1x1_reference(x, weight, scale, bias, 117, out_u8=False, **kw)
+            assert y.dtype == torch.float32 and y.is_contiguous(memory_format=torch.channels_last)
+            torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-4)
+            q = qconv.conv1x1(x, packed, wsum, scale, bias, 117, out_u8=True, isa=isa, **kw)
+            qref = qconv.conv1x1_reference(x, weight, scale, bias, 117, out_u8=True, **kw)
+            diff = (q.int() - qref.int()).abs()
+            assert q.dtype == torch.uint8 and q.shape == qref.shape
+            assert diff.max() <= 1 and (diff > 0).float().mean() < 0.01  # a code may round apart at a tie
+
+
+def test_layout_round_trip_and_padding():
+    w = torch.randint(-127, 128, (33, 13, 1, 1), dtype=torch.int8)
+    packed, wsum = qconv.pack_conv1x1(w)
+    assert packed.shape == (3, 4, 16, 4)
+    assert torch.equal(qconv.unpack_conv1x1(packed, 33, 13), w)
+    assert torch.equal(wsum, w.sum((1, 2, 3), dtype=torch.int32))
+    full = qconv.unpack_conv1x1(packed, 48, 16)  # padded channels and inputs are zero
+    assert full[33:].abs().sum() == 0 and full[:, 13:].abs().sum() == 0
+
+
+def test_errors(compiled):
+    x, weight, scale, bias, _ = _case(1, 8, 16, 2, 2, seed=0)
+    packed, wsum = qconv.pack_conv1x1(weight)
+    with pytest.raises(ValueError, match="act must be one of"):
+        qconv.conv1x1(x, packed, wsum, scale, bias, 0, act="gelu")
+    with pytest.raises(ValueError, match="isa must be"):
+        qconv.conv1x1(x, packed, wsum, scale, bias, 0, isa="avx2")
+    with pytest.raises(RuntimeError, match="channels-last"):
+        qconv.conv1x1(x.contiguous(), packed, wsum, scale, bias, 0)
+    with pytest.raises(RuntimeError, match="packed must be int8"):
+        qconv.conv1x1(x, packed[..., :2], wsum, scale, bias, 0)
+    if compiled != "avx512-vnni":
+        with pytest.raises(RuntimeError, match="lacks avx512-vnni"):
+            qconv.conv1x1(x, packed, wsum, scale, bias, 0, isa="avx512-vnni")
+
+
+class _SqueezeNet(nn.Module):
+    """Squeeze-and-excite on a 1 × 1 map, a residual 1×1 projection, a large 1×1 layer (over SMALL_MACS)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.expand = nn.Sequential(nn.Conv2d(3, 24, 3, padding=1), nn.BatchNorm2d(24), nn.Hardswish())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.reduce, self.act, self.grow = nn.Conv2d(24, 8, 1), nn.ReLU(), nn.Conv2d(8, 24, 1)
+        self.proj = nn.Conv2d(24, 24, 1)
+        self.big = nn.Sequential(nn.Conv2d(24, 1200, 1), nn.SiLU())
+        self.head = nn.Linear(1200, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.expand(x)
+        y = y * torch.sigmoid(self.grow(self.act(self.reduce(self.pool(y)))))
+        y = self.proj(y) + y
+        return self.head(self.big(y).mean((2, 3)))
+
+
+def test_module_path_matches_onednn(compiled, monkeypatch):
+    from torchslim.api import compress_
+    from torchslim.core.context import Context
+    from torchslim.quantization.int8.static import Int8Static
+
+    torch.manual_seed(0)
+    model = _SqueezeNet().eval()
+    calib = [(torch.randn(4, 3, 16, 16),) for _ in range(2)]
+    compress_(model, Int8Static(), ctx=Context(calibration=calib))
+    x = torch.randn(1, 3, 16, 16)
+    calls = []
+    real = qconv.conv1x1
+    monkeypatch.setattr(qconv, "conv1x1", lambda *a, **k: calls.append(a[0].shape) or real(*a, **k))
+    with torch.inference_mode():
+        fast = model(x)
+        monkeypatch.setattr(static_small, "SMALL_MACS", 0)
+        slow = model(x)
+    if compiled != "avx512-vnni":  # elsewhere oneDNN (or the exact reference path) keeps every layer
+        assert calls == []
+        return
+    # reduce and grow (1 × 1 maps) and proj (the residual add fused) take the C++ loop; big stays on oneDNN
+    assert calls == [torch.Size([1, 24, 1, 1]), torch.Size([1, 8, 1, 1]), torch.Size([1, 24, 16, 16])]
+    torch.testing.assert_close(fast, slow, rtol=0, atol=0.02 * slow.abs().max().item())

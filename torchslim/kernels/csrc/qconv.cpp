@@ -1,0 +1,316 @@
+// The static int8 1×1 convolution for CPUs on channels-last (NHWC) uint8 activations: an int8 GEMM over
+// the pixels. At batch 1 the 1×1 layers of MobileNet / EfficientNet blocks (squeeze-and-excite above all)
+// are a few hundred thousand multiply-adds, and a call into oneDNN's int8 convolution costs more in setup
+// than in arithmetic; this loop has no setup, runs on the calling thread when the work is small, and fuses
+// the same epilogue oneDNN does. The schema is defined in torchslim/kernels/ops.py, the layout in
+// torchslim/kernels/qconv.py; this file registers the CPU implementation.
+//
+// Per output pixel m and channel n (x: uint8 codes with zero point zx, w: int8):
+//   acc = sum_k x[m, k] * w[n, k] - zx * wsum[n]                 exact int32 (wsum[n] = sum_k w[n, k])
+//   v   = acc * scale[n] + bias[n]            (scale = input scale × the channel's weight scale)
+//   v  += (a[m, n] - za) * sa                 (optional: a residual operand's uint8 codes)
+//   v   = act(v)                              (none, relu, hardswish, swish)
+//   out = clamp(round_half_even(v / so) + zo, 0, 255) as uint8, or v as float32
+// Weights are packed for AVX-512 VNNI (vpdpbusd: four uint8 × int8 products per int32 lane): for each block
+// of 16 output channels and each quad of 4 input channels, 64 bytes [16 channels][4 inputs], zero-padded.
+// Two paths: AVX-512 (F, BW, VL, VNNI), chosen at run time, and a portable C++ loop with the same sums.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <string>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define TS_QX86 1
+#endif
+
+namespace {
+
+enum class Act : int { kNone = 0, kRelu = 1, kHardswish = 2, kSwish = 3 };
+
+Act parse_act(c10::string_view name) {
+  const std::string s(name);
+  if (s.empty() || s == "none") return Act::kNone;
+  if (s == "relu") return Act::kRelu;
+  if (s == "hardswish") return Act::kHardswish;
+  if (s == "swish") return Act::kSwish;
+  TORCH_CHECK(false, "torchslim qconv: unknown activation '", s, "' (none, relu, hardswish, swish)");
+}
+
+bool vnni_cpu() {
+#ifdef TS_QX86
+  static const bool ok = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+  }();
+  return ok;
+#else
+  return false;
+#endif
+}
+
+bool use_vnni(c10::string_view isa) {
+  const std::string s(isa);
+  if (s == "portable") return false;
+  TORCH_CHECK(s == "auto" || s == "avx512-vnni", "torchslim qconv: unknown isa '", s, "' (auto, avx512-vnni, portable)");
+  TORCH_CHECK(s == "auto" || vnni_cpu(), "torchslim qconv: this CPU lacks avx512-vnni");
+  return vnni_cpu();
+}
+
+// The epilogue's constants, shared by both convolutions and both paths.
+struct Epilogue {
+  const float* scale;  // [N]
+  const float* bias;   // [N]
+  Act act;
+  bool out_u8;
+  float inv_out;  // 1 / so
+  float out_zp;
+  const uint8_t* accum;  // [M, N] codes or nullptr
+  float accum_scale, accum_zp;
+};
+
+inline float act_scalar(Act act, float v) {
+  switch (act) {
+    case Act::kRelu:
+      return v > 0.f ? v : 0.f;
+    case Act::kHardswish:
+      return v * std::min(std::max(v + 3.f, 0.f), 6.f) / 6.f;
+    case Act::kSwish:
+      return v / (1.f + std::exp(-v));
+    default:
+      return v;
+  }
+}
+
+// One output value from its exact sum; y points at the output row (uint8 or float), n is the channel.
+inline void store_scalar(const Epilogue& e, float acc, int64_t m, int64_t n, int64_t ldn, void* y) {
+  float v = acc * e.scale[n] + e.bias[n];
+  if (e.accum) v += (static_cast<float>(e.accum[m * ldn + n]) - e.accum_zp) * e.accum_scale;
+  v = act_scalar(e.act, v);
+  if (e.out_u8) {
+    const float q = std::nearbyint(v * e.inv_out) + e.out_zp;
+    static_cast<uint8_t*>(y)[m * ldn + n] = static_cast<uint8_t>(std::min(std::max(q, 0.f), 255.f));
+  } else {
+    static_cast<float*>(y)[m * ldn + n] = v;
+  }
+}
+
+// ---- portable paths ----
+
+void conv1x1_portable(const uint8_t* x, const int8_t* packed, const int32_t* wsum, int64_t m0, int64_t m1, int64_t k,
+                      int64_t n, int32_t zx, const Epilogue& e, void* y) {
+  const int64_t quads = (k + 3) / 4;
+  for (int64_t m = m0; m < m1; ++m) {
+    const uint8_t* xr = x + m * k;
+    for (int64_t j = 0; j < n; ++j) {
+      const int8_t* wb = packed + (j / 16) * quads * 64 + (j % 16) * 4;
+      int32_t acc = 0;
+      for (int64_t i = 0; i < k; ++i) acc += static_cast<int32_t>(xr[i]) * wb[(i / 4) * 64 + (i % 4)];
+      store_scalar(e, static_cast<float>(acc - zx * wsum[j]), m, j, n, y);
+    }
+  }
+}
+
+#ifdef TS_QX86
+#define TS_Q512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
+
+// exp(v) for the swish epilogue: 2^(v log2 e) split as 2^i · 2^f, 2^f by a degree-6 polynomial on
+// [-0.5, 0.5] (Taylor of exp(f ln 2); relative error under 2e-7), 2^i applied by vscalefps.
+TS_Q512 inline __m512 exp512(__m512 v) {
+  v = _mm512_max_ps(_mm512_min_ps(v, _mm512_set1_ps(88.f)), _mm512_set1_ps(-88.f));
+  const __m512 t = _mm512_mul_ps(v, _mm512_set1_ps(1.44269504088896341f));
+  const __m512 i = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_mul_ps(_mm512_sub_ps(t, i), _mm512_set1_ps(0.69314718055994531f));
+  __m512 p = _mm512_set1_ps(1.f / 720.f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f / 120.f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f / 24.f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f / 6.f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f));
+  return _mm512_scalef_ps(p, i);
+}
+
+// The epilogue for 16 channels [n, n + 16) of output pixel m (mask: the valid ones; sc, bi: their scale and bias).
+TS_Q512 inline void store16(const Epilogue& e, __m512 acc, __m512 sc, __m512 bi, int64_t m, int64_t n, int64_t ldn,
+                            __mmask16 mask, void* y) {
+  __m512 v = _mm512_fmadd_ps(acc, sc, bi);
+  if (e.accum) {
+    const __m512 a = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, e.accum + m * ldn + n)));
+    v = _mm512_fmadd_ps(_mm512_sub_ps(a, _mm512_set1_ps(e.accum_zp)), _mm512_set1_ps(e.accum_scale), v);
+  }
+  switch (e.act) {
+    case Act::kRelu:
+      v = _mm512_max_ps(v, _mm512_setzero_ps());
+      break;
+    case Act::kHardswish: {  // v · relu6(v + 3) / 6, the division as a product with 1/6
+      const __m512 g = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(v, _mm512_set1_ps(3.f)), _mm512_setzero_ps()),
+                                     _mm512_set1_ps(6.f));
+      v = _mm512_mul_ps(_mm512_mul_ps(v, g), _mm512_set1_ps(1.f / 6.f));
+      break;
+    }
+    case Act::kSwish:
+      v = _mm512_div_ps(v, _mm512_add_ps(_mm512_set1_ps(1.f), exp512(_mm512_sub_ps(_mm512_setzero_ps(), v))));
+      break;
+    default:
+      break;
+  }
+  if (e.out_u8) {
+    // vcvtps2dq rounds half to even (the default MXCSR mode); then the zero point, and unsigned saturation.
+    const __m512 t = _mm512_min_ps(_mm512_mul_ps(v, _mm512_set1_ps(e.inv_out)), _mm512_set1_ps(1e9f));
+    __m512i q = _mm512_add_epi32(_mm512_cvtps_epi32(t),
+                                 _mm512_set1_epi32(static_cast<int32_t>(e.out_zp)));
+    q = _mm512_max_epi32(q, _mm512_setzero_si512());
+    _mm_mask_storeu_epi8(static_cast<uint8_t*>(y) + m * ldn + n, mask, _mm512_cvtusepi32_epi8(q));
+  } else {
+    _mm512_mask_storeu_ps(static_cast<float*>(y) + m * ldn + n, mask, v);
+  }
+}
+
+inline __mmask16 tail_mask(int64_t valid) { return valid >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << valid) - 1u); }
+
+// Four input channels of row xr starting at i as one int32 (bytes past k read as zero).
+inline int32_t quad_at(const uint8_t* xr, int64_t i, int64_t k) {
+  int32_t q = 0;
+  if (i + 4 <= k) {
+    std::memcpy(&q, xr + i, 4);
+  } else {
+    std::memcpy(&q, xr + i, static_cast<size_t>(k - i));
+  }
+  return q;
+}
+
+// Rows [m0, m0 + MR) × channel blocks [b0, b0 + NB): MR·NB int32 accumulators, one vpdpbusd per pair and quad.
+template <int MR, int NB>
+TS_Q512 void tile1x1(const uint8_t* x, const int8_t* packed, const int32_t* wsum, int64_t m0, int64_t b0, int64_t k,
+                     int64_t n, int32_t zx, const Epilogue& e, void* y) {
+  const int64_t quads = (k + 3) / 4;
+  __m512i acc[MR][NB];
+  for (int r = 0; r < MR; ++r)
+    for (int b = 0; b < NB; ++b) acc[r][b] = _mm512_setzero_si512();
+  const int64_t full = k / 4;
+  const uint8_t* xr[MR];
+  for (int r = 0; r < MR; ++r) xr[r] = x + (m0 + r) * k;
+  for (int64_t q = 0; q < quads; ++q) {
+    __m512i w[NB];
+    for (int b = 0; b < NB; ++b)
+      w[b] = _mm512_loadu_si512(packed + ((b0 + b) * quads + q) * 64);
+    for (int r = 0; r < MR; ++r) {
+      int32_t xq;
+      if (q < full) {
+        std::memcpy(&xq, xr[r] + 4 * q, 4);
+      } else {
+        xq = quad_at(xr[r], 4 * q, k);
+      }
+      const __m512i xv = _mm512_set1_epi32(xq);
+      for (int b = 0; b < NB; ++b) acc[r][b] = _mm512_dpbusd_epi32(acc[r][b], xv, w[b]);
+    }
+  }
+  for (int b = 0; b < NB; ++b) {
+    const int64_t n0 = (b0 + b) * 16;
+    const __mmask16 mask = tail_mask(n - n0);
+    const __m512i corr = _mm512_mullo_epi32(_mm512_maskz_loadu_epi32(mask, wsum + n0), _mm512_set1_epi32(zx));
+    const __m512 sc = _mm512_maskz_loadu_ps(mask, e.scale + n0), bi = _mm512_maskz_loadu_ps(mask, e.bias + n0);
+    for (int r = 0; r < MR; ++r)
+      store16(e, _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][b], corr)), sc, bi, m0 + r, n0, n, mask, y);
+  }
+}
+
+template <int MR>
+TS_Q512 void rows1x1(const uint8_t* x, const int8_t* packed, const int32_t* wsum, int64_t m0, int64_t k, int64_t n,
+                     int32_t zx, const Epilogue& e, void* y) {
+  const int64_t blocks = (n + 15) / 16;
+  int64_t b = 0;
+  for (; b + 4 <= blocks; b += 4) tile1x1<MR, 4>(x, packed, wsum, m0, b, k, n, zx, e, y);
+  for (; b < blocks; ++b) tile1x1<MR, 1>(x, packed, wsum, m0, b, k, n, zx, e, y);
+}
+
+TS_Q512 void conv1x1_vnni(const uint8_t* x, const int8_t* packed, const int32_t* wsum, int64_t m0, int64_t m1,
+                          int64_t k, int64_t n, int32_t zx, const Epilogue& e, void* y) {
+  int64_t m = m0;
+  for (; m + 4 <= m1; m += 4) rows1x1<4>(x, packed, wsum, m, k, n, zx, e, y);
+  for (; m < m1; ++m) rows1x1<1>(x, packed, wsum, m, k, n, zx, e, y);
+}
+
+#endif
+
+Epilogue make_epilogue(const at::Tensor& scale, const at::Tensor& bias, c10::string_view act, double out_scale,
+                       int64_t out_zp, bool out_u8) {
+  Epilogue e{};
+  e.scale = scale.data_ptr<float>();
+  e.bias = bias.data_ptr<float>();
+  e.act = parse_act(act);
+  e.out_u8 = out_u8;
+  e.inv_out = static_cast<float>(1.0 / out_scale);
+  e.out_zp = static_cast<float>(out_zp);
+  return e;
+}
+
+void check_vec(const at::Tensor& t, int64_t n, const char* what) {
+  TORCH_CHECK(t.scalar_type() == at::kFloat && t.is_contiguous() && t.numel() == n, "torchslim qconv: ", what,
+              " must be a contiguous float32 vector of ", n, " values");
+}
+
+// Work below this many multiply-adds runs on the calling thread: waking a second one costs more.
+constexpr int64_t kSerialMacs = 1 << 20;
+
+at::Tensor conv1x1_cpu(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& wsum, const at::Tensor& scale,
+                       const at::Tensor& bias, int64_t out_channels, int64_t x_zp, c10::string_view act,
+                       double out_scale, int64_t out_zp, bool out_u8, const std::optional<at::Tensor>& accum,
+                       double accum_scale, int64_t accum_zp, c10::string_view isa) {
+  TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kByte, "qconv1x1: x must be uint8 [N, C, H, W]");
+  TORCH_CHECK(x.is_contiguous(at::MemoryFormat::ChannelsLast), "qconv1x1: x must be channels-last");
+  const int64_t k = x.size(1), n = out_channels, m = x.size(0) * x.size(2) * x.size(3);
+  const int64_t blocks = (n + 15) / 16, quads = (k + 3) / 4;
+  TORCH_CHECK(packed.scalar_type() == at::kChar && packed.is_contiguous() && packed.numel() == blocks * quads * 64,
+              "qconv1x1: packed must be int8 of ", blocks * quads * 64, " bytes for ", n, " x ", k);
+  TORCH_CHECK(wsum.scalar_type() == at::kInt && wsum.is_contiguous() && wsum.numel() == n,
+              "qconv1x1: wsum must be int32 [", n, "]");
+  check_vec(scale, n, "scale");
+  check_vec(bias, n, "bias");
+  const bool vnni = use_vnni(isa);
+  Epilogue e = make_epilogue(scale, bias, act, out_scale, out_zp, out_u8);
+  at::Tensor acc_codes;
+  if (accum.has_value() && accum->defined()) {
+    TORCH_CHECK(accum->scalar_type() == at::kByte && accum->size(0) == x.size(0) && accum->size(1) == n &&
+                    accum->size(2) == x.size(2) && accum->size(3) == x.size(3),
+                "qconv1x1: accum must be uint8 codes of the output's shape");
+    acc_codes = accum->contiguous(at::MemoryFormat::ChannelsLast);
+    e.accum = acc_codes.data_ptr<uint8_t>();
+    e.accum_scale = static_cast<float>(accum_scale);
+    e.accum_zp = static_cast<float>(accum_zp);
+  }
+  at::Tensor y = at::empty({x.size(0), n, x.size(2), x.size(3)},
+                           x.options().dtype(out_u8 ? at::kByte : at::kFloat).memory_format(at::MemoryFormat::ChannelsLast));
+  const uint8_t* xp = x.data_ptr<uint8_t>();
+  const int8_t* wp = packed.data_ptr<int8_t>();
+  const int32_t* sp = wsum.data_ptr<int32_t>();
+  void* yp = y.data_ptr();
+  const int32_t zx = static_cast<int32_t>(x_zp);
+  auto run = [&](int64_t m0, int64_t m1) {
+#ifdef TS_QX86
+    if (vnni) return conv1x1_vnni(xp, wp, sp, m0, m1, k, n, zx, e, yp);
+#endif
+    conv1x1_portable(xp, wp, sp, m0, m1, k, n, zx, e, yp);
+  };
+  if (m * n * k < kSerialMacs) {
+    run(0, m);
+  } else {
+    const int64_t grain = std::max<int64_t>(4, kSerialMacs / (n * k) / 4 * 4);
+    at::parallel_for(0, (m + 3) / 4, grain / 4, [&](int64_t b0, int64_t b1) { run(b0 * 4, std::min(m, b1 * 4)); });
+  }
+  return y;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(torchslim, CPU, m) {
+  m.impl("qconv1x1", &conv1x1_cpu);
+}

@@ -1,0 +1,167 @@
+"""The static int8 1×1 convolution on channels-last uint8 codes: layout, reference, call.
+
+The 1×1 convolution is an int8 GEMM over the pixels. At batch 1 the 1×1 layers of MobileNet / EfficientNet
+blocks (Sandler et al. 2018, arXiv:1801.04381; Tan & Le 2019, arXiv:1905.11946), squeeze-and-excite
+convolutions on 1 × 1 maps above all (Hu et al. 2018, arXiv:1709.01507), are less work than the setup of a
+oneDNN int8 convolution call. The C++ loop of ``csrc/qconv.cpp`` has no setup, stays on the calling thread
+when the work is small, and fuses the epilogue oneDNN does: per-channel scale, bias, an optional residual
+operand, ReLU / Hardswish / SiLU, and the requantization to the next layer's uint8 codes.
+
+Arithmetic, per output pixel ``m`` and channel ``n`` (``x``: uint8 codes with zero point ``zx``; ``w``:
+symmetric int8 weights; ``scale[n]`` = input scale × the channel's weight scale):
+``v = act(Σ_k (x − zx)·w · scale[n] + bias[n] [+ (a − za)·sa])``, then either float32 ``v`` or the codes
+``clamp(round(v / so) + zo, 0, 255)``. The sums are exact; :func:`conv1x1_reference` computes the same in
+torch.
+
+Layout (:func:`pack_conv1x1`): for each block of 16 output channels and each quad of 4 input channels,
+64 bytes ``[16 channels][4 inputs]`` (zero-padded), the operand of one AVX-512 VNNI ``vpdpbusd`` (four
+uint8 × int8 products per int32 lane) against four input bytes broadcast to every lane; plus
+``wsum[n] = Σ_k w[n, k]``, which turns the unsigned-times-signed sum into the zero-pointed one. CPUs without
+AVX-512 VNNI run a portable C++ loop with the same sums (exact, not fast).
+
+Example:
+    >>> import torch
+    >>> w = torch.randint(-127, 128, (24, 40, 1, 1), dtype=torch.int8)
+    >>> packed, wsum = pack_conv1x1(w)
+    >>> packed.shape, bool((wsum == w.sum((1, 2, 3), dtype=torch.int32)).all())
+    (torch.Size([2, 10, 16, 4]), True)
+    >>> bool((unpack_conv1x1(packed, 24, 40) == w).all())
+    True
+    >>> x = torch.randint(0, 256, (1, 40, 3, 3), dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+    >>> scale, bias = torch.full((24,), 1e-3), torch.zeros(24)
+    >>> y = conv1x1(x, packed, wsum, scale, bias, x_zp=128, act="relu")
+    >>> bool(torch.allclose(y, conv1x1_reference(x, w, scale, bias, 128, "relu"), atol=1e-4))
+    True
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from torchslim.kernels.ops import QCONV1X1, load
+
+__all__ = [
+    "available",
+    "conv1x1",
+    "conv1x1_reference",
+    "pack_conv1x1",
+    "unpack_conv1x1",
+    "vnni",
+]
+
+ACTIVATIONS = ("none", "relu", "hardswish", "swish")
+
+
+def available() -> bool:
+    """Whether the C++ convolutions are built (compiles them at the first call); without them callers keep
+    oneDNN's int8 convolution."""
+    return load() != "torch-reference"
+
+
+def vnni() -> bool:
+    """Whether the convolutions run their AVX-512 VNNI path here (built, and the CPU has it); elsewhere the
+    portable loop is exact but slow, so callers keep oneDNN's kernels."""
+    return load() == "avx512-vnni"  # the W4A8 kernel in the same library checks the same four CPU flags
+
+
+def pack_conv1x1(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """int8 ``[N, K, 1, 1]`` (or ``[N, K]``) → the VNNI layout ``[⌈N/16⌉, ⌈K/4⌉, 16, 4]`` and ``wsum`` (int32 ``[N]``)."""
+    w = weight.reshape(weight.shape[0], -1).to(torch.int8)
+    n, k = w.shape
+    padded = F.pad(w, (0, -k % 4, 0, -n % 16))  # zeros: padded products add nothing
+    packed = padded.reshape(padded.shape[0] // 16, 16, padded.shape[1] // 4, 4).permute(0, 2, 1, 3).contiguous()
+    return packed, w.sum(1, dtype=torch.int32)
+
+
+def unpack_conv1x1(packed: torch.Tensor, out_channels: int, in_channels: int) -> torch.Tensor:
+    """The exact inverse of :func:`pack_conv1x1`'s layout: int8 ``[N, K, 1, 1]``."""
+    blocks, quads = packed.shape[:2]
+    w = packed.permute(0, 2, 1, 3).reshape(blocks * 16, quads * 4)
+    return w[:out_channels, :in_channels].reshape(out_channels, in_channels, 1, 1)
+
+
+def _epilogue(
+    acc: torch.Tensor,
+    scale: torch.Tensor,
+    bias: torch.Tensor,
+    act: str,
+    out_scale: float,
+    out_zp: int,
+    out_u8: bool,
+    accum: tuple[torch.Tensor, float, int] | None = None,
+) -> torch.Tensor:
+    v = acc * scale.view(1, -1, 1, 1) + bias.view(1, -1, 1, 1)
+    if accum is not None:
+        codes, a_scale, a_zp = accum
+        v = v + (codes.float() - a_zp) * a_scale
+    v = {"none": lambda t: t, "relu": torch.relu, "hardswish": F.hardswish, "swish": F.silu}[act](v)
+    if not out_u8:
+        return v.contiguous(memory_format=torch.channels_last)
+    q = torch.round(v * (1.0 / out_scale)) + out_zp
+    return q.clamp(0, 255).to(torch.uint8).contiguous(memory_format=torch.channels_last)
+
+
+def conv1x1_reference(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    scale: torch.Tensor,
+    bias: torch.Tensor,
+    x_zp: int,
+    act: str = "none",
+    out_scale: float = 1.0,
+    out_zp: int = 0,
+    out_u8: bool = False,
+    accum: tuple[torch.Tensor, float, int] | None = None,
+) -> torch.Tensor:
+    """:func:`conv1x1` in torch, from the int8 weight ``[N, K, 1, 1]``; float64 sums (exact)."""
+    acc = F.conv2d(x.double() - x_zp, weight.double()).float()
+    return _epilogue(acc, scale, bias, act, out_scale, out_zp, out_u8, accum)
+
+
+def conv1x1(
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    wsum: torch.Tensor,
+    scale: torch.Tensor,
+    bias: torch.Tensor,
+    x_zp: int,
+    act: str = "none",
+    out_scale: float = 1.0,
+    out_zp: int = 0,
+    out_u8: bool = False,
+    accum: tuple[torch.Tensor, float, int] | None = None,
+    *,
+    isa: str = "auto",
+) -> torch.Tensor:
+    """A 1×1, stride-1 convolution of uint8 codes ``x`` (channels-last ``[B, K, H, W]``) with a packed weight.
+
+    Args:
+        x: uint8 codes, channels-last.
+        packed, wsum: from :func:`pack_conv1x1`.
+        scale: float32 ``[N]``, input scale × weight scale per output channel.
+        bias: float32 ``[N]``.
+        x_zp: the input codes' zero point (0..255).
+        act: ``"none"``, ``"relu"``, ``"hardswish"`` or ``"swish"`` (SiLU).
+        out_scale, out_zp, out_u8: with ``out_u8`` the output is uint8 codes with these qparams, else float32.
+        accum: optional residual operand ``(codes, scale, zero_point)`` added before the activation.
+        isa: ``"auto"``, ``"avx512-vnni"`` (an error where the CPU lacks it) or ``"portable"``.
+
+    Raises:
+        ValueError: an unknown ``act`` or ``isa``.
+        RuntimeError: the kernels are not built (see :func:`available`), or shapes / dtypes that do not match.
+
+    Returns:
+        Channels-last ``[B, N, H, W]``, uint8 or float32.
+    """
+    if act not in ACTIVATIONS:
+        raise ValueError(f"act must be one of {', '.join(ACTIVATIONS)}, got {act!r}")
+    if isa not in ("auto", "avx512-vnni", "portable"):
+        raise ValueError(f"isa must be auto, avx512-vnni or portable, got {isa!r}")
+    if not available():
+        raise RuntimeError("torchslim's C++ kernels are not built here (see torchslim.kernels.load)")
+    codes, a_scale, a_zp = accum if accum is not None else (None, 1.0, 0)
+    out_channels = wsum.shape[0]
+    return QCONV1X1(
+        x, packed, wsum, scale, bias, out_channels, x_zp, act, out_scale, out_zp, out_u8, codes, a_scale, a_zp, isa
+    )
