@@ -57,6 +57,18 @@ def test_matches_reference(compiled, shape, act):
             assert diff.max() <= 1 and (diff > 0).float().mean() < 0.01  # a code may round apart at a tie
 
 
+@pytest.mark.parametrize("shape", SHAPES[:4])
+def test_float_input_quantized_inside(compiled, shape):
+    x, weight, scale, bias, _ = _case(*shape, seed=7)
+    values = (x.float() - 117.0) * 0.03 + torch.randn(x.shape) * 0.01  # off the code grid, some out of range
+    values = values.contiguous(memory_format=torch.channels_last)
+    packed, wsum = qconv.pack_conv1x1(weight)
+    for isa in _paths(compiled):
+        y = qconv.conv1x1(values, packed, wsum, scale, bias, 117, "relu", x_scale=0.03, isa=isa)
+        ref = qconv.conv1x1_reference(values, weight, scale, bias, 117, "relu", x_scale=0.03)
+        torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-4)
+
+
 def test_layout_round_trip_and_padding():
     w = torch.randint(-127, 128, (33, 13, 1, 1), dtype=torch.int8)
     packed, wsum = qconv.pack_conv1x1(w)
@@ -112,6 +124,7 @@ def test_module_path_matches_onednn(compiled, monkeypatch):
     calib = [(torch.randn(4, 3, 16, 16),) for _ in range(2)]
     compress_(model, Int8Static(), ctx=Context(calibration=calib))
     x = torch.randn(1, 3, 16, 16)
+    monkeypatch.setattr(static_small, "SMALL_MACS", 5_000_000)  # big (7.4 M multiply-adds) over it, the others under
     calls = []
     real = qconv.conv1x1
     monkeypatch.setattr(qconv, "conv1x1", lambda *a, **k: calls.append(a[0].shape) or real(*a, **k))

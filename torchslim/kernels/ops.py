@@ -51,15 +51,15 @@ W4A8_LINEAR = torch.ops.torchslim.w4a8_linear.default
 W4A8_LINEAR_ON = torch.ops.torchslim.w4a8_linear_on.default
 # Static int8 convolutions on channels-last uint8 codes (csrc/qconv.cpp; layouts in torchslim.kernels.qconv).
 _LIB.define(
-    "qconv1x1(Tensor x, Tensor packed, Tensor wsum, Tensor scale, Tensor bias, int out_channels, int x_zp, "
-    "str act, float out_scale, int out_zp, bool out_u8, Tensor? accum, float accum_scale, int accum_zp, str isa) "
-    "-> Tensor"
+    "qconv1x1(Tensor x, float x_scale, int x_zp, Tensor packed, Tensor wsum, Tensor scale, Tensor bias, "
+    "int out_channels, str act, float out_scale, int out_zp, bool out_u8, Tensor? accum, float accum_scale, "
+    "int accum_zp, str isa) -> Tensor"
 )
 QCONV1X1 = torch.ops.torchslim.qconv1x1.default
 
 
 @torch.library.register_fake("torchslim::qconv1x1", lib=_LIB)
-def _fake_1x1(x, packed, wsum, scale, bias, out_channels, x_zp, act, out_scale, out_zp, out_u8, *rest):
+def _fake_1x1(x, x_scale, x_zp, packed, wsum, scale, bias, out_channels, act, out_scale, out_zp, out_u8, *rest):
     shape, dtype = (x.shape[0], out_channels, *x.shape[2:]), torch.uint8 if out_u8 else torch.float32
     return x.new_empty(shape, dtype=dtype).contiguous(memory_format=torch.channels_last)
 

@@ -113,8 +113,11 @@ def conv1x1_reference(
     out_zp: int = 0,
     out_u8: bool = False,
     accum: tuple[torch.Tensor, float, int] | None = None,
+    x_scale: float = 1.0,
 ) -> torch.Tensor:
     """:func:`conv1x1` in torch, from the int8 weight ``[N, K, 1, 1]``; float64 sums (exact)."""
+    if x.dtype != torch.uint8:
+        x = torch.round(x.float() * (1.0 / x_scale)).add_(x_zp).clamp_(0, 255)
     acc = F.conv2d(x.double() - x_zp, weight.double()).float()
     return _epilogue(acc, scale, bias, act, out_scale, out_zp, out_u8, accum)
 
@@ -132,16 +135,19 @@ def conv1x1(
     out_u8: bool = False,
     accum: tuple[torch.Tensor, float, int] | None = None,
     *,
+    x_scale: float = 1.0,
     isa: str = "auto",
 ) -> torch.Tensor:
     """A 1×1, stride-1 convolution of uint8 codes ``x`` (channels-last ``[B, K, H, W]``) with a packed weight.
 
     Args:
-        x: uint8 codes, channels-last.
+        x: uint8 codes, channels-last; or float32 values, quantized inside with ``(x_scale, x_zp)`` as
+            ``clamp(round(x / x_scale) + x_zp, 0, 255)``.
         packed, wsum: from :func:`pack_conv1x1`.
         scale: float32 ``[N]``, input scale × weight scale per output channel.
         bias: float32 ``[N]``.
         x_zp: the input codes' zero point (0..255).
+        x_scale: the input scale (read only for float32 ``x``).
         act: ``"none"``, ``"relu"``, ``"hardswish"`` or ``"swish"`` (SiLU).
         out_scale, out_zp, out_u8: with ``out_u8`` the output is uint8 codes with these qparams, else float32.
         accum: optional residual operand ``(codes, scale, zero_point)`` added before the activation.
@@ -163,5 +169,20 @@ def conv1x1(
     codes, a_scale, a_zp = accum if accum is not None else (None, 1.0, 0)
     out_channels = wsum.shape[0]
     return QCONV1X1(
-        x, packed, wsum, scale, bias, out_channels, x_zp, act, out_scale, out_zp, out_u8, codes, a_scale, a_zp, isa
+        x,
+        x_scale,
+        x_zp,
+        packed,
+        wsum,
+        scale,
+        bias,
+        out_channels,
+        act,
+        out_scale,
+        out_zp,
+        out_u8,
+        codes,
+        a_scale,
+        a_zp,
+        isa,
     )

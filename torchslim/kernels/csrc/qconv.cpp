@@ -138,36 +138,44 @@ TS_Q512 inline __m512 exp512(__m512 v) {
   return _mm512_scalef_ps(p, i);
 }
 
-// The epilogue for 16 channels [n, n + 16) of output pixel m (mask: the valid ones; sc, bi: their scale and bias).
-TS_Q512 inline void store16(const Epilogue& e, __m512 acc, __m512 sc, __m512 bi, int64_t m, int64_t n, int64_t ldn,
+// The epilogue's per-call constants, broadcast once: locals the compiler keeps in registers (the output
+// stores go through uint8_t pointers, which may alias anything, so fields read through a reference would be
+// loaded again after every store).
+struct EpiVec {
+  __m512 inv, azp, ascale;
+  __m512i zp;
+  const uint8_t* accum;
+  bool out_u8;
+};
+
+TS_Q512 inline EpiVec epi_vec(const Epilogue& e) {
+  return EpiVec{_mm512_set1_ps(e.inv_out), _mm512_set1_ps(e.accum_zp), _mm512_set1_ps(e.accum_scale),
+                _mm512_set1_epi32(static_cast<int32_t>(e.out_zp)), e.accum, e.out_u8};
+}
+
+// The epilogue for 16 channels [n, n + 16) of output pixel m (mask: the valid ones; sc, bi: their scale and
+// bias); the activation is a template parameter, so the loops around it carry no switch.
+template <Act A>
+TS_Q512 inline void store16(const EpiVec& c, __m512 acc, __m512 sc, __m512 bi, int64_t m, int64_t n, int64_t ldn,
                             __mmask16 mask, void* y) {
   __m512 v = _mm512_fmadd_ps(acc, sc, bi);
-  if (e.accum) {
-    const __m512 a = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, e.accum + m * ldn + n)));
-    v = _mm512_fmadd_ps(_mm512_sub_ps(a, _mm512_set1_ps(e.accum_zp)), _mm512_set1_ps(e.accum_scale), v);
+  if (c.accum) {
+    const __m512 a = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, c.accum + m * ldn + n)));
+    v = _mm512_fmadd_ps(_mm512_sub_ps(a, c.azp), c.ascale, v);
   }
-  switch (e.act) {
-    case Act::kRelu:
-      v = _mm512_max_ps(v, _mm512_setzero_ps());
-      break;
-    case Act::kHardswish: {  // v · relu6(v + 3) / 6, the division as a product with 1/6
-      const __m512 g = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(v, _mm512_set1_ps(3.f)), _mm512_setzero_ps()),
-                                     _mm512_set1_ps(6.f));
-      v = _mm512_mul_ps(_mm512_mul_ps(v, g), _mm512_set1_ps(1.f / 6.f));
-      break;
-    }
-    case Act::kSwish:
-      v = _mm512_div_ps(v, _mm512_add_ps(_mm512_set1_ps(1.f), exp512(_mm512_sub_ps(_mm512_setzero_ps(), v))));
-      break;
-    default:
-      break;
+  if constexpr (A == Act::kRelu) {
+    v = _mm512_max_ps(v, _mm512_setzero_ps());
+  } else if constexpr (A == Act::kHardswish) {  // v · relu6(v + 3) / 6, the division as a product with 1/6
+    const __m512 g = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(v, _mm512_set1_ps(3.f)), _mm512_setzero_ps()),
+                                   _mm512_set1_ps(6.f));
+    v = _mm512_mul_ps(_mm512_mul_ps(v, g), _mm512_set1_ps(1.f / 6.f));
+  } else if constexpr (A == Act::kSwish) {
+    v = _mm512_div_ps(v, _mm512_add_ps(_mm512_set1_ps(1.f), exp512(_mm512_sub_ps(_mm512_setzero_ps(), v))));
   }
-  if (e.out_u8) {
+  if (c.out_u8) {
     // vcvtps2dq rounds half to even (the default MXCSR mode); then the zero point, and unsigned saturation.
-    const __m512 t = _mm512_min_ps(_mm512_mul_ps(v, _mm512_set1_ps(e.inv_out)), _mm512_set1_ps(1e9f));
-    __m512i q = _mm512_add_epi32(_mm512_cvtps_epi32(t),
-                                 _mm512_set1_epi32(static_cast<int32_t>(e.out_zp)));
-    q = _mm512_max_epi32(q, _mm512_setzero_si512());
+    const __m512 t = _mm512_min_ps(_mm512_mul_ps(v, c.inv), _mm512_set1_ps(1e9f));
+    const __m512i q = _mm512_max_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(t), c.zp), _mm512_setzero_si512());
     _mm_mask_storeu_epi8(static_cast<uint8_t*>(y) + m * ldn + n, mask, _mm512_cvtusepi32_epi8(q));
   } else {
     _mm512_mask_storeu_ps(static_cast<float*>(y) + m * ldn + n, mask, v);
@@ -188,9 +196,9 @@ inline int32_t quad_at(const uint8_t* xr, int64_t i, int64_t k) {
 }
 
 // Rows [m0, m0 + MR) × channel blocks [b0, b0 + NB): MR·NB int32 accumulators, one vpdpbusd per pair and quad.
-template <int MR, int NB>
+template <int MR, int NB, Act A>
 TS_Q512 void tile1x1(const uint8_t* x, const int8_t* packed, const int32_t* wsum, int64_t m0, int64_t b0, int64_t k,
-                     int64_t n, int32_t zx, const Epilogue& e, void* y) {
+                     int64_t n, int32_t zx, const Epilogue& e, const EpiVec& c, void* y) {
   const int64_t quads = (k + 3) / 4;
   __m512i acc[MR][NB];
   for (int r = 0; r < MR; ++r)
@@ -203,13 +211,10 @@ TS_Q512 void tile1x1(const uint8_t* x, const int8_t* packed, const int32_t* wsum
     for (int b = 0; b < NB; ++b)
       w[b] = _mm512_loadu_si512(packed + ((b0 + b) * quads + q) * 64);
     for (int r = 0; r < MR; ++r) {
-      int32_t xq;
-      if (q < full) {
-        std::memcpy(&xq, xr[r] + 4 * q, 4);
-      } else {
-        xq = quad_at(xr[r], 4 * q, k);
-      }
-      const __m512i xv = _mm512_set1_epi32(xq);
+      // A broadcast from memory (a load-port uop) rather than through a general register (a shuffle-port uop
+      // that would compete with vpdpbusd).
+      const __m512i xv = q < full ? _mm512_broadcastd_epi32(_mm_loadu_si32(xr[r] + 4 * q))
+                                  : _mm512_set1_epi32(quad_at(xr[r], 4 * q, k));
       for (int b = 0; b < NB; ++b) acc[r][b] = _mm512_dpbusd_epi32(acc[r][b], xv, w[b]);
     }
   }
@@ -219,26 +224,63 @@ TS_Q512 void tile1x1(const uint8_t* x, const int8_t* packed, const int32_t* wsum
     const __m512i corr = _mm512_mullo_epi32(_mm512_maskz_loadu_epi32(mask, wsum + n0), _mm512_set1_epi32(zx));
     const __m512 sc = _mm512_maskz_loadu_ps(mask, e.scale + n0), bi = _mm512_maskz_loadu_ps(mask, e.bias + n0);
     for (int r = 0; r < MR; ++r)
-      store16(e, _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][b], corr)), sc, bi, m0 + r, n0, n, mask, y);
+      store16<A>(c, _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][b], corr)), sc, bi, m0 + r, n0, n, mask, y);
   }
 }
 
-template <int MR>
+template <int MR, Act A>
 TS_Q512 void rows1x1(const uint8_t* x, const int8_t* packed, const int32_t* wsum, int64_t m0, int64_t k, int64_t n,
-                     int32_t zx, const Epilogue& e, void* y) {
+                     int32_t zx, const Epilogue& e, const EpiVec& c, void* y) {
   const int64_t blocks = (n + 15) / 16;
   int64_t b = 0;
-  for (; b + 4 <= blocks; b += 4) tile1x1<MR, 4>(x, packed, wsum, m0, b, k, n, zx, e, y);
-  for (; b < blocks; ++b) tile1x1<MR, 1>(x, packed, wsum, m0, b, k, n, zx, e, y);
+  for (; b + 4 <= blocks; b += 4) tile1x1<MR, 4, A>(x, packed, wsum, m0, b, k, n, zx, e, c, y);
+  switch (blocks - b) {  // the last 1-3 blocks of 16 channels in one pass over the rows' inputs
+    case 3:
+      return tile1x1<MR, 3, A>(x, packed, wsum, m0, b, k, n, zx, e, c, y);
+    case 2:
+      return tile1x1<MR, 2, A>(x, packed, wsum, m0, b, k, n, zx, e, c, y);
+    case 1:
+      return tile1x1<MR, 1, A>(x, packed, wsum, m0, b, k, n, zx, e, c, y);
+    default:
+      return;
+  }
+}
+
+template <Act A>
+TS_Q512 void conv1x1_rows(const uint8_t* x, const int8_t* packed, const int32_t* wsum, int64_t m0, int64_t m1,
+                          int64_t k, int64_t n, int32_t zx, const Epilogue& e, void* y) {
+  const EpiVec c = epi_vec(e);
+  int64_t m = m0;  // 6 rows × 4 blocks: 24 accumulators, 4 weight registers and a broadcast of 32
+  for (; m + 6 <= m1; m += 6) rows1x1<6, A>(x, packed, wsum, m, k, n, zx, e, c, y);
+  for (; m + 3 <= m1; m += 3) rows1x1<3, A>(x, packed, wsum, m, k, n, zx, e, c, y);
+  for (; m < m1; ++m) rows1x1<1, A>(x, packed, wsum, m, k, n, zx, e, c, y);
 }
 
 TS_Q512 void conv1x1_vnni(const uint8_t* x, const int8_t* packed, const int32_t* wsum, int64_t m0, int64_t m1,
                           int64_t k, int64_t n, int32_t zx, const Epilogue& e, void* y) {
-  int64_t m = m0;
-  for (; m + 4 <= m1; m += 4) rows1x1<4>(x, packed, wsum, m, k, n, zx, e, y);
-  for (; m < m1; ++m) rows1x1<1>(x, packed, wsum, m, k, n, zx, e, y);
+  switch (e.act) {
+    case Act::kRelu:
+      return conv1x1_rows<Act::kRelu>(x, packed, wsum, m0, m1, k, n, zx, e, y);
+    case Act::kHardswish:
+      return conv1x1_rows<Act::kHardswish>(x, packed, wsum, m0, m1, k, n, zx, e, y);
+    case Act::kSwish:
+      return conv1x1_rows<Act::kSwish>(x, packed, wsum, m0, m1, k, n, zx, e, y);
+    default:
+      return conv1x1_rows<Act::kNone>(x, packed, wsum, m0, m1, k, n, zx, e, y);
+  }
 }
 
+TS_Q512 int64_t quantize_vnni(const float* src, uint8_t* dst, int64_t count, float inv, int32_t zp) {
+  const __m512 iv = _mm512_set1_ps(inv), hi = _mm512_set1_ps(1e9f);
+  const __m512i z = _mm512_set1_epi32(zp);
+  int64_t i = 0;
+  for (; i + 16 <= count; i += 16) {
+    const __m512 t = _mm512_min_ps(_mm512_mul_ps(_mm512_loadu_ps(src + i), iv), hi);
+    const __m512i q = _mm512_max_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(t), z), _mm512_setzero_si512());
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i), _mm512_cvtusepi32_epi8(q));
+  }
+  return i;  // the tail is left to the scalar loop
+}
 #endif
 
 Epilogue make_epilogue(const at::Tensor& scale, const at::Tensor& bias, c10::string_view act, double out_scale,
@@ -261,13 +303,31 @@ void check_vec(const at::Tensor& t, int64_t n, const char* what) {
 // Work below this many multiply-adds runs on the calling thread: waking a second one costs more.
 constexpr int64_t kSerialMacs = 1 << 20;
 
-at::Tensor conv1x1_cpu(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& wsum, const at::Tensor& scale,
-                       const at::Tensor& bias, int64_t out_channels, int64_t x_zp, c10::string_view act,
+// float32 activations to uint8 codes clamp(round_half_even(v / s) + zx, 0, 255) (as v · (1 / s), like
+// torch.quantize_per_tensor), elementwise in memory order: q has x's channels-last strides.
+at::Tensor quantize_input(const at::Tensor& x, double x_scale, int64_t x_zp, bool vnni) {
+  at::Tensor q = at::empty(x.sizes(), x.options().dtype(at::kByte).memory_format(at::MemoryFormat::ChannelsLast));
+  const float* src = x.data_ptr<float>();
+  uint8_t* dst = q.data_ptr<uint8_t>();
+  const int64_t count = x.numel();
+  const float inv = static_cast<float>(1.0 / x_scale), zp = static_cast<float>(x_zp);
+  int64_t i = 0;
+#ifdef TS_QX86
+  if (vnni) i = quantize_vnni(src, dst, count, inv, static_cast<int32_t>(x_zp));
+#endif
+  for (; i < count; ++i) dst[i] = static_cast<uint8_t>(std::min(std::max(std::nearbyint(src[i] * inv) + zp, 0.f), 255.f));
+  return q;
+}
+
+at::Tensor conv1x1_cpu(const at::Tensor& x_in, double x_scale, int64_t x_zp, const at::Tensor& packed, const at::Tensor& wsum, const at::Tensor& scale,
+                       const at::Tensor& bias, int64_t out_channels, c10::string_view act,
                        double out_scale, int64_t out_zp, bool out_u8, const std::optional<at::Tensor>& accum,
                        double accum_scale, int64_t accum_zp, c10::string_view isa) {
-  TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kByte, "qconv1x1: x must be uint8 [N, C, H, W]");
-  TORCH_CHECK(x.is_contiguous(at::MemoryFormat::ChannelsLast), "qconv1x1: x must be channels-last");
-  const int64_t k = x.size(1), n = out_channels, m = x.size(0) * x.size(2) * x.size(3);
+  TORCH_CHECK(x_in.dim() == 4 && (x_in.scalar_type() == at::kByte || x_in.scalar_type() == at::kFloat),
+              "qconv1x1: x must be uint8 codes or float32 values [N, C, H, W]");
+  TORCH_CHECK(x_in.is_contiguous(at::MemoryFormat::ChannelsLast), "qconv1x1: x must be channels-last");
+  TORCH_CHECK(x_zp >= 0 && x_zp <= 255 && x_scale > 0, "qconv1x1: x_zp must be in 0..255 and x_scale positive");
+  const int64_t k = x_in.size(1), n = out_channels, m = x_in.size(0) * x_in.size(2) * x_in.size(3);
   const int64_t blocks = (n + 15) / 16, quads = (k + 3) / 4;
   TORCH_CHECK(packed.scalar_type() == at::kChar && packed.is_contiguous() && packed.numel() == blocks * quads * 64,
               "qconv1x1: packed must be int8 of ", blocks * quads * 64, " bytes for ", n, " x ", k);
@@ -276,6 +336,7 @@ at::Tensor conv1x1_cpu(const at::Tensor& x, const at::Tensor& packed, const at::
   check_vec(scale, n, "scale");
   check_vec(bias, n, "bias");
   const bool vnni = use_vnni(isa);
+  const at::Tensor x = x_in.scalar_type() == at::kByte ? x_in : quantize_input(x_in, x_scale, x_zp, vnni);
   Epilogue e = make_epilogue(scale, bias, act, out_scale, out_zp, out_u8);
   at::Tensor acc_codes;
   if (accum.has_value() && accum->defined()) {
@@ -303,8 +364,9 @@ at::Tensor conv1x1_cpu(const at::Tensor& x, const at::Tensor& packed, const at::
   if (m * n * k < kSerialMacs) {
     run(0, m);
   } else {
-    const int64_t grain = std::max<int64_t>(4, kSerialMacs / (n * k) / 4 * 4);
-    at::parallel_for(0, (m + 3) / 4, grain / 4, [&](int64_t b0, int64_t b1) { run(b0 * 4, std::min(m, b1 * 4)); });
+    // Threads take whole 6-row tiles, at least kSerialMacs of work each.
+    const int64_t tiles = (m + 5) / 6, grain = std::max<int64_t>(1, kSerialMacs / (6 * n * k));
+    at::parallel_for(0, tiles, grain, [&](int64_t t0, int64_t t1) { run(t0 * 6, std::min(m, t1 * 6)); });
   }
   return y;
 }

@@ -315,6 +315,8 @@ class Int8StaticConv2d(_StaticInt8):
                 self.groups,
             )
             return self._to_output_dtype(_ACTIVATION_FNS[self.activation](y))
+        if static_small.eligible(self, x):  # small 1×1 layers: torchslim's C++ loop, without oneDNN's call setup
+            return self._to_output_dtype(static_small.small_conv1x1(self, x))
         packed, x_scale, x_zp, out_scale, out_zp, w_zp = self._cache(
             lambda x_scale, x_zp: torch.ops.onednn.qconv_prepack(
                 self.weight,
@@ -327,9 +329,6 @@ class Int8StaticConv2d(_StaticInt8):
             )
         )
         qx = self._quantize_input(x, x_scale, x_zp).contiguous(memory_format=torch.channels_last)
-        if static_small.eligible(self, qx):  # small 1×1 layers: torchslim's C++ loop, without oneDNN's call setup
-            out = (out_scale, out_zp, torch.uint8 if self.output_uint8 else torch.float32)
-            return self._to_output_dtype(static_small.small_conv1x1(self, qx, x_zp, self.activation, out))
         return self._to_output_dtype(torch.ops.onednn.qconv2d_pointwise(
             qx, x_scale, x_zp, packed, self.weight_scale, w_zp,
             self.bias, *self._args, self.groups,

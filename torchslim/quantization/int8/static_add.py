@@ -44,6 +44,9 @@ __all__ = [
 QParams = tuple[float, int]
 
 
+_quantize_warned = False  # whether torch's one deprecation warning of quantize_per_tensor has been absorbed
+
+
 def quantize_codes(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
     """uint8 codes ``clamp(round(x / scale) + zero_point, 0, 255)``, in ``x``'s memory format.
 
@@ -51,10 +54,15 @@ def quantize_codes(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tens
     and under export the same arithmetic in float ops (a code may differ by one at exact ties, where ``x / s``
     and ``x · (1 / s)`` round apart).
     """
+    global _quantize_warned
     if x.device.type == "cpu" and not torch.compiler.is_exporting() and not torch.jit.is_scripting():
+        if _quantize_warned:  # torch warns once per process: later calls skip catch_warnings (it copies the filters)
+            return codes_of(torch.quantize_per_tensor(x.float(), scale, zero_point, torch.quint8))
         with warnings.catch_warnings():  # see as_quint8
             warnings.simplefilter("ignore", UserWarning)
-            return codes_of(torch.quantize_per_tensor(x.float(), scale, zero_point, torch.quint8))
+            q = torch.quantize_per_tensor(x.float(), scale, zero_point, torch.quint8)
+        _quantize_warned = True
+        return codes_of(q)
     return x.float().mul(1.0 / scale).round_().add_(zero_point).clamp_(0, 255).to(torch.uint8)
 
 
@@ -247,6 +255,8 @@ def conv_accumulate(conv: Any, x: torch.Tensor, accum: torch.Tensor) -> torch.Te
     out_scale, out_zp = float(conv.output_scale), int(conv.output_zero_point) + 128
     if accum.dtype != torch.uint8:
         accum = quantize_codes(accum, acc_scale, acc_zp)
+    if static_small.eligible(conv, x):  # small 1×1 layers: torchslim's C++ loop (see static_small)
+        return static_small.small_conv1x1(conv, x, accum)
     packed, x_scale, x_zp, _, _, w_zp = conv._cache(
         lambda x_scale, x_zp: torch.ops.onednn.qconv_prepack(
             conv.weight, conv.weight_scale, x_scale, x_zp, *conv._args, conv.groups, None
@@ -254,9 +264,6 @@ def conv_accumulate(conv: Any, x: torch.Tensor, accum: torch.Tensor) -> torch.Te
     )
     qx = conv._quantize_input(x, x_scale, x_zp).contiguous(memory_format=torch.channels_last)
     accum = accum.contiguous(memory_format=torch.channels_last)
-    if static_small.eligible(conv, qx):
-        out = (out_scale, out_zp, torch.uint8)
-        return static_small.small_conv1x1(conv, qx, x_zp, "relu" if relu else "none", out, (accum, acc_scale, acc_zp))
     return torch.ops.onednn.qconv2d_pointwise.binary(
         qx, x_scale, x_zp, packed, conv.weight_scale, w_zp, accum, conv.bias, *conv._args, conv.groups,
         out_scale, out_zp, torch.uint8, acc_scale, acc_zp, "sum", 1.0, "relu" if relu else "none", [], "",

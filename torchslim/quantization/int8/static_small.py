@@ -33,9 +33,10 @@ from torchslim.kernels import qconv
 
 __all__ = ["SMALL_MACS", "eligible", "small_conv1x1"]
 
-# Layers under this many multiply-adds per call take the C++ loop (the order of magnitude where oneDNN's
-# per-call setup and the arithmetic cost about the same; larger layers keep oneDNN's blocked kernels).
-SMALL_MACS = 1 << 22
+# Layers up to this many multiply-adds per call take the C++ loop. Below it oneDNN's per-call setup is a large
+# share of the layer's time; far above it (batch 32 and up) oneDNN's blocked kernels (AMX where the CPU has
+# it) are faster. `torchslim bench vision-speed` measures the effect (BENCHMARKS.md).
+SMALL_MACS = 1 << 24
 
 
 def eligible(conv: Any, x: torch.Tensor) -> bool:
@@ -47,31 +48,38 @@ def eligible(conv: Any, x: torch.Tensor) -> bool:
     return qconv.vnni()
 
 
-def _packed(conv: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(packed weight, wsum, scale, bias)``, rebuilt when a buffer changes (as the oneDNN cache is)."""
-    bufs = (conv.weight, conv.weight_scale, conv.bias, conv.input_scale)
-    key = tuple((t.data_ptr(), t._version) for t in bufs)
+_BUFFERS = ("weight", "weight_scale", "bias", "input_scale", "input_zero_point", "output_scale", "output_zero_point")
+
+
+def _prepared(conv: Any) -> tuple[Any, ...]:
+    """The kernel's arguments from ``conv``'s buffers, rebuilt when one changes (as the oneDNN cache is):
+    ``(packed weight, wsum, scale, bias, x_scale, x_zp, out_scale, out_zp)`` with uint8-range zero points."""
+    bufs = conv._buffers  # the dict itself: nn.Module.__getattr__ costs a microsecond per buffer
+    key = tuple((bufs[name].data_ptr(), bufs[name]._version) for name in _BUFFERS)
     cached = getattr(conv, "_qconv", None)
     if cached is None or cached[0] != key:
         packed, wsum = qconv.pack_conv1x1(conv.weight)
-        scale = (conv.weight_scale.float() * float(conv.input_scale)).contiguous()
-        cached = (key, (packed, wsum, scale, conv.bias.float().contiguous()))
+        x_scale = float(conv.input_scale)
+        scale = (conv.weight_scale.float() * x_scale).contiguous()
+        out_scale, out_zp = float(conv.output_scale), int(conv.output_zero_point) + 128
+        args = (packed, wsum, scale, conv.bias.float().contiguous(), x_scale, int(conv.input_zero_point) + 128)
+        cached = (key, (*args, out_scale, out_zp))
         conv._qconv = cached
     return cached[1]
 
 
-def small_conv1x1(
-    conv: Any,
-    qx: torch.Tensor,
-    x_zp: int,
-    act: str,
-    out: tuple[float, int, torch.dtype],
-    accum: tuple[torch.Tensor, float, int] | None = None,
-) -> torch.Tensor:
-    """``conv`` on uint8 codes ``qx`` (channels-last, zero point ``x_zp``): ``out`` is the oneDNN call's
-    ``(scale, zero point, dtype)`` of the result, ``accum`` an optional residual ``(codes, scale, zero point)``."""
-    packed, wsum, scale, bias = _packed(conv)
-    out_scale, out_zp, dtype = out
-    return qconv.conv1x1(
-        qx, packed, wsum, scale, bias, x_zp, act or "none", out_scale, out_zp, dtype == torch.uint8, accum
-    )
+def small_conv1x1(conv: Any, x: torch.Tensor, accum: torch.Tensor | None = None) -> torch.Tensor:
+    """``conv`` (an ``Int8StaticConv2d``) on ``x``: uint8 codes in its input qparams, or float32 values that
+    the kernel quantizes. Without ``accum``: the conv's activation, uint8 output codes when it hands them on
+    (``output_uint8``) else float32. With ``accum`` (the residual add of ``set_accumulate``): the operand's
+    uint8 codes are added, then ReLU when ``accumulate_relu``, and the result is uint8 codes."""
+    packed, wsum, scale, bias, x_scale, x_zp, out_scale, out_zp = _prepared(conv)
+    x = x.contiguous(memory_format=torch.channels_last)
+    if x.dtype != torch.uint8:
+        x = x.float()
+    if accum is None:
+        act, out_u8, residual = conv.activation, bool(conv.output_uint8), None
+    else:
+        act, out_u8 = "relu" if conv.accumulate_relu else "none", True
+        residual = (accum, float(conv.accum_scale), int(conv.accum_zero_point))
+    return qconv.conv1x1(x, packed, wsum, scale, bias, x_zp, act, out_scale, out_zp, out_u8, residual, x_scale=x_scale)
