@@ -182,7 +182,8 @@ class _StaticInt8(nn.Module):
         Python floats avoid a ``.item()`` per call; ``_version`` changes whenever a buffer is written
         (``load_state_dict`` included), so a stale prepacked weight is never used.
         """
-        bufs = (self.weight, self.input_scale, self.input_zero_point, self.output_scale, self.output_zero_point)
+        b = self._buffers  # the dict itself: nn.Module.__getattr__ costs about a microsecond per buffer
+        bufs = (b["weight"], b["input_scale"], b["input_zero_point"], b["output_scale"], b["output_zero_point"])
         key = tuple((t.data_ptr(), t._version) for t in bufs)
         if self._packed is None or self._packed[0] != key:
             x_scale, x_zp = float(self.input_scale), int(self.input_zero_point) + 128
