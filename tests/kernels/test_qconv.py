@@ -11,7 +11,7 @@ from torchslim.kernels import qconv
 from torchslim.quantization.int8 import static_small
 
 # (batch, in K, out N, H, W): K not a multiple of 4, N not a multiple of 16, one pixel (squeeze-and-excite),
-# pixel counts that leave 1..3 rows after the 4-row tiles, and work large enough to split over threads.
+# pixel counts that leave rows after the 6- and 3-row tiles, and work large enough to split over threads.
 SHAPES = [
     (1, 16, 64, 1, 1),
     (1, 6, 10, 1, 1),
