@@ -64,7 +64,7 @@ bool use_vnni(c10::string_view isa) {
   return vnni_cpu();
 }
 
-// The epilogue's constants, shared by both convolutions and both paths.
+// The epilogue's constants, shared by the two paths.
 struct Epilogue {
   const float* scale;  // [N]
   const float* bias;   // [N]
@@ -121,8 +121,8 @@ void conv1x1_portable(const uint8_t* x, const int8_t* packed, const int32_t* wsu
 #ifdef TS_QX86
 #define TS_Q512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
 
-// exp(v) for the swish epilogue: 2^(v log2 e) split as 2^i · 2^f, 2^f by a degree-6 polynomial on
-// [-0.5, 0.5] (Taylor of exp(f ln 2); relative error under 2e-7), 2^i applied by vscalefps.
+// exp(v) for the swish epilogue: e^v = 2^i · e^r with i = round(v · log2 e) and r = v − i · ln 2 in
+// [−0.35, 0.35]; e^r by its degree-6 Taylor polynomial (relative error about 1e-7), 2^i applied by vscalefps.
 TS_Q512 inline __m512 exp512(__m512 v) {
   v = _mm512_max_ps(_mm512_min_ps(v, _mm512_set1_ps(88.f)), _mm512_set1_ps(-88.f));
   const __m512 t = _mm512_mul_ps(v, _mm512_set1_ps(1.44269504088896341f));
