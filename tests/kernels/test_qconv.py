@@ -11,7 +11,9 @@ from torchslim.kernels import qconv
 from torchslim.quantization.int8 import static_small
 
 # (batch, in K, out N, H, W): K not a multiple of 4, N not a multiple of 16, one pixel (squeeze-and-excite),
-# pixel counts that leave rows after the 6- and 3-row tiles, and work large enough to split over threads.
+# pixel counts that leave rows after the 6- and 3-row tiles, and work large enough to split over threads;
+# for the AMX path, K of exactly 64 and just over it, 16 / 32 pixels and counts that leave a partial
+# 32-pixel unit (copied to a padded buffer), an odd number of 16-channel blocks.
 SHAPES = [
     (1, 16, 64, 1, 1),
     (1, 6, 10, 1, 1),
@@ -19,6 +21,10 @@ SHAPES = [
     (1, 960, 240, 1, 1),
     (3, 13, 33, 3, 3),
     (1, 96, 24, 56, 56),
+    (1, 64, 48, 4, 8),
+    (2, 65, 40, 3, 3),
+    (1, 200, 16, 4, 4),
+    (1, 24, 80, 9, 7),
 ]
 
 
@@ -35,7 +41,8 @@ def _case(b, k, n, h, w, seed):
 
 
 def _paths(compiled: str) -> list[str]:
-    return ["auto", "portable"] + (["avx512-vnni"] if compiled == "avx512-vnni" else [])
+    fast = ["avx512-vnni"] + (["amx"] if qconv.amx() else []) if compiled == "avx512-vnni" else []
+    return ["auto", "portable", *fast]
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -57,6 +64,20 @@ def test_matches_reference(compiled, shape, act):
             assert diff.max() <= 1 and (diff > 0).float().mean() < 0.01  # a code may round apart at a tie
 
 
+@pytest.mark.parametrize("shape", SHAPES[4:])
+def test_amx_equals_vnni(compiled, shape):
+    """The tile path sums the same integers and runs the same epilogue: its outputs are the VNNI loop's, bit
+    for bit."""
+    if not qconv.amx():
+        pytest.skip("this CPU or kernel grants no AMX-INT8 tiles")
+    x, weight, scale, bias, codes = _case(*shape, seed=3)
+    packed, wsum = qconv.pack_conv1x1(weight)
+    for out_u8 in (False, True):
+        kw = dict(act="swish", out_scale=0.05, out_zp=100, out_u8=out_u8, accum=(codes, 0.02, 120))
+        tiles = qconv.conv1x1(x, packed, wsum, scale, bias, 117, isa="amx", **kw)
+        assert torch.equal(tiles, qconv.conv1x1(x, packed, wsum, scale, bias, 117, isa="avx512-vnni", **kw))
+
+
 @pytest.mark.parametrize("shape", SHAPES[:4])
 def test_float_input_quantized_inside(compiled, shape):
     x, weight, scale, bias, _ = _case(*shape, seed=7)
@@ -72,10 +93,10 @@ def test_float_input_quantized_inside(compiled, shape):
 def test_layout_round_trip_and_padding():
     w = torch.randint(-127, 128, (33, 13, 1, 1), dtype=torch.int8)
     packed, wsum = qconv.pack_conv1x1(w)
-    assert packed.shape == (3, 4, 16, 4)
+    assert packed.shape == (3, 16, 16, 4)  # inputs padded to 64: one AMX tile of 16 quads per block
     assert torch.equal(qconv.unpack_conv1x1(packed, 33, 13), w)
     assert torch.equal(wsum, w.sum((1, 2, 3), dtype=torch.int32))
-    full = qconv.unpack_conv1x1(packed, 48, 16)  # padded channels and inputs are zero
+    full = qconv.unpack_conv1x1(packed, 48, 64)  # padded channels and inputs are zero
     assert full[33:].abs().sum() == 0 and full[:, 13:].abs().sum() == 0
 
 
@@ -93,6 +114,9 @@ def test_errors(compiled):
     if compiled != "avx512-vnni":
         with pytest.raises(RuntimeError, match="lacks avx512-vnni"):
             qconv.conv1x1(x, packed, wsum, scale, bias, 0, isa="avx512-vnni")
+    if not qconv.amx():
+        with pytest.raises(RuntimeError, match="grants no AMX-INT8"):
+            qconv.conv1x1(x, packed, wsum, scale, bias, 0, isa="amx")
 
 
 class _SqueezeNet(nn.Module):
@@ -124,6 +148,7 @@ def test_module_path_matches_onednn(compiled, monkeypatch):
     calib = [(torch.randn(4, 3, 16, 16),) for _ in range(2)]
     compress_(model, Int8Static(), ctx=Context(calibration=calib))
     x = torch.randn(1, 3, 16, 16)
+    monkeypatch.setattr(qconv, "amx", lambda: False)  # the VNNI rule: layers up to SMALL_MACS
     monkeypatch.setattr(static_small, "SMALL_MACS", 5_000_000)  # big (7.4 M multiply-adds) over it, the others under
     calls = []
     real = qconv.conv1x1
@@ -138,3 +163,44 @@ def test_module_path_matches_onednn(compiled, monkeypatch):
     # reduce and grow (1 × 1 maps) and proj (the residual add fused) take the C++ loop; big stays on oneDNN
     assert calls == [torch.Size([1, 24, 1, 1]), torch.Size([1, 8, 1, 1]), torch.Size([1, 24, 16, 16])]
     torch.testing.assert_close(fast, slow, rtol=0, atol=0.02 * slow.abs().max().item())
+
+
+def test_module_path_with_amx_takes_every_1x1(compiled, monkeypatch):
+    """Where the CPU has AMX tiles every 1×1 stride-1 layer takes the C++ loop, however large."""
+    from torchslim.api import compress_
+    from torchslim.core.context import Context
+    from torchslim.quantization.int8.static import Int8Static
+
+    torch.manual_seed(0)
+    model = _SqueezeNet().eval()
+    compress_(model, Int8Static(), ctx=Context(calibration=[(torch.randn(4, 3, 16, 16),)]))
+    monkeypatch.setattr(qconv, "amx", lambda: compiled == "avx512-vnni")  # as on an AMX CPU (any x86 with VNNI runs it)
+    monkeypatch.setattr(static_small, "SMALL_MACS", 0)
+    calls = []
+    real = qconv.conv1x1
+    monkeypatch.setattr(qconv, "conv1x1", lambda *a, **k: calls.append(a[0].shape[1]) or real(*a, **k))
+    with torch.inference_mode():
+        model(torch.randn(1, 3, 16, 16))
+    assert calls == ([24, 8, 24, 24] if compiled == "avx512-vnni" else [])
+
+
+@pytest.mark.parametrize("shape", [(2, 40, 7, 5), (1, 17, 3, 3), (3, 144, 6, 6)])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_scale_quantize_equals_torch(compiled, shape, channels_last, monkeypatch):
+    """The fused gate product and quantization gives torch's codes for x * mult, in x's memory format; the
+    torch fallback (no build) gives the same codes."""
+    import warnings
+
+    gen = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(shape, generator=gen) * 4  # some codes clamp at 0 and 255
+    x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    mult = torch.rand(shape[0], shape[1], 1, 1, generator=gen)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch flags quantize_per_tensor as deprecated
+        ref = torch.quantize_per_tensor(x * mult, 0.03, 117, torch.quint8).int_repr()
+    q = qconv.scale_quantize(x, mult, 0.03, 117)
+    assert q.dtype == torch.uint8 and torch.equal(q, ref)
+    assert q.is_contiguous(memory_format=torch.channels_last) == channels_last
+    assert {0, 255} <= set(q.unique().tolist())
+    monkeypatch.setattr(qconv, "available", lambda: False)
+    assert torch.equal(qconv.scale_quantize(x, mult, 0.03, 117), ref)

@@ -14,8 +14,11 @@ Operators:
   AVX-512 VNNI, else AVX2, else a portable C++ loop, all computing the same integer sums;
 - ``torchslim::w4a8_linear_on(x, packed, out_features, group_size, bias, isa)``: one named path
   (``"avx512-vnni"``, ``"avx2"`` or ``"portable"``; an error when the CPU lacks it), for tests and comparisons;
-- ``torchslim::qconv1x1(...)``: the static int8 1×1 convolution of :mod:`torchslim.kernels.qconv` (AVX-512
-  VNNI or a portable loop). It has no torch fallback: without the build its callers keep oneDNN's kernels.
+- ``torchslim::qconv1x1(...)``: the static int8 1×1 convolution of :mod:`torchslim.kernels.qconv` (AMX,
+  AVX-512 VNNI or a portable loop). It has no torch fallback: without the build its callers keep oneDNN's kernels;
+- ``torchslim::qscale_quantize(x, mult, scale, zp)``: ``x · mult`` (``mult`` per image and channel) quantized
+  to uint8 codes in one pass (:func:`torchslim.kernels.qconv.scale_quantize`); callers without the build
+  multiply and quantize in torch.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import torch
 
 from torchslim.kernels.reference import w4a8_linear_reference
 
-__all__ = ["ISAS", "QCONV1X1", "W4A8_LINEAR", "W4A8_LINEAR_ON", "backend", "load"]
+__all__ = ["ISAS", "QCONV1X1", "QSCALE_QUANTIZE", "W4A8_LINEAR", "W4A8_LINEAR_ON", "backend", "load", "qconv_amx"]
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +59,19 @@ _LIB.define(
     "int accum_zp, str isa) -> Tensor"
 )
 QCONV1X1 = torch.ops.torchslim.qconv1x1.default
+_LIB.define("qscale_quantize(Tensor x, Tensor mult, float scale, int zp) -> Tensor")
+QSCALE_QUANTIZE = torch.ops.torchslim.qscale_quantize.default
 
 
 @torch.library.register_fake("torchslim::qconv1x1", lib=_LIB)
 def _fake_1x1(x, x_scale, x_zp, packed, wsum, scale, bias, out_channels, act, out_scale, out_zp, out_u8, *rest):
     shape, dtype = (x.shape[0], out_channels, *x.shape[2:]), torch.uint8 if out_u8 else torch.float32
     return x.new_empty(shape, dtype=dtype).contiguous(memory_format=torch.channels_last)
+
+
+@torch.library.register_fake("torchslim::qscale_quantize", lib=_LIB)
+def _fake_scale_quantize(x, mult, scale, zp):
+    return torch.empty_like(x, dtype=torch.uint8)
 
 
 @torch.library.register_fake("torchslim::w4a8_linear", lib=_LIB)
@@ -86,6 +96,7 @@ def _reference_on(
 
 _lock = threading.Lock()
 _backend: str | None = None  # "avx512-vnni", "avx2", "portable-c++" or "torch-reference" once loaded
+_amx = False  # whether qconv1x1 has AMX tiles here, once loaded
 
 
 def _build_directory() -> str | None:
@@ -95,6 +106,12 @@ def _build_directory() -> str | None:
     path = Path(root).expanduser() / "kernels" / _EXTENSION
     path.mkdir(parents=True, exist_ok=True)
     return str(path)
+
+
+def qconv_amx() -> bool:
+    """Whether the compiled ``qconv1x1`` runs AMX tiles here (builds at the first call; False without a build)."""
+    load()
+    return _amx
 
 
 def _ensure_ninja_on_path() -> None:
@@ -125,8 +142,13 @@ def _build() -> str:
         verbose=False,
     )
     (path,) = [p for p in torch.ops.loaded_libraries if Path(p).name.split(".")[0] == _EXTENSION]
-    isa = ctypes.CDLL(path).torchslim_w4a8_isa
+    global _amx
+    library = ctypes.CDLL(path)
+    isa = library.torchslim_w4a8_isa
     isa.restype = ctypes.c_int
+    amx = library.torchslim_qconv_amx
+    amx.restype = ctypes.c_int
+    _amx = bool(amx())
     return _BACKENDS[isa()]
 
 

@@ -14,17 +14,22 @@ symmetric int8 weights; ``scale[n]`` = input scale × the channel's weight scale
 torch.
 
 Layout (:func:`pack_conv1x1`): for each block of 16 output channels and each quad of 4 input channels,
-64 bytes ``[16 channels][4 inputs]`` (zero-padded), the operand of one AVX-512 VNNI ``vpdpbusd`` (four
-uint8 × int8 products per int32 lane) against four input bytes broadcast to every lane; plus
-``wsum[n] = Σ_k w[n, k]``, which turns the unsigned-times-signed sum into the zero-pointed one. CPUs without
-AVX-512 VNNI run a portable C++ loop with the same sums (exact, not fast).
+64 bytes ``[16 channels][4 inputs]``, the operand of one AVX-512 VNNI ``vpdpbusd`` (four uint8 × int8
+products per int32 lane) against four input bytes broadcast to every lane; the inputs zero-padded to a
+multiple of 64, so that 16 consecutive quads are also one AMX tile in the layout ``tdpbusd`` reads; plus
+``wsum[n] = Σ_k w[n, k]``, which turns the unsigned-times-signed sum into the zero-pointed one.
+
+Paths: on CPUs with AMX-INT8 (Sapphire Rapids and later, where Linux grants the tile registers), calls of
+16 pixels and more run on tiles, 32 pixels × 32 channels per step (Intel 64 and IA-32 Architectures
+Optimization Reference Manual, ch. 20, "Intel AMX"); otherwise AVX-512 VNNI. CPUs with neither run a
+portable C++ loop with the same sums (exact, not fast).
 
 Example:
     >>> import torch
     >>> w = torch.randint(-127, 128, (24, 40, 1, 1), dtype=torch.int8)
     >>> packed, wsum = pack_conv1x1(w)
     >>> packed.shape, bool((wsum == w.sum((1, 2, 3), dtype=torch.int32)).all())
-    (torch.Size([2, 10, 16, 4]), True)
+    (torch.Size([2, 16, 16, 4]), True)
     >>> bool((unpack_conv1x1(packed, 24, 40) == w).all())
     True
     >>> x = torch.randint(0, 256, (1, 40, 3, 3), dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
@@ -39,18 +44,21 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from torchslim.kernels.ops import QCONV1X1, load
+from torchslim.kernels.ops import QCONV1X1, QSCALE_QUANTIZE, load, qconv_amx
 
 __all__ = [
+    "amx",
     "available",
     "conv1x1",
     "conv1x1_reference",
     "pack_conv1x1",
+    "scale_quantize",
     "unpack_conv1x1",
     "vnni",
 ]
 
 ACTIVATIONS = ("none", "relu", "hardswish", "swish")
+ISAS = ("auto", "amx", "avx512-vnni", "portable")
 
 
 def available() -> bool:
@@ -65,11 +73,18 @@ def vnni() -> bool:
     return load() == "avx512-vnni"  # the W4A8 kernel in the same library checks the same four CPU flags
 
 
+def amx() -> bool:
+    """Whether calls of 16 pixels and more run on AMX tiles here (built, the CPU has AMX-INT8 and the kernel
+    grants the tiles to this process)."""
+    return vnni() and qconv_amx()
+
+
 def pack_conv1x1(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """int8 ``[N, K, 1, 1]`` (or ``[N, K]``) → the VNNI layout ``[⌈N/16⌉, ⌈K/4⌉, 16, 4]`` and ``wsum`` (int32 ``[N]``)."""
+    """int8 ``[N, K, 1, 1]`` (or ``[N, K]``) → the VNNI / AMX layout ``[⌈N/16⌉, 16·⌈K/64⌉, 16, 4]`` and
+    ``wsum`` (int32 ``[N]``)."""
     w = weight.reshape(weight.shape[0], -1).to(torch.int8)
     n, k = w.shape
-    padded = F.pad(w, (0, -k % 4, 0, -n % 16))  # zeros: padded products add nothing
+    padded = F.pad(w, (0, -k % 64, 0, -n % 16))  # zeros: padded products add nothing
     packed = padded.reshape(padded.shape[0] // 16, 16, padded.shape[1] // 4, 4).permute(0, 2, 1, 3).contiguous()
     return packed, w.sum(1, dtype=torch.int32)
 
@@ -151,7 +166,8 @@ def conv1x1(
         act: ``"none"``, ``"relu"``, ``"hardswish"`` or ``"swish"`` (SiLU).
         out_scale, out_zp, out_u8: with ``out_u8`` the output is uint8 codes with these qparams, else float32.
         accum: optional residual operand ``(codes, scale, zero_point)`` added before the activation.
-        isa: ``"auto"``, ``"avx512-vnni"`` (an error where the CPU lacks it) or ``"portable"``.
+        isa: ``"auto"`` (AMX for 16 pixels and more where granted, else AVX-512 VNNI, else portable),
+            ``"amx"``, ``"avx512-vnni"`` (each an error where the CPU lacks it) or ``"portable"``.
 
     Raises:
         ValueError: an unknown ``act`` or ``isa``.
@@ -162,8 +178,8 @@ def conv1x1(
     """
     if act not in ACTIVATIONS:
         raise ValueError(f"act must be one of {', '.join(ACTIVATIONS)}, got {act!r}")
-    if isa not in ("auto", "avx512-vnni", "portable"):
-        raise ValueError(f"isa must be auto, avx512-vnni or portable, got {isa!r}")
+    if isa not in ISAS:
+        raise ValueError(f"isa must be one of {', '.join(ISAS)}, got {isa!r}")
     if not available():
         raise RuntimeError("torchslim's C++ kernels are not built here (see torchslim.kernels.load)")
     codes, a_scale, a_zp = accum if accum is not None else (None, 1.0, 0)
@@ -186,3 +202,19 @@ def conv1x1(
         a_zp,
         isa,
     )
+
+
+def scale_quantize(x: torch.Tensor, mult: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
+    """uint8 codes ``clamp(round((x · mult) / scale) + zero_point, 0, 255)`` of float32 ``x`` ``[N, C, H, W]``
+    times ``mult`` ``[N, C, 1, 1]`` (a squeeze-and-excite gate), in one pass and in ``x``'s memory format
+    (channels-last or contiguous); the same codes as ``torch.quantize_per_tensor(x * mult, ...)``, whose float
+    product this never writes to memory. Without the C++ build: exactly that, in torch.
+
+    Example:
+        >>> x = torch.tensor([[[[1.0, 2.0]], [[3.0, 4.0]]]])  # [1, 2, 1, 2]
+        >>> scale_quantize(x, torch.tensor([0.5, 2.0]).view(1, 2, 1, 1), 0.25, 10).flatten().tolist()
+        [12, 14, 34, 42]
+    """
+    if not available():  # torch's quantize_per_tensor also multiplies by 1 / scale and rounds half to even
+        return (x * mult).mul_(1.0 / scale).round_().add_(zero_point).clamp_(0, 255).to(torch.uint8)
+    return QSCALE_QUANTIZE(x.float(), mult.float().contiguous(), float(scale), int(zero_point))

@@ -12,8 +12,12 @@
 //   v   = act(v)                              (none, relu, hardswish, swish)
 //   out = clamp(round_half_even(v / so) + zo, 0, 255) as uint8, or v as float32
 // Weights are packed for AVX-512 VNNI (vpdpbusd: four uint8 × int8 products per int32 lane): for each block
-// of 16 output channels and each quad of 4 input channels, 64 bytes [16 channels][4 inputs], zero-padded.
-// Two paths: AVX-512 (F, BW, VL, VNNI), chosen at run time, and a portable C++ loop with the same sums.
+// of 16 output channels and each quad of 4 input channels, 64 bytes [16 channels][4 inputs], the quads
+// zero-padded to a multiple of 16 (the inputs to a multiple of 64). Sixteen consecutive quads of a block are
+// also an AMX tile operand as it stands (16 rows of [16 channels][4 inputs], the "VNNI layout" tdpbusd reads).
+// Three paths, chosen at run time: AMX (tile dot products, 32 pixels × 32 channels per step) where the CPU
+// and the kernel grant it and the call has at least 16 pixels; AVX-512 (F, BW, VL, VNNI); a portable C++
+// loop. All three compute the same exact sums.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -24,10 +28,17 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #if defined(__x86_64__) || defined(_M_X64)
+#include <cpuid.h>
 #include <immintrin.h>
 #define TS_QX86 1
+#endif
+#if defined(__linux__) && defined(TS_QX86)
+#include <sys/syscall.h>
+#include <unistd.h>
+#define TS_QAMX 1
 #endif
 
 namespace {
@@ -56,12 +67,35 @@ bool vnni_cpu() {
 #endif
 }
 
-bool use_vnni(c10::string_view isa) {
+// AMX: CPUID leaf 7 reports AMX-TILE (EDX bit 24) and AMX-INT8 (bit 25); Linux then hands the tile
+// registers to a process only after arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) (kernel 5.16+).
+bool amx_cpu() {
+#ifdef TS_QAMX
+  static const bool ok = [] {
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    if (!vnni_cpu() || !__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+    if (!((d >> 24) & 1u) || !((d >> 25) & 1u)) return false;
+    constexpr long kReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    return syscall(SYS_arch_prctl, kReqXcompPerm, kXfeatureXtiledata) == 0;
+  }();
+  return ok;
+#else
+  return false;
+#endif
+}
+
+enum class Isa { kPortable, kVnni, kAmx };
+
+Isa pick_isa(c10::string_view isa) {
   const std::string s(isa);
-  if (s == "portable") return false;
-  TORCH_CHECK(s == "auto" || s == "avx512-vnni", "torchslim qconv: unknown isa '", s, "' (auto, avx512-vnni, portable)");
-  TORCH_CHECK(s == "auto" || vnni_cpu(), "torchslim qconv: this CPU lacks avx512-vnni");
-  return vnni_cpu();
+  if (s == "portable") return Isa::kPortable;
+  TORCH_CHECK(s == "auto" || s == "avx512-vnni" || s == "amx", "torchslim qconv: unknown isa '", s,
+              "' (auto, amx, avx512-vnni, portable)");
+  TORCH_CHECK(s != "avx512-vnni" || vnni_cpu(), "torchslim qconv: this CPU lacks avx512-vnni");
+  TORCH_CHECK(s != "amx" || amx_cpu(), "torchslim qconv: this CPU (or kernel) grants no AMX-INT8 tiles");
+  if (s == "avx512-vnni") return Isa::kVnni;
+  if (amx_cpu()) return Isa::kAmx;
+  return vnni_cpu() ? Isa::kVnni : Isa::kPortable;
 }
 
 // The epilogue's constants, shared by the two paths.
@@ -102,11 +136,14 @@ inline void store_scalar(const Epilogue& e, float acc, int64_t m, int64_t n, int
   }
 }
 
+// Quads of 4 inputs per block of 16 channels in the packed weight: ⌈k / 4⌉ rounded up to 16 (one AMX tile).
+inline int64_t padded_quads(int64_t k) { return (k + 63) / 64 * 16; }
+
 // ---- portable paths ----
 
 void conv1x1_portable(const uint8_t* x, const int8_t* packed, const int32_t* wsum, int64_t m0, int64_t m1, int64_t k,
                       int64_t n, int32_t zx, const Epilogue& e, void* y) {
-  const int64_t quads = (k + 3) / 4;
+  const int64_t quads = padded_quads(k);
   for (int64_t m = m0; m < m1; ++m) {
     const uint8_t* xr = x + m * k;
     for (int64_t j = 0; j < n; ++j) {
@@ -199,7 +236,7 @@ inline int32_t quad_at(const uint8_t* xr, int64_t i, int64_t k) {
 template <int MR, int NB, Act A>
 TS_Q512 void tile1x1(const uint8_t* x, const int8_t* packed, const int32_t* wsum, int64_t m0, int64_t b0, int64_t k,
                      int64_t n, int32_t zx, const Epilogue& e, const EpiVec& c, void* y) {
-  const int64_t quads = (k + 3) / 4;
+  const int64_t quads = (k + 3) / 4, stride = padded_quads(k);
   __m512i acc[MR][NB];
   for (int r = 0; r < MR; ++r)
     for (int b = 0; b < NB; ++b) acc[r][b] = _mm512_setzero_si512();
@@ -209,7 +246,7 @@ TS_Q512 void tile1x1(const uint8_t* x, const int8_t* packed, const int32_t* wsum
   for (int64_t q = 0; q < quads; ++q) {
     __m512i w[NB];
     for (int b = 0; b < NB; ++b)
-      w[b] = _mm512_loadu_si512(packed + ((b0 + b) * quads + q) * 64);
+      w[b] = _mm512_loadu_si512(packed + ((b0 + b) * stride + q) * 64);
     for (int r = 0; r < MR; ++r) {
       // A broadcast from memory (a load-port uop) rather than through a general register (a shuffle-port uop
       // that would compete with vpdpbusd).
@@ -281,6 +318,111 @@ TS_Q512 int64_t quantize_vnni(const float* src, uint8_t* dst, int64_t count, flo
   }
   return i;  // the tail is left to the scalar loop
 }
+
+#ifdef TS_QAMX
+#define TS_QTILE __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,amx-tile,amx-int8")))
+
+// The 64-byte operand of ldtilecfg (palette 1): every tile 16 rows of 64 bytes. Tiles 0-3 hold the int32
+// sums of a 32-pixel × 32-channel step, 4-5 the two 16-pixel row blocks of inputs, 6-7 two 16-channel weight
+// blocks (16 quads each).
+struct alignas(64) TileConfig {
+  uint8_t palette = 1, start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// The epilogue of a step's sums: rows [0, valid_rows) of the [32 pixels][32 channels] int32 block `sums`
+// (blocks b0 and, when two, b0 + 1) for output pixels from m0.
+template <Act A>
+TS_Q512 void amx_epilogue(const int32_t* sums, int64_t valid_rows, int64_t m0, int64_t b0, int nb,
+                          const int32_t* wsum, int64_t n, int32_t zx, const Epilogue& e, const EpiVec& c, void* y) {
+  for (int b = 0; b < nb; ++b) {
+    const int64_t n0 = (b0 + b) * 16;
+    const __mmask16 mask = tail_mask(n - n0);
+    const __m512i corr = _mm512_mullo_epi32(_mm512_maskz_loadu_epi32(mask, wsum + n0), _mm512_set1_epi32(zx));
+    const __m512 sc = _mm512_maskz_loadu_ps(mask, e.scale + n0), bi = _mm512_maskz_loadu_ps(mask, e.bias + n0);
+    for (int64_t r = 0; r < valid_rows; ++r) {
+      const __m512i acc = _mm512_loadu_si512(sums + r * 32 + b * 16);
+      store16<A>(c, _mm512_cvtepi32_ps(_mm512_sub_epi32(acc, corr)), sc, bi, m0 + r, n0, n, mask, y);
+    }
+  }
+}
+
+// Steps [s0, s1) of the call, a step being (32-pixel unit, pair of 16-channel blocks), units outer. The
+// inputs' rows are read 64 bytes at a time: past k they hold the next pixels' bytes, which meet the packed
+// weight's zero padding; a unit whose reads could pass the end of x is copied to a zeroed [32][kpad] buffer.
+template <Act A>
+TS_QTILE void conv1x1_amx_steps(const uint8_t* x, const int8_t* packed, const int32_t* wsum, int64_t s0, int64_t s1,
+                                int64_t m, int64_t k, int64_t n, int32_t zx, const Epilogue& e, void* y) {
+  const EpiVec c = epi_vec(e);
+  const int64_t quads = padded_quads(k), kpad = quads * 4, chunks = quads / 16;
+  const int64_t blocks = (n + 15) / 16, pairs = (blocks + 1) / 2;
+  TileConfig cfg;
+  for (int t = 0; t < 8; ++t) {
+    cfg.colsb[t] = 64;
+    cfg.rows[t] = 16;
+  }
+  _tile_loadconfig(&cfg);
+  alignas(64) int32_t sums[32 * 32];
+  std::vector<uint8_t> tail;
+  int64_t tail_unit = -1;
+  for (int64_t s = s0; s < s1; ++s) {
+    const int64_t unit = s / pairs, b0 = (s % pairs) * 2, m0 = unit * 32;
+    const int nb = static_cast<int>(std::min<int64_t>(2, blocks - b0));
+    const int64_t rows = std::min<int64_t>(32, m - m0);
+    const uint8_t* a = x + m0 * k;
+    int64_t lda = k;
+    if ((m0 + 31) * k + kpad > m * k) {  // reads past x's end: this unit's rows from a padded copy
+      if (tail_unit != unit) {
+        tail.assign(32 * kpad, 0);
+        for (int64_t r = 0; r < rows; ++r) std::memcpy(tail.data() + r * kpad, x + (m0 + r) * k, k);
+        tail_unit = unit;
+      }
+      a = tail.data();
+      lda = kpad;
+    }
+    const int8_t* w0 = packed + b0 * quads * 64;
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    for (int64_t q = 0; q < chunks; ++q) {
+      _tile_loadd(4, a + q * 64, lda);
+      _tile_loadd(5, a + 16 * lda + q * 64, lda);
+      _tile_loadd(6, w0 + q * 16 * 64, 64);
+      _tile_dpbusd(0, 4, 6);
+      _tile_dpbusd(2, 5, 6);
+      if (nb == 2) {
+        _tile_loadd(7, w0 + (quads + q * 16) * 64, 64);
+        _tile_dpbusd(1, 4, 7);
+        _tile_dpbusd(3, 5, 7);
+      }
+    }
+    // [32 pixels][32 channels]: tile 0 the top-left 16 × 16, 1 top-right, 2 bottom-left, 3 bottom-right.
+    _tile_stored(0, sums, 128);
+    _tile_stored(1, sums + 16, 128);
+    _tile_stored(2, sums + 16 * 32, 128);
+    _tile_stored(3, sums + 16 * 32 + 16, 128);
+    amx_epilogue<A>(sums, rows, m0, b0, nb, wsum, n, zx, e, c, y);
+  }
+  _tile_release();  // leaves the tile state to the next user (oneDNN loads its own configuration)
+}
+
+TS_QTILE void conv1x1_amx(const uint8_t* x, const int8_t* packed, const int32_t* wsum, int64_t s0, int64_t s1,
+                          int64_t m, int64_t k, int64_t n, int32_t zx, const Epilogue& e, void* y) {
+  switch (e.act) {
+    case Act::kRelu:
+      return conv1x1_amx_steps<Act::kRelu>(x, packed, wsum, s0, s1, m, k, n, zx, e, y);
+    case Act::kHardswish:
+      return conv1x1_amx_steps<Act::kHardswish>(x, packed, wsum, s0, s1, m, k, n, zx, e, y);
+    case Act::kSwish:
+      return conv1x1_amx_steps<Act::kSwish>(x, packed, wsum, s0, s1, m, k, n, zx, e, y);
+    default:
+      return conv1x1_amx_steps<Act::kNone>(x, packed, wsum, s0, s1, m, k, n, zx, e, y);
+  }
+}
+#endif
 #endif
 
 Epilogue make_epilogue(const at::Tensor& scale, const at::Tensor& bias, c10::string_view act, double out_scale,
@@ -328,14 +470,17 @@ at::Tensor conv1x1_cpu(const at::Tensor& x_in, double x_scale, int64_t x_zp, con
   TORCH_CHECK(x_in.is_contiguous(at::MemoryFormat::ChannelsLast), "qconv1x1: x must be channels-last");
   TORCH_CHECK(x_zp >= 0 && x_zp <= 255 && x_scale > 0, "qconv1x1: x_zp must be in 0..255 and x_scale positive");
   const int64_t k = x_in.size(1), n = out_channels, m = x_in.size(0) * x_in.size(2) * x_in.size(3);
-  const int64_t blocks = (n + 15) / 16, quads = (k + 3) / 4;
+  const int64_t blocks = (n + 15) / 16, quads = padded_quads(k);
   TORCH_CHECK(packed.scalar_type() == at::kChar && packed.is_contiguous() && packed.numel() == blocks * quads * 64,
               "qconv1x1: packed must be int8 of ", blocks * quads * 64, " bytes for ", n, " x ", k);
   TORCH_CHECK(wsum.scalar_type() == at::kInt && wsum.is_contiguous() && wsum.numel() == n,
               "qconv1x1: wsum must be int32 [", n, "]");
   check_vec(scale, n, "scale");
   check_vec(bias, n, "bias");
-  const bool vnni = use_vnni(isa);
+  Isa path = pick_isa(isa);
+  // AMX computes 16 pixels at a time: fewer (squeeze-and-excite on a 1 × 1 map) stay on AVX-512, unless asked.
+  if (path == Isa::kAmx && m < 16 && std::string(isa) == "auto") path = Isa::kVnni;
+  const bool vnni = path != Isa::kPortable;
   const at::Tensor x = x_in.scalar_type() == at::kByte ? x_in : quantize_input(x_in, x_scale, x_zp, vnni);
   Epilogue e = make_epilogue(scale, bias, act, out_scale, out_zp, out_u8);
   at::Tensor acc_codes;
@@ -355,6 +500,20 @@ at::Tensor conv1x1_cpu(const at::Tensor& x_in, double x_scale, int64_t x_zp, con
   const int32_t* sp = wsum.data_ptr<int32_t>();
   void* yp = y.data_ptr();
   const int32_t zx = static_cast<int32_t>(x_zp);
+#ifdef TS_QAMX
+  if (path == Isa::kAmx) {
+    // Steps of 32 pixels × 32 channels; threads take runs of them, at least kSerialMacs of work each.
+    const int64_t pairs = (blocks + 1) / 2, steps = (m + 31) / 32 * pairs;
+    const int64_t grain = std::max<int64_t>(1, kSerialMacs / (32 * 32 * k));
+    auto steps_run = [&](int64_t s0, int64_t s1) { conv1x1_amx(xp, wp, sp, s0, s1, m, k, n, zx, e, yp); };
+    if (m * n * k < kSerialMacs) {
+      steps_run(0, steps);
+    } else {
+      at::parallel_for(0, steps, grain, steps_run);
+    }
+    return y;
+  }
+#endif
   auto run = [&](int64_t m0, int64_t m1) {
 #ifdef TS_QX86
     if (vnni) return conv1x1_vnni(xp, wp, sp, m0, m1, k, n, zx, e, yp);
@@ -371,8 +530,78 @@ at::Tensor conv1x1_cpu(const at::Tensor& x_in, double x_scale, int64_t x_zp, con
   return y;
 }
 
+
+// ---- the channel-scaled quantization that feeds a 1×1 convolution its codes ----
+// codes[b, c, h, w] = clamp(round_half_even((x[b, c, h, w] · m[b, c]) · (1 / s)) + zp, 0, 255): a
+// squeeze-and-excite product (the gate m broadcast over the map) quantized in the same pass, without the float
+// product in memory. The two products round as torch's x * m then quantize_per_tensor do.
+
+#ifdef TS_QX86
+TS_Q512 void scale_quantize_nhwc_vnni(const float* x, const float* m, uint8_t* q, int64_t pixels, int64_t c, float inv,
+                                      int32_t zp) {
+  const __m512 iv = _mm512_set1_ps(inv), hi = _mm512_set1_ps(1e9f);
+  const __m512i z = _mm512_set1_epi32(zp);
+  for (int64_t p = 0; p < pixels; ++p) {
+    const float* xr = x + p * c;
+    uint8_t* qr = q + p * c;
+    for (int64_t j = 0; j < c; j += 16) {
+      const __mmask16 mask = tail_mask(c - j);
+      const __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, xr + j), _mm512_maskz_loadu_ps(mask, m + j));
+      const __m512 t = _mm512_min_ps(_mm512_mul_ps(v, iv), hi);
+      const __m512i k = _mm512_max_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(t), z), _mm512_setzero_si512());
+      _mm_mask_storeu_epi8(qr + j, mask, _mm512_cvtusepi32_epi8(k));
+    }
+  }
+}
+#endif
+
+inline uint8_t scale_quantize_one(float x, float m, float inv, float zp) {
+  return static_cast<uint8_t>(std::min(std::max(std::nearbyint((x * m) * inv) + zp, 0.f), 255.f));
+}
+
+at::Tensor scale_quantize_cpu(const at::Tensor& x, const at::Tensor& mult, double scale, int64_t zp) {
+  TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kFloat, "qscale_quantize: x must be float32 [N, C, H, W]");
+  const int64_t b = x.size(0), c = x.size(1), hw = x.size(2) * x.size(3);
+  TORCH_CHECK(mult.scalar_type() == at::kFloat && mult.numel() == b * c && mult.is_contiguous(),
+              "qscale_quantize: mult must be a contiguous float32 [N, C(, 1, 1)]");
+  TORCH_CHECK(zp >= 0 && zp <= 255 && scale > 0, "qscale_quantize: zp must be in 0..255 and scale positive");
+  const bool nhwc = x.is_contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor xc = nhwc ? x : x.contiguous();
+  at::Tensor q = at::empty(x.sizes(), x.options().dtype(at::kByte).memory_format(
+                                          nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous));
+  const float* xp = xc.data_ptr<float>();
+  const float* mp = mult.data_ptr<float>();
+  uint8_t* qp = q.data_ptr<uint8_t>();
+  const float inv = static_cast<float>(1.0 / scale), z = static_cast<float>(zp);
+  const bool vnni = vnni_cpu();
+  // Work items: (image, row of pixels) in channels-last, (image, channel) planes otherwise.
+  at::parallel_for(0, b * (nhwc ? x.size(2) : c), 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      if (nhwc) {
+        const int64_t img = i / x.size(2), off = i * x.size(3) * c;
+        const float* m = mp + img * c;
+#ifdef TS_QX86
+        if (vnni) {
+          scale_quantize_nhwc_vnni(xp + off, m, qp + off, x.size(3), c, inv, static_cast<int32_t>(zp));
+          continue;
+        }
+#endif
+        for (int64_t j = 0; j < x.size(3) * c; ++j) qp[off + j] = scale_quantize_one(xp[off + j], m[j % c], inv, z);
+      } else {
+        const float m = mp[i];
+        for (int64_t j = 0; j < hw; ++j) qp[i * hw + j] = scale_quantize_one(xp[i * hw + j], m, inv, z);
+      }
+    }
+  });
+  return q;
+}
+
 }  // namespace
+
+// Whether qconv1x1's AMX path runs here (read once through ctypes by torchslim/kernels/ops.py).
+extern "C" int torchslim_qconv_amx() { return amx_cpu() ? 1 : 0; }
 
 TORCH_LIBRARY_IMPL(torchslim, CPU, m) {
   m.impl("qconv1x1", &conv1x1_cpu);
+  m.impl("qscale_quantize", &scale_quantize_cpu);
 }

@@ -33,19 +33,24 @@ from torchslim.kernels import qconv
 
 __all__ = ["SMALL_MACS", "eligible", "small_conv1x1"]
 
-# Layers up to this many multiply-adds per call take the C++ loop. Below it oneDNN's per-call setup is a large
-# share of the layer's time; far above it (batch 32 and up) oneDNN's blocked kernels (AMX where the CPU has
-# it) are faster. `torchslim bench vision-speed` measures the effect (BENCHMARKS.md).
+# Without AMX, layers up to this many multiply-adds per call take the C++ VNNI loop. Below it oneDNN's per-call
+# setup is a large share of the layer's time; far above it (batch 32 and up) oneDNN's blocked kernels are
+# faster. With AMX the C++ tile loop is ahead of oneDNN's at every size this was measured at (batch 1 and 32,
+# MobileNetV3 / EfficientNet layer shapes). `torchslim bench vision-speed` measures the effect (BENCHMARKS.md).
 SMALL_MACS = 1 << 24
 
 
 def eligible(conv: Any, x: torch.Tensor) -> bool:
-    """Whether ``conv`` (an ``Int8StaticConv2d`` on its oneDNN path) runs on ``x`` through the C++ loop."""
+    """Whether ``conv`` (an ``Int8StaticConv2d`` on its oneDNN path) runs on ``x`` through the C++ loop: every
+    1×1 stride-1 convolution where the CPU has AMX tiles, those up to :data:`SMALL_MACS` multiply-adds where
+    it has AVX-512 VNNI only."""
     if conv.kernel_size != (1, 1) or conv.stride != (1, 1) or conv.padding != (0, 0) or conv.groups != 1:
         return False
-    if x.dim() != 4 or x.shape[0] * x.shape[2] * x.shape[3] * conv.in_channels * conv.out_channels > SMALL_MACS:
+    if x.dim() != 4:
         return False
-    return qconv.vnni()
+    if qconv.amx():
+        return True
+    return x.shape[0] * x.shape[2] * x.shape[3] * conv.in_channels * conv.out_channels <= SMALL_MACS and qconv.vnni()
 
 
 _BUFFERS = ("weight", "weight_scale", "bias", "input_scale", "input_zero_point", "output_scale", "output_zero_point")
