@@ -125,13 +125,14 @@ def test_resnet_blocks_stay_uint8_between_the_int8_layers() -> None:
 
 
 @pytest.mark.usefixtures("int8_kernels")
-def test_mobile_blocks_add_on_codes_and_keep_se_in_float() -> None:
+def test_mobile_blocks_add_on_codes_and_se_products_become_codes() -> None:
     m = mobile_like()
     x = torch.randn(32, 3, 16, 16)
     q = _calibrated(m, x)
     dtypes = _dtypes(q, x)
     assert dtypes["1"] == torch.uint8  # inverted residual: the add folded into the projection conv
-    assert dtypes["2"] == torch.uint8  # the SE gate multiplies in float inside, the add still on codes
+    assert dtypes["2"] == torch.uint8  # the add still on codes
+    assert dtypes["2.int8_scale0"] == torch.uint8  # the SE product handed to the projection as its codes
     assert isinstance(q[3].int8_add0, Int8Add) and dtypes["3"] == torch.uint8  # relu(conv(x)) + x: Int8Add
     with torch.no_grad():
         ref, out = m(x), q(x)

@@ -1,10 +1,7 @@
-// The static int8 1×1 convolution for CPUs on channels-last (NHWC) uint8 activations: an int8 GEMM over
-// the pixels. At batch 1 the 1×1 layers of MobileNet / EfficientNet blocks (squeeze-and-excite above all)
-// are a few hundred thousand multiply-adds, and a call into oneDNN's int8 convolution costs more in setup
-// than in arithmetic; this loop has no setup, runs on the calling thread when the work is small, and fuses
-// the same epilogue oneDNN does. The schema is defined in torchslim/kernels/ops.py, the layout in
-// torchslim/kernels/qconv.py; this file registers the CPU implementation.
-//
+// The static int8 1×1 convolution for CPUs on channels-last (NHWC) uint8 activations: an int8 GEMM over the
+// pixels, without oneDNN's per-call setup (at batch 1 it costs more than the arithmetic of MobileNet /
+// EfficientNet 1×1 layers), on the calling thread when the work is small, with oneDNN's fused epilogue. The
+// schema is defined in torchslim/kernels/ops.py, the layout in torchslim/kernels/qconv.py.
 // Per output pixel m and channel n (x: uint8 codes with zero point zx, w: int8):
 //   acc = sum_k x[m, k] * w[n, k] - zx * wsum[n]                 exact int32 (wsum[n] = sum_k w[n, k])
 //   v   = acc * scale[n] + bias[n]            (scale = input scale × the channel's weight scale)
@@ -175,6 +172,13 @@ TS_Q512 inline __m512 exp512(__m512 v) {
   return _mm512_scalef_ps(p, i);
 }
 
+// uint8 codes clamp(round_half_even(v · inv) + zp, 0, 255) of 16 floats: vcvtps2dq rounds half to even (the
+// default MXCSR mode), then the zero point and unsigned saturation.
+TS_Q512 inline __m128i to_codes(__m512 v, __m512 inv, __m512i zp) {
+  const __m512 t = _mm512_min_ps(_mm512_mul_ps(v, inv), _mm512_set1_ps(1e9f));
+  return _mm512_cvtusepi32_epi8(_mm512_max_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(t), zp), _mm512_setzero_si512()));
+}
+
 // The epilogue's per-call constants, broadcast once: locals the compiler keeps in registers (the output
 // stores go through uint8_t pointers, which may alias anything, so fields read through a reference would be
 // loaded again after every store).
@@ -210,10 +214,7 @@ TS_Q512 inline void store16(const EpiVec& c, __m512 acc, __m512 sc, __m512 bi, i
     v = _mm512_div_ps(v, _mm512_add_ps(_mm512_set1_ps(1.f), exp512(_mm512_sub_ps(_mm512_setzero_ps(), v))));
   }
   if (c.out_u8) {
-    // vcvtps2dq rounds half to even (the default MXCSR mode); then the zero point, and unsigned saturation.
-    const __m512 t = _mm512_min_ps(_mm512_mul_ps(v, c.inv), _mm512_set1_ps(1e9f));
-    const __m512i q = _mm512_max_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(t), c.zp), _mm512_setzero_si512());
-    _mm_mask_storeu_epi8(static_cast<uint8_t*>(y) + m * ldn + n, mask, _mm512_cvtusepi32_epi8(q));
+    _mm_mask_storeu_epi8(static_cast<uint8_t*>(y) + m * ldn + n, mask, to_codes(v, c.inv, c.zp));
   } else {
     _mm512_mask_storeu_ps(static_cast<float*>(y) + m * ldn + n, mask, v);
   }
@@ -308,14 +309,11 @@ TS_Q512 void conv1x1_vnni(const uint8_t* x, const int8_t* packed, const int32_t*
 }
 
 TS_Q512 int64_t quantize_vnni(const float* src, uint8_t* dst, int64_t count, float inv, int32_t zp) {
-  const __m512 iv = _mm512_set1_ps(inv), hi = _mm512_set1_ps(1e9f);
+  const __m512 iv = _mm512_set1_ps(inv);
   const __m512i z = _mm512_set1_epi32(zp);
   int64_t i = 0;
-  for (; i + 16 <= count; i += 16) {
-    const __m512 t = _mm512_min_ps(_mm512_mul_ps(_mm512_loadu_ps(src + i), iv), hi);
-    const __m512i q = _mm512_max_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(t), z), _mm512_setzero_si512());
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i), _mm512_cvtusepi32_epi8(q));
-  }
+  for (; i + 16 <= count; i += 16)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i), to_codes(_mm512_loadu_ps(src + i), iv, z));
   return i;  // the tail is left to the scalar loop
 }
 
@@ -531,25 +529,20 @@ at::Tensor conv1x1_cpu(const at::Tensor& x_in, double x_scale, int64_t x_zp, con
 }
 
 
-// ---- the channel-scaled quantization that feeds a 1×1 convolution its codes ----
-// codes[b, c, h, w] = clamp(round_half_even((x[b, c, h, w] · m[b, c]) · (1 / s)) + zp, 0, 255): a
-// squeeze-and-excite product (the gate m broadcast over the map) quantized in the same pass, without the float
-// product in memory. The two products round as torch's x * m then quantize_per_tensor do.
+// ---- a 1×1 convolution's input codes from a squeeze-and-excite product (gate m broadcast over the map) ----
+// codes = clamp(round_half_even((x[b, c, h, w] · m[b, c]) · (1 / s)) + zp, 0, 255) in one pass, without the
+// float product in memory; the two products round as torch's x * m then quantize_per_tensor do.
 
 #ifdef TS_QX86
 TS_Q512 void scale_quantize_nhwc_vnni(const float* x, const float* m, uint8_t* q, int64_t pixels, int64_t c, float inv,
                                       int32_t zp) {
-  const __m512 iv = _mm512_set1_ps(inv), hi = _mm512_set1_ps(1e9f);
+  const __m512 iv = _mm512_set1_ps(inv);
   const __m512i z = _mm512_set1_epi32(zp);
   for (int64_t p = 0; p < pixels; ++p) {
-    const float* xr = x + p * c;
-    uint8_t* qr = q + p * c;
     for (int64_t j = 0; j < c; j += 16) {
       const __mmask16 mask = tail_mask(c - j);
-      const __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, xr + j), _mm512_maskz_loadu_ps(mask, m + j));
-      const __m512 t = _mm512_min_ps(_mm512_mul_ps(v, iv), hi);
-      const __m512i k = _mm512_max_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(t), z), _mm512_setzero_si512());
-      _mm_mask_storeu_epi8(qr + j, mask, _mm512_cvtusepi32_epi8(k));
+      const __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, x + p * c + j), _mm512_maskz_loadu_ps(mask, m + j));
+      _mm_mask_storeu_epi8(q + p * c + j, mask, to_codes(v, iv, z));
     }
   }
 }

@@ -72,6 +72,7 @@ from torchslim.quantization.int8.static_paths import (
     find_relu_pairs,
 )
 from torchslim.quantization.int8.static_residual import int8_residuals_
+from torchslim.quantization.int8.static_scale import int8_channel_scales_
 
 __all__ = [
     "Int8MaxPool2d",
@@ -428,6 +429,7 @@ def _int8_static(model: nn.Module, config: Int8Static, select: Select, ctx: Cont
     pool_qparams = {n: qparams.pop(n) for n, _ in pools}
     convert_static_(model, targets, qparams, relus, ctx, config.kind, pool_qparams)
     int8_residuals_(model, ctx, config.kind, config.observer, Int8StaticConv2d)  # residual adds, head pool on codes
+    int8_channel_scales_(model, ctx, config.kind, Int8StaticConv2d)  # squeeze-and-excite products to codes
     return model
 
 
