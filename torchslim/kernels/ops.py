@@ -24,6 +24,7 @@ Operators:
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import logging
 import os
 import shutil
@@ -35,7 +36,16 @@ import torch
 
 from torchslim.kernels.reference import w4a8_linear_reference
 
-__all__ = ["ISAS", "QCONV1X1", "QSCALE_QUANTIZE", "W4A8_LINEAR", "W4A8_LINEAR_ON", "backend", "load", "qconv_amx"]
+__all__ = [
+    "ISAS",
+    "QCONV1X1",
+    "QSCALE_QUANTIZE",
+    "W4A8_LINEAR",
+    "W4A8_LINEAR_ON",
+    "backend",
+    "load",
+    "qconv_amx",
+]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +70,7 @@ _LIB.define(
 )
 QCONV1X1 = torch.ops.torchslim.qconv1x1.default
 _LIB.define("qscale_quantize(Tensor x, Tensor mult, float scale, int zp) -> Tensor")
+
 QSCALE_QUANTIZE = torch.ops.torchslim.qscale_quantize.default
 
 
@@ -132,10 +143,13 @@ def _build() -> str:
     from torch.utils import cpp_extension  # imported only when a build is needed
 
     _ensure_ninja_on_path()
+    # torch rebuilds when the sources or the flags change; the digest of every file under csrc/ (headers
+    # included, which torch does not hash) in the flags makes a header change rebuild too.
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(_SOURCES[0].parent.iterdir()))).hexdigest()[:16]
     cpp_extension.load(
         name=_EXTENSION,
         sources=[str(p) for p in _SOURCES],
-        extra_cflags=["-O3", "-fopenmp"],
+        extra_cflags=["-O3", "-fopenmp", f"-DTS_SOURCES_DIGEST={digest}"],
         extra_ldflags=["-fopenmp"],
         build_directory=_build_directory(),
         is_python_module=False,

@@ -51,6 +51,7 @@ __all__ = [
     "available",
     "conv1x1",
     "conv1x1_reference",
+    "epilogue_reference",
     "pack_conv1x1",
     "scale_quantize",
     "unpack_conv1x1",
@@ -96,7 +97,7 @@ def unpack_conv1x1(packed: torch.Tensor, out_channels: int, in_channels: int) ->
     return w[:out_channels, :in_channels].reshape(out_channels, in_channels, 1, 1)
 
 
-def _epilogue(
+def epilogue_reference(
     acc: torch.Tensor,
     scale: torch.Tensor,
     bias: torch.Tensor,
@@ -106,6 +107,8 @@ def _epilogue(
     out_u8: bool,
     accum: tuple[torch.Tensor, float, int] | None = None,
 ) -> torch.Tensor:
+    """The kernels' epilogue in torch on exact sums ``acc`` ``[N, C, H, W]``: scale, bias, residual, activation,
+    then float32 or uint8 codes, channels-last."""
     v = acc * scale.view(1, -1, 1, 1) + bias.view(1, -1, 1, 1)
     if accum is not None:
         codes, a_scale, a_zp = accum
@@ -134,7 +137,7 @@ def conv1x1_reference(
     if x.dtype != torch.uint8:
         x = torch.round(x.float() * (1.0 / x_scale)).add_(x_zp).clamp_(0, 255)
     acc = F.conv2d(x.double() - x_zp, weight.double()).float()
-    return _epilogue(acc, scale, bias, act, out_scale, out_zp, out_u8, accum)
+    return epilogue_reference(acc, scale, bias, act, out_scale, out_zp, out_u8, accum)
 
 
 def conv1x1(

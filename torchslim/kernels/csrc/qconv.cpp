@@ -2,6 +2,7 @@
 // pixels, without oneDNN's per-call setup (at batch 1 it costs more than the arithmetic of MobileNet /
 // EfficientNet 1×1 layers), on the calling thread when the work is small, with oneDNN's fused epilogue. The
 // schema is defined in torchslim/kernels/ops.py, the layout in torchslim/kernels/qconv.py.
+//
 // Per output pixel m and channel n (x: uint8 codes with zero point zx, w: int8):
 //   acc = sum_k x[m, k] * w[n, k] - zx * wsum[n]                 exact int32 (wsum[n] = sum_k w[n, k])
 //   v   = acc * scale[n] + bias[n]            (scale = input scale × the channel's weight scale)
@@ -16,53 +17,9 @@
 // and the kernel grant it and the call has at least 16 pixels; AVX-512 (F, BW, VL, VNNI); a portable C++
 // loop. All three compute the same exact sums.
 
-#include <ATen/ATen.h>
-#include <ATen/Parallel.h>
-#include <torch/library.h>
-
-#include <algorithm>
-#include <cmath>
-#include <cstdint>
-#include <cstring>
-#include <string>
-#include <vector>
-
-#if defined(__x86_64__) || defined(_M_X64)
-#include <cpuid.h>
-#include <immintrin.h>
-#define TS_QX86 1
-#endif
-#if defined(__linux__) && defined(TS_QX86)
-#include <sys/syscall.h>
-#include <unistd.h>
-#define TS_QAMX 1
-#endif
+#include "qepilogue.h"
 
 namespace {
-
-enum class Act : int { kNone = 0, kRelu = 1, kHardswish = 2, kSwish = 3 };
-
-Act parse_act(c10::string_view name) {
-  const std::string s(name);
-  if (s.empty() || s == "none") return Act::kNone;
-  if (s == "relu") return Act::kRelu;
-  if (s == "hardswish") return Act::kHardswish;
-  if (s == "swish") return Act::kSwish;
-  TORCH_CHECK(false, "torchslim qconv: unknown activation '", s, "' (none, relu, hardswish, swish)");
-}
-
-bool vnni_cpu() {
-#ifdef TS_QX86
-  static const bool ok = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
-  }();
-  return ok;
-#else
-  return false;
-#endif
-}
 
 // AMX: CPUID leaf 7 reports AMX-TILE (EDX bit 24) and AMX-INT8 (bit 25); Linux then hands the tile
 // registers to a process only after arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) (kernel 5.16+).
@@ -95,44 +52,6 @@ Isa pick_isa(c10::string_view isa) {
   return vnni_cpu() ? Isa::kVnni : Isa::kPortable;
 }
 
-// The epilogue's constants, shared by the two paths.
-struct Epilogue {
-  const float* scale;  // [N]
-  const float* bias;   // [N]
-  Act act;
-  bool out_u8;
-  float inv_out;  // 1 / so
-  float out_zp;
-  const uint8_t* accum;  // [M, N] codes or nullptr
-  float accum_scale, accum_zp;
-};
-
-inline float act_scalar(Act act, float v) {
-  switch (act) {
-    case Act::kRelu:
-      return v > 0.f ? v : 0.f;
-    case Act::kHardswish:
-      return v * std::min(std::max(v + 3.f, 0.f), 6.f) / 6.f;
-    case Act::kSwish:
-      return v / (1.f + std::exp(-v));
-    default:
-      return v;
-  }
-}
-
-// One output value from its exact sum; y points at the output row (uint8 or float), n is the channel.
-inline void store_scalar(const Epilogue& e, float acc, int64_t m, int64_t n, int64_t ldn, void* y) {
-  float v = acc * e.scale[n] + e.bias[n];
-  if (e.accum) v += (static_cast<float>(e.accum[m * ldn + n]) - e.accum_zp) * e.accum_scale;
-  v = act_scalar(e.act, v);
-  if (e.out_u8) {
-    const float q = std::nearbyint(v * e.inv_out) + e.out_zp;
-    static_cast<uint8_t*>(y)[m * ldn + n] = static_cast<uint8_t>(std::min(std::max(q, 0.f), 255.f));
-  } else {
-    static_cast<float*>(y)[m * ldn + n] = v;
-  }
-}
-
 // Quads of 4 inputs per block of 16 channels in the packed weight: ⌈k / 4⌉ rounded up to 16 (one AMX tile).
 inline int64_t padded_quads(int64_t k) { return (k + 63) / 64 * 16; }
 
@@ -153,75 +72,6 @@ void conv1x1_portable(const uint8_t* x, const int8_t* packed, const int32_t* wsu
 }
 
 #ifdef TS_QX86
-#define TS_Q512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
-
-// exp(v) for the swish epilogue: e^v = 2^i · e^r with i = round(v · log2 e) and r = v − i · ln 2 in
-// [−0.35, 0.35]; e^r by its degree-6 Taylor polynomial (relative error about 1e-7), 2^i applied by vscalefps.
-TS_Q512 inline __m512 exp512(__m512 v) {
-  v = _mm512_max_ps(_mm512_min_ps(v, _mm512_set1_ps(88.f)), _mm512_set1_ps(-88.f));
-  const __m512 t = _mm512_mul_ps(v, _mm512_set1_ps(1.44269504088896341f));
-  const __m512 i = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m512 f = _mm512_mul_ps(_mm512_sub_ps(t, i), _mm512_set1_ps(0.69314718055994531f));
-  __m512 p = _mm512_set1_ps(1.f / 720.f);
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f / 120.f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f / 24.f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f / 6.f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f));
-  return _mm512_scalef_ps(p, i);
-}
-
-// uint8 codes clamp(round_half_even(v · inv) + zp, 0, 255) of 16 floats: vcvtps2dq rounds half to even (the
-// default MXCSR mode), then the zero point and unsigned saturation.
-TS_Q512 inline __m128i to_codes(__m512 v, __m512 inv, __m512i zp) {
-  const __m512 t = _mm512_min_ps(_mm512_mul_ps(v, inv), _mm512_set1_ps(1e9f));
-  return _mm512_cvtusepi32_epi8(_mm512_max_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(t), zp), _mm512_setzero_si512()));
-}
-
-// The epilogue's per-call constants, broadcast once: locals the compiler keeps in registers (the output
-// stores go through uint8_t pointers, which may alias anything, so fields read through a reference would be
-// loaded again after every store).
-struct EpiVec {
-  __m512 inv, azp, ascale;
-  __m512i zp;
-  const uint8_t* accum;
-  bool out_u8;
-};
-
-TS_Q512 inline EpiVec epi_vec(const Epilogue& e) {
-  return EpiVec{_mm512_set1_ps(e.inv_out), _mm512_set1_ps(e.accum_zp), _mm512_set1_ps(e.accum_scale),
-                _mm512_set1_epi32(static_cast<int32_t>(e.out_zp)), e.accum, e.out_u8};
-}
-
-// The epilogue for 16 channels [n, n + 16) of output pixel m (mask: the valid ones; sc, bi: their scale and
-// bias); the activation is a template parameter, so the loops around it carry no switch.
-template <Act A>
-TS_Q512 inline void store16(const EpiVec& c, __m512 acc, __m512 sc, __m512 bi, int64_t m, int64_t n, int64_t ldn,
-                            __mmask16 mask, void* y) {
-  __m512 v = _mm512_fmadd_ps(acc, sc, bi);
-  if (c.accum) {
-    const __m512 a = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, c.accum + m * ldn + n)));
-    v = _mm512_fmadd_ps(_mm512_sub_ps(a, c.azp), c.ascale, v);
-  }
-  if constexpr (A == Act::kRelu) {
-    v = _mm512_max_ps(v, _mm512_setzero_ps());
-  } else if constexpr (A == Act::kHardswish) {  // v · relu6(v + 3) / 6, the division as a product with 1/6
-    const __m512 g = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(v, _mm512_set1_ps(3.f)), _mm512_setzero_ps()),
-                                   _mm512_set1_ps(6.f));
-    v = _mm512_mul_ps(_mm512_mul_ps(v, g), _mm512_set1_ps(1.f / 6.f));
-  } else if constexpr (A == Act::kSwish) {
-    v = _mm512_div_ps(v, _mm512_add_ps(_mm512_set1_ps(1.f), exp512(_mm512_sub_ps(_mm512_setzero_ps(), v))));
-  }
-  if (c.out_u8) {
-    _mm_mask_storeu_epi8(static_cast<uint8_t*>(y) + m * ldn + n, mask, to_codes(v, c.inv, c.zp));
-  } else {
-    _mm512_mask_storeu_ps(static_cast<float*>(y) + m * ldn + n, mask, v);
-  }
-}
-
-inline __mmask16 tail_mask(int64_t valid) { return valid >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << valid) - 1u); }
-
 // Four input channels of row xr starting at i as one int32 (bytes past k read as zero).
 inline int32_t quad_at(const uint8_t* xr, int64_t i, int64_t k) {
   int32_t q = 0;
@@ -306,15 +156,6 @@ TS_Q512 void conv1x1_vnni(const uint8_t* x, const int8_t* packed, const int32_t*
     default:
       return conv1x1_rows<Act::kNone>(x, packed, wsum, m0, m1, k, n, zx, e, y);
   }
-}
-
-TS_Q512 int64_t quantize_vnni(const float* src, uint8_t* dst, int64_t count, float inv, int32_t zp) {
-  const __m512 iv = _mm512_set1_ps(inv);
-  const __m512i z = _mm512_set1_epi32(zp);
-  int64_t i = 0;
-  for (; i + 16 <= count; i += 16)
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i), to_codes(_mm512_loadu_ps(src + i), iv, z));
-  return i;  // the tail is left to the scalar loop
 }
 
 #ifdef TS_QAMX
@@ -423,41 +264,8 @@ TS_QTILE void conv1x1_amx(const uint8_t* x, const int8_t* packed, const int32_t*
 #endif
 #endif
 
-Epilogue make_epilogue(const at::Tensor& scale, const at::Tensor& bias, c10::string_view act, double out_scale,
-                       int64_t out_zp, bool out_u8) {
-  Epilogue e{};
-  e.scale = scale.data_ptr<float>();
-  e.bias = bias.data_ptr<float>();
-  e.act = parse_act(act);
-  e.out_u8 = out_u8;
-  e.inv_out = static_cast<float>(1.0 / out_scale);
-  e.out_zp = static_cast<float>(out_zp);
-  return e;
-}
-
-void check_vec(const at::Tensor& t, int64_t n, const char* what) {
-  TORCH_CHECK(t.scalar_type() == at::kFloat && t.is_contiguous() && t.numel() == n, "torchslim qconv: ", what,
-              " must be a contiguous float32 vector of ", n, " values");
-}
-
 // Work below this many multiply-adds runs on the calling thread: waking a second one costs more.
 constexpr int64_t kSerialMacs = 1 << 20;
-
-// float32 activations to uint8 codes clamp(round_half_even(v / s) + zx, 0, 255) (as v · (1 / s), like
-// torch.quantize_per_tensor), elementwise in memory order: q has x's channels-last strides.
-at::Tensor quantize_input(const at::Tensor& x, double x_scale, int64_t x_zp, bool vnni) {
-  at::Tensor q = at::empty(x.sizes(), x.options().dtype(at::kByte).memory_format(at::MemoryFormat::ChannelsLast));
-  const float* src = x.data_ptr<float>();
-  uint8_t* dst = q.data_ptr<uint8_t>();
-  const int64_t count = x.numel();
-  const float inv = static_cast<float>(1.0 / x_scale), zp = static_cast<float>(x_zp);
-  int64_t i = 0;
-#ifdef TS_QX86
-  if (vnni) i = quantize_vnni(src, dst, count, inv, static_cast<int32_t>(x_zp));
-#endif
-  for (; i < count; ++i) dst[i] = static_cast<uint8_t>(std::min(std::max(std::nearbyint(src[i] * inv) + zp, 0.f), 255.f));
-  return q;
-}
 
 at::Tensor conv1x1_cpu(const at::Tensor& x_in, double x_scale, int64_t x_zp, const at::Tensor& packed, const at::Tensor& wsum, const at::Tensor& scale,
                        const at::Tensor& bias, int64_t out_channels, c10::string_view act,
