@@ -1,14 +1,15 @@
-"""Small 1×1 static int8 convolutions through torchslim's own C++ loop instead of oneDNN.
+"""1×1 static int8 convolutions through torchslim's own C++ loops instead of oneDNN.
 
 A oneDNN int8 convolution call pays a fixed setup (primitive lookup, scales and zero points wrapped as
 memory objects, output reorders) that at batch 1 outweighs the arithmetic of small layers: the
 squeeze-and-excite convolutions on 1 × 1 maps, and the 1×1 layers of the last stages of MobileNet /
-EfficientNet. :func:`small_conv1x1` runs such a layer through :func:`torchslim.kernels.qconv.conv1x1`
-(AVX-512 VNNI, no setup, on the calling thread when the work is small) with the same epilogue: the
-per-channel scale, bias, an optional residual operand, the fused activation and the requantization to the
-next layer's uint8 codes. The choice depends only on the layer and the input shape (below
-:data:`SMALL_MACS` multiply-adds), so a given input always takes the same kernel. The integer sums are the
-same as oneDNN's; the float epilogue may round an output code the other way at an exact tie.
+EfficientNet. :func:`small_conv1x1` runs a 1×1 stride-1 layer through :func:`torchslim.kernels.qconv.conv1x1`
+(AMX tiles where the CPU grants them, else AVX-512 VNNI; no setup, on the calling thread when the work is
+small) with the same epilogue: the per-channel scale, bias, an optional residual operand, the fused
+activation and the requantization to the next layer's uint8 codes. With AMX every such layer takes it; with
+VNNI only, those up to :data:`SMALL_MACS` multiply-adds. The choice depends only on the layer, the input
+shape and the CPU, so a given input always takes the same kernel. The integer sums are the same as
+oneDNN's; the float epilogue may round an output code the other way at an exact tie.
 
 Example:
     >>> import torch, torch.nn as nn
