@@ -204,3 +204,57 @@ def test_scale_quantize_equals_torch(compiled, shape, channels_last, monkeypatch
     assert {0, 255} <= set(q.unique().tolist())
     monkeypatch.setattr(qconv, "available", lambda: False)
     assert torch.equal(qconv.scale_quantize(x, mult, 0.03, 117), ref)
+
+
+@pytest.mark.parametrize(
+    ("shape", "kernel", "stride", "padding"),
+    [
+        ((2, 16, 9, 9), (3, 3), (2, 2), (1, 1)),
+        ((1, 32, 8, 8), (3, 3), (1, 1), (1, 1)),
+        ((3, 13, 7, 5), (3, 1), (2, 1), (1, 0)),
+        ((1, 24, 6, 6), (1, 1), (2, 2), (0, 0)),
+        ((64, 8, 4, 4), (5, 5), (1, 1), (2, 2)),
+    ],
+)
+def test_im2col_rows_run_a_kxk_convolution(compiled, shape, kernel, stride, padding):
+    """A k × k or strided convolution is conv1x1 on the im2col rows with pack_conv's weight; padded taps read
+    the zero point (zero in real values)."""
+    gen = torch.Generator().manual_seed(sum(shape))
+    x = torch.randint(0, 256, shape, generator=gen, dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+    weight = torch.randint(-127, 128, (20, shape[1], *kernel), generator=gen, dtype=torch.int8)
+    scale, bias = torch.rand(20, generator=gen) * 1e-3, torch.randn(20, generator=gen)
+    packed, wsum = qconv.pack_conv(weight)
+    cols = qconv.im2col(x, kernel, stride, padding, 117)
+    acc = torch.nn.functional.conv2d(x.double() - 117, weight.double(), stride=stride, padding=padding).float()
+    ref = torch.relu(acc * scale.view(1, -1, 1, 1) + bias.view(1, -1, 1, 1))
+    for isa in _paths(compiled):
+        y = qconv.conv1x1(cols, packed, wsum, scale, bias, 117, "relu", isa=isa)
+        torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-4)
+
+
+def test_module_path_with_amx_takes_small_kxk_convolutions(compiled, monkeypatch):
+    """With AMX a k × k convolution of 16 input channels and more, up to IM2COL_MACS, runs through im2col
+    and the C++ loop (the 3-channel stem stays on oneDNN); its outputs match oneDNN's."""
+    from torchslim.api import compress_
+    from torchslim.core.context import Context
+    from torchslim.quantization.int8.static import Int8Static
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
+        nn.Conv2d(32, 8, 1),
+    ).eval()  # fmt: skip
+    x = torch.randn(2, 3, 12, 12)
+    compress_(model, Int8Static(), ctx=Context(calibration=[(x,)]))
+    monkeypatch.setattr(qconv, "amx", lambda: compiled == "avx512-vnni")
+    calls = []
+    real = qconv.conv1x1
+    monkeypatch.setattr(qconv, "conv1x1", lambda *a, **k: calls.append(a[0].shape[1]) or real(*a, **k))
+    with torch.inference_mode():
+        fast = model(x)
+        monkeypatch.setattr(static_small, "IM2COL_MACS", 0)
+        monkeypatch.setattr(qconv, "amx", lambda: False)
+        monkeypatch.setattr(static_small, "SMALL_MACS", 0)
+        slow = model(x)  # every layer on oneDNN
+    assert calls == ([9 * 16, 32] if compiled == "avx512-vnni" else [])
+    torch.testing.assert_close(fast, slow, rtol=0, atol=0.02 * slow.abs().max().item())

@@ -16,6 +16,8 @@ Operators:
   (``"avx512-vnni"``, ``"avx2"`` or ``"portable"``; an error when the CPU lacks it), for tests and comparisons;
 - ``torchslim::qconv1x1(...)``: the static int8 1×1 convolution of :mod:`torchslim.kernels.qconv` (AMX,
   AVX-512 VNNI or a portable loop). It has no torch fallback: without the build its callers keep oneDNN's kernels;
+- ``torchslim::qim2col(x, kernel, stride, padding, zp)``: uint8 codes unfolded so that a k × k or strided
+  convolution runs as ``qconv1x1`` (:func:`torchslim.kernels.qconv.im2col`);
 - ``torchslim::qscale_quantize(x, mult, scale, zp)``: ``x · mult`` (``mult`` per image and channel) quantized
   to uint8 codes in one pass (:func:`torchslim.kernels.qconv.scale_quantize`); callers without the build
   multiply and quantize in torch.
@@ -39,6 +41,7 @@ from torchslim.kernels.reference import w4a8_linear_reference
 __all__ = [
     "ISAS",
     "QCONV1X1",
+    "QIM2COL",
     "QSCALE_QUANTIZE",
     "W4A8_LINEAR",
     "W4A8_LINEAR_ON",
@@ -72,12 +75,21 @@ QCONV1X1 = torch.ops.torchslim.qconv1x1.default
 _LIB.define("qscale_quantize(Tensor x, Tensor mult, float scale, int zp) -> Tensor")
 
 QSCALE_QUANTIZE = torch.ops.torchslim.qscale_quantize.default
+_LIB.define("qim2col(Tensor x, int[2] kernel, int[2] stride, int[2] padding, int zp) -> Tensor")
+QIM2COL = torch.ops.torchslim.qim2col.default
 
 
 @torch.library.register_fake("torchslim::qconv1x1", lib=_LIB)
 def _fake_1x1(x, x_scale, x_zp, packed, wsum, scale, bias, out_channels, act, out_scale, out_zp, out_u8, *rest):
     shape, dtype = (x.shape[0], out_channels, *x.shape[2:]), torch.uint8 if out_u8 else torch.float32
     return x.new_empty(shape, dtype=dtype).contiguous(memory_format=torch.channels_last)
+
+
+@torch.library.register_fake("torchslim::qim2col", lib=_LIB)
+def _fake_im2col(x, kernel, stride, padding, zp):
+    h, w = ((x.shape[2 + i] + 2 * padding[i] - kernel[i]) // stride[i] + 1 for i in (0, 1))
+    cols = x.new_empty((x.shape[0], kernel[0] * kernel[1] * x.shape[1], h, w))
+    return cols.contiguous(memory_format=torch.channels_last)
 
 
 @torch.library.register_fake("torchslim::qscale_quantize", lib=_LIB)

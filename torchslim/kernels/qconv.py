@@ -44,7 +44,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from torchslim.kernels.ops import QCONV1X1, QSCALE_QUANTIZE, load, qconv_amx
+from torchslim.kernels.ops import QCONV1X1, QIM2COL, QSCALE_QUANTIZE, load, qconv_amx
 
 __all__ = [
     "amx",
@@ -52,6 +52,8 @@ __all__ = [
     "conv1x1",
     "conv1x1_reference",
     "epilogue_reference",
+    "im2col",
+    "pack_conv",
     "pack_conv1x1",
     "scale_quantize",
     "unpack_conv1x1",
@@ -88,6 +90,29 @@ def pack_conv1x1(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     padded = F.pad(w, (0, -k % 64, 0, -n % 16))  # zeros: padded products add nothing
     packed = padded.reshape(padded.shape[0] // 16, 16, padded.shape[1] // 4, 4).permute(0, 2, 1, 3).contiguous()
     return packed, w.sum(1, dtype=torch.int32)
+
+
+def pack_conv(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """int8 ``[N, C, kh, kw]`` → :func:`pack_conv1x1`'s layout over the :func:`im2col` rows: the inputs in
+    ``(i, j, c)`` order, ``K = kh·kw·C``."""
+    return pack_conv1x1(weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1))
+
+
+def im2col(
+    x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int], zero_point: int
+) -> torch.Tensor:
+    """uint8 codes ``x`` (channels-last ``[N, C, H, W]``) unfolded to ``[N, kh·kw·C, OH, OW]`` channels-last,
+    so that a k × k or strided convolution with :func:`pack_conv`'s weight is :func:`conv1x1` on the result;
+    taps outside the image read ``zero_point`` (zero padding in real values).
+
+    Example:
+        >>> x = torch.arange(4, dtype=torch.uint8).reshape(1, 1, 2, 2).contiguous(memory_format=torch.channels_last)
+        >>> im2col(x, (2, 2), (1, 1), (1, 1), 9)[0, :, 0, 0].tolist()  # the window at (-1, -1): 3 padded taps
+        [9, 9, 9, 0]
+    """
+    if not available():
+        raise RuntimeError("torchslim's C++ kernels are not built here (see torchslim.kernels.load)")
+    return QIM2COL(x, list(kernel), list(stride), list(padding), int(zero_point))
 
 
 def unpack_conv1x1(packed: torch.Tensor, out_channels: int, in_channels: int) -> torch.Tensor:

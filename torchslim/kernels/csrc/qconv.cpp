@@ -337,6 +337,45 @@ at::Tensor conv1x1_cpu(const at::Tensor& x_in, double x_scale, int64_t x_zp, con
 }
 
 
+// ---- im2col: a k × k (or strided) convolution as the 1×1 GEMM above ----
+// cols[n, (i·kw + j)·C + c, oh, ow] = x[n, c, oh·sh − ph + i, ow·sw − pw + j], or zp outside the image (zero
+// padding in real values); channels-last in and out, so each output pixel's row of kh·kw·C bytes is contiguous.
+at::Tensor im2col_cpu(const at::Tensor& x, at::IntArrayRef kernel, at::IntArrayRef stride, at::IntArrayRef padding,
+                      int64_t zp) {
+  TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kByte && x.is_contiguous(at::MemoryFormat::ChannelsLast),
+              "qim2col: x must be channels-last uint8 codes [N, C, H, W]");
+  TORCH_CHECK(kernel.size() == 2 && stride.size() == 2 && padding.size() == 2, "qim2col: 2 values per argument");
+  TORCH_CHECK(zp >= 0 && zp <= 255, "qim2col: zp must be in 0..255");
+  const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3), kh = kernel[0], kw = kernel[1];
+  const int64_t sh = stride[0], sw = stride[1], ph = padding[0], pw = padding[1];
+  TORCH_CHECK(kh >= 1 && kw >= 1 && sh >= 1 && sw >= 1 && ph >= 0 && pw >= 0, "qim2col: invalid kernel, stride or padding");
+  const int64_t oh = (h + 2 * ph - kh) / sh + 1, ow = (w + 2 * pw - kw) / sw + 1;
+  TORCH_CHECK(oh >= 1 && ow >= 1, "qim2col: the kernel is larger than the padded input");
+  at::Tensor cols = at::empty({n, kh * kw * c, oh, ow}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  const uint8_t* xp = x.data_ptr<uint8_t>();
+  uint8_t* cp = cols.data_ptr<uint8_t>();
+  at::parallel_for(0, n * oh, 1, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t img = r / oh, y = r % oh;
+      for (int64_t xo = 0; xo < ow; ++xo) {
+        uint8_t* dst = cp + (r * ow + xo) * kh * kw * c;
+        for (int64_t i = 0; i < kh; ++i) {
+          const int64_t ih = y * sh - ph + i;
+          for (int64_t j = 0; j < kw; ++j, dst += c) {
+            const int64_t iw = xo * sw - pw + j;
+            if (ih < 0 || ih >= h || iw < 0 || iw >= w) {
+              std::memset(dst, static_cast<int>(zp), c);
+            } else {
+              std::memcpy(dst, xp + ((img * h + ih) * w + iw) * c, c);
+            }
+          }
+        }
+      }
+    }
+  });
+  return cols;
+}
+
 // ---- a 1×1 convolution's input codes from a squeeze-and-excite product (gate m broadcast over the map) ----
 // codes = clamp(round_half_even((x[b, c, h, w] · m[b, c]) · (1 / s)) + zp, 0, 255) in one pass, without the
 // float product in memory; the two products round as torch's x * m then quantize_per_tensor do.
@@ -405,4 +444,5 @@ extern "C" int torchslim_qconv_amx() { return amx_cpu() ? 1 : 0; }
 TORCH_LIBRARY_IMPL(torchslim, CPU, m) {
   m.impl("qconv1x1", &conv1x1_cpu);
   m.impl("qscale_quantize", &scale_quantize_cpu);
+  m.impl("qim2col", &im2col_cpu);
 }

@@ -32,7 +32,7 @@ import torch
 
 from torchslim.kernels import qconv
 
-__all__ = ["SMALL_MACS", "eligible", "small_conv1x1"]
+__all__ = ["IM2COL_MACS", "IM2COL_MIN_CHANNELS", "SMALL_MACS", "eligible", "small_conv1x1"]
 
 # Without AMX, layers up to this many multiply-adds per call take the C++ VNNI loop. Below it oneDNN's per-call
 # setup is a large share of the layer's time; far above it (batch 32 and up) oneDNN's blocked kernels are
@@ -41,17 +41,31 @@ __all__ = ["SMALL_MACS", "eligible", "small_conv1x1"]
 SMALL_MACS = 1 << 24
 
 
+# With AMX, k × k and strided convolutions of 16 input channels and more, up to this many multiply-adds per
+# call, run as the 1×1 tile loop on their im2col rows (kh·kw times the input's bytes, so only small calls):
+# there oneDNN's call setup dominates. Fewer channels make the row copies too short to pay (a 3-channel stem).
+IM2COL_MACS = 1 << 25
+IM2COL_MIN_CHANNELS = 16
+
+
+def _pointwise(conv: Any) -> bool:
+    return conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.padding == (0, 0)
+
+
 def eligible(conv: Any, x: torch.Tensor) -> bool:
     """Whether ``conv`` (an ``Int8StaticConv2d`` on its oneDNN path) runs on ``x`` through the C++ loop: every
-    1×1 stride-1 convolution where the CPU has AMX tiles, those up to :data:`SMALL_MACS` multiply-adds where
-    it has AVX-512 VNNI only."""
-    if conv.kernel_size != (1, 1) or conv.stride != (1, 1) or conv.padding != (0, 0) or conv.groups != 1:
+    1×1 stride-1 convolution where the CPU has AMX tiles, and other ungrouped ones (through im2col) of
+    :data:`IM2COL_MIN_CHANNELS` input channels and more, up to :data:`IM2COL_MACS` multiply-adds; those 1×1 stride-1 ones up to :data:`SMALL_MACS` where it has
+    AVX-512 VNNI only."""
+    if conv.groups != 1 or conv.dilation != (1, 1) or x.dim() != 4 or not isinstance(conv.padding[0], int):
         return False
-    if x.dim() != 4:
-        return False
+    pointwise = _pointwise(conv)
+    (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
+    pixels = x.shape[0] * ((x.shape[2] + 2 * ph - kh) // sh + 1) * ((x.shape[3] + 2 * pw - kw) // sw + 1)
+    macs = pixels * kh * kw * conv.in_channels * conv.out_channels
     if qconv.amx():
-        return True
-    return x.shape[0] * x.shape[2] * x.shape[3] * conv.in_channels * conv.out_channels <= SMALL_MACS and qconv.vnni()
+        return pointwise or (macs <= IM2COL_MACS and conv.in_channels >= IM2COL_MIN_CHANNELS)
+    return pointwise and macs <= SMALL_MACS and qconv.vnni()
 
 
 _BUFFERS = ("weight", "weight_scale", "bias", "input_scale", "input_zero_point", "output_scale", "output_zero_point")
@@ -64,7 +78,7 @@ def _prepared(conv: Any) -> tuple[Any, ...]:
     key = tuple((bufs[name].data_ptr(), bufs[name]._version) for name in _BUFFERS)
     cached = getattr(conv, "_qconv", None)
     if cached is None or cached[0] != key:
-        packed, wsum = qconv.pack_conv1x1(conv.weight)
+        packed, wsum = qconv.pack_conv(conv.weight)  # over im2col rows; the 1×1 layout for a 1×1 conv
         x_scale = float(conv.input_scale)
         scale = (conv.weight_scale.float() * x_scale).contiguous()
         out_scale, out_zp = float(conv.output_scale), int(conv.output_zero_point) + 128
@@ -81,7 +95,13 @@ def small_conv1x1(conv: Any, x: torch.Tensor, accum: torch.Tensor | None = None)
     uint8 codes are added, then ReLU when ``accumulate_relu``, and the result is uint8 codes."""
     packed, wsum, scale, bias, x_scale, x_zp, out_scale, out_zp = _prepared(conv)
     x = x.contiguous(memory_format=torch.channels_last)
-    if x.dtype != torch.uint8:
+    if not _pointwise(conv):  # k × k or strided: the 1×1 loop over the im2col rows of the codes
+        if x.dtype != torch.uint8:
+            from torchslim.quantization.int8.static_add import quantize_codes  # static_add imports this module
+
+            x = quantize_codes(x, x_scale, x_zp)
+        x = qconv.im2col(x, conv.kernel_size, conv.stride, conv.padding, x_zp)
+    elif x.dtype != torch.uint8:
         x = x.float()
     if accum is None:
         act, out_u8, residual = conv.activation, bool(conv.output_uint8), None
