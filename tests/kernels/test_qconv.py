@@ -204,6 +204,15 @@ def test_scale_quantize_equals_torch(compiled, shape, channels_last, monkeypatch
     assert {0, 255} <= set(q.unique().tolist())
     monkeypatch.setattr(qconv, "available", lambda: False)
     assert torch.equal(qconv.scale_quantize(x, mult, 0.03, 117), ref)
+    monkeypatch.undo()
+    codes = torch.randint(0, 256, shape, generator=gen, dtype=torch.uint8)  # a map of codes, read as (q - 120) * 0.05
+    codes = codes.contiguous(memory_format=torch.channels_last) if channels_last else codes
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        ref = torch.quantize_per_tensor(((codes.float() - 120) * 0.05) * mult, 0.03, 117, torch.quint8).int_repr()
+    assert torch.equal(qconv.scale_quantize(codes, mult, 0.03, 117, (0.05, 120)), ref)
+    monkeypatch.setattr(qconv, "available", lambda: False)
+    assert torch.equal(qconv.scale_quantize(codes, mult, 0.03, 117, (0.05, 120)), ref)
 
 
 @pytest.mark.parametrize(

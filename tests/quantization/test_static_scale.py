@@ -1,6 +1,7 @@
 """Int8Static writes a squeeze-and-excite product read by an int8 convolution as that convolution's uint8
-codes in one pass (Int8ChannelScale): the same codes the convolution computed from the float product, so the
-model's outputs are unchanged bit for bit; other products (shapes, several readers) are left as they were."""
+codes in one pass (Int8ChannelScale): from a float map, the codes the convolution computed from the float
+product before (bit for bit); a map read only by the product and the squeeze pool becomes codes too. Other
+products (several readers) are left as they were."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from torchslim.bench.vision_nets import SqueezeExcite
 from torchslim.core.context import Context
 from torchslim.quantization import Int8Static
 from torchslim.quantization.int8 import static
+from torchslim.quantization.int8.static_add import Int8GlobalAvgPool2d
 from torchslim.quantization.int8.static_scale import Int8ChannelScale
 
 
@@ -62,22 +64,51 @@ def _scales(model: nn.Module) -> list[str]:
 
 @pytest.mark.parametrize("gate", [nn.Hardsigmoid, nn.Sigmoid])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_se_product_becomes_codes_with_unchanged_outputs(gate, channels_last, monkeypatch) -> None:
+def test_se_product_and_its_map_become_codes(gate, channels_last, monkeypatch) -> None:
+    """The product becomes the projection's codes; the map (the expansion conv's output, read only by the
+    product and the squeeze pool) becomes uint8 codes in its own calibrated qparams, which the pool reads."""
     model = _net(SEBlock(gate))
     x = torch.randn(6, 3, 12, 12)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     q = _quantized(model, x)
     assert _scales(q) == ["2.se.int8_scale0"]
-    seen = []
-    q[2].project.register_forward_pre_hook(lambda m, args: seen.append(args[0].dtype))
+    assert isinstance(q[2].se.pool, Int8GlobalAvgPool2d)
+    seen = {}
+    for name in ("expand", "se.pool", "project"):
+        q[2].get_submodule(name).register_forward_pre_hook(lambda m, args, n=name: seen.__setitem__(n, args[0].dtype))
     with torch.inference_mode():
-        out = q(x)
-    assert seen == [torch.uint8]  # the projection reads codes
+        out, ref = q(x), model(x)
+    assert seen == {"expand": torch.uint8, "se.pool": torch.uint8, "project": torch.uint8}
     plain = _quantized(model, x, rewrite=False, monkeypatch=monkeypatch)
-    assert _scales(plain) == []
     with torch.inference_mode():
-        assert torch.equal(out, plain(x))
+        before = plain(x)
+    # One more 8-bit rounding (the map's codes): close to the quantized model without it, and to fp32.
+    assert torch.nn.functional.cosine_similarity(out.flatten(1), before.flatten(1)).min() > 0.995
+    assert torch.nn.functional.cosine_similarity(out.flatten(1), ref.flatten(1)).min() > 0.99
+    scale = q[2].se.int8_scale0
+    assert scale._numbers(("input",))[0] == (
+        float(q[2].expand[0].output_scale),
+        int(q[2].expand[0].output_zero_point) + 128,
+    )
+
+
+def test_product_of_float_map_is_the_torch_product_bit_for_bit(monkeypatch) -> None:
+    """A map that stays float (read by more than the product and its pool): the fused product gives the codes
+    the projection computed from the float product before."""
+
+    class TwoReaders(SEBlock):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.expand(x)
+            return self.project(self.se(y)) + y.mean()
+
+    model = _net(TwoReaders())
+    x = torch.randn(4, 3, 12, 12)
+    q = _quantized(model, x)
+    assert _scales(q) == ["2.se.int8_scale0"] and not isinstance(q[2].se.pool, Int8GlobalAvgPool2d)
+    plain = _quantized(model, x, rewrite=False, monkeypatch=monkeypatch)
+    with torch.inference_mode():
+        assert torch.equal(q(x), plain(x))
 
 
 def test_other_products_unchanged(monkeypatch) -> None:
@@ -109,3 +140,11 @@ def test_module_falls_back_to_torch_for_other_operands() -> None:
     assert torch.equal(scale(a, b), want)
     gate = torch.rand(2, 3, 1, 1)
     assert torch.equal(scale(gate, a), scale(a, gate))  # either operand order
+    scale.set_qparams((0.05, 100), (0.1, 120))  # a map of codes is read in the input qparams
+    codes = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
+    want = torch.clamp(torch.round((((codes.float() - 120) * 0.1) * gate) * (1 / 0.05)) + 100, 0, 255)
+    assert torch.equal(scale(codes, gate), want.to(torch.uint8))
+    assert torch.equal(
+        scale(codes, a),
+        torch.clamp(torch.round(((codes.float() - 120) * 0.1 * a) / 0.05) + 100, 0, 255).to(torch.uint8),
+    )

@@ -18,7 +18,8 @@ Operators:
   AVX-512 VNNI or a portable loop). It has no torch fallback: without the build its callers keep oneDNN's kernels;
 - ``torchslim::qim2col(x, kernel, stride, padding, zp)``: uint8 codes unfolded so that a k × k or strided
   convolution runs as ``qconv1x1`` (:func:`torchslim.kernels.qconv.im2col`);
-- ``torchslim::qscale_quantize(x, mult, scale, zp)``: ``x · mult`` (``mult`` per image and channel) quantized
+- ``torchslim::qscale_quantize(x, mult, scale, zp, x_scale, x_zp)``: ``x · mult`` (``mult`` per image and
+  channel; ``x`` float32, or uint8 codes dequantized with ``x_scale`` / ``x_zp``) quantized
   to uint8 codes in one pass (:func:`torchslim.kernels.qconv.scale_quantize`); callers without the build
   multiply and quantize in torch.
 """
@@ -72,7 +73,7 @@ _LIB.define(
     "int accum_zp, str isa) -> Tensor"
 )
 QCONV1X1 = torch.ops.torchslim.qconv1x1.default
-_LIB.define("qscale_quantize(Tensor x, Tensor mult, float scale, int zp) -> Tensor")
+_LIB.define("qscale_quantize(Tensor x, Tensor mult, float scale, int zp, float x_scale=1.0, int x_zp=0) -> Tensor")
 
 QSCALE_QUANTIZE = torch.ops.torchslim.qscale_quantize.default
 _LIB.define("qim2col(Tensor x, int[2] kernel, int[2] stride, int[2] padding, int zp) -> Tensor")
@@ -93,7 +94,7 @@ def _fake_im2col(x, kernel, stride, padding, zp):
 
 
 @torch.library.register_fake("torchslim::qscale_quantize", lib=_LIB)
-def _fake_scale_quantize(x, mult, scale, zp):
+def _fake_scale_quantize(x, mult, scale, zp, x_scale=1.0, x_zp=0):
     return torch.empty_like(x, dtype=torch.uint8)
 
 

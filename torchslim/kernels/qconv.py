@@ -232,17 +232,23 @@ def conv1x1(
     )
 
 
-def scale_quantize(x: torch.Tensor, mult: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
-    """uint8 codes ``clamp(round((x · mult) / scale) + zero_point, 0, 255)`` of float32 ``x`` ``[N, C, H, W]``
-    times ``mult`` ``[N, C, 1, 1]`` (a squeeze-and-excite gate), in one pass and in ``x``'s memory format
+def scale_quantize(
+    x: torch.Tensor, mult: torch.Tensor, scale: float, zero_point: int, x_qparams: tuple[float, int] = (1.0, 0)
+) -> torch.Tensor:
+    """uint8 codes ``clamp(round((x · mult) / scale) + zero_point, 0, 255)`` of ``x`` ``[N, C, H, W]`` times
+    ``mult`` ``[N, C, 1, 1]`` (a squeeze-and-excite gate), in one pass and in ``x``'s memory format
     (channels-last or contiguous); the same codes as ``torch.quantize_per_tensor(x * mult, ...)``, whose float
-    product this never writes to memory. Without the C++ build: exactly that, in torch.
+    product this never writes to memory. ``x`` is float32, or uint8 codes read as ``(x − zx) · sx`` with
+    ``x_qparams = (sx, zx)``. Without the C++ build: exactly that, in torch.
 
     Example:
         >>> x = torch.tensor([[[[1.0, 2.0]], [[3.0, 4.0]]]])  # [1, 2, 1, 2]
         >>> scale_quantize(x, torch.tensor([0.5, 2.0]).view(1, 2, 1, 1), 0.25, 10).flatten().tolist()
         [12, 14, 34, 42]
     """
+    x_scale, x_zp = x_qparams
     if not available():  # torch's quantize_per_tensor also multiplies by 1 / scale and rounds half to even
-        return (x * mult).mul_(1.0 / scale).round_().add_(zero_point).clamp_(0, 255).to(torch.uint8)
-    return QSCALE_QUANTIZE(x.float(), mult.float().contiguous(), float(scale), int(zero_point))
+        values = x if x.dtype != torch.uint8 else (x.float() - x_zp) * x_scale
+        return (values * mult).mul_(1.0 / scale).round_().add_(zero_point).clamp_(0, 255).to(torch.uint8)
+    x = x if x.dtype == torch.uint8 else x.float()
+    return QSCALE_QUANTIZE(x, mult.float().contiguous(), float(scale), int(zero_point), float(x_scale), int(x_zp))

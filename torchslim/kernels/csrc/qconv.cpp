@@ -377,42 +377,48 @@ at::Tensor im2col_cpu(const at::Tensor& x, at::IntArrayRef kernel, at::IntArrayR
 }
 
 // ---- a 1×1 convolution's input codes from a squeeze-and-excite product (gate m broadcast over the map) ----
-// codes = clamp(round_half_even((x[b, c, h, w] · m[b, c]) · (1 / s)) + zp, 0, 255) in one pass, without the
-// float product in memory; the two products round as torch's x * m then quantize_per_tensor do.
+// codes = clamp(round_half_even((v[b, c, h, w] · m[b, c]) · (1 / s)) + zp, 0, 255) in one pass, without the
+// float product in memory; v is x (float32) or (x − zx) · sx (uint8 codes); the products round as torch's
+// x * m then quantize_per_tensor do.
+
+struct MapValues {
+  float sx, zx;  // codes' qparams (uint8 maps)
+  inline float operator()(float v) const { return v; }
+  inline float operator()(uint8_t q) const { return (static_cast<float>(q) - zx) * sx; }
+};
 
 #ifdef TS_QX86
-TS_Q512 void scale_quantize_nhwc_vnni(const float* x, const float* m, uint8_t* q, int64_t pixels, int64_t c, float inv,
-                                      int32_t zp) {
-  const __m512 iv = _mm512_set1_ps(inv);
+TS_Q512 inline __m512 load_values(const float* p, __mmask16 mask, __m512, __m512) { return _mm512_maskz_loadu_ps(mask, p); }
+TS_Q512 inline __m512 load_values(const uint8_t* p, __mmask16 mask, __m512 zx, __m512 sx) {
+  const __m512 q = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, p)));
+  return _mm512_mul_ps(_mm512_sub_ps(q, zx), sx);
+}
+
+template <typename T>
+TS_Q512 void scale_quantize_nhwc_vnni(const T* x, const float* m, uint8_t* q, int64_t pixels, int64_t c, float inv,
+                                      int32_t zp, const MapValues& mv) {
+  const __m512 iv = _mm512_set1_ps(inv), zx = _mm512_set1_ps(mv.zx), sx = _mm512_set1_ps(mv.sx);
   const __m512i z = _mm512_set1_epi32(zp);
   for (int64_t p = 0; p < pixels; ++p) {
     for (int64_t j = 0; j < c; j += 16) {
       const __mmask16 mask = tail_mask(c - j);
-      const __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, x + p * c + j), _mm512_maskz_loadu_ps(mask, m + j));
+      const __m512 v = _mm512_mul_ps(load_values(x + p * c + j, mask, zx, sx), _mm512_maskz_loadu_ps(mask, m + j));
       _mm_mask_storeu_epi8(q + p * c + j, mask, to_codes(v, iv, z));
     }
   }
 }
 #endif
 
-inline uint8_t scale_quantize_one(float x, float m, float inv, float zp) {
-  return static_cast<uint8_t>(std::min(std::max(std::nearbyint((x * m) * inv) + zp, 0.f), 255.f));
+inline uint8_t scale_quantize_one(float v, float m, float inv, float zp) {
+  return static_cast<uint8_t>(std::min(std::max(std::nearbyint((v * m) * inv) + zp, 0.f), 255.f));
 }
 
-at::Tensor scale_quantize_cpu(const at::Tensor& x, const at::Tensor& mult, double scale, int64_t zp) {
-  TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kFloat, "qscale_quantize: x must be float32 [N, C, H, W]");
+template <typename T>
+void scale_quantize_run(const at::Tensor& x, const float* mp, uint8_t* qp, bool nhwc, float inv, int64_t zp,
+                        const MapValues& mv) {
+  const T* xp = x.data_ptr<T>();
   const int64_t b = x.size(0), c = x.size(1), hw = x.size(2) * x.size(3);
-  TORCH_CHECK(mult.scalar_type() == at::kFloat && mult.numel() == b * c && mult.is_contiguous(),
-              "qscale_quantize: mult must be a contiguous float32 [N, C(, 1, 1)]");
-  TORCH_CHECK(zp >= 0 && zp <= 255 && scale > 0, "qscale_quantize: zp must be in 0..255 and scale positive");
-  const bool nhwc = x.is_contiguous(at::MemoryFormat::ChannelsLast);
-  const at::Tensor xc = nhwc ? x : x.contiguous();
-  at::Tensor q = at::empty(x.sizes(), x.options().dtype(at::kByte).memory_format(
-                                          nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous));
-  const float* xp = xc.data_ptr<float>();
-  const float* mp = mult.data_ptr<float>();
-  uint8_t* qp = q.data_ptr<uint8_t>();
-  const float inv = static_cast<float>(1.0 / scale), z = static_cast<float>(zp);
+  const float z = static_cast<float>(zp);
   const bool vnni = vnni_cpu();
   // Work items: (image, row of pixels) in channels-last, (image, channel) planes otherwise.
   at::parallel_for(0, b * (nhwc ? x.size(2) : c), 1, [&](int64_t i0, int64_t i1) {
@@ -422,17 +428,38 @@ at::Tensor scale_quantize_cpu(const at::Tensor& x, const at::Tensor& mult, doubl
         const float* m = mp + img * c;
 #ifdef TS_QX86
         if (vnni) {
-          scale_quantize_nhwc_vnni(xp + off, m, qp + off, x.size(3), c, inv, static_cast<int32_t>(zp));
+          scale_quantize_nhwc_vnni<T>(xp + off, m, qp + off, x.size(3), c, inv, static_cast<int32_t>(zp), mv);
           continue;
         }
 #endif
-        for (int64_t j = 0; j < x.size(3) * c; ++j) qp[off + j] = scale_quantize_one(xp[off + j], m[j % c], inv, z);
+        for (int64_t j = 0; j < x.size(3) * c; ++j) qp[off + j] = scale_quantize_one(mv(xp[off + j]), m[j % c], inv, z);
       } else {
         const float m = mp[i];
-        for (int64_t j = 0; j < hw; ++j) qp[i * hw + j] = scale_quantize_one(xp[i * hw + j], m, inv, z);
+        for (int64_t j = 0; j < hw; ++j) qp[i * hw + j] = scale_quantize_one(mv(xp[i * hw + j]), m, inv, z);
       }
     }
   });
+}
+
+at::Tensor scale_quantize_cpu(const at::Tensor& x, const at::Tensor& mult, double scale, int64_t zp, double x_scale,
+                              int64_t x_zp) {
+  TORCH_CHECK(x.dim() == 4 && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kByte),
+              "qscale_quantize: x must be float32 values or uint8 codes [N, C, H, W]");
+  TORCH_CHECK(mult.scalar_type() == at::kFloat && mult.numel() == x.size(0) * x.size(1) && mult.is_contiguous(),
+              "qscale_quantize: mult must be a contiguous float32 [N, C(, 1, 1)]");
+  TORCH_CHECK(zp >= 0 && zp <= 255 && scale > 0 && x_zp >= 0 && x_zp <= 255 && x_scale > 0,
+              "qscale_quantize: zero points must be in 0..255 and scales positive");
+  const bool nhwc = x.is_contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor xc = nhwc ? x : x.contiguous();
+  at::Tensor q = at::empty(x.sizes(), x.options().dtype(at::kByte).memory_format(
+                                          nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous));
+  const MapValues mv{static_cast<float>(x_scale), static_cast<float>(x_zp)};
+  const float inv = static_cast<float>(1.0 / scale);
+  if (x.scalar_type() == at::kByte) {
+    scale_quantize_run<uint8_t>(xc, mult.data_ptr<float>(), q.data_ptr<uint8_t>(), nhwc, inv, zp, mv);
+  } else {
+    scale_quantize_run<float>(xc, mult.data_ptr<float>(), q.data_ptr<uint8_t>(), nhwc, inv, zp, mv);
+  }
   return q;
 }
 

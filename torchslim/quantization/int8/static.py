@@ -429,7 +429,7 @@ def _int8_static(model: nn.Module, config: Int8Static, select: Select, ctx: Cont
     pool_qparams = {n: qparams.pop(n) for n, _ in pools}
     convert_static_(model, targets, qparams, relus, ctx, config.kind, pool_qparams)
     int8_residuals_(model, ctx, config.kind, config.observer, Int8StaticConv2d)  # residual adds, head pool on codes
-    int8_channel_scales_(model, ctx, config.kind, Int8StaticConv2d)  # squeeze-and-excite products to codes
+    int8_channel_scales_(model, ctx, config.kind, Int8StaticConv2d, config.observer)  # SE products to codes
     return model
 
 
