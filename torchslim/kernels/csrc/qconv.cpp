@@ -359,16 +359,23 @@ at::Tensor im2col_cpu(const at::Tensor& x, at::IntArrayRef kernel, at::IntArrayR
       const int64_t img = r / oh, y = r % oh;
       for (int64_t xo = 0; xo < ow; ++xo) {
         uint8_t* dst = cp + (r * ow + xo) * kh * kw * c;
-        for (int64_t i = 0; i < kh; ++i) {
+        // Per kernel row, the taps inside the image are adjacent pixels: one run of bytes, padding around it.
+        const int64_t iw0 = xo * sw - pw, j0 = std::max<int64_t>(0, -iw0), j1 = std::min<int64_t>(kw, w - iw0);
+        for (int64_t i = 0; i < kh; ++i, dst += kw * c) {
           const int64_t ih = y * sh - ph + i;
-          for (int64_t j = 0; j < kw; ++j, dst += c) {
-            const int64_t iw = xo * sw - pw + j;
-            if (ih < 0 || ih >= h || iw < 0 || iw >= w) {
-              std::memset(dst, static_cast<int>(zp), c);
-            } else {
-              std::memcpy(dst, xp + ((img * h + ih) * w + iw) * c, c);
-            }
+          if (ih < 0 || ih >= h || j1 <= j0) {
+            std::memset(dst, static_cast<int>(zp), kw * c);
+            continue;
           }
+          std::memset(dst, static_cast<int>(zp), j0 * c);
+          const uint8_t* src = xp + ((img * h + ih) * w + iw0 + j0) * c;
+          const int64_t run = (j1 - j0) * c;
+          if (run < 32) {  // a few bytes (one- or three-channel inputs): a loop beats a call to memcpy
+            for (int64_t b = 0; b < run; ++b) dst[j0 * c + b] = src[b];
+          } else {
+            std::memcpy(dst + j0 * c, src, run);
+          }
+          std::memset(dst + j1 * c, static_cast<int>(zp), (kw - j1) * c);
         }
       }
     }
