@@ -154,3 +154,25 @@ def test_report_diff_and_round_trip():
 def test_measure_size_follows_dtype(dtype):
     m = mlp().to(dtype)
     assert measure(m).size_bytes == state_dict_bytes(m)
+
+
+def test_macs_of_static_int8_layers_on_torchslims_kernels(monkeypatch) -> None:
+    """A static int8 CNN counts the MACs of its float original, whichever kernel runs each layer: oneDNN, or
+    torchslim's C++ 1×1 loop (directly or on im2col rows, as on CPUs with AMX tiles)."""
+    from torchslim.api import compress_
+    from torchslim.core.context import Context
+    from torchslim.kernels import qconv
+    from torchslim.quantization.int8.static import Int8Static
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
+        nn.Conv2d(32, 8, 1),
+    ).eval()  # fmt: skip
+    x = torch.randn(2, 3, 12, 12)
+    want = count_macs(model, (x,))
+    compress_(model, Int8Static(), ctx=Context(calibration=[(x,)]))
+    assert count_macs(model, (x,)) == want  # whatever this CPU runs
+    if qconv.vnni():  # as with AMX: both later layers on the C++ loop
+        monkeypatch.setattr(qconv, "amx", lambda: True)
+        assert count_macs(model, (x,)) == want

@@ -1,7 +1,8 @@
 """Multiply-accumulate counts through ``torch.utils.flop_counter``.
 
 PyTorch's counter knows the float matmuls and convolutions; the low-bit kernels our quantized modules
-call (``torch._int_mm``, the int8/int4 weight-only matmuls, oneDNN's int8 convolution) are taught to it
+call (``torch._int_mm``, the int8/int4 weight-only matmuls, oneDNN's int8 convolution, torchslim's own C++
+int8 convolution and W4A8 linear) are taught to it
 below, so a quantized model reports the MACs it really does instead of 0. So are the fused CPU
 attention kernels it counts as 0 (torch 2.13): ``scaled_dot_product_attention``'s CPU flash kernel, and
 the inference fast paths of ``nn.MultiheadAttention`` and ``nn.TransformerEncoderLayer``, which count
@@ -39,6 +40,11 @@ def _qconv_flops(x_shape: Any, _xs: Any, _xz: Any, w_shape: Any, *args: Any, out
     else:
         per_output = int(x_shape[1]) // groups
     return 2 * math.prod(out_shape) * per_output
+
+
+def _qconv1x1_flops(x_shape: Any, *_: Any, out_shape: Any = None, **__: Any) -> int:
+    """torchslim's int8 1×1 convolution: 2 · output elements · input channels (on im2col rows, kh·kw·C_in)."""
+    return 2 * math.prod(out_shape) * int(x_shape[1])
 
 
 def _sdpa_cpu_flops(q: Any, k: Any, v: Any, *_: Any, out_shape: Any = None, **__: Any) -> int:
@@ -84,6 +90,9 @@ def _low_bit_formulas() -> dict[Any, Callable[..., int]]:
         ("aten", "_weight_int4pack_mm_for_cpu", _matmul_flops),
         ("onednn", "qconv2d_pointwise", _qconv_flops),
         ("onednn", "qlinear_pointwise", _matmul_flops),
+        ("torchslim", "qconv1x1", _qconv1x1_flops),  # present once torchslim.kernels is imported
+        ("torchslim", "w4a8_linear", _matmul_flops),
+        ("torchslim", "w4a8_linear_on", _matmul_flops),
         ("aten", "_scaled_dot_product_flash_attention_for_cpu", _sdpa_cpu_flops),
         ("aten", "_native_multi_head_attention", _mha_flops),
         ("aten", "_transformer_encoder_layer_fwd", _encoder_layer_flops),
