@@ -239,6 +239,8 @@ def test_im2col_rows_run_a_kxk_convolution(compiled, shape, kernel, stride, padd
     for isa in _paths(compiled):
         y = qconv.conv1x1(cols, packed, wsum, scale, bias, 117, "relu", isa=isa)
         torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-4)
+    values = ((x.float() - 117) * 0.03).contiguous(memory_format=torch.channels_last)  # float32: quantized first
+    assert torch.equal(qconv.im2col(values, kernel, stride, padding, 117, 0.03), cols)
 
 
 def test_module_path_with_amx_takes_small_kxk_convolutions(compiled, monkeypatch):

@@ -76,7 +76,7 @@ QCONV1X1 = torch.ops.torchslim.qconv1x1.default
 _LIB.define("qscale_quantize(Tensor x, Tensor mult, float scale, int zp, float x_scale=1.0, int x_zp=0) -> Tensor")
 
 QSCALE_QUANTIZE = torch.ops.torchslim.qscale_quantize.default
-_LIB.define("qim2col(Tensor x, int[2] kernel, int[2] stride, int[2] padding, int zp) -> Tensor")
+_LIB.define("qim2col(Tensor x, int[2] kernel, int[2] stride, int[2] padding, int zp, float scale=1.0) -> Tensor")
 QIM2COL = torch.ops.torchslim.qim2col.default
 
 
@@ -87,9 +87,9 @@ def _fake_1x1(x, x_scale, x_zp, packed, wsum, scale, bias, out_channels, act, ou
 
 
 @torch.library.register_fake("torchslim::qim2col", lib=_LIB)
-def _fake_im2col(x, kernel, stride, padding, zp):
+def _fake_im2col(x, kernel, stride, padding, zp, scale=1.0):
     h, w = ((x.shape[2 + i] + 2 * padding[i] - kernel[i]) // stride[i] + 1 for i in (0, 1))
-    cols = x.new_empty((x.shape[0], kernel[0] * kernel[1] * x.shape[1], h, w))
+    cols = x.new_empty((x.shape[0], kernel[0] * kernel[1] * x.shape[1], h, w), dtype=torch.uint8)
     return cols.contiguous(memory_format=torch.channels_last)
 
 

@@ -99,11 +99,17 @@ def pack_conv(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def im2col(
-    x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int], zero_point: int
+    x: torch.Tensor,
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    zero_point: int,
+    scale: float = 1.0,
 ) -> torch.Tensor:
     """uint8 codes ``x`` (channels-last ``[N, C, H, W]``) unfolded to ``[N, kh·kw·C, OH, OW]`` channels-last,
     so that a k × k or strided convolution with :func:`pack_conv`'s weight is :func:`conv1x1` on the result;
-    taps outside the image read ``zero_point`` (zero padding in real values).
+    taps outside the image read ``zero_point`` (zero padding in real values). Float32 values ``x`` are
+    quantized first with ``(scale, zero_point)``.
 
     Example:
         >>> x = torch.arange(4, dtype=torch.uint8).reshape(1, 1, 2, 2).contiguous(memory_format=torch.channels_last)
@@ -112,7 +118,7 @@ def im2col(
     """
     if not available():
         raise RuntimeError("torchslim's C++ kernels are not built here (see torchslim.kernels.load)")
-    return QIM2COL(x, list(kernel), list(stride), list(padding), int(zero_point))
+    return QIM2COL(x, list(kernel), list(stride), list(padding), int(zero_point), float(scale))
 
 
 def unpack_conv1x1(packed: torch.Tensor, out_channels: int, in_channels: int) -> torch.Tensor:

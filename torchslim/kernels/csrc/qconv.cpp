@@ -340,12 +340,15 @@ at::Tensor conv1x1_cpu(const at::Tensor& x_in, double x_scale, int64_t x_zp, con
 // ---- im2col: a k × k (or strided) convolution as the 1×1 GEMM above ----
 // cols[n, (i·kw + j)·C + c, oh, ow] = x[n, c, oh·sh − ph + i, ow·sw − pw + j], or zp outside the image (zero
 // padding in real values); channels-last in and out, so each output pixel's row of kh·kw·C bytes is contiguous.
-at::Tensor im2col_cpu(const at::Tensor& x, at::IntArrayRef kernel, at::IntArrayRef stride, at::IntArrayRef padding,
-                      int64_t zp) {
-  TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kByte && x.is_contiguous(at::MemoryFormat::ChannelsLast),
-              "qim2col: x must be channels-last uint8 codes [N, C, H, W]");
+// Float32 values are quantized first with (scale, zp), as qconv1x1 does its float inputs.
+at::Tensor im2col_cpu(const at::Tensor& x_in, at::IntArrayRef kernel, at::IntArrayRef stride, at::IntArrayRef padding,
+                      int64_t zp, double scale) {
+  TORCH_CHECK(x_in.dim() == 4 && (x_in.scalar_type() == at::kByte || x_in.scalar_type() == at::kFloat) &&
+                  x_in.is_contiguous(at::MemoryFormat::ChannelsLast),
+              "qim2col: x must be channels-last uint8 codes or float32 values [N, C, H, W]");
   TORCH_CHECK(kernel.size() == 2 && stride.size() == 2 && padding.size() == 2, "qim2col: 2 values per argument");
-  TORCH_CHECK(zp >= 0 && zp <= 255, "qim2col: zp must be in 0..255");
+  TORCH_CHECK(zp >= 0 && zp <= 255 && scale > 0, "qim2col: zp must be in 0..255 and scale positive");
+  const at::Tensor x = x_in.scalar_type() == at::kByte ? x_in : quantize_input(x_in, scale, zp, vnni_cpu());
   const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3), kh = kernel[0], kw = kernel[1];
   const int64_t sh = stride[0], sw = stride[1], ph = padding[0], pw = padding[1];
   TORCH_CHECK(kh >= 1 && kw >= 1 && sh >= 1 && sw >= 1 && ph >= 0 && pw >= 0, "qim2col: invalid kernel, stride or padding");

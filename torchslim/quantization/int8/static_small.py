@@ -95,14 +95,10 @@ def small_conv1x1(conv: Any, x: torch.Tensor, accum: torch.Tensor | None = None)
     uint8 codes are added, then ReLU when ``accumulate_relu``, and the result is uint8 codes."""
     packed, wsum, scale, bias, x_scale, x_zp, out_scale, out_zp = _prepared(conv)
     x = x.contiguous(memory_format=torch.channels_last)
-    if not _pointwise(conv):  # k × k or strided: the 1×1 loop over the im2col rows of the codes
-        if x.dtype != torch.uint8:
-            from torchslim.quantization.int8.static_add import quantize_codes  # static_add imports this module
-
-            x = quantize_codes(x, x_scale, x_zp)
-        x = qconv.im2col(x, conv.kernel_size, conv.stride, conv.padding, x_zp)
-    elif x.dtype != torch.uint8:
+    if x.dtype != torch.uint8:
         x = x.float()
+    if not _pointwise(conv):  # k × k or strided: the 1×1 loop over the im2col rows of the codes
+        x = qconv.im2col(x, conv.kernel_size, conv.stride, conv.padding, x_zp, x_scale)
     if accum is None:
         act, out_u8, residual = conv.activation, bool(conv.output_uint8), None
     else:
