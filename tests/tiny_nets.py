@@ -16,3 +16,13 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x):
         return x + self.down(torch.relu(self.up(x)))
+
+
+def small_cnn() -> nn.Module:
+    """A 3-channel 3×3 stem, a strided 3×3 conv of 16 input channels, a 1×1 head conv (seeded, eval mode):
+    one layer of each kind the static int8 kernels route (oneDNN, im2col rows, the 1×1 loop)."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
+        nn.Conv2d(32, 8, 1),
+    ).eval()  # fmt: skip

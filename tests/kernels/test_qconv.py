@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
+from tiny_nets import small_cnn
 
 from torchslim.kernels import qconv
 from torchslim.quantization.int8 import static_small
@@ -250,11 +251,7 @@ def test_module_path_with_amx_takes_small_kxk_convolutions(compiled, monkeypatch
     from torchslim.core.context import Context
     from torchslim.quantization.int8.static import Int8Static
 
-    torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
-        nn.Conv2d(32, 8, 1),
-    ).eval()  # fmt: skip
+    model = small_cnn()
     x = torch.randn(2, 3, 12, 12)
     compress_(model, Int8Static(), ctx=Context(calibration=[(x,)]))
     monkeypatch.setattr(qconv, "amx", lambda: compiled == "avx512-vnni")

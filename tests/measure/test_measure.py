@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn as nn
+from tiny_nets import small_cnn
 
 import torchslim as ts
 from torchslim.measure import (
@@ -164,11 +165,7 @@ def test_macs_of_static_int8_layers_on_torchslims_kernels(monkeypatch) -> None:
     from torchslim.kernels import qconv
     from torchslim.quantization.int8.static import Int8Static
 
-    torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
-        nn.Conv2d(32, 8, 1),
-    ).eval()  # fmt: skip
+    model = small_cnn()
     x = torch.randn(2, 3, 12, 12)
     want = count_macs(model, (x,))
     compress_(model, Int8Static(), ctx=Context(calibration=[(x,)]))
