@@ -266,3 +266,24 @@ def test_module_path_with_amx_takes_small_kxk_convolutions(compiled, monkeypatch
         slow = model(x)  # every layer on oneDNN
     assert calls == ([9 * 16, 32] if compiled == "avx512-vnni" else [])
     torch.testing.assert_close(fast, slow, rtol=0, atol=0.02 * slow.abs().max().item())
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 3, 5), (2, 70, 7, 5), (3, 130, 1, 1), (1, 64, 28, 28), (32, 96, 9, 9)])
+def test_avgpool_equals_mean_of_codes(compiled, shape, monkeypatch):
+    """The global average pool of channels-last codes, dequantized: the exact mean of the codes (int32 sums)
+    minus the zero point, times the scale; channel counts off the 64-channel chunks, one pixel, maps large
+    enough to split over threads; the torch fallback (no build, or a contiguous map) gives the same values."""
+    gen = torch.Generator().manual_seed(sum(shape))
+    codes = torch.randint(0, 256, shape, generator=gen, dtype=torch.uint8)
+    codes[:, :, 0, 0] = 255  # a saturated pixel in every channel
+    x = codes.contiguous(memory_format=torch.channels_last)
+    exact = (codes.double().mean((2, 3), keepdim=True) - 117) * 0.03
+    y = qconv.avgpool(x, 0.03, 117)
+    assert y.dtype == torch.float32 and y.shape == (shape[0], shape[1], 1, 1)
+    torch.testing.assert_close(y.double(), exact, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(qconv.avgpool(codes, 0.03, 117).double(), exact, rtol=1e-6, atol=1e-6)
+    monkeypatch.setattr(qconv, "available", lambda: False)
+    torch.testing.assert_close(qconv.avgpool(x, 0.03, 117).double(), exact, rtol=1e-6, atol=1e-6)
+    monkeypatch.undo()
+    with pytest.raises(RuntimeError, match="zp must be in 0..255"):
+        torch.ops.torchslim.qavgpool(x, 0.03, 300)

@@ -2,8 +2,9 @@
 
 The schemas are defined here, in Python, so that the operator exists (and ``torch.compile`` /
 ``torch.export`` can trace it through its fake implementation) whether or not the C++ kernel builds.
-:func:`load` compiles ``csrc/w4a8.cpp`` and ``csrc/qconv.cpp`` once with ``torch.utils.cpp_extension.load`` (cached under
-``$TORCHSLIM_CACHE/kernels`` when that is set, else in torch's extensions folder) and the library
+:func:`load` compiles ``csrc/w4a8.cpp``, ``csrc/qconv.cpp`` and ``csrc/qpool.cpp`` once with
+``torch.utils.cpp_extension.load`` (cached under ``$TORCHSLIM_CACHE/kernels`` when that is set, else in
+torch's extensions folder) and the library
 registers the CPU implementations. When the build fails (no compiler, no ninja) or
 ``TORCHSLIM_KERNELS=reference`` is set, the torch reference of :mod:`torchslim.kernels.reference` is
 registered instead and the reason is logged once.
@@ -21,7 +22,9 @@ Operators:
 - ``torchslim::qscale_quantize(x, mult, scale, zp, x_scale, x_zp)``: ``x · mult`` (``mult`` per image and
   channel; ``x`` float32, or uint8 codes dequantized with ``x_scale`` / ``x_zp``) quantized
   to uint8 codes in one pass (:func:`torchslim.kernels.qconv.scale_quantize`); callers without the build
-  multiply and quantize in torch.
+  multiply and quantize in torch;
+- ``torchslim::qavgpool(x, scale, zp)``: the global average pool of channels-last uint8 codes, dequantized
+  to float32 ``[N, C, 1, 1]`` (:func:`torchslim.kernels.qconv.avgpool`); callers without the build pool in torch.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from torchslim.kernels.reference import w4a8_linear_reference
 
 __all__ = [
     "ISAS",
+    "QAVGPOOL",
     "QCONV1X1",
     "QIM2COL",
     "QSCALE_QUANTIZE",
@@ -53,7 +57,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_SOURCES = [Path(__file__).resolve().parent / "csrc" / name for name in ("w4a8.cpp", "qconv.cpp")]
+_SOURCES = [Path(__file__).resolve().parent / "csrc" / name for name in ("w4a8.cpp", "qconv.cpp", "qpool.cpp")]
 _EXTENSION = "torchslim_w4a8"
 _ARGS = "Tensor x, Tensor packed, int out_features, int group_size, Tensor? bias"
 ISAS = ("avx512-vnni", "avx2", "portable")  # the C++ paths, fastest first
@@ -78,6 +82,8 @@ _LIB.define("qscale_quantize(Tensor x, Tensor mult, float scale, int zp, float x
 QSCALE_QUANTIZE = torch.ops.torchslim.qscale_quantize.default
 _LIB.define("qim2col(Tensor x, int[2] kernel, int[2] stride, int[2] padding, int zp, float scale=1.0) -> Tensor")
 QIM2COL = torch.ops.torchslim.qim2col.default
+_LIB.define("qavgpool(Tensor x, float scale, int zp) -> Tensor")
+QAVGPOOL = torch.ops.torchslim.qavgpool.default
 
 
 @torch.library.register_fake("torchslim::qconv1x1", lib=_LIB)
@@ -91,6 +97,11 @@ def _fake_im2col(x, kernel, stride, padding, zp, scale=1.0):
     h, w = ((x.shape[2 + i] + 2 * padding[i] - kernel[i]) // stride[i] + 1 for i in (0, 1))
     cols = x.new_empty((x.shape[0], kernel[0] * kernel[1] * x.shape[1], h, w), dtype=torch.uint8)
     return cols.contiguous(memory_format=torch.channels_last)
+
+
+@torch.library.register_fake("torchslim::qavgpool", lib=_LIB)
+def _fake_avgpool(x, scale, zp):
+    return x.new_empty((x.shape[0], x.shape[1], 1, 1), dtype=torch.float32)
 
 
 @torch.library.register_fake("torchslim::qscale_quantize", lib=_LIB)

@@ -44,11 +44,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from torchslim.kernels.ops import QCONV1X1, QIM2COL, QSCALE_QUANTIZE, load, qconv_amx
+from torchslim.kernels.ops import QAVGPOOL, QCONV1X1, QIM2COL, QSCALE_QUANTIZE, load, qconv_amx
 
 __all__ = [
     "amx",
     "available",
+    "avgpool",
     "conv1x1",
     "conv1x1_reference",
     "epilogue_reference",
@@ -258,3 +259,18 @@ def scale_quantize(
         return (values * mult).mul_(1.0 / scale).round_().add_(zero_point).clamp_(0, 255).to(torch.uint8)
     x = x if x.dtype == torch.uint8 else x.float()
     return QSCALE_QUANTIZE(x, mult.float().contiguous(), float(scale), int(zero_point), float(x_scale), int(x_zp))
+
+
+def avgpool(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
+    """The global average pool of uint8 codes ``x`` ``[N, C, H, W]`` dequantized to float32 ``[N, C, 1, 1]``:
+    ``(mean code − zero_point) · scale``, the codes read once as bytes (exact int32 sums) by the C++ kernel for
+    channels-last ``x`` where it is built; otherwise torch's mean over the codes in float32.
+
+    Example:
+        >>> x = torch.tensor([[[[4, 6], [8, 10]]]], dtype=torch.uint8)
+        >>> avgpool(x.contiguous(memory_format=torch.channels_last), 0.5, 4).flatten().tolist()
+        [1.5]
+    """
+    if available() and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return QAVGPOOL(x, float(scale), int(zero_point))
+    return x.mean(dim=(-2, -1), keepdim=True, dtype=torch.float32).sub_(zero_point).mul_(scale)

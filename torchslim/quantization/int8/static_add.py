@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 
 from torchslim.core.modspec import register_spec_module
+from torchslim.kernels import qconv
 from torchslim.quantization.int8 import static_small
 
 __all__ = [
@@ -235,7 +236,7 @@ class Int8GlobalAvgPool2d(_QParamBuffers):
         if x.dtype != torch.uint8:
             return nn.functional.adaptive_avg_pool2d(x, 1)
         ((scale, zp),) = self._numbers(("input",))
-        return x.mean(dim=(-2, -1), keepdim=True, dtype=torch.float32).sub_(zp).mul_(scale)
+        return qconv.avgpool(x, scale, zp)
 
 
 def conv_accumulate(conv: Any, x: torch.Tensor, accum: torch.Tensor) -> torch.Tensor:
