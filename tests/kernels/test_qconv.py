@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 from tiny_nets import small_cnn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from torchslim.kernels import qconv
 from torchslim.quantization.int8 import static_small
@@ -27,6 +28,21 @@ SHAPES = [
     (1, 200, 16, 4, 4),
     (1, 24, 80, 9, 7),
 ]
+
+
+class _QConvCalls(TorchDispatchMode):
+    """The input shapes of the ``torchslim::qconv1x1`` calls made while it is active (the layers' C++ plans
+    call the operator through the dispatcher, so a dispatch mode sees them as it sees Python calls)."""
+
+    def __enter__(self):
+        self.shapes = []
+        super().__enter__()
+        return self.shapes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.torchslim.qconv1x1.default:
+            self.shapes.append(args[0].shape)
+        return func(*args, **(kwargs or {}))
 
 
 def _case(b, k, n, h, w, seed):
@@ -151,10 +167,7 @@ def test_module_path_matches_onednn(compiled, monkeypatch):
     x = torch.randn(1, 3, 16, 16)
     monkeypatch.setattr(qconv, "amx", lambda: False)  # the VNNI rule: layers up to SMALL_MACS
     monkeypatch.setattr(static_small, "SMALL_MACS", 5_000_000)  # big (7.4 M multiply-adds) over it, the others under
-    calls = []
-    real = qconv.conv1x1
-    monkeypatch.setattr(qconv, "conv1x1", lambda *a, **k: calls.append(a[0].shape) or real(*a, **k))
-    with torch.inference_mode():
+    with torch.inference_mode(), _QConvCalls() as calls:
         fast = model(x)
         monkeypatch.setattr(static_small, "SMALL_MACS", 0)
         slow = model(x)
@@ -177,12 +190,9 @@ def test_module_path_with_amx_takes_every_1x1(compiled, monkeypatch):
     compress_(model, Int8Static(), ctx=Context(calibration=[(torch.randn(4, 3, 16, 16),)]))
     monkeypatch.setattr(qconv, "amx", lambda: compiled == "avx512-vnni")  # as on an AMX CPU (any x86 with VNNI runs it)
     monkeypatch.setattr(static_small, "SMALL_MACS", 0)
-    calls = []
-    real = qconv.conv1x1
-    monkeypatch.setattr(qconv, "conv1x1", lambda *a, **k: calls.append(a[0].shape[1]) or real(*a, **k))
-    with torch.inference_mode():
+    with torch.inference_mode(), _QConvCalls() as calls:
         model(torch.randn(1, 3, 16, 16))
-    assert calls == ([24, 8, 24, 24] if compiled == "avx512-vnni" else [])
+    assert [shape[1] for shape in calls] == ([24, 8, 24, 24] if compiled == "avx512-vnni" else [])
 
 
 @pytest.mark.parametrize("shape", [(2, 40, 7, 5), (1, 17, 3, 3), (3, 144, 6, 6)])
@@ -255,16 +265,13 @@ def test_module_path_with_amx_takes_small_kxk_convolutions(compiled, monkeypatch
     x = torch.randn(2, 3, 12, 12)
     compress_(model, Int8Static(), ctx=Context(calibration=[(x,)]))
     monkeypatch.setattr(qconv, "amx", lambda: compiled == "avx512-vnni")
-    calls = []
-    real = qconv.conv1x1
-    monkeypatch.setattr(qconv, "conv1x1", lambda *a, **k: calls.append(a[0].shape[1]) or real(*a, **k))
-    with torch.inference_mode():
+    with torch.inference_mode(), _QConvCalls() as calls:
         fast = model(x)
         monkeypatch.setattr(static_small, "IM2COL_MACS", 0)
         monkeypatch.setattr(qconv, "amx", lambda: False)
         monkeypatch.setattr(static_small, "SMALL_MACS", 0)
         slow = model(x)  # every layer on oneDNN
-    assert calls == ([9 * 16, 32] if compiled == "avx512-vnni" else [])
+    assert [shape[1] for shape in calls] == ([9 * 16, 32] if compiled == "avx512-vnni" else [])
     torch.testing.assert_close(fast, slow, rtol=0, atol=0.02 * slow.abs().max().item())
 
 
@@ -287,3 +294,44 @@ def test_avgpool_equals_mean_of_codes(compiled, shape, monkeypatch):
     monkeypatch.undo()
     with pytest.raises(RuntimeError, match="zp must be in 0..255"):
         torch.ops.torchslim.qavgpool(x, 0.03, 300)
+
+
+def test_layer_plan_follows_buffer_writes_and_is_not_copied(compiled, monkeypatch):
+    """A layer's C++ plan (its packed weight and constants) is rebuilt after ``load_state_dict`` (an in-place
+    write), a replaced buffer and a changed output dtype; a model copied under inference mode (buffers without
+    version counters) runs; a deep copy of a layer that has run gives the same
+    outputs, and a pickled cache entry carries no plan (a C++ object of this process)."""
+    import copy
+    import pickle
+
+    from torchslim.api import compress_
+    from torchslim.core.context import Context
+    from torchslim.quantization.int8.static import Int8Static
+
+    if compiled != "avx512-vnni":
+        pytest.skip("the plans serve the AVX-512 VNNI / AMX paths")
+    torch.manual_seed(0)
+    model, other = _SqueezeNet().eval(), _SqueezeNet().eval()
+    calib = [(torch.randn(4, 3, 16, 16),) for _ in range(2)]
+    compress_(model, Int8Static(), ctx=Context(calibration=calib))
+    compress_(other, Int8Static(), ctx=Context(calibration=calib))
+    monkeypatch.setattr(qconv, "amx", lambda: True)  # every 1×1 layer on a plan
+    x = torch.randn(1, 3, 16, 16)
+    with torch.inference_mode():
+        frozen = copy.deepcopy(other)  # its buffers are inference tensors: no version counters
+        before, theirs = model(x), other(x)
+        assert torch.equal(frozen(x), theirs)
+        grow_input = model.act(model.reduce(model.pool(model.expand(x))))
+        twin = copy.deepcopy(model.grow)  # a layer that ran on its plan (oneDNN's packed weights cannot be copied)
+        assert torch.equal(twin(grow_input), model.grow(grow_input))
+        cached = model.grow.__dict__["_qconv"]  # a pickled module carries an empty cache entry
+        assert cached.plan is not None and pickle.loads(pickle.dumps(cached)).plan is None
+        assert not torch.equal(before, theirs)
+        model.load_state_dict(other.state_dict())
+        assert torch.equal(model(x), theirs)
+        grow = model.grow
+        grow.weight = grow.weight.neg()  # a replaced buffer
+        assert not torch.equal(model(x), theirs)
+        grow.output_uint8 = not grow.output_uint8
+        y = grow(grow_input)
+        assert y.dtype == (torch.uint8 if grow.output_uint8 else torch.float32)

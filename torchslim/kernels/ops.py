@@ -53,11 +53,14 @@ __all__ = [
     "backend",
     "load",
     "qconv_amx",
+    "qconv_plan",
 ]
 
 log = logging.getLogger(__name__)
 
-_SOURCES = [Path(__file__).resolve().parent / "csrc" / name for name in ("w4a8.cpp", "qconv.cpp", "qpool.cpp")]
+_SOURCES = [
+    Path(__file__).resolve().parent / "csrc" / name for name in ("w4a8.cpp", "qconv.cpp", "qpool.cpp", "qplan.cpp")
+]
 _EXTENSION = "torchslim_w4a8"
 _ARGS = "Tensor x, Tensor packed, int out_features, int group_size, Tensor? bias"
 ISAS = ("avx512-vnni", "avx2", "portable")  # the C++ paths, fastest first
@@ -132,6 +135,7 @@ def _reference_on(
 _lock = threading.Lock()
 _backend: str | None = None  # "avx512-vnni", "avx2", "portable-c++" or "torch-reference" once loaded
 _amx = False  # whether qconv1x1 has AMX tiles here, once loaded
+_module = None  # the built extension (a Python module), once loaded
 
 
 def _build_directory() -> str | None:
@@ -147,6 +151,13 @@ def qconv_amx() -> bool:
     """Whether the compiled ``qconv1x1`` runs AMX tiles here (builds at the first call; False without a build)."""
     load()
     return _amx
+
+
+def qconv_plan(*args):
+    """A ``QConvPlan`` of ``csrc/qplan.cpp`` (a static int8 convolution's constants bound once, called with
+    its input: ``plan(x)``, ``plan.accumulate(x, codes, scale, zp, relu)``); None without the build."""
+    load()
+    return None if _module is None else _module.QConvPlan(*args)
 
 
 def _ensure_ninja_on_path() -> None:
@@ -170,18 +181,19 @@ def _build() -> str:
     # torch rebuilds when the sources or the flags change; the digest of every file under csrc/ (headers
     # included, which torch does not hash) in the flags makes a header change rebuild too.
     digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(_SOURCES[0].parent.iterdir()))).hexdigest()[:16]
-    cpp_extension.load(
+    # A Python module (qplan.cpp's pybind11 classes) whose import also registers the operators' CPU kernels.
+    module = cpp_extension.load(
         name=_EXTENSION,
         sources=[str(p) for p in _SOURCES],
         extra_cflags=["-O3", "-fopenmp", f"-DTS_SOURCES_DIGEST={digest}"],
         extra_ldflags=["-fopenmp"],
         build_directory=_build_directory(),
-        is_python_module=False,
+        is_python_module=True,
         verbose=False,
     )
-    (path,) = [p for p in torch.ops.loaded_libraries if Path(p).name.split(".")[0] == _EXTENSION]
-    global _amx
-    library = ctypes.CDLL(path)
+    global _amx, _module
+    _module = module
+    library = ctypes.CDLL(module.__file__)
     isa = library.torchslim_w4a8_isa
     isa.restype = ctypes.c_int
     amx = library.torchslim_qconv_amx

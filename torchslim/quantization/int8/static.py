@@ -170,7 +170,7 @@ class _StaticInt8(nn.Module):
         # (int8 weights dequantized in the graph, activations fake-quantized) is exported instead.
         # On CPUs whose int8 kernels saturate (x86 without VNNI: see exact_int8_kernels), the reference path too.
         return (
-            x.device.type == "cpu"
+            x.is_cpu  # x.device.type costs a microsecond a call
             and torch.backends.mkldnn.is_available()
             and exact_int8_kernels()
             and not torch.jit.is_scripting()
@@ -181,11 +181,15 @@ class _StaticInt8(nn.Module):
         """``(packed weight, x_scale, x_zp (uint8), out_scale, out_zp (uint8), zero w_zp)``, rebuilt when a buffer changes.
 
         Python floats avoid a ``.item()`` per call; ``_version`` changes whenever a buffer is written
-        (``load_state_dict`` included), so a stale prepacked weight is never used.
+        (``load_state_dict`` included), so a stale prepacked weight is never used. Inference tensors (buffers
+        made under ``torch.inference_mode``) keep no version counter: for them only a replaced buffer counts.
         """
         b = self._buffers  # the dict itself: nn.Module.__getattr__ costs about a microsecond per buffer
         bufs = (b["weight"], b["input_scale"], b["input_zero_point"], b["output_scale"], b["output_zero_point"])
-        key = tuple((t.data_ptr(), t._version) for t in bufs)
+        try:
+            key = tuple((t.data_ptr(), t._version) for t in bufs)
+        except RuntimeError:  # inference tensors (made under torch.inference_mode) keep no version counter
+            key = tuple((t.data_ptr(), -1) for t in bufs)
         if self._packed is None or self._packed[0] != key:
             x_scale, x_zp = float(self.input_scale), int(self.input_zero_point) + 128
             out = self._out()

@@ -6,8 +6,9 @@ squeeze-and-excite convolutions on 1 × 1 maps, and the 1×1 layers of the last 
 EfficientNet. :func:`small_conv1x1` runs a 1×1 stride-1 layer through :func:`torchslim.kernels.qconv.conv1x1`
 (AMX tiles where the CPU grants them, else AVX-512 VNNI; no setup, on the calling thread when the work is
 small) with the same epilogue: the per-channel scale, bias, an optional residual operand, the fused
-activation and the requantization to the next layer's uint8 codes. With AMX every such layer takes it; with
-VNNI only, those up to :data:`SMALL_MACS` multiply-adds. The choice depends only on the layer, the input
+activation and the requantization to the next layer's uint8 codes. Each layer's packed weight and
+constants are bound once in a C++ plan (``csrc/qplan.cpp``) that Python calls with the input alone. With
+AMX every such layer takes it; with VNNI only, those up to :data:`SMALL_MACS` multiply-adds. The choice depends only on the layer, the input
 shape and the CPU, so a given input always takes the same kernel. The integer sums are the same as
 oneDNN's; the float epilogue may round an output code the other way at an exact tie.
 
@@ -31,6 +32,7 @@ from typing import Any
 import torch
 
 from torchslim.kernels import qconv
+from torchslim.kernels.ops import qconv_plan
 
 __all__ = ["IM2COL_MACS", "IM2COL_MIN_CHANNELS", "SMALL_MACS", "eligible", "small_conv1x1"]
 
@@ -55,53 +57,78 @@ def _pointwise(conv: Any) -> bool:
 def eligible(conv: Any, x: torch.Tensor) -> bool:
     """Whether ``conv`` (an ``Int8StaticConv2d`` on its oneDNN path) runs on ``x`` through the C++ loop: every
     1×1 stride-1 convolution where the CPU has AMX tiles, and other ungrouped ones (through im2col) of
-    :data:`IM2COL_MIN_CHANNELS` input channels and more, up to :data:`IM2COL_MACS` multiply-adds; those 1×1 stride-1 ones up to :data:`SMALL_MACS` where it has
-    AVX-512 VNNI only."""
+    :data:`IM2COL_MIN_CHANNELS` input channels and more, up to :data:`IM2COL_MACS` multiply-adds; those 1×1
+    stride-1 ones up to :data:`SMALL_MACS` where it has AVX-512 VNNI only."""
     if conv.groups != 1 or conv.dilation != (1, 1) or x.dim() != 4 or not isinstance(conv.padding[0], int):
         return False
     pointwise = _pointwise(conv)
+    if pointwise and qconv.amx():  # the common case first: no arithmetic on the shape
+        return True
     (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
-    pixels = x.shape[0] * ((x.shape[2] + 2 * ph - kh) // sh + 1) * ((x.shape[3] + 2 * pw - kw) // sw + 1)
+    n, _, h, w = x.shape
+    pixels = n * ((h + 2 * ph - kh) // sh + 1) * ((w + 2 * pw - kw) // sw + 1)
     macs = pixels * kh * kw * conv.in_channels * conv.out_channels
     if qconv.amx():
-        return pointwise or (macs <= IM2COL_MACS and conv.in_channels >= IM2COL_MIN_CHANNELS)
+        return macs <= IM2COL_MACS and conv.in_channels >= IM2COL_MIN_CHANNELS
     return pointwise and macs <= SMALL_MACS and qconv.vnni()
 
 
-_BUFFERS = ("weight", "weight_scale", "bias", "input_scale", "input_zero_point", "output_scale", "output_zero_point")
+class _Plan:
+    """A layer's cached ``QConvPlan`` and the key it was built for. Copies and pickles of the module carry an
+    empty one (the plan is a C++ object bound to this process), which the next call rebuilds."""
+
+    __slots__ = ("key", "plan", "tensors")
+
+    def __init__(self, key: tuple[Any, ...] = (), plan: Any = None, tensors: tuple[torch.Tensor, ...] = ()) -> None:
+        self.key, self.plan, self.tensors = key, plan, tensors
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_Plan, ())
 
 
-def _prepared(conv: Any) -> tuple[Any, ...]:
-    """The kernel's arguments from ``conv``'s buffers, rebuilt when one changes (as the oneDNN cache is):
-    ``(packed weight, wsum, scale, bias, x_scale, x_zp, out_scale, out_zp)`` with uint8-range zero points."""
-    bufs = conv._buffers  # the dict itself: nn.Module.__getattr__ costs a microsecond per buffer
-    key = tuple((bufs[name].data_ptr(), bufs[name]._version) for name in _BUFFERS)
-    cached = getattr(conv, "_qconv", None)
-    if cached is None or cached[0] != key:
+def _prepared(conv: Any) -> Any:
+    """``conv``'s ``QConvPlan`` (:func:`torchslim.kernels.ops.qconv_plan`: the packed weight, ``wsum``, the
+    per-channel scale, bias and qparams bound once), rebuilt when a buffer is replaced (``.to()``, assignment)
+    or written in place (``load_state_dict``, ``copy_``: the tensor's version counter moves), or the fused
+    activation or output dtype is set anew (the residual and gate rewrites do), as the oneDNN cache is. The
+    cache holds the buffers themselves, so their ids stay theirs while it is compared. Buffers made under
+    ``torch.inference_mode`` have no version counter: there only a replaced buffer rebuilds the plan."""
+    b = conv._buffers  # the dict itself: nn.Module.__getattr__ costs a microsecond per buffer
+    t = (b["weight"], b["weight_scale"], b["bias"], b["input_scale"], b["input_zero_point"], b["output_scale"],
+         b["output_zero_point"])  # fmt: skip
+    try:
+        version = sum((t[0]._version, t[1]._version, t[2]._version, t[3]._version, t[4]._version, t[5]._version,
+                       t[6]._version))  # fmt: skip
+    except RuntimeError:  # inference tensors (made under torch.inference_mode) keep no version counter
+        version = -1
+    key = (id(t[0]), id(t[1]), id(t[2]), id(t[3]), id(t[4]), id(t[5]), id(t[6]), version, conv.activation,
+           conv.output_uint8)  # fmt: skip
+    cached = conv.__dict__.get("_qconv")
+    if cached is None or cached.key != key:
         packed, wsum = qconv.pack_conv(conv.weight)  # over im2col rows; the 1×1 layout for a 1×1 conv
         x_scale = float(conv.input_scale)
         scale = (conv.weight_scale.float() * x_scale).contiguous()
         out_scale, out_zp = float(conv.output_scale), int(conv.output_zero_point) + 128
-        args = (packed, wsum, scale, conv.bias.float().contiguous(), x_scale, int(conv.input_zero_point) + 128)
-        cached = (key, (*args, out_scale, out_zp))
-        conv._qconv = cached
-    return cached[1]
+        plan = qconv_plan(
+            packed, wsum, scale, conv.bias.float().contiguous(), x_scale, int(conv.input_zero_point) + 128,
+            conv.activation, out_scale, out_zp, bool(conv.output_uint8),
+            list(conv.kernel_size), list(conv.stride), list(conv.padding),
+        )  # fmt: skip
+        cached = _Plan(key, plan, t)
+        conv.__dict__["_qconv"] = cached
+    return cached.plan
 
 
 def small_conv1x1(conv: Any, x: torch.Tensor, accum: torch.Tensor | None = None) -> torch.Tensor:
     """``conv`` (an ``Int8StaticConv2d``) on ``x``: uint8 codes in its input qparams, or float32 values that
-    the kernel quantizes. Without ``accum``: the conv's activation, uint8 output codes when it hands them on
-    (``output_uint8``) else float32. With ``accum`` (the residual add of ``set_accumulate``): the operand's
-    uint8 codes are added, then ReLU when ``accumulate_relu``, and the result is uint8 codes."""
-    packed, wsum, scale, bias, x_scale, x_zp, out_scale, out_zp = _prepared(conv)
-    x = x.contiguous(memory_format=torch.channels_last)
-    if x.dtype != torch.uint8:
-        x = x.float()
-    if not _pointwise(conv):  # k × k or strided: the 1×1 loop over the im2col rows of the codes
-        x = qconv.im2col(x, conv.kernel_size, conv.stride, conv.padding, x_zp, x_scale)
+    the kernel quantizes; a k × k or strided layer on the :func:`torchslim.kernels.qconv.im2col` rows.
+    Without ``accum``: the conv's activation, uint8 output codes when it hands them on (``output_uint8``) else
+    float32. With ``accum`` (the residual add of ``set_accumulate``): the operand's uint8 codes are added, then
+    ReLU when ``accumulate_relu``, and the result is uint8 codes.
+
+    The layer's plan calls ``torchslim::qim2col`` / ``torchslim::qconv1x1`` through the C++ dispatcher (dispatch
+    modes see them) without torch.ops' per-argument parsing in Python."""
+    plan = _prepared(conv)
     if accum is None:
-        act, out_u8, residual = conv.activation, bool(conv.output_uint8), None
-    else:
-        act, out_u8 = "relu" if conv.accumulate_relu else "none", True
-        residual = (accum, float(conv.accum_scale), int(conv.accum_zero_point))
-    return qconv.conv1x1(x, packed, wsum, scale, bias, x_zp, act, out_scale, out_zp, out_u8, residual, x_scale=x_scale)
+        return plan(x)
+    return plan.accumulate(x, accum, float(conv.accum_scale), int(conv.accum_zero_point), bool(conv.accumulate_relu))
