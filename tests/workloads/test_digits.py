@@ -166,15 +166,23 @@ def test_registry_lookup() -> None:
 
 
 def test_cold_training_is_deterministic_and_replaces_corrupt_cache(tmp_path, monkeypatch) -> None:
+    """Two cold trainings give the same teacher, also when the callers run on different thread counts (the
+    thread count changes float reductions: the teacher trains on a fixed one); a corrupt cache is replaced."""
     states = []
-    for run in ("a", "b"):
+    outer = torch.get_num_threads()
+    for run, caller_threads in (("a", 1), ("b", 3)):
         monkeypatch.setenv("TORCHSLIM_CACHE", str(tmp_path / run))
         wl = DigitsWorkload()
         if run == "b":  # a corrupt cache file is detected and replaced, never trusted
             wl.cache_path().parent.mkdir(parents=True, exist_ok=True)
             wl.cache_path().write_bytes(b"not a safetensors file")
         rng_before = torch.get_rng_state()
-        model = wl.model()  # cold (or corrupt) cache: trains
+        torch.set_num_threads(caller_threads)
+        try:
+            model = wl.model()  # cold (or corrupt) cache: trains
+            assert torch.get_num_threads() == caller_threads  # the caller's setting is restored
+        finally:
+            torch.set_num_threads(outer)
         assert torch.equal(torch.get_rng_state(), rng_before)  # no process-global side effect
         assert wl.cache_path().is_file() and wl.cache_path().is_relative_to(tmp_path / run)
         assert not list(wl.cache_path().parent.glob("*.tmp"))  # the temp file was renamed into place
