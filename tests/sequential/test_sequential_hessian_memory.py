@@ -27,14 +27,20 @@ def _status(key: str) -> int:
     raise AssertionError(key)
 
 
-def _peak_added(fn):  # noqa: ANN001, ANN202 - runs fn, returns (result, bytes the peak rose above the start)
+def _peak_added(fn, repeats: int = 1):  # noqa: ANN001, ANN202 - runs fn, returns (result, bytes the peak rose above the start)
+    """With ``repeats`` > 1, ``fn`` (which must not change its inputs) runs that many times and the least rise
+    counts: the process's other allocations (thread pools, the allocator's own bookkeeping) only ever add to a
+    peak: the same call rose by 1.34 to 1.90 K × K float64 copies from run to run on a busy host."""
     lin = nn.Linear(256, 4)  # warm-up: the matmul library's own buffers are allocated on first use
     collect_input_stats(nn.Sequential(lin), {"0": lin}, [torch.randn(8, 256)] * 2, hessian=True)
     gptq_quantize(torch.randn(4, 256), torch.eye(256, dtype=torch.float64), 128)
-    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
-    base = _status("VmRSS")
-    out = fn()
-    return out, _status("VmHWM") - base
+    rises = []
+    for _ in range(repeats):
+        Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+        base = _status("VmRSS")
+        out = fn()
+        rises.append(_status("VmHWM") - base)
+    return out, min(rises)
 
 
 pytestmark = pytest.mark.skipif(
@@ -95,7 +101,9 @@ def test_gptq_solve_adds_two_float32_buffers_beside_the_hessian() -> None:
     h = 2.0 * (x @ x.T) / x.shape[1]
     del x
     w = torch.randn(16, K)
-    t, added = _peak_added(lambda: gptq_quantize(w, h, 128))
+    h_before = h.clone()
+    t, added = _peak_added(lambda: gptq_quantize(w, h, 128), repeats=3)
+    assert torch.equal(h, h_before)  # the repeats solved the same problem
     # The permuted float32 Hessian and one factor buffer (each half a float64 copy), factorised in place
     # (about 1.4 copies measured); the former code made the permuted float64 copy, a clone, the damped
     # copy, the identity and three factors (5.6 copies measured at K = 8704), then LAPACK's column-major

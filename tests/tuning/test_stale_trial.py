@@ -44,3 +44,36 @@ def test_trial_failed_by_another_worker_does_not_end_the_run() -> None:
     assert states.count(TrialState.COMPLETE) == 4
     assert states.count(TrialState.FAIL) == 1
     assert len(bar.notes) == 1 and "another worker" in bar.notes[0]
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # optuna's fail_stale_trials
+def test_a_queued_trial_popped_late_counts_the_newer_trial_started_before_it(tmp_path) -> None:
+    """The count orders running trials by start, not by number: a queued trial (a low number) that a worker
+    pops after another worker started a fresh one (a higher number) waits for it, and is surplus once it
+    completes the count. Ordered by number, both ran: a study of 5 trials once completed 6."""
+    import threading
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}")
+    study.enqueue_trial({"x": 0.5})  # trial 0, queued
+    fresh_id = study._storage.create_new_trial(study._study_id)  # trial 1, started by another worker
+    fresh = optuna.Trial(study, fresh_id)
+    workers.wait_turn(fresh, 1)  # nothing started before it: it runs
+    queued = study.ask()  # pops trial 0 now, after trial 1 started
+    assert (queued.number, fresh.number) == (0, 1)
+    outcome: list[object] = []
+
+    def wait() -> None:
+        try:
+            workers.wait_turn(queued, 1)
+            outcome.append("ran")
+        except workers.Skip as skip:
+            outcome.append(str(skip))
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    waiter.join(timeout=0.5)
+    assert outcome == []  # waiting for trial 1, which fills the count
+    study.tell(fresh, 1.0)
+    waiter.join(timeout=10)
+    assert outcome == ["surplus"]

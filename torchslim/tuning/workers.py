@@ -4,7 +4,7 @@ The workers share nothing but the study's storage (:mod:`torchslim.tuning.storag
 the trials stored there, so it holds for processes on one machine (SQLite) and on several (PostgreSQL).
 
 * **The count** (:func:`wait_turn`): a trial runs only while the trials complete, pruned or running ahead
-  of it leave room under ``trials``; a surplus trial is recorded FAIL (``surplus``) and ends its worker.
+  of it (started before it) leave room under ``trials``; a surplus trial is recorded FAIL (``surplus``) and ends its worker.
 * **No point twice** (:func:`duplicate_of`): a trial's parameters are stored when it draws them, before
   it looks for another evaluated or running trial on the same point; of two workers that draw the same
   point at once, the one that looks second sees the first.
@@ -19,6 +19,7 @@ Each trial records the ``worker`` (host name and process id) that ran it (:func:
 
 from __future__ import annotations
 
+import datetime
 import os
 import socket
 import time
@@ -52,7 +53,8 @@ def wait_turn(trial: Any, trials: int) -> None:
     while True:
         all_trials = study.get_trials(deepcopy=False)
         done = completed_trials(all_trials)
-        ahead = sum(t.state == TrialState.RUNNING and t.number < trial.number for t in all_trials)
+        mine = next((_started(t) for t in all_trials if t.number == trial.number), (trial.datetime_start, trial.number))
+        ahead = sum(t.state == TrialState.RUNNING and _started(t) < mine for t in all_trials)
         if done >= trials:
             trial.set_user_attr("surplus", True)
             raise Skip("surplus")
@@ -60,6 +62,15 @@ def wait_turn(trial: Any, trials: int) -> None:
             return
         time.sleep(1.0)
         optuna.storages.fail_stale_trials(study)
+
+
+def _started(trial: Any) -> tuple[Any, int]:
+    """The order in which trials began running: their start time, then their number. Not the number alone: a
+    queued trial keeps the number it was queued with, and a worker may pop it after another worker has started
+    a newer one (a study ran 6 trials of 5 that way: trial 5 started before the queued 3 and 4, and each of
+    those saw no running trial numbered below it). Start times come from each worker's clock: workers on
+    several hosts need synchronised clocks for this order to hold."""
+    return (trial.datetime_start or datetime.datetime.max, trial.number)
 
 
 def duplicate_of(trial: Any) -> int | None:
