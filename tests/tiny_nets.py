@@ -20,7 +20,7 @@ class ResidualBlock(nn.Module):
 
 def small_cnn() -> nn.Module:
     """A 3-channel 3×3 stem, a strided 3×3 conv of 16 input channels, a 1×1 head conv (seeded, eval mode):
-    one layer of each kind the static int8 kernels route (oneDNN, im2col rows, the 1×1 loop)."""
+    one layer of each kind the static int8 kernels route (few channels, im2col rows, the 1×1 loop)."""
     torch.manual_seed(0)
     return nn.Sequential(
         nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),

@@ -192,7 +192,8 @@ def test_module_path_with_amx_takes_every_1x1(compiled, monkeypatch):
     monkeypatch.setattr(static_small, "SMALL_MACS", 0)
     with torch.inference_mode(), _QConvCalls() as calls:
         model(torch.randn(1, 3, 16, 16))
-    assert [shape[1] for shape in calls] == ([24, 8, 24, 24] if compiled == "avx512-vnni" else [])
+    # the 3-channel 3 × 3 stem's im2col rows (27 bytes: under IM2COL_FEW_CHANNELS_MACS), then every 1×1
+    assert [shape[1] for shape in calls] == ([27, 24, 8, 24, 24] if compiled == "avx512-vnni" else [])
 
 
 @pytest.mark.parametrize("shape", [(2, 40, 7, 5), (1, 17, 3, 3), (3, 144, 6, 6)])
@@ -234,6 +235,10 @@ def test_scale_quantize_equals_torch(compiled, shape, channels_last, monkeypatch
         ((3, 13, 7, 5), (3, 1), (2, 1), (1, 0)),
         ((1, 24, 6, 6), (1, 1), (2, 2), (0, 0)),
         ((64, 8, 4, 4), (5, 5), (1, 1), (2, 2)),
+        ((4, 1, 8, 8), (3, 3), (1, 1), (1, 1)),  # kernel rows under 32 bytes: the byte loop
+        ((2, 3, 9, 7), (3, 3), (2, 2), (1, 1)),
+        ((1, 1, 1, 2), (3, 3), (1, 2), (1, 1)),  # taps past both edges of a one-column output
+        ((3, 2, 5, 6), (2, 3), (3, 2), (0, 2)),
     ],
 )
 def test_im2col_rows_run_a_kxk_convolution(compiled, shape, kernel, stride, padding):
@@ -256,7 +261,8 @@ def test_im2col_rows_run_a_kxk_convolution(compiled, shape, kernel, stride, padd
 
 def test_module_path_with_amx_takes_small_kxk_convolutions(compiled, monkeypatch):
     """With AMX a k × k convolution of 16 input channels and more, up to IM2COL_MACS, runs through im2col
-    and the C++ loop (the 3-channel stem stays on oneDNN); its outputs match oneDNN's."""
+    and the C++ loop; one of fewer channels (the 3-channel stem) only up to IM2COL_FEW_CHANNELS_MACS; the
+    outputs match oneDNN's."""
     from torchslim.api import compress_
     from torchslim.core.context import Context
     from torchslim.quantization.int8.static import Int8Static
@@ -265,14 +271,21 @@ def test_module_path_with_amx_takes_small_kxk_convolutions(compiled, monkeypatch
     x = torch.randn(2, 3, 12, 12)
     compress_(model, Int8Static(), ctx=Context(calibration=[(x,)]))
     monkeypatch.setattr(qconv, "amx", lambda: compiled == "avx512-vnni")
+    stem_macs = 2 * 12 * 12 * 16 * 3 * 9  # under the few-channel limit
+    assert stem_macs <= static_small.IM2COL_FEW_CHANNELS_MACS
     with torch.inference_mode(), _QConvCalls() as calls:
         fast = model(x)
+    with torch.inference_mode(), _QConvCalls() as calls_big_stem:
+        monkeypatch.setattr(static_small, "IM2COL_FEW_CHANNELS_MACS", stem_macs - 1)
+        fast_big_stem = model(x)
         monkeypatch.setattr(static_small, "IM2COL_MACS", 0)
         monkeypatch.setattr(qconv, "amx", lambda: False)
         monkeypatch.setattr(static_small, "SMALL_MACS", 0)
         slow = model(x)  # every layer on oneDNN
-    assert [shape[1] for shape in calls] == ([9 * 16, 32] if compiled == "avx512-vnni" else [])
-    torch.testing.assert_close(fast, slow, rtol=0, atol=0.02 * slow.abs().max().item())
+    assert [shape[1] for shape in calls] == ([9 * 3, 9 * 16, 32] if compiled == "avx512-vnni" else [])
+    assert [shape[1] for shape in calls_big_stem] == ([9 * 16, 32] if compiled == "avx512-vnni" else [])
+    for y in (fast, fast_big_stem):
+        torch.testing.assert_close(y, slow, rtol=0, atol=0.02 * slow.abs().max().item())
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 3, 5), (2, 70, 7, 5), (3, 130, 1, 1), (1, 64, 28, 28), (32, 96, 9, 9)])

@@ -337,6 +337,8 @@ at::Tensor conv1x1_cpu(const at::Tensor& x_in, double x_scale, int64_t x_zp, con
 }
 
 
+inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }  // b > 0
+
 // ---- im2col: a k × k (or strided) convolution as the 1×1 GEMM above ----
 // cols[n, (i·kw + j)·C + c, oh, ow] = x[n, c, oh·sh − ph + i, ow·sw − pw + j], or zp outside the image (zero
 // padding in real values); channels-last in and out, so each output pixel's row of kh·kw·C bytes is contiguous.
@@ -357,9 +359,35 @@ at::Tensor im2col_cpu(const at::Tensor& x_in, at::IntArrayRef kernel, at::IntArr
   at::Tensor cols = at::empty({n, kh * kw * c, oh, ow}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   const uint8_t* xp = x.data_ptr<uint8_t>();
   uint8_t* cp = cols.data_ptr<uint8_t>();
-  at::parallel_for(0, n * oh, 1, [&](int64_t r0, int64_t r1) {
+  // The geometry as by-value captures: the byte stores below may alias anything, so values reached through
+  // references would be loaded again after each store.
+  auto rows = [=](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t img = r / oh, y = r % oh;
+      if (kw * c < 32) {  // a few bytes a kernel row (1- or 3-channel inputs): tap by tap over the output row
+        uint8_t* out = cp + r * ow * kh * kw * c;
+        const int64_t stride_px = kh * kw * c;
+        for (int64_t i = 0; i < kh; ++i) {
+          const int64_t ih = y * sh - ph + i;
+          for (int64_t j = 0; j < kw; ++j) {
+            uint8_t* dst = out + (i * kw + j) * c;
+            // Output columns whose tap lands inside the image: xo · sw − pw + j in [0, w).
+            int64_t lo = 0, hi = 0;
+            if (ih >= 0 && ih < h) {
+              lo = std::min<int64_t>(ow, std::max<int64_t>(0, -floor_div(j - pw, sw)));
+              hi = std::max<int64_t>(lo, std::min<int64_t>(ow, floor_div(w - 1 + pw - j, sw) + 1));
+            }
+            const uint8_t* src = xp + ((img * h + std::max<int64_t>(ih, 0)) * w) * c;
+            for (int64_t xo = 0; xo < lo; ++xo)
+              for (int64_t ch = 0; ch < c; ++ch) dst[xo * stride_px + ch] = static_cast<uint8_t>(zp);
+            for (int64_t xo = lo; xo < hi; ++xo)
+              for (int64_t ch = 0; ch < c; ++ch) dst[xo * stride_px + ch] = src[(xo * sw - pw + j) * c + ch];
+            for (int64_t xo = hi; xo < ow; ++xo)
+              for (int64_t ch = 0; ch < c; ++ch) dst[xo * stride_px + ch] = static_cast<uint8_t>(zp);
+          }
+        }
+        continue;
+      }
       for (int64_t xo = 0; xo < ow; ++xo) {
         uint8_t* dst = cp + (r * ow + xo) * kh * kw * c;
         // Per kernel row, the taps inside the image are adjacent pixels: one run of bytes, padding around it.
@@ -372,17 +400,17 @@ at::Tensor im2col_cpu(const at::Tensor& x_in, at::IntArrayRef kernel, at::IntArr
           }
           std::memset(dst, static_cast<int>(zp), j0 * c);
           const uint8_t* src = xp + ((img * h + ih) * w + iw0 + j0) * c;
-          const int64_t run = (j1 - j0) * c;
-          if (run < 32) {  // a few bytes (one- or three-channel inputs): a loop beats a call to memcpy
-            for (int64_t b = 0; b < run; ++b) dst[j0 * c + b] = src[b];
-          } else {
-            std::memcpy(dst + j0 * c, src, run);
-          }
+          std::memcpy(dst + j0 * c, src, (j1 - j0) * c);
           std::memset(dst + j1 * c, static_cast<int>(zp), (kw - j1) * c);
         }
       }
     }
-  });
+  };
+  if (cols.numel() < kSerialBytes) {  // a small unfold: waking a second thread costs more than it copies
+    rows(0, n * oh);
+  } else {
+    at::parallel_for(0, n * oh, 1, rows);
+  }
   return cols;
 }
 

@@ -30,6 +30,10 @@
 
 namespace {
 
+// Byte-streaming passes (im2col, pools) over fewer bytes than this run on the calling thread: waking a second
+// one costs more than it saves.
+constexpr int64_t kSerialBytes = 1 << 18;
+
 enum class Act : int { kNone = 0, kRelu = 1, kHardswish = 2, kSwish = 3 };
 
 Act parse_act(c10::string_view name) {

@@ -9,8 +9,6 @@
 namespace {
 
 constexpr int64_t kChunk = 64;  // channels per work item: four int32 vectors of 16
-// Maps below this many bytes are pooled on the calling thread: waking a second one costs more.
-constexpr int64_t kSerialBytes = 1 << 18;
 
 void pool_portable(const uint8_t* x, int64_t pixels, int64_t c, int64_t width, int32_t* sums) {
   std::fill(sums, sums + width, 0);

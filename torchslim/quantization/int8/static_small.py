@@ -34,7 +34,7 @@ import torch
 from torchslim.kernels import qconv
 from torchslim.kernels.ops import qconv_plan
 
-__all__ = ["IM2COL_MACS", "IM2COL_MIN_CHANNELS", "SMALL_MACS", "eligible", "small_conv1x1"]
+__all__ = ["IM2COL_FEW_CHANNELS_MACS", "IM2COL_MACS", "IM2COL_MIN_CHANNELS", "SMALL_MACS", "eligible", "small_conv1x1"]
 
 # Without AMX, layers up to this many multiply-adds per call take the C++ VNNI loop. Below it oneDNN's per-call
 # setup is a large share of the layer's time; far above it (batch 32 and up) oneDNN's blocked kernels are
@@ -48,6 +48,10 @@ SMALL_MACS = 1 << 24
 # there oneDNN's call setup dominates. Fewer channels make the row copies too short to pay (a 3-channel stem).
 IM2COL_MACS = 1 << 25
 IM2COL_MIN_CHANNELS = 16
+# Fewer input channels take im2col only up to this many multiply-adds per call: a small first layer (digits'
+# 1-channel 3×3 at batch 64, 1.2 M) runs its whole model faster off oneDNN (`torchslim bench digits`), a
+# 224 × 224 stem (10.8 M at batch 1) was slower there.
+IM2COL_FEW_CHANNELS_MACS = 1 << 21
 
 
 def _pointwise(conv: Any) -> bool:
@@ -57,8 +61,9 @@ def _pointwise(conv: Any) -> bool:
 def eligible(conv: Any, x: torch.Tensor) -> bool:
     """Whether ``conv`` (an ``Int8StaticConv2d`` on its oneDNN path) runs on ``x`` through the C++ loop: every
     1×1 stride-1 convolution where the CPU has AMX tiles, and other ungrouped ones (through im2col) of
-    :data:`IM2COL_MIN_CHANNELS` input channels and more, up to :data:`IM2COL_MACS` multiply-adds; those 1×1
-    stride-1 ones up to :data:`SMALL_MACS` where it has AVX-512 VNNI only."""
+    :data:`IM2COL_MIN_CHANNELS` input channels and more up to :data:`IM2COL_MACS` multiply-adds, of fewer up
+    to :data:`IM2COL_FEW_CHANNELS_MACS`; those 1×1 stride-1 ones up to :data:`SMALL_MACS` where it has AVX-512
+    VNNI only."""
     if conv.groups != 1 or conv.dilation != (1, 1) or x.dim() != 4 or not isinstance(conv.padding[0], int):
         return False
     pointwise = _pointwise(conv)
@@ -69,7 +74,9 @@ def eligible(conv: Any, x: torch.Tensor) -> bool:
     pixels = n * ((h + 2 * ph - kh) // sh + 1) * ((w + 2 * pw - kw) // sw + 1)
     macs = pixels * kh * kw * conv.in_channels * conv.out_channels
     if qconv.amx():
-        return macs <= IM2COL_MACS and conv.in_channels >= IM2COL_MIN_CHANNELS
+        if conv.in_channels < IM2COL_MIN_CHANNELS:
+            return macs <= IM2COL_FEW_CHANNELS_MACS
+        return macs <= IM2COL_MACS
     return pointwise and macs <= SMALL_MACS and qconv.vnni()
 
 
