@@ -71,11 +71,12 @@ def save_atomic(state: dict[str, torch.Tensor], path: Path) -> None:
 
 
 def cached_or_trained(
-    path: Path, build: Callable[[], nn.Module], train: Callable[[], nn.Module], what: str
+    path: Path, build: Callable[[], nn.Module], train: Callable[[], nn.Module], what: str, threads: int | None = None
 ) -> dict[str, torch.Tensor]:
     """The state dict cached at ``path`` if it loads into ``build()`` and is finite, else ``train()``'s (then cached).
 
-    A corrupt, stale or non-finite cache is logged and rebuilt, never trusted.
+    A corrupt, stale or non-finite cache is logged and rebuilt, never trusted. With ``threads``, ``train()``
+    runs on that many intra-op threads and the caller's setting is restored after it.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -89,7 +90,14 @@ def cached_or_trained(
             log.warning("cached %s %s has non-finite weights; retraining", what, path)
         except (SafetensorError, OSError, RuntimeError, ValueError) as exc:  # corrupt/stale: rebuild
             log.warning("cannot load cached %s %s (%s); retraining", what, path, exc)
-    state = {k: v.detach().clone() for k, v in train().state_dict().items()}
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        model = train()
+    finally:
+        torch.set_num_threads(before)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     save_atomic(state, path)
     return state
 

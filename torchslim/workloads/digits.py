@@ -261,21 +261,16 @@ class DigitsWorkload(Workload):
     def _load_or_train(self) -> dict[str, torch.Tensor]:
         # Seeded initialisation too: the cached weights are then a pure function of the recipe.
         def train() -> nn.Module:
-            threads = torch.get_num_threads()
-            torch.set_num_threads(_TEACHER_THREADS)
-            try:
-                return fit_(
-                    _seeded_teacher(),
-                    self.train_data(augment=True, seed=_TEACHER_SEED),
-                    epochs=_TEACHER_EPOCHS,
-                    lr=_TEACHER_LR,
-                    seed=_TEACHER_SEED,
-                    desc="digits teacher",
-                )
-            finally:
-                torch.set_num_threads(threads)
+            return fit_(
+                _seeded_teacher(),
+                self.train_data(augment=True, seed=_TEACHER_SEED),
+                epochs=_TEACHER_EPOCHS,
+                lr=_TEACHER_LR,
+                seed=_TEACHER_SEED,
+                desc="digits teacher",
+            )
 
-        return cached_or_trained(self.cache_path(), _seeded_teacher, train, "digits teacher")
+        return cached_or_trained(self.cache_path(), _seeded_teacher, train, "digits teacher", threads=_TEACHER_THREADS)
 
     def model(self) -> nn.Module:
         """The trained teacher in eval mode; a fresh copy each call, so in-place compression is safe.

@@ -477,23 +477,17 @@ class FsddWorkload(Workload):
 
     def _load_or_train(self) -> dict[str, torch.Tensor]:
         def train() -> nn.Module:
-            # One thread: the depthwise convs are small ops where a second thread costs more than it gives.
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)
-            try:
-                model = fit_(
-                    _seeded(build_teacher),
-                    self.train_data(augment=True, seed=_TEACHER_SEED),
-                    epochs=_TEACHER_EPOCHS,
-                    lr=_TEACHER_LR,
-                    seed=_TEACHER_SEED,
-                    desc="fsdd-kws teacher",
-                )
-            finally:
-                torch.set_num_threads(threads)
-            return model
+            return fit_(
+                _seeded(build_teacher),
+                self.train_data(augment=True, seed=_TEACHER_SEED),
+                epochs=_TEACHER_EPOCHS,
+                lr=_TEACHER_LR,
+                seed=_TEACHER_SEED,
+                desc="fsdd-kws teacher",
+            )
 
-        return cached_or_trained(self.cache_path(), lambda: _seeded(build_teacher), train, "fsdd teacher")
+        # One thread: the depthwise convs are small ops where a second thread costs more than it gives.
+        return cached_or_trained(self.cache_path(), lambda: _seeded(build_teacher), train, "fsdd teacher", threads=1)
 
     def model(self) -> nn.Module:
         """The trained teacher in eval mode; a fresh copy each call, so in-place compression is safe.
