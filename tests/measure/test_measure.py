@@ -173,3 +173,7 @@ def test_macs_of_static_int8_layers_on_torchslims_kernels(monkeypatch) -> None:
     if qconv.vnni():  # as with AMX: both later layers on the C++ loop
         monkeypatch.setattr(qconv, "amx", lambda: True)
         assert count_macs(model, (x,)) == want
+    depthwise = nn.Sequential(nn.Conv2d(3, 16, 1), nn.ReLU(), nn.Conv2d(16, 16, 5, 2, 2, groups=16)).eval()
+    want = count_macs(depthwise, (x,))
+    compress_(depthwise, Int8Static(), ctx=Context(calibration=[(x,)]))
+    assert count_macs(depthwise, (x,)) == want  # with AVX-512 VNNI: torchslim's depthwise loop

@@ -2,7 +2,8 @@
 
 The schemas are defined here, in Python, so that the operator exists (and ``torch.compile`` /
 ``torch.export`` can trace it through its fake implementation) whether or not the C++ kernel builds.
-:func:`load` compiles ``csrc/w4a8.cpp``, ``csrc/qconv.cpp`` and ``csrc/qpool.cpp`` once with
+:func:`load` compiles ``csrc/w4a8.cpp``, ``csrc/qconv.cpp``, ``csrc/qdwconv.cpp``, ``csrc/qpool.cpp`` and
+``csrc/qplan.cpp`` once with
 ``torch.utils.cpp_extension.load`` (cached under ``$TORCHSLIM_CACHE/kernels`` when that is set, else in
 torch's extensions folder) and the library
 registers the CPU implementations. When the build fails (no compiler, no ninja) or
@@ -19,6 +20,8 @@ Operators:
   AVX-512 VNNI or a portable loop). It has no torch fallback: without the build its callers keep oneDNN's kernels;
 - ``torchslim::qim2col(x, kernel, stride, padding, zp)``: uint8 codes unfolded so that a k × k or strided
   convolution runs as ``qconv1x1`` (:func:`torchslim.kernels.qconv.im2col`);
+- ``torchslim::qdwconv(...)``: the static int8 depthwise convolution of :mod:`torchslim.kernels.qdwconv`
+  (AVX-512 VNNI or a portable loop), with the same epilogue; no torch fallback either;
 - ``torchslim::qscale_quantize(x, mult, scale, zp, x_scale, x_zp)``: ``x · mult`` (``mult`` per image and
   channel; ``x`` float32, or uint8 codes dequantized with ``x_scale`` / ``x_zp``) quantized
   to uint8 codes in one pass (:func:`torchslim.kernels.qconv.scale_quantize`); callers without the build
@@ -46,6 +49,7 @@ __all__ = [
     "ISAS",
     "QAVGPOOL",
     "QCONV1X1",
+    "QDWCONV",
     "QIM2COL",
     "QSCALE_QUANTIZE",
     "W4A8_LINEAR",
@@ -54,12 +58,14 @@ __all__ = [
     "load",
     "qconv_amx",
     "qconv_plan",
+    "qdwconv_plan",
 ]
 
 log = logging.getLogger(__name__)
 
 _SOURCES = [
-    Path(__file__).resolve().parent / "csrc" / name for name in ("w4a8.cpp", "qconv.cpp", "qpool.cpp", "qplan.cpp")
+    Path(__file__).resolve().parent / "csrc" / name
+    for name in ("w4a8.cpp", "qconv.cpp", "qdwconv.cpp", "qpool.cpp", "qplan.cpp")
 ]
 _EXTENSION = "torchslim_w4a8"
 _ARGS = "Tensor x, Tensor packed, int out_features, int group_size, Tensor? bias"
@@ -80,6 +86,12 @@ _LIB.define(
     "int accum_zp, str isa) -> Tensor"
 )
 QCONV1X1 = torch.ops.torchslim.qconv1x1.default
+_LIB.define(
+    "qdwconv(Tensor x, float x_scale, int x_zp, Tensor weight, Tensor wsum, Tensor scale, Tensor bias, "
+    "int[2] kernel, int[2] stride, int[2] padding, str act, float out_scale, int out_zp, bool out_u8, "
+    "str isa) -> Tensor"
+)
+QDWCONV = torch.ops.torchslim.qdwconv.default
 _LIB.define("qscale_quantize(Tensor x, Tensor mult, float scale, int zp, float x_scale=1.0, int x_zp=0) -> Tensor")
 
 QSCALE_QUANTIZE = torch.ops.torchslim.qscale_quantize.default
@@ -93,6 +105,14 @@ QAVGPOOL = torch.ops.torchslim.qavgpool.default
 def _fake_1x1(x, x_scale, x_zp, packed, wsum, scale, bias, out_channels, act, out_scale, out_zp, out_u8, *rest):
     shape, dtype = (x.shape[0], out_channels, *x.shape[2:]), torch.uint8 if out_u8 else torch.float32
     return x.new_empty(shape, dtype=dtype).contiguous(memory_format=torch.channels_last)
+
+
+@torch.library.register_fake("torchslim::qdwconv", lib=_LIB)
+def _fake_dwconv(x, x_scale, x_zp, weight, wsum, scale, bias, kernel, stride, padding, act, out_scale, out_zp,
+                 out_u8, isa):  # fmt: skip
+    h, w = ((x.shape[2 + i] + 2 * padding[i] - kernel[i]) // stride[i] + 1 for i in (0, 1))
+    y = x.new_empty((x.shape[0], x.shape[1], h, w), dtype=torch.uint8 if out_u8 else torch.float32)
+    return y.contiguous(memory_format=torch.channels_last)
 
 
 @torch.library.register_fake("torchslim::qim2col", lib=_LIB)
@@ -158,6 +178,13 @@ def qconv_plan(*args):
     its input: ``plan(x)``, ``plan.accumulate(x, codes, scale, zp, relu)``); None without the build."""
     load()
     return None if _module is None else _module.QConvPlan(*args)
+
+
+def qdwconv_plan(*args):
+    """A ``QDwConvPlan`` of ``csrc/qplan.cpp`` (a static int8 depthwise convolution's constants bound once,
+    called with its input: ``plan(x)``); None without the build."""
+    load()
+    return None if _module is None else _module.QDwConvPlan(*args)
 
 
 def _ensure_ninja_on_path() -> None:

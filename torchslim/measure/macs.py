@@ -47,6 +47,11 @@ def _qconv1x1_flops(x_shape: Any, *_: Any, out_shape: Any = None, **__: Any) -> 
     return 2 * math.prod(out_shape) * int(x_shape[1])
 
 
+def _qdwconv_flops(_x: Any, _xs: Any, _xz: Any, w_shape: Any, *_: Any, out_shape: Any = None, **__: Any) -> int:
+    """torchslim's int8 depthwise convolution: 2 · output elements · taps (its weight is ``[kh·kw, C]``)."""
+    return 2 * math.prod(out_shape) * int(w_shape[0])
+
+
 def _sdpa_cpu_flops(q: Any, k: Any, v: Any, *_: Any, out_shape: Any = None, **__: Any) -> int:
     """``[B, H, L, E] · [B, H, S, E]ᵀ`` then ``· [B, H, S, Ev]``: 2·B·H·L·S·(E + Ev)."""
     return 2 * math.prod(q[:-1]) * int(k[-2]) * (int(q[-1]) + int(v[-1]))
@@ -91,6 +96,7 @@ def _low_bit_formulas() -> dict[Any, Callable[..., int]]:
         ("onednn", "qconv2d_pointwise", _qconv_flops),
         ("onednn", "qlinear_pointwise", _matmul_flops),
         ("torchslim", "qconv1x1", _qconv1x1_flops),  # present once torchslim.kernels is imported
+        ("torchslim", "qdwconv", _qdwconv_flops),
         ("torchslim", "w4a8_linear", _matmul_flops),
         ("torchslim", "w4a8_linear_on", _matmul_flops),
         ("aten", "_scaled_dot_product_flash_attention_for_cpu", _sdpa_cpu_flops),

@@ -20,6 +20,10 @@ using Conv1x1Fn = at::Tensor(const at::Tensor&, double, int64_t, const at::Tenso
                              const std::optional<at::Tensor>&, double, int64_t, c10::string_view);
 using Im2colFn = at::Tensor(const at::Tensor&, at::IntArrayRef, at::IntArrayRef, at::IntArrayRef, int64_t, double);
 
+using DwConvFn = at::Tensor(const at::Tensor&, double, int64_t, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                            const at::Tensor&, at::IntArrayRef, at::IntArrayRef, at::IntArrayRef, c10::string_view,
+                            double, int64_t, bool, c10::string_view);
+
 const c10::TypedOperatorHandle<Conv1x1Fn>& conv1x1_op() {
   static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("torchslim::qconv1x1", "").typed<Conv1x1Fn>();
   return op;
@@ -27,6 +31,11 @@ const c10::TypedOperatorHandle<Conv1x1Fn>& conv1x1_op() {
 
 const c10::TypedOperatorHandle<Im2colFn>& im2col_op() {
   static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("torchslim::qim2col", "").typed<Im2colFn>();
+  return op;
+}
+
+const c10::TypedOperatorHandle<DwConvFn>& dwconv_op() {
+  static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("torchslim::qdwconv", "").typed<DwConvFn>();
   return op;
 }
 
@@ -74,6 +83,31 @@ struct QConvPlan {
   }
 };
 
+// A depthwise layer's call (torchslim::qdwconv): its int32 taps, wsum, epilogue constants and geometry.
+struct QDwConvPlan {
+  at::Tensor weight, wsum, scale, bias;
+  double x_scale;
+  int64_t x_zp;
+  std::string act;
+  double out_scale;
+  int64_t out_zp;
+  bool out_u8;
+  std::vector<int64_t> kernel, stride, padding;
+
+  QDwConvPlan(at::Tensor weight_, at::Tensor wsum_, at::Tensor scale_, at::Tensor bias_, double x_scale_,
+              int64_t x_zp_, std::string act_, double out_scale_, int64_t out_zp_, bool out_u8_,
+              std::vector<int64_t> kernel_, std::vector<int64_t> stride_, std::vector<int64_t> padding_)
+      : weight(std::move(weight_)), wsum(std::move(wsum_)), scale(std::move(scale_)), bias(std::move(bias_)),
+        x_scale(x_scale_), x_zp(x_zp_), act(std::move(act_)), out_scale(out_scale_), out_zp(out_zp_),
+        out_u8(out_u8_), kernel(std::move(kernel_)), stride(std::move(stride_)), padding(std::move(padding_)) {}
+
+  at::Tensor run(const at::Tensor& x_in) const {
+    const at::Tensor x = x_in.scalar_type() == at::kByte ? x_in : x_in.to(at::kFloat);
+    return dwconv_op().call(x, x_scale, x_zp, weight, wsum, scale, bias, kernel, stride, padding, act, out_scale,
+                            out_zp, out_u8, "auto");
+  }
+};
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -82,4 +116,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                           int64_t, bool, std::vector<int64_t>, std::vector<int64_t>, std::vector<int64_t>>())
       .def("__call__", &QConvPlan::run)
       .def("accumulate", &QConvPlan::accumulate);
+  pybind11::class_<QDwConvPlan>(m, "QDwConvPlan")
+      .def(pybind11::init<at::Tensor, at::Tensor, at::Tensor, at::Tensor, double, int64_t, std::string, double,
+                          int64_t, bool, std::vector<int64_t>, std::vector<int64_t>, std::vector<int64_t>>())
+      .def("__call__", &QDwConvPlan::run);
 }

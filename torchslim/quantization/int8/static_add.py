@@ -256,7 +256,7 @@ def conv_accumulate(conv: Any, x: torch.Tensor, accum: torch.Tensor) -> torch.Te
     out_scale, out_zp = float(conv.output_scale), int(conv.output_zero_point) + 128
     if accum.dtype != torch.uint8:
         accum = quantize_codes(accum, acc_scale, acc_zp)
-    if static_small.eligible(conv, x):  # small 1×1 layers: torchslim's C++ loop (see static_small)
+    if static_small.eligible(conv, x, accumulate=True):  # small 1×1 layers: torchslim's C++ loop (see static_small)
         return static_small.small_conv1x1(conv, x, accum)
     packed, x_scale, x_zp, _, _, w_zp = conv._cache(
         lambda x_scale, x_zp: torch.ops.onednn.qconv_prepack(

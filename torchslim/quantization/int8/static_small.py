@@ -1,4 +1,5 @@
-"""1×1 static int8 convolutions through torchslim's own C++ loops instead of oneDNN.
+"""Static int8 convolutions (1×1, k × k on im2col rows, depthwise) through torchslim's own C++ loops instead
+of oneDNN.
 
 A oneDNN int8 convolution call pays a fixed setup (primitive lookup, scales and zero points wrapped as
 memory objects, output reorders) that at batch 1 outweighs the arithmetic of small layers: the
@@ -9,7 +10,9 @@ small) with the same epilogue: the per-channel scale, bias, an optional residual
 activation and the requantization to the next layer's uint8 codes. Each layer's packed weight and
 constants are bound once in a C++ plan (``csrc/qplan.cpp``) that Python calls with the input alone. With
 AMX every such layer takes it; with VNNI only, those up to :data:`SMALL_MACS` multiply-adds. The choice depends only on the layer, the input
-shape and the CPU, so a given input always takes the same kernel. The integer sums are the same as
+shape and the CPU, so a given input always takes the same kernel. Small depthwise calls (:func:`depthwise`, up to
+:data:`DEPTHWISE_MACS` multiply-adds) run :mod:`torchslim.kernels.qdwconv`'s VNNI loop with the same epilogue
+where the CPU has AVX-512 VNNI, except those with a fused residual sum. The integer sums are the same as
 oneDNN's; the float epilogue may round an output code the other way at an exact tie.
 
 Example:
@@ -31,10 +34,19 @@ from typing import Any
 
 import torch
 
-from torchslim.kernels import qconv
-from torchslim.kernels.ops import qconv_plan
+from torchslim.kernels import qconv, qdwconv
+from torchslim.kernels.ops import qconv_plan, qdwconv_plan
 
-__all__ = ["IM2COL_FEW_CHANNELS_MACS", "IM2COL_MACS", "IM2COL_MIN_CHANNELS", "SMALL_MACS", "eligible", "small_conv1x1"]
+__all__ = [
+    "IM2COL_FEW_CHANNELS_MACS",
+    "IM2COL_MACS",
+    "IM2COL_MIN_CHANNELS",
+    "DEPTHWISE_MACS",
+    "SMALL_MACS",
+    "depthwise",
+    "eligible",
+    "small_conv1x1",
+]
 
 # Without AMX, layers up to this many multiply-adds per call take the C++ VNNI loop. Below it oneDNN's per-call
 # setup is a large share of the layer's time; far above it (batch 32 and up) oneDNN's blocked kernels are
@@ -52,27 +64,53 @@ IM2COL_MIN_CHANNELS = 16
 # 1-channel 3×3 at batch 64, 1.2 M) runs its whole model faster off oneDNN (`torchslim bench digits`), a
 # 224 × 224 stem (10.8 M at batch 1) was slower there.
 IM2COL_FEW_CHANNELS_MACS = 1 << 21
+# Depthwise layers up to this many multiply-adds per call take torchslim's VNNI loop: there (batch 1 on
+# MobileNet / EfficientNet maps) oneDNN's call setup outweighs the difference in the loops; larger calls
+# (batch 32) ran faster on oneDNN's blocked depthwise kernel (`torchslim bench vision-speed`).
+DEPTHWISE_MACS = 1 << 21
 
 
 def _pointwise(conv: Any) -> bool:
     return conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.padding == (0, 0)
 
 
-def eligible(conv: Any, x: torch.Tensor) -> bool:
-    """Whether ``conv`` (an ``Int8StaticConv2d`` on its oneDNN path) runs on ``x`` through the C++ loop: every
+def _macs(conv: Any, x: torch.Tensor) -> int:
+    (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
+    n, _, h, w = x.shape
+    pixels = n * ((h + 2 * ph - kh) // sh + 1) * ((w + 2 * pw - kw) // sw + 1)
+    return pixels * kh * kw * conv.in_channels // conv.groups * conv.out_channels
+
+
+def depthwise(conv: Any) -> bool:
+    """Whether ``conv`` is a depthwise convolution (one filter per channel) that :mod:`torchslim.kernels.qdwconv`
+    runs: ``groups == in_channels == out_channels``, no dilation, numeric padding."""
+    return (
+        conv.groups == conv.in_channels == conv.out_channels
+        and conv.groups > 1
+        and conv.dilation == (1, 1)
+        and isinstance(conv.padding[0], int)
+    )
+
+
+def eligible(conv: Any, x: torch.Tensor, accumulate: bool = False) -> bool:
+    """Whether ``conv`` (an ``Int8StaticConv2d`` on its oneDNN path) runs on ``x`` through the C++ loops: every
     1×1 stride-1 convolution where the CPU has AMX tiles, and other ungrouped ones (through im2col) of
     :data:`IM2COL_MIN_CHANNELS` input channels and more up to :data:`IM2COL_MACS` multiply-adds, of fewer up
     to :data:`IM2COL_FEW_CHANNELS_MACS`; those 1×1 stride-1 ones up to :data:`SMALL_MACS` where it has AVX-512
-    VNNI only."""
-    if conv.groups != 1 or conv.dilation != (1, 1) or x.dim() != 4 or not isinstance(conv.padding[0], int):
+    VNNI only; depthwise ones (:func:`depthwise`) up to :data:`DEPTHWISE_MACS` where it has AVX-512 VNNI, unless
+    a residual operand is added (``accumulate``: oneDNN's fused sum)."""
+    if x.dim() != 4:
+        return False
+    if conv.groups != 1:
+        if accumulate or not depthwise(conv) or not qconv.vnni():
+            return False
+        return _macs(conv, x) <= DEPTHWISE_MACS
+    if conv.dilation != (1, 1) or not isinstance(conv.padding[0], int):
         return False
     pointwise = _pointwise(conv)
     if pointwise and qconv.amx():  # the common case first: no arithmetic on the shape
         return True
-    (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
-    n, _, h, w = x.shape
-    pixels = n * ((h + 2 * ph - kh) // sh + 1) * ((w + 2 * pw - kw) // sw + 1)
-    macs = pixels * kh * kw * conv.in_channels * conv.out_channels
+    macs = _macs(conv, x)
     if qconv.amx():
         if conv.in_channels < IM2COL_MIN_CHANNELS:
             return macs <= IM2COL_FEW_CHANNELS_MACS
@@ -112,6 +150,10 @@ def _prepared(conv: Any) -> Any:
            conv.output_uint8)  # fmt: skip
     cached = conv.__dict__.get("_qconv")
     if cached is None or cached.key != key:
+        if depthwise(conv):
+            cached = _Plan(key, _depthwise_plan(conv), t)
+            conv.__dict__["_qconv"] = cached
+            return cached.plan
         packed, wsum = qconv.pack_conv(conv.weight)  # over im2col rows; the 1×1 layout for a 1×1 conv
         x_scale = float(conv.input_scale)
         scale = (conv.weight_scale.float() * x_scale).contiguous()
@@ -124,6 +166,17 @@ def _prepared(conv: Any) -> Any:
         cached = _Plan(key, plan, t)
         conv.__dict__["_qconv"] = cached
     return cached.plan
+
+
+def _depthwise_plan(conv: Any) -> Any:
+    taps, wsum = qdwconv.pack_depthwise(conv.weight)
+    x_scale = float(conv.input_scale)
+    return qdwconv_plan(
+        taps, wsum, (conv.weight_scale.float() * x_scale).contiguous(), conv.bias.float().contiguous(), x_scale,
+        int(conv.input_zero_point) + 128, conv.activation, float(conv.output_scale),
+        int(conv.output_zero_point) + 128, bool(conv.output_uint8), list(conv.kernel_size), list(conv.stride),
+        list(conv.padding),
+    )  # fmt: skip
 
 
 def small_conv1x1(conv: Any, x: torch.Tensor, accum: torch.Tensor | None = None) -> torch.Tensor:
