@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
+from op_calls import OpCalls
 from tiny_nets import small_cnn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from torchslim.kernels import qconv
 from torchslim.quantization.int8 import static_small
@@ -30,19 +30,9 @@ SHAPES = [
 ]
 
 
-class _QConvCalls(TorchDispatchMode):
-    """The input shapes of the ``torchslim::qconv1x1`` calls made while it is active (the layers' C++ plans
-    call the operator through the dispatcher, so a dispatch mode sees them as it sees Python calls)."""
-
-    def __enter__(self):
-        self.shapes = []
-        super().__enter__()
-        return self.shapes
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is torch.ops.torchslim.qconv1x1.default:
-            self.shapes.append(args[0].shape)
-        return func(*args, **(kwargs or {}))
+def _QConvCalls() -> OpCalls:
+    """The input shapes of the ``torchslim::qconv1x1`` calls made while it is active."""
+    return OpCalls(torch.ops.torchslim.qconv1x1.default, lambda args: args[0].shape)
 
 
 def _case(b, k, n, h, w, seed):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
-from torch.utils._python_dispatch import TorchDispatchMode
+from op_calls import OpCalls
 
 from torchslim.kernels import qconv, qdwconv
 from torchslim.quantization.int8 import static_small
@@ -92,18 +92,9 @@ def test_layout_and_errors(compiled):
             qdwconv.depthwise(x, taps, wsum, scale, bias, 0, (3, 5), (1, 1), (1, 2), isa="avx512-vnni")
 
 
-class _DwCalls(TorchDispatchMode):
-    """The output channels of the ``torchslim::qdwconv`` calls made while it is active."""
-
-    def __enter__(self):
-        self.calls = []
-        super().__enter__()
-        return self.calls
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is torch.ops.torchslim.qdwconv.default:
-            self.calls.append(args[0].shape[1])
-        return func(*args, **(kwargs or {}))
+def _DwCalls() -> OpCalls:
+    """The channels of the ``torchslim::qdwconv`` calls made while it is active."""
+    return OpCalls(torch.ops.torchslim.qdwconv.default, lambda args: args[0].shape[1])
 
 
 class _Block(nn.Module):
