@@ -59,6 +59,22 @@ def test_matches_reference(compiled, shape, act):
         assert diff.max() <= 1 and (diff > 0).float().mean() < 0.01  # a code may round apart at a tie
 
 
+@pytest.mark.parametrize("geometry", [((3, 5), (2, 1), (1, 2)), ((1, 3), (1, 2), (0, 1)), ((5, 1), (1, 1), (3, 0))])
+def test_rectangular_kernels_and_strides(compiled, geometry):
+    (kh, kw), stride, padding = geometry
+    gen = torch.Generator().manual_seed(kh * 10 + kw)
+    x = torch.randint(0, 256, (2, 40, 11, 19), generator=gen, dtype=torch.uint8).contiguous(
+        memory_format=torch.channels_last
+    )
+    weight = torch.randint(-127, 128, (40, 1, kh, kw), generator=gen, dtype=torch.int8)
+    scale, bias = torch.rand(40, generator=gen) * 1e-3, torch.randn(40, generator=gen)
+    taps, wsum = qdwconv.pack_depthwise(weight)
+    ref = qdwconv.depthwise_reference(x, weight, scale, bias, 9, stride, padding, "hardswish")
+    for isa in _paths(compiled):
+        y = qdwconv.depthwise(x, taps, wsum, scale, bias, 9, (kh, kw), stride, padding, act="hardswish", isa=isa)
+        torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-4)
+
+
 def test_float_input_quantized_inside(compiled):
     x, weight, scale, bias = _case(2, 24, 6, 6, 3, seed=5)
     values = ((x.float() - 117.0) * 0.03 + torch.randn(x.shape) * 0.01).contiguous(memory_format=torch.channels_last)

@@ -130,7 +130,8 @@ TS_Q512 void dw_rows_vnni(const uint8_t* x, const int32_t* w, const int32_t* wsu
   const __m512i zxv = _mm512_set1_epi32(zx);
   // Output columns whose window lies inside the image's columns: [ox_lo, ox_hi).
   const int64_t ox_lo = std::min<int64_t>(g.ow, (g.pw + g.sw - 1) / g.sw);
-  const int64_t ox_hi = std::max<int64_t>(ox_lo, std::min<int64_t>(g.ow, (g.w - g.kw + g.pw) / g.sw + 1));
+  const int64_t last = g.w - g.kw + g.pw;  // the last whole window's start plus pw; negative: none
+  const int64_t ox_hi = last < 0 ? ox_lo : std::max<int64_t>(ox_lo, std::min<int64_t>(g.ow, last / g.sw + 1));
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t b = r / g.oh, oy = r % g.oh, iy0 = oy * g.sh - g.ph;
     int64_t ilo, ihi;
