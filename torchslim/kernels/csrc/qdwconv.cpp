@@ -98,26 +98,26 @@ TS_Q512 inline __m512i codes16(const uint8_t* p, __mmask16 mask) {
   }
 }
 
-// Output columns [ox, ox_hi) of row r whose windows lie inside the image, kPixels at a time; returns the first
-// column not done (fewer than kPixels left).
-template <Act A, bool Full>
+// Output columns [ox, ox_hi) of row r whose windows lie inside the image, P at a time; returns the first
+// column not done (fewer than P left).
+template <Act A, bool Full, int P = kPixels>
 TS_Q512 inline int64_t dw_inside(const uint8_t* x, const int32_t* wc, __m512i full, const DwGeom& g, const EpiVec& ev,
                                  __m512 sc, __m512 bi, __mmask16 mask, int64_t row0, int64_t r, int64_t ox,
                                  int64_t ox_hi, int64_t c0, void* y) {
   const int64_t step = g.sw * g.c;
-  for (; ox + kPixels <= ox_hi; ox += kPixels) {
-    __m512i acc[kPixels];
-    for (int p = 0; p < kPixels; ++p) acc[p] = _mm512_setzero_si512();
+  for (; ox + P <= ox_hi; ox += P) {
+    __m512i acc[P];
+    for (int p = 0; p < P; ++p) acc[p] = _mm512_setzero_si512();
     for (int64_t i = 0; i < g.kh; ++i) {
       const uint8_t* xr = x + ((row0 + i) * g.w + ox * g.sw - g.pw) * g.c + c0;
       const int32_t* wr = wc + i * g.kw * g.cp;
       for (int64_t j = 0; j < g.kw; ++j) {
         const __m512i wv = _mm512_loadu_si512(wr + j * g.cp);
         const uint8_t* xt = xr + j * g.c;
-        for (int p = 0; p < kPixels; ++p) acc[p] = _mm512_dpwssd_epi32(acc[p], codes16<Full>(xt + p * step, mask), wv);
+        for (int p = 0; p < P; ++p) acc[p] = _mm512_dpwssd_epi32(acc[p], codes16<Full>(xt + p * step, mask), wv);
       }
     }
-    for (int p = 0; p < kPixels; ++p)
+    for (int p = 0; p < P; ++p)
       store16<A>(ev, _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[p], full)), sc, bi, r * g.ow + ox + p, c0, g.c, mask, y);
   }
   return ox;
@@ -147,10 +147,17 @@ TS_Q512 void dw_rows_vnni(const uint8_t* x, const int32_t* w, const int32_t* wsu
       if (rows_inside) {
         for (; ox < ox_lo; ++ox) dw_one<A>(x, wc, zxv, g, ev, sc, bi, mask, row0, ilo, ihi, r, ox, c0, y);
         // kPixels whole windows at a time: every tap inside, the zero-point term from wsum.
+        // The columns left, fewer than kPixels: 4, 2, then 1 at a time (small maps have only these).
         if (mask == 0xFFFF) {
           ox = dw_inside<A, true>(x, wc, full, g, ev, sc, bi, mask, row0, r, ox, ox_hi, c0, y);
+          ox = dw_inside<A, true, 4>(x, wc, full, g, ev, sc, bi, mask, row0, r, ox, ox_hi, c0, y);
+          ox = dw_inside<A, true, 2>(x, wc, full, g, ev, sc, bi, mask, row0, r, ox, ox_hi, c0, y);
+          ox = dw_inside<A, true, 1>(x, wc, full, g, ev, sc, bi, mask, row0, r, ox, ox_hi, c0, y);
         } else {
           ox = dw_inside<A, false>(x, wc, full, g, ev, sc, bi, mask, row0, r, ox, ox_hi, c0, y);
+          ox = dw_inside<A, false, 4>(x, wc, full, g, ev, sc, bi, mask, row0, r, ox, ox_hi, c0, y);
+          ox = dw_inside<A, false, 2>(x, wc, full, g, ev, sc, bi, mask, row0, r, ox, ox_hi, c0, y);
+          ox = dw_inside<A, false, 1>(x, wc, full, g, ev, sc, bi, mask, row0, r, ox, ox_hi, c0, y);
         }
       }
       for (; ox < g.ow; ++ox) dw_one<A>(x, wc, zxv, g, ev, sc, bi, mask, row0, ilo, ihi, r, ox, c0, y);
@@ -207,11 +214,31 @@ at::Tensor dwconv_cpu(const at::Tensor& x_in, double x_scale, int64_t x_zp, cons
   g.oh = (g.h + 2 * g.ph - g.kh) / g.sh + 1;
   g.ow = (g.w + 2 * g.pw - g.kw) / g.sw + 1;
   TORCH_CHECK(g.oh > 0 && g.ow > 0, "qdwconv: the kernel is larger than the padded input");
+  at::Tensor xpad = x;
+#ifdef TS_QX86
+  if (vnni && (g.ph > 0 || g.pw > 0)) {
+    // The VNNI loop reads a copy padded with the zero point (zero in real values): every window then lies
+    // inside, and all pixels take the whole-window path. On the small maps this kernel is routed to (batch 1,
+    // 7 × 7 to 28 × 28 late in MobileNet / EfficientNet) most windows would otherwise cross the border.
+    const int64_t hp = g.h + 2 * g.ph, wp = g.w + 2 * g.pw;
+    xpad = at::empty({g.n, hp, wp, c}, x.options());
+    uint8_t* dst = xpad.data_ptr<uint8_t>();
+    const uint8_t* src = x.data_ptr<uint8_t>();
+    std::memset(dst, static_cast<int>(x_zp), static_cast<size_t>(xpad.numel()));
+    for (int64_t b = 0; b < g.n; ++b)
+      for (int64_t i = 0; i < g.h; ++i)
+        std::memcpy(dst + ((b * hp + i + g.ph) * wp + g.pw) * c, src + ((b * g.h + i) * g.w) * c,
+                    static_cast<size_t>(g.w * c));
+    g.h = hp;
+    g.w = wp;
+    g.ph = g.pw = 0;
+  }
+#endif
   at::Tensor y = at::empty({g.n, c, g.oh, g.ow}, x.options()
                                                      .dtype(out_u8 ? at::kByte : at::kFloat)
                                                      .memory_format(at::MemoryFormat::ChannelsLast));
   const Epilogue e = make_epilogue(scale, bias, act, out_scale, out_zp, out_u8);
-  const uint8_t* xp = x.data_ptr<uint8_t>();
+  const uint8_t* xp = xpad.data_ptr<uint8_t>();
   const int32_t* wp = weight.data_ptr<int32_t>();
   const int32_t* sp = wsum.data_ptr<int32_t>();
   void* yp = y.data_ptr();
