@@ -12,9 +12,9 @@
 // `torchslim bench vision-speed` measures the models). Weights are int32 [taps, Cp] (Cp: the channels
 // rounded up to 16, zero-padded), so each tap of 16 channels is one 64-byte vector: with the input's 16
 // codes widened to int32 lanes, vpdpwssd (AVX-512 VNNI: pairs of int16 products summed into int32; each
-// lane's upper int16 is zero on both sides) adds the 16 exact products in one instruction. Pixels whose
-// window lies inside the image take wsum[c] (all taps) for the zero-point term; border pixels add the
-// weights of the taps they read.
+// lane's upper int16 is zero on both sides) adds the 16 exact products in one instruction. That loop reads a
+// copy of the input padded with the zero point, so every window lies inside and the zero-point term is
+// zx · wsum[c] (all taps); the portable loop skips the taps outside the image and sums the weights it reads.
 
 #include "qepilogue.h"
 
@@ -60,34 +60,6 @@ void dw_rows_portable(const uint8_t* x, const int32_t* w, const int32_t* wsum, i
 // several cycles; one chain per pixel would wait on it at every tap), sharing each tap's weight load.
 constexpr int kPixels = 8;
 
-// One output pixel, any position: the taps inside the image, and their weights' sum for the zero-point term.
-template <Act A>
-TS_Q512 inline void dw_one(const uint8_t* x, const int32_t* wc, __m512i zxv, const DwGeom& g, const EpiVec& ev,
-                           __m512 sc, __m512 bi, __mmask16 mask, int64_t row0, int64_t ilo, int64_t ihi, int64_t r,
-                           int64_t ox, int64_t c0, void* y) {
-  const int64_t ix0 = ox * g.sw - g.pw;
-  int64_t jlo, jhi;
-  tap_range(ix0, g.kw, g.w, jlo, jhi);
-  // Four accumulators taken in turn: independent chains, so the taps do not wait on vpdpwssd's latency.
-  __m512i acc[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
-  __m512i ws = _mm512_setzero_si512();
-  int turn = 0;
-  for (int64_t i = ilo; i < ihi; ++i) {
-    const int64_t at = ((row0 + i) * g.w + ix0) * g.c + c0;  // tap j reads at + j·C (j >= jlo: inside)
-    const int32_t* wr = wc + i * g.kw * g.cp;
-    for (int64_t j = jlo; j < jhi; ++j) {
-      const __m512i wv = _mm512_loadu_si512(wr + j * g.cp);
-      const __m512i xv = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, x + (at + j * g.c)));
-      acc[turn] = _mm512_dpwssd_epi32(acc[turn], xv, wv);
-      turn = (turn + 1) & 3;
-      ws = _mm512_add_epi32(ws, wv);
-    }
-  }
-  const __m512i sum = _mm512_add_epi32(_mm512_add_epi32(acc[0], acc[1]), _mm512_add_epi32(acc[2], acc[3]));
-  const __m512 v = _mm512_cvtepi32_ps(_mm512_sub_epi32(sum, _mm512_mullo_epi32(ws, zxv)));
-  store16<A>(ev, v, sc, bi, r * g.ow + ox, c0, g.c, mask, y);
-}
-
 // 16 codes widened to int32 lanes; a whole block reads them without a mask (one instruction fewer).
 template <bool Full>
 TS_Q512 inline __m512i codes16(const uint8_t* p, __mmask16 mask) {
@@ -126,41 +98,29 @@ TS_Q512 inline int64_t dw_inside(const uint8_t* x, const int32_t* wc, __m512i fu
 template <Act A>
 TS_Q512 void dw_rows_vnni(const uint8_t* x, const int32_t* w, const int32_t* wsum, int32_t zx, const DwGeom& g,
                           const Epilogue& e, int64_t r0, int64_t r1, void* y) {
+  // Called on an unpadded geometry (dwconv_cpu pads the input first): every window lies inside.
   const EpiVec ev = epi_vec(e);
   const __m512i zxv = _mm512_set1_epi32(zx);
-  // Output columns whose window lies inside the image's columns: [ox_lo, ox_hi).
-  const int64_t ox_lo = std::min<int64_t>(g.ow, (g.pw + g.sw - 1) / g.sw);
-  const int64_t last = g.w - g.kw + g.pw;  // the last whole window's start plus pw; negative: none
-  const int64_t ox_hi = last < 0 ? ox_lo : std::max<int64_t>(ox_lo, std::min<int64_t>(g.ow, last / g.sw + 1));
   for (int64_t r = r0; r < r1; ++r) {
-    const int64_t b = r / g.oh, oy = r % g.oh, iy0 = oy * g.sh - g.ph;
-    int64_t ilo, ihi;
-    tap_range(iy0, g.kh, g.h, ilo, ihi);
-    const bool rows_inside = ilo == 0 && ihi == g.kh;
-    const int64_t row0 = b * g.h + iy0;  // the window's first input row (may lie above the image)
+    const int64_t row0 = (r / g.oh) * g.h + (r % g.oh) * g.sh;  // the window's first input row
     for (int64_t c0 = 0; c0 < g.c; c0 += 16) {
       const __mmask16 mask = tail_mask(g.c - c0);
       const __m512 sc = _mm512_maskz_loadu_ps(mask, e.scale + c0), bi = _mm512_maskz_loadu_ps(mask, e.bias + c0);
       const __m512i full = _mm512_mullo_epi32(_mm512_loadu_si512(wsum + c0), zxv);
       const int32_t* wc = w + c0;
+      // kPixels windows a step, then the columns left 4, 2 and 1 at a time (small maps have only these).
       int64_t ox = 0;
-      if (rows_inside) {
-        for (; ox < ox_lo; ++ox) dw_one<A>(x, wc, zxv, g, ev, sc, bi, mask, row0, ilo, ihi, r, ox, c0, y);
-        // kPixels whole windows at a time: every tap inside, the zero-point term from wsum.
-        // The columns left, fewer than kPixels: 4, 2, then 1 at a time (small maps have only these).
-        if (mask == 0xFFFF) {
-          ox = dw_inside<A, true>(x, wc, full, g, ev, sc, bi, mask, row0, r, ox, ox_hi, c0, y);
-          ox = dw_inside<A, true, 4>(x, wc, full, g, ev, sc, bi, mask, row0, r, ox, ox_hi, c0, y);
-          ox = dw_inside<A, true, 2>(x, wc, full, g, ev, sc, bi, mask, row0, r, ox, ox_hi, c0, y);
-          ox = dw_inside<A, true, 1>(x, wc, full, g, ev, sc, bi, mask, row0, r, ox, ox_hi, c0, y);
-        } else {
-          ox = dw_inside<A, false>(x, wc, full, g, ev, sc, bi, mask, row0, r, ox, ox_hi, c0, y);
-          ox = dw_inside<A, false, 4>(x, wc, full, g, ev, sc, bi, mask, row0, r, ox, ox_hi, c0, y);
-          ox = dw_inside<A, false, 2>(x, wc, full, g, ev, sc, bi, mask, row0, r, ox, ox_hi, c0, y);
-          ox = dw_inside<A, false, 1>(x, wc, full, g, ev, sc, bi, mask, row0, r, ox, ox_hi, c0, y);
-        }
+      if (mask == 0xFFFF) {
+        ox = dw_inside<A, true>(x, wc, full, g, ev, sc, bi, mask, row0, r, ox, g.ow, c0, y);
+        ox = dw_inside<A, true, 4>(x, wc, full, g, ev, sc, bi, mask, row0, r, ox, g.ow, c0, y);
+        ox = dw_inside<A, true, 2>(x, wc, full, g, ev, sc, bi, mask, row0, r, ox, g.ow, c0, y);
+        dw_inside<A, true, 1>(x, wc, full, g, ev, sc, bi, mask, row0, r, ox, g.ow, c0, y);
+      } else {
+        ox = dw_inside<A, false>(x, wc, full, g, ev, sc, bi, mask, row0, r, ox, g.ow, c0, y);
+        ox = dw_inside<A, false, 4>(x, wc, full, g, ev, sc, bi, mask, row0, r, ox, g.ow, c0, y);
+        ox = dw_inside<A, false, 2>(x, wc, full, g, ev, sc, bi, mask, row0, r, ox, g.ow, c0, y);
+        dw_inside<A, false, 1>(x, wc, full, g, ev, sc, bi, mask, row0, r, ox, g.ow, c0, y);
       }
-      for (; ox < g.ow; ++ox) dw_one<A>(x, wc, zxv, g, ev, sc, bi, mask, row0, ilo, ihi, r, ox, c0, y);
     }
   }
 }
