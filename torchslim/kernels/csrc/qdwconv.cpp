@@ -8,8 +8,8 @@
 // then the epilogue of the 1×1 kernels (scale, bias, activation, uint8 codes or float32).
 //
 // Written by hand because oneDNN's int8 depthwise call (the alternative through torch) pays a per-call setup
-// and runs its AVX-512 loop at a fraction of this one's rate at batch 1 (MobileNet / EfficientNet layers;
-// `torchslim bench vision-speed` measures the models). Weights are int32 [taps, Cp] (Cp: the channels
+// that outweighs the arithmetic of small calls (batch-1 MobileNet / EfficientNet layers on 7 × 7 to 28 × 28
+// maps); larger calls stay on oneDNN (see static_small.DEPTHWISE_MACS). Weights are int32 [taps, Cp] (Cp: the channels
 // rounded up to 16, zero-padded), so each tap of 16 channels is one 64-byte vector: with the input's 16
 // codes widened to int32 lanes, vpdpwssd (AVX-512 VNNI: pairs of int16 products summed into int32; each
 // lane's upper int16 is zero on both sides) adds the 16 exact products in one instruction. That loop reads a
@@ -30,8 +30,8 @@ inline void tap_range(int64_t start, int64_t k, int64_t size, int64_t& lo, int64
   hi = std::min<int64_t>(k, size - start);
 }
 
-void dw_rows_portable(const uint8_t* x, const int32_t* w, const int32_t* wsum, int32_t zx, const DwGeom& g,
-                      const Epilogue& e, int64_t r0, int64_t r1, void* y) {
+void dw_rows_portable(const uint8_t* x, const int32_t* w, int32_t zx, const DwGeom& g, const Epilogue& e, int64_t r0,
+                      int64_t r1, void* y) {
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t b = r / g.oh, oy = r % g.oh, iy0 = oy * g.sh - g.ph;
     int64_t ilo, ihi;
@@ -52,7 +52,6 @@ void dw_rows_portable(const uint8_t* x, const int32_t* w, const int32_t* wsum, i
       }
     }
   }
-  (void)wsum;
 }
 
 #ifdef TS_QX86
@@ -214,7 +213,7 @@ at::Tensor dwconv_cpu(const at::Tensor& x_in, double x_scale, int64_t x_zp, cons
   }
 #endif
   at::parallel_for(0, g.n * g.oh, grain,
-                   [&](int64_t r0, int64_t r1) { dw_rows_portable(xp, wp, sp, zx, g, e, r0, r1, yp); });
+                   [&](int64_t r0, int64_t r1) { dw_rows_portable(xp, wp, zx, g, e, r0, r1, yp); });
   return y;
 }
 

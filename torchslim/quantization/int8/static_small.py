@@ -66,7 +66,8 @@ IM2COL_MIN_CHANNELS = 16
 IM2COL_FEW_CHANNELS_MACS = 1 << 21
 # Depthwise layers up to this many multiply-adds per call take torchslim's VNNI loop: there (batch 1 on
 # MobileNet / EfficientNet maps) oneDNN's call setup outweighs the difference in the loops; larger calls
-# (batch 32) ran faster on oneDNN's blocked depthwise kernel (`torchslim bench vision-speed`).
+# (batch 32) ran faster on oneDNN's blocked depthwise kernel (per-layer timings of EfficientNet-B0's depthwise
+# shapes, interleaved; the model-level effect is measured by `torchslim bench vision-speed`).
 DEPTHWISE_MACS = 1 << 21
 
 
@@ -150,33 +151,23 @@ def _prepared(conv: Any) -> Any:
            conv.output_uint8)  # fmt: skip
     cached = conv.__dict__.get("_qconv")
     if cached is None or cached.key != key:
+        # Both plans bind the same constants after their packed weight: the depthwise layer's int32 taps, or the
+        # 1×1 layout over im2col rows (the plain 1×1 layout for a 1×1 conv).
         if depthwise(conv):
-            cached = _Plan(key, _depthwise_plan(conv), t)
-            conv.__dict__["_qconv"] = cached
-            return cached.plan
-        packed, wsum = qconv.pack_conv(conv.weight)  # over im2col rows; the 1×1 layout for a 1×1 conv
+            (weights, wsum), make = qdwconv.pack_depthwise(conv.weight), qdwconv_plan
+        else:
+            (weights, wsum), make = qconv.pack_conv(conv.weight), qconv_plan
         x_scale = float(conv.input_scale)
         scale = (conv.weight_scale.float() * x_scale).contiguous()
         out_scale, out_zp = float(conv.output_scale), int(conv.output_zero_point) + 128
-        plan = qconv_plan(
-            packed, wsum, scale, conv.bias.float().contiguous(), x_scale, int(conv.input_zero_point) + 128,
+        plan = make(
+            weights, wsum, scale, conv.bias.float().contiguous(), x_scale, int(conv.input_zero_point) + 128,
             conv.activation, out_scale, out_zp, bool(conv.output_uint8),
             list(conv.kernel_size), list(conv.stride), list(conv.padding),
         )  # fmt: skip
         cached = _Plan(key, plan, t)
         conv.__dict__["_qconv"] = cached
     return cached.plan
-
-
-def _depthwise_plan(conv: Any) -> Any:
-    taps, wsum = qdwconv.pack_depthwise(conv.weight)
-    x_scale = float(conv.input_scale)
-    return qdwconv_plan(
-        taps, wsum, (conv.weight_scale.float() * x_scale).contiguous(), conv.bias.float().contiguous(), x_scale,
-        int(conv.input_zero_point) + 128, conv.activation, float(conv.output_scale),
-        int(conv.output_zero_point) + 128, bool(conv.output_uint8), list(conv.kernel_size), list(conv.stride),
-        list(conv.padding),
-    )  # fmt: skip
 
 
 def small_conv1x1(conv: Any, x: torch.Tensor, accum: torch.Tensor | None = None) -> torch.Tensor:
