@@ -37,7 +37,7 @@ def _case(b, c, h, w, k, seed):
 
 
 def _paths(compiled: str) -> list[str]:
-    return ["auto", "portable"] + (["avx512-vnni"] if compiled == "avx512-vnni" else [])
+    return ["auto", "portable"] + (["avx512-vnni"] if qdwconv.fast() else [])
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -90,21 +90,24 @@ def test_float_input_quantized_inside(compiled):
 def test_layout_and_errors(compiled):
     weight = torch.randint(-127, 128, (20, 1, 3, 5), dtype=torch.int8)
     taps, wsum = qdwconv.pack_depthwise(weight)
-    assert taps.shape == (15, 32) and taps.dtype == torch.int32  # 20 channels padded to 32
-    assert torch.equal(taps[:, :20].t().reshape(20, 1, 3, 5), weight.int()) and taps[:, 20:].abs().sum() == 0
+    assert taps.shape == (3, 2, 32, 4) and taps.dtype == torch.int8  # 5 taps in 2 quads, 20 channels padded to 32
+    for i in range(3):
+        for j in range(5):
+            assert torch.equal(taps[i, j // 4, :20, j % 4], weight[:, 0, i, j])
+    assert taps[:, 1, :, 1:].abs().sum() == 0 and taps[:, :, 20:].abs().sum() == 0  # taps past kw, channels past C
     assert torch.equal(wsum[:20], weight.sum((1, 2, 3), dtype=torch.int32)) and wsum[20:].abs().sum() == 0
     with pytest.raises(ValueError, match=r"\[C, 1, kh, kw\]"):
         qdwconv.pack_depthwise(torch.zeros(4, 2, 3, 3, dtype=torch.int8))
     x = torch.zeros(1, 20, 4, 4, dtype=torch.uint8)
     scale, bias = torch.ones(20), torch.zeros(20)
-    with pytest.raises(RuntimeError, match="weight must be contiguous int32"):
-        qdwconv.depthwise(x, taps[:, :16], wsum, scale, bias, 0, (3, 5), (1, 1), (1, 2))
+    with pytest.raises(RuntimeError, match="weight must be contiguous int8"):
+        qdwconv.depthwise(x, taps[:, :, :16], wsum, scale, bias, 0, (3, 5), (1, 1), (1, 2))
     with pytest.raises(RuntimeError, match="larger than the padded input"):
         qdwconv.depthwise(x[:, :, :2, :2], taps, wsum, scale, bias, 0, (3, 5), (1, 1), (0, 0))
     with pytest.raises(RuntimeError, match="unknown isa"):
         qdwconv.depthwise(x, taps, wsum, scale, bias, 0, (3, 5), (1, 1), (1, 2), isa="amx")
-    if compiled != "avx512-vnni":
-        with pytest.raises(RuntimeError, match="lacks avx512-vnni"):
+    if not qdwconv.fast():
+        with pytest.raises(RuntimeError, match="lacks avx512-vnni or avx512-vbmi"):
             qdwconv.depthwise(x, taps, wsum, scale, bias, 0, (3, 5), (1, 1), (1, 2), isa="avx512-vnni")
 
 
@@ -149,7 +152,7 @@ def test_module_depthwise_layers_match_onednn(compiled, monkeypatch, act):
     monkeypatch.setattr(static_small, "eligible", lambda c, x, accumulate=False: c.groups == 1 and plain(c, x))
     with torch.inference_mode():
         onednn = model(x)
-    if compiled != "avx512-vnni":  # elsewhere oneDNN (or the exact reference path) keeps the depthwise layers
+    if not qdwconv.fast():  # elsewhere oneDNN (or the exact reference path) keeps the depthwise layers
         assert calls == []
         return
     assert calls == [40, 24]
@@ -157,13 +160,18 @@ def test_module_depthwise_layers_match_onednn(compiled, monkeypatch, act):
 
 
 def test_depthwise_route(compiled):
-    """Depthwise layers (groups = channels, no dilation) take the C++ loop where the CPU has AVX-512 VNNI, except
-    when a residual operand is summed into their output (oneDNN's fused sum keeps those); other grouped
-    convolutions never do."""
+    """Depthwise layers (groups = channels, no dilation) take the C++ loop where the CPU has AVX-512 VNNI and
+    VBMI, up to DEPTHWISE_BYTES of input and DEPTHWISE_MACS multiply-adds, except when a residual operand is
+    summed into their output (oneDNN's fused sum keeps those); other grouped convolutions never do."""
     x = torch.zeros(1, 8, 6, 6)
     dw, grouped, dilated = (nn.Conv2d(8, 8, 3, groups=8), nn.Conv2d(8, 8, 3, groups=2),
                             nn.Conv2d(8, 8, 3, groups=8, dilation=2))  # fmt: skip
     assert static_small.depthwise(dw) and not static_small.depthwise(grouped) and not static_small.depthwise(dilated)
-    assert static_small.eligible(dw, x) == (compiled == "avx512-vnni")
+    assert static_small.eligible(dw, x) == qdwconv.fast()
     assert not static_small.eligible(dw, x, accumulate=True)
+    side = int((static_small.DEPTHWISE_BYTES // 8) ** 0.5) + 1  # one image of 8 channels over the byte limit
+    assert not static_small.eligible(dw, torch.zeros(1, 8, side, side))
+    wide = nn.Conv2d(512, 512, 7, padding=3, groups=512)  # 512·7·7 multiply-adds a pixel: over the MAC limit
+    assert not static_small.eligible(wide, torch.zeros(1, 512, 28, 28))
+    assert static_small.eligible(wide, torch.zeros(1, 512, 7, 7)) == qdwconv.fast()
     assert not static_small.eligible(grouped, x) and not static_small.eligible(dilated, x)

@@ -58,6 +58,7 @@ __all__ = [
     "load",
     "qconv_amx",
     "qconv_plan",
+    "qdwconv_vbmi",
     "qdwconv_plan",
 ]
 
@@ -155,6 +156,7 @@ def _reference_on(
 _lock = threading.Lock()
 _backend: str | None = None  # "avx512-vnni", "avx2", "portable-c++" or "torch-reference" once loaded
 _amx = False  # whether qconv1x1 has AMX tiles here, once loaded
+_vbmi = False  # whether qdwconv runs its AVX-512 VNNI + VBMI loop here, once loaded
 _module = None  # the built extension (a Python module), once loaded
 
 
@@ -171,6 +173,13 @@ def qconv_amx() -> bool:
     """Whether the compiled ``qconv1x1`` runs AMX tiles here (builds at the first call; False without a build)."""
     load()
     return _amx
+
+
+def qdwconv_vbmi() -> bool:
+    """Whether the compiled ``qdwconv`` runs its fast loop here (AVX-512 VNNI and VBMI; builds at the first
+    call; False without a build)."""
+    load()
+    return _vbmi
 
 
 def qconv_plan(*args):
@@ -218,7 +227,7 @@ def _build() -> str:
         is_python_module=True,
         verbose=False,
     )
-    global _amx, _module
+    global _amx, _module, _vbmi
     _module = module
     library = ctypes.CDLL(module.__file__)
     isa = library.torchslim_w4a8_isa
@@ -226,6 +235,9 @@ def _build() -> str:
     amx = library.torchslim_qconv_amx
     amx.restype = ctypes.c_int
     _amx = bool(amx())
+    vbmi = library.torchslim_qdwconv_vbmi
+    vbmi.restype = ctypes.c_int
+    _vbmi = bool(vbmi())
     return _BACKENDS[isa()]
 
 

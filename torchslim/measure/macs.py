@@ -47,9 +47,9 @@ def _qconv1x1_flops(x_shape: Any, *_: Any, out_shape: Any = None, **__: Any) -> 
     return 2 * math.prod(out_shape) * int(x_shape[1])
 
 
-def _qdwconv_flops(_x: Any, _xs: Any, _xz: Any, w_shape: Any, *_: Any, out_shape: Any = None, **__: Any) -> int:
-    """torchslim's int8 depthwise convolution: 2 · output elements · taps (its weight is ``[kh·kw, C]``)."""
-    return 2 * math.prod(out_shape) * int(w_shape[0])
+def _qdwconv_flops(*args: Any, out_shape: Any = None, **__: Any) -> int:
+    """torchslim's int8 depthwise convolution: 2 · output elements · taps (``kh·kw``, its ``kernel`` argument)."""
+    return 2 * math.prod(out_shape) * math.prod(int(k) for k in args[7])
 
 
 def _sdpa_cpu_flops(q: Any, k: Any, v: Any, *_: Any, out_shape: Any = None, **__: Any) -> int:

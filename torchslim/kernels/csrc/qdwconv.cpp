@@ -8,20 +8,24 @@
 // then the epilogue of the 1×1 kernels (scale, bias, activation, uint8 codes or float32).
 //
 // Written by hand because oneDNN's int8 depthwise call (the alternative through torch) pays a per-call setup
-// that outweighs the arithmetic of small calls (batch-1 MobileNet / EfficientNet layers on 7 × 7 to 28 × 28
-// maps); larger calls stay on oneDNN (see static_small.DEPTHWISE_MACS). Weights are int32 [taps, Cp] (Cp: the channels
-// rounded up to 16, zero-padded), so each tap of 16 channels is one 64-byte vector: with the input's 16
-// codes widened to int32 lanes, vpdpwssd (AVX-512 VNNI: pairs of int16 products summed into int32; each
-// lane's upper int16 is zero on both sides) adds the 16 exact products in one instruction. That loop reads a
-// copy of the input padded with the zero point, so every window lies inside and the zero-point term is
-// zx · wsum[c] (all taps); the portable loop skips the taps outside the image and sums the weights it reads.
+// that outweighs the arithmetic of small calls (batch-1 MobileNet / EfficientNet layers); larger calls stay on
+// oneDNN (see static_small.DEPTHWISE_MACS).
+//
+// Weights are int8 [kh, nq, Cp, 4] (nq = ceil(kw / 4) quads of taps per kernel row, Cp: the channels rounded
+// up to 16; zero past kw and past C), so one 64-byte vector holds 4 taps of 16 channels. The fast loop
+// (AVX-512 VNNI + VBMI) reads a copy of the input padded with the zero point and blocked by 16 channels,
+// [N, H + 2·ph, Cp / 16, W + 2·pw + 4·nq, 16]: 4 neighbouring pixels of a block are 64 contiguous bytes, and
+// one vpermb turns them into the 16 channels' quads of codes that vpdpbusd multiplies with a quad of taps
+// (4 exact products summed per lane, uint8 × int8). Every window lies inside the padded copy, so the
+// zero-point term is zx · wsum[c] (all taps); the columns past the padded width meet zero taps. The portable
+// loop reads the unpadded input, skips the taps outside the image and sums the weights it reads.
 
 #include "qepilogue.h"
 
 namespace {
 
 struct DwGeom {
-  int64_t n, c, h, w, oh, ow, kh, kw, sh, sw, ph, pw, cp;
+  int64_t n, c, h, w, oh, ow, kh, kw, sh, sw, ph, pw, cp, nq;
 };
 
 // The taps [lo, hi) of one dimension that fall inside [0, size) for an output at input offset start.
@@ -30,7 +34,19 @@ inline void tap_range(int64_t start, int64_t k, int64_t size, int64_t& lo, int64
   hi = std::min<int64_t>(k, size - start);
 }
 
-void dw_rows_portable(const uint8_t* x, const int32_t* w, int32_t zx, const DwGeom& g, const Epilogue& e, int64_t r0,
+bool vbmi_cpu() {
+#ifdef TS_QX86
+  static const bool ok = [] {
+    __builtin_cpu_init();
+    return vnni_cpu() && __builtin_cpu_supports("avx512vbmi");
+  }();
+  return ok;
+#else
+  return false;
+#endif
+}
+
+void dw_rows_portable(const uint8_t* x, const int8_t* w, int32_t zx, const DwGeom& g, const Epilogue& e, int64_t r0,
                       int64_t r1, void* y) {
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t b = r / g.oh, oy = r % g.oh, iy0 = oy * g.sh - g.ph;
@@ -44,7 +60,7 @@ void dw_rows_portable(const uint8_t* x, const int32_t* w, int32_t zx, const DwGe
         int32_t acc = 0, ws = 0;
         for (int64_t i = ilo; i < ihi; ++i)
           for (int64_t j = jlo; j < jhi; ++j) {
-            const int32_t wt = w[(i * g.kw + j) * g.cp + ch];
+            const int32_t wt = w[((i * g.nq + j / 4) * g.cp + ch) * 4 + j % 4];
             acc += static_cast<int32_t>(x[((b * g.h + iy0 + i) * g.w + ix0 + j) * g.c + ch]) * wt;
             ws += wt;
           }
@@ -55,88 +71,104 @@ void dw_rows_portable(const uint8_t* x, const int32_t* w, int32_t zx, const DwGe
 }
 
 #ifdef TS_QX86
-// Output pixels per step of the inner loop: as many independent accumulator chains (vpdpwssd's latency is
-// several cycles; one chain per pixel would wait on it at every tap), sharing each tap's weight load.
+#define TS_QVBMI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")))
+
+// Output pixels per block: as many independent accumulators, sharing each quad of taps' load.
 constexpr int kPixels = 8;
 
-// 16 codes widened to int32 lanes; a whole block reads them without a mask (one instruction fewer).
-template <bool Full>
-TS_Q512 inline __m512i codes16(const uint8_t* p, __mmask16 mask) {
-  if constexpr (Full) {
-    return _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-  } else {
-    return _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, p));
+// vpermb's index: lane c (4 bytes) takes byte c of each of the 4 pixels [16 channels] in a 64-byte vector.
+struct alignas(64) QuadIndex {
+  uint8_t b[64];
+  constexpr QuadIndex() : b() {
+    for (int c = 0; c < 16; ++c)
+      for (int t = 0; t < 4; ++t) b[4 * c + t] = static_cast<uint8_t>(16 * t + c);
   }
-}
+};
+constexpr QuadIndex kQuadIndex{};
 
-// Output columns [ox, ox_hi) of row r whose windows lie inside the image, P at a time; returns the first
-// column not done (fewer than P left).
-template <Act A, bool Full, int P = kPixels>
-TS_Q512 inline int64_t dw_inside(const uint8_t* x, const int32_t* wc, __m512i full, const DwGeom& g, const EpiVec& ev,
-                                 __m512 sc, __m512 bi, __mmask16 mask, int64_t row0, int64_t r, int64_t ox,
-                                 int64_t ox_hi, int64_t c0, void* y) {
-  const int64_t step = g.sw * g.c;
-  for (; ox + P <= ox_hi; ox += P) {
-    __m512i acc[P];
-    for (int p = 0; p < P; ++p) acc[p] = _mm512_setzero_si512();
-    for (int64_t i = 0; i < g.kh; ++i) {
-      const uint8_t* xr = x + ((row0 + i) * g.w + ox * g.sw - g.pw) * g.c + c0;
-      const int32_t* wr = wc + i * g.kw * g.cp;
-      for (int64_t j = 0; j < g.kw; ++j) {
-        const __m512i wv = _mm512_loadu_si512(wr + j * g.cp);
-        const uint8_t* xt = xr + j * g.c;
-        for (int p = 0; p < P; ++p) acc[p] = _mm512_dpwssd_epi32(acc[p], codes16<Full>(xt + p * step, mask), wv);
-      }
+// The exact sums of P output pixels of one 16-channel block into out[P][16]: xb points at the block's input
+// row of the first output's window (16 bytes a pixel, kernel rows rs bytes apart), wb at its quads of taps
+// (kernel rows nq · wq bytes apart, quads wq).
+template <int P>
+TS_QVBMI __attribute__((noinline)) void dw_block(const uint8_t* xb, const int8_t* wb, int64_t kh, int64_t nq,
+                                                 int64_t sw, int64_t rs, int64_t wq, int32_t* out) {
+  const __m512i idx = _mm512_load_si512(kQuadIndex.b);
+  __m512i acc[P];
+  for (int p = 0; p < P; ++p) acc[p] = _mm512_setzero_si512();
+  for (int64_t i = 0; i < kh; ++i) {
+    const uint8_t* xr = xb + i * rs;
+    const int8_t* wr = wb + i * nq * wq;
+    for (int64_t q = 0; q < nq; ++q) {
+      const __m512i wv = _mm512_loadu_si512(wr + q * wq);
+      const uint8_t* xq = xr + q * 64;
+      for (int p = 0; p < P; ++p)
+        acc[p] = _mm512_dpbusd_epi32(acc[p], _mm512_permutexvar_epi8(idx, _mm512_loadu_si512(xq + p * sw * 16)), wv);
     }
-    for (int p = 0; p < P; ++p)
-      store16<A>(ev, _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[p], full)), sc, bi, r * g.ow + ox + p, c0, g.c, mask, y);
   }
-  return ox;
+  for (int p = 0; p < P; ++p) _mm512_storeu_si512(out + p * 16, acc[p]);
 }
 
+using DwBlockFn = void (*)(const uint8_t*, const int8_t*, int64_t, int64_t, int64_t, int64_t, int64_t, int32_t*);
+constexpr DwBlockFn kBlocks[kPixels] = {&dw_block<1>, &dw_block<2>, &dw_block<3>, &dw_block<4>,
+                                        &dw_block<5>, &dw_block<6>, &dw_block<7>, &dw_block<8>};
+
+// Output rows [r0, r1) from the blocked copy xb (rows wpa pixels wide); g is the padded geometry.
 template <Act A>
-TS_Q512 void dw_rows_vnni(const uint8_t* x, const int32_t* w, const int32_t* wsum, int32_t zx, const DwGeom& g,
-                          const Epilogue& e, int64_t r0, int64_t r1, void* y) {
-  // Called on an unpadded geometry (dwconv_cpu pads the input first): every window lies inside.
+TS_QVBMI void dw_rows_vbmi(const uint8_t* xb, const int8_t* w, const int32_t* wsum, int32_t zx, const DwGeom& g,
+                           int64_t wpa, const Epilogue& e, int64_t r0, int64_t r1, void* y) {
   const EpiVec ev = epi_vec(e);
   const __m512i zxv = _mm512_set1_epi32(zx);
+  const int64_t cb = g.cp / 16, rs = cb * wpa * 16, wq = g.cp * 4;
+  alignas(64) int32_t sums[kPixels * 16];
   for (int64_t r = r0; r < r1; ++r) {
-    const int64_t row0 = (r / g.oh) * g.h + (r % g.oh) * g.sh;  // the window's first input row
-    for (int64_t c0 = 0; c0 < g.c; c0 += 16) {
+    const int64_t row0 = (r / g.oh) * g.h + (r % g.oh) * g.sh;  // the window's first (padded) input row
+    for (int64_t b = 0; b < cb; ++b) {
+      const int64_t c0 = b * 16;
       const __mmask16 mask = tail_mask(g.c - c0);
       const __m512 sc = _mm512_maskz_loadu_ps(mask, e.scale + c0), bi = _mm512_maskz_loadu_ps(mask, e.bias + c0);
       const __m512i full = _mm512_mullo_epi32(_mm512_loadu_si512(wsum + c0), zxv);
-      const int32_t* wc = w + c0;
-      // kPixels windows a step, then the columns left 4, 2 and 1 at a time (small maps have only these).
-      int64_t ox = 0;
-      if (mask == 0xFFFF) {
-        ox = dw_inside<A, true>(x, wc, full, g, ev, sc, bi, mask, row0, r, ox, g.ow, c0, y);
-        ox = dw_inside<A, true, 4>(x, wc, full, g, ev, sc, bi, mask, row0, r, ox, g.ow, c0, y);
-        ox = dw_inside<A, true, 2>(x, wc, full, g, ev, sc, bi, mask, row0, r, ox, g.ow, c0, y);
-        dw_inside<A, true, 1>(x, wc, full, g, ev, sc, bi, mask, row0, r, ox, g.ow, c0, y);
-      } else {
-        ox = dw_inside<A, false>(x, wc, full, g, ev, sc, bi, mask, row0, r, ox, g.ow, c0, y);
-        ox = dw_inside<A, false, 4>(x, wc, full, g, ev, sc, bi, mask, row0, r, ox, g.ow, c0, y);
-        ox = dw_inside<A, false, 2>(x, wc, full, g, ev, sc, bi, mask, row0, r, ox, g.ow, c0, y);
-        dw_inside<A, false, 1>(x, wc, full, g, ev, sc, bi, mask, row0, r, ox, g.ow, c0, y);
+      const uint8_t* xr = xb + (row0 * cb + b) * wpa * 16;
+      for (int64_t ox = 0; ox < g.ow; ox += kPixels) {
+        const int pixels = static_cast<int>(std::min<int64_t>(kPixels, g.ow - ox));
+        kBlocks[pixels - 1](xr + ox * g.sw * 16, w + c0 * 4, g.kh, g.nq, g.sw, rs, wq, sums);
+        for (int p = 0; p < pixels; ++p) {
+          const __m512 v = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_load_si512(sums + p * 16), full));
+          store16<A>(ev, v, sc, bi, r * g.ow + ox + p, c0, g.c, mask, y);
+        }
       }
     }
   }
 }
 
-using DwRowsFn = void (*)(const uint8_t*, const int32_t*, const int32_t*, int32_t, const DwGeom&, const Epilogue&,
-                          int64_t, int64_t, void*);
+using DwRowsFn = void (*)(const uint8_t*, const int8_t*, const int32_t*, int32_t, const DwGeom&, int64_t,
+                          const Epilogue&, int64_t, int64_t, void*);
 
 DwRowsFn dw_rows_for(Act act) {
   switch (act) {
     case Act::kRelu:
-      return &dw_rows_vnni<Act::kRelu>;
+      return &dw_rows_vbmi<Act::kRelu>;
     case Act::kHardswish:
-      return &dw_rows_vnni<Act::kHardswish>;
+      return &dw_rows_vbmi<Act::kHardswish>;
     case Act::kSwish:
-      return &dw_rows_vnni<Act::kSwish>;
+      return &dw_rows_vbmi<Act::kSwish>;
     default:
-      return &dw_rows_vnni<Act::kNone>;
+      return &dw_rows_vbmi<Act::kNone>;
+  }
+}
+
+// Image rows [y0, y1) (over all images) of x [N, H, W, C] into the blocked copy (already filled with zx).
+TS_QVBMI void block_rows(const uint8_t* x, uint8_t* xb, const DwGeom& g, int64_t hp, int64_t wpa, int64_t y0,
+                         int64_t y1) {
+  const int64_t cb = g.cp / 16;
+  for (int64_t r = y0; r < y1; ++r) {
+    const int64_t img = r / g.h, iy = r % g.h;
+    const uint8_t* src = x + r * g.w * g.c;
+    for (int64_t b = 0; b < cb; ++b) {
+      const __mmask16 mask = tail_mask(g.c - b * 16);
+      uint8_t* dst = xb + (((img * hp + iy + g.ph) * cb + b) * wpa + g.pw) * 16;
+      for (int64_t px = 0; px < g.w; ++px)
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + px * 16), _mm_maskz_loadu_epi8(mask, src + px * g.c + b * 16));
+    }
   }
 }
 #endif
@@ -152,10 +184,10 @@ at::Tensor dwconv_cpu(const at::Tensor& x_in, double x_scale, int64_t x_zp, cons
               "qdwconv: kernel and stride must be positive, padding non-negative");
   TORCH_CHECK(x_zp >= 0 && x_zp <= 255 && out_zp >= 0 && out_zp <= 255 && out_scale > 0 && x_scale > 0,
               "qdwconv: zero points must be in 0..255 and scales positive");
-  const int64_t c = x_in.size(1), cp = (c + 15) / 16 * 16, taps = kernel[0] * kernel[1];
-  TORCH_CHECK(weight.scalar_type() == at::kInt && weight.is_contiguous() && weight.dim() == 2 &&
-                  weight.size(0) == taps && weight.size(1) == cp,
-              "qdwconv: weight must be contiguous int32 [kh·kw, C rounded up to 16]");
+  const int64_t c = x_in.size(1), cp = (c + 15) / 16 * 16, nq = (kernel[1] + 3) / 4;
+  TORCH_CHECK(weight.scalar_type() == at::kChar && weight.is_contiguous() && weight.dim() == 4 &&
+                  weight.size(0) == kernel[0] && weight.size(1) == nq && weight.size(2) == cp && weight.size(3) == 4,
+              "qdwconv: weight must be contiguous int8 [kh, ceil(kw / 4), C rounded up to 16, 4]");
   TORCH_CHECK(wsum.scalar_type() == at::kInt && wsum.is_contiguous() && wsum.numel() == cp,
               "qdwconv: wsum must be contiguous int32 [C rounded up to 16]");
   check_vec(scale, c, "scale");
@@ -163,52 +195,45 @@ at::Tensor dwconv_cpu(const at::Tensor& x_in, double x_scale, int64_t x_zp, cons
   const std::string s(isa);
   TORCH_CHECK(s == "auto" || s == "portable" || s == "avx512-vnni", "qdwconv: unknown isa '", s,
               "' (auto, avx512-vnni, portable)");
-  TORCH_CHECK(s != "avx512-vnni" || vnni_cpu(), "qdwconv: this CPU lacks avx512-vnni");
-  const bool vnni = s != "portable" && vnni_cpu();
+  TORCH_CHECK(s != "avx512-vnni" || vbmi_cpu(), "qdwconv: this CPU lacks avx512-vnni or avx512-vbmi");
+  const bool fast = s != "portable" && vbmi_cpu();
   const at::Tensor x = x_in.scalar_type() == at::kByte ? x_in.contiguous(at::MemoryFormat::ChannelsLast)
                                                        : quantize_input(x_in.contiguous(at::MemoryFormat::ChannelsLast),
-                                                                        x_scale, x_zp, vnni);
+                                                                        x_scale, x_zp, fast);
   DwGeom g{x.size(0), c, x.size(2), x.size(3), 0, 0, kernel[0], kernel[1], stride[0], stride[1], padding[0],
-           padding[1], cp};
+           padding[1], cp, nq};
   g.oh = (g.h + 2 * g.ph - g.kh) / g.sh + 1;
   g.ow = (g.w + 2 * g.pw - g.kw) / g.sw + 1;
   TORCH_CHECK(g.oh > 0 && g.ow > 0, "qdwconv: the kernel is larger than the padded input");
-  at::Tensor xpad = x;
-#ifdef TS_QX86
-  if (vnni && (g.ph > 0 || g.pw > 0)) {
-    // The VNNI loop reads a copy padded with the zero point (zero in real values): every window then lies
-    // inside, and all pixels take the whole-window path. On the small maps this kernel is routed to (batch 1,
-    // 7 × 7 to 28 × 28 late in MobileNet / EfficientNet) most windows would otherwise cross the border.
-    const int64_t hp = g.h + 2 * g.ph, wp = g.w + 2 * g.pw;
-    xpad = at::empty({g.n, hp, wp, c}, x.options());
-    uint8_t* dst = xpad.data_ptr<uint8_t>();
-    const uint8_t* src = x.data_ptr<uint8_t>();
-    std::memset(dst, static_cast<int>(x_zp), static_cast<size_t>(xpad.numel()));
-    for (int64_t b = 0; b < g.n; ++b)
-      for (int64_t i = 0; i < g.h; ++i)
-        std::memcpy(dst + ((b * hp + i + g.ph) * wp + g.pw) * c, src + ((b * g.h + i) * g.w) * c,
-                    static_cast<size_t>(g.w * c));
-    g.h = hp;
-    g.w = wp;
-    g.ph = g.pw = 0;
-  }
-#endif
   at::Tensor y = at::empty({g.n, c, g.oh, g.ow}, x.options()
                                                      .dtype(out_u8 ? at::kByte : at::kFloat)
                                                      .memory_format(at::MemoryFormat::ChannelsLast));
   const Epilogue e = make_epilogue(scale, bias, act, out_scale, out_zp, out_u8);
-  const uint8_t* xp = xpad.data_ptr<uint8_t>();
-  const int32_t* wp = weight.data_ptr<int32_t>();
-  const int32_t* sp = wsum.data_ptr<int32_t>();
+  const uint8_t* xp = x.data_ptr<uint8_t>();
+  const int8_t* wp = weight.data_ptr<int8_t>();
   void* yp = y.data_ptr();
   const int32_t zx = static_cast<int32_t>(x_zp);
   // Output rows per task: about 2^18 multiply-adds each, so a small call stays on the calling thread.
-  const int64_t per_row = std::max<int64_t>(1, g.ow * c * taps);
+  const int64_t per_row = std::max<int64_t>(1, g.ow * c * g.kh * g.kw);
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 18) / per_row);
 #ifdef TS_QX86
-  if (vnni) {
+  if (fast) {
+    // The blocked copy padded with the zero point (zero in real values); rows 4·nq pixels longer, which the
+    // last windows' 64-byte reads reach, and meet zero taps there.
+    const int64_t hp = g.h + 2 * g.ph, wpa = g.w + 2 * g.pw + 4 * nq;
+    at::Tensor xb = at::empty({g.n * hp * (cp / 16) * wpa * 16}, x.options().memory_format(at::MemoryFormat::Contiguous));
+    uint8_t* xbp = xb.data_ptr<uint8_t>();
+    std::memset(xbp, static_cast<int>(x_zp), static_cast<size_t>(xb.numel()));
+    const int64_t row_bytes = std::max<int64_t>(1, g.w * cp);
+    at::parallel_for(0, g.n * g.h, std::max<int64_t>(1, kSerialBytes / row_bytes),
+                     [&](int64_t y0, int64_t y1) { block_rows(xp, xbp, g, hp, wpa, y0, y1); });
+    DwGeom gp = g;
+    gp.h = hp;
+    gp.w = g.w + 2 * g.pw;
+    gp.ph = gp.pw = 0;
     const DwRowsFn fn = dw_rows_for(e.act);
-    at::parallel_for(0, g.n * g.oh, grain, [&](int64_t r0, int64_t r1) { fn(xp, wp, sp, zx, g, e, r0, r1, yp); });
+    const int32_t* sp = wsum.data_ptr<int32_t>();
+    at::parallel_for(0, g.n * g.oh, grain, [&](int64_t r0, int64_t r1) { fn(xbp, wp, sp, zx, gp, wpa, e, r0, r1, yp); });
     return y;
   }
 #endif
@@ -218,5 +243,8 @@ at::Tensor dwconv_cpu(const at::Tensor& x_in, double x_scale, int64_t x_zp, cons
 }
 
 }  // namespace
+
+// Whether the fast loop runs here (AVX-512 VNNI and VBMI); the Python route checks it before choosing this kernel.
+extern "C" int torchslim_qdwconv_vbmi() { return vbmi_cpu() ? 1 : 0; }
 
 TORCH_LIBRARY_IMPL(torchslim, CPU, m) { m.impl("qdwconv", &dwconv_cpu); }

@@ -11,8 +11,8 @@ activation and the requantization to the next layer's uint8 codes. Each layer's 
 constants are bound once in a C++ plan (``csrc/qplan.cpp``) that Python calls with the input alone. With
 AMX every such layer takes it; with VNNI only, those up to :data:`SMALL_MACS` multiply-adds. The choice depends only on the layer, the input
 shape and the CPU, so a given input always takes the same kernel. Small depthwise calls (:func:`depthwise`, up to
-:data:`DEPTHWISE_MACS` multiply-adds) run :mod:`torchslim.kernels.qdwconv`'s VNNI loop with the same epilogue
-where the CPU has AVX-512 VNNI, except those with a fused residual sum. The integer sums are the same as
+:data:`DEPTHWISE_MACS` multiply-adds and :data:`DEPTHWISE_BYTES` of input) run :mod:`torchslim.kernels.qdwconv`'s loop
+with the same epilogue where the CPU has AVX-512 VNNI and VBMI, except those with a fused residual sum. The integer sums are the same as
 oneDNN's; the float epilogue may round an output code the other way at an exact tie.
 
 Example:
@@ -41,6 +41,7 @@ __all__ = [
     "IM2COL_FEW_CHANNELS_MACS",
     "IM2COL_MACS",
     "IM2COL_MIN_CHANNELS",
+    "DEPTHWISE_BYTES",
     "DEPTHWISE_MACS",
     "SMALL_MACS",
     "depthwise",
@@ -64,11 +65,14 @@ IM2COL_MIN_CHANNELS = 16
 # 1-channel 3×3 at batch 64, 1.2 M) runs its whole model faster off oneDNN (`torchslim bench digits`), a
 # 224 × 224 stem (10.8 M at batch 1) was slower there.
 IM2COL_FEW_CHANNELS_MACS = 1 << 21
-# Depthwise layers up to this many multiply-adds per call take torchslim's VNNI loop: there (batch 1 on
-# MobileNet / EfficientNet maps) oneDNN's call setup outweighs the difference in the loops; larger calls
-# (batch 32) ran faster on oneDNN's blocked depthwise kernel (per-layer timings of EfficientNet-B0's depthwise
-# shapes, interleaved; the model-level effect is measured by `torchslim bench vision-speed`).
-DEPTHWISE_MACS = 1 << 21
+# Depthwise layers up to this many multiply-adds and input bytes per call take torchslim's VNNI + VBMI loop: there
+# (batch 1 on MobileNet / EfficientNet maps) oneDNN's call setup outweighs the difference in the loops. Larger
+# calls (batch 32) ran faster on oneDNN's blocked depthwise kernel, and so did stride-2 layers on 112 × 112 maps
+# of 64 and 96 channels (800 KB and more of input, which the loop first copies into its padded, blocked layout):
+# per-layer timings of EfficientNet-B0's and MobileNetV3-Large's depthwise shapes, interleaved; the model-level
+# effect is measured by `torchslim bench vision-speed`.
+DEPTHWISE_MACS = 1 << 23
+DEPTHWISE_BYTES = 1 << 19
 
 
 def _pointwise(conv: Any) -> bool:
@@ -98,14 +102,15 @@ def eligible(conv: Any, x: torch.Tensor, accumulate: bool = False) -> bool:
     1×1 stride-1 convolution where the CPU has AMX tiles, and other ungrouped ones (through im2col) of
     :data:`IM2COL_MIN_CHANNELS` input channels and more up to :data:`IM2COL_MACS` multiply-adds, of fewer up
     to :data:`IM2COL_FEW_CHANNELS_MACS`; those 1×1 stride-1 ones up to :data:`SMALL_MACS` where it has AVX-512
-    VNNI only; depthwise ones (:func:`depthwise`) up to :data:`DEPTHWISE_MACS` where it has AVX-512 VNNI, unless
-    a residual operand is added (``accumulate``: oneDNN's fused sum)."""
+    VNNI only; depthwise ones (:func:`depthwise`) up to :data:`DEPTHWISE_MACS` and :data:`DEPTHWISE_BYTES` of input
+    where it has AVX-512 VNNI and VBMI (:func:`torchslim.kernels.qdwconv.fast`), unless a residual operand is
+    added (``accumulate``: oneDNN's fused sum)."""
     if x.dim() != 4:
         return False
     if conv.groups != 1:
-        if accumulate or not depthwise(conv) or not qconv.vnni():
+        if accumulate or not depthwise(conv) or not qdwconv.fast():
             return False
-        return _macs(conv, x) <= DEPTHWISE_MACS
+        return x.numel() <= DEPTHWISE_BYTES and _macs(conv, x) <= DEPTHWISE_MACS
     if conv.dilation != (1, 1) or not isinstance(conv.padding[0], int):
         return False
     pointwise = _pointwise(conv)
