@@ -229,6 +229,8 @@ def test_scale_quantize_equals_torch(compiled, shape, channels_last, monkeypatch
         ((2, 3, 9, 7), (3, 3), (2, 2), (1, 1)),
         ((1, 1, 1, 2), (3, 3), (1, 2), (1, 1)),  # taps past both edges of a one-column output
         ((3, 2, 5, 6), (2, 3), (3, 2), (0, 2)),
+        ((1, 3, 23, 37), (7, 7), (2, 2), (3, 3)),  # a ResNet stem: 21-byte kernel rows, rows not 16 pixels long
+        ((2, 4, 5, 17), (3, 5), (1, 2), (1, 2)),
     ],
 )
 def test_im2col_rows_run_a_kxk_convolution(compiled, shape, kernel, stride, padding):
@@ -247,12 +249,14 @@ def test_im2col_rows_run_a_kxk_convolution(compiled, shape, kernel, stride, padd
         torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-4)
     values = ((x.float() - 117) * 0.03).contiguous(memory_format=torch.channels_last)  # float32: quantized first
     assert torch.equal(qconv.im2col(values, kernel, stride, padding, 117, 0.03), cols)
+    # A contiguous (NCHW) float32 image: up to 4 channels quantized and unfolded in one pass (with VBMI).
+    assert torch.equal(qconv.im2col(values.contiguous(), kernel, stride, padding, 117, 0.03), cols)
 
 
 def test_module_path_with_amx_takes_small_kxk_convolutions(compiled, monkeypatch):
     """With AMX a k × k convolution of 16 input channels and more, up to IM2COL_MACS, runs through im2col
-    and the C++ loop; one of fewer channels (the 3-channel stem) only up to IM2COL_FEW_CHANNELS_MACS; the
-    outputs match oneDNN's."""
+    and the C++ loop; the 3-channel stem on its float32 image up to STEM_MACS where the CPU has VBMI (the
+    one-pass unfold), else up to IM2COL_FEW_CHANNELS_MACS; the outputs match oneDNN's."""
     from torchslim.api import compress_
     from torchslim.core.context import Context
     from torchslim.quantization.int8.static import Int8Static
@@ -265,16 +269,22 @@ def test_module_path_with_amx_takes_small_kxk_convolutions(compiled, monkeypatch
     assert stem_macs <= static_small.IM2COL_FEW_CHANNELS_MACS
     with torch.inference_mode(), _QConvCalls() as calls:
         fast = model(x)
-    with torch.inference_mode(), _QConvCalls() as calls_big_stem:
+    with torch.inference_mode(), _QConvCalls() as calls_stem_path:
         monkeypatch.setattr(static_small, "IM2COL_FEW_CHANNELS_MACS", stem_macs - 1)
+        fast_stem_path = model(x)
+    with torch.inference_mode(), _QConvCalls() as calls_big_stem:
+        monkeypatch.setattr(static_small, "STEM_MACS", stem_macs - 1)
         fast_big_stem = model(x)
         monkeypatch.setattr(static_small, "IM2COL_MACS", 0)
         monkeypatch.setattr(qconv, "amx", lambda: False)
         monkeypatch.setattr(static_small, "SMALL_MACS", 0)
         slow = model(x)  # every layer on oneDNN
     assert [shape[1] for shape in calls] == ([9 * 3, 9 * 16, 32] if compiled == "avx512-vnni" else [])
-    assert [shape[1] for shape in calls_big_stem] == ([9 * 16, 32] if compiled == "avx512-vnni" else [])
-    for y in (fast, fast_big_stem):
+    stem_path = compiled == "avx512-vnni" and qconv.vbmi()
+    big_stem = [shape[1] for shape in calls_big_stem]
+    assert big_stem == ([9 * 16, 32] if compiled == "avx512-vnni" else [])
+    assert [shape[1] for shape in calls_stem_path] == ([9 * 3, 9 * 16, 32] if stem_path else big_stem)
+    for y in (fast, fast_stem_path, fast_big_stem):
         torch.testing.assert_close(y, slow, rtol=0, atol=0.02 * slow.abs().max().item())
 
 

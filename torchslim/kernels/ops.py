@@ -58,7 +58,7 @@ __all__ = [
     "load",
     "qconv_amx",
     "qconv_plan",
-    "qdwconv_vbmi",
+    "vbmi",
     "qdwconv_plan",
 ]
 
@@ -156,7 +156,7 @@ def _reference_on(
 _lock = threading.Lock()
 _backend: str | None = None  # "avx512-vnni", "avx2", "portable-c++" or "torch-reference" once loaded
 _amx = False  # whether qconv1x1 has AMX tiles here, once loaded
-_vbmi = False  # whether qdwconv runs its AVX-512 VNNI + VBMI loop here, once loaded
+_vbmi = False  # whether the AVX-512 VNNI + VBMI loops (depthwise, stem im2col) run here, once loaded
 _module = None  # the built extension (a Python module), once loaded
 
 
@@ -175,9 +175,9 @@ def qconv_amx() -> bool:
     return _amx
 
 
-def qdwconv_vbmi() -> bool:
-    """Whether the compiled ``qdwconv`` runs its fast loop here (AVX-512 VNNI and VBMI; builds at the first
-    call; False without a build)."""
+def vbmi() -> bool:
+    """Whether the compiled ``qdwconv`` and the few-channel ``qim2col`` run their AVX-512 VNNI + VBMI loops here
+    (builds at the first call; False without a build)."""
     load()
     return _vbmi
 
@@ -235,7 +235,7 @@ def _build() -> str:
     amx = library.torchslim_qconv_amx
     amx.restype = ctypes.c_int
     _amx = bool(amx())
-    vbmi = library.torchslim_qdwconv_vbmi
+    vbmi = library.torchslim_vbmi
     vbmi.restype = ctypes.c_int
     _vbmi = bool(vbmi())
     return _BACKENDS[isa()]

@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from torchslim.kernels.ops import QAVGPOOL, QCONV1X1, QIM2COL, QSCALE_QUANTIZE, load, qconv_amx
+from torchslim.kernels.ops import vbmi as ops_vbmi
 
 __all__ = [
     "amx",
@@ -58,6 +59,7 @@ __all__ = [
     "pack_conv1x1",
     "scale_quantize",
     "unpack_conv1x1",
+    "vbmi",
     "vnni",
 ]
 
@@ -75,6 +77,12 @@ def vnni() -> bool:
     """Whether the convolutions run their AVX-512 VNNI path here (built, and the CPU has it); elsewhere the
     portable loop is exact but slow, so callers keep oneDNN's kernels."""
     return load() == "avx512-vnni"  # the W4A8 kernel in the same library checks the same four CPU flags
+
+
+def vbmi() -> bool:
+    """Whether the depthwise loop and the few-channel :func:`im2col` run their AVX-512 VNNI + VBMI paths here
+    (built, and the CPU has both)."""
+    return vnni() and ops_vbmi()
 
 
 def amx() -> bool:
@@ -110,7 +118,8 @@ def im2col(
     """uint8 codes ``x`` (channels-last ``[N, C, H, W]``) unfolded to ``[N, kh·kw·C, OH, OW]`` channels-last,
     so that a k × k or strided convolution with :func:`pack_conv`'s weight is :func:`conv1x1` on the result;
     taps outside the image read ``zero_point`` (zero padding in real values). Float32 values ``x`` are
-    quantized first with ``(scale, zero_point)``.
+    quantized first with ``(scale, zero_point)``; those may also be contiguous (NCHW): an image of up to 4
+    channels, a network's stem, is then quantized and unfolded in one pass where the CPU has AVX-512 VBMI.
 
     Example:
         >>> x = torch.arange(4, dtype=torch.uint8).reshape(1, 1, 2, 2).contiguous(memory_format=torch.channels_last)

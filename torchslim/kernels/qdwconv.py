@@ -36,8 +36,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from torchslim.kernels.ops import QDWCONV, qdwconv_vbmi
-from torchslim.kernels.qconv import available, epilogue_reference, vnni
+from torchslim.kernels.ops import QDWCONV
+from torchslim.kernels.qconv import available, epilogue_reference, vbmi
 
 __all__ = ["depthwise", "depthwise_reference", "fast", "pack_depthwise"]
 
@@ -57,7 +57,7 @@ def pack_depthwise(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def fast() -> bool:
     """Whether :func:`depthwise` runs its AVX-512 VNNI + VBMI loop here (built, and the CPU has both); elsewhere
     the portable loop is exact but slow, so the static int8 modules keep oneDNN's kernel."""
-    return vnni() and qdwconv_vbmi()
+    return vbmi()
 
 
 def depthwise_reference(

@@ -34,18 +34,6 @@ inline void tap_range(int64_t start, int64_t k, int64_t size, int64_t& lo, int64
   hi = std::min<int64_t>(k, size - start);
 }
 
-bool vbmi_cpu() {
-#ifdef TS_QX86
-  static const bool ok = [] {
-    __builtin_cpu_init();
-    return vnni_cpu() && __builtin_cpu_supports("avx512vbmi");
-  }();
-  return ok;
-#else
-  return false;
-#endif
-}
-
 void dw_rows_portable(const uint8_t* x, const int8_t* w, int32_t zx, const DwGeom& g, const Epilogue& e, int64_t r0,
                       int64_t r1, void* y) {
   for (int64_t r = r0; r < r1; ++r) {
@@ -71,8 +59,6 @@ void dw_rows_portable(const uint8_t* x, const int8_t* w, int32_t zx, const DwGeo
 }
 
 #ifdef TS_QX86
-#define TS_QVBMI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")))
-
 // Output pixels per block: as many independent accumulators, sharing each quad of taps' load.
 constexpr int kPixels = 8;
 
@@ -244,7 +230,7 @@ at::Tensor dwconv_cpu(const at::Tensor& x_in, double x_scale, int64_t x_zp, cons
 
 }  // namespace
 
-// Whether the fast loop runs here (AVX-512 VNNI and VBMI); the Python route checks it before choosing this kernel.
-extern "C" int torchslim_qdwconv_vbmi() { return vbmi_cpu() ? 1 : 0; }
+// Whether the AVX-512 VNNI + VBMI loops (this one, the few-channel im2col) run here; the Python routes check it.
+extern "C" int torchslim_vbmi() { return vbmi_cpu() ? 1 : 0; }
 
 TORCH_LIBRARY_IMPL(torchslim, CPU, m) { m.impl("qdwconv", &dwconv_cpu); }

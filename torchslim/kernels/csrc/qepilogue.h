@@ -96,8 +96,22 @@ inline void store_scalar(const Epilogue& e, float acc, int64_t m, int64_t n, int
   }
 }
 
+// AVX-512 VNNI and VBMI (vpermb): the depthwise loop and the few-channel im2col.
+bool vbmi_cpu() {
+#ifdef TS_QX86
+  static const bool ok = [] {
+    __builtin_cpu_init();
+    return vnni_cpu() && __builtin_cpu_supports("avx512vbmi");
+  }();
+  return ok;
+#else
+  return false;
+#endif
+}
+
 #ifdef TS_QX86
 #define TS_Q512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
+#define TS_QVBMI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")))
 
 // exp(v) for the swish epilogue: e^v = 2^i · e^r with i = round(v · log2 e) and r = v − i · ln 2 in
 // [−0.35, 0.35]; e^r by its degree-6 Taylor polynomial (relative error about 1e-7), 2^i applied by vscalefps.

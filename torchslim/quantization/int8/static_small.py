@@ -44,9 +44,12 @@ __all__ = [
     "DEPTHWISE_BYTES",
     "DEPTHWISE_MACS",
     "SMALL_MACS",
+    "STEM_CHANNELS",
+    "STEM_MACS",
     "depthwise",
     "eligible",
     "small_conv1x1",
+    "stem_im2col",
 ]
 
 # Without AMX, layers up to this many multiply-adds per call take the C++ VNNI loop. Below it oneDNN's per-call
@@ -61,10 +64,18 @@ SMALL_MACS = 1 << 24
 # there oneDNN's call setup dominates. Fewer channels make the row copies too short to pay (a 3-channel stem).
 IM2COL_MACS = 1 << 25
 IM2COL_MIN_CHANNELS = 16
-# Fewer input channels take im2col only up to this many multiply-adds per call: a small first layer (digits'
-# 1-channel 3×3 at batch 64, 1.2 M) runs its whole model faster off oneDNN (`torchslim bench digits`), a
+# Fewer input channels take im2col only up to this many multiply-adds per call, unless the stem path below
+# applies: a small first layer (digits' 1-channel 3×3 at batch 64, 1.2 M) runs its whole model faster off
+# oneDNN (`torchslim bench digits`); through the byte-by-byte unfold (uint8 codes, or a CPU without VBMI) a
 # 224 × 224 stem (10.8 M at batch 1) was slower there.
 IM2COL_FEW_CHANNELS_MACS = 1 << 21
+# A float32 image of up to STEM_CHANNELS channels (a network's stem) is quantized and unfolded in one pass where
+# the CPU has VBMI (kernel rows of up to 64 bytes): with AMX such layers take the tile loop up to STEM_MACS
+# multiply-adds per call. Measured per layer against oneDNN, interleaved, 224 × 224: the 3 × 3 stems of
+# EfficientNet-B0 and MobileNetV3-Large at batch 1 and 32 and ResNet-18's 7 × 7 one at batch 1 ran faster on the
+# tile loop, ResNet-18's at batch 32 (3.8 G multiply-adds, 59 MB of im2col rows) on oneDNN.
+STEM_CHANNELS = 4
+STEM_MACS = 1 << 29
 # Depthwise layers up to this many multiply-adds and input bytes per call take torchslim's VNNI + VBMI loop: there
 # (batch 1 on MobileNet / EfficientNet maps) oneDNN's call setup outweighs the difference in the loops. Larger
 # calls (batch 32) ran faster on oneDNN's blocked depthwise kernel, and so did stride-2 layers on 112 × 112 maps
@@ -97,11 +108,18 @@ def depthwise(conv: Any) -> bool:
     )
 
 
+def stem_im2col(conv: Any) -> bool:
+    """Whether :func:`torchslim.kernels.qconv.im2col` unfolds ``conv``'s float32 input in its one-pass few-channel
+    path: up to :data:`STEM_CHANNELS` input channels, kernel rows of up to 64 bytes."""
+    return conv.in_channels <= STEM_CHANNELS and conv.kernel_size[1] * conv.in_channels <= 64
+
+
 def eligible(conv: Any, x: torch.Tensor, accumulate: bool = False) -> bool:
     """Whether ``conv`` (an ``Int8StaticConv2d`` on its oneDNN path) runs on ``x`` through the C++ loops: every
     1×1 stride-1 convolution where the CPU has AMX tiles, and other ungrouped ones (through im2col) of
-    :data:`IM2COL_MIN_CHANNELS` input channels and more up to :data:`IM2COL_MACS` multiply-adds, of fewer up
-    to :data:`IM2COL_FEW_CHANNELS_MACS`; those 1×1 stride-1 ones up to :data:`SMALL_MACS` where it has AVX-512
+    :data:`IM2COL_MIN_CHANNELS` input channels and more up to :data:`IM2COL_MACS` multiply-adds, float32 images
+    of a stem (:func:`stem_im2col`, with VBMI) up to :data:`STEM_MACS`, other inputs of fewer channels up to
+    :data:`IM2COL_FEW_CHANNELS_MACS`; those 1×1 stride-1 ones up to :data:`SMALL_MACS` where it has AVX-512
     VNNI only; depthwise ones (:func:`depthwise`) up to :data:`DEPTHWISE_MACS` and :data:`DEPTHWISE_BYTES` of input
     where it has AVX-512 VNNI and VBMI (:func:`torchslim.kernels.qdwconv.fast`), unless a residual operand is
     added (``accumulate``: oneDNN's fused sum)."""
@@ -118,6 +136,8 @@ def eligible(conv: Any, x: torch.Tensor, accumulate: bool = False) -> bool:
         return True
     macs = _macs(conv, x)
     if qconv.amx():
+        if conv.in_channels <= STEM_CHANNELS and x.is_floating_point() and stem_im2col(conv) and qconv.vbmi():
+            return macs <= STEM_MACS
         if conv.in_channels < IM2COL_MIN_CHANNELS:
             return macs <= IM2COL_FEW_CHANNELS_MACS
         return macs <= IM2COL_MACS
