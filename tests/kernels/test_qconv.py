@@ -231,6 +231,7 @@ def test_scale_quantize_equals_torch(compiled, shape, channels_last, monkeypatch
         ((3, 2, 5, 6), (2, 3), (3, 2), (0, 2)),
         ((1, 3, 23, 37), (7, 7), (2, 2), (3, 3)),  # a ResNet stem: 21-byte kernel rows, rows not 16 pixels long
         ((2, 4, 5, 17), (3, 5), (1, 2), (1, 2)),
+        ((2, 3, 5, 19), (1, 1), (1, 1), (0, 0)),  # a 1 × 1 unfold: the image's codes alone
     ],
 )
 def test_im2col_rows_run_a_kxk_convolution(compiled, shape, kernel, stride, padding):
@@ -251,6 +252,24 @@ def test_im2col_rows_run_a_kxk_convolution(compiled, shape, kernel, stride, padd
     assert torch.equal(qconv.im2col(values, kernel, stride, padding, 117, 0.03), cols)
     # A contiguous (NCHW) float32 image: up to 4 channels quantized and unfolded in one pass (with VBMI).
     assert torch.equal(qconv.im2col(values.contiguous(), kernel, stride, padding, 117, 0.03), cols)
+
+
+def test_image_codes_in_one_pass(compiled):
+    """A stem's float32 image: its codes, channels-last, as quantize_codes then a layout copy give them (a code
+    may round apart at an exact tie); other inputs are left to the caller (None)."""
+    from torchslim.quantization.int8.static_add import quantize_codes
+
+    x = torch.randn(2, 3, 9, 21, generator=torch.Generator().manual_seed(0)) * 2
+    ref = quantize_codes(x, 0.02, 120).contiguous(memory_format=torch.channels_last)
+    codes = static_small.image_codes(x, 0.02, 120)
+    assert static_small.image_codes(torch.randn(1, 5, 4, 4), 0.02, 120) is None  # more than STEM_CHANNELS
+    assert static_small.image_codes(x.contiguous(memory_format=torch.channels_last), 0.02, 120) is None
+    if not qconv.vbmi():
+        assert codes is None
+        return
+    diff = (codes.int() - ref.int()).abs()
+    assert codes.is_contiguous(memory_format=torch.channels_last) and codes.shape == ref.shape
+    assert diff.max() <= 1 and (diff > 0).float().mean() < 0.01
 
 
 def test_module_path_with_amx_takes_small_kxk_convolutions(compiled, monkeypatch):

@@ -347,7 +347,8 @@ inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a +
 // Few-channel float32 images (a network's stem: 1 to 4 channels, NCHW): codes and im2col rows straight from the
 // planes. Pass 1 quantizes each image row into a copy padded with the zero point, channels-last: 16 pixels a
 // step, the channels' 16 codes interleaved by one vpermb. Pass 2 copies each output pixel's kernel rows from
-// it, kw · c contiguous bytes each (at most 64: one masked load and store). Without this, the image went
+// it, kw · c contiguous bytes each (at most 64: one masked load and store); a 1 × 1 unfold is pass 1 alone
+// (the image's codes, channels-last, as oneDNN's stem convolution reads them). Without this, the image went
 // through a channels-last float copy and then a byte-by-byte unfold, which together took longer than
 // oneDNN's convolution of the stem.
 constexpr int64_t kStemChannels = 4;
@@ -422,13 +423,24 @@ at::Tensor im2col_cpu(const at::Tensor& x_in, at::IntArrayRef kernel, at::IntArr
   at::Tensor cols = at::empty({n, kh * kw * c, oh, ow}, x_in.options().dtype(at::kByte).memory_format(at::MemoryFormat::ChannelsLast));
 #ifdef TS_QX86
   if (x_in.scalar_type() == at::kFloat && x_in.is_contiguous() && c <= kStemChannels && kw * c <= 64 && vbmi_cpu()) {
-    const int64_t hp = h + 2 * ph, wp = w + 2 * pw + 16;  // 16 pixels more: the last quantize step's store
+    const float* xp = x_in.data_ptr<float>();
+    const float inv = static_cast<float>(1.0 / scale);
+    const bool serial = x_in.numel() * 4 < kSerialBytes;
+    if (kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0) {  // the codes alone, channels-last
+      auto quantize = [&](int64_t r0, int64_t r1) {
+        stem_quantize_rows(xp, cols.data_ptr<uint8_t>(), c, h, w, h, w, 0, 0, inv, static_cast<int32_t>(zp), r0, r1);
+      };
+      if (serial) {
+        quantize(0, n * h);
+      } else {
+        at::parallel_for(0, n * h, 1, quantize);
+      }
+      return cols;
+    }
+    const int64_t hp = h + 2 * ph, wp = w + 2 * pw;
     at::Tensor xq = at::empty({n * hp * wp * c}, cols.options().memory_format(at::MemoryFormat::Contiguous));
     uint8_t* xqp = xq.data_ptr<uint8_t>();
     std::memset(xqp, static_cast<int>(zp), static_cast<size_t>(xq.numel()));
-    const float* xp = x_in.data_ptr<float>();
-    const float inv = static_cast<float>(1.0 / scale);
-    const int64_t serial = x_in.numel() * 4 < kSerialBytes;
     auto quantize = [&](int64_t r0, int64_t r1) {
       stem_quantize_rows(xp, xqp, c, h, w, hp, wp, ph, pw, inv, static_cast<int32_t>(zp), r0, r1);
     };

@@ -334,7 +334,9 @@ class Int8StaticConv2d(_StaticInt8):
                 None,
             )
         )
-        qx = self._quantize_input(x, x_scale, x_zp).contiguous(memory_format=torch.channels_last)
+        qx = static_small.image_codes(x, x_scale, x_zp)  # a stem's image: codes and layout in one pass
+        if qx is None:
+            qx = self._quantize_input(x, x_scale, x_zp).contiguous(memory_format=torch.channels_last)
         return self._to_output_dtype(torch.ops.onednn.qconv2d_pointwise(
             qx, x_scale, x_zp, packed, self.weight_scale, w_zp,
             self.bias, *self._args, self.groups,

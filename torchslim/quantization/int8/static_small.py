@@ -48,6 +48,7 @@ __all__ = [
     "STEM_MACS",
     "depthwise",
     "eligible",
+    "image_codes",
     "small_conv1x1",
     "stem_im2col",
 ]
@@ -112,6 +113,17 @@ def stem_im2col(conv: Any) -> bool:
     """Whether :func:`torchslim.kernels.qconv.im2col` unfolds ``conv``'s float32 input in its one-pass few-channel
     path: up to :data:`STEM_CHANNELS` input channels, kernel rows of up to 64 bytes."""
     return conv.in_channels <= STEM_CHANNELS and conv.kernel_size[1] * conv.in_channels <= 64
+
+
+def image_codes(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor | None:
+    """uint8 codes ``clamp(round(x / scale) + zero_point, 0, 255)`` of a contiguous float32 image of up to
+    :data:`STEM_CHANNELS` channels, channels-last, in one pass (``qim2col``'s 1 × 1 unfold) where the CPU has
+    AVX-512 VBMI; None elsewhere (the caller quantizes, then converts the layout: two passes over the image)."""
+    if x.dtype != torch.float32 or x.dim() != 4 or x.shape[1] > STEM_CHANNELS or not x.is_contiguous():
+        return None
+    if not qconv.vbmi():
+        return None
+    return qconv.im2col(x, (1, 1), (1, 1), (0, 0), zero_point, scale)
 
 
 def eligible(conv: Any, x: torch.Tensor, accumulate: bool = False) -> bool:
