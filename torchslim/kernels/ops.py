@@ -2,8 +2,8 @@
 
 The schemas are defined here, in Python, so that the operator exists (and ``torch.compile`` /
 ``torch.export`` can trace it through its fake implementation) whether or not the C++ kernel builds.
-:func:`load` compiles ``csrc/w4a8.cpp``, ``csrc/qconv.cpp``, ``csrc/qdwconv.cpp``, ``csrc/qpool.cpp`` and
-``csrc/qplan.cpp`` once with
+:func:`load` compiles ``csrc/w4a8.cpp``, ``csrc/qconv.cpp``, ``csrc/qim2col.cpp``, ``csrc/qdwconv.cpp``,
+``csrc/qpool.cpp`` and ``csrc/qplan.cpp`` once with
 ``torch.utils.cpp_extension.load`` (cached under ``$TORCHSLIM_CACHE/kernels`` when that is set, else in
 torch's extensions folder) and the library
 registers the CPU implementations. When the build fails (no compiler, no ninja) or
@@ -66,7 +66,7 @@ log = logging.getLogger(__name__)
 
 _SOURCES = [
     Path(__file__).resolve().parent / "csrc" / name
-    for name in ("w4a8.cpp", "qconv.cpp", "qdwconv.cpp", "qpool.cpp", "qplan.cpp")
+    for name in ("w4a8.cpp", "qconv.cpp", "qim2col.cpp", "qdwconv.cpp", "qpool.cpp", "qplan.cpp")
 ]
 _EXTENSION = "torchslim_w4a8"
 _ARGS = "Tensor x, Tensor packed, int out_features, int group_size, Tensor? bias"

@@ -86,7 +86,7 @@ struct QConvPlan {
   }
 };
 
-// A depthwise layer's call (torchslim::qdwconv): its int32 taps, wsum, epilogue constants and geometry.
+// A depthwise layer's call (torchslim::qdwconv): its int8 quads of taps, wsum, epilogue constants and geometry.
 struct QDwConvPlan {
   at::Tensor weight, wsum, scale, bias;
   double x_scale;

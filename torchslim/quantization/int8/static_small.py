@@ -188,7 +188,7 @@ def _prepared(conv: Any) -> Any:
            conv.output_uint8)  # fmt: skip
     cached = conv.__dict__.get("_qconv")
     if cached is None or cached.key != key:
-        # Both plans bind the same constants after their packed weight: the depthwise layer's int32 taps, or the
+        # Both plans bind the same constants after their packed weight: the depthwise layer's quads of taps, or the
         # 1×1 layout over im2col rows (the plain 1×1 layout for a 1×1 conv).
         if depthwise(conv):
             (weights, wsum), make = qdwconv.pack_depthwise(conv.weight), qdwconv_plan
