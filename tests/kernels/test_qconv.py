@@ -291,6 +291,8 @@ def test_module_path_with_amx_takes_small_kxk_convolutions(compiled, monkeypatch
     with torch.inference_mode(), _QConvCalls() as calls_stem_path:
         monkeypatch.setattr(static_small, "IM2COL_FEW_CHANNELS_MACS", stem_macs - 1)
         fast_stem_path = model(x)
+    with torch.inference_mode(), _QConvCalls() as calls_channels_last:
+        model(x.contiguous(memory_format=torch.channels_last))  # not an NCHW image: the few-channel limit holds
     with torch.inference_mode(), _QConvCalls() as calls_big_stem:
         monkeypatch.setattr(static_small, "STEM_MACS", stem_macs - 1)
         fast_big_stem = model(x)
@@ -303,6 +305,7 @@ def test_module_path_with_amx_takes_small_kxk_convolutions(compiled, monkeypatch
     big_stem = [shape[1] for shape in calls_big_stem]
     assert big_stem == ([9 * 16, 32] if compiled == "avx512-vnni" else [])
     assert [shape[1] for shape in calls_stem_path] == ([9 * 3, 9 * 16, 32] if stem_path else big_stem)
+    assert [shape[1] for shape in calls_channels_last] == big_stem
     for y in (fast, fast_stem_path, fast_big_stem):
         torch.testing.assert_close(y, slow, rtol=0, atol=0.02 * slow.abs().max().item())
 

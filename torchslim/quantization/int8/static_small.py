@@ -127,14 +127,17 @@ def image_codes(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor 
 
 
 def eligible(conv: Any, x: torch.Tensor, accumulate: bool = False) -> bool:
-    """Whether ``conv`` (an ``Int8StaticConv2d`` on its oneDNN path) runs on ``x`` through the C++ loops: every
-    1×1 stride-1 convolution where the CPU has AMX tiles, and other ungrouped ones (through im2col) of
-    :data:`IM2COL_MIN_CHANNELS` input channels and more up to :data:`IM2COL_MACS` multiply-adds, float32 images
-    of a stem (:func:`stem_im2col`, with VBMI) up to :data:`STEM_MACS`, other inputs of fewer channels up to
-    :data:`IM2COL_FEW_CHANNELS_MACS`; those 1×1 stride-1 ones up to :data:`SMALL_MACS` where it has AVX-512
-    VNNI only; depthwise ones (:func:`depthwise`) up to :data:`DEPTHWISE_MACS` and :data:`DEPTHWISE_BYTES` of input
-    where it has AVX-512 VNNI and VBMI (:func:`torchslim.kernels.qdwconv.fast`), unless a residual operand is
-    added (``accumulate``: oneDNN's fused sum)."""
+    """Whether ``conv`` (an ``Int8StaticConv2d`` on its oneDNN path) runs on ``x`` through the C++ loops.
+
+    - Where the CPU has AMX tiles: every 1×1 stride-1 convolution; other ungrouped ones through im2col, of
+      :data:`IM2COL_MIN_CHANNELS` input channels and more up to :data:`IM2COL_MACS` multiply-adds, a stem's
+      contiguous (NCHW) float image (:func:`stem_im2col`, with VBMI) up to :data:`STEM_MACS`, other inputs of
+      fewer channels up to :data:`IM2COL_FEW_CHANNELS_MACS`.
+    - Where it has AVX-512 VNNI only: 1×1 stride-1 ones up to :data:`SMALL_MACS`.
+    - Depthwise ones (:func:`depthwise`) where it has AVX-512 VNNI and VBMI
+      (:func:`torchslim.kernels.qdwconv.fast`), up to :data:`DEPTHWISE_MACS` multiply-adds and
+      :data:`DEPTHWISE_BYTES` input elements (the codes the loop copies), unless a residual operand is added
+      (``accumulate``: oneDNN's fused sum)."""
     if x.dim() != 4:
         return False
     if conv.groups != 1:
@@ -148,7 +151,7 @@ def eligible(conv: Any, x: torch.Tensor, accumulate: bool = False) -> bool:
         return True
     macs = _macs(conv, x)
     if qconv.amx():
-        if conv.in_channels <= STEM_CHANNELS and x.is_floating_point() and stem_im2col(conv) and qconv.vbmi():
+        if x.is_floating_point() and x.is_contiguous() and stem_im2col(conv) and qconv.vbmi():  # an NCHW image
             return macs <= STEM_MACS
         if conv.in_channels < IM2COL_MIN_CHANNELS:
             return macs <= IM2COL_FEW_CHANNELS_MACS
