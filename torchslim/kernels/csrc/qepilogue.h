@@ -34,6 +34,17 @@ namespace {
 // one costs more than it saves.
 constexpr int64_t kSerialBytes = 1 << 18;
 
+// Rows [0, n) of a byte-streaming pass over `bytes` bytes through f(r0, r1): on the calling thread below
+// kSerialBytes, else split over the threads a row at a time.
+template <typename F>
+void stream_rows(int64_t bytes, int64_t n, const F& f) {
+  if (bytes < kSerialBytes) {
+    f(0, n);
+  } else {
+    at::parallel_for(0, n, 1, f);
+  }
+}
+
 enum class Act : int { kNone = 0, kRelu = 1, kHardswish = 2, kSwish = 3 };
 
 Act parse_act(c10::string_view name) {

@@ -93,35 +93,23 @@ at::Tensor im2col_cpu(const at::Tensor& x_in, at::IntArrayRef kernel, at::IntArr
   if (x_in.scalar_type() == at::kFloat && x_in.is_contiguous() && c <= kStemChannels && kw * c <= 64 && vbmi_cpu()) {
     const float* xp = x_in.data_ptr<float>();
     const float inv = static_cast<float>(1.0 / scale);
-    const bool serial = x_in.numel() * 4 < kSerialBytes;
+    const int64_t bytes = x_in.numel() * 4;
     if (kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0) {  // the codes alone, channels-last
-      auto quantize = [&](int64_t r0, int64_t r1) {
+      stream_rows(bytes, n * h, [&](int64_t r0, int64_t r1) {
         stem_quantize_rows(xp, cols.data_ptr<uint8_t>(), c, h, w, h, w, 0, 0, inv, static_cast<int32_t>(zp), r0, r1);
-      };
-      if (serial) {
-        quantize(0, n * h);
-      } else {
-        at::parallel_for(0, n * h, 1, quantize);
-      }
+      });
       return cols;
     }
     const int64_t hp = h + 2 * ph, wp = w + 2 * pw;
     at::Tensor xq = at::empty({n * hp * wp * c}, cols.options().memory_format(at::MemoryFormat::Contiguous));
     uint8_t* xqp = xq.data_ptr<uint8_t>();
     std::memset(xqp, static_cast<int>(zp), static_cast<size_t>(xq.numel()));
-    auto quantize = [&](int64_t r0, int64_t r1) {
+    stream_rows(bytes, n * h, [&](int64_t r0, int64_t r1) {
       stem_quantize_rows(xp, xqp, c, h, w, hp, wp, ph, pw, inv, static_cast<int32_t>(zp), r0, r1);
-    };
-    auto unfold = [&](int64_t r0, int64_t r1) {
+    });
+    stream_rows(bytes, n * oh, [&](int64_t r0, int64_t r1) {
       stem_unfold_rows(xqp, cols.data_ptr<uint8_t>(), c, hp, wp, oh, ow, kh, kw, sh, sw, r0, r1);
-    };
-    if (serial) {
-      quantize(0, n * h);
-      unfold(0, n * oh);
-    } else {
-      at::parallel_for(0, n * h, 1, quantize);
-      at::parallel_for(0, n * oh, 1, unfold);
-    }
+    });
     return cols;
   }
 #endif
@@ -176,11 +164,7 @@ at::Tensor im2col_cpu(const at::Tensor& x_in, at::IntArrayRef kernel, at::IntArr
       }
     }
   };
-  if (cols.numel() < kSerialBytes) {  // a small unfold: waking a second thread costs more than it copies
-    rows(0, n * oh);
-  } else {
-    at::parallel_for(0, n * oh, 1, rows);
-  }
+  stream_rows(cols.numel(), n * oh, rows);
   return cols;
 }
 

@@ -65,11 +65,7 @@ at::Tensor avgpool_cpu(const at::Tensor& x, double scale, int64_t zp) {
       for (int64_t j = 0; j < width; ++j) yp[img * c + c0 + j] = (static_cast<float>(sums[j]) / count - zx) * sx;
     }
   };
-  if (x.numel() < kSerialBytes) {
-    run(0, b * chunks);
-  } else {
-    at::parallel_for(0, b * chunks, 1, run);
-  }
+  stream_rows(x.numel(), b * chunks, run);
   return y;
 }
 
