@@ -63,13 +63,12 @@ struct QConvPlan {
   }
 
   // The input as the kernels take it: uint8 codes or float32 values, channels-last; then its im2col rows
-  // (qim2col reads a contiguous float32 image of up to 4 channels, a stem's input, as it is).
+  // (qim2col takes a contiguous float32 image as it is and chooses its layout itself).
   at::Tensor rows(const at::Tensor& x_in) const {
     at::Tensor x = x_in.scalar_type() == at::kByte ? x_in : x_in.to(at::kFloat);
-    if (pointwise) return x.contiguous(at::MemoryFormat::ChannelsLast);
-    if (!(x.scalar_type() == at::kFloat && x.size(1) <= 4 && x.is_contiguous()))
+    if (pointwise || !(x.scalar_type() == at::kFloat && x.is_contiguous()))
       x = x.contiguous(at::MemoryFormat::ChannelsLast);
-    return im2col_op().call(x, kernel, stride, padding, x_zp, x_scale);
+    return pointwise ? x : im2col_op().call(x, kernel, stride, padding, x_zp, x_scale);
   }
 
   // The layer: its activation, then uint8 codes (out_u8) or float32.
