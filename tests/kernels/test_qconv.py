@@ -71,6 +71,24 @@ def test_matches_reference(compiled, shape, act):
             assert diff.max() <= 1 and (diff > 0).float().mean() < 0.01  # a code may round apart at a tie
 
 
+def test_swish_over_its_whole_range(compiled):
+    """The vector swish (a polynomial 2^f scaled by 2^i) against v / (1 + e^-v) in float64, from pre-activations
+    far below the clamp of its exponent (where 2^t is infinite and the value -0) through 0 to far above."""
+    n, pixels = 48, 64
+    x = torch.arange(256, dtype=torch.uint8)[torch.arange(pixels) * 4 % 256].reshape(1, 1, 8, 8)
+    x = x.contiguous(memory_format=torch.channels_last)
+    weight = torch.ones(n, 1, 1, 1, dtype=torch.int8)
+    scale = torch.logspace(-4, 0.5, n)  # v = (x - 117) * scale: |v| from 0 to 435
+    bias = torch.linspace(-1.0, 1.0, n)
+    packed, wsum = qconv.pack_conv1x1(weight)
+    v = (x.double().reshape(pixels, 1) - 117.0) * scale.double() + bias.double()
+    exact = (v / (1.0 + torch.exp(-v))).reshape(1, 8, 8, n).permute(0, 3, 1, 2)
+    for isa in _paths(compiled):
+        y = qconv.conv1x1(x, packed, wsum, scale, bias, 117, "swish", isa=isa)
+        assert torch.isfinite(y).all()
+        torch.testing.assert_close(y.double(), exact, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("shape", SHAPES[4:])
 def test_amx_equals_vnni(compiled, shape):
     """The tile path sums the same integers and runs the same epilogue: its outputs are the VNNI loop's, bit

@@ -111,8 +111,9 @@ TS_Q512 void tile1x1(const uint8_t* x, const int8_t* packed, const int32_t* wsum
     const __mmask16 mask = tail_mask(n - n0);
     const __m512i corr = _mm512_mullo_epi32(_mm512_maskz_loadu_epi32(mask, wsum + n0), _mm512_set1_epi32(zx));
     const __m512 sc = _mm512_maskz_loadu_ps(mask, e.scale + n0), bi = _mm512_maskz_loadu_ps(mask, e.bias + n0);
-    for (int r = 0; r < MR; ++r)
-      store16<A>(c, _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][b], corr)), sc, bi, m0 + r, n0, n, mask, y);
+    __m512 v[MR];
+    for (int r = 0; r < MR; ++r) v[r] = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][b], corr));
+    store16_rows<A>(c, v, MR, sc, bi, m0, n0, n, mask, y);
   }
 }
 
@@ -181,9 +182,12 @@ TS_Q512 void amx_epilogue(const int32_t* sums, int64_t valid_rows, int64_t m0, i
     const __mmask16 mask = tail_mask(n - n0);
     const __m512i corr = _mm512_mullo_epi32(_mm512_maskz_loadu_epi32(mask, wsum + n0), _mm512_set1_epi32(zx));
     const __m512 sc = _mm512_maskz_loadu_ps(mask, e.scale + n0), bi = _mm512_maskz_loadu_ps(mask, e.bias + n0);
-    for (int64_t r = 0; r < valid_rows; ++r) {
-      const __m512i acc = _mm512_loadu_si512(sums + r * 32 + b * 16);
-      store16<A>(c, _mm512_cvtepi32_ps(_mm512_sub_epi32(acc, corr)), sc, bi, m0 + r, n0, n, mask, y);
+    for (int64_t r0 = 0; r0 < valid_rows; r0 += 4) {
+      const int64_t rows = std::min<int64_t>(4, valid_rows - r0);
+      __m512 v[4];
+      for (int64_t r = 0; r < rows; ++r)
+        v[r] = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_loadu_si512(sums + (r0 + r) * 32 + b * 16), corr));
+      store16_rows<A>(c, v, rows, sc, bi, m0 + r0, n0, n, mask, y);
     }
   }
 }

@@ -78,20 +78,27 @@ constexpr QuadIndex kQuadIndex{};
 template <int P>
 TS_QVBMI __attribute__((noinline)) void dw_block(const uint8_t* xb, const int8_t* wb, int64_t kh, int64_t nq,
                                                  int64_t sw, int64_t rs, int64_t wq, int32_t* out) {
+  // The accumulators as two arrays of at most 4 (256 bytes each): GCC keeps a larger array of vectors
+  // (8 · 64 bytes) on the stack, zeroed by a rep stos at every call, beside its registers.
+  constexpr int L = P < 4 ? P : 4, H = P - L;
   const __m512i idx = _mm512_load_si512(kQuadIndex.b);
-  __m512i acc[P];
-  for (int p = 0; p < P; ++p) acc[p] = _mm512_setzero_si512();
+  __m512i lo[L], hi[H > 0 ? H : 1];
+  for (int p = 0; p < L; ++p) lo[p] = _mm512_setzero_si512();
+  for (int p = 0; p < H; ++p) hi[p] = _mm512_setzero_si512();
   for (int64_t i = 0; i < kh; ++i) {
     const uint8_t* xr = xb + i * rs;
     const int8_t* wr = wb + i * nq * wq;
     for (int64_t q = 0; q < nq; ++q) {
       const __m512i wv = _mm512_loadu_si512(wr + q * wq);
       const uint8_t* xq = xr + q * 64;
-      for (int p = 0; p < P; ++p)
-        acc[p] = _mm512_dpbusd_epi32(acc[p], _mm512_permutexvar_epi8(idx, _mm512_loadu_si512(xq + p * sw * 16)), wv);
+      for (int p = 0; p < L; ++p)
+        lo[p] = _mm512_dpbusd_epi32(lo[p], _mm512_permutexvar_epi8(idx, _mm512_loadu_si512(xq + p * sw * 16)), wv);
+      for (int p = 0; p < H; ++p)
+        hi[p] = _mm512_dpbusd_epi32(hi[p], _mm512_permutexvar_epi8(idx, _mm512_loadu_si512(xq + (L + p) * sw * 16)), wv);
     }
   }
-  for (int p = 0; p < P; ++p) _mm512_storeu_si512(out + p * 16, acc[p]);
+  for (int p = 0; p < L; ++p) _mm512_storeu_si512(out + p * 16, lo[p]);
+  for (int p = 0; p < H; ++p) _mm512_storeu_si512(out + (L + p) * 16, hi[p]);
 }
 
 using DwBlockFn = void (*)(const uint8_t*, const int8_t*, int64_t, int64_t, int64_t, int64_t, int64_t, int32_t*);
@@ -117,10 +124,9 @@ TS_QVBMI void dw_rows_vbmi(const uint8_t* xb, const int8_t* w, const int32_t* ws
       for (int64_t ox = 0; ox < g.ow; ox += kPixels) {
         const int pixels = static_cast<int>(std::min<int64_t>(kPixels, g.ow - ox));
         kBlocks[pixels - 1](xr + ox * g.sw * 16, w + c0 * 4, g.kh, g.nq, g.sw, rs, wq, sums);
-        for (int p = 0; p < pixels; ++p) {
-          const __m512 v = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_load_si512(sums + p * 16), full));
-          store16<A>(ev, v, sc, bi, r * g.ow + ox + p, c0, g.c, mask, y);
-        }
+        __m512 v[kPixels];
+        for (int p = 0; p < pixels; ++p) v[p] = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_load_si512(sums + p * 16), full));
+        store16_rows<A>(ev, v, pixels, sc, bi, r * g.ow + ox, c0, g.c, mask, y);
       }
     }
   }

@@ -1,7 +1,7 @@
 // The epilogue of torchslim's static int8 convolution kernels (qconv.cpp), apart from their loops, and the
 // quantization of float inputs to codes. Per output channel n of pixel m: v = acc · scale[n] + bias[n]
 // (+ a residual operand's codes), then the activation, then uint8 codes clamp(round_half_even(v / so) + zo,
-// 0, 255) or float32. The scalar form serves the portable loops, store16 the AVX-512 ones; both compute the
+// 0, 255) or float32. The scalar form serves the portable loops, store16n the AVX-512 ones; both compute the
 // same values.
 
 #pragma once
@@ -124,24 +124,29 @@ bool vbmi_cpu() {
 #define TS_Q512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
 #define TS_QVBMI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")))
 
-// exp(v) for the swish epilogue: e^v = 2^i · e^r with i = round(v · log2 e) and r = v − i · ln 2 in
-// [−0.35, 0.35]; e^r by its degree-6 Taylor polynomial (relative error about 1e-7), 2^i applied by vscalefps.
-// v is clamped to [−80, 80]: e^v and the swish quotient v / (1 + e^−v) then stay normal floats (a subnormal
-// result costs a microcode assist of a hundred cycles and more per instruction on x86), and swish's value is
-// unchanged in float32 for v ≥ −80 (below, v · e^−80: within |v| · 2e-35 of the exact value).
-TS_Q512 inline __m512 exp512(__m512 v) {
-  v = _mm512_max_ps(_mm512_min_ps(v, _mm512_set1_ps(80.f)), _mm512_set1_ps(-80.f));
-  const __m512 t = _mm512_mul_ps(v, _mm512_set1_ps(1.44269504088896341f));
-  const __m512 i = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m512 f = _mm512_mul_ps(_mm512_sub_ps(t, i), _mm512_set1_ps(0.69314718055994531f));
-  __m512 p = _mm512_set1_ps(1.f / 720.f);
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f / 120.f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f / 24.f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f / 6.f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f));
-  return _mm512_scalef_ps(p, i);
+// swish(v) = v · sigmoid(v) = v / (1 + 2^t) with t = −v · log2(e) (SiLU: Elfwing et al. 2018, arXiv:1702.03118;
+// Ramachandran et al. 2017, arXiv:1710.05941), for N vectors side by side: 2^t = 2^i · 2^f with i = round(t)
+// and f = t − i in [−½, ½], 2^f by a degree-4 polynomial fitted to its relative error on that interval (at most
+// 3e-6, with p(0) = 1; swish's own relative error is no larger), 2^i applied by vscalefps. The epilogue is bound
+// by issuing its floating-point instructions, so this form takes 11 of them where a clamped e^x by a degree-6
+// Taylor polynomial took 16, and each stage runs across the N vectors so that independent work sits side by
+// side while one chain waits on latency. t is kept at −125 and above, where 2^t stays a normal float (a
+// subnormal costs a microcode assist of a hundred cycles and more on x86) and 1 + 2^t rounds to 1 as it does
+// from t = −25 on; a large t makes 2^t infinite and the quotient −0, swish's limit.
+template <int N>
+TS_Q512 inline void swish_n(__m512* v) {
+  __m512 t[N], i[N], p[N];
+  for (int u = 0; u < N; ++u)
+    t[u] = _mm512_max_ps(_mm512_mul_ps(v[u], _mm512_set1_ps(-1.44269504088896341f)), _mm512_set1_ps(-125.f));
+  for (int u = 0; u < N; ++u) i[u] = _mm512_roundscale_ps(t[u], _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  for (int u = 0; u < N; ++u) t[u] = _mm512_sub_ps(t[u], i[u]);
+  for (int u = 0; u < N; ++u)
+    p[u] = _mm512_fmadd_ps(_mm512_set1_ps(9.582852944731712e-3f), t[u], _mm512_set1_ps(5.5906426161527634e-2f));
+  for (int u = 0; u < N; ++u) p[u] = _mm512_fmadd_ps(p[u], t[u], _mm512_set1_ps(2.4024099111557007e-1f));
+  for (int u = 0; u < N; ++u) p[u] = _mm512_fmadd_ps(p[u], t[u], _mm512_set1_ps(6.931241750717163e-1f));
+  for (int u = 0; u < N; ++u) p[u] = _mm512_fmadd_ps(p[u], t[u], _mm512_set1_ps(1.f));
+  for (int u = 0; u < N; ++u)
+    v[u] = _mm512_div_ps(v[u], _mm512_add_ps(_mm512_set1_ps(1.f), _mm512_scalef_ps(p[u], i[u])));
 }
 
 // uint8 codes clamp(round_half_even(v · inv) + zp, 0, 255) of 16 floats: vcvtps2dq rounds half to even (the
@@ -166,30 +171,47 @@ TS_Q512 inline EpiVec epi_vec(const Epilogue& e) {
                 _mm512_set1_epi32(static_cast<int32_t>(e.out_zp)), e.accum, e.out_u8};
 }
 
-// The epilogue for 16 channels [n, n + 16) of output pixel m (mask: the valid ones; sc, bi: their scale and
-// bias); the activation is a template parameter, so the loops around it carry no switch.
-template <Act A>
-TS_Q512 inline void store16(const EpiVec& c, __m512 acc, __m512 sc, __m512 bi, int64_t m, int64_t n, int64_t ldn,
-                            __mmask16 mask, void* y) {
-  __m512 v = _mm512_fmadd_ps(acc, sc, bi);
+// The epilogue for 16 channels [n, n + 16) of N consecutive output pixels m, m + 1, … (acc[u]: pixel m + u's
+// sums as floats; mask: the valid channels; sc, bi: their scale and bias), each stage across the N pixels; the
+// activation is a template parameter, so the loops around it carry no switch.
+template <Act A, int N>
+TS_Q512 inline void store16n(const EpiVec& c, const __m512* acc, __m512 sc, __m512 bi, int64_t m, int64_t n,
+                             int64_t ldn, __mmask16 mask, void* y) {
+  __m512 v[N];
+  for (int u = 0; u < N; ++u) v[u] = _mm512_fmadd_ps(acc[u], sc, bi);
   if (c.accum) {
-    const __m512 a = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, c.accum + m * ldn + n)));
-    v = _mm512_fmadd_ps(_mm512_sub_ps(a, c.azp), c.ascale, v);
+    for (int u = 0; u < N; ++u) {
+      const __m128i codes = _mm_maskz_loadu_epi8(mask, c.accum + (m + u) * ldn + n);
+      v[u] = _mm512_fmadd_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(codes)), c.azp), c.ascale, v[u]);
+    }
   }
   if constexpr (A == Act::kRelu) {
-    v = _mm512_max_ps(v, _mm512_setzero_ps());
+    for (int u = 0; u < N; ++u) v[u] = _mm512_max_ps(v[u], _mm512_setzero_ps());
   } else if constexpr (A == Act::kHardswish) {  // v · relu6(v + 3) / 6, the division as a product with 1/6
-    const __m512 g = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(v, _mm512_set1_ps(3.f)), _mm512_setzero_ps()),
-                                   _mm512_set1_ps(6.f));
-    v = _mm512_mul_ps(_mm512_mul_ps(v, g), _mm512_set1_ps(1.f / 6.f));
+    for (int u = 0; u < N; ++u) {
+      const __m512 g = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(v[u], _mm512_set1_ps(3.f)), _mm512_setzero_ps()),
+                                     _mm512_set1_ps(6.f));
+      v[u] = _mm512_mul_ps(_mm512_mul_ps(v[u], g), _mm512_set1_ps(1.f / 6.f));
+    }
   } else if constexpr (A == Act::kSwish) {
-    v = _mm512_div_ps(v, _mm512_add_ps(_mm512_set1_ps(1.f), exp512(_mm512_sub_ps(_mm512_setzero_ps(), v))));
+    swish_n<N>(v);
   }
-  if (c.out_u8) {
-    _mm_mask_storeu_epi8(static_cast<uint8_t*>(y) + m * ldn + n, mask, to_codes(v, c.inv, c.zp));
-  } else {
-    _mm512_mask_storeu_ps(static_cast<float*>(y) + m * ldn + n, mask, v);
+  for (int u = 0; u < N; ++u) {
+    if (c.out_u8) {
+      _mm_mask_storeu_epi8(static_cast<uint8_t*>(y) + (m + u) * ldn + n, mask, to_codes(v[u], c.inv, c.zp));
+    } else {
+      _mm512_mask_storeu_ps(static_cast<float*>(y) + (m + u) * ldn + n, mask, v[u]);
+    }
   }
+}
+
+// store16n over `rows` consecutive pixels, 4 at a time.
+template <Act A>
+TS_Q512 inline void store16_rows(const EpiVec& c, const __m512* acc, int64_t rows, __m512 sc, __m512 bi, int64_t m,
+                                 int64_t n, int64_t ldn, __mmask16 mask, void* y) {
+  int64_t u = 0;
+  for (; u + 4 <= rows; u += 4) store16n<A, 4>(c, acc + u, sc, bi, m + u, n, ldn, mask, y);
+  for (; u < rows; ++u) store16n<A, 1>(c, acc + u, sc, bi, m + u, n, ldn, mask, y);
 }
 
 inline __mmask16 tail_mask(int64_t valid) { return valid >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << valid) - 1u); }
