@@ -17,6 +17,7 @@ import torch.nn as nn
 
 from torchslim.core.config import Config
 from torchslim.core.context import Context
+from torchslim.core.inference import outside_inference_mode
 from torchslim.core.registry import lookup
 from torchslim.core.select import Select
 from torchslim.core.walker import swap_modules_
@@ -40,13 +41,19 @@ def compress_(model: M, config: Config, *, select: Select | None = None, ctx: Co
     Raises:
         RegistryError: no transform is registered for the config's type.
         UnsupportedModelError, ConfigError: raised by the transform for models or contexts it can't handle.
+
+    The transform runs outside ``torch.inference_mode`` (the model's inference tensors, if it was built there,
+    become ordinary tensors first), so calling it inside inference mode gives the same model.
     """
     transform = lookup(config)
     ctx = ctx if ctx is not None else Context()
     sel = select if select is not None else (config_default_select(config) or Select())
-    if transform.scope == "model":
-        return transform.fn(model, config, sel, ctx)
-    changed, skipped = swap_modules_(model, sel, lambda name, module: transform.fn(module, config, ctx))
+    # Under torch.inference_mode the buffers a transform makes would be inference tensors, whose writes in place
+    # no version counter records (see torchslim.core.inference): the transform runs outside it.
+    with outside_inference_mode(model):
+        if transform.scope == "model":
+            return transform.fn(model, config, sel, ctx)
+        changed, skipped = swap_modules_(model, sel, lambda name, module: transform.fn(module, config, ctx))
     if not changed:
         ctx.record(f"{config.kind}: no selected module was changed")
     return model

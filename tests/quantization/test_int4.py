@@ -128,6 +128,19 @@ def test_kernel_cache_is_rebuilt_after_load_and_not_saved():
     assert torch.equal(a(x), b(x))
 
 
+def test_quantized_under_inference_mode_runs_inside_and_outside_it():
+    # Buffers made under torch.inference_mode keep no version counter; the kernel cache's key must not read it.
+    lin = nn.Linear(128, 32)
+    x = torch.randn(2, 128, generator=gen())
+    want = Int4WeightOnlyLinear.from_float(lin, 64)(x)
+    with torch.inference_mode():
+        q = Int4WeightOnlyLinear.from_float(lin, 64)
+        assert q.weight.is_inference()
+        assert torch.equal(q(x), want)
+    with torch.no_grad():
+        assert torch.equal(q(x), want)
+
+
 def test_stored_weight_bytes_at_most_015_of_fp32():
     lin = nn.Linear(1024, 256, bias=False)
     q = Int4WeightOnlyLinear.from_float(lin, 128)

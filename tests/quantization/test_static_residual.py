@@ -165,6 +165,29 @@ def test_save_load_round_trip(build, tmp_path) -> None:
         assert torch.equal(back(x), q(x))
 
 
+@pytest.mark.parametrize("build", [resnet_like, mobile_like])
+def test_quantized_and_loaded_under_inference_mode(build, tmp_path) -> None:
+    # Tensors made under torch.inference_mode keep no version counter, so the modules' caches could not see them
+    # written in place (the stem pool's dequantize and Int8Add raised reading it; a ResNet-18 quantized there
+    # gave silently wrong logits). compress_ and load leave inference mode: the same model, ordinary tensors,
+    # also from a model copied under inference mode (_calibrated deep-copies it there).
+    m = build()
+    x = torch.randn(8, 3, 16, 16)
+    expected = _calibrated(m, x)
+    with torch.no_grad():
+        want = expected(x)
+    with torch.inference_mode():
+        q = _calibrated(m, x)
+        assert not any(t.is_inference() for t in [*q.parameters(), *q.buffers()])
+        assert torch.equal(q(x), want)
+    with torch.no_grad():
+        assert torch.equal(q(x), want)
+    ts.save(expected, tmp_path / "m")
+    with torch.inference_mode():
+        back = ts.load(tmp_path / "m", build)
+        assert torch.equal(back(x), want)
+
+
 @pytest.mark.usefixtures("int8_kernels")
 def test_int8_add_matches_float_add_of_the_codes() -> None:
     g = torch.Generator().manual_seed(0)

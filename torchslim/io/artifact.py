@@ -44,6 +44,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from torchslim.core.inference import ordinary_tensors_, outside_inference_mode
 from torchslim.core.structure import replay_ops, structure_ops
 from torchslim.errors import TorchslimError, UnsafeInputError, UsageError
 from torchslim.io.atomic import atomic_dir, describe_os_error, sha256_file
@@ -403,13 +404,14 @@ def load(
     """
     root = Path(path)
     structure = read_structure(root)
-    base = (
-        factory()
-        if factory is not None
-        else rebuild_model(structure.get("rebuild"), root, _read_json, trust_factory=trust_factory)
-    )
-    model = _replay(base, structure["ops"], root / STRUCTURE_FILE)
-    expected = {k: (tuple(t.shape), t.dtype) for k, t in model.state_dict().items()}
-    tensors = read_tensors(root, structure, expected)
-    fill_exact(model, tensors, structure["aliases"], str(root), strict_nonfinite=strict_nonfinite)
+    with outside_inference_mode():  # ordinary tensors, as compress_ makes (see torchslim.core.inference)
+        base = (
+            factory()
+            if factory is not None
+            else rebuild_model(structure.get("rebuild"), root, _read_json, trust_factory=trust_factory)
+        )
+        model = _replay(ordinary_tensors_(base), structure["ops"], root / STRUCTURE_FILE)
+        expected = {k: (tuple(t.shape), t.dtype) for k, t in model.state_dict().items()}
+        tensors = read_tensors(root, structure, expected)
+        fill_exact(model, tensors, structure["aliases"], str(root), strict_nonfinite=strict_nonfinite)
     return model.eval()

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from torchslim.core.inference import version_key
 from torchslim.core.modspec import register_spec_module
 from torchslim.quantization.int4.linear_base import Int4LinearBase
 from torchslim.quantization.int4.primitives import (
@@ -145,7 +146,7 @@ class Int4WeightOnlyLinear(Int4LinearBase):
         # Read through _buffers: nn.Module.__getattr__ costs ~1 µs a lookup, and decode calls this per token.
         b = self._buffers
         w, s, z = b["weight"], b["scales"], b["zeros"]
-        key = (device, w.data_ptr(), w._version, s._version, z._version, s.data_ptr(), z.data_ptr())
+        key = (device, version_key((w, s, z)))
         if self._packed_cache is not None and self._packed_cache[0] == key:
             return self._packed_cache[1], self._packed_cache[2]
         sz = torch.stack([self.scales.t(), self.zeros.t()], dim=-1).to(torch.bfloat16).contiguous()  # [G, N, 2]

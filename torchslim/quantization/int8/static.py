@@ -45,6 +45,7 @@ from torchslim.calibration.passes import run_calibration
 from torchslim.core.adapters import adapt_for_
 from torchslim.core.config import Config, register_config
 from torchslim.core.context import Context
+from torchslim.core.inference import version_key
 from torchslim.core.modspec import register_spec_module
 from torchslim.core.registry import register_transform
 from torchslim.core.select import Select
@@ -181,15 +182,11 @@ class _StaticInt8(nn.Module):
         """``(packed weight, x_scale, x_zp (uint8), out_scale, out_zp (uint8), zero w_zp)``, rebuilt when a buffer changes.
 
         Python floats avoid a ``.item()`` per call; ``_version`` changes whenever a buffer is written
-        (``load_state_dict`` included), so a stale prepacked weight is never used. Inference tensors (buffers
-        made under ``torch.inference_mode``) keep no version counter: for them only a replaced buffer counts.
+        (``load_state_dict`` included), so a stale prepacked weight is never used (:func:`version_key`).
         """
         b = self._buffers  # the dict itself: nn.Module.__getattr__ costs about a microsecond per buffer
         bufs = (b["weight"], b["input_scale"], b["input_zero_point"], b["output_scale"], b["output_zero_point"])
-        try:
-            key = tuple((t.data_ptr(), t._version) for t in bufs)
-        except RuntimeError:  # inference tensors (made under torch.inference_mode) keep no version counter
-            key = tuple((t.data_ptr(), -1) for t in bufs)
+        key = version_key(bufs)
         if self._packed is None or self._packed[0] != key:
             x_scale, x_zp = float(self.input_scale), int(self.input_zero_point) + 128
             out = self._out()

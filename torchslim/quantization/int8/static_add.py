@@ -28,6 +28,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from torchslim.core.inference import version_key
 from torchslim.core.modspec import register_spec_module
 from torchslim.kernels import qconv
 from torchslim.quantization.int8 import static_small
@@ -88,7 +89,7 @@ class _QParamBuffers(nn.Module):
     def _numbers(self, names: tuple[str, ...]) -> tuple[QParams, ...]:
         # Python numbers cached against the buffers' versions: no ``.item()`` per call, never stale after a load.
         bufs = [getattr(self, f"{n}_{k}") for n in names for k in ("scale", "zero_point")]
-        key = tuple((t.data_ptr(), t._version) for t in bufs)
+        key = version_key(bufs)
         cached = self.__dict__.get("_cached")
         if cached is None or cached[0] != key:
             values = tuple((float(bufs[2 * i]), int(bufs[2 * i + 1])) for i in range(len(names)))

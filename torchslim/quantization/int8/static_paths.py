@@ -16,6 +16,7 @@ import torch
 import torch.fx
 import torch.nn as nn
 
+from torchslim.core.inference import version_key
 from torchslim.core.modspec import register_spec_module
 from torchslim.quantization.int8.static_add import as_quint8, codes_of
 
@@ -186,7 +187,7 @@ class Int8MaxPool2d(nn.MaxPool2d):
 
     def _dequantize(self, codes: torch.Tensor) -> torch.Tensor:
         bufs = (self.dequantize_scale, self.dequantize_zero_point)
-        key = tuple((t.data_ptr(), t._version) for t in bufs)
+        key = version_key(bufs)
         if self._qparams is None or self._qparams[0] != key:  # Python numbers: no .item() per call
             self._qparams = (key, float(bufs[0]), int(bufs[1]) + 128)
         _, scale, zp = self._qparams
