@@ -290,6 +290,28 @@ def test_image_codes_in_one_pass(compiled):
     assert diff.max() <= 1 and (diff > 0).float().mean() < 0.01
 
 
+def test_kxk_routing_by_macs_or_im2col_rows_per_thread(monkeypatch):
+    """With AMX a k × k layer over IM2COL_MACS still takes the tile loop while its im2col rows (pixels · kh · kw
+    · in_channels bytes) fit IM2COL_ROW_BYTES_PER_THREAD per thread: ResNet-18's 64-channel 3 × 3 at 56 × 56
+    (1.8 MB of rows) on 2 threads, not on 1; batch 32 (58 MB) on neither."""
+    monkeypatch.setattr(qconv, "amx", lambda: True)
+    conv = torch.nn.Conv2d(64, 64, 3, padding=1)
+    x, x32 = torch.zeros(1, 64, 56, 56), torch.zeros(32, 64, 56, 56)
+    assert 56 * 56 * 9 * 64 * 64 > static_small.IM2COL_MACS
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert not static_small.eligible(conv, x)
+        torch.set_num_threads(2)
+        assert static_small.eligible(conv, x) and not static_small.eligible(conv, x32)
+        monkeypatch.setattr(static_small, "IM2COL_ROW_BYTES_PER_THREAD", 0)
+        assert not static_small.eligible(conv, x)
+        monkeypatch.setattr(static_small, "IM2COL_MACS", 56 * 56 * 9 * 64 * 64)
+        assert static_small.eligible(conv, x)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_module_path_with_amx_takes_small_kxk_convolutions(compiled, monkeypatch):
     """With AMX a k × k convolution of 16 input channels and more, up to IM2COL_MACS, runs through im2col
     and the C++ loop; the 3-channel stem on its float32 image up to STEM_MACS where the CPU has VBMI (the
@@ -347,6 +369,33 @@ def test_avgpool_equals_mean_of_codes(compiled, shape, monkeypatch):
     monkeypatch.undo()
     with pytest.raises(RuntimeError, match="zp must be in 0..255"):
         torch.ops.torchslim.qavgpool(x, 0.03, 300)
+
+
+@pytest.mark.parametrize(
+    ("shape", "kernel", "stride", "padding"),
+    [
+        ((32, 64, 23, 20), (3, 3), (2, 2), (1, 1)),  # a ResNet stem's pool, split over threads
+        ((1, 130, 9, 11), (3, 3), (2, 2), (1, 1)),  # channels off the 64-byte vectors
+        ((2, 5, 7, 8), (2, 2), (2, 2), (0, 0)),
+        ((3, 17, 6, 9), (5, 3), (1, 2), (2, 1)),  # rectangular window, padding half of it
+        ((1, 64, 1, 1), (1, 1), (1, 1), (0, 0)),
+        ((2, 70, 8, 8), (3, 3), (3, 3), (0, 0)),  # a stride that leaves the last rows and columns out
+    ],
+)
+def test_maxpool_equals_torch_max_pool(compiled, shape, kernel, stride, padding, monkeypatch):
+    """The max-pool of channels-last codes: equal to torch's max-pool of the same values (padding taps skipped,
+    floor mode) on every window shape here; the fallback (no build, or a contiguous map) too; bad windows raise."""
+    gen = torch.Generator().manual_seed(sum(shape))
+    x = torch.randint(0, 256, shape, generator=gen, dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+    want = torch.nn.functional.max_pool2d(x.float(), kernel, stride, padding).to(torch.uint8)
+    y = qconv.maxpool(x, kernel, stride, padding)
+    assert y.is_contiguous(memory_format=torch.channels_last) and torch.equal(y, want)
+    assert torch.equal(qconv.maxpool(x.contiguous(), kernel, stride, padding), want)
+    monkeypatch.setattr(qconv, "available", lambda: False)
+    assert torch.equal(qconv.maxpool(x, kernel, stride, padding), want)
+    monkeypatch.undo()
+    with pytest.raises(RuntimeError, match="padding must be at most half the kernel"):
+        torch.ops.torchslim.qmaxpool(x, [2, 2], [1, 1], [2, 2])
 
 
 def test_layer_plan_follows_buffer_writes_and_is_not_copied(compiled, monkeypatch):

@@ -226,9 +226,12 @@ def test_global_pool_of_codes_is_the_dequantized_mean() -> None:
     assert torch.equal(pool(ref), F.adaptive_avg_pool2d(ref, 1))  # floats pass as before
 
 
+@pytest.mark.parametrize("native", [True, False])  # torchslim's kernel where it takes the call, torch's quantized pool
 @pytest.mark.parametrize(("kernel", "stride", "padding", "ceil"), [(3, 2, 1, False), (2, 2, 0, True), (3, 1, 1, False)])
-def test_uint8_max_pool_is_exact(kernel, stride, padding, ceil) -> None:
+def test_uint8_max_pool_is_exact(kernel, stride, padding, ceil, native, monkeypatch) -> None:
     pool = Int8MaxPool2d.from_float(nn.MaxPool2d(kernel, stride, padding, ceil_mode=ceil))
+    if not native:
+        monkeypatch.setattr(Int8MaxPool2d, "_native", lambda self, x, dilation: False)
     x = torch.randint(0, 256, (2, 4, 17, 15), dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
     want = F.max_pool2d(x.float(), kernel, stride, padding, ceil_mode=ceil).to(torch.uint8)
     assert torch.equal(pool(x), want)

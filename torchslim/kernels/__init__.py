@@ -1,7 +1,8 @@
 """CPU kernels built for torchslim's compressed layers: the W4A8 linear (int4 weights, int8 activations) and
 the static int8 convolution ops (:mod:`torchslim.kernels.qconv`: the 1×1 / im2col convolution on AMX tiles or
 AVX-512 VNNI with its fused epilogue; :mod:`torchslim.kernels.qdwconv`: the depthwise convolution; per-layer
-plans, the squeeze-and-excitation product's quantization and the global average pool of uint8 codes), all
+plans, the squeeze-and-excitation product's quantization, the global average pool and the max-pool of uint8
+codes), all
 from the C++ sources in ``csrc/``, built once per machine.
 
 ``w4a8_linear`` multiplies rows of activations (decode: one token; prefill: hundreds) by a grouped int4

@@ -27,7 +27,9 @@ Operators:
   to uint8 codes in one pass (:func:`torchslim.kernels.qconv.scale_quantize`); callers without the build
   multiply and quantize in torch;
 - ``torchslim::qavgpool(x, scale, zp)``: the global average pool of channels-last uint8 codes, dequantized
-  to float32 ``[N, C, 1, 1]`` (:func:`torchslim.kernels.qconv.avgpool`); callers without the build pool in torch.
+  to float32 ``[N, C, 1, 1]`` (:func:`torchslim.kernels.qconv.avgpool`); callers without the build pool in torch;
+- ``torchslim::qmaxpool(x, kernel, stride, padding)``: a max-pool of channels-last uint8 codes over the threads
+  (:func:`torchslim.kernels.qconv.maxpool`); callers without the build use torch's quantized max-pool.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from torchslim.kernels.reference import w4a8_linear_reference
 __all__ = [
     "ISAS",
     "QAVGPOOL",
+    "QMAXPOOL",
     "QCONV1X1",
     "QDWCONV",
     "QIM2COL",
@@ -100,6 +103,8 @@ _LIB.define("qim2col(Tensor x, int[2] kernel, int[2] stride, int[2] padding, int
 QIM2COL = torch.ops.torchslim.qim2col.default
 _LIB.define("qavgpool(Tensor x, float scale, int zp) -> Tensor")
 QAVGPOOL = torch.ops.torchslim.qavgpool.default
+_LIB.define("qmaxpool(Tensor x, int[2] kernel, int[2] stride, int[2] padding) -> Tensor")
+QMAXPOOL = torch.ops.torchslim.qmaxpool.default
 
 
 @torch.library.register_fake("torchslim::qconv1x1", lib=_LIB)
@@ -126,6 +131,12 @@ def _fake_im2col(x, kernel, stride, padding, zp, scale=1.0):
 @torch.library.register_fake("torchslim::qavgpool", lib=_LIB)
 def _fake_avgpool(x, scale, zp):
     return x.new_empty((x.shape[0], x.shape[1], 1, 1), dtype=torch.float32)
+
+
+@torch.library.register_fake("torchslim::qmaxpool", lib=_LIB)
+def _fake_maxpool(x, kernel, stride, padding):
+    h, w = ((x.shape[2 + i] + 2 * padding[i] - kernel[i]) // stride[i] + 1 for i in (0, 1))
+    return x.new_empty((x.shape[0], x.shape[1], h, w)).contiguous(memory_format=torch.channels_last)
 
 
 @torch.library.register_fake("torchslim::qscale_quantize", lib=_LIB)

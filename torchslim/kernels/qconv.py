@@ -44,7 +44,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from torchslim.kernels.ops import QAVGPOOL, QCONV1X1, QIM2COL, QSCALE_QUANTIZE, load, qconv_amx
+from torchslim.kernels.ops import QAVGPOOL, QCONV1X1, QIM2COL, QMAXPOOL, QSCALE_QUANTIZE, load, qconv_amx
 from torchslim.kernels.ops import vbmi as ops_vbmi
 
 __all__ = [
@@ -55,6 +55,7 @@ __all__ = [
     "conv1x1_reference",
     "epilogue_reference",
     "im2col",
+    "maxpool",
     "pack_conv",
     "pack_conv1x1",
     "scale_quantize",
@@ -283,3 +284,20 @@ def avgpool(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
     if available() and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
         return QAVGPOOL(x, float(scale), int(zero_point))
     return x.mean(dim=(-2, -1), keepdim=True, dtype=torch.float32).sub_(zero_point).mul_(scale)
+
+
+def maxpool(
+    x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]
+) -> torch.Tensor:
+    """The max-pool of uint8 codes ``x`` ``[N, C, H, W]`` (dilation 1, floor mode, padding at most half the
+    kernel, as torch allows), exact: by the C++ kernel over the threads for channels-last ``x`` where it is
+    built, otherwise in float32 (exact for 0..255).
+
+    Example:
+        >>> x = torch.tensor([[[[1, 9], [3, 4]]]], dtype=torch.uint8)
+        >>> maxpool(x.contiguous(memory_format=torch.channels_last), (2, 2), (2, 2), (0, 0)).flatten().tolist()
+        [9]
+    """
+    if available() and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return QMAXPOOL(x, list(kernel), list(stride), list(padding))
+    return F.max_pool2d(x.float(), kernel, stride, padding).to(torch.uint8)

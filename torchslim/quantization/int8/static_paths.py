@@ -18,6 +18,7 @@ import torch.nn as nn
 
 from torchslim.core.inference import version_key
 from torchslim.core.modspec import register_spec_module
+from torchslim.kernels import qconv
 from torchslim.quantization.int8.static_add import as_quint8, codes_of
 
 __all__ = [
@@ -127,7 +128,8 @@ class Int8MaxPool2d(nn.MaxPool2d):
     Max-pooling commutes with the monotonic quantization, so pooling the codes is exact. With
     :meth:`set_dequantize` it hands float activations on (``(code - zero_point) · scale``): the producing
     conv still writes uint8 codes and the pool reads them, a quarter of the float32 bytes, where the
-    pooled map has readers that need floats. On CPU the codes are pooled by torch's quantized max-pool
+    pooled map has readers that need floats. On AVX-512 CPUs channels-last codes are pooled by torchslim's
+    kernel (:func:`torchslim.kernels.qconv.maxpool`, over the threads); otherwise on CPU by torch's quantized max-pool
     through a ``quint8`` view (PyTorch's plain uint8 channels-last max-pool kernel, torch 2.13, only takes
     ``H * W <= 127``: it indexes in int8 and raises beyond); elsewhere, and with indices, by
     :func:`max_pool_codes` or in float32 (exact for 0..255). Float inputs take ``nn.MaxPool2d``'s path unchanged.
@@ -168,9 +170,13 @@ class Int8MaxPool2d(nn.MaxPool2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.uint8 and x.device.type == "cpu" and not self.return_indices and x.dim() == 4:
-            # torch's quantized max-pool on a quint8 view of the codes: exact, and several times faster than
-            # pooling in float32 or :func:`max_pool_codes` (the scale is irrelevant to a maximum).
-            y = codes_of(nn.functional.max_pool2d(as_quint8(x, 1.0, 0), *self._window(), ceil_mode=self.ceil_mode))
+            kernel, stride, padding, dilation = self._window()
+            if self._native(x, dilation):  # torchslim's kernel: AVX-512, split over the threads
+                y = qconv.maxpool(x, kernel, stride, padding)
+            else:
+                # torch's quantized max-pool on a quint8 view of the codes: exact, and several times faster than
+                # pooling in float32 or :func:`max_pool_codes` (the scale is irrelevant to a maximum).
+                y = codes_of(nn.functional.max_pool2d(as_quint8(x, 1.0, 0), *self._window(), ceil_mode=self.ceil_mode))
             return self._dequantize(y.float()) if self.dequantize else y
         if x.dtype == torch.uint8 and x.shape[-2] * x.shape[-1] > self._NATIVE_UINT8_MAX_PLANE:
             if not self.ceil_mode and not self.return_indices and x.dim() == 4:
@@ -181,6 +187,18 @@ class Int8MaxPool2d(nn.MaxPool2d):
             return self._dequantize(y) if self.dequantize else y.to(torch.uint8)
         y = super().forward(x)
         return self._dequantize(y.float()) if self.dequantize and y.dtype == torch.uint8 else y
+
+    def _native(self, x: torch.Tensor, dilation: tuple[int, int]) -> bool:
+        """Whether :func:`torchslim.kernels.qconv.maxpool` takes ``x``: built with its AVX-512 path (the portable
+        loop is slower than torch's), channels-last, dilation 1, floor mode, and not while exporting."""
+        return (
+            dilation == (1, 1)
+            and not self.ceil_mode
+            and x.is_contiguous(memory_format=torch.channels_last)
+            and qconv.vnni()
+            and not torch.jit.is_scripting()
+            and not torch.compiler.is_exporting()
+        )
 
     def _window(self) -> tuple[tuple[int, int], ...]:
         return tuple(_pair(getattr(self, k)) for k in ("kernel_size", "stride", "padding", "dilation"))

@@ -40,6 +40,7 @@ from torchslim.kernels.ops import qconv_plan, qdwconv_plan
 __all__ = [
     "IM2COL_FEW_CHANNELS_MACS",
     "IM2COL_MACS",
+    "IM2COL_ROW_BYTES_PER_THREAD",
     "IM2COL_MIN_CHANNELS",
     "DEPTHWISE_BYTES",
     "DEPTHWISE_MACS",
@@ -65,6 +66,12 @@ SMALL_MACS = 1 << 24
 # there oneDNN's call setup dominates. Fewer channels make the row copies too short to pay (a 3-channel stem).
 IM2COL_MACS = 1 << 25
 IM2COL_MIN_CHANNELS = 16
+# Larger such calls take it too while their im2col rows come to at most this many bytes per thread (the rows of
+# a thread's share then stay in its L2 cache, 2 MB per core on the AMX CPUs measured): ResNet-18's 3 × 3 layers
+# at batch 1 (58 M to 116 M multiply-adds, 0.2 to 1.8 MB of rows) ran faster on the tile loop than on oneDNN at
+# 2 threads, and at 1 thread all but the 64-channel 56 × 56 ones (1.8 MB); per layer, interleaved. Batch 32
+# (tens of MB of rows) stays on oneDNN.
+IM2COL_ROW_BYTES_PER_THREAD = 1 << 20
 # Fewer input channels take im2col only up to this many multiply-adds per call, unless the stem path below
 # applies: a small first layer (digits' 1-channel 3×3 at batch 64, 1.2 M) runs its whole model faster off
 # oneDNN (`torchslim bench digits`); through the byte-by-byte unfold (uint8 codes, or a CPU without VBMI) a
@@ -130,7 +137,8 @@ def eligible(conv: Any, x: torch.Tensor, accumulate: bool = False) -> bool:
     """Whether ``conv`` (an ``Int8StaticConv2d`` on its oneDNN path) runs on ``x`` through the C++ loops.
 
     - Where the CPU has AMX tiles: every 1×1 stride-1 convolution; other ungrouped ones through im2col, of
-      :data:`IM2COL_MIN_CHANNELS` input channels and more up to :data:`IM2COL_MACS` multiply-adds, a stem's
+      :data:`IM2COL_MIN_CHANNELS` input channels and more up to :data:`IM2COL_MACS` multiply-adds or
+      :data:`IM2COL_ROW_BYTES_PER_THREAD` bytes of im2col rows per thread, a stem's
       contiguous (NCHW) float image (:func:`stem_im2col`, with VBMI) up to :data:`STEM_MACS`, other inputs of
       fewer channels up to :data:`IM2COL_FEW_CHANNELS_MACS`.
     - Where it has AVX-512 VNNI only: 1×1 stride-1 ones up to :data:`SMALL_MACS`.
@@ -155,7 +163,10 @@ def eligible(conv: Any, x: torch.Tensor, accumulate: bool = False) -> bool:
             return macs <= STEM_MACS
         if conv.in_channels < IM2COL_MIN_CHANNELS:
             return macs <= IM2COL_FEW_CHANNELS_MACS
-        return macs <= IM2COL_MACS
+        if macs <= IM2COL_MACS:
+            return True
+        rows = macs // conv.out_channels  # bytes of im2col rows: pixels · kh · kw · in_channels
+        return rows <= IM2COL_ROW_BYTES_PER_THREAD * torch.get_num_threads()
     return pointwise and macs <= SMALL_MACS and qconv.vnni()
 
 
