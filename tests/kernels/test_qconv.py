@@ -182,8 +182,14 @@ def test_module_path_matches_onednn(compiled, monkeypatch):
     if compiled != "avx512-vnni":  # elsewhere oneDNN (or the exact reference path) keeps every layer
         assert calls == []
         return
-    # reduce and grow (1 × 1 maps) and proj (the residual add fused) take the C++ loop; big stays on oneDNN
-    assert calls == [torch.Size([1, 24, 1, 1]), torch.Size([1, 8, 1, 1]), torch.Size([1, 24, 16, 16])]
+    # reduce and grow (1 × 1 maps) and proj (the residual add fused) take the C++ loop; big stays on oneDNN; the
+    # Linear head (6000 multiply-adds) takes it as 1 × 1 rows
+    assert calls == [
+        torch.Size([1, 24, 1, 1]),
+        torch.Size([1, 8, 1, 1]),
+        torch.Size([1, 24, 16, 16]),
+        torch.Size([1, 1200, 1, 1]),
+    ]
     torch.testing.assert_close(fast, slow, rtol=0, atol=0.02 * slow.abs().max().item())
 
 
@@ -200,8 +206,9 @@ def test_module_path_with_amx_takes_every_1x1(compiled, monkeypatch):
     monkeypatch.setattr(static_small, "SMALL_MACS", 0)
     with torch.inference_mode(), _QConvCalls() as calls:
         model(torch.randn(1, 3, 16, 16))
-    # the 3-channel 3 × 3 stem's im2col rows (27 bytes: under IM2COL_FEW_CHANNELS_MACS), then every 1×1
-    assert [shape[1] for shape in calls] == ([27, 24, 8, 24, 24] if compiled == "avx512-vnni" else [])
+    # the 3-channel 3 × 3 stem's im2col rows (27 bytes: under IM2COL_FEW_CHANNELS_MACS), then every 1×1, then the
+    # Linear head's rows
+    assert [shape[1] for shape in calls] == ([27, 24, 8, 24, 24, 1200] if compiled == "avx512-vnni" else [])
 
 
 @pytest.mark.parametrize("shape", [(2, 40, 7, 5), (1, 17, 3, 3), (3, 144, 6, 6)])
@@ -288,6 +295,45 @@ def test_image_codes_in_one_pass(compiled):
     diff = (codes.int() - ref.int()).abs()
     assert codes.is_contiguous(memory_format=torch.channels_last) and codes.shape == ref.shape
     assert diff.max() <= 1 and (diff > 0).float().mean() < 0.01
+
+
+@pytest.mark.parametrize("activation", ["none", "relu", "hardswish", "swish"])
+@pytest.mark.parametrize("shape", [(1, 70), (5, 70), (2, 3, 130), (33, 64)])
+def test_static_linear_on_the_1x1_loop_matches_int_mm(compiled, activation, shape, monkeypatch):
+    """An Int8StaticLinear's float32 rows run through the 1×1 plan where the CPU has AMX (else VNNI up to SMALL_MACS):
+    the same values as the torch._int_mm path (both quantize the rows with the input qparams; float32 sums of
+    exact int32 products), for row counts off the tiles, a 3-d input and every fused activation; a bfloat16
+    layer keeps the torch path; a load_state_dict rebuilds the plan."""
+    from torchslim.api import compress_
+    from torchslim.core.context import Context
+    from torchslim.quantization.int8.static import Int8Static, Int8StaticLinear
+
+    torch.manual_seed(0)
+    k = shape[-1]
+    model = torch.nn.Sequential(torch.nn.Linear(k, 48))
+    compress_(model, Int8Static(), ctx=Context(calibration=[(torch.randn(16, k),)]))
+    q = model[0]
+    q.activation, q.relu = activation, activation == "relu"
+    x = torch.randn(*shape)
+    calls = []
+    monkeypatch.setattr(
+        static_small, "small_linear", lambda m, x, f=static_small.small_linear: calls.append(1) or f(m, x)
+    )
+    with torch.inference_mode():
+        fast = q(x)
+        assert bool(calls) == (compiled == "avx512-vnni" and (qconv.amx() or qconv.vnni()))
+        monkeypatch.setattr(static_small, "linear_eligible", lambda m, x: False)
+        slow = q(x)
+    assert fast.shape == (*shape[:-1], 48)
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5 * slow.abs().max().item())
+    monkeypatch.undo()
+    other = Int8StaticLinear.from_float(torch.nn.Linear(k, 48), torch.tensor(0.05), torch.tensor(0))
+    other.activation, other.relu = activation, activation == "relu"
+    q.load_state_dict(other.state_dict())  # new weights and qparams in place: the cached plan must not be reused
+    with torch.inference_mode():
+        assert torch.equal(q(x), other(x))
+    q.output_dtype = torch.bfloat16
+    assert not static_small.linear_eligible(q, x)
 
 
 def test_kxk_routing_by_macs_or_im2col_rows_per_thread(monkeypatch):

@@ -395,6 +395,8 @@ class Int8StaticLinear(_StaticInt8):
         if not self._onednn_ok(x):
             y = F.linear(self._fake_input(x), self._dequantized_weight(), self.bias)
             return self._to_output_dtype(_ACTIVATION_FNS[self.activation](y))
+        if static_small.linear_eligible(self, x):  # few rows: torchslim's 1×1 loop, the quantization fused in
+            return static_small.small_linear(self, x)
         shape = x.shape
         # int8 x int8 -> int32 with torch._int_mm (oneDNN's qlinear was 30x slower at these small shapes):
         # y = s_x * s_w[n] * (sum_k q_x[k] q_w[n, k] - z_x * sum_k q_w[n, k]) + b[n]
