@@ -395,7 +395,7 @@ class Int8StaticLinear(_StaticInt8):
         if not self._onednn_ok(x):
             y = F.linear(self._fake_input(x), self._dequantized_weight(), self.bias)
             return self._to_output_dtype(_ACTIVATION_FNS[self.activation](y))
-        if static_small.linear_eligible(self, x):  # few rows: torchslim's 1×1 loop, the quantization fused in
+        if static_small.linear_eligible(self, x):  # torchslim's 1×1 loop, the input quantization and activation fused
             return static_small.small_linear(self, x)
         shape = x.shape
         # int8 x int8 -> int32 with torch._int_mm (oneDNN's qlinear was 30x slower at these small shapes):

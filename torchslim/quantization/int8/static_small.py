@@ -242,9 +242,9 @@ def small_conv1x1(conv: Any, x: torch.Tensor, accum: torch.Tensor | None = None)
 def linear_eligible(linear: Any, x: torch.Tensor) -> bool:
     """Whether ``linear`` (an ``Int8StaticLinear`` on its oneDNN path) runs on the float32 rows ``x`` through the
     1×1 loop (:func:`small_linear`): float32 in and out, contiguous rows, and where the CPU has AMX tiles, else
-    AVX-512 VNNI up to :data:`SMALL_MACS` multiply-adds. With AMX the loop ran 2 to 8 times faster than
-    ``torch._int_mm`` and the torch ops that quantize and rescale around it, from 1 to 4096 rows (512 → 1000,
-    1280 → 1000 and 384 → 1536 layers, interleaved, 2 threads)."""
+    AVX-512 VNNI up to :data:`SMALL_MACS` multiply-adds. With AMX the loop was faster than ``torch._int_mm``
+    and the torch ops that quantize and rescale around it at every row count measured, 1 to 4096 (per layer,
+    interleaved; the figures are in the commit message of 7bd2b44)."""
     if x.dtype != torch.float32 or linear.output_dtype != torch.float32 or not x.is_contiguous() or x.dim() < 2:
         return False
     if qconv.amx():
