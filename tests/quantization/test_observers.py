@@ -10,7 +10,7 @@ from torchslim.quantization.common.observers import (
     PercentileObserver,
     make_observer,
 )
-from torchslim.quantization.common.primitives import PerChannel, dequantize, quantize
+from torchslim.quantization.common.primitives import PerChannel, dequantize, qparams_from_minmax, quantize
 from torchslim.quantization.common.sqnr import sqnr
 
 KINDS = ["minmax", "moving-average", "percentile", "mse"]
@@ -82,6 +82,27 @@ def test_mse_observer_minimises_error_on_heavy_tails():
         results[type(obs).__name__] = sqnr(x, dequantize(quantize(x, s, z, bits=4), s, z))
     assert results["MSEObserver"] > results["MinMaxObserver"] + 3
     assert results["MSEObserver"] >= results["PercentileObserver"] - 0.05
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_mse_observer_searches_the_scheme_its_qparams_are_asked_for(symmetric):
+    # A hardswish-like output: a bulk near zero, a floor at -0.375, a long positive tail. Static int8 asks for
+    # asymmetric qparams; a range searched on the symmetric grid (twice as coarse here) clipped far more of the
+    # tail (on MobileNetV3-Large the logits' cosine with fp32 fell from 0.976 to 0.47).
+    g = torch.Generator().manual_seed(0)
+    v = torch.randn(40000, generator=g) * 1.5
+    x = v * (v + 3).clamp(0, 6) / 6
+    obs = MSEObserver(max_samples=40000)
+    obs.update(x)
+    s, z = obs.qparams(bits=8, symmetric=symmetric)
+
+    def error(scale, zero):
+        return float((dequantize(quantize(x, scale, zero, symmetric=symmetric), scale, zero) - x).pow(2).mean())
+
+    mn, mx = float(x.min()), float(x.max())
+    grid = [error(*qparams_from_minmax(torch.tensor([mn * a]), torch.tensor([mx * a]), symmetric=symmetric))
+            for a in (i / 100 for i in range(1, 101))]  # fmt: skip
+    assert error(s, z) == pytest.approx(min(grid), rel=1e-6)
 
 
 def test_sampling_observers_are_deterministic_and_bounded():

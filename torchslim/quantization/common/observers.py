@@ -194,15 +194,24 @@ class MSEObserver(_SampleObserver):
         self.grid, self.bits, self.symmetric = grid, bits, symmetric
 
     def range(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The clipped range for the observer's own ``bits`` / ``symmetric``."""
+        return self._search(self.bits, self.symmetric)
+
+    def qparams(self, *, bits: int = 8, symmetric: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(scale, zero_point)`` of the range searched for the scheme asked for: the error of a symmetric grid
+        is not the error of the asymmetric one the caller will use (on a tensor that is mostly positive the
+        symmetric grid's steps are twice as coarse, and its search clips far more)."""
+        mn, mx = self._search(bits, symmetric)
+        return qparams_from_minmax(mn, mx, bits=bits, symmetric=symmetric)
+
+    def _search(self, bits: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
         mn, mx = super().range()
         x = self.samples
         best, best_err = (mn, mx), float("inf")
         for i in range(self.grid, 0, -1):
             alpha = i / self.grid
-            s, z = qparams_from_minmax(mn * alpha, mx * alpha, bits=self.bits, symmetric=self.symmetric)
-            err = float(
-                (dequantize(quantize(x, s, z, bits=self.bits, symmetric=self.symmetric), s, z) - x).pow(2).mean()
-            )
+            s, z = qparams_from_minmax(mn * alpha, mx * alpha, bits=bits, symmetric=symmetric)
+            err = float((dequantize(quantize(x, s, z, bits=bits, symmetric=symmetric), s, z) - x).pow(2).mean())
             if err < best_err:
                 best, best_err = (mn * alpha, mx * alpha), err
         return best
