@@ -176,12 +176,12 @@ class Int8MaxPool2d(nn.MaxPool2d):
             else:
                 # torch's quantized max-pool on a quint8 view of the codes: exact, and several times faster than
                 # pooling in float32 or :func:`max_pool_codes` (the scale is irrelevant to a maximum).
-                y = codes_of(nn.functional.max_pool2d(as_quint8(x, 1.0, 0), *self._window(), ceil_mode=self.ceil_mode))
+                q = as_quint8(x, 1.0, 0)
+                y = codes_of(nn.functional.max_pool2d(q, kernel, stride, padding, dilation, ceil_mode=self.ceil_mode))
             return self._dequantize(y.float()) if self.dequantize else y
         if x.dtype == torch.uint8 and x.shape[-2] * x.shape[-1] > self._NATIVE_UINT8_MAX_PLANE:
             if not self.ceil_mode and not self.return_indices and x.dim() == 4:
-                args = (_pair(getattr(self, k)) for k in ("kernel_size", "stride", "padding", "dilation"))
-                y = max_pool_codes(x, *args)
+                y = max_pool_codes(x, *self._window())
                 return self._dequantize(y.float()) if self.dequantize else y
             y = super().forward(x.float())
             return self._dequantize(y) if self.dequantize else y.to(torch.uint8)
